@@ -1,0 +1,3 @@
+"""streambid bidder: the OpenRTB endpoint, campaign matching, pricing and pacing."""
+
+__version__ = "0.1.0"

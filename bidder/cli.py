@@ -1,0 +1,71 @@
+"""The `streambid` command: one entry point, a manual in `--help`.
+
+Each package adds its own subcommands through a `register(groups)` function in
+its `commands` module, so this file only lays out the command tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+DESCRIPTION = """\
+streambid: a real-time OpenRTB 2.6 bidder with online CTR learning and budget pacing.
+
+Start here:
+  streambid demo                      simulate a day in one process (no Kafka) and print ROI per campaign
+  streambid serve --campaigns FILE    answer bid requests on http://127.0.0.1:8080/bid/<exchange>
+  streambid worker --broker HOST:PORT run the stream processors (attribution, spend, learning, pacing)
+  streambid campaign set FILE         validate a campaign file and publish it to the config topic
+
+Every command that reports figures also takes --json and then prints one JSON document on stdout.
+Run `streambid COMMAND --help` for the details of each command.
+"""
+
+EPILOG = """\
+environment:
+  KAFKA_BOOTSTRAP      broker address used when --broker is not given (e.g. 127.0.0.1:9092)
+  STREAMBID_SECRET     key for signing win/billing/loss notice URLs (set the same on every bidder)
+  STREAMBID_SALT       salt for hashing user ids before they reach frequency caps and events
+"""
+
+PACKAGES = ("bidder.commands", "streams.commands", "models.commands", "loadtest.commands")
+GROUPS = {
+    "bench": "benchmarks that print tables (never part of the test suite)",
+    "campaign": "manage campaigns on the config topic",
+    "loadtest": "play the exchange against a running bidder",
+    "replay": "replay real auction logs through the pacer and pricer",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command tree, from every package's `register` hook."""
+    parser = argparse.ArgumentParser(
+        prog="streambid", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups = {"top": top}
+    for name, help_text in GROUPS.items():
+        g = top.add_parser(name, help=help_text, description=help_text)
+        groups[name] = g.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", required=True)
+    for module in PACKAGES:
+        importlib.import_module(module).register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

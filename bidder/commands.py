@@ -1,0 +1,92 @@
+"""Subcommands of the bidder: `serve` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import orjson
+
+from bidder.campaigns import ConfigError, load_campaigns
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    top = groups["top"]
+    d = top.add_parser("demo", help="simulate a day in one process (no Kafka) and print ROI per campaign",
+                       description="An in-process exchange sends OpenRTB requests to the bidder, simulated users click, "
+                                   "events flow into the online CTR learner, the spend ledger and the pacer; the run ends "
+                                   "with a ROI table per campaign and a spend-vs-plan plot.")
+    d.add_argument("--requests", type=int, default=60_000, help="bid requests in the simulated day (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=7, help="random seed of the simulated market (default: %(default)s)")
+    d.add_argument("--campaigns", type=Path, help="campaign file (default: the bundled demo campaigns)")
+    d.add_argument("--out", type=Path, default=Path("out"), help="where the PNG goes (default: %(default)s)")
+    d.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    d.set_defaults(func=cmd_demo)
+
+    s = top.add_parser("serve", help="answer OpenRTB bid requests over HTTP",
+                       description="Serve POST /bid/<exchange> (OpenRTB 2.6; 2.5 accepted), signed notices at "
+                                   "/notice/{win,bill,loss}, /metrics, /status and /healthz.")
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8080, help="listen port (default: %(default)s)")
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port via SO_REUSEPORT (default: 1)")
+    s.add_argument("--campaigns", type=Path, help="JSON/YAML campaign file; with a broker the config topic is followed too")
+    s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP; none: no events are sent)")
+    s.add_argument("--no-kafka", action="store_true", help="ignore $KAFKA_BOOTSTRAP: serve from the campaign file only")
+    s.add_argument("--model", type=Path, help="a saved model snapshot to start warm from")
+    s.add_argument("--network-ms", type=int, default=20,
+                   help="round-trip allowance taken off tmax when computing the deadline (default: %(default)s)")
+    s.add_argument("--notice-base", help="public base URL for notice URLs (default: http://HOST:PORT)")
+    s.add_argument("--restricted", choices=("context", "nobid"), default="context",
+                   help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all")
+    s.add_argument("--spill-dir", type=Path, default=Path(".streambid-spill"),
+                   help="where events wait while Kafka is unreachable (default: %(default)s)")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bidder.wiring import ServeOptions, serve
+
+    try:
+        campaigns = load_campaigns(args.campaigns) if args.campaigns else []
+    except FileNotFoundError:
+        print(f"streambid: {args.campaigns}: no such file", file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError) as e:
+        print(f"streambid: {args.campaigns}: invalid campaign: {e}", file=sys.stderr)
+        return 2
+    broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
+    if not campaigns and not broker:
+        print("streambid: nothing to bid for: pass --campaigns FILE (e.g. deploy/campaigns.example.json) "
+              "or --broker to follow the config topic", file=sys.stderr)
+        return 2
+    secret = os.environ.get("STREAMBID_SECRET", "")
+    if not secret:
+        print("streambid: warning: STREAMBID_SECRET is not set; notice URLs are signed with a development key",
+              file=sys.stderr)
+    opts = ServeOptions(
+        host=args.host, port=args.port, workers=args.workers, campaigns=campaigns, broker=broker,
+        secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
+        network_ms=args.network_ms, notice_base=args.notice_base or f"http://{args.host}:{args.port}",
+        model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted,
+    )
+    print(f"streambid: serving {len(campaigns)} campaign(s) on http://{args.host}:{args.port}/bid "
+          f"with {args.workers} worker(s){' and Kafka at ' + broker if broker else ''}", file=sys.stderr)
+    return serve(opts)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from loadtest.demo import format_table, plot_day, roi_rows, run_demo
+
+    run = run_demo(requests=args.requests, seed=args.seed, campaigns_file=args.campaigns, progress=True)
+    rows = roi_rows(run)
+    png = plot_day(run, rows, args.out / "demo-spend-roi.png")
+    if args.json:
+        print(orjson.dumps({"campaigns": rows, "requests": run.report.requests, "seconds": run.report.seconds,
+                            "plot": str(png)}).decode())
+        return 0
+    print(format_table(rows))
+    print(f"\n{run.report.requests:,} bid requests in {run.report.seconds:.1f}s; "
+          f"{run.bus.learner.labels[1]:,} clicks and {run.bus.learner.labels[0]:,} non-clicks learned; plot: {png}")
+    return 0

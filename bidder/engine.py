@@ -1,0 +1,313 @@
+"""The bid engine: one request in, a priced response (or a no-bid reason) out.
+
+Pure domain: no sockets, no Kafka.  It reads immutable snapshots (campaign
+index, model, pacing) that adapters swap whole, and hands events to a sink
+callable.  The HTTP server and the embedded demo drive the very same object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from bidder.campaigns import Campaign, Creative
+from bidder.frequency import FrequencyStore
+from bidder.lease import BudgetLease
+from bidder.notices import Notice, NoticeError, notice_url, verify_notice
+from bidder.openrtb import AUCTION_FIRST_PRICE, BidRequest, Imp
+from bidder.pacing import PacingState
+from bidder.pricing import bid_price, impression_value_cpm
+from bidder.privacy import restriction
+from bidder.targeting import CampaignIndex, deal_for, matches
+from models.features import candidate_features, request_features
+from models.snapshot import ModelSnapshot
+from streams.events import make_event
+
+EventSink = Callable[[str, str, dict[str, Any]], None]  # (topic kind, key, event)
+MTYPE = {"banner": 1, "video": 2, "audio": 3, "native": 4}
+# No-bid reasons, by how far a candidate got: the furthest one is the request's reason.
+STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_advertiser", "blocked_category", "blocked_app",
+          "deal", "frequency_cap", "below_floor", "budget")
+_RANK = {r: i for i, r in enumerate(STAGES)}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    secret: bytes
+    salt: bytes = b"streambid"
+    seat: str = "streambid"
+    notice_base: str = "http://127.0.0.1:8080"
+    network_ms: int = 20  # allowance for the trip back to the exchange, taken off tmax
+    notice_ttl_s: int = 3600
+    restricted_policy: str = "context"  # "context": bid without user data; "nobid"
+    bidder_id: str = field(default_factory=lambda: f"b{os.getpid()}x{int(time.time()) % 100000}")
+    explain_rate: float = 0.01
+    bid_log_rate: float = 1.0
+    lease_slice: int = 0  # micros; 0: no lease needed (single-process demo and tests), else wait for grants
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the adapter answers: 200 with `body`, 204 with `reason`, and the events already emitted."""
+
+    status: int
+    body: bytes = b""
+    reason: str = ""
+    bids: int = 0
+
+
+@dataclass(slots=True)
+class Pending:
+    """A bid we answered, remembered until its notices arrive or it expires (for price and user)."""
+
+    campaign: str
+    price_micros: int  # per impression
+
+
+class BidEngine:
+    """Holds the snapshots and does the matching, scoring and pricing for each request."""
+
+    def __init__(self, config: EngineConfig, campaigns: list[Campaign], model: ModelSnapshot, sink: EventSink,
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+        self.cfg = config
+        self.sink = sink
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.model = model
+        self.index = CampaignIndex(campaigns)
+        self.pacing: dict[str, PacingState] = {}
+        self.leases: dict[str, BudgetLease] = {}
+        self.frequency = FrequencyStore()
+        self._seq = itertools.count(1)
+        self._live: frozenset[str] = frozenset()
+        self._refreshed = -1.0
+        self._seen_notices: OrderedDict[str, float] = OrderedDict()
+        self.counters: dict[str, int] = {}
+
+    # -- snapshot swaps (called by adapters) ----------------------------------
+
+    def set_campaigns(self, campaigns: list[Campaign]) -> None:
+        self.index = CampaignIndex(campaigns)
+        self._refreshed = -1.0
+
+    def upsert_campaign(self, campaign: Campaign) -> None:
+        camps = dict(self.index.campaigns)
+        camps[campaign.id] = campaign
+        self.set_campaigns(list(camps.values()))
+
+    def set_model(self, model: ModelSnapshot) -> None:
+        self.model = model
+
+    def set_pacing(self, state: PacingState) -> None:
+        self.pacing[state.campaign] = state
+        self._refreshed = -1.0
+
+    def grant(self, campaign: str, day: str, granted_micros: int) -> None:
+        """A budget lease grant for this bidder: its cumulative allowance for `campaign` on `day`."""
+        lease = self.leases.get(campaign)
+        if lease is None or lease.day != day:
+            lease = self.leases[campaign] = BudgetLease(day=day)
+        lease.grant_total(granted_micros)
+
+    def _refresh(self, now: float) -> None:
+        """Recompute, at most once a second, which campaigns may bid at all right now."""
+        utc = dt.datetime.fromtimestamp(now, dt.UTC)
+        live = set()
+        for c in self.index.campaigns.values():
+            if not c.active or not c.in_flight(utc):
+                continue
+            p = self.pacing.get(c.id)
+            if p is not None and p.exhausted:
+                continue
+            live.add(c.id)
+        self._live = frozenset(live)
+        self._refreshed = now
+        while self._seen_notices and next(iter(self._seen_notices.values())) < now:
+            self._seen_notices.popitem(last=False)
+
+    def live(self) -> frozenset[str]:
+        """Ids of the campaigns that may bid right now."""
+        now = self.clock()
+        if now - self._refreshed >= 1.0 or now < self._refreshed:
+            self._refresh(now)
+        return self._live
+
+    def campaign_day(self, campaign: Campaign | None, now: float) -> str:
+        tz = ZoneInfo(campaign.timezone) if campaign else dt.UTC
+        return dt.datetime.fromtimestamp(now, tz).date().isoformat()
+
+    # -- the bid path -----------------------------------------------------------
+
+    def bid(self, req: BidRequest, exchange: str, deadline: float) -> Outcome:
+        """Decide on every impression of `req`; `deadline` is a time.perf_counter() value."""
+        now = self.clock()
+        if now - self._refreshed >= 1.0 or now < self._refreshed:
+            self._refresh(now)
+        restricted = restriction(req.privacy)
+        if restricted and self.cfg.restricted_policy == "nobid":
+            return Outcome(204, reason="privacy")
+        seat = self.cfg.seat
+        if (req.wseat and seat not in req.wseat) or seat in req.bseat:
+            return Outcome(204, reason="seat")
+        user = "" if restricted else req.user_key
+        local = now + req.utcoffset * 60
+        hour, weekday = int(local // 3600) % 24, (int(local // 86400) + 3) % 7
+        best_reason = 0
+        chosen: list[tuple[Imp, Campaign, Creative, int, str, float, tuple, tuple]] = []
+        for imp in req.imps:
+            pick, reason = self._best_for_imp(req, imp, exchange, user, hour, weekday, now)
+            best_reason = max(best_reason, reason)
+            if pick is not None:
+                chosen.append(pick)
+        if not chosen:
+            return Outcome(204, reason=STAGES[best_reason])
+        if time.perf_counter() > deadline:
+            return Outcome(204, reason="deadline")
+        return self._respond(req, exchange, user, chosen, now, restricted)
+
+    def _best_for_imp(self, req: BidRequest, imp: Imp, exchange: str, user: str, hour: int, weekday: int,
+                      now: float) -> tuple[tuple | None, int]:
+        cands = self.index.candidates(imp, req.country)
+        if not cands:
+            return None, 0
+        live, allowed_cur = self._live, req.cur or ("USD",)
+        req_feats: tuple[int, ...] | None = None
+        base = 0.0
+        best, best_price, reason = None, 0, 1
+        hour_bucket, day_bucket = int(now // 3600), int(now // 86400)
+        for camp, cr in cands:
+            if camp.id not in live:
+                continue
+            if camp.currency not in allowed_cur:
+                reason = max(reason, 2)
+                continue
+            if not cr.fits(imp.kind, imp.sizes):
+                reason = max(reason, 3)
+                continue
+            why = matches(camp, cr, req)
+            if why:
+                reason = max(reason, _RANK[why])
+                continue
+            deal = deal_for(camp, imp, self.cfg.seat)
+            if deal is None and (camp.targeting.deal_only or imp.private_auction):
+                reason = max(reason, 8)
+                continue
+            floor, floorcur = (deal[1], deal[2]) if deal else (imp.floor, imp.floorcur)
+            if floor and floorcur != camp.currency:
+                reason = max(reason, 2)
+                continue
+            if camp.freq_per_hour or camp.freq_per_day:
+                if not user or not self.frequency.allowed(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
+                                                          hour_bucket, day_bucket):
+                    reason = max(reason, 9)
+                    continue
+            if req_feats is None:
+                req_feats = request_features(req, imp, exchange, hour, weekday)
+                base = self.model.base_score(req_feats)
+            cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
+            pctr = self.model.predict(base, cand, camp.id, cr.id)
+            pace = self.pacing.get(camp.id)
+            lam = pace.lam if pace is not None else 0.0
+            first = (deal[3] if deal and deal[3] else req.at) == AUCTION_FIRST_PRICE
+            price = bid_price(impression_value_cpm(pctr, camp), lam, camp.max_bid_cpm, round(floor * 1e6), first)
+            if not price:
+                reason = max(reason, 10)
+                continue
+            if not self._lease_allows(camp.id, price // 1000):
+                reason = max(reason, 11)
+                continue
+            if price > best_price:
+                best_price = price
+                best = (imp, camp, cr, price, deal[0] if deal else "", pctr, req_feats, cand, lam, round(floor * 1e6))
+        return best, reason
+
+    def _lease_allows(self, campaign: str, price_micros: int) -> bool:
+        if not self.cfg.lease_slice:
+            return True
+        lease = self.leases.get(campaign)
+        return lease is not None and lease.can_bid(price_micros)
+
+    def _respond(self, req: BidRequest, exchange: str, user: str, chosen: list, now: float, restricted: str) -> Outcome:
+        cur = chosen[0][1].currency
+        bids = []
+        expires = int(now) + self.cfg.notice_ttl_s
+        base, secret, bidder = self.cfg.notice_base, self.cfg.secret, self.cfg.bidder_id
+        ts_ms = int(now * 1000)
+        for imp, camp, cr, price, dealid, pctr, req_feats, cand, lam, floor in chosen:
+            if camp.currency != cur:
+                continue
+            bid_id = f"{bidder}-{next(self._seq)}"
+            if self.cfg.lease_slice:
+                self.leases[camp.id].reserve(bid_id, price // 1000, expires)
+            urls = [notice_url(base, secret, k, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user)
+                    for k in ("win", "bill", "loss")]
+            bid = {
+                "id": bid_id, "impid": imp.id, "price": price / 1e6, "adid": cr.id, "crid": cr.id, "cid": camp.id,
+                "adomain": [camp.advertiser], "cat": list(cr.cats), "mtype": MTYPE[cr.kind],
+                "adm": cr.adm, "nurl": urls[0], "burl": urls[1], "lurl": urls[2],
+            }
+            if cr.w:
+                bid["w"], bid["h"] = cr.w, cr.h
+            if dealid:
+                bid["dealid"] = dealid
+            bids.append(bid)
+            if self.cfg.bid_log_rate >= 1.0 or self.rng.random() < self.cfg.bid_log_rate:
+                ev = make_event("bids", f"bid:{bid_id}", ts_ms, bid_id=bid_id, campaign=camp.id, creative=cr.id,
+                                exchange=exchange, price=price, pctr=pctr, features=list(req_feats + cand), at=req.at,
+                                floor=floor, lam=lam, restricted=restricted, user=user)
+                if self.cfg.explain_rate and self.rng.random() < self.cfg.explain_rate:
+                    ev["explain"] = self.model.explain(req_feats, cand, camp.id, cr.id)
+                self.sink("bids", camp.id, ev)
+        body = orjson.dumps({"id": req.id, "cur": cur, "seatbid": [{"seat": self.cfg.seat, "bid": bids}]})
+        return Outcome(200, body=body, bids=len(bids))
+
+    # -- notices ------------------------------------------------------------------
+
+    def notice(self, kind: str, query: str) -> str:
+        """Verify and record a win/bill/loss notice; returns the outcome ('ok' or a rejection reason)."""
+        now = self.clock()
+        try:
+            n = verify_notice(self.cfg.secret, kind, query, now)
+        except NoticeError as e:
+            return e.reason
+        if n.event_id in self._seen_notices:
+            return "replayed"
+        self._seen_notices[n.event_id] = n.expires
+        camp = self.index.campaigns.get(n.campaign)
+        ts_ms = int(now * 1000)
+        if kind == "win":
+            self.sink("wins", n.campaign, make_event("wins", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
+                                                     creative=n.creative, price=n.price_cpm or n.bid_cpm,
+                                                     exchange=n.exchange, bidder=n.bidder))
+        elif kind == "bill":
+            self._bill(n, camp, now, ts_ms)
+        else:
+            lease = self.leases.get(n.campaign)
+            if lease is not None:
+                lease.release(n.bid_id)
+            self.sink("losses", n.campaign, make_event("losses", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
+                                                       reason=n.loss_reason, min_to_win=n.min_to_win_cpm,
+                                                       price=n.bid_cpm, exchange=n.exchange))
+        return "ok"
+
+    def _bill(self, n: Notice, camp: Campaign | None, now: float, ts_ms: int) -> None:
+        # An exchange that did not substitute ${AUCTION_PRICE} is charged at our bid: the most we agreed to pay.
+        cost = (n.price_cpm or n.bid_cpm) // 1000
+        lease = self.leases.get(n.campaign)
+        if lease is not None:
+            lease.settle(n.bid_id, cost)
+        if n.user and camp is not None and (camp.freq_per_hour or camp.freq_per_day):
+            self.frequency.record(n.user, n.campaign, int(now // 3600), int(now // 86400))
+        self.sink("billing", n.campaign, make_event("billing", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
+                                                    creative=n.creative, cost=cost, day=self.campaign_day(camp, now),
+                                                    exchange=n.exchange, bidder=n.bidder, user=n.user))

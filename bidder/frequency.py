@@ -1,0 +1,50 @@
+"""Frequency caps: how often one (hashed) user saw a campaign this hour and today.
+
+Keys are salted user hashes, never raw ids.  Counts move on billing notices,
+not on bids, so an impression that never served never counts.  The store is
+bounded: when full, the oldest users are forgotten (which can only let a user
+see an ad again, never block one wrongly).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class FrequencyStore:
+    """In-memory counts per (user, campaign) for the current hour and day buckets."""
+
+    def __init__(self, max_users: int = 1_000_000) -> None:
+        self._users: OrderedDict[str, dict[str, list[int]]] = OrderedDict()
+        self._max = max_users
+
+    def allowed(self, user: str, campaign: str, per_hour: int, per_day: int, hour: int, day: int) -> bool:
+        """True when one more impression keeps the user within both caps (0 means no cap)."""
+        seen = self._users.get(user)
+        if seen is None:
+            return True
+        c = seen.get(campaign)
+        if c is None:
+            return True
+        h_count = c[1] if c[0] == hour else 0
+        d_count = c[3] if c[2] == day else 0
+        return (not per_hour or h_count < per_hour) and (not per_day or d_count < per_day)
+
+    def record(self, user: str, campaign: str, hour: int, day: int) -> None:
+        """Count one served impression; `hour` and `day` are absolute bucket numbers."""
+        seen = self._users.get(user)
+        if seen is None:
+            seen = self._users[user] = {}
+            if len(self._users) > self._max:
+                self._users.popitem(last=False)
+        c = seen.get(campaign)
+        if c is None:
+            seen[campaign] = [hour, 1, day, 1]
+            return
+        c[1] = c[1] + 1 if c[0] == hour else 1
+        c[0] = hour
+        c[3] = c[3] + 1 if c[2] == day else 1
+        c[2] = day
+
+    def __len__(self) -> int:
+        return len(self._users)

@@ -1,0 +1,111 @@
+"""Bid landscape: how likely a bid is to win, and what winning costs, from observed market prices.
+
+A market price is the lowest bid that would have won (the clearing price of a
+second-price auction, or the highest competing bid of a first-price one).  The
+model is an empirical distribution of those prices, in integer CPM micros.  It
+answers the two questions pricing and pacing ask:
+
+- first-price shading needs P(win | b) to trade surplus against win rate;
+- pacing needs the expected second-price spend per auction at a bid, to pick a
+  starting multiplier before any of today's spend has been seen.
+
+A bid wins when it is >= the market price (ties go to us), so P(win | b) is the
+CDF at b and only changes at observed price points: those are the only bids
+worth considering when maximising (v - b) * P(win | b).  Pure object, no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+
+
+class WinRateModel:
+    """Empirical market-price distribution: P(win | bid) and expected spend at a bid.
+
+    Built from (price, count) pairs; `add` folds in newly observed prices (win
+    notices' clearing prices, loss notices' minimum-to-win) and the cumulative
+    tables are rebuilt lazily on the next query.
+    """
+
+    __slots__ = ("_counts", "_points", "_cum_n", "_cum_cost", "_total", "_dirty")
+
+    def __init__(self, counts: Mapping[int, float] | None = None) -> None:
+        self._counts: dict[int, float] = {}
+        self._points: list[int] = []
+        self._cum_n: list[float] = []
+        self._cum_cost: list[float] = []
+        self._total = 0.0
+        self._dirty = True
+        for price, n in (counts or {}).items():
+            self.add(price, n)
+
+    @classmethod
+    def from_prices(cls, prices: Iterable[int]) -> WinRateModel:
+        """One observation per market price (CPM micros)."""
+        model = cls()
+        for p in prices:
+            model.add(p)
+        return model
+
+    @classmethod
+    def from_histogram(cls, counts: Iterable[float], unit_micros: int) -> WinRateModel:
+        """A histogram whose bucket i holds prices of i * unit_micros (e.g. CNY fen -> unit 10_000)."""
+        return cls({i * unit_micros: n for i, n in enumerate(counts) if n > 0})
+
+    def add(self, price_cpm: int, weight: float = 1.0) -> None:
+        """Fold in one observed market price (CPM micros)."""
+        if price_cpm < 0 or weight <= 0:
+            raise ValueError("market prices must be >= 0 and weights > 0")
+        self._counts[price_cpm] = self._counts.get(price_cpm, 0.0) + weight
+        self._dirty = True
+
+    @property
+    def observations(self) -> float:
+        """Total weight of the prices seen."""
+        self._build()
+        return self._total
+
+    def _build(self) -> None:
+        if not self._dirty:
+            return
+        self._points = sorted(self._counts)
+        cum_n, cum_cost, n, cost = [], [], 0.0, 0.0
+        for p in self._points:
+            n += self._counts[p]
+            cost += p * self._counts[p]
+            cum_n.append(n)
+            cum_cost.append(cost)
+        self._cum_n, self._cum_cost, self._total = cum_n, cum_cost, n
+        self._dirty = False
+
+    def win_rate(self, bid_cpm: int) -> float:
+        """P(market price <= bid): the chance this bid wins."""
+        self._build()
+        i = bisect.bisect_right(self._points, bid_cpm)
+        return self._cum_n[i - 1] / self._total if i else 0.0
+
+    def expected_spend(self, bid_cpm: int) -> float:
+        """Expected second-price payment per auction (CPM micros): E[price * 1{price <= bid}]."""
+        self._build()
+        i = bisect.bisect_right(self._points, bid_cpm)
+        return self._cum_cost[i - 1] / self._total if i else 0.0
+
+    def price_points(self, lo_cpm: int, hi_cpm: int) -> list[int]:
+        """Observed prices in [lo, hi]: the bids at which the win rate steps up."""
+        self._build()
+        return self._points[bisect.bisect_left(self._points, lo_cpm) : bisect.bisect_right(self._points, hi_cpm)]
+
+    def bid_for_spend(self, spend_per_auction_cpm: float) -> int:
+        """Smallest price point whose expected second-price spend per auction reaches the target.
+
+        Used to seed pacing: with no spend seen yet today, the multiplier that
+        makes the average request's paced bid land here spends about the target.
+        Returns the highest price point when the target cannot be reached.
+        """
+        self._build()
+        if not self._points:
+            raise ValueError("an empty landscape cannot price a bid")
+        need = spend_per_auction_cpm * self._total
+        i = bisect.bisect_left(self._cum_cost, need)
+        return self._points[min(i, len(self._points) - 1)]

@@ -1,0 +1,174 @@
+"""Budget leases: how many bidders share one daily budget without talking on every bid.
+
+The streams side owns the budget and hands each bidder slices of it
+(`LeaseGranter`); a bidder bids only while its slice covers the price of the
+bid plus every bid still in flight (`BudgetLease`).  Billing flows back through
+the ledger, and the granter tops the bidder up.  A bidder that loses contact
+with the streams side stops by itself when its lease is spent, so a partition
+costs at most one slice, never the whole budget.
+
+All amounts are integer micros of the campaign currency, per impression
+(a CPM bid of P micros reserves P // 1000).  Pure objects, no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+
+class BudgetLease:
+    """One bidder's allowance for one campaign today.
+
+    granted_micros: cumulative allowance granted so far today (only grows).
+    spent_micros: costs settled by billing notices.
+    reserved_micros: prices of bids sent and not yet settled, released or expired.
+    A bid is allowed only if its price fits in granted - spent - reserved, and
+    the price paid is never above the bid, so spend stays within the grant as
+    long as each bid's reservation is held until its bill arrives.
+    """
+
+    __slots__ = ("day", "granted_micros", "spent_micros", "reserved_micros", "_held", "_expiry")
+
+    def __init__(self, day: str = "", granted_micros: int = 0) -> None:
+        self.day = day
+        self.granted_micros = granted_micros
+        self.spent_micros = 0
+        self.reserved_micros = 0
+        self._held: dict[str, int] = {}
+        self._expiry: list[tuple[float, str]] = []
+
+    @property
+    def remaining_micros(self) -> int:
+        return self.granted_micros - self.spent_micros - self.reserved_micros
+
+    def grant_total(self, granted_micros: int) -> None:
+        """Raise the cumulative allowance; a repeated or out-of-order (smaller) grant changes nothing."""
+        self.granted_micros = max(self.granted_micros, granted_micros)
+
+    def can_bid(self, price_micros: int) -> bool:
+        """True when one more bid at this per-impression price fits in the lease."""
+        return 0 <= price_micros <= self.remaining_micros
+
+    def reserve(self, bid_id: str, price_micros: int, expires: float = math.inf) -> None:
+        """Hold a sent bid's price until its outcome is known, or until `expires` (unix seconds) passes."""
+        if bid_id in self._held:
+            self.release(bid_id)
+        self._held[bid_id] = price_micros
+        self.reserved_micros += price_micros
+        if expires != math.inf:
+            heapq.heappush(self._expiry, (expires, bid_id))
+
+    def settle(self, bid_id: str, cost_micros: int) -> bool:
+        """Billing: the cost counts as spent; the reservation is freed.  False if none was held (late or unknown bid)."""
+        held = self.release(bid_id)
+        self.spent_micros += cost_micros
+        return held
+
+    def release(self, bid_id: str) -> bool:
+        """Loss (or win without billing): free the reservation.  False if it was not held."""
+        price = self._held.pop(bid_id, None)
+        if price is None:
+            return False
+        self.reserved_micros -= price
+        return True
+
+    def expire(self, now: float) -> int:
+        """Free reservations whose notice never came by their expiry; returns how many."""
+        n = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, bid_id = heapq.heappop(self._expiry)
+            n += self.release(bid_id)
+        return n
+
+
+@dataclass(slots=True)
+class _Account:
+    granted: int = 0
+    billed: int = 0
+    live: bool = True
+
+    @property
+    def outstanding(self) -> int:
+        return max(self.granted - self.billed, 0)
+
+
+class LeaseGranter:
+    """Streams side, one campaign-day: grants slices of the remaining daily budget to bidders.
+
+    A bidder's unspent grant (granted - billed) is topped up to one slice,
+    slice = max(min_slice, remaining * frac) with remaining = budget - billed,
+    and only from the pool budget - billed - (unspent grants of live bidders):
+    the total committed never exceeds the daily budget minus billed spend.
+    Billing delays are harmless: unbilled wins stay inside the bidder's unspent
+    grant until billed.  Slices shrink as the day's budget runs out, so the last
+    bidders share the tail finely.
+
+    Overspend bound.  With S the day's true spend (including charges that never
+    reach the ledger), every bidder checking `can_bid` before each `reserve`:
+
+        S - budget <= R + L + C
+
+    R: unspent grants taken back by `reclaim` from bidders that in fact kept
+       bidding (each at most one slice: a partitioned bidder spends at most its
+       lease); L: costs of in-flight bids whose reservation was gone before
+       their bill settled (expired, or the notice was late or lost); C: unspent
+       grants beyond a budget lowered mid-day.  So in the usual case
+       overspend < one lease slice + in-flight bids.  A bidder that reserves
+       several bids of one response after a single `can_bid` check adds up to
+       the price of those extra impressions (the "+ one impression per bidder"
+       margin for single-slot responses checked once).
+    """
+
+    def __init__(self, budget: int, min_slice: int, frac: float = 0.1) -> None:
+        if budget < 0 or min_slice <= 0 or not 0 < frac <= 1:
+            raise ValueError("budget must be >= 0, min_slice > 0 and 0 < frac <= 1")
+        self.budget, self.min_slice, self.frac = budget, min_slice, frac
+        self._accounts: dict[str, _Account] = {}
+
+    @property
+    def billed(self) -> int:
+        return sum(a.billed for a in self._accounts.values())
+
+    @property
+    def committed(self) -> int:
+        """Billed spend plus the unspent grants of live bidders: what the budget is answering for."""
+        return sum(a.billed + (a.outstanding if a.live else 0) for a in self._accounts.values())
+
+    def granted(self, bidder: str) -> int:
+        acct = self._accounts.get(bidder)
+        return acct.granted if acct else 0
+
+    def set_budget(self, budget: int) -> None:
+        """A mid-day budget change: later grants follow it; grants already out stay spendable."""
+        self.budget = max(budget, 0)
+
+    def bill(self, bidder: str, cost_micros: int) -> None:
+        """A billed impression attributed to `bidder` (from the ledger)."""
+        self._accounts.setdefault(bidder, _Account()).billed += cost_micros
+
+    def slice_size(self) -> int:
+        remaining = self.budget - self.billed
+        return max(self.min_slice, int(remaining * self.frac)) if remaining > 0 else 0
+
+    def request(self, bidder: str) -> int:
+        """Top the bidder's unspent grant up to one slice if the pool allows; returns its cumulative grant."""
+        acct = self._accounts.setdefault(bidder, _Account())
+        acct.live = True
+        pool = self.budget - self.committed
+        want = min(self.slice_size(), acct.outstanding + max(pool, 0))
+        acct.granted = max(acct.granted, acct.billed + want)
+        return acct.granted
+
+    def reclaim(self, bidder: str) -> int:
+        """The bidder is presumed gone: its unspent grant returns to the pool; returns how much.
+
+        If it is in fact alive it can still spend that much (its lease), which is
+        the R term of the overspend bound; a later `request` revives it.
+        """
+        acct = self._accounts.get(bidder)
+        if acct is None or not acct.live:
+            return 0
+        acct.live = False
+        return acct.outstanding

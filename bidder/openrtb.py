@@ -1,0 +1,334 @@
+"""OpenRTB 2.6 bid request view (2.5 accepted).
+
+The bid path reads only a handful of fields, so the request is decoded once
+with orjson and copied into small slotted objects.  Every type the bidder
+relies on is checked here, so later stages never meet a surprise and a bad
+request gets a 400 that names the field.  Raw user ids, IPs and device ids are
+replaced here by salted hashes: nothing downstream sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import orjson
+
+AUCTION_FIRST_PRICE = 1
+AUCTION_SECOND_PRICE = 2
+DEFAULT_TMAX_MS = 200
+MAX_IMPS = 64
+
+
+class BadRequest(ValueError):
+    """A request the bidder refuses with HTTP 400; `reason` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Deal:
+    id: str
+    floor: float
+    cur: str
+    at: int | None
+    wseat: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Imp:
+    id: str
+    kind: str  # "banner" | "video" | "native" | "audio"
+    sizes: tuple[tuple[int, int], ...]
+    floor: float
+    floorcur: str
+    deals: tuple[Deal, ...]
+    private_auction: bool
+    tagid: str
+    pos: int
+    instl: bool
+    video_mimes: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Privacy:
+    coppa: bool = False
+    gdpr: bool = False
+    consent: str = ""
+    us_privacy: str = ""
+    gpp: str = ""
+    gpp_sid: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class BidRequest:
+    id: str
+    imps: tuple[Imp, ...]
+    at: int
+    tmax: int
+    cur: tuple[str, ...]
+    bcat: frozenset[str]
+    badv: frozenset[str]
+    bapp: frozenset[str]
+    wseat: frozenset[str]
+    bseat: frozenset[str]
+    is_app: bool
+    domain: str  # site.domain or app.bundle/domain: what targeting matches on
+    publisher: str
+    cats: tuple[str, ...]
+    device_type: int
+    os: str
+    ua: str
+    country: str
+    region: str
+    city: str
+    utcoffset: int  # minutes, from device.geo.utcoffset
+    user_key: str  # salted hash of user/device id, "" when none or not allowed
+    privacy: Privacy
+    schain_complete: bool | None = None
+
+
+# -- small typed getters -----------------------------------------------------
+
+
+def _obj(parent: dict, key: str, path: str) -> dict:
+    v = parent.get(key)
+    if v is None:
+        return {}
+    if type(v) is not dict:
+        raise BadRequest("bad_type", f"{path}{key} must be an object")
+    return v
+
+
+def _str(parent: dict, key: str, path: str, default: str = "") -> str:
+    v = parent.get(key, default)
+    if v is None:
+        return default
+    if type(v) is not str:
+        raise BadRequest("bad_type", f"{path}{key} must be a string")
+    return v
+
+
+def _int(parent: dict, key: str, path: str, default: int = 0) -> int:
+    v = parent.get(key, default)
+    if v is None:
+        return default
+    if type(v) is not int:
+        raise BadRequest("bad_type", f"{path}{key} must be an integer")
+    return v
+
+
+def _num(parent: dict, key: str, path: str, default: float = 0.0) -> float:
+    v = parent.get(key, default)
+    if v is None:
+        return default
+    t = type(v)
+    if t is float or t is int:
+        if v < 0 or v != v or v > 1e9:
+            raise BadRequest("bad_value", f"{path}{key} must be a finite non-negative number")
+        return float(v)
+    raise BadRequest("bad_type", f"{path}{key} must be a number")
+
+
+def _strs(parent: dict, key: str, path: str) -> tuple[str, ...]:
+    v = parent.get(key)
+    if v is None:
+        return ()
+    if type(v) is not list or any(type(x) is not str for x in v):
+        raise BadRequest("bad_type", f"{path}{key} must be an array of strings")
+    return tuple(v)
+
+
+def _ints(parent: dict, key: str, path: str) -> tuple[int, ...]:
+    v = parent.get(key)
+    if v is None:
+        return ()
+    if type(v) is not list or any(type(x) is not int for x in v):
+        raise BadRequest("bad_type", f"{path}{key} must be an array of integers")
+    return tuple(v)
+
+
+def _flag(parent: dict, key: str, path: str) -> bool:
+    v = _int(parent, key, path, 0)
+    if v not in (0, 1):
+        raise BadRequest("bad_value", f"{path}{key} must be 0 or 1")
+    return v == 1
+
+
+# -- parts ---------------------------------------------------------------------
+
+
+def _sizes(imp: dict, path: str) -> tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]:
+    banner = _obj(imp, "banner", path)
+    if imp.get("banner") is not None:
+        sizes = []
+        bp = path + "banner."
+        w, h = _int(banner, "w", bp), _int(banner, "h", bp)
+        if w and h:
+            sizes.append((w, h))
+        fmts = banner.get("format")
+        if fmts is not None:
+            if type(fmts) is not list:
+                raise BadRequest("bad_type", f"{bp}format must be an array")
+            for i, f in enumerate(fmts):
+                if type(f) is not dict:
+                    raise BadRequest("bad_type", f"{bp}format[{i}] must be an object")
+                fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
+                if fw and fh:
+                    sizes.append((fw, fh))
+        return "banner", tuple(sizes), ()
+    video = _obj(imp, "video", path)
+    if imp.get("video") is not None:
+        vp = path + "video."
+        w, h = _int(video, "w", vp), _int(video, "h", vp)
+        return "video", (((w, h),) if w and h else ()), _strs(video, "mimes", vp)
+    if imp.get("native") is not None:
+        _obj(imp, "native", path)
+        return "native", (), ()
+    if imp.get("audio") is not None:
+        _obj(imp, "audio", path)
+        return "audio", (), ()
+    raise BadRequest("no_media", f"{path[:-1]} has no banner, video, native or audio object")
+
+
+def _deals(imp: dict, path: str, floorcur: str) -> tuple[tuple[Deal, ...], bool]:
+    pmp = _obj(imp, "pmp", path)
+    if not pmp:
+        return (), False
+    pp = path + "pmp."
+    raw = pmp.get("deals") or []
+    if type(raw) is not list:
+        raise BadRequest("bad_type", f"{pp}deals must be an array")
+    deals = []
+    for i, d in enumerate(raw):
+        dp = f"{pp}deals[{i}]."
+        if type(d) is not dict:
+            raise BadRequest("bad_type", f"{dp[:-1]} must be an object")
+        did = _str(d, "id", dp)
+        if not did:
+            raise BadRequest("missing_field", f"{dp}id is required")
+        at = d.get("at")
+        if at is not None and type(at) is not int:
+            raise BadRequest("bad_type", f"{dp}at must be an integer")
+        floor = _num(d, "bidfloor", dp)
+        deals.append(Deal(did, floor, _str(d, "bidfloorcur", dp, floorcur) or floorcur, at, _strs(d, "wseat", dp)))
+    return tuple(deals), _flag(pmp, "private_auction", pp)
+
+
+def _imp(raw: object, i: int) -> Imp:
+    path = f"imp[{i}]."
+    if type(raw) is not dict:
+        raise BadRequest("bad_type", f"imp[{i}] must be an object")
+    iid = _str(raw, "id", path)
+    if not iid:
+        raise BadRequest("missing_field", f"{path}id is required")
+    kind, sizes, mimes = _sizes(raw, path)
+    floorcur = _str(raw, "bidfloorcur", path, "USD") or "USD"
+    deals, private = _deals(raw, path, floorcur)
+    banner = raw.get("banner") or {}
+    return Imp(
+        id=iid,
+        kind=kind,
+        sizes=sizes,
+        floor=_num(raw, "bidfloor", path),
+        floorcur=floorcur,
+        deals=deals,
+        private_auction=private,
+        tagid=_str(raw, "tagid", path),
+        pos=_int(banner, "pos", path + "banner.") if type(banner) is dict else 0,
+        instl=_flag(raw, "instl", path),
+        video_mimes=mimes,
+    )
+
+
+def _privacy(req: dict, user: dict) -> Privacy:
+    regs = _obj(req, "regs", "")
+    rext = _obj(regs, "ext", "regs.")
+    uext = _obj(user, "ext", "user.")
+    gdpr = regs.get("gdpr", rext.get("gdpr", 0))
+    if gdpr not in (0, 1, None):
+        raise BadRequest("bad_value", "regs.gdpr must be 0 or 1")
+    consent = user.get("consent", uext.get("consent", ""))
+    if type(consent) is not str:
+        raise BadRequest("bad_type", "user.consent must be a string")
+    usp = regs.get("us_privacy", rext.get("us_privacy", ""))
+    if type(usp) is not str:
+        raise BadRequest("bad_type", "regs.us_privacy must be a string")
+    return Privacy(
+        coppa=_flag(regs, "coppa", "regs."),
+        gdpr=gdpr == 1,
+        consent=consent,
+        us_privacy=usp,
+        gpp=_str(regs, "gpp", "regs."),
+        gpp_sid=_ints(regs, "gpp_sid", "regs."),
+    )
+
+
+def hash_id(salt: bytes, raw: str) -> str:
+    """Salted, truncated hash: stable enough for frequency caps, useless to re-identify."""
+    return hashlib.blake2b(raw.encode(), key=salt, digest_size=8).hexdigest()
+
+
+def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
+    """Decode and validate an OpenRTB bid request; raise BadRequest naming the field."""
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("bad_json", "body is not valid JSON") from None
+    if type(req) is not dict:
+        raise BadRequest("bad_json", "body must be a JSON object")
+    rid = _str(req, "id", "")
+    if not rid:
+        raise BadRequest("missing_field", "id is required")
+    imps = req.get("imp")
+    if type(imps) is not list or not imps:
+        raise BadRequest("missing_field", "imp must be a non-empty array")
+    if len(imps) > MAX_IMPS:
+        raise BadRequest("too_many_imps", f"imp has more than {MAX_IMPS} entries")
+    site, app = _obj(req, "site", ""), _obj(req, "app", "")
+    if site and app:
+        raise BadRequest("bad_value", "site and app must not both be present")
+    src, sp = (app, "app.") if app else (site, "site.")
+    device = _obj(req, "device", "")
+    geo = _obj(device, "geo", "device.")
+    user = _obj(req, "user", "")
+    publisher = _obj(src, "publisher", sp)
+    at = _int(req, "at", "", AUCTION_SECOND_PRICE)
+    if at not in (1, 2) and at < 500:
+        raise BadRequest("bad_value", "at must be 1, 2 or an exchange-specific value >= 500")
+    tmax = _int(req, "tmax", "", DEFAULT_TMAX_MS)
+    if tmax < 0:
+        raise BadRequest("bad_value", "tmax must be non-negative")
+    domain = (_str(src, "bundle", sp) or _str(src, "domain", sp)) if app else _str(src, "domain", sp)
+    uid = _str(user, "id", "user.") or _str(user, "buyeruid", "user.") or _str(device, "ifa", "device.")
+    source = _obj(req, "source", "")
+    schain = _obj(source, "schain", "source.") or _obj(_obj(source, "ext", "source."), "schain", "source.ext.")
+    return BidRequest(
+        id=rid,
+        imps=tuple(_imp(x, i) for i, x in enumerate(imps)),
+        at=at,
+        tmax=tmax,
+        cur=_strs(req, "cur", ""),
+        bcat=frozenset(_strs(req, "bcat", "")),
+        badv=frozenset(_strs(req, "badv", "")),
+        bapp=frozenset(_strs(req, "bapp", "")),
+        wseat=frozenset(_strs(req, "wseat", "")),
+        bseat=frozenset(_strs(req, "bseat", "")),
+        is_app=bool(app),
+        domain=domain,
+        publisher=_str(publisher, "id", sp + "publisher."),
+        cats=_strs(src, "cat", sp),
+        device_type=_int(device, "devicetype", "device."),
+        os=_str(device, "os", "device."),
+        ua=_str(device, "ua", "device."),
+        country=_str(geo, "country", "device.geo."),
+        region=_str(geo, "region", "device.geo."),
+        city=_str(geo, "city", "device.geo."),
+        utcoffset=_int(geo, "utcoffset", "device.geo."),
+        user_key=hash_id(salt, uid) if uid else "",
+        privacy=_privacy(req, user),
+        schain_complete=(_flag(schain, "complete", "source.schain.") if schain else None),
+    )

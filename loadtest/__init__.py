@@ -1,0 +1,1 @@
+"""streambid loadtest: the exchange simulator, the load generator and the benchmarks."""

@@ -1,0 +1,377 @@
+"""`streambid bench bidder`: the bidder's throughput and latency as a ratio to the speed floor.
+
+Absolute requests/s mean little on a shared two-core machine, so the bidder
+is measured against the floor server (a bid endpoint that does nothing but
+parse HTTP and JSON) in the same run, on the same core: the server under
+test is pinned to core 0, this process (the load generator) to core 1.
+
+For each server:
+1. warm up, then saturate it in closed loop (every connection sends again
+   as soon as it is answered): an upper bound;
+2. find the highest *open-loop* rate it sustains (probes stepping down from
+   that bound: no timeouts, no shed or failed answers, nothing past tmax);
+3. measure latency at 50% of that rate, open loop, from intended send times.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtest.campaign_gen import make_campaigns
+from loadtest.loadgen import run_load
+from loadtest.report import LoadReport, write_latency_png
+from loadtest.traffic import RequestFactory
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_FLOOR = PROJECT_ROOT.parent / "shared" / "bench" / "floor_server.py"
+DEFAULT_BIDDER_CMD = ".venv/bin/streambid serve --workers 1 --host 127.0.0.1 --port {port} --campaigns {campaigns}"
+SERVER_CORE, GENERATOR_CORE = 0, 1
+TARGET_RATIO = 0.33
+TARGET_P99_MS = 5.0
+PROBE_STEP = 0.85  # each failed probe tries this fraction of the previous rate
+MAX_PROBES = 8
+SHED_REASONS = ("overload",)  # x-nobid-reason values that mean "shed, not decided"
+_POOL = 5000
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a server did not start, a port did not open)."""
+
+
+# -- processes --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pin(core: int) -> Callable[[], None] | None:
+    if (os.cpu_count() or 1) < 2:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+class Server:
+    """A server process under test, started in its own session so it and its workers stop together."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_dir: Path) -> None:
+        self.name, self.argv, self.port = name, argv, port
+        self.log_path = log_dir / f"{name}.log"
+        self.log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_pin(SERVER_CORE),
+                start_new_session=True,
+            )
+        except OSError as e:
+            self.log.close()
+            raise BenchError(f"{name}: cannot start {shlex.join(argv)}: {e}") from None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with status {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise BenchError(f"{self.name} did not open port {self.port} within {timeout:g} s:\n{self.tail()}")
+
+    def tail(self, n: int = 20) -> str:
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:]) or "(no output)"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and all its descendants."""
+        pids = _descendants(self.proc.pid) | {self.proc.pid}
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / tick
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+# -- measurement --------------------------------------------------------------------
+
+
+def _load(
+    url: str, rate: float, duration: float, bodies: list[bytes], connections: int, tmax_ms: int, progress: bool
+) -> LoadReport:
+    import uvloop
+
+    return uvloop.run(run_load(url, rate, duration, bodies, connections=connections, tmax_ms=tmax_ms, progress=progress))
+
+
+def ok_answers(report: LoadReport) -> int:
+    """Answers that carry a decision: not an error status and not shed for overload."""
+    shed = sum(report.nobid_reasons.get(r, 0) for r in SHED_REASONS)
+    good = sum(n for status, n in report.statuses.items() if 200 <= status < 300)
+    return good - shed
+
+
+def sustained(report: LoadReport) -> tuple[bool, str]:
+    """Did the server keep up with the schedule?  (verdict, why not)"""
+    allowed = max(1, report.scheduled // 1000)  # 0.1%: one stray answer must not fail a probe
+    if report.timeouts > allowed:
+        return False, f"{report.timeouts} timeouts"
+    if report.late > allowed:
+        return False, f"{report.late} answers past tmax"
+    if report.scheduled - ok_answers(report) > allowed:
+        return False, f"{report.scheduled - ok_answers(report)} requests without a decision (errors or shed)"
+    return True, ""
+
+
+def _phase(msg: str) -> None:
+    sys.stderr.write(f"{msg}\n")
+    sys.stderr.flush()
+
+
+def measure_server(
+    server: Server, url: str, bodies: list[bytes], duration: float, probe: float, connections: int, tmax_ms: int, out: Path
+) -> dict[str, Any]:
+    name = server.name
+    _phase(f"[{name}] warm-up")
+    _load(url, 0, 1.5, bodies, connections, tmax_ms, progress=False)
+
+    _phase(f"[{name}] closed-loop saturation, {duration:g} s")
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    sat = _load(url, 0, duration, bodies, connections, tmax_ms, progress=True)
+    server_cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+    bound = ok_answers(sat) / duration
+    if bound <= 0:
+        raise BenchError(f"{name} gave no usable answers under load: statuses {sat.statuses}, reasons {sat.nobid_reasons}")
+
+    probes: list[dict[str, Any]] = []
+    best, failed_at, rate = 0.0, 0.0, bound
+    for _ in range(MAX_PROBES):
+        _phase(f"[{name}] open-loop probe at {rate:,.0f} req/s, {probe:g} s")
+        rep = _load(url, rate, probe, bodies, connections, tmax_ms, progress=True)
+        ok, why = sustained(rep)
+        probes.append({"rate": round(rate), "sustained": ok, "why": why, "p99_ms": round(rep.latency_ms()["p99"], 3)})
+        time.sleep(0.5)
+        if ok:
+            best = rate
+            break
+        failed_at, rate = rate, rate * PROBE_STEP
+    if best and failed_at:  # one refinement between the last pass and the first fail above it
+        mid = (best + failed_at) / 2
+        _phase(f"[{name}] open-loop probe at {mid:,.0f} req/s, {probe:g} s")
+        rep = _load(url, mid, probe, bodies, connections, tmax_ms, progress=True)
+        ok, why = sustained(rep)
+        probes.append({"rate": round(mid), "sustained": ok, "why": why, "p99_ms": round(rep.latency_ms()["p99"], 3)})
+        best = mid if ok else best
+        time.sleep(0.5)
+    if not best:
+        raise BenchError(f"{name} sustained none of the probed rates: {probes}")
+
+    half = best / 2
+    _phase(f"[{name}] latency at 50% load: {half:,.0f} req/s, {duration:g} s")
+    lat = _load(url, half, duration, bodies, connections, tmax_ms, progress=True)
+    png = write_latency_png(lat, out / f"bench-bidder-{name}-latency.png")
+    lms = lat.latency_ms()
+    return {
+        "name": name,
+        "command": shlex.join(server.argv),
+        "max_rps": round(best),
+        "saturation": {
+            "closed_loop_rps": round(bound),
+            "server_cpu": round(server_cpu, 3),
+            "generator_cpu": round(sat.generator_cpu, 3),
+            "statuses": {str(k): v for k, v in sorted(sat.statuses.items())},
+            "nobid_reasons": sat.nobid_reasons,
+        },
+        "probes": probes,
+        "half_load": {
+            "rate": round(half),
+            "p50_ms": round(lms["p50"], 3),
+            "p99_ms": round(lms["p99"], 3),
+            "p99.9_ms": round(lms["p99.9"], 3),
+            "max_ms": round(lms["max"], 3),
+            "past_deadline": lat.late,
+            "timeouts": lat.timeouts,
+            "bid_rate": round(lat.bid_rate, 4),
+            "statuses": {str(k): v for k, v in sorted(lat.statuses.items())},
+            "nobid_reasons": lat.nobid_reasons,
+            "generator_lag_ms": lat.generator_lag_ms,
+        },
+        "png": str(png),
+    }
+
+
+def bench_bidder(
+    *,
+    duration: float = 8.0,
+    probe: float = 3.0,
+    campaigns: int = 1000,
+    floor: Path | None = None,
+    bidder_cmd: str = DEFAULT_BIDDER_CMD,
+    path: str = "/bid/bench",
+    connections: int = 64,
+    tmax_ms: int = 100,
+    seed: int = 1,
+    out: Path = Path("out"),
+) -> dict[str, Any]:
+    """Run the whole benchmark and return its result document (see `format_bench`)."""
+    floor = floor or DEFAULT_FLOOR
+    if not floor.is_file():
+        raise BenchError(f"floor server not found at {floor} (use --floor PATH)")
+    out.mkdir(parents=True, exist_ok=True)
+    bodies = RequestFactory(seed, tmax_ms=tmax_ms).bodies(_POOL)
+    results: list[dict[str, Any]] = []
+    saved_affinity = os.sched_getaffinity(0)
+    with tempfile.TemporaryDirectory(prefix="streambid-bench-") as tmp:
+        work = Path(tmp)
+        camp_file = _campaign_file(work, campaigns, seed)
+        if (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(0, {GENERATOR_CORE})
+        try:
+            for name, argv_of in (
+                ("floor", lambda port: [sys.executable, str(floor), "--host", "127.0.0.1", "--port", str(port)]),
+                ("bidder", lambda port: shlex.split(bidder_cmd.format(port=port, campaigns=camp_file))),
+            ):
+                port = free_port()
+                server = Server(name, argv_of(port), port, work)
+                try:
+                    server.wait_ready()
+                    results.append(
+                        measure_server(
+                            server, f"http://127.0.0.1:{port}{path}", bodies, duration, probe, connections, tmax_ms, out
+                        )
+                    )
+                finally:
+                    server.stop()
+        finally:
+            os.sched_setaffinity(0, saved_affinity)
+    floor_r, bidder_r = results
+    ratio = bidder_r["max_rps"] / floor_r["max_rps"] if floor_r["max_rps"] else 0.0
+    half = bidder_r["half_load"]
+    targets = {
+        "ratio": {"want": f">= {TARGET_RATIO}", "got": round(ratio, 3), "met": ratio >= TARGET_RATIO},
+        "p99_ms_at_half_load": {"want": f"<= {TARGET_P99_MS}", "got": half["p99_ms"], "met": half["p99_ms"] <= TARGET_P99_MS},
+        "past_deadline": {"want": "0", "got": half["past_deadline"], "met": half["past_deadline"] == 0},
+    }
+    return {
+        "machine": {"cpus": os.cpu_count(), "server_core": SERVER_CORE, "generator_core": GENERATOR_CORE},
+        "generator": "streambid open-loop generator (uvloop)",
+        "duration_s": duration,
+        "probe_s": probe,
+        "connections": connections,
+        "tmax_ms": tmax_ms,
+        "campaigns": campaigns,
+        "servers": results,
+        "ratio": round(ratio, 3),
+        "targets": targets,
+        "targets_met": all(t["met"] for t in targets.values()),
+    }
+
+
+def _campaign_file(work: Path, n: int, seed: int) -> Path:
+    """Generated campaigns, each checked with the bidder's own validator before the bidder sees them."""
+    from bidder.campaigns import ConfigError, parse_campaign
+
+    docs = make_campaigns(n, seed)
+    for i, doc in enumerate(docs):
+        try:
+            parse_campaign(doc)
+        except ConfigError as e:
+            raise BenchError(f"generated campaign {i} is invalid: {e}") from None
+    path = work / "campaigns.json"
+    path.write_bytes(orjson.dumps({"campaigns": docs}))
+    return path
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The result as a table plus the targets."""
+    head = (
+        f"{'server':<8}{'max req/s':>11}{'ratio':>7}{'50% load':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+        f"{'past tmax':>11}{'timeouts':>10}"
+    )
+    lines = [
+        f"bench bidder: server on core {SERVER_CORE}, generator on core {GENERATOR_CORE}; "
+        f"{result['connections']} connections, tmax {result['tmax_ms']} ms, {result['campaigns']} campaigns",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    floor_rps = result["servers"][0]["max_rps"] or 1
+    for s in result["servers"]:
+        h = s["half_load"]
+        lines.append(
+            f"{s['name']:<8}{s['max_rps']:>11,}{s['max_rps'] / floor_rps:>7.2f}{h['rate']:>10,}{h['p50_ms']:>9.3f}"
+            f"{h['p99_ms']:>9.3f}{h['p99.9_ms']:>10.3f}{h['past_deadline']:>11,}{h['timeouts']:>10,}"
+        )
+    lines.append("")
+    for s in result["servers"]:
+        sat = s["saturation"]
+        lines.append(
+            f"{s['name']}: closed-loop bound {sat['closed_loop_rps']:,} req/s with the server at {sat['server_cpu']:.0%} "
+            f"of its core (generator {sat['generator_cpu']:.0%}); bid rate at 50% load {s['half_load']['bid_rate']:.1%}"
+        )
+    lines.append("")
+    lines.append("targets for the bidder")
+    for key, t in result["targets"].items():
+        lines.append(f"  {key:<22}{t['want']:>8}   got {t['got']!s:<10} {'PASS' if t['met'] else 'FAIL'}")
+    lines.append("")
+    lines.append("latency over time: " + ", ".join(s["png"] for s in result["servers"]))
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""`streambid loadtest run` and `streambid bench bidder`: the load generator's command lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+RUN_DESCRIPTION = """\
+Play an exchange against a running bidder: send OpenRTB 2.6 bid requests on an
+open-loop schedule (the next request leaves on time whatever the bidder does)
+and report latency from each request's intended send time, so stalls are not
+hidden.  Requests come from a seeded traffic generator (or --requests FILE) and
+are cycled from a pre-built pool.
+
+Only the given URL is ever sent traffic.  The target must be on this machine
+(loopback: 127.0.0.0/8 or ::1) unless --allow-remote is given; use that only for
+a host you run.
+
+examples:
+  streambid loadtest run --target http://127.0.0.1:8080/bid/test --rate 2000 --duration 30
+  streambid loadtest run --target :8080/bid/test --rate 5000 --duration 60 --profile ramp --json
+  streambid loadtest run --target :8080/bid/test --rate 0 --duration 10        # saturate (closed loop)
+"""
+
+BENCH_DESCRIPTION = """\
+Throughput and latency of the bidder against the speed floor of a Python bid
+endpoint, in one run on this machine.  The floor server (a no-op httptools +
+orjson + uvloop endpoint) and then the bidder are each pinned to core 0 while
+this process, the load generator, is pinned to core 1.  For each server:
+closed-loop saturation gives an upper bound, open-loop probes stepping down
+from it find the max sustained rate (no timeouts, nothing shed or failed,
+nothing past tmax), then latency is measured open loop at 50% of that rate.
+
+Prints a table with the targets the bidder must meet: ratio bidder/floor
+>= 0.33, p99 <= 5 ms at 50% load, no answers after tmax.  Latency-over-time
+PNGs go to --out.  To try the harness with the floor server as both:
+  streambid bench bidder --bidder-cmd ".venv/bin/python ../shared/bench/floor_server.py --port {port}"
+"""
+
+
+def register_loadtest(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add `loadtest run` and `bench bidder` to the command tree."""
+    _register_run(groups["loadtest"])
+    _register_bench(groups["bench"])
+
+
+def _register_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="open-loop load test against a running bidder (loopback only unless --allow-remote)",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--target", required=True, metavar="URL", help="bid URL, e.g. http://127.0.0.1:8080/bid/test (host defaults to 127.0.0.1)")
+    a(
+        "--rate",
+        type=float,
+        required=True,
+        metavar="R",
+        help="requests/s to offer (peak for ramp/step); 0: closed-loop saturation",
+    )
+    a("--duration", type=float, required=True, metavar="S", help="seconds of load")
+    a("--connections", type=int, default=64, metavar="C", help="keep-alive connections, one request in flight each (default 64)")
+    a("--tmax", type=int, default=100, metavar="MS", help="deadline in ms, also the tmax of generated requests (default 100)")
+    a("--profile", choices=("const", "ramp", "step"), default="const", help="const rate, linear ramp to R, or 5 equal steps to R")
+    a("--requests", type=Path, metavar="FILE", help="replay bodies from FILE (one JSON request per line) instead of generating")
+    a("--seed", type=int, default=1, metavar="N", help="traffic generator seed (default 1)")
+    a("--malformed", type=float, default=0.0, metavar="F", help="share of deliberately malformed bodies, 0..1 (default 0)")
+    a("--pool", type=int, default=5000, metavar="N", help="distinct generated bodies to cycle through (default 5000)")
+    a("--allow-remote", action="store_true", help="allow a non-loopback target; only for a host you run")
+    a("--json", action="store_true", help="print the report as one JSON document on stdout")
+    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for latency-over-time.png (default out/)")
+    a("--no-progress", action="store_true", help="no status line on stderr")
+    p.set_defaults(func=cmd_run)
+
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    from loadtest.bench_bidder import DEFAULT_BIDDER_CMD
+
+    p = sub.add_parser(
+        "bidder",
+        help="bidder throughput and latency vs the floor server, on pinned cores",
+        description=BENCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--duration", type=float, default=8.0, metavar="S", help="seconds of saturation and of the 50%% load run (default 8)")
+    a("--probe", type=float, default=3.0, metavar="S", help="seconds per open-loop probe for the max sustained rate (default 3)")
+    a("--campaigns", type=int, default=1000, metavar="N", help="generated campaigns loaded into the bidder (default 1000)")
+    a(
+        "--floor",
+        type=Path,
+        metavar="PATH",
+        help="floor server script (default ../shared/bench/floor_server.py beside the project)",
+    )
+    a(
+        "--bidder-cmd",
+        default=DEFAULT_BIDDER_CMD,
+        metavar="CMD",
+        help="bidder command; {port} and {campaigns} are filled in (default: %(default)s)",
+    )
+    a("--path", default="/bid/bench", help="URL path requests are posted to (default /bid/bench)")
+    a("--connections", type=int, default=64, metavar="C", help="connections for every phase (default 64)")
+    a("--tmax", type=int, default=100, metavar="MS", help="deadline in ms (default 100)")
+    a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
+    a("--json", action="store_true", help="print one JSON document on stdout")
+    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for the latency PNGs (default out/)")
+    a("--strict", action="store_true", help="exit with status 3 when the bidder misses a target")
+    p.set_defaults(func=cmd_bench_bidder)
+
+
+def _run_loop(coro):
+    """Run on uvloop: the generator's speed depends on it."""
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from loadtest.loadgen import RemoteTargetRefused, parse_target, run_load
+    from loadtest.report import format_report, write_latency_png
+    from loadtest.traffic import RequestFactory, load_request_file
+
+    try:
+        parse_target(args.target, allow_remote=args.allow_remote)
+    except (RemoteTargetRefused, ValueError) as e:
+        print(f"streambid loadtest run: {e}", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.malformed <= 1.0:
+        print("streambid loadtest run: --malformed must be between 0 and 1", file=sys.stderr)
+        return 2
+    if args.requests:
+        bodies = load_request_file(args.requests)
+    else:
+        bodies = RequestFactory(args.seed, args.malformed, tmax_ms=args.tmax).bodies(max(1, args.pool))
+    try:
+        report = _run_loop(
+            run_load(
+                args.target,
+                args.rate,
+                args.duration,
+                bodies,
+                connections=args.connections,
+                tmax_ms=args.tmax,
+                profile=args.profile,
+                progress=not args.no_progress,
+                allow_remote=args.allow_remote,
+            )
+        )
+    except ConnectionError as e:
+        print(f"streambid loadtest run: {e}", file=sys.stderr)
+        return 1
+    png = write_latency_png(report, args.out / "latency-over-time.png")
+    if args.json:
+        doc = report.to_dict()
+        doc["png"] = str(png)
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    else:
+        print(format_report(report))
+        print(f"\nlatency over time: {png}")
+    return 0
+
+
+def cmd_bench_bidder(args: argparse.Namespace) -> int:
+    from loadtest.bench_bidder import BenchError, bench_bidder, format_bench
+
+    try:
+        result = bench_bidder(
+            duration=args.duration,
+            probe=args.probe,
+            campaigns=args.campaigns,
+            floor=args.floor,
+            bidder_cmd=args.bidder_cmd,
+            path=args.path,
+            connections=args.connections,
+            tmax_ms=args.tmax,
+            seed=args.seed,
+            out=args.out,
+        )
+    except BenchError as e:
+        print(f"streambid bench bidder: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        print(format_bench(result))
+    return 3 if args.strict and not result["targets_met"] else 0

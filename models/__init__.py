@@ -1,0 +1,1 @@
+"""streambid models: features, the online CTR learner and its serving snapshot."""

@@ -1,0 +1,135 @@
+"""Subcommands this package adds to `streambid`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import orjson
+
+CTR_HELP = "progressive validation of the CTR learner vs a constant rate and Vowpal Wabbit"
+CTR_DESCRIPTION = """\
+Progressive validation (predict, then learn, example by example) of three learners:
+a constant click rate, Vowpal Wabbit (--ftrl, logistic) and streambid's CTRLearner.
+
+Streams:
+  --data DIR       the iPinYou CTR sample (featindex.fm.txt, train.fm.txt, test.fm.txt), train then test
+  --synthetic N    N synthetic events with known true CTR and a drift halfway (0 to skip)
+
+Prints log loss, exact AUC, ECE and µs per predict/learn for each learner, the
+excess log loss over the true probabilities on the synthetic stream, and the
+µs per ModelSnapshot.predict (the per-candidate cost on the bid path).
+Writes a reliability plot to OUT/ctr-reliability.png.
+"""
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add this package's subcommands to the command tree."""
+    p = groups["bench"].add_parser(
+        "ctr", help=CTR_HELP, description=CTR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", type=Path, help="directory of the iPinYou CTR sample (e.g. ../shared/data/ipinyou-ctr)")
+    p.add_argument("--synthetic", type=int, default=1_000_000, metavar="N", help="synthetic events (default 1,000,000; 0 skips)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic stream")
+    p.add_argument("--out", type=Path, default=Path("out"), help="directory for the reliability plot (default out/)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    tune = p.add_argument_group("learner hyperparameters (defaults: the tuned ones)")
+    for name in ("alpha", "beta", "l1", "l2", "calibration_prior"):
+        tune.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
+    tune.add_argument("--blend-impressions", type=float, help="creative impressions at which model and prior weigh the same")
+    tune.add_argument("--no-calibration", action="store_true", help="turn the online Platt calibration off")
+    p.set_defaults(func=run_bench_ctr)
+
+
+def _config(args: argparse.Namespace):
+    from models.learner import LearnerConfig
+
+    cfg = LearnerConfig()
+    changes = {k: getattr(args, k) for k in ("alpha", "beta", "l1", "l2", "calibration_prior") if getattr(args, k) is not None}
+    if args.no_calibration:
+        changes["calibrate"] = False
+    if args.blend_impressions is not None:
+        changes["prior"] = dataclasses.replace(cfg.prior, blend_impressions=args.blend_impressions)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _clean(v):
+    """JSON-safe: NaN becomes null."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def run_bench_ctr(args: argparse.Namespace) -> int:
+    from models import bench_ctr as b
+
+    if args.data is None and args.synthetic <= 0:
+        print("nothing to do: give --data DIR and/or --synthetic N", file=sys.stderr)
+        return 2
+    if args.data is not None and not (args.data / "featindex.fm.txt").exists():
+        print(f"{args.data} has no featindex.fm.txt (expected the iPinYou CTR sample)", file=sys.stderr)
+        return 2
+    config = _config(args)
+    progress = b.Progress(enabled=not args.quiet)
+    ipinyou = b.bench_ipinyou(args.data, config, progress) if args.data is not None else None
+    synthetic = b.bench_synthetic(args.synthetic, config, progress, args.seed) if args.synthetic > 0 else None
+    progress.update("writing the reliability plot", force=True)
+    panels = {}
+    if ipinyou:
+        panels["iPinYou (train+test)"] = ipinyou
+    if synthetic:
+        panels[f"synthetic ({args.synthetic:,} events)"] = synthetic
+    plot = b.plot_reliability(panels, args.out / "ctr-reliability.png")
+    progress.done()
+    targets = b.check_targets(ipinyou, synthetic)
+    cfg = config.to_dict()
+    if args.json:
+        doc = {
+            "config": cfg,
+            "ipinyou": {"rows": ipinyou["rows"], "snapshot": ipinyou["snapshot"]} if ipinyou else None,
+            "synthetic": (
+                {"rows": synthetic["rows"], "drift_at": synthetic["drift_at"], "n": args.synthetic} if synthetic else None
+            ),
+            "targets": targets,
+            "plot": str(plot),
+        }
+        sys.stdout.write(orjson.dumps(_clean(doc), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print("CTR learner: progressive validation (predict, then learn, in order)")
+    print(
+        f"streambid config: alpha={config.alpha} beta={config.beta} l1={config.l1} l2={config.l2} "
+        f"calibration={'on' if config.calibrate else 'off'} blend_impressions={config.prior.blend_impressions}"
+    )
+    if ipinyou:
+        n = ipinyou["rows"][0]["n"]
+        clicks = ipinyou["rows"][0]["clicks"]
+        print(f"\niPinYou CTR sample: {n:,} impressions, {clicks} clicks (train then test)")
+        print(b.format_table(ipinyou["rows"], b.COLUMNS))
+        s = ipinyou["snapshot"]
+        if s:
+            print(
+                f"\nModelSnapshot: {s['us_predict']:.2f} µs per predict (per candidate), {s['us_base_score']:.2f} µs per "
+                f"base_score (per request); {s['weights']:,} weights, {s['bytes']:,} bytes serialised; "
+                f"max |snapshot - learner| = {s['max_abs_diff_vs_learner']:.1e}"
+            )
+            print(
+                f"Features: {s['us_request_features']:.2f} µs per request_features (per impression), "
+                f"{s['us_candidate_features']:.2f} µs per candidate_features (per candidate)"
+            )
+    if synthetic:
+        print(f"\nSynthetic stream: {args.synthetic:,} events, drift at {synthetic['drift_at']:,}")
+        print("(excess: expected log loss over that of the true probabilities, minus 1)")
+        print(b.format_table(synthetic["rows"], b.SYNTH_COLUMNS))
+    print("\nTargets:")
+    for t in targets:
+        print(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}")
+    print(f"\nReliability plot: {plot}")
+    return 0

@@ -1,0 +1,108 @@
+"""Click counts per campaign and creative, as nested Beta priors for cold start.
+
+A brand-new creative has no weights the model could have learned, so on its
+own the model would score it like an average ad.  The counts give a better
+guess: the creative's posterior CTR shrinks towards its campaign's rate, which
+shrinks towards the global rate, which starts from a configured prior.  The
+model's score and that posterior are blended in logit space, with the model's
+share growing with the creative's impressions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from models.calibration import logit
+
+CreativeKey = tuple[str, str]  # (campaign id, creative id): creative ids are unique only within a campaign
+
+
+@dataclass(frozen=True, slots=True)
+class PriorConfig:
+    prior_ctr: float = 0.001  # CTR assumed before any impression
+    global_strength: float = 1_000.0  # pseudo-impressions behind prior_ctr
+    campaign_strength: float = 500.0  # pseudo-impressions of the global rate behind each campaign
+    creative_strength: float = 500.0  # pseudo-impressions of the campaign rate behind each creative
+    blend_impressions: float = 100.0  # creative impressions at which model and prior weigh the same
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ClickCounts:
+    """Clicks and impressions, globally, per campaign and per (campaign, creative)."""
+
+    __slots__ = ("config", "clicks", "impressions", "campaigns", "creatives")
+
+    def __init__(self, config: PriorConfig | None = None) -> None:
+        self.config = config or PriorConfig()
+        self.clicks = 0
+        self.impressions = 0
+        self.campaigns: dict[str, list[int]] = {}  # campaign -> [clicks, impressions]
+        self.creatives: dict[CreativeKey, list[int]] = {}
+
+    def add(self, campaign: str, creative: str, clicked: bool) -> None:
+        c = 1 if clicked else 0
+        self.clicks += c
+        self.impressions += 1
+        camp = self.campaigns.get(campaign)
+        if camp is None:
+            camp = self.campaigns[campaign] = [0, 0]
+        camp[0] += c
+        camp[1] += 1
+        cre = self.creatives.get((campaign, creative))
+        if cre is None:
+            cre = self.creatives[(campaign, creative)] = [0, 0]
+        cre[0] += c
+        cre[1] += 1
+
+    # -- posterior means -----------------------------------------------------------
+
+    def global_rate(self) -> float:
+        cfg = self.config
+        return (self.clicks + cfg.prior_ctr * cfg.global_strength) / (self.impressions + cfg.global_strength)
+
+    def campaign_rate(self, campaign: str) -> float:
+        clicks, imps = self.campaigns.get(campaign, (0, 0))
+        k = self.config.campaign_strength
+        return (clicks + self.global_rate() * k) / (imps + k)
+
+    def creative_beta(self, campaign: str, creative: str) -> tuple[float, float]:
+        """Beta(alpha, beta) posterior of the creative's CTR: the campaign rate as prior, plus its own counts."""
+        clicks, imps = self.creatives.get((campaign, creative), (0, 0))
+        k = self.config.creative_strength
+        m = self.campaign_rate(campaign)
+        return clicks + m * k, (imps - clicks) + (1.0 - m) * k
+
+    def creative_impressions(self, campaign: str, creative: str) -> int:
+        return self.creatives.get((campaign, creative), (0, 0))[1]
+
+    def blend(self, campaign: str, creative: str) -> tuple[float, float]:
+        """(lam, offset) such that the blended logit is lam * model_logit + offset."""
+        a, b = self.creative_beta(campaign, creative)
+        imps = self.creative_impressions(campaign, creative)
+        lam = imps / (imps + self.config.blend_impressions) if self.config.blend_impressions > 0 else 1.0
+        return lam, (1.0 - lam) * logit(a / (a + b))
+
+    # -- (de)serialisation ----------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "clicks": self.clicks,
+            "impressions": self.impressions,
+            "campaigns": [[k, v[0], v[1]] for k, v in self.campaigns.items()],
+            "creatives": [[k[0], k[1], v[0], v[1]] for k, v in self.creatives.items()],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClickCounts:
+        counts = cls(PriorConfig(**d["config"]))
+        counts.clicks = int(d["clicks"])
+        counts.impressions = int(d["impressions"])
+        counts.campaigns = {str(k): [int(c), int(i)] for k, c, i in d["campaigns"]}
+        counts.creatives = {(str(k), str(r)): [int(c), int(i)] for k, r, c, i in d["creatives"]}
+        return counts
+
+    def copy(self) -> ClickCounts:
+        return ClickCounts.from_dict(self.to_dict())

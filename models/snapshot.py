@@ -1,0 +1,174 @@
+"""The serving model: an immutable, fast scorer frozen from the learner.
+
+The bid path holds one ModelSnapshot and swaps in a new one atomically (a
+single attribute assignment), so it never sees a half-updated model and never
+takes a lock.  Scoring is split in two so the per-candidate cost stays small:
+`base_score` sums the request-level weights once per impression, `predict`
+adds the few candidate weights, blends with the cold-start prior and applies
+the calibration, all precomputed into plain dicts and floats.
+
+Serialised form: orjson + zlib, never pickle, so a snapshot read from a topic
+or a file cannot run code.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from models.calibration import logit
+from models.prior import ClickCounts, CreativeKey, PriorConfig
+
+FORMAT = 1
+_CLIP = 30.0
+
+
+class ModelSnapshot:
+    """Frozen weights + prior blend table + calibration; what the bid path scores with."""
+
+    __slots__ = ("version", "n_seen", "bias", "weights", "calibration", "logit_shift", "counts", "_blend", "_campaign_blend",
+                 "_default_blend")
+
+    def __init__(
+        self,
+        version: int,
+        weights: dict[int, float],
+        bias: float,
+        counts: ClickCounts,
+        calibration: tuple[float, float] = (1.0, 0.0),
+        logit_shift: float = 0.0,
+        n_seen: int = 0,
+    ) -> None:
+        self.version = version
+        self.n_seen = n_seen
+        self.weights = weights
+        self.bias = bias
+        self.counts = counts
+        self.calibration = calibration
+        self.logit_shift = logit_shift  # the learner's fixed offset: logit(prior CTR) + log(negative rate)
+        self._blend: dict[CreativeKey, tuple[float, float]] = {key: counts.blend(*key) for key in counts.creatives}
+        self._campaign_blend = {c: (0.0, logit(counts.campaign_rate(c))) for c in counts.campaigns}
+        self._default_blend = (0.0, logit(counts.global_rate()))
+
+    # -- scoring ------------------------------------------------------------------------
+
+    def base_score(self, req_feats: Sequence[int]) -> float:
+        """Bias + sum of the request-level weights: computed once per impression."""
+        get = self.weights.get
+        z = self.bias + self.logit_shift
+        for f in req_feats:
+            z += get(f, 0.0)
+        return z
+
+    def blend_for(self, campaign: str, creative: str) -> tuple[float, float]:
+        """(lam, offset) of the cold-start blend: logit = lam * model + offset."""
+        b = self._blend.get((campaign, creative))
+        if b is None:
+            b = self._campaign_blend.get(campaign, self._default_blend)
+        return b
+
+    def raw_logit(self, base: float, cand_feats: Sequence[int], campaign: str, creative: str) -> float:
+        """Blended logit before calibration."""
+        get = self.weights.get
+        z = base
+        for f in cand_feats:
+            z += get(f, 0.0)
+        b = self._blend.get((campaign, creative))
+        if b is None:
+            b = self._campaign_blend.get(campaign, self._default_blend)
+        return b[0] * z + b[1]
+
+    def predict(self, base: float, cand_feats: Sequence[int], campaign: str, creative: str) -> float:
+        """Calibrated pCTR of one candidate, given the request's base score."""
+        get = self.weights.get
+        z = base
+        for f in cand_feats:
+            z += get(f, 0.0)
+        b = self._blend.get((campaign, creative))
+        if b is None:
+            b = self._campaign_blend.get(campaign, self._default_blend)
+        a, c = self.calibration
+        s = a * (b[0] * z + b[1]) + c
+        if s > _CLIP:
+            s = _CLIP
+        elif s < -_CLIP:
+            s = -_CLIP
+        return 1.0 / (1.0 + math.exp(-s))
+
+    def creative_beta(self, campaign: str, creative: str) -> tuple[float, float]:
+        """Beta posterior of a creative's CTR (for exploration)."""
+        return self.counts.creative_beta(campaign, creative)
+
+    def creative_impressions(self, campaign: str, creative: str) -> int:
+        return self.counts.creative_impressions(campaign, creative)
+
+    def explain(self, req_feats: Sequence[int], cand_feats: Sequence[int], campaign: str, creative: str, top: int = 5) -> dict:
+        """pCTR and the features that moved it most, with readable names where known."""
+        from models.explain import explain_prediction
+
+        return explain_prediction(self, req_feats, cand_feats, campaign, creative, top)
+
+    # -- construction and storage ---------------------------------------------------------
+
+    @classmethod
+    def empty(cls, prior_ctr: float = 0.001) -> ModelSnapshot:
+        """A snapshot that knows nothing: every candidate scores prior_ctr."""
+        return cls(version=0, weights={}, bias=0.0, counts=ClickCounts(PriorConfig(prior_ctr=prior_ctr)))
+
+    def to_dict(self) -> dict:
+        ids = list(self.weights)
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "n_seen": self.n_seen,
+            "bias": self.bias,
+            "ids": ids,
+            "weights": [self.weights[i] for i in ids],
+            "calibration": list(self.calibration),
+            "logit_shift": self.logit_shift,
+            "counts": self.counts.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSnapshot:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"unsupported model snapshot format {d.get('format')!r}")
+        ids, ws = d["ids"], d["weights"]
+        if len(ids) != len(ws):
+            raise ValueError("model snapshot has mismatched ids and weights")
+        a, b = d["calibration"]
+        return cls(
+            version=int(d["version"]),
+            weights={int(i): float(w) for i, w in zip(ids, ws, strict=True)},
+            bias=float(d["bias"]),
+            counts=ClickCounts.from_dict(d["counts"]),
+            calibration=(float(a), float(b)),
+            logit_shift=float(d["logit_shift"]),
+            n_seen=int(d["n_seen"]),
+        )
+
+    def to_bytes(self) -> bytes:
+        return zlib.compress(orjson.dumps(self.to_dict()), 6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ModelSnapshot:
+        return cls.from_dict(orjson.loads(zlib.decompress(data)))
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename) so a reader never loads half a model."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(self.to_bytes())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelSnapshot:
+        return cls.from_bytes(Path(path).read_bytes())
+
+    def __repr__(self) -> str:
+        return f"ModelSnapshot(version={self.version}, n_seen={self.n_seen}, weights={len(self.weights)})"
+

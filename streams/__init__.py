@@ -1,0 +1,1 @@
+"""streambid streams: Faust agents, topics, attribution and the spend ledger."""

@@ -1,0 +1,128 @@
+"""Attribution with delayed feedback: when does an impression become a training example?
+
+A bid is remembered by its id with the features it was scored on.  Once it
+served (impression), a click inside the window makes it a positive example at
+once; the window closing without a click makes it a negative one.  Each bid
+yields at most one example: after that it leaves a tombstone, so a late click
+is counted as late and never flips a negative into a positive.  Topics
+interleave freely, so an impression or click may arrive before its bid: it is
+held as *early* and matched when the bid comes, or counted an orphan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+CLICK_WINDOW_MS = 30 * 60 * 1000
+CONVERSION_WINDOW_MS = 7 * 24 * 3600 * 1000
+UNSERVED_TTL_MS = 10 * 60 * 1000  # a bid with no impression by then was lost or never rendered
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    campaign: str
+    creative: str
+    features: list[int]
+    label: int
+    bid_id: str
+
+    def to_event(self, ts_ms: int) -> dict[str, Any]:
+        from streams.events import make_event
+
+        return make_event("examples", f"ex:{self.bid_id}", ts_ms, campaign=self.campaign, creative=self.creative,
+                          features=self.features, label=self.label)
+
+
+class Attribution:
+    """Joins bids, impressions, clicks and conversions by bid id; state in a mapping the adapter owns."""
+
+    def __init__(self, pending: MutableMapping[str, Any], click_window_ms: int = CLICK_WINDOW_MS,
+                 conversion_window_ms: int = CONVERSION_WINDOW_MS) -> None:
+        self.pending = pending
+        self.click_window_ms = click_window_ms
+        self.conversion_window_ms = conversion_window_ms
+
+    def on_bid(self, ev: dict[str, Any]) -> tuple[str, Example | None]:
+        """Remember the bid's features; completes an example if its click came first (topics interleave freely)."""
+        bid_id = ev["bid_id"]
+        entry = self.pending.get(bid_id)
+        if entry is not None and entry["f"] is not None:
+            return "duplicate", None
+        if entry is None:
+            self.pending[bid_id] = {"c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"],
+                                    "imp": None, "clk": None, "done": 0}
+            return "matched", None
+        entry = {**entry, "c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"]}
+        example = None
+        if entry["clk"] is not None and not entry["done"]:
+            if entry["clk"] - (entry["imp"] if entry["imp"] is not None else ev["ts"]) <= self.click_window_ms:
+                entry["done"] = 1
+                example = Example(entry["c"], entry["r"], entry["f"], 1, bid_id)
+        self.pending[bid_id] = entry
+        return "matched", example
+
+    def _early(self, ev: dict[str, Any], **marks: int) -> None:
+        """An impression or click seen before its bid: hold it until the bid arrives or the TTL passes."""
+        self.pending[ev["bid_id"]] = {"c": ev["campaign"], "r": ev.get("creative", ""), "f": None, "t": ev["ts"],
+                                      "imp": None, "clk": None, "done": 0, **marks}
+
+    def on_impression(self, ev: dict[str, Any]) -> str:
+        entry = self.pending.get(ev["bid_id"])
+        if entry is None:
+            self._early(ev, imp=ev["ts"])
+            return "early"
+        if entry["imp"] is not None:
+            return "duplicate"
+        self.pending[ev["bid_id"]] = {**entry, "imp": ev["ts"]}
+        return "matched"
+
+    def on_click(self, ev: dict[str, Any]) -> tuple[str, Example | None]:
+        """Outcome and, when the click is the first inside the window, the positive example."""
+        bid_id = ev["bid_id"]
+        entry = self.pending.get(bid_id)
+        if entry is None:
+            self._early(ev, clk=ev["ts"])
+            return "early", None
+        if entry["clk"] is not None:
+            return "duplicate", None
+        served = entry["t"] if entry["imp"] is None else entry["imp"]
+        if entry["f"] is None:
+            self.pending[bid_id] = {**entry, "clk": ev["ts"]}
+            return "early", None
+        if entry["done"] or ev["ts"] - served > self.click_window_ms:
+            self.pending[bid_id] = {**entry, "clk": ev["ts"]}
+            return "late", None
+        self.pending[bid_id] = {**entry, "imp": served, "clk": ev["ts"], "done": 1}
+        return "matched", Example(entry["c"], entry["r"], entry["f"], 1, bid_id)
+
+    def on_conversion(self, ev: dict[str, Any]) -> str:
+        entry = self.pending.get(ev["bid_id"])
+        if entry is None:
+            return "orphan"
+        if ev["ts"] - (entry["t"] if entry["imp"] is None else entry["imp"]) > self.conversion_window_ms:
+            return "late"
+        return "matched"
+
+    def expire(self, now_ms: int) -> tuple[list[Example], int]:
+        """Negative examples for served bids whose click window closed, and how many early events stayed orphans."""
+        out: list[Example] = []
+        orphans = 0
+        for bid_id, entry in list(self.pending.items()):
+            if entry["f"] is None:
+                if now_ms - entry["t"] > UNSERVED_TTL_MS:
+                    del self.pending[bid_id]
+                    orphans += 1
+                continue
+            served = entry["imp"]
+            if served is None:
+                if now_ms - entry["t"] > UNSERVED_TTL_MS:
+                    del self.pending[bid_id]
+                continue
+            if not entry["done"] and now_ms - served > self.click_window_ms:
+                self.pending[bid_id] = {**entry, "done": 1}
+                out.append(Example(entry["c"], entry["r"], entry["f"], 0, bid_id))
+            elif entry["done"] and now_ms - served > self.conversion_window_ms:
+                del self.pending[bid_id]
+        return out, orphans

@@ -1,0 +1,195 @@
+"""Subcommands of the streams side: `worker` and `campaign set|pause|show`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bidder.campaigns import ConfigError, load_campaign_docs, parse_campaign
+from streams import topics
+
+
+def broker_of(args: argparse.Namespace) -> str:
+    broker = getattr(args, "broker", None) or os.environ.get("KAFKA_BOOTSTRAP")
+    if not broker:
+        sys.exit("streambid: no Kafka broker: pass --broker HOST:PORT or set KAFKA_BOOTSTRAP "
+                 "(for a local one: bash deploy/kafka-local/kafka.sh start)")
+    return broker
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    top, camp = groups["top"], groups["campaign"]
+    w = top.add_parser("worker", help="run the Faust stream processors on Kafka",
+                       description="Consume delivery events and campaign config; keep spend, attribution, the CTR model "
+                                   "and pacing; publish model and pacing updates for the bidders.")
+    w.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
+    w.add_argument("--app-id", default="streambid-worker", help="consumer group / Faust app id (default: %(default)s)")
+    w.add_argument("--metrics-port", type=int, default=9102, help="Prometheus /metrics port, 0 to disable (default: %(default)s)")
+    w.add_argument("--click-window", type=float, default=1800.0, help="click attribution window, seconds (default: 1800)")
+    w.add_argument("--loglevel", default="warning", help="faust log level (default: %(default)s)")
+    w.set_defaults(func=cmd_worker)
+
+    s = camp.add_parser("set", help="validate a campaign file and publish every campaign in it",
+                        description="Validate each campaign (schema, budgets, flight, currency, targeting, creatives) "
+                                    "and publish it to the config topic; nothing is published if any campaign is invalid.")
+    s.add_argument("file", type=Path, help="JSON or YAML: one campaign, a list, or {\"campaigns\": [...]}")
+    s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
+    s.add_argument("--dry-run", action="store_true", help="validate only")
+    s.set_defaults(func=cmd_set)
+    p = camp.add_parser("pause", help="pause a campaign (bidders stop bidding on it within a second)")
+    p.add_argument("id")
+    p.add_argument("--broker")
+    p.set_defaults(func=cmd_pause)
+    sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history")
+    sh.add_argument("id", nargs="?")
+    sh.add_argument("--broker")
+    sh.add_argument("--history", action="store_true", help="list every change: when, who, what")
+    sh.add_argument("--json", action="store_true", help="print one JSON document")
+    sh.set_defaults(func=cmd_show)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.app import create_app
+    from streams.kafka_io import ensure_topics
+
+    broker = broker_of(args)
+    asyncio.run(ensure_topics(broker))
+    known = {cid: parse_campaign(rec["campaign"]) for cid, rec in latest_configs(asyncio.run(read_config_log(broker))).items()}
+    app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known)
+    if args.metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(stats)
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+    from faust.worker import Worker
+
+    Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
+def change_record(doc: dict[str, Any], action: str) -> bytes:
+    """A config message: the campaign document plus who changed it, when and how."""
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    return orjson.dumps({"campaign": doc, "action": action, "by": who, "at": dt.datetime.now(dt.UTC).isoformat()})
+
+
+async def _produce(broker: str, records: list[tuple[str, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_io import ensure_topics
+
+    await ensure_topics(broker)
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topics.CAMPAIGNS.name, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def read_config_log(broker: str) -> list[dict[str, Any]]:
+    """Every message on the config topic, oldest first."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        tp = TopicPartition(topics.CAMPAIGNS.name, 0)
+        c.assign([tp])
+        end = (await c.end_offsets([tp]))[tp]
+        await c.seek_to_beginning(tp)
+        out = []
+        while await c.position(tp) < end:
+            batch = await c.getmany(tp, timeout_ms=1000)
+            for msg in batch.get(tp, []):
+                try:
+                    out.append(orjson.loads(msg.value))
+                except orjson.JSONDecodeError:
+                    out.append({"invalid": msg.value.decode("utf-8", "replace")})
+        return out
+    finally:
+        await c.stop()
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    try:
+        docs = load_campaign_docs(args.file)
+        camps = [parse_campaign(d) for d in docs]
+    except FileNotFoundError:
+        print(f"streambid: {args.file}: no such file", file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError) as e:
+        print(f"streambid: {args.file}: invalid campaign: {e}\nNothing was published; fix the field and run again.",
+              file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"{len(camps)} campaign(s) valid: {', '.join(c.id for c in camps)}")
+        return 0
+    asyncio.run(_produce(broker_of(args), [(c.id, change_record(c.to_doc(), "set")) for c in camps]))
+    print(f"published {len(camps)} campaign(s): {', '.join(c.id for c in camps)}")
+    return 0
+
+
+def latest_configs(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The config in force per campaign: the last *valid* version of each."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in log:
+        doc = rec.get("campaign", rec) if isinstance(rec, dict) else None
+        try:
+            camp = parse_campaign(doc)
+        except ConfigError:
+            continue
+        out[camp.id] = rec
+    return out
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    broker = broker_of(args)
+    current = latest_configs(asyncio.run(read_config_log(broker))).get(args.id)
+    if current is None:
+        print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
+        return 2
+    doc = dict(current["campaign"], status="paused")
+    asyncio.run(_produce(broker, [(args.id, change_record(doc, "pause"))]))
+    print(f"paused {args.id}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    log = asyncio.run(read_config_log(broker_of(args)))
+    if args.history:
+        rows = [r for r in log if not args.id or (r.get("campaign") or {}).get("id") == args.id]
+        if args.json:
+            print(orjson.dumps(rows).decode())
+            return 0
+        for r in rows:
+            c = r.get("campaign") or {}
+            print(f"{r.get('at', '?'):<32} {r.get('by', '?'):<28} {r.get('action', '?'):<6} {c.get('id', '?'):<20} "
+                  f"status={c.get('status', '?')} daily={(c.get('budget') or {}).get('daily', '?')}")
+        return 0
+    current = latest_configs(log)
+    if args.id:
+        if args.id not in current:
+            print(f"streambid: no campaign {args.id!r} on the config topic", file=sys.stderr)
+            return 2
+        current = {args.id: current[args.id]}
+    if args.json:
+        print(orjson.dumps({k: v["campaign"] for k, v in current.items()}).decode())
+        return 0
+    print(f"{'campaign':<20} {'status':<8} {'daily':>10} {'currency':<8} {'changed at':<32} by")
+    for cid, rec in sorted(current.items()):
+        c = rec["campaign"]
+        print(f"{cid:<20} {c['status']:<8} {c['budget']['daily']:>10.2f} {c['currency']:<8} {rec.get('at', '?'):<32} "
+              f"{rec.get('by', '?')}")
+    return 0

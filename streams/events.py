@@ -1,0 +1,83 @@
+"""Event records: compact dicts with an id, a time and a schema version.
+
+Every event that moves money or state carries an `id` that is unique for the
+real-world fact it records (e.g. `bill:<bid id>`), so counting by id is
+counting once.  `check_event` is the gate every consumer applies before an
+event may touch state; what fails it goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+# required fields (name -> type) per topic suffix, beyond id/ts/v
+_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "bids": {"bid_id": str, "campaign": str, "creative": str, "price": int, "pctr": float, "features": list},
+    "wins": {"bid_id": str, "campaign": str, "price": int},
+    "billing": {"bid_id": str, "campaign": str, "cost": int, "day": str},
+    "losses": {"bid_id": str, "campaign": str},
+    "impressions": {"bid_id": str, "campaign": str},
+    "clicks": {"bid_id": str, "campaign": str},
+    "conversions": {"bid_id": str, "campaign": str, "value": int},
+    "examples": {"campaign": str, "creative": str, "features": list, "label": int},
+}
+
+
+class EventError(ValueError):
+    """An event that must not touch state; `reason` is its dead-letter label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def make_event(kind: str, event_id: str, ts_ms: int, **fields: Any) -> dict[str, Any]:
+    """A new event record of `kind` (a topic suffix such as 'billing')."""
+    return {"v": SCHEMA_VERSION, "type": kind, "id": event_id, "ts": ts_ms, **fields}
+
+
+def topic_kind(topic: str) -> str:
+    """'streambid.billing' -> 'billing'."""
+    return topic.rsplit(".", 1)[-1]
+
+
+def check_event(kind: str, raw: Any) -> dict[str, Any]:
+    """Decode (if bytes) and validate an event; raise EventError naming what is wrong."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise EventError("bad_json", "payload is not JSON") from None
+    if not isinstance(raw, dict):
+        raise EventError("bad_type", "event must be a JSON object")
+    if raw.get("v") != SCHEMA_VERSION:
+        raise EventError("bad_version", f"schema version must be {SCHEMA_VERSION}")
+    if not isinstance(raw.get("id"), str) or not raw["id"]:
+        raise EventError("missing_field", "id")
+    if not isinstance(raw.get("ts"), int) or isinstance(raw.get("ts"), bool):
+        raise EventError("missing_field", "ts")
+    for name, typ in _REQUIRED.get(kind, {}).items():
+        v = raw.get(name)
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            continue
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise EventError("missing_field" if v is None else "bad_type", name)
+    for money in ("price", "cost", "value"):
+        if money in raw and (not isinstance(raw[money], int) or raw[money] < 0):
+            raise EventError("bad_value", f"{money} must be non-negative integer micros")
+    return raw
+
+
+def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int) -> dict[str, Any]:
+    """The dead-letter record for a rejected message (the raw payload kept as text for inspection)."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        text = bytes(payload).decode("utf-8", "replace")
+    else:
+        text = orjson.dumps(payload, default=str).decode()
+    return {"v": SCHEMA_VERSION, "id": f"dlq:{topic}:{ts_ms}:{zlib.crc32(text.encode()):08x}", "ts": ts_ms, "topic": topic,
+            "reason": reason, "payload": text[:65536]}

@@ -1,0 +1,126 @@
+"""What the streams side does with each event, independent of Faust.
+
+The Faust agents (on Kafka) and the embedded bus (in `make demo`) both call
+these objects, so the demo exercises the same attribution, ledger, learning
+and pacing code that runs in production.  State lives in mappings the adapter
+supplies: Faust tables there, dicts here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, MutableMapping
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bidder.campaigns import Campaign
+from bidder.pacing import PacingController, PacingState, SpendPlan
+from models.learner import CTRLearner
+from streams.attribution import Attribution, Example
+from streams.ledger import SpendLedger, empty_totals
+
+Emit = Callable[[str, str, dict[str, Any]], None]  # (topic kind, key, event)
+ATTRIBUTION_KINDS = frozenset({"bids", "impressions", "clicks", "conversions"})
+LEDGER_KINDS = frozenset({"billing", "impressions", "clicks", "conversions", "wins", "losses"})
+
+
+class Campaigns:
+    """The worker's view of campaign config, for time zones, click values and budgets."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Campaign] = {}
+
+    def day_of(self, campaign: str, ts_ms: int) -> str:
+        c = self.by_id.get(campaign)
+        tz = ZoneInfo(c.timezone) if c else dt.UTC
+        return dt.datetime.fromtimestamp(ts_ms / 1000, tz).date().isoformat()
+
+    def fraction_of_day(self, campaign: Campaign, now: float) -> tuple[str, float, int]:
+        """(local day, fraction of the local day elapsed, local hour) for a campaign at `now`."""
+        local = dt.datetime.fromtimestamp(now, ZoneInfo(campaign.timezone))
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        return local.date().isoformat(), (local - midnight).total_seconds() / 86400.0, local.hour
+
+    def click_value(self, campaign: str) -> int:
+        c = self.by_id.get(campaign)
+        return c.value_per_click if c else 0
+
+
+class DeliveryProcessor:
+    """Ledger + attribution for one partition's worth of events."""
+
+    def __init__(self, campaigns: Campaigns, totals: MutableMapping[str, Any], seen: MutableMapping[str, Any],
+                 pending: MutableMapping[str, Any], click_window_ms: int | None = None) -> None:
+        self.campaigns = campaigns
+        self.ledger = SpendLedger(totals, seen, campaigns.day_of, campaigns.click_value)
+        self.attribution = Attribution(pending) if click_window_ms is None else Attribution(pending, click_window_ms)
+        self.outcomes: dict[str, int] = {}
+
+    def handle(self, kind: str, event: dict[str, Any], position: tuple[str, int] | None = None) -> list[Example]:
+        """Apply one validated event; returns the training examples it completes."""
+        examples: list[Example] = []
+        if kind in ATTRIBUTION_KINDS:
+            if kind == "bids":
+                outcome, ex = self.attribution.on_bid(event)
+                if ex is not None:
+                    examples.append(ex)
+            elif kind == "impressions":
+                outcome = self.attribution.on_impression(event)
+            elif kind == "clicks":
+                outcome, ex = self.attribution.on_click(event)
+                if ex is not None:
+                    examples.append(ex)
+            else:
+                outcome = self.attribution.on_conversion(event)
+            key = f"{kind}:{outcome}"
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if kind in LEDGER_KINDS and not self.ledger.apply(kind, event, position):
+            self.outcomes[f"{kind}:duplicate_event"] = self.outcomes.get(f"{kind}:duplicate_event", 0) + 1
+        return examples
+
+    def expire(self, now_ms: int) -> list[Example]:
+        examples, orphans = self.attribution.expire(now_ms)
+        if orphans:
+            self.outcomes["any:orphan"] = self.outcomes.get("any:orphan", 0) + orphans
+        return examples
+
+
+class Pacer:
+    """Turns today's spend per campaign into pacing states for the bidders."""
+
+    def __init__(self, campaigns: Campaigns) -> None:
+        self.campaigns = campaigns
+        self.controllers: dict[str, PacingController] = {}
+
+    def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
+        out = []
+        for camp in list(self.campaigns.by_id.values()):
+            day, frac, _ = self.campaigns.fraction_of_day(camp, now)
+            totals = ledger.day_totals(camp.id, day) if ledger is not None else empty_totals()
+            ctl = self.controllers.get(camp.id)
+            if ctl is None or ctl.day != day:
+                ctl = self.controllers[camp.id] = PacingController(day=day, plan=SpendPlan(hours=camp.hours))
+            state = ctl.update(frac, totals["spend"], camp.daily_budget)
+            state.campaign = camp.id
+            state.impressions_today = totals["billed"]
+            state.clicks_today = totals["clicks"]
+            state.value_today = totals["value"]
+            out.append(state)
+        return out
+
+
+class Learner:
+    """The CTR learner fed by labelled examples; publishes a snapshot when asked."""
+
+    def __init__(self, learner: CTRLearner | None = None) -> None:
+        self.learner = learner or CTRLearner()
+        self.version = 0
+        self.labels = {0: 0, 1: 0}
+
+    def learn(self, event: dict[str, Any]) -> None:
+        self.learner.learn_one(event["features"], bool(event["label"]), event["campaign"], event["creative"])
+        self.labels[int(bool(event["label"]))] += 1
+
+    def snapshot_bytes(self) -> bytes:
+        self.version += 1
+        return self.learner.snapshot(version=self.version).to_bytes()

@@ -1,0 +1,56 @@
+"""Every topic, defined once: name, key, value, partitions, retention.
+
+All delivery topics are keyed by campaign id, so every event of a campaign
+lands in the same partition and one worker owns all of that campaign's state
+(attribution, spend, pacing); a rebalance moves whole campaigns.
+
+The Faust app, the Kafka producer, the embedded bus and the README table all
+read this list, so a topic cannot be spelled two ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    key: str
+    value: str
+    partitions: int = 4
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    history_ms: int = 0  # compacted topics: keep every version at least this long before compaction
+
+    @property
+    def config(self) -> dict[str, str]:
+        """Topic-level Kafka config used when the topic is created."""
+        if self.compacted:
+            cfg = {"cleanup.policy": "compact", "max.message.bytes": str(16 * 1024 * 1024)}
+            if self.history_ms:
+                cfg["min.compaction.lag.ms"] = str(self.history_ms)
+            return cfg
+        return {"retention.ms": str(self.retention_ms)}
+
+
+BIDS = TopicSpec("streambid.bids", "campaign id", "bid: campaign, creative, price, pCTR, hashed features, auction type")
+WINS = TopicSpec("streambid.wins", "campaign id", "win notice: bid id, clearing price (CPM micros)")
+BILLING = TopicSpec("streambid.billing", "campaign id", "billing notice: bid id, cost (micros), campaign day, user hash")
+LOSSES = TopicSpec("streambid.losses", "campaign id", "loss notice: bid id, loss reason, min bid to win")
+IMPRESSIONS = TopicSpec("streambid.impressions", "campaign id", "impression rendered: bid id, campaign, creative")
+CLICKS = TopicSpec("streambid.clicks", "campaign id", "click: bid id, campaign, creative")
+CONVERSIONS = TopicSpec("streambid.conversions", "campaign id", "conversion: bid id, campaign, value (micros)")
+EXAMPLES = TopicSpec("streambid.examples", "campaign id", "labelled training example: features, label", partitions=1)
+CAMPAIGNS = TopicSpec("streambid.campaigns", "campaign id", "campaign document + who/when (history kept 90 days)", partitions=1,
+                      compacted=True, history_ms=90 * DAY_MS)
+MODEL = TopicSpec("streambid.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
+PACING = TopicSpec("streambid.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
+                   compacted=True)
+DEADLETTER = TopicSpec("streambid.deadletter", "source topic", "rejected message: topic, reason, raw payload", partitions=1,
+                       retention_ms=30 * DAY_MS)
+
+ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, PACING, DEADLETTER)
+BY_NAME = {t.name: t for t in ALL}

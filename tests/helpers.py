@@ -1,0 +1,49 @@
+"""Small builders for tests: campaign documents and OpenRTB requests made here, not read from elsewhere."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+
+CAMPAIGN: dict[str, Any] = {
+    "id": "c1",
+    "advertiser": "shop.example",
+    "currency": "USD",
+    "budget": {"daily": 100.0, "total": 1000.0},
+    "flight": {"start": "2020-01-01", "end": "2099-12-31", "timezone": "UTC"},
+    "goal": {"type": "cpc", "value_per_click": 2.0, "max_bid_cpm": 20.0},
+    "targeting": {"countries": ["USA"]},
+    "creatives": [{"id": "cr1", "type": "banner", "w": 300, "h": 250, "cat": ["IAB3-1"], "adm": "<img>"}],
+}
+
+REQUEST: dict[str, Any] = {
+    "id": "req-1",
+    "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.01, "bidfloorcur": "USD"}],
+    "site": {"id": "s1", "domain": "news.example", "cat": ["IAB12"], "publisher": {"id": "p1"}},
+    "device": {"ua": "Mozilla/5.0 Chrome/120", "ip": "203.0.113.7", "devicetype": 2, "os": "Windows",
+               "geo": {"country": "USA", "region": "CA", "city": "San Francisco", "utcoffset": -480}},
+    "user": {"id": "user-42"},
+    "at": 2,
+    "tmax": 150,
+    "cur": ["USD"],
+}
+
+
+def campaign(**changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(CAMPAIGN)
+    for key, value in changes.items():
+        doc[key] = value
+    return doc
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(REQUEST)
+    for key, value in changes.items():
+        doc[key] = value
+    return doc
+
+
+def body(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc)

@@ -1,0 +1,55 @@
+"""Delayed feedback: one example per served bid, never a click twice, never negative then positive."""
+
+from __future__ import annotations
+
+from streams.attribution import Attribution
+from streams.events import make_event
+
+MIN = 60_000
+
+
+def bid(i: int, ts: int = 0) -> dict:
+    return make_event("bids", f"bid:b{i}", ts, bid_id=f"b{i}", campaign="c1", creative="cr1", price=1, pctr=0.01,
+                      features=[1, 2, i])
+
+
+def ev(kind: str, i: int, ts: int) -> dict:
+    return make_event(kind, f"{kind}:b{i}", ts, bid_id=f"b{i}", campaign="c1", creative="cr1")
+
+
+def test_click_inside_window_is_one_positive() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    a.on_bid(bid(1))
+    assert a.on_impression(ev("impressions", 1, 1000)) == "matched"
+    outcome, ex = a.on_click(ev("clicks", 1, 5 * MIN))
+    assert outcome == "matched" and ex is not None and ex.label == 1 and ex.features == [1, 2, 1]
+    assert a.on_click(ev("clicks", 1, 6 * MIN)) == ("duplicate", None)
+    assert a.expire(60 * MIN) == ([], 0)  # already labelled: no negative afterwards
+
+
+def test_window_close_is_one_negative_and_late_click_does_not_flip_it() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    a.on_bid(bid(2))
+    a.on_impression(ev("impressions", 2, 0))
+    assert a.expire(10 * MIN) == ([], 0)
+    negatives, _ = a.expire(31 * MIN)
+    assert [x.label for x in negatives] == [0]
+    assert a.on_click(ev("clicks", 2, 40 * MIN)) == ("late", None)
+    assert a.expire(50 * MIN) == ([], 0)
+
+
+def test_click_before_its_bid_is_matched_when_the_bid_arrives() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    assert a.on_click(ev("clicks", 4, 2000)) == ("early", None)
+    assert a.on_impression(ev("impressions", 4, 1000)) == "matched"
+    outcome, ex = a.on_bid(bid(4, ts=500))
+    assert outcome == "matched" and ex is not None and ex.label == 1
+    assert a.on_click(ev("clicks", 4, 3000)) == ("duplicate", None)
+
+
+def test_orphans_and_unserved_bids() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    assert a.on_click(ev("clicks", 9, 0)) == ("early", None)
+    a.on_bid(bid(3))
+    assert a.expire(60 * MIN) == ([], 1)  # the early click never met a bid: one orphan
+    assert "b3" not in a.pending and "b9" not in a.pending  # never served: no example, and forgotten

@@ -1,0 +1,128 @@
+"""The bid engine on its own: protocol rules, floors, deals, blocks, privacy and frequency caps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from bidder.campaigns import load_campaigns, parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.openrtb import parse_request
+from models.snapshot import ModelSnapshot
+from tests.helpers import body, campaign, request
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "loadtest" / "examples").glob("*.json"))
+NOW = 1_780_000_000.0  # a fixed instant inside every example campaign's flight
+
+
+def engine(camps: list, events: list | None = None, **cfg) -> BidEngine:
+    sink = (lambda k, key, ev: events.append((k, ev))) if events is not None else (lambda *a: None)
+    return BidEngine(EngineConfig(secret=b"s", **cfg), camps, ModelSnapshot.empty(), sink=sink, clock=lambda: NOW)
+
+
+def bid(e: BidEngine, doc: dict, exchange: str = "x"):
+    return e.bid(parse_request(body(doc)), exchange, math.inf)
+
+
+def test_each_example_request_gets_a_valid_bid() -> None:
+    e = engine(load_campaigns(ROOT / "deploy" / "campaigns.example.json"))
+    assert len(EXAMPLES) == 6
+    for path in EXAMPLES:
+        doc = orjson.loads(path.read_bytes())
+        out = bid(e, doc)
+        assert out.status == 200, f"{path.name}: no bid ({out.reason})"
+        resp = orjson.loads(out.body)
+        assert resp["id"] == doc["id"] and resp["cur"] in (doc.get("cur") or ["USD"])
+        imps = {i["id"]: i for i in doc["imp"]}
+        for b in resp["seatbid"][0]["bid"]:
+            imp = imps[b["impid"]]
+            floor = imp.get("bidfloor", 0)
+            deal = next((d for d in (imp.get("pmp") or {}).get("deals", []) if d["id"] == b.get("dealid")), None)
+            assert b["price"] >= (deal["bidfloor"] if deal else floor), path.name
+            assert set(b["cat"]).isdisjoint(doc.get("bcat", [])) and not set(b["adomain"]) & set(doc.get("badv", []))
+            for url in (b["nurl"], b["burl"], b["lurl"]):
+                assert urlsplit(url).path.startswith("/notice/") and "s=" in url
+            if "banner" in imp and "w" in b:
+                sizes = [(imp["banner"].get("w"), imp["banner"].get("h"))] + [
+                    (f["w"], f["h"]) for f in imp["banner"].get("format", [])]
+                assert (b["w"], b["h"]) in sizes, path.name
+            if (imp.get("pmp") or {}).get("private_auction"):
+                assert b.get("dealid"), path.name
+
+
+def test_floor_above_value_means_no_bid() -> None:
+    e = engine([parse_campaign(campaign())])
+    doc = request()
+    doc["imp"][0]["bidfloor"] = 19.0
+    out = bid(e, doc)
+    assert out.status == 204 and out.reason == "below_floor"
+
+
+def test_blocks_and_currency_and_seat() -> None:
+    e = engine([parse_campaign(campaign())])
+    assert bid(e, request(bcat=["IAB3"])).reason == "blocked_category"  # parent category blocks IAB3-1
+    assert bid(e, request(badv=["shop.example"])).reason == "blocked_advertiser"
+    assert bid(e, request(cur=["EUR"])).reason == "currency"
+    assert bid(e, request(wseat=["someone-else"])).reason == "seat"
+    assert bid(e, request()).status == 200
+
+
+def test_size_must_fit() -> None:
+    e = engine([parse_campaign(campaign())])
+    doc = request()
+    doc["imp"][0]["banner"] = {"w": 728, "h": 90}
+    assert bid(e, doc).status == 204
+
+
+def test_deal_floor_applies_before_imp_floor() -> None:
+    camp = parse_campaign(campaign(targeting={"countries": ["USA"], "deals": ["d1"]}))
+    e = engine([camp])
+    doc = request()
+    doc["imp"][0]["pmp"] = {"private_auction": 1, "deals": [{"id": "d1", "bidfloor": 1.5}]}
+    out = bid(e, doc)
+    b = orjson.loads(out.body)["seatbid"][0]["bid"][0]
+    assert b["dealid"] == "d1" and b["price"] >= 1.5
+    doc["imp"][0]["pmp"]["deals"][0]["bidfloor"] = 50.0
+    assert bid(e, doc).reason == "below_floor"
+
+
+def test_frequency_cap_counts_billed_impressions_per_hashed_user() -> None:
+    events: list = []
+    e = engine([parse_campaign(campaign(frequency_cap={"per_hour": 1}))], events)
+    out = bid(e, request())
+    b = orjson.loads(out.body)["seatbid"][0]["bid"][0]
+    assert bid(e, request()).status == 200  # bids alone do not count
+    assert e.notice("bill", urlsplit(b["burl"]).query.replace("${AUCTION_PRICE}", "1.0")) == "ok"
+    assert bid(e, request()).reason == "frequency_cap"
+    assert bid(e, request(user={"id": "someone-else"})).status == 200
+    billing = [ev for k, ev in events if k == "billing"]
+    assert billing and billing[0]["cost"] == 1000 and "user-42" not in orjson.dumps(billing).decode()
+
+
+def test_restricted_requests_bid_on_context_or_not_at_all() -> None:
+    gdpr = request(regs={"gdpr": 1})
+    assert bid(engine([parse_campaign(campaign())]), gdpr).status == 200
+    assert bid(engine([parse_campaign(campaign())], restricted_policy="nobid"), gdpr).reason == "privacy"
+    capped = engine([parse_campaign(campaign(frequency_cap={"per_day": 3}))])
+    assert bid(capped, gdpr).reason == "frequency_cap"  # a cap cannot be kept without a user id
+
+
+def test_notices_are_counted_once() -> None:
+    events: list = []
+    e = engine([parse_campaign(campaign())], events)
+    b = orjson.loads(bid(e, request()).body)["seatbid"][0]["bid"][0]
+    q = urlsplit(b["nurl"]).query.replace("${AUCTION_PRICE}", "1.0")
+    assert e.notice("win", q) == "ok"
+    assert e.notice("win", q) == "replayed"
+    assert [k for k, _ in events].count("wins") == 1
+
+
+@pytest.mark.parametrize("paused", [True, False])
+def test_paused_campaigns_do_not_bid(paused: bool) -> None:
+    e = engine([parse_campaign(campaign(status="paused" if paused else "active"))])
+    assert (bid(e, request()).status == 204) is paused

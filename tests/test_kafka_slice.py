@@ -1,0 +1,205 @@
+"""The whole loop on a real broker: bid, win, billing, impression, click -> worker -> model -> bidder.
+
+Runs `streambid serve` and `streambid worker` as real processes against the
+Kafka broker the harness started, and talks to them over HTTP and Kafka only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams import topics
+from streams.events import make_event
+from streams.kafka_io import ensure_topics
+from tests.conftest import ROOT, free_port
+from tests.helpers import body, campaign, request
+
+pytestmark = pytest.mark.kafka
+STREAMBID = [sys.executable, "-m", "bidder.cli"]
+
+
+def http(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_for(check, timeout: float, what: str):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def metric(text: str, name: str, campaign: str) -> float | None:
+    m = re.search(rf'^{name}\{{[^}}]*campaign="{campaign}"[^}}]*\}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else None
+
+
+@pytest.fixture()
+def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict]:
+    run = uuid.uuid4().hex[:8]
+    cfile = tmp_path / "campaigns.json"
+    # targeted at a domain of its own, so campaigns other tests left on a shared broker never compete
+    cfile.write_bytes(orjson.dumps([campaign(id=f"slice-{run}", targeting={"countries": ["USA"],
+                                                                          "domains": [f"slice-{run}.example"]},
+                                             goal={"type": "cpc", "value_per_click": 3.0, "max_bid_cpm": 30.0})]))
+    port, mport = free_port(), free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAMBID_SECRET": "test-secret"}
+    asyncio.run(ensure_topics(kafka_bootstrap))
+    logs = {n: (tmp_path / f"{n}.log").open("wb") for n in ("serve", "worker")}
+    published = subprocess.run(STREAMBID + ["campaign", "set", str(cfile)], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert published.returncode == 0 and f"slice-{run}" in published.stdout, published.stderr
+    serve = subprocess.Popen(STREAMBID + ["serve", "--port", str(port), "--spill-dir", str(tmp_path / "spill")],
+                             cwd=ROOT, env=env, stdout=logs["serve"], stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(STREAMBID + ["worker", "--app-id", f"slice-{run}", "--metrics-port", str(mport),
+                                           "--click-window", "3"],
+                              cwd=ROOT, env=env, stdout=logs["worker"], stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: f"slice-{run}" in orjson.loads(http("GET", f"http://127.0.0.1:{port}/status")[1])["live"], 30,
+                 "the bidder to read the campaign from the config topic")
+        wait_for(lambda: http("GET", f"http://127.0.0.1:{mport}/metrics")[0] == 200, 60, "worker metrics")
+        yield {"base": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{mport}/metrics",
+               "campaign": f"slice-{run}", "bootstrap": kafka_bootstrap, "tmp": tmp_path,
+               "site": {"id": "s1", "domain": f"slice-{run}.example", "cat": ["IAB12"], "publisher": {"id": "p1"}}}
+    finally:
+        for p in (serve, worker):
+            p.terminate()
+        for p in (serve, worker):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs.values():
+            f.close()
+        for n in logs:
+            sys.stderr.write(f"--- {n} log (tail) ---\n{(tmp_path / f'{n}.log').read_text()[-3000:]}\n")
+
+
+async def read_topic(bootstrap: str, topic: str, match, timeout: float = 20.0) -> dict:
+    """The first record on `topic` (from the beginning) for which match(record) is true."""
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()  # no group: every partition, from the beginning
+    try:
+        end = time.time() + timeout
+        while time.time() < end:
+            batch = await c.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    rec = orjson.loads(m.value)
+                    if match(rec):
+                        return rec
+        raise AssertionError(f"no matching record on {topic} within {timeout}s")
+    finally:
+        await c.stop()
+
+
+async def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await p.start()
+    try:
+        for topic, key, value in records:
+            await p.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await p.stop()
+
+
+def notice(url: str, **macros: str) -> tuple[int, bytes]:
+    for k, v in macros.items():
+        url = url.replace("${" + k + "}", v)
+    return http("GET", url)
+
+
+def test_bid_win_bill_click_feeds_back_into_the_bidder(stack: dict) -> None:
+    base, cid, bootstrap = stack["base"], stack["campaign"], stack["bootstrap"]
+    status, out = http("POST", f"{base}/bid/testx", body(request(site=stack["site"])))
+    assert status == 200, out
+    resp = orjson.loads(out)
+    bid = resp["seatbid"][0]["bid"][0]
+    assert resp["id"] == "req-1" and bid["cid"] == cid and bid["impid"] == "1" and bid["price"] > 0
+    first_price = bid["price"]
+    version0 = orjson.loads(http("GET", f"{base}/status")[1])["model"]["version"]
+
+    # win notice -> wins topic
+    assert notice(bid["nurl"], AUCTION_PRICE="0.004")[0] == 200
+    win = asyncio.run(read_topic(bootstrap, topics.WINS.name, lambda r: r.get("bid_id") == bid["id"]))
+    assert win["price"] == 4000 and win["campaign"] == cid
+    assert "user-42" not in orjson.dumps(win).decode()
+
+    # billing moves spend; a replayed or forged notice does not
+    assert notice(bid["burl"], AUCTION_PRICE="0.004")[0] == 200
+    assert notice(bid["burl"], AUCTION_PRICE="0.004")[0] == 400
+    assert notice(bid["burl"].replace("c=" + cid, "c=other"), AUCTION_PRICE="0.004")[0] == 400
+
+    # the tracker reports the impression and the click
+    ts = int(time.time() * 1000)
+    asyncio.run(produce(bootstrap, [
+        (topics.IMPRESSIONS.name, cid, orjson.dumps(make_event("impressions", f"imp:{bid['id']}", ts, bid_id=bid["id"],
+                                                                campaign=cid, creative=bid["crid"]))),
+        (topics.CLICKS.name, cid, orjson.dumps(make_event("clicks", f"click:{bid['id']}", ts + 10, bid_id=bid["id"],
+                                                           campaign=cid, creative=bid["crid"]))),
+        (topics.CLICKS.name, cid, b"{this is not an event"),
+    ]))
+
+    def worker_counts():
+        text = http("GET", stack["metrics"])[1].decode()
+        spend, clicks = metric(text, "streambid_campaign_spend_total", cid), metric(text, "streambid_campaign_clicks_total", cid)
+        return (spend, clicks, metric(text, "streambid_campaign_roi", cid)) if spend and clicks else None
+
+    spend, clicks, roi = wait_for(worker_counts, 30, "worker spend and clicks in /metrics")
+    assert spend == pytest.approx(0.000004) and clicks == 1
+    assert roi == pytest.approx((3.0 - 0.000004) / 0.000004)
+
+    # the learner's update reaches the bidder: new model version, and the same request is priced differently
+    def new_model():
+        st = orjson.loads(http("GET", f"{base}/status")[1])
+        return st if st["model"]["version"] > version0 else None
+
+    wait_for(new_model, 20, "a new model snapshot in the bidder")
+    status, out = http("POST", f"{base}/bid/testx", body(request(id="req-2", site=stack["site"])))
+    assert status == 200 and orjson.loads(out)["seatbid"][0]["bid"][0]["price"] != first_price
+
+    # pacing state from the worker is exported by the bidder per campaign
+    def bidder_spend():
+        return metric(http("GET", f"{base}/metrics")[1].decode(), "streambid_campaign_spend_today", cid)
+
+    assert wait_for(bidder_spend, 20, "spend in the bidder's /metrics") == pytest.approx(0.000004)
+
+    # the malformed click went to the dead-letter topic, and the agent kept consuming
+    dead = asyncio.run(read_topic(bootstrap, topics.DEADLETTER.name, lambda r: "this is not an event" in r.get("payload", "")))
+    assert dead["reason"] == "bad_json" and dead["topic"] == topics.CLICKS.name
+
+
+def test_bad_requests_get_400_and_the_bidder_keeps_serving(stack: dict) -> None:
+    base = stack["base"]
+    for bad in (b"", b"{", b"[]", b'{"id": 1, "imp": []}', b'{"id":"x","imp":[{"id":"1","banner":{"w":"big"}}]}'):
+        status, out = http("POST", f"{base}/bid/testx", bad)
+        assert status == 400 and orjson.loads(out)["error"]
+    assert http("POST", f"{base}/bid/testx", body(request(site=stack["site"])))[0] == 200
+    assert urlsplit(base).hostname == "127.0.0.1"

@@ -1,0 +1,78 @@
+"""The `bench bidder` harness's own logic: what counts as sustained, the table, the campaign file.
+
+The benchmark itself is a command (it pins cores and takes a minute); these
+tests only check its decisions on reports built here.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from loadtest.bench_bidder import _campaign_file, format_bench, ok_answers, sustained
+from loadtest.report import LoadReport
+
+
+def _report(scheduled: int, statuses: dict[int, int], reasons: dict[str, int] | None = None, **counts: int) -> LoadReport:
+    r = LoadReport(
+        target="http://127.0.0.1:1/bid", mode="open", profile="const", rate=1000, duration=1, connections=8, tmax_ms=100
+    )
+    r.scheduled = scheduled
+    r.statuses = statuses
+    r.answered = sum(statuses.values())
+    r.nobid_reasons = reasons or {}
+    for k, v in counts.items():
+        setattr(r, k, v)
+    return r
+
+
+def test_clean_run_is_sustained():
+    ok, why = sustained(_report(10_000, {200: 6000, 204: 4000}, {"no_match": 4000}))
+    assert ok and why == ""
+
+
+def test_shed_answers_do_not_count_as_decisions():
+    r = _report(10_000, {200: 5000, 204: 5000}, {"overload": 3000, "no_match": 2000})
+    assert ok_answers(r) == 7000
+    ok, why = sustained(r)
+    assert not ok and "shed" in why
+
+
+def test_timeouts_late_answers_and_errors_fail_a_probe():
+    assert not sustained(_report(10_000, {200: 9000}, not_sent=1000))[0]
+    assert not sustained(_report(10_000, {200: 10_000}, late=500))[0]
+    assert not sustained(_report(10_000, {200: 9000, 500: 1000}))[0]
+
+
+def test_a_stray_answer_is_tolerated():
+    assert sustained(_report(10_000, {200: 9999}, not_sent=1))[0]
+
+
+def test_campaign_file_is_valid_for_the_bidder(tmp_path):
+    from bidder.campaigns import load_campaigns
+
+    path = _campaign_file(tmp_path, 50, seed=4)
+    assert len(load_campaigns(path)) == 50
+    assert len(orjson.loads(path.read_bytes())["campaigns"]) == 50
+
+
+def test_bench_table_shows_both_servers_and_the_targets():
+    def server(name: str, rps: int, p99: float, late: int) -> dict:
+        half = {"rate": rps // 2, "p50_ms": 0.1, "p99_ms": p99, "p99.9_ms": p99 * 2, "max_ms": p99 * 3}
+        half |= {"past_deadline": late, "timeouts": 0, "bid_rate": 0.2}
+        sat = {"closed_loop_rps": rps + 100, "server_cpu": 0.97, "generator_cpu": 0.8}
+        return {"name": name, "max_rps": rps, "half_load": half, "saturation": sat, "png": f"out/{name}.png"}
+
+    result = {
+        "connections": 64,
+        "tmax_ms": 100,
+        "campaigns": 1000,
+        "servers": [server("floor", 60_000, 0.5, 0), server("bidder", 15_000, 7.5, 2)],
+        "targets": {
+            "ratio": {"want": ">= 0.33", "got": 0.25, "met": False},
+            "p99_ms_at_half_load": {"want": "<= 5.0", "got": 7.5, "met": False},
+            "past_deadline": {"want": "0", "got": 2, "met": False},
+        },
+    }
+    text = format_bench(result)
+    assert "60,000" in text and "15,000" in text and "0.25" in text
+    assert text.count("FAIL") == 3 and "PASS" not in text

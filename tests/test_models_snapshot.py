@@ -1,0 +1,104 @@
+"""The serving snapshot: same scores as the learner, safe round trips, explanations."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import orjson
+import pytest
+
+from models.features import candidate_features, hash_feature
+from models.learner import CTRLearner
+from models.snapshot import ModelSnapshot
+
+
+def trained_learner(seed: int = 11, n: int = 8_000) -> tuple[CTRLearner, list[tuple]]:
+    rng = random.Random(seed)
+    learner = CTRLearner()
+    cases = []
+    for _ in range(n):
+        domain = f"site{rng.randrange(30)}"
+        hour = rng.randrange(24)
+        campaign = rng.choice(("c1", "c2"))
+        creative = rng.choice(("a", "b", "c"))
+        req = (hash_feature("domain", domain), hash_feature("hour", hour))
+        cand = candidate_features(req, hour, domain, campaign, creative)
+        p = 0.05 if domain == "site3" else 0.01
+        learner.learn_one(req + cand, rng.random() < p, campaign, creative)
+        cases.append((req, cand, campaign, creative))
+    # plus candidates the model never saw
+    req = (hash_feature("domain", "new.example"), hash_feature("hour", 3))
+    cases.append((req, candidate_features(req, 3, "new.example", "c1", "fresh"), "c1", "fresh"))
+    cases.append((req, candidate_features(req, 3, "new.example", "c9", "fresh"), "c9", "fresh"))
+    return learner, cases
+
+
+def scores(snap: ModelSnapshot, cases: list[tuple]) -> list[float]:
+    return [snap.predict(snap.base_score(req), cand, camp, cre) for req, cand, camp, cre in cases]
+
+
+def test_snapshot_scores_like_the_learner() -> None:
+    learner, cases = trained_learner()
+    snap = learner.snapshot()
+    for (req, cand, camp, cre), p in zip(cases[-200:], scores(snap, cases[-200:]), strict=True):
+        assert p == pytest.approx(learner.predict_one(req + cand, camp, cre), rel=1e-9)
+
+
+def test_bytes_round_trip_gives_identical_predictions() -> None:
+    learner, cases = trained_learner()
+    snap = learner.snapshot()
+    data = snap.to_bytes()
+    again = ModelSnapshot.from_bytes(data)
+    assert again.version == snap.version and again.n_seen == snap.n_seen
+    assert scores(again, cases) == scores(snap, cases)
+    assert len(data) < 200_000  # compact: compressed, not pickled
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    learner, cases = trained_learner(seed=12)
+    snap = learner.snapshot()
+    path = tmp_path / "model.snap"
+    snap.save(path)
+    assert scores(ModelSnapshot.load(path), cases) == scores(snap, cases)
+
+
+def test_snapshot_is_frozen_while_the_learner_goes_on() -> None:
+    learner, cases = trained_learner(seed=13)
+    snap = learner.snapshot()
+    before = scores(snap, cases[:100])
+    req, cand, camp, cre = cases[0]
+    for _ in range(500):
+        learner.learn_one(req + cand, True, camp, cre)
+    assert scores(snap, cases[:100]) == before
+    newer = learner.snapshot()
+    assert newer.version == snap.version + 1
+    assert scores(newer, cases[:1])[0] > before[0]
+
+
+def test_empty_snapshot_scores_the_prior() -> None:
+    snap = ModelSnapshot.empty(prior_ctr=0.002)
+    req = (hash_feature("domain", "x"),)
+    p = snap.predict(snap.base_score(req), candidate_features(req, 1, "x", "c", "cr"), "c", "cr")
+    assert p == pytest.approx(0.002)
+
+
+def test_corrupt_bytes_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        ModelSnapshot.from_bytes(zlib.compress(orjson.dumps({"format": 99})))
+    with pytest.raises(zlib.error):
+        ModelSnapshot.from_bytes(b"not a snapshot")
+
+
+def test_explain_names_the_features_that_matter() -> None:
+    learner, _ = trained_learner(seed=14, n=20_000)
+    snap = learner.snapshot()
+    req = (hash_feature("domain", "site3"), hash_feature("hour", 5))
+    cand = candidate_features(req, 5, "site3", "c1", "a")
+    exp = snap.explain(req, cand, "c1", "a", top=3)
+    assert exp["pctr"] == snap.predict(snap.base_score(req), cand, "c1", "a")
+    assert len(exp["top_features"]) == 3
+    by_name = {f["name"]: f["weight"] for f in exp["top_features"]}
+    assert by_name.get("domain=site3", 0.0) > 0.3  # the one planted effect is among the top three
+    plain = snap.explain((hash_feature("domain", "site7"), req[1]), cand, "c1", "a", top=10)
+    assert {f["name"]: f["weight"] for f in plain["top_features"]}["domain=site7"] < by_name["domain=site3"] - 0.3

@@ -1,0 +1,66 @@
+"""The request view: what is accepted, what is refused with which field named."""
+
+from __future__ import annotations
+
+import pytest
+
+from bidder.openrtb import BadRequest, parse_request
+from tests.helpers import body, request
+
+
+def test_parses_fields_the_bidder_uses() -> None:
+    req = parse_request(body(request()))
+    assert req.id == "req-1"
+    assert req.imps[0].sizes == ((300, 250),)
+    assert req.imps[0].kind == "banner"
+    assert req.domain == "news.example"
+    assert (req.country, req.region, req.city) == ("USA", "CA", "San Francisco")
+    assert req.at == 2 and req.tmax == 150
+
+
+def test_user_id_is_hashed_never_kept_raw() -> None:
+    req = parse_request(body(request()), salt=b"s1")
+    assert req.user_key and "user-42" not in req.user_key
+    assert parse_request(body(request()), salt=b"s2").user_key != req.user_key
+    assert "203.0.113.7" not in repr(req)
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"imp": [{"id": "1", "banner": {}}]}, "id"),
+        ({"id": "x"}, "imp"),
+        ({"id": "x", "imp": []}, "imp"),
+        ({"id": "x", "imp": [{"banner": {"w": 1, "h": 1}}]}, "imp[0].id"),
+        ({"id": "x", "imp": [{"id": "1"}]}, "imp[0]"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {"w": "300"}}]}, "imp[0].banner.w"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}, "bidfloor": -1}]}, "imp[0].bidfloor"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}}], "tmax": "fast"}, "tmax"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}}], "regs": {"gdpr": 3}}, "regs.gdpr"),
+    ],
+)
+def test_bad_requests_name_the_field(doc: dict, field: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        parse_request(body(doc))
+    assert e.value.detail.startswith(field)
+
+
+def test_not_json_is_refused() -> None:
+    with pytest.raises(BadRequest) as e:
+        parse_request(b"{not json")
+    assert e.value.reason == "bad_json"
+
+
+def test_openrtb_25_ext_privacy_fields_are_read() -> None:
+    doc = request(regs={"ext": {"gdpr": 1, "us_privacy": "1YNN"}}, user={"id": "u", "ext": {"consent": "abc"}})
+    req = parse_request(body(doc))
+    assert req.privacy.gdpr and req.privacy.consent == "abc" and req.privacy.us_privacy == "1YNN"
+
+
+def test_deals_and_formats() -> None:
+    imp = {"id": "1", "banner": {"format": [{"w": 300, "h": 250}, {"w": 320, "h": 50}]},
+           "pmp": {"private_auction": 1, "deals": [{"id": "d1", "bidfloor": 2.5, "at": 1}]}}
+    req = parse_request(body(request(imp=[imp])))
+    assert req.imps[0].sizes == ((300, 250), (320, 50))
+    assert req.imps[0].private_auction
+    assert req.imps[0].deals[0].id == "d1" and req.imps[0].deals[0].floor == 2.5 and req.imps[0].deals[0].at == 1
