@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash deploy/kafka-local/kafka.sh fetch
+	bash deploy/prometheus/ensure-prometheus.sh
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs --durations=10
 

@@ -38,8 +38,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--network-ms", type=int, default=20,
                    help="round-trip allowance taken off tmax when computing the deadline (default: %(default)s)")
     s.add_argument("--notice-base", help="public base URL for notice URLs (default: http://HOST:PORT)")
+    s.add_argument("--shed-ms", type=float, default=40.0,
+                   help="answer 204 (x-nobid-reason: overload) at once to a request that has already waited this long "
+                        "when its turn comes, instead of queueing it (default: %(default)s)")
     s.add_argument("--restricted", choices=("context", "nobid"), default="context",
                    help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all")
+    s.add_argument("--explore-below", type=int, default=200,
+                   help="Thompson-sample the pCTR of creatives with fewer impressions than this, so new ones are not "
+                        "starved; 0 turns exploration off (default: %(default)s)")
     s.add_argument("--spill-dir", type=Path, default=Path(".streambid-spill"),
                    help="where events wait while Kafka is unreachable (default: %(default)s)")
     s.set_defaults(func=cmd_serve)
@@ -69,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, workers=args.workers, campaigns=campaigns, broker=broker,
         secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
         network_ms=args.network_ms, notice_base=args.notice_base or f"http://{args.host}:{args.port}",
-        model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted,
+        model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
+        shed_ms=args.shed_ms,
     )
     print(f"streambid: serving {len(campaigns)} campaign(s) on http://{args.host}:{args.port}/bid "
           f"with {args.workers} worker(s){' and Kafka at ' + broker if broker else ''}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import os
 import random
 import time
@@ -18,17 +19,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import orjson
 
 from bidder.campaigns import Campaign, Creative
 from bidder.frequency import FrequencyStore
+from bidder.landscape import WinRateModel
 from bidder.lease import BudgetLease
-from bidder.notices import Notice, NoticeError, notice_url, verify_notice
+from bidder.notices import Notice, NoticeError, notice_urls, verify_notice
 from bidder.openrtb import AUCTION_FIRST_PRICE, BidRequest, Imp
 from bidder.pacing import PacingState
 from bidder.pricing import bid_price, impression_value_cpm
 from bidder.privacy import restriction
-from bidder.targeting import CampaignIndex, deal_for, matches
+from bidder.scoring import SlotTables
+from bidder.targeting import CampaignIndex
 from models.features import candidate_features, request_features
 from models.snapshot import ModelSnapshot
 from streams.events import make_event
@@ -39,6 +43,10 @@ MTYPE = {"banner": 1, "video": 2, "audio": 3, "native": 4}
 STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_advertiser", "blocked_category", "blocked_app",
           "deal", "frequency_cap", "below_floor", "budget")
 _RANK = {r: i for i, r in enumerate(STAGES)}
+AUCTION_FIXED_PRICE = 3  # deal.at = 3: the deal's bidfloor is the agreed price
+MIN_LANDSCAPE = 200  # market prices needed before first-price bids are shaded
+LANDSCAPE_REBUILD_S = 60.0  # how often the shading landscape takes in new market prices
+PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the landscape's size
 
 
 @dataclass(slots=True)
@@ -54,6 +62,7 @@ class EngineConfig:
     explain_rate: float = 0.01
     bid_log_rate: float = 1.0
     lease_slice: int = 0  # micros; 0: no lease needed (single-process demo and tests), else wait for grants
+    explore_below: int = 200  # Thompson-sample creatives with fewer billed impressions than this; 0 turns it off
 
 
 @dataclass(slots=True)
@@ -88,11 +97,16 @@ class BidEngine:
         self.pacing: dict[str, PacingState] = {}
         self.leases: dict[str, BudgetLease] = {}
         self.frequency = FrequencyStore()
+        self.landscape = WinRateModel()  # market prices seen in win/loss notices, for first-price shading
+        self._shading: WinRateModel | None = None  # the landscape as of the last refresh, once it has enough data
+        self._new_prices: list[int] = []
+        self._shading_at = -math.inf
         self._seq = itertools.count(1)
         self._live: frozenset[str] = frozenset()
         self._refreshed = -1.0
         self._seen_notices: OrderedDict[str, float] = OrderedDict()
         self.counters: dict[str, int] = {}
+        self._tables: SlotTables | None = None  # scoring arrays over the index slots (bidder.scoring)
 
     # -- snapshot swaps (called by adapters) ----------------------------------
 
@@ -131,6 +145,18 @@ class BidEngine:
                 continue
             live.add(c.id)
         self._live = frozenset(live)
+        if self._tables is not None:
+            self._tables.set_pacing(self.pacing)
+        for lease in self.leases.values():
+            lease.expire(now)  # a bid whose notice never came stops holding budget once its URL has expired
+        if self._new_prices and now - self._shading_at >= LANDSCAPE_REBUILD_S:
+            # fold in the market prices seen since the last rebuild; rebuilding per notice would cost the bid path
+            self._shading_at = now
+            for price in self._new_prices:
+                self.landscape.add(price)
+            self._new_prices.clear()
+            if self.landscape.observations >= MIN_LANDSCAPE:
+                self._shading = self.landscape.frozen_copy()
         self._refreshed = now
         while self._seen_notices and next(iter(self._seen_notices.values())) < now:
             self._seen_notices.popitem(last=False)
@@ -154,6 +180,9 @@ class BidEngine:
         if now - self._refreshed >= 1.0 or now < self._refreshed:
             self._refresh(now)
         restricted = restriction(req.privacy)
+        if restricted:  # metrics: privacy-restricted requests by reason
+            key = "restricted:" + restricted
+            self.counters[key] = self.counters.get(key, 0) + 1
         if restricted and self.cfg.restricted_policy == "nobid":
             return Outcome(204, reason="privacy")
         seat = self.cfg.seat
@@ -175,61 +204,85 @@ class BidEngine:
             return Outcome(204, reason="deadline")
         return self._respond(req, exchange, user, chosen, now, restricted)
 
+    def _scoring(self) -> SlotTables:
+        """Per-slot scoring arrays for the current index and model; rebuilt when either is swapped."""
+        t = self._tables
+        if t is None or t.index is not self.index or t.model is not self.model or t.explore_below != self.cfg.explore_below:
+            t = self._tables = SlotTables(self.index, self.model, self.cfg.explore_below, self.pacing, self.rng)
+        return t
+
     def _best_for_imp(self, req: BidRequest, imp: Imp, exchange: str, user: str, hour: int, weekday: int,
                       now: float) -> tuple[tuple | None, int]:
-        cands = self.index.candidates(imp, req.country)
-        if not cands:
-            return None, 0
-        live, allowed_cur = self._live, req.cur or ("USD",)
+        """The highest-priced bid on `imp`, or None and the furthest stage any candidate reached.
+
+        The index returns the creatives that pass every rule (targeting, blocks, deals, currency, caps); they are
+        scored together (bidder.scoring), then priced one by one with the canonical pricing functions in descending
+        order of an upper bound on their price, stopping once no bound left can beat the best price found.
+        """
+        index = self.index
+        el = index.eligible(req, imp, self._live, self.cfg.seat, user, self.frequency, int(now // 3600), int(now // 86400))
+        for cid, n in el.capped.items():  # metrics: candidates dropped by the cap, per campaign
+            key = "frequency_cap:" + cid
+            self.counters[key] = self.counters.get(key, 0) + n
+        slots = el.slots
+        if not len(slots):
+            return None, el.reason
+        tables, model = self._scoring(), self.model
+        floors, at_pos = el.floors, None
+        least = max(floors, 1) if isinstance(floors, int) else np.maximum(floors, 1)  # a bid is at least 1 micro
+        reach = (tables.ceiling[slots] >= least).nonzero()[0]  # even a pCTR of 1 could not clear the others' floors
+        if len(reach) < len(slots):
+            if not len(reach):
+                return None, _RANK["below_floor"]
+            at_pos, slots = reach, slots[reach]
+            if not isinstance(floors, int):
+                floors, least = floors[reach], least[reach]
         req_feats: tuple[int, ...] | None = None
-        base = 0.0
-        best, best_price, reason = None, 0, 1
-        hour_bucket, day_bucket = int(now // 3600), int(now // 86400)
-        for camp, cr in cands:
-            if camp.id not in live:
-                continue
-            if camp.currency not in allowed_cur:
-                reason = max(reason, 2)
-                continue
-            if not cr.fits(imp.kind, imp.sizes):
-                reason = max(reason, 3)
-                continue
-            why = matches(camp, cr, req)
-            if why:
-                reason = max(reason, _RANK[why])
-                continue
-            deal = deal_for(camp, imp, self.cfg.seat)
-            if deal is None and (camp.targeting.deal_only or imp.private_auction):
-                reason = max(reason, 8)
-                continue
-            floor, floorcur = (deal[1], deal[2]) if deal else (imp.floor, imp.floorcur)
-            if floor and floorcur != camp.currency:
-                reason = max(reason, 2)
-                continue
-            if camp.freq_per_hour or camp.freq_per_day:
-                if not user or not self.frequency.allowed(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
-                                                          hour_bucket, day_bucket):
-                    reason = max(reason, 9)
-                    continue
-            if req_feats is None:
-                req_feats = request_features(req, imp, exchange, hour, weekday)
-                base = self.model.base_score(req_feats)
-            cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
-            pctr = self.model.predict(base, cand, camp.id, cr.id)
+        if tables.any_explore and not el.bits & ~tables.explore_bits:  # every candidate still explores
+            pctr = tables.draws(slots)
+        else:
+            explore = tables.explore[slots]
+            pctr = np.empty(len(slots))
+            if tables.any_explore:
+                pctr[explore] = tables.draws(slots[explore])
+            req_feats = request_features(req, imp, exchange, hour, weekday)
+            base = model.base_score(req_feats)
+            for j in np.flatnonzero(~explore).tolist():
+                camp, cr = index.slots[slots[j]]
+                pctr[j] = model.predict(base, candidate_features(req_feats, hour, req.domain, camp.id, cr.id), camp.id, cr.id)
+        bound = tables.bounds(slots, pctr, clean=req_feats is None)
+        bound[bound < least] = -1  # below the floor: out
+        landscape = self._shading
+        best, best_price, reason = None, 0, _RANK["below_floor"]
+        while True:
+            j = int(bound.argmax())
+            if bound[j] <= best_price:
+                break  # nobody left can beat the best price
+            bound[j] = -1
+            camp, cr = index.slots[slots[j]]
+            deal = el.deals.get(j if at_pos is None else int(at_pos[j])) if el.deals else None
+            floor = floors if isinstance(floors, int) else int(floors[j])
             pace = self.pacing.get(camp.id)
             lam = pace.lam if pace is not None else 0.0
-            first = (deal[3] if deal and deal[3] else req.at) == AUCTION_FIRST_PRICE
-            price = bid_price(impression_value_cpm(pctr, camp), lam, camp.max_bid_cpm, round(floor * 1e6), first)
+            at = deal[3] if deal and deal[3] else req.at
+            p = float(pctr[j])
+            price = bid_price(impression_value_cpm(p, camp), lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE,
+                              landscape, fixed_price=at == AUCTION_FIXED_PRICE)
             if not price:
-                reason = max(reason, 10)
                 continue
             if not self._lease_allows(camp.id, price // 1000):
-                reason = max(reason, 11)
+                reason = _RANK["budget"]
                 continue
             if price > best_price:
                 best_price = price
-                best = (imp, camp, cr, price, deal[0] if deal else "", pctr, req_feats, cand, lam, round(floor * 1e6))
-        return best, reason
+                best = (camp, cr, price, deal[0] if deal else "", p, lam, floor)
+        if best is None:
+            return None, reason
+        camp, cr, price, dealid, p, lam, floor = best
+        if req_feats is None:
+            req_feats = request_features(req, imp, exchange, hour, weekday)
+        cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
+        return (imp, camp, cr, price, dealid, p, req_feats, cand, lam, floor), reason
 
     def _lease_allows(self, campaign: str, price_micros: int) -> bool:
         if not self.cfg.lease_slice:
@@ -249,8 +302,7 @@ class BidEngine:
             bid_id = f"{bidder}-{next(self._seq)}"
             if self.cfg.lease_slice:
                 self.leases[camp.id].reserve(bid_id, price // 1000, expires)
-            urls = [notice_url(base, secret, k, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user)
-                    for k in ("win", "bill", "loss")]
+            urls = notice_urls(base, secret, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user)
             bid = {
                 "id": bid_id, "impid": imp.id, "price": price / 1e6, "adid": cr.id, "crid": cr.id, "cid": camp.id,
                 "adomain": [camp.advertiser], "cat": list(cr.cats), "mtype": MTYPE[cr.kind],
@@ -286,6 +338,8 @@ class BidEngine:
         camp = self.index.campaigns.get(n.campaign)
         ts_ms = int(now * 1000)
         if kind == "win":
+            if 0 < n.price_cpm < n.bid_cpm:  # paid below our bid: the clearing price is the market price
+                self._new_prices.append(n.price_cpm // PRICE_STEP * PRICE_STEP)
             self.sink("wins", n.campaign, make_event("wins", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                      creative=n.creative, price=n.price_cpm or n.bid_cpm,
                                                      exchange=n.exchange, bidder=n.bidder))
@@ -295,6 +349,8 @@ class BidEngine:
             lease = self.leases.get(n.campaign)
             if lease is not None:
                 lease.release(n.bid_id)
+            if n.min_to_win_cpm:
+                self._new_prices.append(n.min_to_win_cpm // PRICE_STEP * PRICE_STEP)
             self.sink("losses", n.campaign, make_event("losses", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                        reason=n.loss_reason, min_to_win=n.min_to_win_cpm,
                                                        price=n.bid_cpm, exchange=n.exchange))

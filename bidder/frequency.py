@@ -30,6 +30,26 @@ class FrequencyStore:
         d_count = c[3] if c[2] == day else 0
         return (not per_hour or h_count < per_hour) and (not per_day or d_count < per_day)
 
+    def exhausted(self, user: str, caps: dict[str, tuple[int, int]], hour: int, day: int) -> list[str]:
+        """Campaigns in `caps` ({campaign: (per_hour, per_day)}) that may not show the user one more impression.
+
+        Looks only at the campaigns the user has seen, so it costs nothing for the many users seen by none.
+        """
+        seen = self._users.get(user)
+        if not seen:
+            return []
+        out = []
+        for campaign, c in seen.items():
+            cap = caps.get(campaign)
+            if cap is None:
+                continue
+            per_hour, per_day = cap
+            h_count = c[1] if c[0] == hour else 0
+            d_count = c[3] if c[2] == day else 0
+            if (per_hour and h_count >= per_hour) or (per_day and d_count >= per_day):
+                out.append(campaign)
+        return out
+
     def record(self, user: str, campaign: str, hour: int, day: int) -> None:
         """Count one served impression; `hour` and `day` are absolute bucket numbers."""
         seen = self._users.get(user)

@@ -60,6 +60,12 @@ class WinRateModel:
         self._counts[price_cpm] = self._counts.get(price_cpm, 0.0) + weight
         self._dirty = True
 
+    def frozen_copy(self) -> WinRateModel:
+        """A copy with its tables built, for the bid path to read while this one keeps learning."""
+        copy = WinRateModel(self._counts)
+        copy._build()
+        return copy
+
     @property
     def observations(self) -> float:
         """Total weight of the prices seen."""
@@ -95,6 +101,13 @@ class WinRateModel:
         """Observed prices in [lo, hi]: the bids at which the win rate steps up."""
         self._build()
         return self._points[bisect.bisect_left(self._points, lo_cpm) : bisect.bisect_right(self._points, hi_cpm)]
+
+    def win_steps(self, lo_cpm: int, hi_cpm: int) -> list[tuple[int, float]]:
+        """(price point, win rate when bidding it) for every observed price in [lo, hi], in one pass."""
+        self._build()
+        i, j = bisect.bisect_left(self._points, lo_cpm), bisect.bisect_right(self._points, hi_cpm)
+        total = self._total
+        return [(self._points[k], self._cum_n[k] / total) for k in range(i, j)]
 
     def bid_for_spend(self, spend_per_auction_cpm: float) -> int:
         """Smallest price point whose expected second-price spend per auction reaches the target.

@@ -114,11 +114,11 @@ class LeaseGranter:
        bidding (each at most one slice: a partitioned bidder spends at most its
        lease); L: costs of in-flight bids whose reservation was gone before
        their bill settled (expired, or the notice was late or lost); C: unspent
-       grants beyond a budget lowered mid-day.  So in the usual case
-       overspend < one lease slice + in-flight bids.  A bidder that reserves
-       several bids of one response after a single `can_bid` check adds up to
-       the price of those extra impressions (the "+ one impression per bidder"
-       margin for single-slot responses checked once).
+       grants beyond a budget lowered mid-day.  So in the usual case the
+       overspend is below one lease slice plus the bids in flight.  A bidder
+       that prices several impressions of one response against a single
+       `can_bid` check may exceed its lease by those extra prices: at most the
+       max price of one impression per extra impression, per bidder.
     """
 
     def __init__(self, budget: int, min_slice: int, frac: float = 0.1) -> None:

@@ -1,22 +1,74 @@
-"""Bidder metrics: counted in plain Python on the bid path, exposed in Prometheus text on scrape.
+"""Bidder metrics: counted in plain Python on the bid path, rendered as Prometheus text off it.
 
 A prometheus_client call costs about a microsecond with its lock; the bid path
-instead bumps dict counters and a bucket array, and a collector turns them
-into metric families only when Prometheus scrapes.
+instead bumps dict counters and a bucket array (`BidderStats`).
+
+`streambid serve --workers N` runs N processes on one port, and a scrape
+reaches whichever of them the kernel picks, so every answer must be the sum
+over all of them.  Rendering thousands of per-campaign series takes tens of
+milliseconds, which a serving process cannot spend between bids.  So:
+
+- each worker writes its counters and its view of the campaigns to a small
+  file once a second (`WorkerPool.publish`: a marshal of the dicts, ~1 ms);
+- the supervisor, which otherwise only waits, adds the files up, folds in the
+  last counts of workers that died, and renders the text (`PoolRenderer`);
+- /metrics in any worker returns that text as it is.
+
+Counters therefore never go down (no false resets in Prometheus) and every
+worker answers the same.  A single process (`--workers 1`) renders its own
+text when scraped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import datetime as dt
+import marshal
+import math
+import os
+import shutil
+import tempfile
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from bidder.pacing import SpendPlan
+
 # seconds; resolves 0.25 ms to 50 ms
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.1, 0.25)
+MAX_EXCHANGES = 64  # distinct exchange labels kept; the rest count as "other"
+ALIVE_S = 3.0  # a worker whose counters are older than this is not counted alive
+RENDERED = "metrics.prom"
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+EventSink = Callable[[str, str, dict[str, Any]], None]
+
+SUMMED = ("requests", "notices", "delivery", "spend", "pctr", "engine")  # keyed counters in a worker document
+DELIVERY = {"bids": ("streambid_bids", "Bids answered"), "wins": ("streambid_wins", "Win notices accepted"),
+            "billing": ("streambid_billed", "Billing notices accepted (billed impressions)"),
+            "losses": ("streambid_losses", "Loss notices accepted")}
+# per-campaign gauges: the order of the tuple in a worker document
+CAMPAIGN_GAUGES = (
+    ("streambid_campaign_live", "1 while the campaign may bid: active, in flight and dayparting, budget left"),
+    ("streambid_campaign_budget_daily", "Daily budget, currency units"),
+    ("streambid_campaign_plan_spend_today", "Spend the pacing plan calls for by now today, currency units"),
+    ("streambid_campaign_spend_today", "Spend today in campaign currency units"),
+    ("streambid_campaign_impressions_today", "Billed impressions today"),
+    ("streambid_campaign_clicks_today", "Clicks today"),
+    ("streambid_campaign_value_today", "Value today (clicks x value per click + conversion value)"),
+    ("streambid_campaign_roi_today", "ROI today: (value - spend) / spend, from integer micros"),
+    ("streambid_campaign_budget_remaining", "Daily budget left, currency units"),
+    ("streambid_campaign_pacing_lambda", "Pacing multiplier lambda (bid = value / (1 + lambda))"),
+    ("streambid_campaign_pacing_exhausted", "1 when the streams side reports the daily budget spent"),
+)
 
 
 class BidderStats:
@@ -24,78 +76,424 @@ class BidderStats:
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (exchange, outcome, reason)
-        self.bids: dict[tuple[str, str], int] = defaultdict(int)  # (campaign, exchange)
         self.notices: dict[tuple[str, str], int] = defaultdict(int)  # (kind, outcome)
+        self.delivery: dict[tuple[str, str, str], int] = defaultdict(int)  # (event kind, campaign, exchange)
+        self.spend: dict[tuple[str, str], int] = defaultdict(int)  # (campaign, exchange): billed cost, micros
+        self.pctr: dict[tuple[str, str], float] = defaultdict(float)  # (campaign, exchange): sum of pCTR over bids
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.past_deadline = 0
         self.shed = 0
+        self.pool: WorkerPool | None = None
+        self.workers = 1
+        self.model_swapped = time.time()
+        self._model: object = None
+        self._pacing_seen: dict[str, tuple[object, float]] = {}
 
     def observe(self, seconds: float) -> None:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
+    def tap(self, sink: EventSink) -> EventSink:
+        """Wrap the engine's event sink so bids, wins, bills and losses are counted per campaign and exchange."""
+        delivery, spend, pctr = self.delivery, self.spend, self.pctr
+
+        def counted(kind: str, key: str, ev: dict[str, Any]) -> None:
+            camp, ex = ev.get("campaign", ""), ev.get("exchange", "")
+            delivery[(kind, camp, ex)] += 1
+            if kind == "bids":
+                pctr[(camp, ex)] += ev.get("pctr", 0.0)
+            elif kind == "billing":
+                spend[(camp, ex)] += ev.get("cost", 0)
+            sink(kind, key, ev)
+
+        return counted
+
+    def fold_exchanges(self, cap: int = MAX_EXCHANGES) -> None:
+        """Keep at most `cap` exchange labels (the first seen); fold the rest into "other".
+
+        Runs once a second on the worker's loop, between requests, so the bid path never pays for it.
+        """
+        seen: dict[str, None] = {}
+        for ex, _, _ in list(self.requests):
+            seen.setdefault(ex)
+        for _, _, ex in list(self.delivery):
+            seen.setdefault(ex)
+        if len(seen) <= cap:
+            return
+        keep = set(list(seen)[:cap])
+        _fold(self.requests, 0, keep)
+        _fold(self.delivery, 2, keep)
+        _fold(self.spend, 1, keep)
+        _fold(self.pctr, 1, keep)
+
+    def watch(self, engine: Any, now: float) -> None:
+        """Note when the engine's model and pacing snapshots were last swapped (they are replaced whole)."""
+        if engine.model is not self._model:
+            if self._model is not None:
+                self.model_swapped = now
+            self._model = engine.model
+        for cid, state in list(engine.pacing.items()):
+            seen = self._pacing_seen.get(cid)
+            if seen is None or seen[0] is not state:
+                self._pacing_seen[cid] = (state, now)
+
+
+def _fold(counts: dict, pos: int, keep: set[str]) -> None:
+    for key in [k for k in counts if k[pos] not in keep and k[pos] != "other"]:
+        n = counts.pop(key)
+        counts[key[:pos] + ("other",) + key[pos + 1:]] += n
+
+
+# -- the per-process document ---------------------------------------------------------------------------
+
+
+def worker_doc(stats: BidderStats, engine: Any, now: float) -> dict[str, Any]:
+    """This process's counters and its view of the campaigns: plain values only (marshal-able)."""
+    stats.watch(engine, now)
+    return {
+        "pid": os.getpid(), "ts": now,
+        "requests": dict(stats.requests), "notices": dict(stats.notices), "delivery": dict(stats.delivery),
+        "spend": dict(stats.spend), "pctr": dict(stats.pctr), "engine": dict(getattr(engine, "counters", {})),
+        "latency": list(stats.latency), "latency_sum": stats.latency_sum, "past_deadline": stats.past_deadline,
+        "shed": stats.shed,
+        "lease": {cid: (lease.granted_micros, lease.spent_micros, lease.reserved_micros)
+                  for cid, lease in list(getattr(engine, "leases", {}).items())},
+        "model": (getattr(engine.model, "version", 0), stats.model_swapped),
+        "pacing_seen": {cid: ts for cid, (_, ts) in stats._pacing_seen.items()},
+        "campaigns": campaign_gauges(engine),
+    }
+
+
+def campaign_gauges(engine: Any) -> dict[str, tuple]:
+    """Per campaign, in CAMPAIGN_GAUGES order: config, plan and the delivery last published on the pacing topic.
+
+    Days and plans follow the engine's clock (simulated under a time warp).
+    """
+    sim = engine.clock()
+    utc = dt.datetime.fromtimestamp(sim, dt.UTC)
+    live = engine.live()
+    out = {}
+    for cid, camp in list(engine.index.campaigns.items()):
+        local = utc.astimezone(ZoneInfo(camp.timezone))
+        frac = (local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6) / 86400.0
+        budget = camp.daily_budget
+        p = engine.pacing.get(cid)
+        today = p is not None and p.day == local.date().isoformat()
+        spend = p.spent_today if today else 0
+        value = p.value_today if today else 0
+        budget_today = p.budget_today if today and p.budget_today else budget
+        out[cid] = (1 if cid in live else 0, budget / 1e6, plan_fraction(camp.hours, frac) * budget / 1e6, spend / 1e6,
+                    p.impressions_today if today else 0, p.clicks_today if today else 0, value / 1e6,
+                    (value - spend) / spend if spend else 0.0, max(budget_today - spend, 0) / 1e6,
+                    p.lam if p is not None else 0.0, 1 if today and p.exhausted else 0)
+    return out
+
+
+_PLANS: dict[frozenset[int], SpendPlan] = {}
+
+
+def plan_fraction(hours: frozenset[int], fraction_of_day: float) -> float:
+    """The pacer's plan (uniform over the allowed hours): fraction of the daily budget due by this time of day."""
+    plan = _PLANS.get(hours)
+    if plan is None:
+        plan = _PLANS[hours] = SpendPlan(hours=hours)
+    return plan.target(fraction_of_day)
+
+
+def merge(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add up several workers' documents.
+
+    Counters and leases (each process holds its own) are summed; the campaign view comes from the freshest
+    document; the model is the oldest any worker scores with, and pacing the least recently received.
+    """
+    out: dict[str, Any] = {k: defaultdict(int) for k in SUMMED}
+    out.update(latency=[0] * (len(LATENCY_BUCKETS) + 1), latency_sum=0.0, past_deadline=0, shed=0, campaigns={},
+               lease=defaultdict(lambda: [0, 0, 0]), model=None, pacing_seen={}, ts=0.0)
+    for doc in sorted(docs, key=lambda d: d.get("ts", 0.0)):
+        for name in SUMMED:
+            acc = out[name]
+            for key, n in doc.get(name, {}).items():
+                acc[key] += n
+        lat = doc.get("latency") or []
+        if len(lat) == len(out["latency"]):
+            out["latency"] = [a + b for a, b in zip(out["latency"], lat, strict=True)]
+        out["latency_sum"] += doc.get("latency_sum", 0.0)
+        out["past_deadline"] += doc.get("past_deadline", 0)
+        out["shed"] += doc.get("shed", 0)
+        for cid, (g, s, r) in doc.get("lease", {}).items():
+            acc = out["lease"][cid]
+            acc[0], acc[1], acc[2] = acc[0] + g, acc[1] + s, acc[2] + r
+        out["campaigns"].update(doc.get("campaigns", {}))
+        if doc.get("model") is not None:
+            version, swapped = doc["model"]
+            out["model"] = (version, swapped) if out["model"] is None else (min(out["model"][0], version),
+                                                                            min(out["model"][1], swapped))
+        for cid, ts in doc.get("pacing_seen", {}).items():
+            out["pacing_seen"][cid] = min(ts, out["pacing_seen"].get(cid, ts))
+        out["ts"] = max(out["ts"], doc.get("ts", 0.0))
+    return out
+
+
+def counters_only(doc: dict[str, Any]) -> dict[str, Any]:
+    """What outlives a dead worker: its counters, not its view of leases, campaigns or the model."""
+    keep = (*SUMMED, "latency", "latency_sum", "past_deadline", "shed")
+    return {k: (dict(doc[k]) if isinstance(doc[k], dict) else doc[k]) for k in keep if k in doc}
+
+
+# -- metric families -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family, independent of how it is written out."""
+
+    name: str  # counters without the _total suffix
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    buckets: list[tuple[str, float]] = field(default_factory=list)  # histogram: (le, cumulative count)
+    total: float = 0.0  # histogram sum
+
+
+def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list[Family]:
+    """Every bidder metric from a merged document."""
+    fams = [
+        Family("streambid_bid_requests", "counter", "Bid requests by exchange, outcome (bid, nobid, error) and reason",
+               ("exchange", "outcome", "reason"), [(k, n) for k, n in m["requests"].items()]),
+        Family("streambid_notices", "counter", "Win/billing/loss notices by outcome", ("kind", "outcome"),
+               [(k, n) for k, n in m["notices"].items()]),
+    ]
+    buckets, acc = [], 0
+    for bound, n in zip(LATENCY_BUCKETS + (math.inf,), m["latency"], strict=True):
+        acc += n
+        buckets.append(("+Inf" if bound == math.inf else repr(bound), acc))
+    fams.append(Family("streambid_bid_latency_seconds", "histogram", "Time from request arrival to answer (parsed requests)",
+                       buckets=buckets, total=m["latency_sum"]))
+    fams.append(Family("streambid_answers_past_deadline", "counter", "Bids answered after the request deadline",
+                       samples=[((), m["past_deadline"])]))
+    fams.append(Family("streambid_load_shed", "counter", "Requests answered 204 at once because the worker was overloaded",
+                       samples=[((), m["shed"])]))
+    per_kind: dict[str, list] = {kind: [] for kind in DELIVERY}
+    for (kind, camp, ex), n in m["delivery"].items():
+        if kind in per_kind:
+            per_kind[kind].append(((camp, ex), n))
+    for kind, (name, doc) in DELIVERY.items():
+        fams.append(Family(name, "counter", f"{doc}, per campaign and exchange", ("campaign", "exchange"), per_kind[kind]))
+    fams.append(Family("streambid_billed_spend", "counter", "Cost of the billing notices accepted, currency units",
+                       ("campaign", "exchange"), [(k, micros / 1e6) for k, micros in m["spend"].items()]))
+    fams.append(Family("streambid_bids_pctr", "counter", "Sum of the predicted CTR of the bids answered (divide by bids "
+                       "for the mean)", ("campaign", "exchange"), [(k, v) for k, v in m["pctr"].items()]))
+    restricted, capped = [], []
+    for key, n in m["engine"].items():
+        kind, _, what = key.partition(":")
+        if kind == "restricted":
+            restricted.append(((what,), n))
+        elif kind == "frequency_cap":
+            capped.append(((what,), n))
+    fams.append(Family("streambid_privacy_restricted_requests", "counter", "Requests without usable user data (COPPA, "
+                       "GDPR without consent, US opt-out), by reason", ("reason",), restricted))
+    fams.append(Family("streambid_frequency_capped", "counter", "Candidate bids dropped by the campaign's frequency cap "
+                       "(or for want of a user id to keep it)", ("campaign",), capped))
+    fams.append(Family("streambid_bidder_workers_alive", "gauge", "Serving processes that shared their counters in the "
+                       "last 3 s", samples=[((), alive)]))
+    fams.append(Family("streambid_bidder_workers_configured", "gauge", "Serving processes this server runs (--workers)",
+                       samples=[((), configured)]))
+    version, swapped = m["model"] or (0, now)
+    fams.append(Family("streambid_model_version", "gauge", "Version of the CTR model snapshot the bidder scores with "
+                       "(the oldest among its processes)", samples=[((), version)]))
+    fams.append(Family("streambid_bidder_model_age_seconds", "gauge", "Seconds since the bidder last swapped in a new "
+                       "model snapshot or started (the oldest among its processes)", samples=[((), now - swapped)]))
+    fams.append(Family("streambid_lease_granted", "gauge", "Budget leased to this server today, currency units",
+                       ("campaign",), [((cid,), g / 1e6) for cid, (g, _, _) in m["lease"].items()]))
+    fams.append(Family("streambid_lease_remaining", "gauge", "Leased budget not yet spent or reserved by in-flight bids, "
+                       "currency units", ("campaign",), [((cid,), (g - s - r) / 1e6) for cid, (g, s, r) in m["lease"].items()]))
+    camps = m["campaigns"]
+    for i, (name, doc) in enumerate(CAMPAIGN_GAUGES):
+        fams.append(Family(name, "gauge", doc, ("campaign",), [((cid, ), vals[i]) for cid, vals in camps.items()]))
+    fams.append(Family("streambid_campaign_pacing_age_seconds", "gauge", "Seconds since the bidder last received the "
+                       "campaign's pacing state (the oldest among its processes)", ("campaign",),
+                       [((cid,), now - ts) for cid, ts in m["pacing_seen"].items()]))
+    return fams
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if v != v:
+        return "NaN"
+    if v in (math.inf, -math.inf):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def render(fams: list[Family]) -> bytes:
+    """The Prometheus text exposition format (0.0.4)."""
+    out: list[str] = []
+    for f in fams:
+        name = f.name + "_total" if f.kind == "counter" else f.name
+        out.append(f"# HELP {name} {f.help}\n# TYPE {name} {f.kind}")
+        if f.kind == "histogram":
+            out.extend(f'{name}_bucket{{le="{le}"}} {_number(n)}' for le, n in f.buckets)
+            out.append(f"{name}_count {_number(f.buckets[-1][1])}\n{name}_sum {_number(f.total)}")
+            continue
+        for values, v in f.samples:
+            if values:
+                labels = ",".join(f'{k}="{_escape(str(x))}"' for k, x in zip(f.labels, values, strict=True))
+                out.append(f"{name}{{{labels}}} {_number(v)}")
+            else:
+                out.append(f"{name} {_number(v)}")
+    out.append("")
+    return "\n".join(out).encode()
+
+
+def exposition(stats: BidderStats, engine: Any) -> bytes:
+    """What GET /metrics answers: the pool's text when there is one, else this process rendered now."""
+    if stats.pool is not None:
+        text = stats.pool.rendered()
+        if text is not None:
+            return text
+    now = time.time()
+    return render(families(merge([worker_doc(stats, engine, now)]), now, 1, stats.workers))
+
 
 class BidderCollector(Collector):
-    """Turns BidderStats and the engine's pacing view into metric families at scrape time."""
+    """The same families for a prometheus_client registry (this process only)."""
 
-    def __init__(self, stats: BidderStats, engine: object, worker: str) -> None:
+    def __init__(self, stats: BidderStats, engine: Any, worker: str = "0") -> None:
         self.stats = stats
         self.engine = engine
         self.worker = worker
 
     def collect(self) -> Iterator:
-        s, w = self.stats, self.worker
-        req = CounterMetricFamily("streambid_bid_requests", "Bid requests by exchange, outcome and reason",
-                                  labels=["exchange", "outcome", "reason", "worker"])
-        for (ex, outcome, reason), n in list(s.requests.items()):
-            req.add_metric([ex, outcome, reason, w], n)
-        yield req
-        bids = CounterMetricFamily("streambid_bids", "Bids answered, per campaign and exchange",
-                                   labels=["campaign", "exchange", "worker"])
-        for (camp, ex), n in list(s.bids.items()):
-            bids.add_metric([camp, ex, w], n)
-        yield bids
-        notices = CounterMetricFamily("streambid_notices", "Win/billing/loss notices by outcome",
-                                      labels=["kind", "outcome", "worker"])
-        for (kind, outcome), n in list(s.notices.items()):
-            notices.add_metric([kind, outcome, w], n)
-        yield notices
-        buckets, acc = [], 0
-        for bound, n in zip(LATENCY_BUCKETS + (float("inf"),), s.latency, strict=True):
-            acc += n
-            buckets.append((str(bound) if bound != float("inf") else "+Inf", acc))
-        hist = HistogramMetricFamily("streambid_bid_latency_seconds", "Time from request arrival to answer",
-                                     labels=["worker"])
-        hist.add_metric([w], buckets, s.latency_sum)
-        yield hist
-        yield CounterMetricFamily("streambid_answers_past_deadline", "Answers written after the request deadline",
-                                  value=s.past_deadline)
-        yield CounterMetricFamily("streambid_load_shed", "Requests answered 204 at once because the worker was overloaded",
-                                  value=s.shed)
-        yield from self._business()
+        now = time.time()
+        for f in families(merge([worker_doc(self.stats, self.engine, now)]), now, 1, self.stats.workers):
+            if f.kind == "histogram":
+                h = HistogramMetricFamily(f.name, f.help)
+                h.add_metric([], f.buckets, f.total)
+                yield h
+                continue
+            fam = (CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily)(f.name, f.help, labels=list(f.labels))
+            for values, v in f.samples:
+                fam.add_metric([str(x) for x in values], v)
+            yield fam
 
-    def _business(self) -> Iterator:
-        """Per-campaign delivery as last published by the streams side (pacing topic)."""
-        pacing = getattr(self.engine, "pacing", {})
-        names = {
-            "spend": ("streambid_campaign_spend_today", "Spend today in campaign currency units"),
-            "impressions": ("streambid_campaign_impressions_today", "Impressions today"),
-            "clicks": ("streambid_campaign_clicks_today", "Clicks today"),
-            "value": ("streambid_campaign_value_today", "Value today (clicks x value per click + conversion value)"),
-            "roi": ("streambid_campaign_roi_today", "ROI today: (value - spend) / spend"),
-            "budget_remaining": ("streambid_campaign_budget_remaining", "Daily budget left, currency units"),
-            "lam": ("streambid_campaign_pacing_lambda", "Pacing multiplier lambda (bid = value / (1 + lambda))"),
-        }
-        fams = {k: GaugeMetricFamily(n, h, labels=["campaign"]) for k, (n, h) in names.items()}
-        for cid, p in list(pacing.items()):
-            spend = p.spent_today
-            value = getattr(p, "value_today", 0)
-            fams["spend"].add_metric([cid], spend / 1e6)
-            fams["impressions"].add_metric([cid], getattr(p, "impressions_today", 0))
-            fams["clicks"].add_metric([cid], getattr(p, "clicks_today", 0))
-            fams["value"].add_metric([cid], value / 1e6)
-            fams["roi"].add_metric([cid], (value - spend) / spend if spend else 0.0)
-            fams["budget_remaining"].add_metric([cid], max(p.budget_today - spend, 0) / 1e6)
-            fams["lam"].add_metric([cid], p.lam)
-        yield from fams.values()
+
+# -- sharing between the processes of one server ----------------------------------------------------------
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return marshal.loads(path.read_bytes())
+    except (FileNotFoundError, EOFError, ValueError, TypeError):
+        return None
+
+
+class WorkerPool:
+    """A serving process's side of the pool directory: publish its document, read the rendered text."""
+
+    def __init__(self, root: Path, pid: int | None = None) -> None:
+        self.root = root
+        self.pid = pid or os.getpid()
+
+    def publish(self, doc: dict[str, Any]) -> None:
+        self.write(self.encode(doc))
+
+    @staticmethod
+    def encode(doc: dict[str, Any]) -> bytes:
+        # marshal: about a millisecond even for thousands of series; written and read by the same interpreter,
+        # in a directory only this server's processes can write (mkdtemp, mode 0700)
+        return marshal.dumps(doc)
+
+    def write(self, data: bytes) -> None:
+        _write(self.root / f"w-{self.pid}.bin", data)
+
+    def rendered(self) -> bytes | None:
+        try:
+            return (self.root / RENDERED).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+class PoolRenderer:
+    """The supervisor's side: adds up the workers' documents and renders /metrics for all of them, once a second."""
+
+    def __init__(self, root: Path, workers: int, interval: float = 1.0, max_share: float = 0.1) -> None:
+        self.root = root
+        self.workers = workers
+        self.interval = interval
+        self.max_share = max_share  # of one core: with very many series, render less often than once a second
+        self.retired: dict[str, Any] = {}
+        self._next = 0.0
+
+    def tick(self, pids: Iterable[int], now: float | None = None) -> None:
+        """Render when it is time; `pids` are the workers running now."""
+        now = time.time() if now is None else now
+        if now >= self._next:
+            started = time.perf_counter()
+            self.render(pids, now)
+            self._next = now + max(self.interval, (time.perf_counter() - started) / self.max_share)
+
+    def render(self, pids: Iterable[int], now: float | None = None) -> bytes:
+        now = time.time() if now is None else now
+        docs = [d for d in (_load(self.root / f"w-{pid}.bin") for pid in pids) if d is not None]
+        alive = sum(1 for d in docs if now - d.get("ts", 0.0) <= ALIVE_S)
+        text = render(families(merge([self.retired, *docs]), now, alive, self.workers))
+        _write(self.root / RENDERED, text)
+        return text
+
+    def retire(self, pid: int | None) -> None:
+        """A worker died: keep its last counts for good, so the sums never go down."""
+        if pid is None:
+            return
+        path = self.root / f"w-{pid}.bin"
+        doc = _load(path)
+        if doc is not None:
+            self.retired = counters_only(merge([self.retired, doc]))
+        path.unlink(missing_ok=True)
+
+
+def make_pool_dir() -> Path:
+    """A fresh directory for one `streambid serve` run's workers (removed again by remove_pool_dir)."""
+    return Path(tempfile.mkdtemp(prefix="streambid-metrics-"))
+
+
+def remove_pool_dir(root: Path | None) -> None:
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def start_publishing(stats: BidderStats, engine: Any, pool_dir: Path | None, workers: int) -> asyncio.Task:
+    """For a serving process: share its counters through `pool_dir` (None: a single process renders its own)."""
+    stats.workers = workers
+    stats.pool = WorkerPool(pool_dir) if pool_dir is not None else None
+    return asyncio.ensure_future(publish_loop(stats, engine))
+
+
+async def publish_loop(stats: BidderStats, engine: Any, interval: float = 1.0) -> None:
+    """Once a second: fold excess exchange labels, note snapshot swaps, share this worker's counters.
+
+    The document is taken and encoded on the loop (consistent, about a millisecond); the file is written
+    from a thread, so the disk never holds up a bid.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        now = time.time()
+        stats.fold_exchanges()
+        pool = stats.pool
+        if pool is not None:
+            await loop.run_in_executor(None, pool.write, pool.encode(worker_doc(stats, engine, now)))
+        else:
+            stats.watch(engine, now)

@@ -133,13 +133,21 @@ def _num(parent: dict, key: str, path: str, default: float = 0.0) -> float:
     raise BadRequest("bad_type", f"{path}{key} must be a number")
 
 
+_is_str = str.__instancecheck__  # a JSON string is always exactly str
+_NO_STRINGS: frozenset[str] = frozenset()
+
+
 def _strs(parent: dict, key: str, path: str) -> tuple[str, ...]:
     v = parent.get(key)
     if v is None:
         return ()
-    if type(v) is not list or any(type(x) is not str for x in v):
+    if type(v) is not list or not all(map(_is_str, v)):
         raise BadRequest("bad_type", f"{path}{key} must be an array of strings")
     return tuple(v)
+
+
+def _str_set(parent: dict, key: str, path: str) -> frozenset[str]:
+    return frozenset(_strs(parent, key, path)) if key in parent else _NO_STRINGS
 
 
 def _ints(parent: dict, key: str, path: str) -> tuple[int, ...]:
@@ -167,7 +175,7 @@ def _sizes(imp: dict, path: str) -> tuple[str, tuple[tuple[int, int], ...], tupl
         sizes = []
         bp = path + "banner."
         w, h = _int(banner, "w", bp), _int(banner, "h", bp)
-        if w and h:
+        if w > 0 and h > 0:
             sizes.append((w, h))
         fmts = banner.get("format")
         if fmts is not None:
@@ -177,14 +185,14 @@ def _sizes(imp: dict, path: str) -> tuple[str, tuple[tuple[int, int], ...], tupl
                 if type(f) is not dict:
                     raise BadRequest("bad_type", f"{bp}format[{i}] must be an object")
                 fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
-                if fw and fh:
+                if fw > 0 and fh > 0:
                     sizes.append((fw, fh))
         return "banner", tuple(sizes), ()
     video = _obj(imp, "video", path)
     if imp.get("video") is not None:
         vp = path + "video."
         w, h = _int(video, "w", vp), _int(video, "h", vp)
-        return "video", (((w, h),) if w and h else ()), _strs(video, "mimes", vp)
+        return "video", (((w, h),) if w > 0 and h > 0 else ()), _strs(video, "mimes", vp)
     if imp.get("native") is not None:
         _obj(imp, "native", path)
         return "native", (), ()
@@ -257,13 +265,15 @@ def _privacy(req: dict, user: dict) -> Privacy:
     usp = regs.get("us_privacy", rext.get("us_privacy", ""))
     if type(usp) is not str:
         raise BadRequest("bad_type", "regs.us_privacy must be a string")
+    # 2.6 moved gpp/gpp_sid into regs; exchanges still on 2.5 send them in regs.ext
+    gpp_src, gpp_path = (regs, "regs.") if "gpp" in regs or "gpp_sid" in regs else (rext, "regs.ext.")
     return Privacy(
-        coppa=_flag(regs, "coppa", "regs."),
+        coppa=_flag(regs, "coppa", "regs.") or _flag(rext, "coppa", "regs.ext."),
         gdpr=gdpr == 1,
         consent=consent,
         us_privacy=usp,
-        gpp=_str(regs, "gpp", "regs."),
-        gpp_sid=_ints(regs, "gpp_sid", "regs."),
+        gpp=_str(gpp_src, "gpp", gpp_path),
+        gpp_sid=_ints(gpp_src, "gpp_sid", gpp_path),
     )
 
 
@@ -302,6 +312,7 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
     tmax = _int(req, "tmax", "", DEFAULT_TMAX_MS)
     if tmax < 0:
         raise BadRequest("bad_value", "tmax must be non-negative")
+    tmax = tmax or DEFAULT_TMAX_MS  # 0 gives no usable deadline: read it as "not stated"
     domain = (_str(src, "bundle", sp) or _str(src, "domain", sp)) if app else _str(src, "domain", sp)
     uid = _str(user, "id", "user.") or _str(user, "buyeruid", "user.") or _str(device, "ifa", "device.")
     source = _obj(req, "source", "")
@@ -312,11 +323,11 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
         at=at,
         tmax=tmax,
         cur=_strs(req, "cur", ""),
-        bcat=frozenset(_strs(req, "bcat", "")),
-        badv=frozenset(_strs(req, "badv", "")),
-        bapp=frozenset(_strs(req, "bapp", "")),
-        wseat=frozenset(_strs(req, "wseat", "")),
-        bseat=frozenset(_strs(req, "bseat", "")),
+        bcat=_str_set(req, "bcat", ""),
+        badv=_str_set(req, "badv", ""),
+        bapp=_str_set(req, "bapp", ""),
+        wseat=_str_set(req, "wseat", ""),
+        bseat=_str_set(req, "bseat", ""),
         is_app=bool(app),
         domain=domain,
         publisher=_str(publisher, "id", sp + "publisher."),

@@ -73,7 +73,7 @@ class SpendPlan:
         self.weights = tuple(x / total for x in w)
         cum = [0.0]
         for x in self.weights:
-            cum.append(cum[-1] + x)
+            cum.append(min(cum[-1] + x, 1.0))  # float sums may overshoot 1 by an ulp
         cum[-1] = 1.0
         self._cum = tuple(cum)
 
@@ -85,7 +85,7 @@ class SpendPlan:
             return 1.0
         x = fraction_of_day * HOURS
         h = int(x)
-        return self._cum[h] + self.weights[h] * (x - h)
+        return min(self._cum[h] + self.weights[h] * (x - h), 1.0)
 
 
 class PacingController:
@@ -94,7 +94,8 @@ class PacingController:
     gain: how far u = log(1 + lambda) moves per unit of spend error, measured in
         daily budgets: spending 1% of the budget more than the step's target
         raises u by 0.01 * gain.  With the default 10 the loop settles within
-        about a tenth of the day, and a single win moves lambda very little.
+        about a fifth of the day from lambda = 0 (sooner from yesterday's, see
+        `next_day`), and a single win moves lambda very little.
     kp: proportional term on the cumulative gap to plan (in budget fractions).
     max_step: bound on one step's change of u, against bursts of late billing.
     """

@@ -61,9 +61,11 @@ def shade_first_price(v: int, floor_cpm: int, landscape: WinRateModel) -> int:
     lower bid has more surplus, so the optimum is the floor or a price point.
     """
     lo = max(floor_cpm, 0)
-    best, best_surplus = v, 0.0
-    for b in [lo, *landscape.price_points(lo, v)]:
-        surplus = (v - b) * landscape.win_rate(b)
+    best, best_surplus = v, (v - lo) * landscape.win_rate(lo)
+    if best_surplus > 0.0:
+        best = lo
+    for b, p_win in landscape.win_steps(lo, v):
+        surplus = (v - b) * p_win
         if surplus > best_surplus:
             best, best_surplus = b, surplus
     return best

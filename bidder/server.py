@@ -4,36 +4,63 @@ The protocol object parses bytes straight into the engine and writes the answer
 back; there is no framework in between, because at a few thousand requests a
 second per core every microsecond of overhead shows.  Routes:
 
-    POST /bid[/<exchange>]          bid request -> 200 bid response | 204 no bid | 400 reason
+    POST /bid[/<exchange>]          bid request -> 200 bid response | 204 no bid | 400 reason | 413
+    POST /openrtb2[/<exchange>]     the same
     GET  /notice/{win,bill,loss}?…  signed notices -> 200 | 400 reason
     GET  /metrics                   Prometheus text
     GET  /status                    JSON: model version, campaigns, pacing
     GET  /healthz                   200 when serving
+
+Deadlines and overload.  A request's deadline is its arrival + tmax - the
+network allowance.  The arrival is taken conservatively (`ArrivalClock`): bytes
+read now may have waited in the kernel while the loop was busy, so while the
+loop runs back to back a request counts as old as the previous busy period.
+A request that has already waited `shed_after` before it is even parsed gets an
+immediate 204 (x-nobid-reason: overload), costing a few microseconds instead of
+a full bid; one whose remaining time cannot cover a bid gets 204 (deadline).
+So under overload the worker keeps answering fast instead of building a queue
+whose every answer would be too late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
+import re
 import time
 import zlib
 from collections.abc import Callable
 
 import httptools
 import orjson
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from bidder.engine import BidEngine
-from bidder.metrics import BidderCollector, BidderStats
+from bidder.metrics import CONTENT_TYPE, BidderCollector, BidderStats, exposition
+from bidder.notices import KINDS
 from bidder.openrtb import BadRequest, parse_request
+
+log = logging.getLogger("streambid.server")
 
 MAX_BODY = 256 * 1024
 MAX_INFLATED = 1024 * 1024
+MAX_HEAD = 16 * 1024  # request line + headers
+MAX_PIPELINED = 32  # requests one connection gets decided per read; the rest of a pipelined burst is shed
+REQUEST_TIMEOUT_S = 10.0  # a request whose bytes stop coming for this long loses its connection
+DEADLINE_RESERVE_S = 0.002  # a request with less time left than this gets a 204 without being decided
+RESPOND_RESERVE_S = 0.0005  # what building and writing a response may take after the engine's last check
+MIN_SHED_S = 0.002  # never shed a request younger than this
+LINGER_S = 2.0  # after a final answer, how long a connection's remaining input is read and dropped
+READ_DRAINED = 64 * 1024  # a read shorter than this took everything the socket held
+SATURATED_GAP_S = 0.00025  # a loop back at work sooner than this after its last busy period never waited for input
 OPENRTB_VERSION = b"2.6"
 _204 = b"HTTP/1.1 204 No Content\r\nx-openrtb-version: 2.6\r\nx-nobid-reason: %s\r\n\r\n"
 _200 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nContent-Length: %d\r\n\r\n"
+_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: b"405 Method Not Allowed",
-           413: b"413 Payload Too Large", 503: b"503 Service Unavailable"}
+           408: b"408 Request Timeout", 413: b"413 Payload Too Large", 431: b"431 Request Header Fields Too Large"}
+_EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 
 
 def inflate(body: bytes) -> bytes:
@@ -45,58 +72,153 @@ def inflate(body: bytes) -> bytes:
         raise BadRequest("bad_gzip", "body is not valid gzip") from None
     if d.unconsumed_tail:
         raise BadRequest("body_too_large", f"inflated body exceeds {MAX_INFLATED} bytes")
+    if not d.eof:
+        raise BadRequest("bad_gzip", "gzip body is truncated")
     return out
+
+
+def supported_version(value: bytes) -> bool:
+    """x-openrtb-version values this bidder answers: any 2.x (2.5 and 2.6 are read; 2.x is backward compatible)."""
+    v = value.strip()
+    return v == b"2" or v.startswith(b"2.")
+
+
+def exchange_name(path: bytes) -> str:
+    """The exchange label from /bid/<exchange>: letters, digits and _.:- only, else "invalid" (it reaches metrics)."""
+    name = _exchanges.get(path)
+    if name is None:
+        if path.count(b"/") < 2 or not path.rsplit(b"/", 1)[1]:
+            name = "default"
+        else:
+            raw = path.rsplit(b"/", 1)[1]
+            name = raw.decode("ascii") if _EXCHANGE.match(raw) else "invalid"
+        if len(_exchanges) < 1024:  # paths are client-chosen: remember only so many
+            _exchanges[path] = name
+    return name
+
+
+_exchanges: dict[bytes, str] = {}
+
+
+class ArrivalClock:
+    """The earliest moment the bytes being read now can have reached the machine.
+
+    The event loop reads every ready socket, then runs the callbacks, then polls
+    again.  Bytes that arrive while callbacks run wait in the kernel until the
+    next poll, unseen.  So the clock watches busy periods (from the first read
+    of a loop pass to the next pass): when a period starts right after the last
+    one ended, the loop never waited for input and bytes read now may be as old
+    as the start of the previous period; otherwise they arrived just now.
+    Each connection tightens this with its own previous read (`BidProtocol`):
+    bytes read now reached the socket after the last time it was drained.
+    """
+
+    __slots__ = ("loop", "open", "start", "floor", "prev_start", "prev_end")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.open = False
+        self.start = self.floor = self.prev_start = self.prev_end = 0.0
+
+    def arrival(self, now: float) -> float:
+        """For bytes read at `now` (perf_counter)."""
+        if self.open:
+            return self.floor
+        self.floor = self.prev_start if now - self.prev_end < SATURATED_GAP_S else now
+        self.start = now
+        if self.loop is not None:
+            self.open = True
+            self.loop.call_soon(self._close)  # runs at the start of the next loop pass, just before it polls
+        return self.floor
+
+    def _close(self) -> None:
+        self.open = False
+        self.prev_start = self.start
+        self.prev_end = time.perf_counter()
 
 
 class BidApp:
     """Everything a worker process's connections share: the engine, counters and settings."""
 
     def __init__(self, engine: BidEngine, stats: BidderStats, worker: str = "0",
-                 status: Callable[[], dict] | None = None, shed_lag_ms: float = 5.0) -> None:
+                 status: Callable[[], dict] | None = None, shed_after_ms: float = 40.0) -> None:
         self.engine = engine
         self.stats = stats
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BidderCollector(stats, engine, worker))
         self.status_extra = status or dict
         self.network_s = engine.cfg.network_ms / 1000.0
-        self.shed_lag_s = shed_lag_ms / 1000.0
-        self.overloaded = False
+        self.shed_after_s = shed_after_ms / 1000.0
+        self.shed_now_s = self.shed_after_s
+        self.clock = ArrivalClock()
+        self.connections: set[BidProtocol] = set()
+        self.sweeper: asyncio.Future | None = None
+        self._last_internal_log = 0.0
 
-    def bid(self, body: bytes, gz: bool, exchange: str, started: float) -> bytes:
-        """One bid request to raw HTTP response bytes; never raises."""
+    def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"") -> bytes:
+        """One bid request to raw HTTP response bytes; never raises for bad input."""
         stats = self.stats
-        if self.overloaded:
-            stats.shed += 1
-            stats.requests[(exchange, "nobid", "overload")] += 1
-            return _204 % b"overload"
+        if time.perf_counter() - started > self.shed_now_s:
+            return self.shed(exchange)
         try:
+            if version and not supported_version(version):
+                raise BadRequest("unsupported_version", "x-openrtb-version must be 2.x (2.5 and 2.6 are supported)")
             if gz:
                 body = inflate(body)
             req = parse_request(body, self.engine.cfg.salt)
         except BadRequest as e:
             stats.requests[(exchange, "error", e.reason)] += 1
             return response(400, orjson.dumps({"error": e.reason, "detail": e.detail}))
-        deadline = started + max(req.tmax / 1000.0 - self.network_s, 0.0)
-        out = self.engine.bid(req, exchange, deadline)
-        elapsed = time.perf_counter() - started
-        stats.observe(elapsed)
+        budget = req.tmax / 1000.0 - self.network_s
+        deadline = started + budget
+        # shed before parsing once a request has used half of the budget the last one had (capped by shed_after)
+        self.shed_now_s = min(self.shed_after_s, max(budget * 0.5, MIN_SHED_S))
+        if time.perf_counter() + DEADLINE_RESERVE_S > deadline:
+            stats.requests[(exchange, "nobid", "deadline")] += 1
+            if budget > 0 and time.perf_counter() > deadline:
+                stats.past_deadline += 1
+            return _204 % b"deadline"
+        out = self.engine.bid(req, exchange, deadline - RESPOND_RESERVE_S)
+        end = time.perf_counter()
+        stats.observe(end - started)
+        if end > deadline:
+            stats.past_deadline += 1
         if out.status == 204:
             stats.requests[(exchange, "nobid", out.reason)] += 1
             return _204 % out.reason.encode()
-        if started + elapsed > deadline:
-            stats.past_deadline += 1
         stats.requests[(exchange, "bid", "")] += 1
         return _200 % (b"application/json", len(out.body)) + out.body
 
+    def shed(self, exchange: str) -> bytes:
+        """The immediate no-bid for a request that cannot be decided now (overload)."""
+        self.stats.shed += 1
+        self.stats.requests[(exchange, "nobid", "overload")] += 1
+        return _204 % b"overload"
+
+    def internal_error(self, exchange: str | None, e: Exception) -> bytes:
+        """A bug must not become a 500 or a dead worker: bid requests get a no-bid, the rest a 400; log the place only."""
+        now = time.monotonic()
+        if now - self._last_internal_log > 60.0:  # the message could hold request data, so only type and place
+            self._last_internal_log = now
+            tb = e.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+            log.error("internal error %s at %s (further ones this minute are only counted)", type(e).__name__, where)
+        if exchange is not None:
+            self.stats.requests[(exchange, "nobid", "internal_error")] += 1
+            return _204 % b"internal_error"
+        return response(400, b'{"error":"internal"}')
+
     def notice(self, kind: str, query: str) -> bytes:
         outcome = self.engine.notice(kind, query)
-        self.stats.notices[(kind, outcome)] += 1
+        self.stats.notices[(kind if kind in KINDS else "unknown", outcome)] += 1
         if outcome == "ok":
             return response(200, b'{"ok":true}')
         return response(400, orjson.dumps({"error": outcome}))
 
     def metrics(self) -> bytes:
-        return response(200, generate_latest(self.registry), b"text/plain; version=0.0.4; charset=utf-8")
+        return response(200, exposition(self.stats, self.engine), CONTENT_TYPE)  # rendered off the bid path
 
     def status(self) -> bytes:
         e = self.engine
@@ -120,26 +242,60 @@ def response(status: int, body: bytes, ctype: bytes = b"application/json") -> by
 class BidProtocol(asyncio.Protocol):
     """One keep-alive connection: httptools callbacks feed the app, answers go out in order."""
 
-    __slots__ = ("app", "transport", "parser", "url", "body", "size", "gz", "started", "too_large")
+    __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
+                 "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.receiving = 0.0  # perf_counter when the message being read began; 0 between messages
+        self.last_read = 0.0  # perf_counter of the last read that drained the socket
+        self.read_floor = 0.0  # earliest arrival of the bytes being parsed now
+        self.dead = False
+        self.budget = MAX_PIPELINED
         self._reset()
 
     def _reset(self) -> None:
         self.url = b""
         self.body: list[bytes] = []
         self.size = 0
+        self.head = 0
         self.gz = False
+        self.encoding = b""
+        self.version = b""
+        self.expect = False
         self.too_large = False
         self.started = 0.0
 
+    # -- transport events ---------------------------------------------------------------
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.app.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dead = True
+        self.app.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: stop reading its requests until it catches up."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.dead:
+            return
+        now = time.perf_counter()
+        floor = self.app.clock.arrival(now)
+        self.read_floor = floor if floor > self.last_read else self.last_read
+        if len(data) < READ_DRAINED:  # a short read emptied the socket: what comes next arrived after now
+            self.last_read = now
+        self.budget = MAX_PIPELINED
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -148,41 +304,88 @@ class BidProtocol(asyncio.Protocol):
             self._close(400, b'{"error":"bad_http"}')
 
     def _close(self, status: int, body: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(response(status, body))
-            self.transport.close()
+        """Answer once more and hang up: after this the connection's byte stream cannot be trusted.
+
+        The write side closes first and what the client still sends is read and dropped for a moment
+        (a lingering close): closing a socket with unread input resets it, and the reset can destroy the
+        answer before the client has read it.
+        """
+        self.dead = True
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        t.write(response(status, body))
+        if t.can_write_eof():
+            t.write_eof()
+            asyncio.get_running_loop().call_later(LINGER_S, t.close)
+        else:
+            t.close()
+
+    # -- parser callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._reset()
-        self.started = time.perf_counter()
+        self.receiving = time.perf_counter()
+        self.started = self.read_floor
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head += len(url)
+        if self.head > MAX_HEAD:
+            self._close(431, b'{"error":"header_too_large"}')
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 16 and name.lower() == b"content-encoding":
-            self.gz = value.strip().lower() == b"gzip"
-        elif len(name) == 14 and name.lower() == b"content-length":
+        self.head += len(name) + len(value)
+        if self.head > MAX_HEAD:
+            self._close(431, b'{"error":"header_too_large"}')
+            return
+        n = len(name)
+        if n == 16 and name.lower() == b"content-encoding":
+            self.encoding = value.strip().lower()
+            self.gz = self.encoding == b"gzip"
+        elif n == 14 and name.lower() == b"content-length":
             try:
                 self.too_large = int(value) > MAX_BODY
             except ValueError:
                 self.too_large = True
+        elif n == 17 and name.lower() == b"x-openrtb-version":
+            self.version = value
+        elif n == 6 and name.lower() == b"expect":
+            self.expect = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        if self.dead:
+            return
+        if self.too_large:
+            self._too_large()
+        elif self.expect and self.transport is not None:
+            self.transport.write(_100)
 
     def on_body(self, chunk: bytes) -> None:
+        if self.dead:
+            return
         self.size += len(chunk)
         if self.size > MAX_BODY:
-            self.too_large = True
-        elif not self.too_large:
+            self._too_large()
+        else:
             self.body.append(chunk)
 
+    def _too_large(self) -> None:
+        """413 at once and hang up, rather than reading (and discarding) the rest of a huge body."""
+        if self.url.startswith((b"/bid", b"/openrtb")):
+            self.app.stats.requests[(exchange_name(self.url.split(b"?", 1)[0]), "error", "body_too_large")] += 1
+        self._close(413, b'{"error":"body_too_large","detail":"bid requests are limited to 256 KiB"}')
+
     def on_message_complete(self) -> None:
+        self.receiving = 0.0
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if self.dead or transport is None or transport.is_closing():
             return
         try:
             out = self._route()
-        except Exception as e:  # the last line of defence: never a 500 without a reason, never a dead worker
-            out = response(400, orjson.dumps({"error": "internal", "detail": type(e).__name__}))
+        except Exception as e:  # the last line of defence: never a 500, never a dead worker
+            bid_route = self.url.startswith((b"/bid", b"/openrtb"))
+            out = self.app.internal_error(exchange_name(self.url.split(b"?", 1)[0]) if bid_route else None, e)
         transport.write(out)
         if not self.parser.should_keep_alive():
             transport.close()
@@ -190,13 +393,18 @@ class BidProtocol(asyncio.Protocol):
     def _route(self) -> bytes:
         url = self.url
         method = self.parser.get_method()
-        if method == b"POST" and (url.startswith(b"/bid") or url.startswith(b"/openrtb")):
-            path = url.split(b"?", 1)[0]
-            exchange = path.rsplit(b"/", 1)[1].decode("ascii", "replace")[:32] if path.count(b"/") > 1 else "default"
-            if self.too_large:
-                self.app.stats.requests[(exchange, "error", "body_too_large")] += 1
-                return response(413, b'{"error":"body_too_large","detail":"bid requests are limited to 256 KiB"}')
-            return self.app.bid(b"".join(self.body), self.gz, exchange, self.started)
+        if url.startswith((b"/bid", b"/openrtb")):
+            if method != b"POST":
+                return response(405, b'{"error":"method_not_allowed","detail":"bid requests are POSTed"}')
+            exchange = exchange_name(url.split(b"?", 1)[0])
+            self.budget -= 1
+            if self.budget < 0:  # one connection pipelining a burst must not hold the worker
+                return self.app.shed(exchange)
+            if self.encoding and not self.gz and self.encoding != b"identity":
+                self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
+                return response(400, b'{"error":"bad_encoding","detail":"Content-Encoding must be gzip or identity"}')
+            body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            return self.app.bid(body, self.gz, exchange, self.started, self.version)
         if method != b"GET":
             return response(405, b'{"error":"method_not_allowed"}')
         path, _, query = url.decode("latin-1").partition("?")
@@ -216,17 +424,19 @@ def gzip_body(body: bytes) -> bytes:
     return gzip.compress(body)
 
 
-async def watch_lag(app: BidApp, interval: float = 0.005) -> None:
-    """Mark the worker overloaded while its event loop runs late: shed instead of queueing."""
-    loop = asyncio.get_running_loop()
+async def sweep_stalled(app: BidApp, interval: float = 1.0) -> None:
+    """Hang up on connections that began a request and stopped sending it: they must not hold memory forever."""
     while True:
-        t0 = loop.time()
         await asyncio.sleep(interval)
-        app.overloaded = loop.time() - t0 - interval > app.shed_lag_s
+        now = time.perf_counter()
+        for proto in list(app.connections):
+            if proto.receiving and now - proto.receiving > REQUEST_TIMEOUT_S:
+                proto._close(408, b'{"error":"request_timeout"}')
 
 
 async def start_server(app: BidApp, host: str, port: int) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
+    app.clock.loop = loop
     server = await loop.create_server(lambda: BidProtocol(app), host, port, reuse_port=True, backlog=4096)
-    asyncio.ensure_future(watch_lag(app))
+    app.sweeper = asyncio.ensure_future(sweep_stalled(app))
     return server

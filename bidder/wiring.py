@@ -20,8 +20,9 @@ from pathlib import Path
 import orjson
 
 from bidder.campaigns import Campaign, ConfigError, parse_campaign
+from bidder.clock import from_env as clock_from_env
 from bidder.engine import BidEngine, EngineConfig
-from bidder.metrics import BidderStats
+from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool_dir, start_publishing
 from bidder.pacing import PacingState
 from bidder.server import BidApp, start_server
 from models.snapshot import ModelSnapshot
@@ -43,6 +44,9 @@ class ServeOptions:
     model_path: Path | None
     spill_dir: Path
     restricted_policy: str
+    explore_below: int = 200
+    shed_ms: float = 40.0  # a request that waited this long before being parsed is answered 204 (overload) at once
+    metrics_dir: Path | None = None  # set by serve() for N > 1 workers: where they add up their counters
 
 
 def _pacing_state(doc: dict) -> PacingState:
@@ -57,10 +61,13 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     model = ModelSnapshot.load(opts.model_path) if opts.model_path and opts.model_path.exists() else ModelSnapshot.empty()
     sink_holder: list = [lambda kind, key, ev: None]
     cfg = EngineConfig(secret=opts.secret, salt=opts.salt, network_ms=opts.network_ms, notice_base=opts.notice_base,
-                       restricted_policy=opts.restricted_policy)
-    engine = BidEngine(cfg, opts.campaigns, model, sink=lambda k, key, ev: sink_holder[0](k, key, ev))
+                       restricted_policy=opts.restricted_policy, explore_below=opts.explore_below)
+    # simulated time when STREAMBID_TIME_WARP is set (`streambid loadtest day`), else the real clock
     stats = BidderStats()
-    app = BidApp(engine, stats, worker=str(index))
+    engine = BidEngine(cfg, opts.campaigns, model, sink=stats.tap(lambda k, key, ev: sink_holder[0](k, key, ev)),
+                       clock=clock_from_env())
+    app = BidApp(engine, stats, worker=str(index), shed_after_ms=opts.shed_ms)
+    start_publishing(stats, engine, opts.metrics_dir, opts.workers)
     producer = follower = None
     if opts.broker:
         from streams import topics
@@ -118,9 +125,12 @@ def _child(opts: ServeOptions, index: int) -> None:
 
 def serve(opts: ServeOptions) -> int:
     """Run `opts.workers` processes sharing the port (SO_REUSEPORT); restart any that die."""
+    clock_from_env()  # a malformed STREAMBID_TIME_WARP stops here, once, instead of in every restarted worker
     if opts.workers <= 1:
         _child(opts, 0)
         return 0
+    opts.metrics_dir = make_pool_dir()  # every worker's /metrics answers for all of them
+    metrics = PoolRenderer(opts.metrics_dir, opts.workers)
     ctx = mp.get_context("fork")
     procs = {i: ctx.Process(target=_child, args=(opts, i), daemon=True) for i in range(opts.workers)}
     for p in procs.values():
@@ -135,9 +145,11 @@ def serve(opts: ServeOptions) -> int:
     signal.signal(signal.SIGINT, _stop)
     while not stopping:
         time.sleep(0.2)
+        metrics.tick(p.pid for p in procs.values() if p.pid)
         for i, p in list(procs.items()):
             if not p.is_alive() and not stopping:
                 print(f"streambid: worker {i} (pid {p.pid}) exited with {p.exitcode}; restarting", file=sys.stderr)
+                metrics.retire(p.pid)
                 procs[i] = ctx.Process(target=_child, args=(opts, i), daemon=True)
                 procs[i].start()
     for p in procs.values():
@@ -145,4 +157,5 @@ def serve(opts: ServeOptions) -> int:
             os.kill(p.pid, signal.SIGTERM)
     for p in procs.values():
         p.join(10)
+    remove_pool_dir(opts.metrics_dir)
     return 0

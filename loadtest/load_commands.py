@@ -31,8 +31,8 @@ endpoint, in one run on this machine.  The floor server (a no-op httptools +
 orjson + uvloop endpoint) and then the bidder are each pinned to core 0 while
 this process, the load generator, is pinned to core 1.  For each server:
 closed-loop saturation gives an upper bound, open-loop probes stepping down
-from it find the max sustained rate (no timeouts, nothing shed or failed,
-nothing past tmax), then latency is measured open loop at 50% of that rate.
+from it find the max sustained rate (at most 1% of requests timed out, shed,
+failed or past tmax), then latency is measured open loop at 50% of that rate.
 
 Prints a table with the targets the bidder must meet: ratio bidder/floor
 >= 0.33, p99 <= 5 ms at 50% load, no answers after tmax.  Latency-over-time

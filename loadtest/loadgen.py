@@ -57,7 +57,9 @@ PROFILES = ("const", "ramp", "step")
 STEPS = 5  # the step profile climbs in this many equal stairs
 _SPIN_WITHIN = 0.0015  # seconds: closer than this to the next send, spin instead of arming a timer
 _CONNECT_BATCH = 64
-TIMELINE_BINS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds; the finest giving <= 120 bins is used
+TIMELINE_BINS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds: the finest with <= 120 bins ...
+MIN_PER_BIN = 20  # ... and enough answers per bin for its p99 to mean something
+MAX_SAMPLES = 20_000  # individual latencies kept for the scatter plot
 
 
 class RemoteTargetRefused(ValueError):
@@ -569,11 +571,16 @@ class _Run:
                 "max": round(max(self.lag) * 1000, 3),
             }
         r.timeline = self._timeline()
+        r.samples = self._samples()
         return r
 
     def _timeline(self) -> list[dict[str, float]]:
         """Rates and latency percentiles per time bin, all by intended send time."""
-        width = next((w for w in TIMELINE_BINS if self.duration / w <= 120), TIMELINE_BINS[-1])
+        per_s = len(self.lat) / self.duration
+        width = next(
+            (w for w in TIMELINE_BINS if self.duration / w <= 120 and per_s * w >= MIN_PER_BIN),
+            next((w for w in TIMELINE_BINS if self.duration / w <= 12), TIMELINE_BINS[-1]),
+        )
         nbins = max(1, int(np.ceil(self.duration / width)))
         lat = np.frombuffer(self.lat, dtype=np.float64) * 1000
         ans_bin = _bins(self.lat_at, self.start, width, nbins)
@@ -585,12 +592,13 @@ class _Run:
         bounds = np.searchsorted(ans_bin[order], np.arange(nbins + 1))
         rows = []
         for b in range(nbins):
+            span = min(width, self.duration - b * width)  # the last bin may be cut short by the end of the run
             chunk = lat_sorted[bounds[b] : bounds[b + 1]]
             row = {
                 "t": round(b * width, 3),
-                "offered": round(float(answered[b] + lost[b]) / width, 1),
-                "answered": round(float(answered[b]) / width, 1),
-                "timeouts": round(float(lost[b]) / width, 1),
+                "offered": round(float(answered[b] + lost[b]) / span, 1),
+                "answered": round(float(answered[b]) / span, 1),
+                "timeouts": round(float(lost[b]) / span, 1),
                 "p50": 0.0,
                 "p99": 0.0,
                 "p99.9": 0.0,
@@ -602,6 +610,16 @@ class _Run:
                 row["p99.9"] = round(float(q[2]), 3)
             rows.append(row)
         return rows
+
+    def _samples(self) -> list[tuple[float, float]]:
+        """Up to MAX_SAMPLES (seconds since start, latency ms) points, evenly thinned, for the scatter in the PNG."""
+        n = len(self.lat)
+        if not n:
+            return []
+        idx = np.linspace(0, n - 1, min(n, MAX_SAMPLES)).astype(np.int64)
+        at = np.frombuffer(self.lat_at, dtype=np.float64)[idx] - self.start
+        lat = np.frombuffer(self.lat, dtype=np.float64)[idx] * 1000
+        return list(zip(at.round(4).tolist(), lat.round(4).tolist(), strict=True))
 
 
 def _bins(times: array, start: float, width: float, nbins: int) -> np.ndarray:

@@ -66,6 +66,7 @@ class LoadReport:
     nobid_reasons: dict[str, int] = field(default_factory=dict)
     histogram: HdrHistogram = field(default_factory=new_histogram)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (s since start, ms), thinned; PNG only
     generator_lag_ms: dict[str, float] = field(default_factory=dict)
     generator_cpu: float = 0.0  # share of one core the generator used (open loop: includes spin-waiting between sends)
 
@@ -184,17 +185,22 @@ def write_latency_png(report: LoadReport, path: str | Path) -> Path:
     tl = report.timeline
     t = [row["t"] for row in tl]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    if report.samples:
+        xs, ys = zip(*report.samples, strict=True)
+        ax1.scatter(xs, [max(y, 1e-3) for y in ys], s=4, color="0.6", alpha=0.5, linewidths=0, label="requests", rasterized=True)
+    width = tl[1]["t"] - tl[0]["t"] if len(tl) > 1 else report.duration
+    mid = [x + width / 2 for x in t]
     for key, style in (("p50", "-"), ("p99", "-"), ("p99.9", "--"), ("max", ":")):
-        ax1.plot(t, [max(row[key], 1e-3) for row in tl], style, label=key)
+        ax1.plot(mid, [max(row[key], 1e-3) for row in tl], style, label=f"{key} per {width:g} s")
     ax1.axhline(report.tmax_ms, color="red", linewidth=0.8, label=f"tmax {report.tmax_ms} ms")
     ax1.set_yscale("log")
     ax1.set_ylabel("latency (ms, from intended send)")
     ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(loc="upper left", fontsize=8, ncol=5)
+    ax1.legend(loc="upper left", fontsize=8, ncol=6, framealpha=0.9)
     ax1.set_title(f"{report.target}  {report.mode}/{report.profile}  {report.connections} conns")
-    ax2.plot(t, [row["offered"] for row in tl], label="offered/s")
-    ax2.plot(t, [row["answered"] for row in tl], label="answered/s")
-    ax2.plot(t, [row["timeouts"] for row in tl], label="timeouts/s")
+    ax2.plot(mid, [row["offered"] for row in tl], label="offered/s")
+    ax2.plot(mid, [row["answered"] for row in tl], label="answered/s")
+    ax2.plot(mid, [row["timeouts"] for row in tl], label="timeouts/s")
     ax2.set_ylabel("requests/s")
     ax2.set_xlabel("seconds since start (requests binned by intended send time)")
     ax2.grid(True, alpha=0.3)

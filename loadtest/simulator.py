@@ -3,7 +3,8 @@
 Everything the bidder must learn or pace against is generated here from a
 seed: which contexts come when, how likely each creative is to be clicked
 (a hidden logistic model the bidder never sees), what the competition bids,
-and how late clicks and notices arrive.  Pure: no I/O, no clocks.
+how late clicks, conversions and notices arrive, and what a conversion is
+worth.  Pure: no I/O, no clocks.
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ class Auction:
 class Market:
     """Seeded contexts, hidden CTRs and competing prices."""
 
-    def __init__(self, seed: int = 7, malformed_share: float = 0.0) -> None:
+    def __init__(self, seed: int = 7, malformed_share: float = 0.0, namespace: str = "") -> None:
+        """`namespace` prefixes every site domain and app bundle in the requests (not in `Auction.ctx`), so the
+        campaigns of one run can target its traffic alone on a broker that other campaigns share."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.malformed_share = malformed_share
+        self.namespace = namespace
         self._n = 0
         self._site_effect = {d: _stable(seed, "site", d).gauss(0, 0.5) for d, _ in SITES + APPS}
         self._size_effect = {s: _stable(seed, "size", s).gauss(0, 0.3) for s in SIZES}
@@ -70,6 +74,14 @@ class Market:
         z = -6.2 + self._site_effect.get(domain, 0) + self._size_effect.get(size, 0) + affinity + quality
         z += 0.2 if country == "USA" else 0.0
         return 1 / (1 + math.exp(-z))
+
+    def public_domain(self, domain: str) -> str:
+        """The domain or bundle as the requests carry it."""
+        return f"{self.namespace}.{domain}" if self.namespace else domain
+
+    def domains(self) -> list[str]:
+        """Every site domain and app bundle the requests may carry."""
+        return [self.public_domain(d) for d, _ in SITES + APPS]
 
     def auction(self, now: float) -> Auction:
         """The next bid request at simulated time `now` (unix seconds)."""
@@ -95,11 +107,12 @@ class Market:
             "tmax": 120,
             "cur": ["USD"],
         }
-        src = {"id": domain, "cat": cats, "publisher": {"id": "pub-" + domain.split(".")[0]}}
+        name = self.public_domain(domain)
+        src = {"id": name, "cat": cats, "publisher": {"id": "pub-" + domain.split(".")[0]}}
         if is_app:
-            req["app"] = {**src, "bundle": domain}
+            req["app"] = {**src, "bundle": name}
         else:
-            req["site"] = {**src, "domain": domain, "page": f"https://{domain}/"}
+            req["site"] = {**src, "domain": name, "page": f"https://{name}/"}
         if r.random() < 0.05:
             req["regs"] = {"gdpr": 1}
             req["user"]["consent"] = ""
@@ -111,6 +124,18 @@ class Market:
     def click_delay(self) -> float:
         """Seconds from impression to click: most within a minute, a long tail."""
         return self.rng.expovariate(1 / 45.0)
+
+    def conversion_rate(self, creative: str) -> float:
+        """The hidden probability that a click on `creative` converts (stable per seed): 2% to 10%."""
+        return 0.02 + 0.08 * _stable(self.seed, "cvr", creative).random()
+
+    def conversion_delay(self) -> float:
+        """Seconds from click to conversion: minutes to hours (log-normal, median 40 min, within 2 min to 12 h)."""
+        return min(max(self.rng.lognormvariate(math.log(2400.0), 1.0), 120.0), 43200.0)
+
+    def conversion_value(self, value_per_conversion: int) -> int:
+        """Micros one conversion is worth: the advertiser's stated value, varying per order (mean about that value)."""
+        return round(value_per_conversion * self.rng.lognormvariate(-0.125, 0.5))
 
     def notice_delay(self) -> float:
         """Seconds until the exchange sends the billing notice, or -1 when it never does (about 1%)."""

@@ -19,25 +19,46 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from bidder.campaigns import Campaign, ConfigError, parse_campaign
+from bidder.clock import from_env as clock_from_env
 from streams import topics
 from streams.events import EventError, check_event, dead_letter, topic_kind
-from streams.kafka_io import StateFollower
+from streams.kafka_io import StateFollower, read_event_ids
+from streams.ledger import FIELDS
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer
+from streams.tables import Outbox, TableView
 from streams.worker_metrics import WorkerStats
 
 log = logging.getLogger("streambid.worker")
 DELIVERY = (topics.BIDS, topics.WINS, topics.BILLING, topics.LOSSES, topics.IMPRESSIONS, topics.CLICKS, topics.CONVERSIONS)
+DELIVERY_NAMES = frozenset(t.name for t in DELIVERY)
+SEEN_TTL_S = 3 * 86400  # event ids are remembered (for dedup) this long after their event time
+FORGET_EVERY_S = 3600.0
+BATCH_MAX, BATCH_WAIT_S = 2000, 0.02  # delivery events handled between two changelog flushes
+
+
+class StatusBoard:
+    """What the worker's /status answers: a document rebuilt on the worker's loop every tick, read by the HTTP thread.
+
+    It shows only the partitions this worker owns right now, so the sum over all workers of one app id is the
+    whole, with nothing counted twice, even mid-rebalance (a worker that is rebalancing owns nothing).
+    """
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {"ready": False, "partitions": [], "positions": {}, "totals": {}}
 
 
 def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int = 4,
                click_window_ms: int | None = None, tick_s: float = 1.0,
-               known: dict[str, Campaign] | None = None) -> tuple[faust.App, WorkerStats]:
+               known: dict[str, Campaign] | None = None,
+               board: StatusBoard | None = None) -> tuple[faust.App, WorkerStats]:
     """Build the Faust app with its topics, tables, agents and timers.
 
     `known` is the campaign config read up to the end of the config topic before start, so no event is
-    valued with a missing config; the follower task keeps it current afterwards.
+    valued with a missing config; the follower task keeps it current afterwards.  `board` receives the
+    /status document.
     """
     app = faust.App(
         app_id,
@@ -50,21 +71,39 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         table_standby_replicas=0,
         web_enabled=False,
         processing_guarantee="at_least_once",
-        broker_commit_every=100,
+        broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # a worker killed without leaving the group holds its partitions until this expires
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         consumer_auto_offset_reset="earliest",
+        producer_max_batch_size=1024 * 1024,
+        producer_linger_ms=5,
     )
     stats = WorkerStats()
+    # Pacing, day boundaries and attribution windows run on simulated time under STREAMBID_TIME_WARP; pacing steps
+    # then come faster so one spans at most five simulated minutes (at most ten a wall second).  The rest of the
+    # tick (closing attribution windows, publishing the model) keeps its wall-clock pace: it costs CPU, not accuracy.
+    clock = clock_from_env()
+    pace_s = min(tick_s, max(clock.wall_seconds(300.0), 0.1))
     campaigns = Campaigns()
     campaigns.by_id.update(known or {})
     json_schema = faust.Schema(key_serializer="json", value_serializer="json")
-    totals = app.Table("totals", schema=json_schema, partitions=partitions)
-    seen = app.Table("seen", schema=json_schema, partitions=partitions)
-    pending = app.Table("attribution", schema=json_schema, partitions=partitions)
+    # Every table is partitioned like the events that write it (by campaign); see streams.tables for how the
+    # tick writes to them outside stream iteration and why iteration sees only the owned partitions.
+    totals, seen, pending = (TableView(app.Table(name, schema=json_schema, partitions=partitions))
+                             for name in ("totals", "seen", "attribution"))
+    views = (totals, seen, pending)
+    outbox = Outbox(app, views)
     delivery = DeliveryProcessor(campaigns, totals, seen, pending, click_window_ms)
     learner = Learner()
     pacer = Pacer(campaigns)
+    board = board if board is not None else StatusBoard()
+    positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset processed
+    latest_ts: dict[tuple[str, int], int] = {}  # (topic, partition) -> latest event time processed (ms)
+    produced = {"examples": 0}
     stats.bind(delivery, learner, campaigns, totals)
+    stats.attach(app)  # metrics snapshot (totals, consumer lag, logloss) refreshed each second on this loop
 
     def tp(spec: topics.TopicSpec) -> faust.TopicT:
         return app.topic(spec.name, partitions=spec.partitions, key_serializer="raw", value_serializer="raw",
@@ -75,6 +114,8 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     deadletter_topic, config_topic = tp(topics.DEADLETTER), tp(topics.CAMPAIGNS)
     for spec in DELIVERY:
         tp(spec)
+    kinds = {t.name: topic_kind(t.name) for t in DELIVERY}
+    sources: dict[tuple[str, int], str] = {}  # (topic, partition) -> "topic:partition", the ledger's watermark key
 
     async def reject(source: str, reason: str, payload: Any) -> None:
         stats.deadletters[(source, reason)] += 1
@@ -82,30 +123,58 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         await deadletter_topic.send(key=source.encode(), value=orjson.dumps(dead_letter(source, reason, payload,
                                                                                        int(time.time() * 1000))))
 
+    def send_example(ex: Any, ts_ms: int) -> None:
+        outbox.send(topics.EXAMPLES.name, ex.campaign.encode(), orjson.dumps(ex.to_event(ts_ms)), 0)  # one partition
+        produced["examples"] += 1
+
     @app.agent(delivery_topic)
     async def deliver(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            kind = topic_kind(msg.topic)
-            stats.consumed[kind] += 1
-            try:
-                ev = check_event(kind, event.value)
-            except EventError as e:
-                await reject(msg.topic, e.reason, event.value)
-                continue
-            for ex in delivery.handle(kind, ev, (f"{msg.topic}:{msg.partition}", msg.offset)):
-                await examples_topic.send(key=ex.campaign.encode(), value=orjson.dumps(ex.to_event(ev["ts"])))
+        consumed = stats.consumed
+        # Batches: a totals entry written by many events of a batch goes to the changelog once, and Faust's
+        # per-event acknowledgement work is done in one go after the batch.
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
+            for event in batch:
+                msg = event.message
+                kind = kinds[msg.topic]
+                consumed[kind] += 1
+                try:
+                    ev = check_event(kind, event.value)
+                except EventError as e:
+                    await reject(msg.topic, e.reason, event.value)
+                    continue
+                tpkey = (msg.topic, msg.partition)
+                source = sources.get(tpkey) or sources.setdefault(tpkey, f"{msg.topic}:{msg.partition}")
+                outbox.at(msg.partition)
+                for ex in delivery.handle(kind, ev, (source, msg.offset)):
+                    send_example(ex, ev["ts"])
+                positions[tpkey] = msg.offset
+                if ev["ts"] > latest_ts.get(tpkey, 0):
+                    latest_ts[tpkey] = ev["ts"]
+            await outbox.flush()  # before the batch is acknowledged, so before its offsets can be committed
 
     @app.agent(examples_topic)
     async def learn(stream: faust.StreamT) -> None:
-        async for value in stream:
-            stats.consumed["examples"] += 1
-            try:
-                ev = check_event("examples", value)
-            except EventError as e:
-                await reject(topics.EXAMPLES.name, e.reason, value)
-                continue
-            learner.learn(ev)
+        expected: dict[int, int] = {}  # partition -> next offset; a jump means a restart or a rebalance
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
+            for event in batch:
+                msg = event.message
+                if msg.offset and expected.get(msg.partition) != msg.offset:
+                    # Recall the ids learned just before this point (by this process or one that died), so an
+                    # example that a crash put on the topic again is not learned twice.
+                    start = max(msg.offset - learner.recent.capacity, 0)
+                    for eid in await read_event_ids(bootstrap, msg.topic, msg.partition, start, msg.offset):
+                        learner.recent.add(eid)
+                expected[msg.partition] = msg.offset + 1
+                stats.consumed["examples"] += 1
+                try:
+                    ev = check_event("examples", event.value)
+                except EventError as e:
+                    await reject(topics.EXAMPLES.name, e.reason, event.value)
+                    continue
+                if not learner.is_new(ev):
+                    continue
+                stats.before_learn(ev)  # progressive logloss and calibration: scored before it is learned
+                learner.learn(ev)
 
     @app.agent(config_topic)
     async def configure(stream: faust.StreamT) -> None:
@@ -117,17 +186,73 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             except (orjson.JSONDecodeError, ConfigError) as e:
                 await reject(topics.CAMPAIGNS.name, f"invalid_config: {e}", event.value)
 
+    def owned_partitions() -> frozenset[int] | None:
+        """Delivery partitions assigned to this worker and recovered; None while a rebalance is under way."""
+        if app.rebalancing:
+            return None
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # consumer not started yet
+            return None
+        return frozenset(tp.partition for tp in assigned if tp.topic in DELIVERY_NAMES)
+
+    def event_time(now_ms: int, owned: frozenset[int]) -> dict[int, int]:
+        """Per owned partition, the event time up to which every delivery topic has been read.
+
+        A topic that has nothing left to read does not hold it back (it stands at `now_ms`); one with a
+        backlog holds it at the latest event time processed from it (0, closing nothing, if none yet).
+        """
+        consumer = app.consumer
+        committed = getattr(consumer, "_committed_offset", {})
+        out = {}
+        for p in owned:
+            wm = now_ms
+            for name in DELIVERY_NAMES:
+                tp = TP(name, p)
+                try:
+                    high = consumer.highwater(tp)
+                except Exception:  # revoked meanwhile
+                    high = None
+                done = positions.get((name, p))
+                next_needed = done + 1 if done is not None else (committed.get(tp) or 0)
+                if high is None or high > next_needed:
+                    wm = min(wm, latest_ts.get((name, p), 0))
+            out[p] = wm
+        return out
+
+    forgotten_at = [time.time()]
+
     @app.timer(interval=tick_s)
     async def tick() -> None:
-        now = time.time()
-        for ex in delivery.expire(int(now * 1000)):
-            await examples_topic.send(key=ex.campaign.encode(), value=orjson.dumps(ex.to_event(int(now * 1000))))
+        ready = owned_partitions()
+        owned = ready or frozenset()
+        if owned != totals.owned:
+            for view in views:
+                view.owned = owned
+            delivery.attribution.reindex()  # entries recovered for newly assigned partitions need their due times
+        now = clock()
+        now_ms = int(now * 1000)
+        if owned:
+            reached = event_time(now_ms, owned)
+            outbox.at(None)  # outside any event: each key is written to its own partition
+            bound = min(reached.values())
+            for ex in delivery.expire(bound, lambda bid_id: reached.get(pending.partition_of(bid_id), 0)):
+                send_example(ex, now_ms)
+            if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
+                forgotten_at[0] = time.time()
+                delivery.ledger.forget_before(now_ms - SEEN_TTL_S * 1000)
+            await outbox.flush()
         total_labels = learner.labels[0] + learner.labels[1]
         if total_labels != stats.published_labels:
             stats.published_labels = total_labels
             await model_topic.send(key=b"ctr", value=learner.snapshot_bytes())
-            stats.model_published = now
-        local = {k.split("|", 1)[0] for k in list(totals.keys())}
+            stats.model_published = time.time()  # wall time: the model's age is about the machine
+        board.doc = status_doc(app_id, ready is not None, owned, positions, totals, stats, learner, delivery, produced)
+
+    @app.timer(interval=pace_s)
+    async def pace() -> None:
+        now = clock()
+        local = {k.split("|", 1)[0] for k in totals}
         for state in pacer.update(now, delivery.ledger):
             if state.campaign in local:
                 await pacing_topic.send(key=state.campaign.encode(), value=orjson.dumps(pacing_doc(state)))
@@ -157,4 +282,23 @@ def pacing_doc(state: Any) -> dict[str, Any]:
         "budget_today": state.budget_today, "exhausted": state.exhausted,
         "impressions_today": getattr(state, "impressions_today", 0), "clicks_today": getattr(state, "clicks_today", 0),
         "value_today": getattr(state, "value_today", 0), "ts": int(time.time() * 1000),
+    }
+
+
+def status_doc(app_id: str, ready: bool, owned: frozenset[int], positions: dict[tuple[str, int], int], totals: TableView,
+               stats: WorkerStats, learner: Learner, delivery: DeliveryProcessor, produced: dict[str, int]) -> dict[str, Any]:
+    """The /status document: this worker's partitions, how far it got in each, and the totals it holds there."""
+    return {
+        "app_id": app_id,
+        "ready": ready,
+        "partitions": sorted(owned),
+        "positions": {f"{t}:{p}": off for (t, p), off in sorted(positions.items()) if p in owned},
+        "totals": {key: {f: t.get(f, 0) for f in FIELDS} for key, t in totals.items()},
+        "consumed": dict(stats.consumed),
+        "produced": dict(produced),
+        "outcomes": dict(delivery.outcomes),
+        "learner": {"labels": {str(k): v for k, v in learner.labels.items()}, "duplicates": learner.duplicates,
+                    "version": learner.version,
+                    "by_campaign": {f"{c}:{label}": n for (c, label), n in stats.examples.items()}},
+        "at": time.time(),
     }

@@ -11,7 +11,8 @@ held as *early* and matched when the bid comes, or counted an orphan.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import heapq
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,25 @@ class Attribution:
         self.pending = pending
         self.click_window_ms = click_window_ms
         self.conversion_window_ms = conversion_window_ms
+        # (when the entry next needs attention, bid id): `expire` looks only at what is due, never at everything
+        self._due: list[tuple[int, str]] = []
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild the due-time index from `pending` (after it was filled from elsewhere, e.g. a recovery)."""
+        self._due = [(self._due_of(e), k) for k, e in self.pending.items()]
+        heapq.heapify(self._due)
+
+    def _due_of(self, entry: dict[str, Any]) -> int:
+        if entry["f"] is None or entry["imp"] is None:
+            return entry["t"] + UNSERVED_TTL_MS  # early event without its bid, or a bid never served
+        if not entry["done"]:
+            return entry["imp"] + self.click_window_ms  # the click window closes: a negative
+        return entry["imp"] + self.conversion_window_ms  # labelled: forgotten after the conversion window
+
+    def _put(self, bid_id: str, entry: dict[str, Any]) -> None:
+        self.pending[bid_id] = entry
+        heapq.heappush(self._due, (self._due_of(entry), bid_id))
 
     def on_bid(self, ev: dict[str, Any]) -> tuple[str, Example | None]:
         """Remember the bid's features; completes an example if its click came first (topics interleave freely)."""
@@ -51,8 +71,8 @@ class Attribution:
         if entry is not None and entry["f"] is not None:
             return "duplicate", None
         if entry is None:
-            self.pending[bid_id] = {"c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"],
-                                    "imp": None, "clk": None, "done": 0}
+            self._put(bid_id, {"c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"],
+                                    "imp": None, "clk": None, "done": 0})
             return "matched", None
         entry = {**entry, "c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"]}
         example = None
@@ -60,13 +80,13 @@ class Attribution:
             if entry["clk"] - (entry["imp"] if entry["imp"] is not None else ev["ts"]) <= self.click_window_ms:
                 entry["done"] = 1
                 example = Example(entry["c"], entry["r"], entry["f"], 1, bid_id)
-        self.pending[bid_id] = entry
+        self._put(bid_id, entry)
         return "matched", example
 
     def _early(self, ev: dict[str, Any], **marks: int) -> None:
         """An impression or click seen before its bid: hold it until the bid arrives or the TTL passes."""
-        self.pending[ev["bid_id"]] = {"c": ev["campaign"], "r": ev.get("creative", ""), "f": None, "t": ev["ts"],
-                                      "imp": None, "clk": None, "done": 0, **marks}
+        self._put(ev["bid_id"], {"c": ev["campaign"], "r": ev.get("creative", ""), "f": None, "t": ev["ts"],
+                                      "imp": None, "clk": None, "done": 0, **marks})
 
     def on_impression(self, ev: dict[str, Any]) -> str:
         entry = self.pending.get(ev["bid_id"])
@@ -75,7 +95,7 @@ class Attribution:
             return "early"
         if entry["imp"] is not None:
             return "duplicate"
-        self.pending[ev["bid_id"]] = {**entry, "imp": ev["ts"]}
+        self._put(ev["bid_id"], {**entry, "imp": ev["ts"]})
         return "matched"
 
     def on_click(self, ev: dict[str, Any]) -> tuple[str, Example | None]:
@@ -89,12 +109,12 @@ class Attribution:
             return "duplicate", None
         served = entry["t"] if entry["imp"] is None else entry["imp"]
         if entry["f"] is None:
-            self.pending[bid_id] = {**entry, "clk": ev["ts"]}
+            self._put(bid_id, {**entry, "clk": ev["ts"]})
             return "early", None
         if entry["done"] or ev["ts"] - served > self.click_window_ms:
-            self.pending[bid_id] = {**entry, "clk": ev["ts"]}
+            self._put(bid_id, {**entry, "clk": ev["ts"]})
             return "late", None
-        self.pending[bid_id] = {**entry, "imp": served, "clk": ev["ts"], "done": 1}
+        self._put(bid_id, {**entry, "imp": served, "clk": ev["ts"], "done": 1})
         return "matched", Example(entry["c"], entry["r"], entry["f"], 1, bid_id)
 
     def on_conversion(self, ev: dict[str, Any]) -> str:
@@ -105,24 +125,32 @@ class Attribution:
             return "late"
         return "matched"
 
-    def expire(self, now_ms: int) -> tuple[list[Example], int]:
-        """Negative examples for served bids whose click window closed, and how many early events stayed orphans."""
+    def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None) -> tuple[list[Example], int]:
+        """Negative examples for served bids whose click window closed, and how many early events stayed orphans.
+
+        Windows close on event time.  `now_ms` bounds it for every entry; `now_of(bid_id)`, when given, is how
+        far the events that could still concern that bid have got, since a worker catching up on a backlog must
+        not close a window whose click is still queued behind it (0 for an entry that is not this worker's).
+        """
         out: list[Example] = []
         orphans = 0
-        for bid_id, entry in list(self.pending.items()):
+        due, later = self._due, []
+        while due and due[0][0] < now_ms:
+            when, bid_id = heapq.heappop(due)
+            entry = self.pending.get(bid_id)
+            if entry is None or self._due_of(entry) != when:
+                continue  # gone, or changed since: a newer index entry stands for it
+            if now_of is not None and when >= now_of(bid_id):
+                later.append((when, bid_id))
+                continue
             if entry["f"] is None:
-                if now_ms - entry["t"] > UNSERVED_TTL_MS:
-                    del self.pending[bid_id]
-                    orphans += 1
-                continue
-            served = entry["imp"]
-            if served is None:
-                if now_ms - entry["t"] > UNSERVED_TTL_MS:
-                    del self.pending[bid_id]
-                continue
-            if not entry["done"] and now_ms - served > self.click_window_ms:
-                self.pending[bid_id] = {**entry, "done": 1}
-                out.append(Example(entry["c"], entry["r"], entry["f"], 0, bid_id))
-            elif entry["done"] and now_ms - served > self.conversion_window_ms:
                 del self.pending[bid_id]
+                orphans += 1
+            elif entry["imp"] is None or entry["done"]:
+                del self.pending[bid_id]
+            else:
+                self._put(bid_id, {**entry, "done": 1})
+                out.append(Example(entry["c"], entry["r"], entry["f"], 0, bid_id))
+        for item in later:
+            heapq.heappush(due, item)
         return out, orphans

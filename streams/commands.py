@@ -38,6 +38,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     w.add_argument("--loglevel", default="warning", help="faust log level (default: %(default)s)")
     w.set_defaults(func=cmd_worker)
 
+    b = groups["bench"].add_parser(
+        "streams", help="delivery events per second through one worker on a real broker (River learning included)",
+        description="Load synthetic auctions (bid, win, billing, impression, click, some duplicates) onto the topics, "
+                    "start one `streambid worker` and time it from its first event until every event is processed and "
+                    "every example learned; report events/s, consumer lag and the worker's CPU time.  Uses "
+                    "--broker / $KAFKA_BOOTSTRAP, or starts a local broker with deploy/kafka-local/kafka.sh.")
+    b.add_argument("--events", type=int, default=1_000_000, help="delivery events to push (default: %(default)s)")
+    b.add_argument("--campaigns", type=int, default=50, help="campaigns the auctions spread over (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=1, help="random seed of the workload (default: %(default)s)")
+    b.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP, else a local broker)")
+    b.add_argument("--out", type=Path, default=Path("out"), help="worker log and throughput plot go here (default: out)")
+    b.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    b.set_defaults(func=cmd_bench_streams)
+
     s = camp.add_parser("set", help="validate a campaign file and publish every campaign in it",
                         description="Validate each campaign (schema, budgets, flight, currency, targeting, creatives) "
                                     "and publish it to the config topic; nothing is published if any campaign is invalid.")
@@ -58,23 +72,85 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.app import create_app
+    from streams.app import StatusBoard, create_app
     from streams.kafka_io import ensure_topics
 
     broker = broker_of(args)
     asyncio.run(ensure_topics(broker))
     known = {cid: parse_campaign(rec["campaign"]) for cid, rec in latest_configs(asyncio.run(read_config_log(broker))).items()}
-    app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known)
+    board = StatusBoard()
+    app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known,
+                            board=board)
     if args.metrics_port:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(stats)
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+        serve_http(args.metrics_port, registry, board)
     from faust.worker import Worker
 
-    Worker(app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    worker = Worker(app, loglevel=args.loglevel, quiet=True)
+    # Faust's startup spinner hangs a DEBUG-level handler on the root logger, after which every debug record of
+    # aiokafka and Faust is built and handled: a tenth of the worker's time.  No spinner, no such handler.
+    worker.spinner = None
+    worker.execute_from_commandline()
     return 0
+
+
+def cmd_bench_streams(args: argparse.Namespace) -> int:
+    from loadtest.day_stack import Broker, StackError
+    from streams import bench_streams
+
+    if args.events < 1:
+        print("streambid: --events must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with Broker(args.broker or os.environ.get("KAFKA_BOOTSTRAP")) as bootstrap:
+            result = bench_streams.run(bootstrap, args.events, n_campaigns=args.campaigns, seed=args.seed,
+                                       progress=True, log_dir=args.out)
+    except (StackError, RuntimeError) as e:
+        print(f"streambid: bench streams: {e}", file=sys.stderr)
+        return 1
+    png = bench_streams.plot(result, args.out / "bench-streams.png")
+    if args.json:
+        print(orjson.dumps({**result.to_dict(), "plot": str(png)}).decode())
+    else:
+        print(bench_streams.format_table(result))
+        print(f"plot: {png}")
+    return 0 if result.spend_ok else 1
+
+
+def serve_http(port: int, registry: Any, board: Any, addr: str = "127.0.0.1") -> None:
+    """/metrics (Prometheus) and /status (JSON: owned partitions, positions, totals) from a daemon thread."""
+    import threading
+    from socketserver import ThreadingMixIn
+    from urllib.parse import parse_qs
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/status":
+            return metrics(environ, start_response)
+        doc = board.doc
+        prefix = (parse_qs(environ.get("QUERY_STRING", "")).get("prefix") or [""])[0]
+        if prefix:
+            doc = {**doc, "totals": {k: v for k, v in doc.get("totals", {}).items() if k.startswith(prefix)}}
+        body = orjson.dumps(doc)
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+            pass
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    server = make_server(addr, port, app, server_class=Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
 
 
 def change_record(doc: dict[str, Any], action: str) -> bytes:

@@ -33,23 +33,28 @@ class SpendLedger:
         self._click_value = click_value
 
     def apply(self, kind: str, event: dict[str, Any], position: tuple[str, int] | None = None) -> bool:
-        """Count `event` once; False when its id was already counted.
+        """Count `event` once; False when it was already counted.
 
-        `position` (source "topic:partition", offset) makes recovery exact: the totals entry records the
-        last offset it absorbed in the same write, so an event replayed after a crash is recognised even
-        if its id never reached the `seen` table.
+        `position` (source "topic:partition", offset) makes recovery after a crash exact.  The totals entry
+        records the last offset it absorbed from each source partition in the same write as the sums, so a
+        message re-read after a restart is recognised even if its id never reached the `seen` table.  The
+        `seen` entry records where the id was counted: meeting that same message again means its totals
+        write was lost (so it is counted now), while the same id at another offset is a true duplicate.
         """
         eid = event["id"]
         campaign = event["campaign"]
         day = event.get("day") or self._day_of(campaign, event["ts"])
         key = f"{campaign}|{day}"
-        t = dict(self.totals.get(key) or empty_totals())
-        wm = t.get("wm") or {}
+        current = self.totals.get(key)
+        wm = (current.get("wm") or {}) if current is not None else {}
         if position is not None and wm.get(position[0], -1) >= position[1]:
-            self.seen[eid] = event["ts"]
+            if eid not in self.seen:
+                self.seen[eid] = [event["ts"], position[0], position[1]]
             return False
-        if eid in self.seen:
+        prev = self.seen.get(eid)
+        if prev is not None and (position is None or prev[1] != position[0] or prev[2] != position[1]):
             return False
+        t = dict(current) if current is not None else empty_totals()
         if kind == "billing":
             t["spend"] += event["cost"]
             t["billed"] += 1
@@ -70,8 +75,16 @@ class SpendLedger:
         if position is not None:
             t["wm"] = {**wm, position[0]: position[1]}
         self.totals[key] = t
-        self.seen[eid] = event["ts"]
+        if prev is None:
+            self.seen[eid] = [event["ts"], position[0], position[1]] if position is not None else [event["ts"], "", -1]
         return True
+
+    def forget_before(self, ts_ms: int) -> int:
+        """Drop remembered event ids older than `ts_ms` (the dedup horizon); returns how many."""
+        old = [eid for eid, rec in self.seen.items() if rec[0] < ts_ms]
+        for eid in old:
+            del self.seen[eid]
+        return len(old)
 
     def day_totals(self, campaign: str, day: str) -> dict[str, int]:
         return dict(self.totals.get(f"{campaign}|{day}") or empty_totals())

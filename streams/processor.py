@@ -9,6 +9,7 @@ supplies: Faust tables there, dicts here.
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -78,11 +79,16 @@ class DeliveryProcessor:
             self.outcomes[f"{kind}:duplicate_event"] = self.outcomes.get(f"{kind}:duplicate_event", 0) + 1
         return examples
 
-    def expire(self, now_ms: int) -> list[Example]:
-        examples, orphans = self.attribution.expire(now_ms)
+    def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None) -> list[Example]:
+        examples, orphans = self.attribution.expire(now_ms, now_of)
         if orphans:
             self.outcomes["any:orphan"] = self.outcomes.get("any:orphan", 0) + orphans
         return examples
+
+
+# Proportional gain on the gap to plan: live traffic drifts within a day (the model learns, prices move), and a
+# firmer pull back to plan keeps cumulative spend close to it (the iPinYou replay, a stationary log, uses 1).
+PACING_KP = 10.0
 
 
 class Pacer:
@@ -98,8 +104,10 @@ class Pacer:
             day, frac, _ = self.campaigns.fraction_of_day(camp, now)
             totals = ledger.day_totals(camp.id, day) if ledger is not None else empty_totals()
             ctl = self.controllers.get(camp.id)
-            if ctl is None or ctl.day != day:
-                ctl = self.controllers[camp.id] = PacingController(day=day, plan=SpendPlan(hours=camp.hours))
+            if ctl is None:
+                ctl = self.controllers[camp.id] = PacingController(day=day, plan=SpendPlan(hours=camp.hours), kp=PACING_KP)
+            elif ctl.day != day:  # a new day starts from yesterday's price of budget, not from zero
+                ctl = self.controllers[camp.id] = ctl.next_day(day)
             state = ctl.update(frac, totals["spend"], camp.daily_budget)
             state.campaign = camp.id
             state.impressions_today = totals["billed"]
@@ -109,13 +117,52 @@ class Pacer:
         return out
 
 
-class Learner:
-    """The CTR learner fed by labelled examples; publishes a snapshot when asked."""
+class RecentIds:
+    """The last `capacity` ids seen, oldest forgotten first: duplicates arrive close together, so this is enough."""
 
-    def __init__(self, learner: CTRLearner | None = None) -> None:
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
+
+    def add(self, item: str) -> bool:
+        """Remember `item`; False if it was already remembered."""
+        if item in self._ids:
+            return False
+        self._ids.add(item)
+        self._order.append(item)
+        if len(self._order) > self.capacity:
+            self._ids.discard(self._order.popleft())
+        return True
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class Learner:
+    """The CTR learner fed by labelled examples; publishes a snapshot when asked.
+
+    Each bid yields at most one example, with id `ex:<bid id>`.  A crash can still put an example on the topic
+    twice (replayed before its "done" mark was saved), or a positive after the negative for the same bid; the
+    learner keeps the first and drops the rest by id, so it never learns a click twice or a flipped label.
+    """
+
+    def __init__(self, learner: CTRLearner | None = None, recent: int = 200_000) -> None:
         self.learner = learner or CTRLearner()
         self.version = 0
         self.labels = {0: 0, 1: 0}
+        self.recent = RecentIds(recent)
+        self.duplicates = 0
+
+    def is_new(self, event: dict[str, Any]) -> bool:
+        """True the first time an example id is seen (and remembers it); counts the rest as duplicates."""
+        if self.recent.add(event["id"]):
+            return True
+        self.duplicates += 1
+        return False
 
     def learn(self, event: dict[str, Any]) -> None:
         self.learner.learn_one(event["features"], bool(event["label"]), event["campaign"], event["creative"])

@@ -10,9 +10,12 @@ read this list, so a topic cannot be spelled two ways.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 DAY_MS = 86_400_000
+# One deployment's topics share a prefix; a second stack on the same cluster (staging, a test) takes its own.
+PREFIX = os.environ.get("STREAMBID_TOPIC_PREFIX", "streambid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,20 +39,20 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms)}
 
 
-BIDS = TopicSpec("streambid.bids", "campaign id", "bid: campaign, creative, price, pCTR, hashed features, auction type")
-WINS = TopicSpec("streambid.wins", "campaign id", "win notice: bid id, clearing price (CPM micros)")
-BILLING = TopicSpec("streambid.billing", "campaign id", "billing notice: bid id, cost (micros), campaign day, user hash")
-LOSSES = TopicSpec("streambid.losses", "campaign id", "loss notice: bid id, loss reason, min bid to win")
-IMPRESSIONS = TopicSpec("streambid.impressions", "campaign id", "impression rendered: bid id, campaign, creative")
-CLICKS = TopicSpec("streambid.clicks", "campaign id", "click: bid id, campaign, creative")
-CONVERSIONS = TopicSpec("streambid.conversions", "campaign id", "conversion: bid id, campaign, value (micros)")
-EXAMPLES = TopicSpec("streambid.examples", "campaign id", "labelled training example: features, label", partitions=1)
-CAMPAIGNS = TopicSpec("streambid.campaigns", "campaign id", "campaign document + who/when (history kept 90 days)", partitions=1,
+BIDS = TopicSpec(f"{PREFIX}.bids", "campaign id", "bid: campaign, creative, price, pCTR, hashed features, auction type")
+WINS = TopicSpec(f"{PREFIX}.wins", "campaign id", "win notice: bid id, clearing price (CPM micros)")
+BILLING = TopicSpec(f"{PREFIX}.billing", "campaign id", "billing notice: bid id, cost (micros), campaign day, user hash")
+LOSSES = TopicSpec(f"{PREFIX}.losses", "campaign id", "loss notice: bid id, loss reason, min bid to win")
+IMPRESSIONS = TopicSpec(f"{PREFIX}.impressions", "campaign id", "impression rendered: bid id, campaign, creative")
+CLICKS = TopicSpec(f"{PREFIX}.clicks", "campaign id", "click: bid id, campaign, creative")
+CONVERSIONS = TopicSpec(f"{PREFIX}.conversions", "campaign id", "conversion: bid id, campaign, value (micros)")
+EXAMPLES = TopicSpec(f"{PREFIX}.examples", "campaign id", "labelled training example: features, label", partitions=1)
+CAMPAIGNS = TopicSpec(f"{PREFIX}.campaigns", "campaign id", "campaign document + who/when (history kept 90 days)", partitions=1,
                       compacted=True, history_ms=90 * DAY_MS)
-MODEL = TopicSpec("streambid.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
-PACING = TopicSpec("streambid.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
+MODEL = TopicSpec(f"{PREFIX}.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
+PACING = TopicSpec(f"{PREFIX}.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
                    compacted=True)
-DEADLETTER = TopicSpec("streambid.deadletter", "source topic", "rejected message: topic, reason, raw payload", partitions=1,
+DEADLETTER = TopicSpec(f"{PREFIX}.deadletter", "source topic", "rejected message: topic, reason, raw payload", partitions=1,
                        retention_ms=30 * DAY_MS)
 
 ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, PACING, DEADLETTER)

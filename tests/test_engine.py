@@ -22,6 +22,7 @@ NOW = 1_780_000_000.0  # a fixed instant inside every example campaign's flight
 
 def engine(camps: list, events: list | None = None, **cfg) -> BidEngine:
     sink = (lambda k, key, ev: events.append((k, ev))) if events is not None else (lambda *a: None)
+    cfg.setdefault("explore_below", 0)
     return BidEngine(EngineConfig(secret=b"s", **cfg), camps, ModelSnapshot.empty(), sink=sink, clock=lambda: NOW)
 
 
@@ -126,3 +127,12 @@ def test_notices_are_counted_once() -> None:
 def test_paused_campaigns_do_not_bid(paused: bool) -> None:
     e = engine([parse_campaign(campaign(status="paused" if paused else "active"))])
     assert (bid(e, request()).status == 204) is paused
+
+
+def test_new_creatives_are_explored_with_posterior_draws() -> None:
+    e = engine([parse_campaign(campaign())], explore_below=200)
+    outs = [bid(e, request()) for _ in range(40)]
+    prices = {orjson.loads(o.body)["seatbid"][0]["bid"][0]["price"] for o in outs if o.status == 200}
+    assert len(prices) > 10  # draws vary; with exploration off the price is one fixed value
+    e_off = engine([parse_campaign(campaign())])
+    assert len({orjson.loads(bid(e_off, request()).body)["seatbid"][0]["bid"][0]["price"] for _ in range(5)}) == 1

@@ -191,7 +191,7 @@ def test_send_times_follow_the_rate_profile(profile):
 
 async def test_constant_rate_sends_on_schedule_and_counts_everything():
     with TinyServer(lambda n, body: (0, ok())) as srv:
-        r = await run_load(srv.url, 400, 0.5, BODIES, connections=8, progress=False)
+        r = await run_load(srv.url, 400, 0.5, BODIES, connections=8, tmax_ms=2000, progress=False)
     assert r.scheduled == 200
     assert r.answered == 200 == srv.count
     assert r.statuses == {200: 200}
@@ -219,7 +219,7 @@ async def test_bids_nobid_reasons_and_statuses_are_counted():
         return 0, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}"
 
     with TinyServer(answer) as srv:
-        r = await run_load(srv.url, 400, 0.5, BODIES, connections=4, progress=False)
+        r = await run_load(srv.url, 400, 0.5, BODIES, connections=4, tmax_ms=2000, progress=False)
     assert r.answered == 200
     assert r.statuses == {200: 50, 204: 100, 400: 50}
     assert r.bids == 50 and r.bid_rate == pytest.approx(0.25)
@@ -229,7 +229,7 @@ async def test_bids_nobid_reasons_and_statuses_are_counted():
 async def test_chunked_answers_are_read():
     chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"pri\r\n' + b'c\r\nce":1,"x":2}\r\n0\r\n\r\n'
     with TinyServer(lambda n, body: (0, chunked)) as srv:
-        r = await run_load(srv.url, 200, 0.25, BODIES, connections=2, progress=False)
+        r = await run_load(srv.url, 200, 0.25, BODIES, connections=2, tmax_ms=2000, progress=False)
     assert r.answered == 50 and r.bids == 50
 
 
@@ -257,8 +257,8 @@ async def test_a_server_stall_shows_in_every_request_scheduled_during_it():
     # a generator that paused with the server would report at most a handful.
     assert r.histogram.get_value_at_percentile(93) >= 100_000
     assert lat["p50"] < 20  # outside the stall the server is fast
-    stalled = [row for row in r.timeline if row["max"] >= 100]
-    assert stalled and all(row["t"] < 0.5 for row in stalled)
+    worst = max(r.timeline, key=lambda row: row["max"])
+    assert 0.1 <= worst["t"] <= 0.4  # the stall began with request 100, sent at 0.2 s
 
 
 async def test_waiting_for_a_free_connection_counts_from_the_intended_time():
@@ -269,9 +269,9 @@ async def test_waiting_for_a_free_connection_counts_from_the_intended_time():
     lat = r.latency_ms()
     assert lat["p50"] > 100  # a closed-loop client would report ~20 ms for every request
     assert lat["max"] > 400
-    early = [row["p50"] for row in r.timeline if row["t"] < 0.15 and row["answered"]]
-    late = [row["p50"] for row in r.timeline if row["t"] >= 0.35 and row["answered"]]
-    assert max(early) < min(late)
+    by_intended = [ms for _, ms in sorted(r.samples)]
+    assert len(by_intended) == 50
+    assert max(by_intended[:10]) < min(by_intended[-10:])  # each request waits behind all the earlier ones
 
 
 async def test_requests_that_cannot_be_sent_within_tmax_are_timeouts():
@@ -303,7 +303,7 @@ async def test_closed_loop_saturates():
 
 async def test_report_dict_text_and_png(tmp_path):
     with TinyServer(lambda n, body: (0, NOBID % b"no_match")) as srv:
-        r = await run_load(srv.url, 300, 0.5, BODIES, connections=4, progress=False)
+        r = await run_load(srv.url, 300, 0.5, BODIES, connections=4, tmax_ms=2000, progress=False)
     d = orjson.loads(orjson.dumps(r.to_dict()))
     for key in ("target", "sent_per_s", "answered_per_s", "bid_rate", "late", "timeouts", "statuses", "nobid_reasons"):
         assert key in d

@@ -7,8 +7,9 @@ tests only check its decisions on reports built here.
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from loadtest.bench_bidder import _campaign_file, format_bench, ok_answers, sustained
+from loadtest.bench_bidder import _campaign_file, format_bench, max_sustained, ok_answers, reliability_warnings, sustained
 from loadtest.report import LoadReport
 
 
@@ -43,8 +44,24 @@ def test_timeouts_late_answers_and_errors_fail_a_probe():
     assert not sustained(_report(10_000, {200: 9000, 500: 1000}))[0]
 
 
-def test_a_stray_answer_is_tolerated():
-    assert sustained(_report(10_000, {200: 9999}, not_sent=1))[0]
+def test_up_to_one_percent_lost_is_tolerated():
+    assert sustained(_report(10_000, {200: 9900}, not_sent=100))[0]
+    assert not sustained(_report(10_000, {200: 9899}, not_sent=101))[0]
+
+
+def test_max_sustained_steps_down_then_bisects():
+    tried: list[float] = []
+
+    def capacity_4300(rate: float) -> bool:
+        tried.append(rate)
+        return rate <= 4300
+
+    best, failed_at = max_sustained(10_000, capacity_4300)
+    assert 3430 < best <= 4300 < failed_at <= 4900
+    assert tried[:4] == pytest.approx([10_000, 7000, 4900, 3430])  # down by 0.7 until a pass ...
+    assert len(tried) == 6  # ... then two bisections
+    best, failed_at = max_sustained(10_000, lambda rate: False)
+    assert best == 0 and failed_at == pytest.approx(10_000 * 0.7**11)
 
 
 def test_campaign_file_is_valid_for_the_bidder(tmp_path):
@@ -58,7 +75,7 @@ def test_campaign_file_is_valid_for_the_bidder(tmp_path):
 def test_bench_table_shows_both_servers_and_the_targets():
     def server(name: str, rps: int, p99: float, late: int) -> dict:
         half = {"rate": rps // 2, "p50_ms": 0.1, "p99_ms": p99, "p99.9_ms": p99 * 2, "max_ms": p99 * 3}
-        half |= {"past_deadline": late, "timeouts": 0, "bid_rate": 0.2}
+        half |= {"past_deadline": late, "timeouts": 0, "bid_rate": 0.2, "generator_lag_ms": {"p99": 0.02}}
         sat = {"closed_loop_rps": rps + 100, "server_cpu": 0.97, "generator_cpu": 0.8}
         return {"name": name, "max_rps": rps, "half_load": half, "saturation": sat, "png": f"out/{name}.png"}
 
@@ -76,3 +93,10 @@ def test_bench_table_shows_both_servers_and_the_targets():
     text = format_bench(result)
     assert "60,000" in text and "15,000" in text and "0.25" in text
     assert text.count("FAIL") == 3 and "PASS" not in text
+    assert "warning" not in text
+    result["servers"][0]["saturation"]["server_cpu"] = 0.3
+    result["servers"][0]["half_load"]["generator_lag_ms"] = {"p99": 4.0}
+    result["warnings"] = reliability_warnings(result["servers"], load_at_start=0.1)
+    assert len(result["warnings"]) == 2
+    assert format_bench(result).count("warning: ") == 2
+    assert len(reliability_warnings(result["servers"], load_at_start=3.0)) == 3

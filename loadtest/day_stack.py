@@ -1,0 +1,215 @@
+"""The real stack for a simulated day: a Kafka broker, `streambid worker` and `streambid serve` as processes.
+
+The runner talks to them the way production does: OpenRTB and notices over
+HTTP keep-alive, events over Kafka, totals from the worker's /metrics.  The
+processes share the simulated clock through `STREAMBID_TIME_WARP`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from bidder.clock import ENV as WARP_ENV
+from bidder.clock import WarpedClock
+from streams.topics import TopicSpec
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_SH = REPO / "deploy" / "kafka-local" / "kafka.sh"
+STREAMBID = [sys.executable, "-m", "bidder.cli"]
+WORKER_FIELDS = {"spend": "streambid_campaign_spend_total", "billed": "streambid_campaign_impressions_total",
+                 "clicks": "streambid_campaign_clicks_total", "conversions": "streambid_campaign_conversions_total",
+                 "value": "streambid_campaign_value_total", "wins": "streambid_campaign_wins_total"}
+MONEY = frozenset({"spend", "value"})
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up; the message says what and where its logs are."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """`given` (a bootstrap address) as is, or a local broker started by deploy/kafka-local/kafka.sh and stopped after."""
+
+    def __init__(self, given: str | None) -> None:
+        self.given = given
+        self.bootstrap = given or ""
+        self.started = False
+        self._env = {**os.environ, "STREAMBID_KAFKA_STATE": str(REPO / ".kafka-local" / f"day-{os.getpid()}.state")}
+
+    def __enter__(self) -> str:
+        if self.given:
+            return self.given
+        if not KAFKA_SH.exists():
+            raise StackError(f"no broker: set KAFKA_BOOTSTRAP or pass --broker ({KAFKA_SH} is not here to start one)")
+        proc = subprocess.run(["bash", str(KAFKA_SH), "start"], env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=300, check=False)
+        found = [ln.split("=", 1)[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("KAFKA_BOOTSTRAP=")]
+        if proc.returncode != 0 or not found:
+            raise StackError(f"kafka.sh start failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".rstrip())
+        self.started, self.bootstrap = True, found[0]
+        return self.bootstrap
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            subprocess.run(["bash", str(KAFKA_SH), "stop"], env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=60, check=False)
+            self.started = False
+
+
+async def start_group_at_end(bootstrap: str, group: str, specs: Iterable[TopicSpec]) -> None:
+    """Commit the end of each topic for consumer group `group`, so a new worker skips what other runs left there."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(t.name, p) for t in specs for p in range(t.partitions)]
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign(tps)
+        await c.commit(dict(await c.end_offsets(tps)))
+    finally:
+        await c.stop()
+
+
+class Stack:
+    """`streambid worker` and `streambid serve --workers N` on the warped clock, logs in `log_dir`."""
+
+    def __init__(self, bootstrap: str, clock: WarpedClock, secret: str, app_id: str, log_dir: Path, work_dir: Path,
+                 bidder_workers: int = 2) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.log_dir, self.work_dir = log_dir, work_dir
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "STREAMBID_SECRET": secret, WARP_ENV: clock.to_env(),
+                    "PYTHONUNBUFFERED": "1"}
+        self.commands = {
+            "worker": STREAMBID + ["worker", "--broker", bootstrap, "--app-id", app_id, "--metrics-port",
+                                   str(self.metrics_port)],
+            "serve": STREAMBID + ["serve", "--broker", bootstrap, "--workers", str(bidder_workers), "--port", str(self.port),
+                                  "--spill-dir", str(work_dir / "spill")],
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for name, cmd in self.commands.items():
+            with (self.log_dir / f"{name}.log").open("wb") as log:
+                self.procs[name] = subprocess.Popen(cmd, env=self.env, cwd=self.work_dir, stdout=log,
+                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise StackError(f"streambid {name} exited with {p.returncode}; see {self.log_dir / (name + '.log')}:\n"
+                                 f"{self.log_tail(name)}")
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM both (the worker commits, the bidders flush their producers), then SIGKILL what is left."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+async def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """One GET on a fresh connection (so repeated calls reach every process behind a SO_REUSEPORT port)."""
+    conn = KeepAlive("127.0.0.1", port)
+    try:
+        return await asyncio.wait_for(conn.request(b"GET", path.encode()), timeout)
+    finally:
+        conn.close()
+
+
+class KeepAlive:
+    """One HTTP/1.1 keep-alive connection carrying one request at a time; reconnects after an error."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._head = b"Host: %s:%d\r\n" % (host.encode(), port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: bytes, path: bytes, body: bytes = b"") -> tuple[int, bytes]:
+        """Send one request and read its answer: (status, body).  Raises OSError/IncompleteReadError on a broken link."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(b"%s %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                          % (method, path, self._head, len(body), body))
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            return status, await self.reader.readexactly(length) if length else b""
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+_LAG = re.compile(rb"^streambid_consumer_lag\{[^}]*\} (\S+)$", re.M)
+
+
+def consumer_lag(metrics_text: bytes) -> int:
+    """Messages the worker has yet to consume, summed over its partitions (0 when it reports none)."""
+    return sum(int(float(v)) for v in _LAG.findall(metrics_text))
+
+
+_METRIC = re.compile(r'^(streambid_campaign_\w+)\{[^}]*\bcampaign="([^"]*)"[^}]*\} (\S+)$', re.M)
+
+
+def worker_totals(metrics_text: str, campaigns: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Per-campaign totals from the worker's /metrics, money back in exact micros (the text holds micros / 1e6)."""
+    wanted = set(campaigns)
+    names = {v: k for k, v in WORKER_FIELDS.items()}
+    out: dict[str, dict[str, int]] = {c: dict.fromkeys(WORKER_FIELDS, 0) for c in wanted}
+    for name, camp, value in _METRIC.findall(metrics_text):
+        field = names.get(name)
+        if field and camp in wanted:
+            out[camp][field] = round(float(value) * 1e6) if field in MONEY else round(float(value))
+    return out
+
+
+async def wait_until(check, timeout: float, what: str, stack: Stack | None = None, every: float = 0.25):
+    """Poll the async `check` until it returns something truthy; StackError after `timeout` s or if a process died."""
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        if stack is not None:
+            stack.check_alive()
+        try:
+            last = await check()
+            if last:
+                return last
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+            pass
+        await asyncio.sleep(every)
+    raise StackError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

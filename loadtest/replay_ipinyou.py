@@ -1,0 +1,384 @@
+"""`streambid replay ipinyou`: the pacer and pricer on real iPinYou auctions, against a baseline and hindsight.
+
+Protocol of the RLB paper (Cai et al., WSDM 2017) on its campaign-2997 log:
+the test log is cut into episodes of T auctions in time order; each episode
+has the budget B = int(cost_train / imp_train * c0 * T) (the trailing partial
+episode gets the same B, as the paper's code does); each auction is won when
+the bid is >= its market price, which is then paid; a bid never exceeds the
+budget left.  Money is the paper's unit, a sum of CPM prices in CNY fen; inside,
+one fen of CPM is 10,000 CPM micros and one impression costs CPM / 1000.
+
+Strategies:
+- paced: the bidder's own code.  value = pCTR x value-per-click (`impression_value_cpm`),
+  bid = `bid_price(value, lam, ...)`, lam from a `PacingController` stepped after
+  every auction with time = auction index / episode length.  Its starting lam
+  comes from training statistics only: the bid that would spend B / T per
+  auction on the training price histogram, for an average-CTR request.
+- linear: bid = b0 x pCTR / avgCTR, b0 = that same training bid, fixed.
+- hindsight: knowing every price and pCTR of the episode, buy auctions in
+  order of pCTR / price while they fit in the budget; clicks are the actual
+  labels of what was bought.
+
+Loading and printing are at the edges; the episode runners are pure.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bidder.campaigns import Campaign, parse_campaign
+from bidder.landscape import WinRateModel
+from bidder.pacing import PacingController
+from bidder.pricing import bid_price, impression_value_cpm
+
+FEN_CPM = 10_000  # CPM micros in one CNY fen of CPM
+MAX_BID_FEN = 300  # the paper's bid cap, also the top of the training price histogram
+C0_DEFAULT = (Fraction(1, 32), Fraction(1, 16), Fraction(1, 8), Fraction(1, 4), Fraction(1, 2))
+PUBLISHED_1_32 = {"linear": {"clicks": 71, "impressions": 32_208, "spend": 203_610},
+                  "rlb": {"clicks": 78, "impressions": 39_680, "spend": 304_375}}
+TARGET_SHARE = 0.97
+TARGET_CLICKS_1_32 = 78
+STRATEGIES = ("paced", "linear", "hindsight")
+
+Auction = tuple[int, int, float]  # (click, market price in CPM micros, pCTR)
+
+
+# -- inputs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingStats:
+    """What the training period tells us; the only source of parameters besides the episode so far."""
+
+    impressions: int
+    clicks: int
+    cost_fen: int  # sum of CPM market prices, in fen
+    price_counts: tuple[int, ...]  # histogram of market prices 0, 1, 2, ... fen
+
+    @property
+    def avg_ctr(self) -> float:
+        return self.clicks / self.impressions
+
+    def budget_fen(self, c0: Fraction, episode: int) -> int:
+        """The paper's episode budget: B = int(cost_train / imp_train * c0 * T)."""
+        return int(self.cost_fen / self.impressions * float(c0) * episode)
+
+    def landscape(self) -> WinRateModel:
+        return WinRateModel.from_histogram(self.price_counts, FEN_CPM)
+
+
+def parse_training(doc: dict[str, Any]) -> TrainingStats:
+    return TrainingStats(int(doc["imp_train"]), int(doc["clk_train"]), int(doc["cost_train"]),
+                         tuple(int(n) for n in doc["price_counter_train"]))
+
+
+def parse_log(lines: Sequence[str] | Any) -> list[Auction]:
+    """`click market_price pCTR` per line; prices converted to CPM micros once."""
+    out = []
+    for line in lines:
+        parts = line.split()
+        if parts:
+            out.append((int(parts[0]), int(parts[1]) * FEN_CPM, float(parts[2])))
+    return out
+
+
+def resolve_data_dir(path: Path) -> Path:
+    """Accept the campaign directory itself or the shared data directory holding `ipinyou-2997/`."""
+    return path / "ipinyou-2997" if (path / "ipinyou-2997" / "info.json").exists() else path
+
+
+def load(path: Path) -> tuple[TrainingStats, list[Auction]]:
+    d = resolve_data_dir(path)
+    stats = parse_training(orjson.loads((d / "info.json").read_bytes()))
+    with open(d / "test.theta.txt") as f:
+        return stats, parse_log(f)
+
+
+def episodes(log: list[Auction], size: int) -> list[list[Auction]]:
+    return [log[i : i + size] for i in range(0, len(log), size)]
+
+
+# -- one episode -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class EpisodeResult:
+    clicks: int = 0
+    impressions: int = 0
+    spend: int = 0  # micros, per impression (sum of CPM / 1000)
+    pctr_sum: float = 0.0  # expected clicks by the model, the quantity hindsight maximises
+    budget: int = 0  # micros
+    curve: list[tuple[int, int, float]] = field(default_factory=list)  # (auction, spent micros, lam), if traced
+
+    def win(self, auction: Auction) -> int:
+        click, price, pctr = auction
+        cost = price // 1000
+        self.clicks += click
+        self.impressions += 1
+        self.spend += cost
+        self.pctr_sum += pctr
+        return cost
+
+
+@dataclass(frozen=True, slots=True)
+class PacedSetup:
+    """The bidder's pricing inputs for the replay, derived from training statistics only."""
+
+    campaign: Campaign
+    lam0_by_length: dict[int, float]
+    gain: float = 10.0
+    kp: float = 1.0
+    lam_max: float = 1000.0
+
+
+def replay_campaign(stats: TrainingStats, budget_fen: int) -> Campaign:
+    """A cpc campaign whose value per click makes an average-CTR request worth the max bid at lam = 0.
+
+    The click value only sets the scale of lam: the budget, not the value,
+    binds here, and lam finds the price of it.
+    """
+    value_per_click_fen = MAX_BID_FEN / (1000 * stats.avg_ctr)
+    return parse_campaign({
+        "id": "ipinyou-2997", "advertiser": "replay", "currency": "CNY",
+        "budget": {"daily": budget_fen / 1e5},  # a sum of CPM fen / 1000 = fen of money = CNY / 100
+        "goal": {"type": "cpc", "value_per_click": round(value_per_click_fen / 100, 6), "max_bid_cpm": MAX_BID_FEN / 100},
+        "creatives": [{"id": "c", "type": "banner", "w": 300, "h": 250, "adm": "<div/>"}],
+    })
+
+
+def training_bid(landscape: WinRateModel, budget: int, length: int) -> int:
+    """CPM micros whose expected second-price spend on the training prices is budget / length per auction."""
+    return landscape.bid_for_spend(budget * 1000 / length)
+
+
+def paced_setup(stats: TrainingStats, budget_fen: int, lengths: set[int]) -> PacedSetup:
+    camp = replay_campaign(stats, budget_fen)
+    land = stats.landscape()
+    avg_value = impression_value_cpm(stats.avg_ctr, camp)
+    lam0 = {n: max(avg_value / max(training_bid(land, budget_fen * 10, n), 1) - 1.0, 0.0) for n in lengths}
+    return PacedSetup(camp, lam0)
+
+
+def run_paced(episode: list[Auction], budget: int, setup: PacedSetup, trace: bool = False) -> EpisodeResult:
+    """The bidder's pricer, paced by its controller; one control step per auction."""
+    n, camp = len(episode), setup.campaign
+    ctl = PacingController(lam=setup.lam0_by_length[n], gain=setup.gain, kp=setup.kp, lam_max=setup.lam_max)
+    lam = ctl.update(0.0, 0, budget).lam
+    res = EpisodeResult(budget=budget)
+    left = budget
+    for t, auction in enumerate(episode):
+        price = bid_price(impression_value_cpm(auction[2], camp), lam, camp.max_bid_cpm, 0, False)
+        if 0 < price and min(price, left * 1000) >= auction[1]:
+            left -= res.win(auction)
+        lam = ctl.update((t + 1) / n, budget - left, budget).lam
+        if trace:
+            res.curve.append((t + 1, budget - left, lam))
+    return res
+
+
+def run_linear(episode: list[Auction], budget: int, base_bid: int, avg_ctr: float) -> EpisodeResult:
+    """bid = b0 x pCTR / avgCTR, capped at the max bid and the budget left."""
+    res = EpisodeResult(budget=budget)
+    left, cap = budget, MAX_BID_FEN * FEN_CPM
+    for auction in episode:
+        bid = min(int(base_bid * auction[2] / avg_ctr), cap, left * 1000)
+        if bid > 0 and bid >= auction[1]:
+            left -= res.win(auction)
+    return res
+
+
+def run_hindsight(episode: list[Auction], budget: int) -> EpisodeResult:
+    """Greedy by pCTR per unit price over the whole episode, skipping what no longer fits."""
+    res = EpisodeResult(budget=budget)
+    left = budget
+    for auction in sorted(episode, key=lambda a: -a[2] / a[1] if a[1] else -math.inf):
+        if auction[1] // 1000 <= left:
+            left -= res.win(auction)
+    return res
+
+
+# -- the benchmark ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Totals:
+    clicks: int = 0
+    impressions: int = 0
+    spend: int = 0  # micros
+    pctr_sum: float = 0.0
+    budget: int = 0  # micros
+    overspent_episodes: int = 0
+    max_overspend: int = 0  # micros
+
+    def add(self, r: EpisodeResult) -> None:
+        self.clicks += r.clicks
+        self.impressions += r.impressions
+        self.spend += r.spend
+        self.pctr_sum += r.pctr_sum
+        self.budget += r.budget
+        over = r.spend - r.budget
+        self.overspent_episodes += over > 0
+        self.max_overspend = max(self.max_overspend, over)
+
+    def summary(self, reference: Totals | None = None) -> dict[str, Any]:
+        d = asdict(self)
+        d["spend_fen"] = self.spend / 10  # the paper's unit: sum of CPM prices in fen
+        d["ecpc_fen"] = self.spend / 10_000 / self.clicks if self.clicks else None  # money: fen per click
+        d["budget_used"] = self.spend / self.budget if self.budget else 0.0
+        if reference is not None:
+            d["clicks_vs_hindsight"] = self.clicks / reference.clicks if reference.clicks else None
+            d["pctr_vs_hindsight"] = self.pctr_sum / reference.pctr_sum if reference.pctr_sum else None
+        return d
+
+
+Progress = Callable[[str], None]
+
+
+def replay_c0(stats: TrainingStats, eps: list[list[Auction]], c0: Fraction, size: int, traced: set[int],
+              progress: Progress) -> tuple[dict[str, Any], dict[int, EpisodeResult]]:
+    """All three strategies on every episode at one budget level."""
+    budget_fen = stats.budget_fen(c0, size)
+    budget = budget_fen * 10
+    setup = paced_setup(stats, budget_fen, {len(e) for e in eps})
+    land = stats.landscape()
+    totals = {s: Totals() for s in STRATEGIES}
+    traces: dict[int, EpisodeResult] = {}
+    for i, ep in enumerate(eps):
+        paced = run_paced(ep, budget, setup, trace=i in traced)
+        if i in traced:
+            traces[i] = paced
+        totals["paced"].add(paced)
+        totals["linear"].add(run_linear(ep, budget, training_bid(land, budget, len(ep)), stats.avg_ctr))
+        totals["hindsight"].add(run_hindsight(ep, budget))
+        if i % 10 == 0 or i == len(eps) - 1:
+            progress(f"c0={c0}  episode {i + 1}/{len(eps)}")
+    ref = totals["hindsight"]
+    result = {"c0": str(c0), "budget_fen": budget_fen, "episodes": len(eps),
+              "lam0": setup.lam0_by_length[size] if size in setup.lam0_by_length else None,
+              "strategies": {s: t.summary(ref) for s, t in totals.items()}}
+    result["targets"] = targets(result, c0)
+    return result, traces
+
+
+def targets(result: dict[str, Any], c0: Fraction) -> dict[str, Any]:
+    s = result["strategies"]
+    share = s["paced"]["clicks_vs_hindsight"] or 0.0
+    out = {"clicks_vs_hindsight>=0.97": share >= TARGET_SHARE,
+           "zero_overspend": all(v["overspent_episodes"] == 0 for v in s.values())}
+    if c0 == Fraction(1, 32):
+        out["clicks>=78"] = s["paced"]["clicks"] >= TARGET_CLICKS_1_32
+    return out
+
+
+Traces = dict[str, dict[int, EpisodeResult]]
+
+
+def run_replay(stats: TrainingStats, log: list[Auction], c0s: Sequence[Fraction], size: int,
+               progress: Progress = lambda s: None, traced: int = 4) -> tuple[dict[str, Any], Traces]:
+    eps = episodes(log, size)
+    full = sum(len(e) == size for e in eps) or len(eps)  # trace whole episodes, not the trailing stub
+    picks = {round(k * (full - 1) / max(traced - 1, 1)) for k in range(traced)} if traced else set()
+    results, traces = [], {}
+    for c0 in c0s:
+        res, tr = replay_c0(stats, eps, c0, size, picks, progress)
+        results.append(res)
+        traces[str(c0)] = tr
+    report = {"benchmark": "replay ipinyou", "auctions": len(log), "episode": size, "episodes": len(eps),
+              "clicks_in_log": sum(a[0] for a in log), "results": results, "published_c0_1_32": PUBLISHED_1_32}
+    return report, traces
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return f"{100 * x:>6.1f}" if x is not None else f"{'-':>6}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    head = (f"{'c0':>5} {'B':>6} {'strategy':<10} {'clicks':>6} {'%hind':>6} {'imps':>7} {'spend':>10} {'eCPC':>7} "
+            f"{'used%':>6} {'pCTR%':>6} {'over':>4}")
+    lines = [f"iPinYou 2997 replay: {report['auctions']:,} auctions, {report['episodes']} episodes of T={report['episode']}; "
+             "spend: sum of CPM prices in fen (the paper's unit); eCPC: fen per click", head, "-" * len(head)]
+    for r in report["results"]:
+        for name, s in r["strategies"].items():
+            ecpc = f"{s['ecpc_fen']:7.2f}" if s["ecpc_fen"] is not None else f"{'-':>7}"
+            lines.append(f"{r['c0']:>5} {r['budget_fen']:>6} {name:<10} {s['clicks']:>6} {_pct(s['clicks_vs_hindsight'])} "
+                         f"{s['impressions']:>7,} {s['spend_fen']:>10,.0f} {ecpc} {_pct(s['budget_used'])} "
+                         f"{_pct(s['pctr_vs_hindsight'])} {s['overspent_episodes']:>4}")
+        met = ", ".join(f"{k} {'met' if v else 'NOT MET'}" for k, v in r["targets"].items())
+        lines.append(f"{'':>5} targets: {met}")
+    pub = report["published_c0_1_32"]
+    lines.append("published at c0=1/32 (paper's code README): " + "; ".join(
+        f"{k} {v['clicks']} clicks / {v['impressions']:,} imps / {v['spend']:,} spend" for k, v in pub.items()))
+    lines.append("%hind: clicks as % of hindsight; pCTR%: expected clicks (sum of pCTR) as % of hindsight's; "
+                 "over: episodes spending more than B")
+    return "\n".join(lines)
+
+
+def plot(traces: Traces, size: int, out_dir: Path) -> Path:
+    """Spend against plan and 1 + lam over each traced episode, one column per c0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(traces), 1)
+    fig, axes = plt.subplots(2, cols, figsize=(4.2 * cols, 7), squeeze=False, sharex=True)
+    for j, (c0, eps) in enumerate(traces.items()):
+        top, bottom = axes[0][j], axes[1][j]
+        for i, r in sorted(eps.items()):
+            n = len(r.curve)
+            line, = top.plot([t / n for t, _, _ in r.curve], [s / r.budget for _, s, _ in r.curve], lw=1, label=f"episode {i}")
+            bottom.plot([t / n for t, _, _ in r.curve], [1 + lam for _, _, lam in r.curve], lw=1, color=line.get_color())
+        top.plot([0, 1], [0, 1], "k--", lw=1, label="plan")
+        top.set_title(f"c0 = {c0}")
+        top.set_ylabel("spent / budget")
+        bottom.set_ylabel("1 + lambda  (bid = value / (1 + lambda))")
+        bottom.set_yscale("log")
+        bottom.set_xlabel(f"auction index / episode length (T={size})")
+        top.legend(fontsize=7)
+    fig.suptitle("Paced spend against plan (uniform), iPinYou 2997 episodes")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "replay_ipinyou_pacing.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def command(args: Any) -> int:
+    """Entry point of `streambid replay ipinyou`."""
+    try:
+        stats, log = load(args.data)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"cannot read the iPinYou data in {args.data}: {e}", file=sys.stderr)
+        return 2
+    if args.episode <= 0:
+        print("--episode must be > 0", file=sys.stderr)
+        return 2
+    quiet = getattr(args, "no_progress", False)
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            sys.stderr.write(f"\r{msg:<60}")
+            sys.stderr.flush()
+
+    report, traces = run_replay(stats, log, args.c0 or C0_DEFAULT, args.episode, progress)
+    if not quiet:
+        sys.stderr.write("\r" + " " * 60 + "\r")
+    report["plot"] = str(plot(traces, args.episode, args.out))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_table(report))
+        print(f"plot: {report['plot']}")
+    return 0

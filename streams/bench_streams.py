@@ -1,0 +1,316 @@
+"""`streambid bench streams`: how many delivery events per second one worker turns into spend, labels and a model.
+
+The bench loads a day's worth of synthetic auctions onto the real topics (bid; win, billing and impression for
+the auctions won; a click now and then; a few re-sent duplicates), then starts one `streambid worker` process
+and times it from its first event until every event is processed and every example it produced is learned.
+Event times lie an hour in the past, so each served impression's click window is already closed: the worker
+emits its negative example on the next tick and the River learner runs inside the measured time.
+
+Figures come from the worker itself (/status: position per partition, events consumed, examples learned) and
+from the broker (end offsets): lag is the number of delivery events not yet processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams import topics
+from streams.events import make_event
+
+DELIVERY = (topics.BIDS, topics.WINS, topics.BILLING, topics.IMPRESSIONS, topics.CLICKS)
+WIN_RATE, CLICK_RATE, DUPLICATE_RATE = 0.6, 0.03, 0.01
+FEATURE_SLOTS, SLOT_VALUES = 16, 400  # hashed request features: each slot Zipf-distributed over its values
+
+
+@dataclass
+class Workload:
+    """What was put on the topics, and what a correct worker must make of it."""
+
+    campaigns: list[str]
+    events: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    examples: int = 0  # served bids: one example each (a positive if clicked, else a negative)
+    clicks: int = 0
+    spend: int = 0  # micros, each billing event counted once
+
+
+@dataclass
+class Result:
+    events: int
+    seconds: float
+    events_per_s: float
+    examples: int
+    worker_cpu_s: float
+    events_per_cpu_s: float
+    produce_events_per_s: float
+    max_lag: int
+    final_lag: int
+    spend_ok: bool
+    samples: list[tuple[float, int, int]]  # (seconds since first event, events processed, lag)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "samples"} | {
+            "samples": [list(s) for s in self.samples]}
+
+
+def _zipf_table(n: int, s: float = 1.1) -> list[float]:
+    weights = [1.0 / (i + 1) ** s for i in range(n)]
+    total, acc, cum = sum(weights), 0.0, []
+    for w in weights:
+        acc += w
+        cum.append(acc / total)
+    return cum
+
+
+def auctions(n_events: int, run: str, n_campaigns: int, seed: int, ts_ms: int):
+    """Yield (kind, key, event) for synthetic auctions until `n_events` events; the Workload fills as it goes."""
+    import bisect
+
+    rng = random.Random(seed)
+    cum = _zipf_table(SLOT_VALUES)
+    campaigns = [f"bench-{run}-{i}" for i in range(n_campaigns)]
+    work = Workload(campaigns=campaigns)
+    seen_events: list[tuple[str, str, dict]] = []
+
+    def out(kind: str, key: str, ev: dict):
+        work.events += 1
+        work.by_kind[kind] = work.by_kind.get(kind, 0) + 1
+        seen_events.append((kind, key, ev))
+        if len(seen_events) > 1000:
+            seen_events.pop(0)
+        return kind, key, ev
+
+    i = 0
+    while work.events < n_events:
+        i += 1
+        camp = campaigns[rng.randrange(n_campaigns)]
+        bid = f"{run}-{i}"
+        ts = ts_ms + i
+        feats = [s * SLOT_VALUES + bisect.bisect(cum, rng.random()) for s in range(FEATURE_SLOTS)]
+        yield out("bids", camp, make_event("bids", f"bid:{bid}", ts, bid_id=bid, campaign=camp, creative="cr1",
+                                           price=2_000_000, pctr=0.01, features=feats))
+        if rng.random() < WIN_RATE:
+            cost = rng.randrange(100, 2000)
+            yield out("wins", camp, make_event("wins", f"win:{bid}", ts + 50, bid_id=bid, campaign=camp, price=cost * 1000))
+            yield out("billing", camp, make_event("billing", f"bill:{bid}", ts + 60, bid_id=bid, campaign=camp, cost=cost,
+                                                  day="2026-01-01"))
+            yield out("impressions", camp, make_event("impressions", f"imp:{bid}", ts + 70, bid_id=bid, campaign=camp,
+                                                      creative="cr1"))
+            work.spend += cost
+            work.examples += 1
+            if rng.random() < CLICK_RATE:
+                work.clicks += 1
+                yield out("clicks", camp, make_event("clicks", f"click:{bid}", ts + 5000, bid_id=bid, campaign=camp,
+                                                     creative="cr1"))
+        if seen_events and rng.random() < DUPLICATE_RATE:  # a re-sent event: same id, counted once
+            kind, key, ev = seen_events[rng.randrange(len(seen_events))]
+            if kind != "bids":
+                work.duplicates += 1
+                yield out(kind, key, ev)
+    return work
+
+
+async def produce(bootstrap: str, n_events: int, run: str, n_campaigns: int, seed: int,
+                  progress: bool) -> tuple[Workload, float, dict[tuple[str, int], int]]:
+    """Put the workload on the topics; returns it, the producer's events/s and the end offsets."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024, acks=1,
+                         compression_type=None)
+    await p.start()
+    gen = auctions(n_events, run, n_campaigns, seed, int(time.time() * 1000) - 3_600_000)
+    t0 = time.perf_counter()
+    pending: list[asyncio.Future] = []
+    work: Workload | None = None
+    n = 0
+    try:
+        while True:
+            try:
+                kind, key, ev = next(gen)
+            except StopIteration as stop:
+                work = stop.value
+                break
+            pending.append(await p.send(f"streambid.{kind}", orjson.dumps(ev), key=key.encode()))
+            n += 1
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                if progress:
+                    rate = n / (time.perf_counter() - t0)
+                    print(f"\rproducing: {n:,}/{n_events:,} events  {rate:,.0f}/s   ", end="", file=sys.stderr, flush=True)
+        await asyncio.gather(*pending)
+    finally:
+        await p.stop()
+    rate = n / (time.perf_counter() - t0)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        tps = [TopicPartition(t.name, i) for t in DELIVERY for i in range(t.partitions)]
+        ends = {(tp.topic, tp.partition): off for tp, off in (await c.end_offsets(tps)).items()}
+    finally:
+        await c.stop()
+    assert work is not None
+    return work, rate, ends
+
+
+async def begin_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    """Where each delivery partition ends before the run: the worker's group starts there."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        tps = [TopicPartition(t.name, i) for t in topics.ALL if not t.compacted for i in range(t.partitions)]
+        return {(tp.topic, tp.partition): off for tp, off in (await c.end_offsets(tps)).items()}
+    finally:
+        await c.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            return orjson.loads(r.read())
+    except OSError:
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, progress: bool = True,
+        log_dir: Path = Path("out"), worker_args: tuple[str, ...] = (), timeout_s: float = 1800.0) -> Result:
+    from streams.kafka_io import commit_offsets, ensure_topics
+
+    run_id = uuid.uuid4().hex[:8]
+    app_id = f"bench-streams-{run_id}"
+    asyncio.run(ensure_topics(bootstrap))
+    starts = asyncio.run(begin_offsets(bootstrap))
+    # the worker's group starts at today's end of every topic, so what earlier runs left there is not counted
+    asyncio.run(commit_offsets(bootstrap, app_id, starts))
+    work, produce_rate, ends = asyncio.run(produce(bootstrap, n_events, run_id, n_campaigns, seed, progress))
+    total = sum(ends[tp] - starts.get(tp, 0) for tp in ends)
+    if progress:
+        print(f"\rproduced {work.events:,} events ({total:,} on the topics) at {produce_rate:,.0f}/s; starting the worker",
+              file=sys.stderr, flush=True)
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "bench-streams-worker.log"
+    cmd = [sys.executable, "-m", "bidder.cli", "worker", "--broker", bootstrap, "--app-id", app_id, "--metrics-port",
+           str(port), "--click-window", "60", *worker_args]
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        return _measure(worker, port, work, starts, ends, total, produce_rate, progress, timeout_s, log_path)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def _measure(worker: subprocess.Popen, port: int, work: Workload, starts: dict, ends: dict, total: int,
+             produce_rate: float, progress: bool, timeout_s: float, log_path: Path) -> Result:
+    deadline = time.time() + timeout_s
+    first: float | None = None
+    cpu0 = 0.0
+    samples: list[tuple[float, int, int]] = []
+    max_lag = 0
+    prefix = f"bench-{work.campaigns[0].split('-')[1]}-"
+    while True:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}; see {log_path}")
+        if time.time() > deadline:
+            raise RuntimeError(f"the worker did not finish within {timeout_s:.0f}s; see {log_path}")
+        doc = status(port)
+        time.sleep(0.25)
+        if not doc:
+            continue
+        positions = {tuple(k.rsplit(":", 1)): v for k, v in doc.get("positions", {}).items()}
+        done = sum(min(positions.get((t, str(p)), starts.get((t, p), 0) - 1) + 1, ends[(t, p)]) - starts.get((t, p), 0)
+                   for (t, p) in ends)
+        lag = total - done
+        if done > 0 and first is None:
+            first, cpu0 = time.time(), cpu_seconds(worker.pid)
+        if first is None:
+            continue
+        learned = sum(n for k, n in doc.get("learner", {}).get("by_campaign", {}).items() if k.startswith(prefix))
+        now = time.time() - first
+        samples.append((round(now, 2), done, lag))
+        max_lag = max(max_lag, lag)
+        if progress:
+            rate = done / now if now > 0 else 0.0
+            print(f"\rworker: {done:,}/{total:,} events  {rate:,.0f}/s  lag {lag:,}  learned {learned:,}/{work.examples:,}   ",
+                  end="", file=sys.stderr, flush=True)
+        if lag == 0 and learned >= work.examples:
+            seconds = time.time() - first
+            cpu = cpu_seconds(worker.pid) - cpu0
+            spend = sum(t["spend"] for k, t in doc.get("totals", {}).items() if k.startswith(prefix))
+            if progress:
+                print(file=sys.stderr)
+            return Result(events=total, seconds=round(seconds, 2), events_per_s=round(total / seconds),
+                          examples=learned, worker_cpu_s=round(cpu, 2), events_per_cpu_s=round(total / cpu) if cpu else 0,
+                          produce_events_per_s=round(produce_rate), max_lag=max_lag, final_lag=lag,
+                          spend_ok=spend == work.spend, samples=samples)
+
+
+def format_table(r: Result) -> str:
+    rows = [
+        ("delivery events processed", f"{r.events:,}"),
+        ("examples learned (River)", f"{r.examples:,}"),
+        ("wall time, first event to all learned", f"{r.seconds:,.1f} s"),
+        ("end-to-end throughput", f"{r.events_per_s:,} events/s"),
+        ("worker CPU time", f"{r.worker_cpu_s:,.1f} s"),
+        ("events per worker CPU second", f"{r.events_per_cpu_s:,}"),
+        ("consumer lag: peak / when caught up", f"{r.max_lag:,} / {r.final_lag:,}"),
+        ("spend equals the offline sum", "yes" if r.spend_ok else "NO"),
+        ("producer (loading the topics)", f"{r.produce_events_per_s:,} events/s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def plot(r: Result, path: Path) -> Path:
+    """Events processed and consumer lag over the run (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = [s[0] for s in r.samples]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(t, [s[1] for s in r.samples], label="events processed")
+    ax.plot(t, [s[2] for s in r.samples], label="consumer lag (events)")
+    ax.set_xlabel("seconds since the worker's first event")
+    ax.set_ylabel("events")
+    ax.set_title(f"one worker: {r.events_per_s:,} events/s end to end, {r.events_per_cpu_s:,} per CPU second")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

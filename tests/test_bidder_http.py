@@ -1,0 +1,285 @@
+"""The HTTP adapter in-process: protocol details, bad input, notices, deadlines and shedding, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from bidder import server as server_mod
+from bidder.campaigns import load_campaigns, parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.metrics import BidderStats
+from bidder.openrtb import parse_request
+from bidder.server import MAX_PIPELINED, ArrivalClock, BidApp, start_server, sweep_stalled
+from models.snapshot import ModelSnapshot
+from tests.conftest import free_port
+from tests.helpers import body, campaign, request
+
+ROOT = Path(__file__).resolve().parent.parent
+BANNER = (ROOT / "loadtest" / "examples" / "banner.json").read_bytes()
+
+
+class Stack:
+    def __init__(self, app: BidApp, port: int, events: list) -> None:
+        self.app, self.port, self.events = app, port, events
+
+    async def raw(self, data: bytes, read_until_close: bool = False, timeout: float = 5.0) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", self.port)
+        w.write(data)
+        await w.drain()
+        try:
+            if read_until_close:
+                return await asyncio.wait_for(r.read(), timeout)
+            return await asyncio.wait_for(read_response(r), timeout)
+        finally:
+            w.close()
+
+    async def post(self, path: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+        head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        raw = await self.raw(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        return split(raw)
+
+    async def get(self, url: str) -> tuple[int, dict, bytes]:
+        parts = urlsplit(url)
+        target = parts.path + ("?" + parts.query if parts.query else "")
+        return split(await self.raw(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
+
+    async def metrics(self) -> str:
+        return (await self.get("/metrics"))[2].decode()
+
+
+async def read_response(r: asyncio.StreamReader) -> bytes:
+    head = await r.readuntil(b"\r\n\r\n")
+    m = re.search(rb"content-length: *(\d+)", head, re.I)
+    return head + (await r.readexactly(int(m.group(1))) if m else b"")
+
+
+def split(raw: bytes) -> tuple[int, dict, bytes]:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, rest
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture()
+async def stack() -> AsyncIterator[Stack]:
+    camps = load_campaigns(ROOT / "deploy" / "campaigns.example.json") + [
+        parse_campaign(campaign(frequency_cap={"per_hour": 1}, goal={"type": "cpc", "value_per_click": 50.0,
+                                                                     "max_bid_cpm": 60.0}))]
+    events: list = []
+    engine = BidEngine(EngineConfig(secret=b"test", explore_below=0), camps, ModelSnapshot.empty(),
+                       sink=lambda kind, key, ev: events.append((kind, ev)))
+    app = BidApp(engine, BidderStats())
+    port = free_port()
+    srv = await start_server(app, "127.0.0.1", port)
+    try:
+        yield Stack(app, port, events)
+    finally:
+        srv.close()
+        if app.sweeper:
+            app.sweeper.cancel()
+
+
+async def test_a_bid_carries_every_field_an_exchange_needs(stack: Stack) -> None:
+    status, headers, data = await stack.post("/bid/ex1", BANNER, {"Content-Type": "application/json"})
+    assert status == 200 and headers["x-openrtb-version"] == "2.6" and headers["content-type"] == "application/json"
+    resp = orjson.loads(data)
+    bid = resp["seatbid"][0]["bid"][0]
+    assert resp["id"] == orjson.loads(BANNER)["id"] and resp["cur"] == "USD" and resp["seatbid"][0]["seat"]
+    for key in ("id", "impid", "price", "adid", "crid", "cid", "adomain", "cat", "w", "h", "mtype", "adm", "nurl", "burl",
+                "lurl"):
+        assert key in bid, key
+    assert (bid["w"], bid["h"]) == (300, 250) and bid["mtype"] == 1 and bid["price"] >= 0.85
+    assert "${AUCTION_PRICE}" in bid["nurl"] and "${AUCTION_LOSS}" in bid["lurl"] and "${AUCTION_MIN_TO_WIN}" in bid["lurl"]
+    status, headers, data = await stack.post("/bid/ex1", body(request(imp=[{"id": "1", "banner": {"w": 1, "h": 1}}])))
+    assert status == 204 and data == b"" and headers["x-nobid-reason"] == "no_match" and headers["x-openrtb-version"] == "2.6"
+
+
+async def test_gzip_versions_and_encodings(stack: Stack) -> None:
+    assert (await stack.post("/bid/ex1", gzip.compress(BANNER), {"Content-Encoding": "gzip"}))[0] == 200
+    assert (await stack.post("/bid/ex1", BANNER, {"x-openrtb-version": "2.5"}))[0] == 200
+    cases = [
+        (gzip.compress(BANNER)[:-20], {"Content-Encoding": "gzip"}, "bad_gzip"),
+        (gzip.compress(b" " * 3_000_000), {"Content-Encoding": "gzip"}, "body_too_large"),
+        (BANNER, {"Content-Encoding": "br"}, "bad_encoding"),
+        (BANNER, {"x-openrtb-version": "3.0"}, "unsupported_version"),
+    ]
+    for data, headers, reason in cases:
+        status, _, out = await stack.post("/bid/ex1", data, headers)
+        assert status == 400 and orjson.loads(out)["error"] == reason
+    text = await stack.metrics()
+    for _, _, reason in cases:
+        assert metric(text, "streambid_bid_requests_total", outcome="error", reason=reason) == 1
+
+
+async def test_bad_input_gets_a_one_line_reason_and_is_counted(stack: Stack) -> None:
+    bad = {
+        b"": "bad_json", b"{": "bad_json", b"[]": "bad_json", b'{"id": 1, "imp": []}': "bad_type",
+        b'{"id": "x"}': "missing_field", b'{"id":"x","imp":[{"id":"1","banner":{"w":"big"}}]}': "bad_type",
+        b'{"id":"x","imp":[{"id":"1"}]}': "no_media",
+    }
+    for data, reason in bad.items():
+        status, headers, out = await stack.post("/bid/ex2", data)
+        assert status == 400 and b"\n" not in out and headers["content-type"] == "application/json"
+        assert orjson.loads(out)["error"] == reason and orjson.loads(out)["detail"]
+    text = await stack.metrics()
+    assert metric(text, "streambid_bid_requests_total", exchange="ex2", outcome="error") == len(bad)
+    assert metric(text, "streambid_bid_requests_total", exchange="ex2", reason="bad_type") == 2
+    assert (await stack.post("/bid/ex2", BANNER))[0] == 200  # and it keeps serving
+
+
+async def test_huge_bodies_are_refused_without_being_read(stack: Stack) -> None:
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(b"POST /bid/ex3 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"{" * 1000)
+    await w.drain()
+    out = await asyncio.wait_for(r.read(), 5)  # answered and closed long before 100 MB could arrive
+    w.close()
+    assert split(out)[0] == 413
+    chunked = b"POST /bid/ex3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked += b"".join(b"%x\r\n%s\r\n" % (60_000, b" " * 60_000) for _ in range(6)) + b"0\r\n\r\n"
+    assert split(await stack.raw(chunked, read_until_close=True))[0] == 413
+    huge_header = b"POST /bid/ex3 HTTP/1.1\r\nX-Pad: " + b"a" * 40_000 + b"\r\n\r\n"
+    assert split(await stack.raw(huge_header, read_until_close=True))[0] == 431
+    assert metric(await stack.metrics(), "streambid_bid_requests_total", reason="body_too_large") == 2
+
+
+async def test_expect_continue_and_bad_http(stack: Stack) -> None:
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(b"POST /bid/ex4 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BANNER))
+    await w.drain()
+    assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 100 Continue")
+    w.write(BANNER)
+    assert split(await asyncio.wait_for(read_response(r), 5))[0] == 200
+    w.close()
+    out = await stack.raw(b"BREW /coffee HTCPCP/1.0\r\n\r\n", read_until_close=True)
+    assert split(out)[0] == 400 and b"bad_http" in out
+    assert (await stack.post("/bid/ex4", BANNER))[0] == 200
+    assert (await stack.get("/bid/ex4"))[0] == 405
+    assert (await stack.get("/nothing"))[0] == 404
+
+
+async def test_pipelined_bursts_are_answered_in_order_and_bounded(stack: Stack) -> None:
+    n = MAX_PIPELINED + 8
+    one = b"POST /bid/ex5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BANNER) + BANNER
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(one * n)
+    await w.drain()
+    answers = [split(await asyncio.wait_for(read_response(r), 5)) for _ in range(n)]
+    w.close()
+    decided = [s for s, _, _ in answers].count(200)
+    assert decided >= MAX_PIPELINED - 2  # tolerates a split read or two
+    assert [h.get("x-nobid-reason") for s, h, _ in answers if s == 204] == ["overload"] * (n - decided)
+
+
+async def test_stalled_requests_lose_their_connection(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_mod, "REQUEST_TIMEOUT_S", 0.2)
+    sweeper = asyncio.ensure_future(sweep_stalled(stack.app, interval=0.05))
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+        w.write(b"POST /bid/ex6 HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+        await w.drain()
+        out = await asyncio.wait_for(r.read(), 3)
+        w.close()
+        assert split(out)[0] == 408
+    finally:
+        sweeper.cancel()
+
+
+async def test_notices_over_http_and_billing_moves_frequency(stack: Stack) -> None:
+    doc = request(id="r-notices", user={"id": "notice-user"})
+    status, _, out = await stack.post("/bid/ex7", body(doc))
+    assert status == 200
+    bid = orjson.loads(out)["seatbid"][0]["bid"][0]
+    assert bid["cid"] == "c1"
+    win = bid["nurl"].replace("${AUCTION_PRICE}", "1.25")
+    assert (await stack.get(win))[0] == 200
+    status, _, out = await stack.get(win)
+    assert status == 400 and orjson.loads(out)["error"] == "replayed"
+    forged = bid["burl"].replace("c=c1", "c=other").replace("${AUCTION_PRICE}", "0.5")
+    assert orjson.loads((await stack.get(forged))[2])["error"] == "bad_signature"
+    swapped = bid["nurl"].replace("/notice/win", "/notice/bill").replace("${AUCTION_PRICE}", "0.5")
+    assert orjson.loads((await stack.get(swapped))[2])["error"] == "bad_signature"
+    assert orjson.loads((await stack.get(bid["burl"].replace("${AUCTION_PRICE}", "999")))[2])["error"] == "price_above_bid"
+    assert (await stack.get("/notice/bogus?b=1"))[0] == 400
+    assert not [ev for kind, ev in stack.events if kind == "billing"]  # nothing refused was charged
+    # billing moves spend and the frequency count: the cap (1 per hour) now holds this user back
+    assert (await stack.post("/bid/ex7", body(doc)))[0] == 200  # bids alone do not count
+    assert (await stack.get(bid["burl"].replace("${AUCTION_PRICE}", "0.5")))[0] == 200
+    billing = [ev for kind, ev in stack.events if kind == "billing"]
+    assert len(billing) == 1 and billing[0]["cost"] == 500 and billing[0]["campaign"] == "c1"
+    status, _, out = await stack.post("/bid/ex7", body(doc))
+    assert status == 204 or orjson.loads(out)["seatbid"][0]["bid"][0]["cid"] != "c1"  # capped; others may still bid
+    status, _, out = await stack.post("/bid/ex7", body(request(user={"id": "someone-else"})))
+    assert orjson.loads(out)["seatbid"][0]["bid"][0]["cid"] == "c1"
+    text = await stack.metrics()
+    assert metric(text, "streambid_notices_total", kind="win", outcome="ok") == 1
+    assert metric(text, "streambid_notices_total", kind="win", outcome="replayed") == 1
+    assert metric(text, "streambid_notices_total", kind="bill", outcome="bad_signature") == 2
+    assert metric(text, "streambid_notices_total", kind="unknown") == 1
+
+
+def test_an_expired_notice_is_refused() -> None:
+    clock = [1_780_000_000.0]
+    engine = BidEngine(EngineConfig(secret=b"t", explore_below=0, notice_ttl_s=60), [parse_campaign(campaign())],
+                       ModelSnapshot.empty(), sink=lambda *a: None, clock=lambda: clock[0])
+    bid = orjson.loads(engine.bid(parse_request(body(request())), "x", math.inf).body)["seatbid"][0]["bid"][0]
+    clock[0] += 61
+    assert engine.notice("bill", urlsplit(bid["burl"]).query.replace("${AUCTION_PRICE}", "1")) == "expired"
+
+
+def test_old_requests_are_shed_and_near_deadline_ones_get_a_fast_no_bid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_mod, "DEADLINE_RESERVE_S", 0.010)  # wide margins, so a slow machine cannot flip a case
+    engine = BidEngine(EngineConfig(secret=b"t", explore_below=0, network_ms=20), [parse_campaign(campaign())],
+                       ModelSnapshot.empty(), sink=lambda *a: None)
+    app = BidApp(engine, BidderStats(), shed_after_ms=30)
+    fresh = body(request(tmax=100))
+    assert app.bid(fresh, False, "x", time.perf_counter()).startswith(b"HTTP/1.1 200")
+    # waited 35 ms before its turn: shed before parsing
+    assert b"x-nobid-reason: overload" in app.bid(fresh, False, "x", time.perf_counter() - 0.035)
+    # waited 20 ms of a 100 - 20 = 80 ms budget: decided; of a 45 - 20 = 25 ms budget (5 ms left): a no-bid at once
+    assert app.bid(body(request(tmax=100)), False, "x", time.perf_counter() - 0.020).startswith(b"HTTP/1.1 200")
+    assert b"x-nobid-reason: deadline" in app.bid(body(request(tmax=45)), False, "x", time.perf_counter() - 0.020)
+    # a tmax no longer than the network allowance leaves nothing: a no-bid at once, not counted as late
+    assert b"x-nobid-reason: deadline" in app.bid(body(request(tmax=15)), False, "x", time.perf_counter())
+    assert app.stats.shed == 1 and app.stats.past_deadline == 0
+    assert app.stats.requests[("x", "nobid", "deadline")] == 2 and app.stats.requests[("x", "bid", "")] == 2
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.soon: list = []
+
+    def call_soon(self, fn) -> None:
+        self.soon.append(fn)
+
+
+def test_arrival_clock_counts_kernel_waits_while_the_loop_is_saturated() -> None:
+    clock, loop = ArrivalClock(), _Loop()
+    clock.loop = loop  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    assert clock.arrival(t0) == t0  # idle loop: bytes arrived just now
+    assert clock.arrival(t0 + 0.010) == t0  # same busy period, same floor
+    loop.soon.pop()()  # the period ends; the loop polls again at once (saturated)
+    again = time.perf_counter()
+    assert clock.arrival(again) == t0  # these bytes may have waited since the previous period began
+    loop.soon.pop()()
+    time.sleep(0.002)  # the loop waited for input
+    later = time.perf_counter()
+    assert clock.arrival(later) == later

@@ -1,0 +1,214 @@
+"""The targeting index and array scoring against the plain rules they stand in for.
+
+`bidder.targeting.matches`, `Creative.fits`, `deal_for`, the frequency store and `bidder.pricing` state the rules
+one candidate at a time; the index and `bidder.scoring` evaluate them for all candidates at once.  These tests run
+both on generated campaigns and traffic and require the same answers, and check that the index looks only at
+creatives that can serve, however many campaigns there are.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.frequency import FrequencyStore
+from bidder.openrtb import AUCTION_FIRST_PRICE, hash_id, parse_request
+from bidder.pacing import PacingState
+from bidder.pricing import bid_price, impression_value_cpm, paced_value
+from bidder.privacy import restriction
+from bidder.scoring import SlotTables
+from bidder.targeting import CampaignIndex, deal_for, matches
+from loadtest.campaign_gen import make_campaigns
+from loadtest.traffic import RequestFactory
+from models.features import candidate_features, hash_feature, request_features
+from models.prior import ClickCounts
+from models.snapshot import ModelSnapshot
+from tests.helpers import body, campaign, request
+
+NOW = 1_780_000_000.0
+SEAT = "streambid"
+
+
+def trained_model(camps: list, rng: random.Random) -> ModelSnapshot:
+    """A snapshot that tells creatives apart: campaign weights, and impressions for about half the creatives."""
+    counts = ClickCounts()
+    for c in camps:
+        for cr in c.creatives:
+            if rng.random() < 0.5:
+                for k in range(rng.choice((50, 300, 1200))):
+                    counts.add(c.id, cr.id, clicked=k % rng.randint(50, 900) == 0)
+    weights = {hash_feature("campaign", c.id): rng.uniform(-1.5, 1.5) for c in camps}
+    return ModelSnapshot(version=1, weights=weights, bias=0.0, counts=counts)
+
+
+def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int) -> int:
+    """The best price on `imp` by the plain per-candidate rules (exploration off), in micros; 0 for no bid."""
+    best = 0
+    live = e.live()
+    for camp in e.index.campaigns.values():
+        if not camp.active or camp.id not in live or camp.currency not in (req.cur or ("USD",)):
+            continue
+        if camp.targeting.countries and req.country not in camp.targeting.countries:
+            continue
+        for cr in camp.creatives:
+            if not cr.fits(imp.kind, imp.sizes) or matches(camp, cr, req):
+                continue
+            deal = deal_for(camp, imp, SEAT)
+            if deal is None and (camp.targeting.deal_only or imp.private_auction):
+                continue
+            floor, floorcur = (deal[1], deal[2]) if deal else (imp.floor, imp.floorcur)
+            if floor and floorcur != camp.currency:
+                continue
+            if camp.freq_per_hour or camp.freq_per_day:
+                if not user or not e.frequency.allowed(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
+                                                       int(NOW // 3600), int(NOW // 86400)):
+                    continue
+            feats = request_features(req, imp, exchange, hour, weekday)
+            pctr = e.model.predict(e.model.base_score(feats), candidate_features(feats, hour, req.domain, camp.id, cr.id),
+                                   camp.id, cr.id)
+            pace = e.pacing.get(camp.id)
+            at = deal[3] if deal and deal[3] else req.at
+            price = bid_price(impression_value_cpm(pctr, camp), pace.lam if pace else 0.0, camp.max_bid_cpm,
+                              round(floor * 1e6), at == AUCTION_FIRST_PRICE, None, fixed_price=at == 3)
+            best = max(best, price)
+    return best
+
+
+def test_engine_picks_the_same_best_price_as_the_plain_rules() -> None:
+    rng = random.Random(11)
+    camps = [parse_campaign(d) for d in make_campaigns(400, seed=4)]
+    model = trained_model(camps, rng)
+    e = BidEngine(EngineConfig(secret=b"k", explore_below=0), camps, model, sink=lambda *a: None, clock=lambda: NOW)
+    for c in camps[::7]:
+        e.set_pacing(PacingState(campaign=c.id, day="2026-05-28", lam=rng.uniform(0.0, 3.0)))
+    users = [f"u{i}" for i in range(30)]
+    for u in users[:15]:  # some users have hit some caps
+        for c in rng.sample([c for c in camps if c.freq_per_hour or c.freq_per_day], 40):
+            for _ in range(rng.randint(1, 25)):
+                e.frequency.record(hash_id(e.cfg.salt, u), c.id, int(NOW // 3600), int(NOW // 86400))
+    factory = RequestFactory(5, tmax_ms=100)
+    bids = nobids = 0
+    for i in range(1500):
+        doc = orjson.loads(factory.body())
+        if i % 3 == 0:
+            doc.setdefault("user", {})["id"] = rng.choice(users)
+        req = parse_request(orjson.dumps(doc), e.cfg.salt)
+        out = e.bid(req, "x", math.inf)
+        if out.reason in ("privacy", "seat"):
+            continue
+        user = "" if restriction(req.privacy) else req.user_key
+        local = NOW + req.utcoffset * 60
+        hour, weekday = int(local // 3600) % 24, (int(local // 86400) + 3) % 7
+        got = {}
+        if out.status == 200:
+            for b in orjson.loads(out.body)["seatbid"][0]["bid"]:
+                got[b["impid"]] = round(b["price"] * 1e6)
+        for imp in req.imps:
+            want = reference_price(e, req, imp, "x", user, hour, weekday)
+            assert got.get(imp.id, 0) == want, f"request {i} imp {imp.id}: engine {got.get(imp.id, 0)}, rules {want}"
+            bids += want > 0
+            nobids += want == 0
+    assert bids > 300 and nobids > 20  # both outcomes were compared
+
+
+def test_index_returns_exactly_the_creatives_the_rules_allow() -> None:
+    camps = [parse_campaign(d) for d in make_campaigns(600, seed=8)]
+    index = CampaignIndex(camps)
+    live = frozenset(c.id for c in camps)
+    store = FrequencyStore()
+    factory = RequestFactory(9)
+    compared = 0
+    for _ in range(800):
+        req = parse_request(factory.body())
+        for imp in req.imps:
+            el = index.eligible(req, imp, live, SEAT, req.user_key, store, 0, 0)
+            got = {(index.slots[s][0].id, index.slots[s][1].id) for s in el.slots.tolist()}
+            want = set()
+            for camp in camps:
+                if not camp.active or camp.currency not in (req.cur or ("USD",)):
+                    continue
+                if camp.targeting.countries and req.country not in camp.targeting.countries:
+                    continue
+                if (camp.freq_per_hour or camp.freq_per_day) and not req.user_key:
+                    continue
+                for cr in camp.creatives:
+                    if not cr.fits(imp.kind, imp.sizes) or matches(camp, cr, req):
+                        continue
+                    deal = deal_for(camp, imp, SEAT)
+                    if deal is None and (camp.targeting.deal_only or imp.private_auction):
+                        continue
+                    floor, floorcur = (deal[1], deal[2]) if deal else (imp.floor, imp.floorcur)
+                    if floor and floorcur != camp.currency:
+                        continue
+                    want.add((camp.id, cr.id))
+            assert got == want
+            compared += len(want)
+    assert compared > 10_000
+
+
+def test_candidate_counts_stay_small_with_thousands_of_campaigns() -> None:
+    """5,000 campaigns over 50 countries and 4 sizes: an impression sees only the ~1/200 that can serve it."""
+    countries = [f"C{i:02d}" for i in range(50)]
+    countries = ["".join(chr(65 + (ord(ch) % 26)) for ch in c) for c in countries]  # three capital letters
+    sizes = [(300, 250), (728, 90), (320, 50), (160, 600)]
+    docs = []
+    for i in range(5000):
+        w, h = sizes[i % 4]
+        docs.append(campaign(id=f"k{i}", targeting={"countries": [countries[(i // 4) % 50]]},
+                            creatives=[{"id": "cr", "type": "banner", "w": w, "h": h, "adm": "<img>"}]))
+    camps = [parse_campaign(d) for d in docs]
+    index = CampaignIndex(camps)
+    live = frozenset(c.id for c in camps)
+    for country in countries[:5]:
+        req = parse_request(body(request(device={"geo": {"country": country}})))
+        el = index.eligible(req, req.imps[0], live, SEAT, req.user_key, FrequencyStore(), 0, 0)
+        assert len(el.slots) == 25  # exactly the campaigns for this country and 300x250
+        assert {index.slots[s][0].targeting.countries for s in el.slots.tolist()} == {frozenset({country})}
+        assert len(index.candidates(req.imps[0], country)) == 25
+
+
+def test_price_bounds_hold_for_the_pricing_functions() -> None:
+    """The array bound is never under what bid_price can return, and no more than rounding above the paced value."""
+    rng = random.Random(2)
+    camps = [parse_campaign(d) for d in make_campaigns(300, seed=3)]
+    index = CampaignIndex(camps)
+    pacing = {c.id: PacingState(campaign=c.id, day="d", lam=rng.choice((0.0, -0.5, rng.uniform(0, 20)))) for c in camps}
+    tables = SlotTables(index, ModelSnapshot.empty(), 0, pacing, random.Random(1))
+    slots = np.arange(index.n)
+    for _ in range(20):
+        pctr = np.array([rng.choice((rng.random(), rng.random() ** 6, 0.0, 1.0, 1.5, -0.1, math.nan)) for _ in slots])
+        got = tables.bounds(slots, pctr)
+        for s in slots.tolist():
+            c = index.slots[s][0]
+            v = paced_value(impression_value_cpm(float(pctr[s]), c), pacing[c.id].lam, c.max_bid_cpm)
+            assert v <= got[s] <= v + 2 + v * 1e-8  # the two roundings down of paced_value, and float error
+            assert got[s] <= tables.ceiling[s]
+            for first, fixed, floor in ((False, False, 0), (True, False, v // 2), (False, True, v // 3)):
+                assert bid_price(impression_value_cpm(float(pctr[s]), c), pacing[c.id].lam, c.max_bid_cpm, floor,
+                                 first, None, fixed_price=fixed) <= got[s]
+
+
+@pytest.mark.parametrize("explore_below", [0, 200])
+def test_exploration_table_follows_the_model_counts(explore_below: int) -> None:
+    rng = random.Random(5)
+    camps = [parse_campaign(d) for d in make_campaigns(100, seed=6)]
+    model = trained_model(camps, rng)
+    index = CampaignIndex(camps)
+    tables = SlotTables(index, model, explore_below, {}, random.Random(1))
+    for s, (c, cr) in enumerate(index.slots):
+        exploring = explore_below > 0 and model.creative_impressions(c.id, cr.id) < explore_below
+        assert tables.explore[s] == exploring
+        if exploring:
+            a, b = model.creative_beta(c.id, cr.id)
+            assert tables.alpha[s] == pytest.approx(a) and tables.beta[s] == pytest.approx(b)
+    if explore_below:
+        draws = tables.draws(np.repeat(np.flatnonzero(tables.explore)[:1], 20_000))
+        c, cr = index.slots[int(np.flatnonzero(tables.explore)[0])]
+        a, b = model.creative_beta(c.id, cr.id)
+        assert draws.mean() == pytest.approx(a / (a + b), rel=0.1)  # draws come from the creative's posterior

@@ -1,0 +1,149 @@
+"""Deploy artefacts: Grafana dashboards and provisioning, docker-compose stack, Dockerfile.
+
+Checked for what would break a real deployment: dashboards out of date with
+their generator or pointing at another datasource, compose services running
+commands or flags `streambid` does not have, mounts of files that do not exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bidder.cli import build_parser
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+GRAFANA = DEPLOY / "grafana"
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_dashboards", GRAFANA / "build_dashboards.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def dashboard_files() -> list[Path]:
+    return sorted((GRAFANA / "dashboards").glob("*.json"))
+
+
+def test_committed_dashboards_are_what_the_generator_writes() -> None:
+    builder = load_builder()
+    generated = builder.dashboards()
+    assert sorted(generated) == [p.name for p in dashboard_files()]
+    for name, doc in generated.items():
+        assert (GRAFANA / "dashboards" / name).read_text() == builder.render(doc), \
+            f"{name} is stale: run python deploy/grafana/build_dashboards.py"
+
+
+def test_dashboards_use_the_provisioned_datasource_and_a_sane_layout() -> None:
+    ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    uids = {d["uid"] for d in ds if d["type"] == "prometheus"}
+    uids_seen = set()
+    for path in dashboard_files():
+        doc = json.loads(path.read_text())
+        panels = doc["panels"]
+        ids = [p["id"] for p in panels]
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+        boxes = []
+        for p in panels:
+            g = p["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{path.name}: {p['title']} is outside the 24-column grid"
+            boxes.append((g["x"], g["y"], g["w"], g["h"], p["title"]))
+            if p["type"] == "row":
+                continue
+            assert p["datasource"]["uid"] in uids and p["targets"], p["title"]
+            for t in p["targets"]:
+                assert t["expr"].strip() and t["datasource"]["uid"] in uids
+            uids_seen.add(p["datasource"]["uid"])
+        for i, (x, y, w, h, title) in enumerate(boxes):
+            for x2, y2, w2, h2, title2 in boxes[i + 1:]:
+                assert x + w <= x2 or x2 + w2 <= x or y + h <= y2 or y2 + h2 <= y, f"{title} overlaps {title2}"
+        for var in doc["templating"]["list"]:
+            assert var["datasource"]["uid"] in uids and var["allValue"] == ".*"
+    assert uids_seen == uids
+
+
+def test_dashboard_provider_points_where_compose_mounts_the_dashboards() -> None:
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "streambid.yml").read_text())["providers"][0]
+    mounts = compose()["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+    assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_commands_streambid_has() -> None:
+    services = compose()["services"]
+    parser = build_parser()
+    ran = set()
+    for name, svc in services.items():
+        image = svc.get("image", "")
+        if image != "streambid:local":
+            continue
+        cmd = [c.replace("${STREAMBID_NOTICE_BASE:-http://localhost:8080}", "http://localhost:8080") for c in svc["command"]]
+        args = parser.parse_args(cmd)  # exits (SystemExit) on an unknown command or flag
+        assert callable(args.func), name
+        ran.add(cmd[0])
+    assert {"serve", "worker", "campaign"} <= ran
+
+
+def test_compose_stack_is_complete_and_its_files_exist() -> None:
+    doc = compose()
+    services = doc["services"]
+    assert services["kafka"]["image"] == "apache/kafka:4.0.0"
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert {"kafka", "campaigns", "worker", "bidder", "prometheus", "grafana"} <= set(services)
+    build = services["campaigns"]["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":", 1)[0]
+            if src.startswith("."):
+                assert (DEPLOY / src).exists(), f"{name} mounts {src}, which does not exist"
+            else:
+                assert src in doc["volumes"], f"{name} uses undeclared volume {src}"
+        for dep in svc.get("depends_on", []):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+    assert "--workers" in services["bidder"]["command"]
+    # Prometheus scrapes the worker on loopback, so it must share the worker's network namespace
+    assert services["prometheus"]["network_mode"] == "service:worker"
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in prom["scrape_configs"]}
+    assert targets["streambid-worker"] == ["127.0.0.1:9102"] and targets["streambid-bidder"] == ["bidder:8080"]
+    assert "--metrics-port" in services["worker"]["command"] and "9102" in services["worker"]["command"]
+
+
+def test_dockerfile_copies_every_package_and_runs_streambid() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    for pkg in ("bidder", "streams", "models", "loadtest"):
+        assert f"COPY {pkg} {pkg}" in text
+        assert f"!{pkg}/**" in (DEPLOY / "Dockerfile.dockerignore").read_text()
+    assert 'ENTRYPOINT ["streambid"]' in text and "USER streambid" in text
+    assert (ROOT / "deploy" / "campaigns.example.json").exists()
+
+
+def test_docker_compose_config_accepts_the_stack() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the `docker compose` plugin is not installed (the docker CLI alone cannot validate compose files)")
+    env = {**os.environ, "STREAMBID_SECRET": "test-only"}
+    out = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "--profile", "traffic", "config",
+                          "--services"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert set(out.stdout.split()) == set(compose()["services"])
+    missing = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config"], capture_output=True,
+                             text=True, env={k: v for k, v in os.environ.items() if k != "STREAMBID_SECRET"}, timeout=60)
+    assert missing.returncode != 0 and "STREAMBID_SECRET" in missing.stderr

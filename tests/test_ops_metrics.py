@@ -1,0 +1,339 @@
+"""Metrics as Prometheus would read them: per-campaign business counters, the multi-process sum, worker health."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.metrics import (
+    MAX_EXCHANGES,
+    BidderCollector,
+    BidderStats,
+    Family,
+    PoolRenderer,
+    WorkerPool,
+    plan_fraction,
+    render,
+    worker_doc,
+)
+from bidder.pacing import PacingState
+from bidder.server import BidApp
+from models.learner import CTRLearner
+from models.snapshot import ModelSnapshot
+from streams.processor import Learner
+from streams.worker_metrics import WorkerStats, consumer_lag
+from tests.helpers import body, campaign, request
+
+NOW = 1_780_000_000.0  # inside the helper campaign's flight
+
+
+def parse(text: bytes) -> dict[tuple[str, frozenset], float]:
+    """Exposition text parsed back by prometheus_client: (sample name, labels) -> value."""
+    out = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def scrape(app_or_registry: BidApp | CollectorRegistry) -> dict[tuple[str, frozenset], float]:
+    """What GET /metrics answers (a BidApp), or a registry's rendering."""
+    if isinstance(app_or_registry, BidApp):
+        raw = app_or_registry.metrics()
+        head, _, text = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"text/plain; version=0.0.4" in head
+        return parse(text)
+    return parse(generate_latest(app_or_registry))
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def make_app(camps: list[dict] | None = None, events: list | None = None) -> tuple[BidApp, BidEngine]:
+    stats = BidderStats()
+    sink = stats.tap(lambda k, key, ev: events.append((k, ev)) if events is not None else None)
+    eng = BidEngine(EngineConfig(secret=b"s", explore_below=0), [parse_campaign(c) for c in camps or [campaign()]],
+                    ModelSnapshot.empty(), sink=sink, clock=lambda: NOW)
+    return BidApp(eng, stats), eng
+
+
+def answer(app: BidApp, doc: dict, exchange: str = "ex1") -> bytes:
+    return app.bid(body(doc), False, exchange, time.perf_counter())
+
+
+def first_bid(raw: bytes) -> dict:
+    return orjson.loads(raw.split(b"\r\n\r\n", 1)[1])["seatbid"][0]["bid"][0]
+
+
+def test_bids_wins_bills_and_spend_are_counted_per_campaign_and_exchange() -> None:
+    events: list = []
+    app, _ = make_app(events=events)
+    bids = [first_bid(answer(app, request(id=f"r{i}"), "ex1")) for i in range(3)]
+    first_bid(answer(app, request(id="other"), "ex2"))
+    for b, price in zip(bids[:2], ("1.5", "1.25"), strict=True):
+        assert app.notice("win", urlsplit(b["nurl"]).query.replace("${AUCTION_PRICE}", price)).startswith(b"HTTP/1.1 200")
+        assert app.notice("bill", urlsplit(b["burl"]).query.replace("${AUCTION_PRICE}", price)).startswith(b"HTTP/1.1 200")
+    assert app.notice("bill", urlsplit(bids[0]["burl"]).query.replace("${AUCTION_PRICE}", "1.5")).startswith(b"HTTP/1.1 400")
+    m = scrape(app)
+    assert value(m, "streambid_bids_total", campaign="c1", exchange="ex1") == 3
+    assert value(m, "streambid_bids_total", campaign="c1", exchange="ex2") == 1
+    assert value(m, "streambid_wins_total", campaign="c1", exchange="ex1") == 2
+    assert value(m, "streambid_billed_total", campaign="c1", exchange="ex1") == 2  # the replay was refused
+    costs = [ev["cost"] for k, ev in events if k == "billing"]
+    assert costs == [1500, 1250]
+    assert value(m, "streambid_billed_spend_total", campaign="c1", exchange="ex1") == sum(costs) / 1e6
+    pctr = sum(ev["pctr"] for k, ev in events if k == "bids" and ev["exchange"] == "ex1")
+    assert value(m, "streambid_bids_pctr_total", campaign="c1", exchange="ex1") == pctr
+    assert value(m, "streambid_bid_requests_total", exchange="ex1", outcome="bid", reason="") == 3
+    assert value(m, "streambid_notices_total", kind="bill", outcome="replayed") == 1
+    assert value(m, "streambid_bid_latency_seconds_count") == 4
+
+
+def test_privacy_restricted_and_frequency_capped_requests_are_counted() -> None:
+    app, _ = make_app([campaign(id="capped", frequency_cap={"per_day": 3}), campaign(id="open")])
+    answer(app, request(regs={"coppa": 1}))
+    answer(app, request(regs={"gdpr": 1}))
+    answer(app, request(user={}))  # no user id: the capped campaign cannot keep its cap
+    m = scrape(app)
+    assert value(m, "streambid_privacy_restricted_requests_total", reason="coppa") == 1
+    assert value(m, "streambid_privacy_restricted_requests_total", reason="gdpr") == 1
+    assert value(m, "streambid_frequency_capped_total", campaign="capped") == 3
+    assert ("streambid_frequency_capped_total", frozenset({("campaign", "open")})) not in m
+
+
+def test_campaign_gauges_show_todays_pacing_state_and_the_plan() -> None:
+    app, eng = make_app([campaign(id="c1", budget={"daily": 80.0, "total": 0})])
+    today = dt.datetime.fromtimestamp(NOW, dt.UTC).date().isoformat()
+    eng.set_pacing(PacingState("c1", today, lam=0.5, spent_today=3_000_000, budget_today=80_000_000,
+                               impressions_today=7, clicks_today=2, value_today=4_500_000))
+    m = scrape(app)
+    assert value(m, "streambid_campaign_roi_today", campaign="c1") == (4_500_000 - 3_000_000) / 3_000_000
+    assert value(m, "streambid_campaign_spend_today", campaign="c1") == 3.0
+    assert value(m, "streambid_campaign_budget_remaining", campaign="c1") == 77.0
+    assert value(m, "streambid_campaign_pacing_lambda", campaign="c1") == 0.5
+    assert value(m, "streambid_campaign_live", campaign="c1") == 1
+    frac = (NOW % 86400) / 86400
+    assert math.isclose(value(m, "streambid_campaign_plan_spend_today", campaign="c1"), frac * 80.0, rel_tol=1e-9)
+    # a state from yesterday says nothing about today's spend
+    eng.set_pacing(PacingState("c1", "2000-01-01", lam=0.5, spent_today=3_000_000, budget_today=80_000_000))
+    m = scrape(app)
+    assert value(m, "streambid_campaign_spend_today", campaign="c1") == 0
+    assert value(m, "streambid_campaign_budget_remaining", campaign="c1") == 80.0
+
+
+def test_plan_follows_dayparting() -> None:
+    hours = frozenset({12, 13})
+    assert plan_fraction(hours, 11.9 / 24) == 0.0
+    assert math.isclose(plan_fraction(hours, 13 / 24), 0.5)
+    assert plan_fraction(hours, 14.5 / 24) == 1.0
+
+
+def pool_app(root: Path, pid: int) -> BidApp:
+    app, _ = make_app()
+    app.stats.pool = WorkerPool(root, pid=pid)
+    app.stats.workers = 3
+    return app
+
+
+def publish(app: BidApp, now: float | None = None) -> None:
+    """What each worker's once-a-second loop does."""
+    app.stats.pool.publish(worker_doc(app.stats, app.engine, time.time() if now is None else now))
+
+
+def requests_total(samples: dict) -> float:
+    return sum(v for (name, _), v in samples.items() if name == "streambid_bid_requests_total")
+
+
+def test_any_worker_answers_for_all_of_them(tmp_path: Path) -> None:
+    apps = [pool_app(tmp_path, pid) for pid in (101, 102, 103)]
+    for n, app in enumerate(apps, start=1):
+        for i in range(n):
+            answer(app, request(id=f"{n}-{i}"))
+        publish(app)
+    PoolRenderer(tmp_path, workers=3).render([101, 102, 103])
+    answers = [scrape(app) for app in apps]
+    assert answers[0] == answers[1] == answers[2]
+    m = answers[0]
+    assert requests_total(m) == 6
+    assert value(m, "streambid_bids_total", campaign="c1", exchange="ex1") == 6
+    assert value(m, "streambid_bidder_workers_alive") == 3
+    assert value(m, "streambid_bidder_workers_configured") == 3
+    assert value(m, "streambid_bid_latency_seconds_count") == 6
+    assert value(m, "streambid_campaign_budget_daily", campaign="c1") == 100.0
+
+
+def test_a_dead_workers_counts_are_kept_and_the_sum_never_goes_down(tmp_path: Path) -> None:
+    a, b = pool_app(tmp_path, 301), pool_app(tmp_path, 302)
+    renderer = PoolRenderer(tmp_path, workers=2)
+    seen = []
+    for i in range(3):
+        answer(a, request(id=f"a{i}"))
+        answer(b, request(id=f"b{i}"))
+        publish(a)
+        publish(b)
+        renderer.render([301, 302])
+        seen.append(requests_total(scrape(a)))
+    renderer.retire(302)  # the supervisor saw it die; a new worker takes its place
+    renderer.retire(302)  # a second report changes nothing
+    c = pool_app(tmp_path, 303)
+    answer(c, request(id="c"))
+    publish(c)
+    renderer.render([301, 303])
+    m = scrape(c)
+    seen.append(requests_total(m))
+    assert seen == [2, 4, 6, 7]
+    assert not (tmp_path / "w-302.bin").exists()
+    assert value(m, "streambid_bidder_workers_alive") == 2
+    assert value(m, "streambid_bids_total", campaign="c1", exchange="ex1") == 7
+    assert value(m, "streambid_bid_latency_seconds_count") == 7
+
+
+def test_a_worker_that_stopped_publishing_is_not_alive(tmp_path: Path) -> None:
+    a, b = pool_app(tmp_path, 401), pool_app(tmp_path, 402)
+    publish(a)
+    publish(b, now=time.time() - 60)
+    PoolRenderer(tmp_path, workers=2).render([401, 402])
+    assert value(scrape(a), "streambid_bidder_workers_alive") == 1
+
+
+def test_renderer_ticks_once_a_second(tmp_path: Path) -> None:
+    a = pool_app(tmp_path, 501)
+    publish(a)
+    renderer = PoolRenderer(tmp_path, workers=1)
+    renderer.tick([501], now=1000.0)
+    first = (tmp_path / "metrics.prom").stat().st_mtime_ns
+    answer(a, request(id="later"))
+    publish(a)
+    renderer.tick([501], now=1000.5)
+    assert (tmp_path / "metrics.prom").stat().st_mtime_ns == first
+    renderer.tick([501], now=1001.0)
+    assert requests_total(scrape(a)) == 1
+
+
+def test_the_fast_text_is_what_prometheus_client_would_write() -> None:
+    app, eng = make_app()
+    for i in range(3):
+        answer(app, request(id=f"r{i}"), exchange="ex1")
+    answer(app, request(id="bad", imp=[]), exchange="ex2")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BidderCollector(app.stats, eng))
+    ours, theirs = scrape(app), scrape(registry)
+    ages = {k for k in ours if k[0].endswith("_age_seconds")}
+    assert len(ours) >= 40
+    assert {k: v for k, v in ours.items() if k not in ages} == {k: v for k, v in theirs.items() if k not in ages}
+
+
+def test_label_values_are_escaped() -> None:
+    odd = 'a"b\\c\nd'
+    text = render([Family("x", "counter", "help", ("l",), [((odd,), 2)]), Family("y", "gauge", "h", (), [((), math.nan)])])
+    m = parse(text)
+    assert m[("x_total", frozenset({("l", odd)}))] == 2 and math.isnan(m[("y", frozenset())])
+
+
+def test_exchange_labels_are_capped_and_nothing_is_lost() -> None:
+    app, _ = make_app()
+    n = MAX_EXCHANGES + 40
+    for i in range(n):
+        answer(app, request(id=f"r{i}"), exchange=f"ex{i}")
+    app.stats.fold_exchanges()
+    m = scrape(app)
+    exchanges = {dict(labels)["exchange"] for (name, labels) in m if name == "streambid_bid_requests_total"}
+    assert len(exchanges) == MAX_EXCHANGES + 1 and "other" in exchanges and "ex0" in exchanges
+    assert value(m, "streambid_bid_requests_total", exchange="other", outcome="bid", reason="") == 40
+    assert sum(v for (name, _), v in m.items() if name == "streambid_bids_total") == n
+
+
+# -- worker ------------------------------------------------------------------------------------------------
+
+
+def example(i: int) -> dict:
+    return {"features": [i % 7, 100 + i % 3], "label": int(i % 5 == 0), "campaign": "c1" if i % 2 else "c2",
+            "creative": "r"}
+
+
+def test_progressive_logloss_scores_each_example_before_learning_it() -> None:
+    stats, learner = WorkerStats(window=50), Learner()
+    stats.bind(None, learner, SimpleNamespace(by_id={"c1": None, "quiet": None}), {})
+    shadow = CTRLearner()
+    losses, predicted = [], {"c1": 0.0, "c2": 0.0}
+    for i in range(80):
+        ev = example(i)
+        p = shadow.predict_one(ev["features"], ev["campaign"], ev["creative"])
+        shadow.learn_one(ev["features"], bool(ev["label"]), ev["campaign"], ev["creative"])
+        losses.append(-math.log(p if ev["label"] else 1 - p))
+        predicted[ev["campaign"]] += p
+        stats.before_learn(ev)
+        learner.learn(ev)
+    snap = stats.refresh()
+    assert snap.window == 50
+    assert math.isclose(snap.logloss, sum(losses[-50:]) / 50, rel_tol=1e-9)
+    assert snap.window_ctr == sum(example(i)["label"] for i in range(30, 80)) / 50
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(stats)
+    m = scrape(reg)
+    assert math.isclose(value(m, "streambid_learner_predicted_clicks_total", campaign="c1"), predicted["c1"], rel_tol=1e-9)
+    assert value(m, "streambid_learner_examples_total", campaign="c2", label="1") == sum(
+        1 for i in range(80) if i % 2 == 0 and i % 5 == 0)
+    # a known campaign without examples yet is exported at 0, so its first example shows as an increase
+    assert value(m, "streambid_learner_examples_total", campaign="quiet", label="0") == 0
+    assert value(m, "streambid_learner_predicted_clicks_total", campaign="quiet") == 0
+
+
+def test_campaign_counters_and_roi_come_from_the_ledger_totals() -> None:
+    stats = WorkerStats()
+    totals = {"c1|2026-01-01": {"spend": 1_000_000, "billed": 10, "impressions": 9, "clicks": 2, "conversions": 0,
+                                "value": 5_000_000, "wins": 11, "losses": 3},
+              "c1|2026-01-02": {"spend": 2_000_001, "billed": 20, "clicks": 1, "value": 2_500_000, "wins": 21},
+              "c2|2026-01-02": {"spend": 0, "wins": 1}}
+    stats.bind(SimpleNamespace(outcomes={"clicks:late": 2, "any:orphan": 1}), None, None, totals)
+    stats.refresh()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(stats)
+    m = scrape(reg)
+    assert value(m, "streambid_campaign_spend_total", campaign="c1") == 3_000_001 / 1e6
+    assert value(m, "streambid_campaign_impressions_total", campaign="c1") == 30
+    assert value(m, "streambid_campaign_rendered_total", campaign="c1") == 9
+    assert value(m, "streambid_campaign_conversions_total", campaign="c2") == 0  # present at 0: increase() sees the first
+    assert value(m, "streambid_campaign_roi", campaign="c1") == (7_500_000 - 3_000_001) / 3_000_001
+    assert value(m, "streambid_campaign_roi", campaign="c2") == 0
+    assert value(m, "streambid_attribution_total", kind="clicks", outcome="late") == 2
+    assert value(m, "streambid_attribution_total", kind="any", outcome="orphan") == 1
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class FakeConsumer:
+    """The three things consumer_lag reads from a Faust consumer."""
+
+    def __init__(self, high: dict, committed: dict) -> None:
+        self.high, self._committed_offset = high, committed
+
+    def assignment(self) -> set:
+        return set(self.high)
+
+    def highwater(self, tp):
+        if tp.topic == "revoked":
+            raise AssertionError("Partition is not assigned")
+        return self.high[tp]
+
+
+def test_consumer_lag_is_high_watermark_minus_committed() -> None:
+    high = {TP("t", 0): 120, TP("t", 1): 40, TP("new", 0): 9, TP("revoked", 0): 5}
+    committed = {TP("t", 0): 100, TP("t", 1): 40, TP("revoked", 0): 1}  # ("new", 0): nothing committed yet
+    assert consumer_lag(FakeConsumer(high, committed)) == {("t", 0): 20, ("t", 1): 0}
+    assert consumer_lag(SimpleNamespace()) == {}  # a consumer that is not started yet

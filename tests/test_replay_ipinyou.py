@@ -1,0 +1,130 @@
+"""`streambid replay ipinyou` on a small log generated here (never the shared data)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bidder.cli import main
+from loadtest.replay_ipinyou import (
+    FEN_CPM,
+    EpisodeResult,
+    TrainingStats,
+    episodes,
+    load,
+    paced_setup,
+    parse_log,
+    run_hindsight,
+    run_linear,
+    run_paced,
+    run_replay,
+    training_bid,
+)
+
+
+def draw(rng: random.Random, price_scale: float) -> tuple[int, int, float]:
+    pctr = min(0.002 * math.exp(rng.gauss(0.0, 0.7)), 0.5)
+    price = min(300, max(1, int(price_scale * 40 * math.exp(rng.gauss(0.0, 0.6)))))
+    return int(rng.random() < pctr), price, pctr
+
+
+def make_data(path: Path, episodes_n: int = 8, size: int = 300, seed: int = 3) -> Path:
+    """Training stats from one market; a test log whose prices run 1.4x higher in odd episodes (non-stationary)."""
+    rng = random.Random(seed)
+    train = [draw(rng, 1.0) for _ in range(20_000)]
+    counts = [0] * 301
+    for _, p, _ in train:
+        counts[p] += 1
+    info = {"imp_train": len(train), "clk_train": sum(c for c, _, _ in train), "cost_train": sum(p for _, p, _ in train),
+            "price_counter_train": counts}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "info.json").write_text(json.dumps(info))
+    lines = []
+    for e in range(episodes_n):
+        for _ in range(size):
+            c, p, q = draw(rng, 1.4 if e % 2 else 1.0)
+            lines.append(f"{c} {p} {q!r}")
+    (path / "test.theta.txt").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_win_rule_ties_win_and_budget_caps_the_bid() -> None:
+    # (click, price micros, pctr); linear bid = base * pctr / avg_ctr
+    ep = [(0, 100 * FEN_CPM, 0.01), (1, 50 * FEN_CPM, 0.01), (0, 60 * FEN_CPM, 0.02)]
+    r = run_linear(ep, budget=1_000, base_bid=50 * FEN_CPM, avg_ctr=0.01)  # budget: 1000 micros = 100 fen CPM
+    # bid 50 loses at 100; bid 50 ties 50 and wins (cost 500 micros); bid 100 but only 500 micros left: 50 < 60, loses
+    assert (r.impressions, r.clicks, r.spend) == (1, 1, 500)
+
+
+def test_hindsight_buys_best_ratio_first_and_skips_what_does_not_fit() -> None:
+    ep = [(0, 100 * FEN_CPM, 0.010), (1, 10 * FEN_CPM, 0.004), (0, 30 * FEN_CPM, 0.009), (1, 0, 0.001)]
+    r = run_hindsight(ep, budget=1_200)  # ratios: free, 4e-4, 3e-4, 1e-4 per fen; costs 0, 100, 300, 1000 micros
+    assert (r.impressions, r.clicks, r.spend) == (3, 2, 400)
+
+
+def test_hindsight_bounds_any_policy_on_expected_clicks(tmp_path: Path) -> None:
+    """Greedy by pCTR/price is within one item of the fractional optimum, which no policy beats."""
+    stats, log = load(make_data(tmp_path))
+    budget = stats.budget_fen(Fraction(1, 8), 300) * 10
+    setup = paced_setup(stats, budget // 10, {300})
+    for ep in episodes(log, 300):
+        best = run_hindsight(ep, budget).pctr_sum + max(a[2] for a in ep)
+        assert run_paced(ep, budget, setup).pctr_sum <= best
+        assert run_linear(ep, budget, training_bid(stats.landscape(), budget, 300), stats.avg_ctr).pctr_sum <= best
+
+
+@pytest.mark.parametrize("c0", [Fraction(1, 16), Fraction(1, 4)])
+def test_pacer_spends_the_budget_where_the_fixed_linear_bid_cannot(tmp_path: Path, c0: Fraction) -> None:
+    stats, log = load(make_data(tmp_path))
+    report, _ = run_replay(stats, log, [c0], 300, traced=0)
+    s = report["results"][0]["strategies"]
+    for name in ("paced", "linear", "hindsight"):
+        assert s[name]["overspent_episodes"] == 0
+        assert s[name]["spend"] <= s[name]["budget"]
+    assert s["paced"]["budget_used"] >= 0.95
+    assert s["paced"]["pctr_vs_hindsight"] >= 0.9
+    assert s["paced"]["pctr_sum"] > s["linear"]["pctr_sum"]
+
+
+def test_paced_episode_never_bids_past_the_budget_left() -> None:
+    rng = random.Random(5)
+    ep = [(0, 1 * FEN_CPM, 0.05) for _ in range(200)] + [draw(rng, 1.0) for _ in range(200)]  # cheap, valuable first
+    stats = TrainingStats(10_000, 20, 400_000, tuple([0] * 30 + [100] * 20 + [0] * 251))
+    budget = 5_000
+    r = run_paced(ep, budget, paced_setup(stats, budget // 10, {len(ep)}), trace=True)
+    assert r.spend <= budget
+    assert all(spent <= budget for _, spent, _ in r.curve)
+    assert isinstance(r, EpisodeResult) and len(r.curve) == len(ep)
+
+
+def test_parse_log_converts_fen_to_micros() -> None:
+    assert parse_log(["1 70 0.0021\n", "\n", "0 6 0.003"]) == [(1, 70 * FEN_CPM, 0.0021), (0, 6 * FEN_CPM, 0.003)]
+
+
+def test_command_prints_one_json_document_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_data(tmp_path / "data", episodes_n=4, size=200)
+    out = tmp_path / "out"
+    code = main(["replay", "ipinyou", "--data", str(data), "--c0", "1/8", "--episode", "200", "--json", "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    doc = orjson.loads(captured.out)
+    assert doc["episodes"] == 4
+    assert [r["c0"] for r in doc["results"]] == ["1/8"]
+    assert set(doc["results"][0]["strategies"]) == {"paced", "linear", "hindsight"}
+    assert Path(doc["plot"]).is_file() and Path(doc["plot"]).parent == out
+    assert "episode" in captured.err  # progress goes to stderr
+
+
+def test_command_table_and_bad_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_data(tmp_path / "data", episodes_n=2, size=100)
+    assert main(["replay", "ipinyou", "--data", str(data), "--c0", "1/32", "--episode", "100", "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "hindsight" in text and "clicks>=78" in text
+    assert main(["replay", "ipinyou", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
