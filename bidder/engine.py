@@ -230,17 +230,17 @@ class BidEngine:
         tables, model = self._scoring(), self.model
         floors, at_pos = el.floors, None
         least = max(floors, 1) if isinstance(floors, int) else np.maximum(floors, 1)  # a bid is at least 1 micro
-        reach = (tables.ceiling[slots] >= least).nonzero()[0]  # even a pCTR of 1 could not clear the others' floors
-        if len(reach) < len(slots):
-            if not len(reach):
-                return None, _RANK["below_floor"]
-            at_pos, slots = reach, slots[reach]
-            if not isinstance(floors, int):
-                floors, least = floors[reach], least[reach]
         req_feats: tuple[int, ...] | None = None
         if tables.any_explore and not el.bits & ~tables.explore_bits:  # every candidate still explores
-            pctr = tables.draws(slots)
+            pctr, bound = tables.explore_all(slots)
         else:
+            reach = (tables.ceiling[slots] >= least).nonzero()[0]  # not even a pCTR of 1 clears the floor: not scored
+            if len(reach) < len(slots):
+                if not len(reach):
+                    return None, _RANK["below_floor"]
+                at_pos, slots = reach, slots[reach]
+                if not isinstance(floors, int):
+                    floors, least = floors[reach], least[reach]
             explore = tables.explore[slots]
             pctr = np.empty(len(slots))
             if tables.any_explore:
@@ -250,7 +250,7 @@ class BidEngine:
             for j in np.flatnonzero(~explore).tolist():
                 camp, cr = index.slots[slots[j]]
                 pctr[j] = model.predict(base, candidate_features(req_feats, hour, req.domain, camp.id, cr.id), camp.id, cr.id)
-        bound = tables.bounds(slots, pctr, clean=req_feats is None)
+            bound = tables.bounds(slots, pctr)
         bound[bound < least] = -1  # below the floor: out
         landscape = self._shading
         best, best_price, reason = None, 0, _RANK["below_floor"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
@@ -65,6 +66,9 @@ def _tags(secret: bytes, tail: bytes) -> str:
 _SLICE = {"win": slice(0, 24), "bill": slice(24, 48), "loss": slice(48, 72)}
 
 
+_url_safe = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch  # what quote() leaves alone
+
+
 @lru_cache(maxsize=8192)
 def _q(value: str) -> str:
     """URL-quoted field; ids repeat from bid to bid, so each is quoted once."""
@@ -77,8 +81,9 @@ def notice_urls(
 ) -> tuple[str, str, str]:
     """The win, billing and loss URLs of one bid (nurl, burl, lurl); the exchange substitutes the macros."""
     tags = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user))
-    query = (f"?b={quote(bid_id, safe='')}&c={_q(campaign)}&r={_q(creative)}&v={bid_cpm}&x={expires}&e={_q(exchange)}"
-             f"&n={_q(bidder)}&u={_q(user)}&s=")
+    b = bid_id if _url_safe(bid_id) else quote(bid_id, safe="")
+    query = (f"?b={b}&c={_q(campaign)}&r={_q(creative)}&v={bid_cpm}&x={expires}&e={_q(exchange)}&n={_q(bidder)}"
+             f"&u={_q(user)}&s=")
     return (f"{base}/notice/win{query}{tags[0:24]}&{MACROS['win']}",
             f"{base}/notice/bill{query}{tags[24:48]}&{MACROS['bill']}",
             f"{base}/notice/loss{query}{tags[48:72]}&{MACROS['loss']}")

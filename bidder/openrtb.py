@@ -253,16 +253,18 @@ def _imp(raw: object, i: int) -> Imp:
 
 
 def _privacy(req: dict, user: dict) -> Privacy:
+    if req.get("regs") is None and user.get("consent") is None and user.get("ext") is None:
+        return Privacy()  # no signal at all: most requests outside regulated markets
     regs = _obj(req, "regs", "")
     rext = _obj(regs, "ext", "regs.")
     uext = _obj(user, "ext", "user.")
-    gdpr = regs.get("gdpr", rext.get("gdpr", 0))
-    if gdpr not in (0, 1, None):
+    gdpr = _either(regs, rext, "gdpr", 0)
+    if gdpr not in (0, 1):
         raise BadRequest("bad_value", "regs.gdpr must be 0 or 1")
-    consent = user.get("consent", uext.get("consent", ""))
+    consent = _either(user, uext, "consent", "")
     if type(consent) is not str:
         raise BadRequest("bad_type", "user.consent must be a string")
-    usp = regs.get("us_privacy", rext.get("us_privacy", ""))
+    usp = _either(regs, rext, "us_privacy", "")
     if type(usp) is not str:
         raise BadRequest("bad_type", "regs.us_privacy must be a string")
     # 2.6 moved gpp/gpp_sid into regs; exchanges still on 2.5 send them in regs.ext
@@ -275,6 +277,14 @@ def _privacy(req: dict, user: dict) -> Privacy:
         gpp=_str(gpp_src, "gpp", gpp_path),
         gpp_sid=_ints(gpp_src, "gpp_sid", gpp_path),
     )
+
+
+def _either(obj: dict, ext: dict, key: str, default: object) -> object:
+    """`obj[key]`, else the 2.5 placement `obj.ext[key]`, else `default`; null counts as absent."""
+    v = obj.get(key)
+    if v is None:
+        v = ext.get(key)
+    return default if v is None else v
 
 
 def hash_id(salt: bytes, raw: str) -> str:

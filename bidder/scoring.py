@@ -34,13 +34,14 @@ from models.snapshot import ModelSnapshot
 
 _MIN_SHAPE = 1e-9  # Beta shapes are floored here, as models.exploration.thompson_ctr does
 _ROUNDING = 1.0 + 1e-9  # covers float rounding, so the bound is never a hair under the exact paced value
+ALPHA, BETA, SCALE, MAX_BID = range(4)  # columns of SlotTables.table: gathered in one go per impression
 
 
 class SlotTables:
     """Per-slot scoring constants for one (index, model) pair; pacing is swapped in with `set_pacing`."""
 
-    __slots__ = ("index", "model", "explore_below", "unit", "max_bid", "scale", "ceiling", "alpha", "beta", "explore",
-                 "explore_bits", "any_explore", "gen")
+    __slots__ = ("index", "model", "explore_below", "unit", "table", "ceiling", "explore", "explore_bits", "any_explore",
+                 "gen")
 
     def __init__(self, index: CampaignIndex, model: ModelSnapshot, explore_below: int, pacing: dict[str, PacingState],
                  rng: random.Random) -> None:
@@ -49,8 +50,8 @@ class SlotTables:
         camps = [c for c, _ in index.slots]
         # impression_value_cpm: cpc goals are worth pCTR x value per click; cpa goals need a pCVR the bid path has not
         self.unit = np.fromiter((c.value_per_click if c.goal == "cpc" else 0.0 for c in camps), dtype=np.float64, count=n)
-        self.max_bid = np.fromiter((c.max_bid_cpm for c in camps), dtype=np.float64, count=n)
-        self.scale = np.zeros(n)
+        table = self.table = np.ones((n, 4))
+        table[:, MAX_BID] = [c.max_bid_cpm for c in camps]
         self.ceiling = np.zeros(n)
         self.set_pacing(pacing)
         if explore_below > 0:
@@ -58,11 +59,10 @@ class SlotTables:
                                        dtype=bool, count=n)
         else:
             self.explore = np.zeros(n, dtype=bool)
-        self.alpha, self.beta = np.ones(n), np.ones(n)
         for i in np.flatnonzero(self.explore).tolist():
             c, cr = index.slots[i]
             a, b = model.creative_beta(c.id, cr.id)
-            self.alpha[i], self.beta[i] = max(a, _MIN_SHAPE), max(b, _MIN_SHAPE)
+            table[i, ALPHA], table[i, BETA] = max(a, _MIN_SHAPE), max(b, _MIN_SHAPE)
         self.any_explore = bool(self.explore.any())
         self.explore_bits = int.from_bytes(np.packbits(self.explore, bitorder="little").tobytes(), "little")
         self.gen = np.random.default_rng(rng.getrandbits(64))
@@ -74,14 +74,23 @@ class SlotTables:
             idx = self.index.slots_of(cid)
             if len(idx) and not math.isnan(state.lam):
                 lam[idx] = max(state.lam, 0.0)
-        self.scale = self.unit * 1000.0 / (1.0 + lam) * _ROUNDING
+        t = self.table
+        t[:, SCALE] = self.unit * 1000.0 / (1.0 + lam) * _ROUNDING
         # the bound at pCTR = 1: no draw or prediction gives more, so a slot whose ceiling is under the floor
         # need not be scored at all
-        self.ceiling = np.minimum(self.scale, self.max_bid)
+        self.ceiling = np.minimum(t[:, SCALE], t[:, MAX_BID])
 
     def draws(self, slots: np.ndarray) -> np.ndarray:
         """One Thompson draw of CTR per slot."""
-        return self.gen.beta(self.alpha[slots], self.beta[slots])
+        rows = self.table[slots]
+        return self.gen.beta(rows[:, ALPHA], rows[:, BETA])
+
+    def explore_all(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pCTR, price bound) per slot when every one of them explores: one gather, one draw, one bound."""
+        rows = self.table[slots]
+        pctr = self.gen.beta(rows[:, ALPHA], rows[:, BETA])
+        v = pctr * rows[:, SCALE]
+        return pctr, np.minimum(v, rows[:, MAX_BID], out=v)
 
     def bounds(self, slots: np.ndarray, pctr: np.ndarray, clean: bool = False) -> np.ndarray:
         """Upper bounds (CPM micros, float) on what each slot can bid at these pCTRs.
@@ -90,5 +99,6 @@ class SlotTables:
         """
         if not clean:
             pctr = np.minimum(np.maximum(np.nan_to_num(pctr, nan=0.0), 0.0), 1.0)
-        v = pctr * self.scale[slots]
-        return np.minimum(v, self.max_bid[slots], out=v)
+        rows = self.table[slots]
+        v = pctr * rows[:, SCALE]
+        return np.minimum(v, rows[:, MAX_BID], out=v)

@@ -15,6 +15,7 @@ test checks that both give the same answer on generated traffic.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -316,12 +317,7 @@ class CampaignIndex:
             drop &= m
         if not drop:
             return m, {}
-        capped: dict[str, int] = {}
-        sc = self.slot_campaign
-        for s in self.indices(drop).tolist():
-            cid = sc[s]
-            capped[cid] = capped.get(cid, 0) + 1
-        return m & ~drop, capped
+        return m & ~drop, Counter(map(self.slot_campaign.__getitem__, self.indices(drop).tolist()))
 
 
 def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:

@@ -25,6 +25,9 @@ from loadtest.simulator import Market
 from models.snapshot import ModelSnapshot
 from streams.bus import EmbeddedBus
 
+# The smallest budget slice the embedded granter hands the bidder (micros): overspend stays under one slice.
+LEASE_SLICE = 20_000
+
 
 @dataclass(slots=True)
 class DemoRun:
@@ -44,7 +47,8 @@ def run_demo(requests: int = 60_000, seed: int = 7, campaigns_file: Path | None 
     start = dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(), dt.UTC).timestamp()
     clock = {"now": start}
     holder: dict[str, Any] = {}
-    engine = BidEngine(EngineConfig(secret=b"demo-secret", notice_ttl_s=7200), campaigns, ModelSnapshot.empty(),
+    config = EngineConfig(secret=b"demo-secret", notice_ttl_s=7200, lease_slice=LEASE_SLICE)
+    engine = BidEngine(config, campaigns, ModelSnapshot.empty(),
                        sink=lambda kind, key, ev: holder["bus"].emit(kind, key, ev), clock=lambda: clock["now"])
     bus = holder["bus"] = EmbeddedBus(engine)
 

@@ -45,9 +45,28 @@ def hash_name(name: str) -> int:
     return fid
 
 
+_feature_ids: dict[tuple[str, type, object], int] = {}  # (field, type, value) -> id: the bid path asks for the same few
+FEATURE_ID_CACHE = 262_144
+
+
 def hash_feature(field: str, value: object) -> int:
-    """Id of one categorical feature: deterministic across processes and machines."""
-    return hash_name(f"{field}={value}")
+    """Id of one categorical feature: deterministic across processes and machines.
+
+    Memoised: formatting and hashing the name costs more than a dict lookup, and a request asks for a
+    dozen features whose values repeat.  The key holds the value's type, since 1 == True == 1.0 but
+    their names differ.
+    """
+    key = (field, value.__class__, value)
+    try:
+        fid = _feature_ids.get(key)
+    except TypeError:  # an unhashable value: no memo
+        return hash_name(f"{field}={value}")
+    if fid is None:
+        fid = hash_name(f"{field}={value}")
+        if len(_feature_ids) >= FEATURE_ID_CACHE:
+            _feature_ids.clear()
+        _feature_ids[key] = fid
+    return fid
 
 
 def hash_cross(field_a: str, value_a: object, field_b: str, value_b: object) -> int:

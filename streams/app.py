@@ -14,6 +14,8 @@ the agents keep consuming.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -63,6 +65,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
+        datadir=os.path.join(os.environ.get("STREAMBID_STATE_DIR", tempfile.gettempdir()), f"streambid-{app_id}"),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",

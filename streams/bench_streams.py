@@ -21,14 +21,14 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from streams import topics
-from streams.events import make_event
+from streams.events import make_event, topic_kind
 
 DELIVERY = (topics.BIDS, topics.WINS, topics.BILLING, topics.IMPRESSIONS, topics.CLICKS)
 WIN_RATE, CLICK_RATE, DUPLICATE_RATE = 0.6, 0.03, 0.01
@@ -124,7 +124,12 @@ def auctions(n_events: int, run: str, n_campaigns: int, seed: int, ts_ms: int):
     return work
 
 
-async def produce(bootstrap: str, n_events: int, run: str, n_campaigns: int, seed: int,
+def run_topics(prefix: str) -> tuple[topics.TopicSpec, ...]:
+    """The project's topics under a prefix of the run's own, so nothing else on the broker is read or counted."""
+    return tuple(replace(t, name=f"{prefix}.{topic_kind(t.name)}") for t in topics.ALL)
+
+
+async def produce(bootstrap: str, prefix: str, n_events: int, run: str, n_campaigns: int, seed: int,
                   progress: bool) -> tuple[Workload, float, dict[tuple[str, int], int]]:
     """Put the workload on the topics; returns it, the producer's events/s and the end offsets."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -144,7 +149,7 @@ async def produce(bootstrap: str, n_events: int, run: str, n_campaigns: int, see
             except StopIteration as stop:
                 work = stop.value
                 break
-            pending.append(await p.send(f"streambid.{kind}", orjson.dumps(ev), key=key.encode()))
+            pending.append(await p.send(f"{prefix}.{kind}", orjson.dumps(ev), key=key.encode()))
             n += 1
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
@@ -159,25 +164,12 @@ async def produce(bootstrap: str, n_events: int, run: str, n_campaigns: int, see
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await c.start()
     try:
-        tps = [TopicPartition(t.name, i) for t in DELIVERY for i in range(t.partitions)]
+        tps = [TopicPartition(f"{prefix}.{topic_kind(t.name)}", i) for t in DELIVERY for i in range(t.partitions)]
         ends = {(tp.topic, tp.partition): off for tp, off in (await c.end_offsets(tps)).items()}
     finally:
         await c.stop()
     assert work is not None
     return work, rate, ends
-
-
-async def begin_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
-    """Where each delivery partition ends before the run: the worker's group starts there."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await c.start()
-    try:
-        tps = [TopicPartition(t.name, i) for t in topics.ALL if not t.compacted for i in range(t.partitions)]
-        return {(tp.topic, tp.partition): off for tp, off in (await c.end_offsets(tps)).items()}
-    finally:
-        await c.stop()
 
 
 def free_port() -> int:
@@ -202,16 +194,13 @@ def cpu_seconds(pid: int) -> float:
 
 def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, progress: bool = True,
         log_dir: Path = Path("out"), worker_args: tuple[str, ...] = (), timeout_s: float = 1800.0) -> Result:
-    from streams.kafka_io import commit_offsets, ensure_topics
+    from streams.kafka_io import ensure_topics
 
     run_id = uuid.uuid4().hex[:8]
-    app_id = f"bench-streams-{run_id}"
-    asyncio.run(ensure_topics(bootstrap))
-    starts = asyncio.run(begin_offsets(bootstrap))
-    # the worker's group starts at today's end of every topic, so what earlier runs left there is not counted
-    asyncio.run(commit_offsets(bootstrap, app_id, starts))
-    work, produce_rate, ends = asyncio.run(produce(bootstrap, n_events, run_id, n_campaigns, seed, progress))
-    total = sum(ends[tp] - starts.get(tp, 0) for tp in ends)
+    app_id, prefix = f"bench-streams-{run_id}", f"bench{run_id}"
+    asyncio.run(ensure_topics(bootstrap, run_topics(prefix)))
+    work, produce_rate, ends = asyncio.run(produce(bootstrap, prefix, n_events, run_id, n_campaigns, seed, progress))
+    total = sum(ends.values())
     if progress:
         print(f"\rproduced {work.events:,} events ({total:,} on the topics) at {produce_rate:,.0f}/s; starting the worker",
               file=sys.stderr, flush=True)
@@ -220,10 +209,11 @@ def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, pro
     log_path = log_dir / "bench-streams-worker.log"
     cmd = [sys.executable, "-m", "bidder.cli", "worker", "--broker", bootstrap, "--app-id", app_id, "--metrics-port",
            str(port), "--click-window", "60", *worker_args]
+    env = {**os.environ, "STREAMBID_TOPIC_PREFIX": prefix}
     with log_path.open("wb") as log:
-        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
-        return _measure(worker, port, work, starts, ends, total, produce_rate, progress, timeout_s, log_path)
+        return _measure(worker, port, work, ends, total, produce_rate, progress, timeout_s, log_path)
     finally:
         worker.terminate()
         try:
@@ -233,7 +223,7 @@ def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, pro
             worker.wait()
 
 
-def _measure(worker: subprocess.Popen, port: int, work: Workload, starts: dict, ends: dict, total: int,
+def _measure(worker: subprocess.Popen, port: int, work: Workload, ends: dict[tuple[str, int], int], total: int,
              produce_rate: float, progress: bool, timeout_s: float, log_path: Path) -> Result:
     deadline = time.time() + timeout_s
     first: float | None = None
@@ -250,9 +240,8 @@ def _measure(worker: subprocess.Popen, port: int, work: Workload, starts: dict, 
         time.sleep(0.25)
         if not doc:
             continue
-        positions = {tuple(k.rsplit(":", 1)): v for k, v in doc.get("positions", {}).items()}
-        done = sum(min(positions.get((t, str(p)), starts.get((t, p), 0) - 1) + 1, ends[(t, p)]) - starts.get((t, p), 0)
-                   for (t, p) in ends)
+        positions = doc.get("positions", {})
+        done = sum(min(positions.get(f"{t}:{p}", -1) + 1, end) for (t, p), end in ends.items())
         lag = total - done
         if done > 0 and first is None:
             first, cpu0 = time.time(), cpu_seconds(worker.pid)

@@ -3,6 +3,9 @@
 Events are delivered in order to the same processors the Faust agents use:
 delivery and attribution, learning, pacing.  Model snapshots and pacing
 states go back to the engine the way bidders receive them from the topics.
+When the engine bids on budget leases (`EngineConfig.lease_slice`), the bus
+is also the granter: it tops the bidder's lease up from each campaign's
+remaining daily budget as billing comes in.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from bidder.engine import BidEngine
+from bidder.lease import LeaseGranter
 from models.snapshot import ModelSnapshot
 from streams.events import EventError, check_event, dead_letter
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer
@@ -29,6 +33,7 @@ class EmbeddedBus:
         self.pacer = Pacer(self.campaigns)
         self.counts: dict[str, int] = defaultdict(int)
         self.deadletters: list[dict[str, Any]] = []
+        self.granters: dict[tuple[str, str], LeaseGranter] = {}
 
     def emit(self, kind: str, key: str, event: dict[str, Any]) -> None:
         """The engine's event sink: validate, then process at once."""
@@ -38,6 +43,8 @@ class EmbeddedBus:
             self.deadletters.append(dead_letter(kind, e.reason, event, event.get("ts", 0) if isinstance(event, dict) else 0))
             return
         self.counts[kind] += 1
+        if kind == "billing" and event["id"] not in self.delivery.ledger.seen and event.get("bidder"):
+            self._granter(event["campaign"], event["day"]).bill(event["bidder"], event["cost"])
         for ex in self.delivery.handle(kind, event):
             self.learner.learn(ex.to_event(event["ts"]))
 
@@ -48,3 +55,23 @@ class EmbeddedBus:
         self.engine.set_model(ModelSnapshot.from_bytes(self.learner.snapshot_bytes()))
         for state in self.pacer.update(now, self.delivery.ledger):
             self.engine.set_pacing(state)
+        if self.engine.cfg.lease_slice:
+            self._grant(now)
+
+    def _granter(self, campaign: str, day: str) -> LeaseGranter:
+        g = self.granters.get((campaign, day))
+        if g is None:
+            budget = self.campaigns.by_id[campaign].daily_budget
+            g = self.granters[(campaign, day)] = LeaseGranter(budget, min_slice=max(self.engine.cfg.lease_slice, 1),
+                                                              frac=0.05)
+        return g
+
+    def _grant(self, now: float) -> None:
+        """Top up the engine's lease of every campaign whose lease is missing, from another day, or half spent."""
+        bidder = self.engine.cfg.bidder_id
+        for camp in self.campaigns.by_id.values():
+            day = self.campaigns.fraction_of_day(camp, now)[0]
+            g = self._granter(camp.id, day)
+            lease = self.engine.leases.get(camp.id)
+            if lease is None or lease.day != day or lease.remaining_micros < g.slice_size() // 2:
+                self.engine.grant(camp.id, day, g.request(bidder))

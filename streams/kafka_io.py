@@ -50,20 +50,6 @@ async def ensure_topics(bootstrap: str, specs: tuple[topics.TopicSpec, ...] = to
 Record = tuple[str, bytes, bytes]  # (topic, key, value)
 
 
-async def commit_offsets(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
-    """Commit `offsets` for consumer group `group`, e.g. so a new worker starts at the end of what is there now."""
-    from aiokafka.structs import OffsetAndMetadata
-
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await c.start()
-    try:
-        tps = {TopicPartition(t, p): off for (t, p), off in offsets.items()}
-        c.assign(list(tps))
-        await c.commit({tp: OffsetAndMetadata(off, "") for tp, off in tps.items()})
-    finally:
-        await c.stop()
-
-
 async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[str]:
     """The `id` of every event at offsets [start, end) of one partition (what a restarted consumer already saw)."""
     tp = TopicPartition(topic, partition)

@@ -22,7 +22,7 @@ from bidder.openrtb import AUCTION_FIRST_PRICE, hash_id, parse_request
 from bidder.pacing import PacingState
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
-from bidder.scoring import SlotTables
+from bidder.scoring import ALPHA, BETA, SlotTables
 from bidder.targeting import CampaignIndex, deal_for, matches
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import RequestFactory
@@ -47,8 +47,20 @@ def trained_model(camps: list, rng: random.Random) -> ModelSnapshot:
     return ModelSnapshot(version=1, weights=weights, bias=0.0, counts=counts)
 
 
+class MeanDraws:
+    """Stands in for the random generator: every 'draw' is the posterior mean, so a reference can know it."""
+
+    @staticmethod
+    def beta(a, b):
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        return a / (a + b)
+
+
 def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int) -> int:
-    """The best price on `imp` by the plain per-candidate rules (exploration off), in micros; 0 for no bid."""
+    """The best price on `imp` by the plain per-candidate rules, in micros; 0 for no bid.
+
+    Exploring creatives (engine.cfg.explore_below) bid on their posterior mean, as `MeanDraws` makes the engine do.
+    """
     best = 0
     live = e.live()
     for camp in e.index.campaigns.values():
@@ -72,6 +84,10 @@ def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int,
             feats = request_features(req, imp, exchange, hour, weekday)
             pctr = e.model.predict(e.model.base_score(feats), candidate_features(feats, hour, req.domain, camp.id, cr.id),
                                    camp.id, cr.id)
+            if e.cfg.explore_below and e.model.creative_impressions(camp.id, cr.id) < e.cfg.explore_below:
+                a, b = e.model.creative_beta(camp.id, cr.id)
+                a, b = max(a, 1e-9), max(b, 1e-9)
+                pctr = a / (a + b)
             pace = e.pacing.get(camp.id)
             at = deal[3] if deal and deal[3] else req.at
             price = bid_price(impression_value_cpm(pctr, camp), pace.lam if pace else 0.0, camp.max_bid_cpm,
@@ -80,11 +96,15 @@ def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int,
     return best
 
 
-def test_engine_picks_the_same_best_price_as_the_plain_rules() -> None:
+@pytest.mark.parametrize(("explore_below", "trained"), [(0, True), (200, True), (200, False)])
+def test_engine_picks_the_same_best_price_as_the_plain_rules(explore_below: int, trained: bool) -> None:
+    """Model scores only, a mix of scored and exploring creatives, and exploring creatives only."""
     rng = random.Random(11)
     camps = [parse_campaign(d) for d in make_campaigns(400, seed=4)]
-    model = trained_model(camps, rng)
-    e = BidEngine(EngineConfig(secret=b"k", explore_below=0), camps, model, sink=lambda *a: None, clock=lambda: NOW)
+    model = trained_model(camps, rng) if trained else ModelSnapshot.empty()
+    e = BidEngine(EngineConfig(secret=b"k", explore_below=explore_below), camps, model, sink=lambda *a: None,
+                  clock=lambda: NOW)
+    e._scoring().gen = MeanDraws()
     for c in camps[::7]:
         e.set_pacing(PacingState(campaign=c.id, day="2026-05-28", lam=rng.uniform(0.0, 3.0)))
     users = [f"u{i}" for i in range(30)]
@@ -206,7 +226,7 @@ def test_exploration_table_follows_the_model_counts(explore_below: int) -> None:
         assert tables.explore[s] == exploring
         if exploring:
             a, b = model.creative_beta(c.id, cr.id)
-            assert tables.alpha[s] == pytest.approx(a) and tables.beta[s] == pytest.approx(b)
+            assert tables.table[s, ALPHA] == pytest.approx(a) and tables.table[s, BETA] == pytest.approx(b)
     if explore_below:
         draws = tables.draws(np.repeat(np.flatnonzero(tables.explore)[:1], 20_000))
         c, cr = index.slots[int(np.flatnonzero(tables.explore)[0])]

@@ -1,0 +1,265 @@
+"""The worker's spend and delivery totals are exact on a real broker: after SIGKILL, across rebalances.
+
+Every test runs real `streambid worker` processes on a topic prefix of its own,
+feeds them a stream with re-sent duplicates, and compares what the workers
+report on /status (each worker: only the partitions it owns) with totals
+computed offline from what is on the topics, counting each event id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.events import make_event
+from tests.helpers import campaign
+from tests.streams_support import (
+    DELIVERY_KINDS,
+    Procs,
+    caught_up,
+    committed,
+    create_topics,
+    end_offsets,
+    local_day,
+    offline_totals,
+    produce,
+    read_all,
+    summed_totals,
+    topic,
+    wait_for,
+    worker_status,
+)
+
+pytestmark = pytest.mark.kafka
+MIDNIGHT_NY = 1773115200_000  # 2026-03-10 00:00 in New York (04:00 UTC): the stream straddles a local midnight
+ZONES = ("America/New_York", "Asia/Tokyo", "UTC")
+PARTITIONER = DefaultPartitioner()
+
+
+@pytest.fixture()
+def procs(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Procs]:
+    prefix = f"x{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, prefix)
+    p = Procs(kafka_bootstrap, prefix, tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+def campaign_ids(prefix: str, per_partition: int) -> list[str]:
+    """Ids whose events land on every one of the 4 partitions, `per_partition` each (keys hash like the producers')."""
+    picked: dict[int, list[str]] = {p: [] for p in range(4)}
+    i = 0
+    while any(len(v) < per_partition for v in picked.values()):
+        cid = f"{prefix}-c{i}"
+        part = PARTITIONER(cid.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
+        if len(picked[part]) < per_partition:
+            picked[part].append(cid)
+        i += 1
+    return sorted(c for v in picked.values() for c in v)
+
+
+def publish_campaigns(procs: Procs, per_partition: int, value_per_click: float = 1.5) -> dict[str, str]:
+    """Campaigns on every partition, spread over three time zones, published with `streambid campaign set`."""
+    zones = {cid: ZONES[i % len(ZONES)] for i, cid in enumerate(campaign_ids(procs.prefix, per_partition))}
+    docs = [campaign(id=cid, flight={"start": "2020-01-01", "end": "2099-12-31", "timezone": tz},
+                     goal={"type": "cpc", "value_per_click": value_per_click, "max_bid_cpm": 20.0})
+            for cid, tz in zones.items()]
+    path = procs.tmp / "campaigns.json"
+    path.write_bytes(orjson.dumps(docs))
+    out = procs.cli("campaign", "set", str(path))
+    assert out.returncode == 0, out.stderr
+    return zones
+
+
+def delivery_stream(zones: dict[str, str], n_bids: int, seed: int) -> list[tuple[str, str, bytes]]:
+    """Bids, wins, billing, impressions and clicks around a New York midnight, with ~8% of events re-sent later."""
+    rng = random.Random(seed)
+    camps = sorted(zones)
+    out: list[tuple[str, str, dict]] = []
+    for i in range(n_bids):
+        camp, bid = rng.choice(camps), f"b{seed}-{i}"
+        ts = MIDNIGHT_NY - 900_000 + i * 1100
+        out.append(("bids", camp, make_event("bids", f"bid:{bid}", ts, bid_id=bid, campaign=camp, creative="cr1",
+                                             price=900_000, pctr=0.01, features=[1, 2, i % 50])))
+        if rng.random() < 0.8:
+            cost = rng.randrange(100, 900)
+            out.append(("wins", camp, make_event("wins", f"win:{bid}", ts + 40, bid_id=bid, campaign=camp, price=cost * 1000)))
+            out.append(("billing", camp, make_event("billing", f"bill:{bid}", ts + 50, bid_id=bid, campaign=camp, cost=cost,
+                                                    day=local_day(zones[camp], ts + 50))))
+            out.append(("impressions", camp, make_event("impressions", f"imp:{bid}", ts + 60, bid_id=bid, campaign=camp,
+                                                        creative="cr1")))
+            if rng.random() < 0.1:
+                out.append(("clicks", camp, make_event("clicks", f"click:{bid}", ts + 4000, bid_id=bid, campaign=camp,
+                                                       creative="cr1")))
+        if out and rng.random() < 0.3:  # re-send an earlier event: same id, counted once
+            kind, key, ev = out[rng.randrange(max(0, len(out) - 400), len(out))]
+            out.append((kind, key, ev))
+    return [(kind, key, orjson.dumps(ev)) for kind, key, ev in out]
+
+
+class Feeder(threading.Thread):
+    """Produces the stream at a steady pace in the background, so workers die and join while it flows."""
+
+    def __init__(self, bootstrap: str, prefix: str, records: list[tuple[str, str, bytes]], per_s: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.prefix, self.records, self.per_s = bootstrap, prefix, records, per_s
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            start, chunk = time.time(), 100
+            for i in range(0, len(self.records), chunk):
+                part = [(topic(self.prefix, kind), key, value) for kind, key, value in self.records[i:i + chunk]]
+                asyncio.run(produce(self.bootstrap, part))
+                self.sent += len(part)
+                time.sleep(max(0.0, start + self.sent / self.per_s - time.time()))
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+
+def delivery_names(prefix: str) -> list[str]:
+    return [topic(prefix, k) for k in DELIVERY_KINDS]
+
+
+def expected_totals(procs: Procs, zones: dict[str, str]) -> dict[str, dict[str, int]]:
+    records = asyncio.run(read_all(procs.bootstrap, delivery_names(procs.prefix)))
+    ids = [orjson.loads(v)["id"] for *_, v in records]
+    assert len(ids) > len(set(ids)), "the stream must hold re-sent duplicates"
+    return offline_totals(records, zones, dict.fromkeys(zones, 1_500_000))
+
+
+def consumed(port: int) -> int:
+    st = worker_status(port) or {}
+    return sum(n for k, n in st.get("consumed", {}).items() if k in DELIVERY_KINDS)
+
+
+def assert_exact(procs: Procs, app_id: str, ports: list[int], zones: dict[str, str]) -> list[dict]:
+    """Wait until the group has committed every event, then compare the workers' totals with the offline ones."""
+    names = delivery_names(procs.prefix)
+    wait_for(lambda: caught_up(procs.bootstrap, app_id, names), 90, "the workers to commit every event", every=0.5)
+    want = expected_totals(procs, zones)
+    assert want and sum(t["spend"] for t in want.values()) > 0
+
+    def reports() -> list[dict] | None:
+        sts = [worker_status(p) for p in ports]
+        if not all(s and s["ready"] for s in sts):
+            return None
+        owned = [set(s["partitions"]) for s in sts]
+        if sum(len(o) for o in owned) != 4 or set().union(*owned) != {0, 1, 2, 3}:
+            return None  # mid-rebalance: some partition owned by no one (or reported twice)
+        return sts if summed_totals(sts, set(zones)) == want else None
+
+    try:
+        statuses = wait_for(reports, 20, "the workers' totals to equal the offline totals", every=0.25)
+    except AssertionError:
+        got = summed_totals([s for s in (worker_status(p) for p in ports) if s], set(zones))
+        diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
+        raise AssertionError(f"totals differ (got, want): {diff}") from None
+    days = {k.split("|")[1] for k in want}
+    assert len(days) >= 2, "local days must matter: the stream straddles a midnight"
+    time.sleep(2.0)  # nothing is counted late either
+    assert summed_totals([worker_status(p) for p in ports], set(zones)) == want
+    return statuses
+
+
+def test_totals_exact_after_sigkill_mid_stream(procs: Procs) -> None:
+    zones = publish_campaigns(procs, 2)
+    records = delivery_stream(zones, 1700, seed=11)
+    app_id = f"{procs.prefix}-w"
+    w1, port1 = procs.worker("worker-1", app_id)
+    wait_for(lambda: (worker_status(port1) or {}).get("ready"), 60, "worker 1 to own its partitions")
+    feeder = Feeder(procs.bootstrap, procs.prefix, records, per_s=1500)
+    feeder.start()
+    seen = wait_for(lambda: consumed(port1) >= 1200 and consumed(port1), 60, "worker 1 to get going")
+    w1.send_signal(signal.SIGKILL)
+    w1.wait(10)
+    assert seen < len(records), "the kill must land mid-stream"
+    _, port2 = procs.worker("worker-2", app_id)
+    feeder.join(120)
+    assert feeder.error is None and feeder.sent == len(records)
+    st = assert_exact(procs, app_id, [port2], zones)[0]
+    # the restarted worker met events the dead one had already counted, and counted them once
+    assert st["outcomes"].get("billing:duplicate_event", 0) + st["outcomes"].get("impressions:duplicate_event", 0) > 0
+
+
+def test_totals_exact_when_workers_share_and_hand_over_partitions(procs: Procs) -> None:
+    zones = publish_campaigns(procs, 2)
+    records = delivery_stream(zones, 1500, seed=12)
+    app_id = f"{procs.prefix}-w"
+    w1, port1 = procs.worker("worker-1", app_id)
+    wait_for(lambda: (worker_status(port1) or {}).get("ready"), 60, "worker 1 to own its partitions")
+    feeder = Feeder(procs.bootstrap, procs.prefix, records, per_s=800)
+    feeder.start()
+    wait_for(lambda: consumed(port1) >= 800, 60, "worker 1 to get going")
+    _, port2 = procs.worker("worker-2", app_id)  # joins mid-stream: a rebalance moves partitions to it
+    feeder.join(120)
+    assert feeder.error is None and feeder.sent == len(records)
+    both = assert_exact(procs, app_id, [port1, port2], zones)
+    assert all(st["partitions"] for st in both), "both workers own partitions"
+    assert all(any(k.split("|")[0] in zones for k in st["totals"]) for st in both), "both hold campaign totals"
+    # worker 1 leaves: worker 2 recovers its partitions from the changelog and alone reports everything
+    w1.send_signal(signal.SIGTERM)
+    w1.wait(30)
+    assert_exact(procs, app_id, [port2], zones)
+
+
+def test_learner_never_learns_a_bid_twice_across_a_restart(procs: Procs) -> None:
+    zones = publish_campaigns(procs, 1)
+    camp = min(zones)
+    app_id = f"{procs.prefix}-w"
+    w1, port1 = procs.worker("worker-1", app_id, "--click-window", "2")
+    wait_for(lambda: (worker_status(port1) or {}).get("ready"), 60, "worker 1 to own its partitions")
+    now = int(time.time() * 1000)
+    recs = []
+    for i in range(10):
+        bid = f"{procs.prefix}-b{i}"
+        recs.append(("bids", make_event("bids", f"bid:{bid}", now, bid_id=bid, campaign=camp, creative="cr1", price=1,
+                                        pctr=0.01, features=[3, i])))
+        recs.append(("impressions", make_event("impressions", f"imp:{bid}", now + 10, bid_id=bid, campaign=camp,
+                                               creative="cr1")))
+        if i < 3:
+            recs.append(("clicks", make_event("clicks", f"click:{bid}", now + 500, bid_id=bid, campaign=camp,
+                                              creative="cr1")))
+    asyncio.run(produce(procs.bootstrap, [(topic(procs.prefix, k), camp, orjson.dumps(e)) for k, e in recs]))
+
+    def learned(port: int) -> dict[str, int]:
+        by = (worker_status(port) or {}).get("learner", {}).get("by_campaign", {})
+        return {label: by.get(f"{camp}:{label}", 0) for label in ("0", "1")}
+
+    wait_for(lambda: learned(port1) == {"0": 7, "1": 3}, 30, "3 positives and 7 negatives (window closed)")
+    wait_for(lambda: caught_up(procs.bootstrap, app_id, delivery_names(procs.prefix)), 30, "delivery commits")
+    examples = topic(procs.prefix, "examples")
+    end = asyncio.run(end_offsets(procs.bootstrap, [examples], partitions=1))
+    wait_for(lambda: all(asyncio.run(committed(procs.bootstrap, app_id)).get(tp, 0) >= off for tp, off in end.items()),
+             30, "the learner to commit what it learned")
+    w1.send_signal(signal.SIGKILL)
+    w1.wait(10)
+    # What a crash between sending an example and saving its "done" mark can leave behind: the same example
+    # again, and a positive for a bid already learned as a negative.  Plus one genuinely new example.
+    flipped, again, new = f"{procs.prefix}-b5", f"{procs.prefix}-b0", f"{procs.prefix}-b99"
+    extra = [make_event("examples", f"ex:{b}", now, campaign=camp, creative="cr1", features=[3, 9], label=1)
+             for b in (flipped, again, new)]
+    late_click = make_event("clicks", f"click:{procs.prefix}-b6", now + 900, bid_id=f"{procs.prefix}-b6", campaign=camp,
+                            creative="cr1")  # inside the window by its time, but after the negative was learned
+    asyncio.run(produce(procs.bootstrap, [(examples, camp, orjson.dumps(e)) for e in extra]
+                        + [(topic(procs.prefix, "clicks"), camp, orjson.dumps(late_click))]))
+    _, port2 = procs.worker("worker-2", app_id, "--click-window", "2")
+    wait_for(lambda: learned(port2)["1"] >= 1, 60, "the restarted learner to learn the new example")
+    time.sleep(3.0)  # time for anything wrongly produced or learned to show
+    st = worker_status(port2)
+    assert learned(port2) == {"0": 0, "1": 1}, st["learner"]
+    assert st["learner"]["duplicates"] >= 2
+    assert st["outcomes"].get("clicks:late") == 1 and st["produced"]["examples"] == 0
