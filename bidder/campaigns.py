@@ -96,10 +96,10 @@ class Campaign:
 
     def in_flight(self, now_utc: dt.datetime) -> bool:
         """True when `now_utc` falls inside the flight dates and dayparting, in the campaign's zone."""
-        local = now_utc.astimezone(ZoneInfo(self.timezone))
-        if not (self.start <= local.date() <= self.end):
+        day, hour = _local_day_hour(self.timezone, now_utc)
+        if not (self.start <= day <= self.end):
             return False
-        return not self.hours or local.hour in self.hours
+        return not self.hours or hour in self.hours
 
     def to_doc(self) -> dict[str, Any]:
         """The canonical document, as the config topic carries it."""
@@ -135,6 +135,22 @@ class Campaign:
                 for c in self.creatives
             ],
         }
+
+
+_local: dict[tuple[str, dt.datetime], tuple[dt.date, int]] = {}
+
+
+def _local_day_hour(timezone: str, now_utc: dt.datetime) -> tuple[dt.date, int]:
+    """Local date and hour in `timezone`; remembered per instant, since a thousand campaigns share a few zones."""
+    key = (timezone, now_utc)
+    got = _local.get(key)
+    if got is None:
+        local = now_utc.astimezone(ZoneInfo(timezone))
+        got = (local.date(), local.hour)
+        if len(_local) >= 1024:
+            _local.clear()
+        _local[key] = got
+    return got
 
 
 # -- validation ----------------------------------------------------------------

@@ -38,9 +38,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--network-ms", type=int, default=20,
                    help="round-trip allowance taken off tmax when computing the deadline (default: %(default)s)")
     s.add_argument("--notice-base", help="public base URL for notice URLs (default: http://HOST:PORT)")
-    s.add_argument("--shed-ms", type=float, default=40.0,
-                   help="answer 204 (x-nobid-reason: overload) at once to a request that has already waited this long "
-                        "when its turn comes, instead of queueing it (default: %(default)s)")
+    s.add_argument("--shed-ms", type=float, default=60.0,
+                   help="answer 204 (x-nobid-reason: overload) at once to a request that has already waited three "
+                        "quarters of its deadline budget, or this many ms if less, when its turn comes, instead of "
+                        "queueing it (default: %(default)s)")
     s.add_argument("--restricted", choices=("context", "nobid"), default="context",
                    help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all")
     s.add_argument("--explore-below", type=int, default=200,

@@ -253,38 +253,36 @@ def _imp(raw: object, i: int) -> Imp:
 
 
 def _privacy(req: dict, user: dict) -> Privacy:
-    if req.get("regs") is None and user.get("consent") is None and user.get("ext") is None:
-        return Privacy()  # no signal at all: most requests outside regulated markets
+    regs = req.get("regs")
+    if regs is None and user.get("consent") is None and user.get("ext") is None:
+        return Privacy()  # no signal at all
     regs = _obj(req, "regs", "")
     rext = _obj(regs, "ext", "regs.")
-    uext = _obj(user, "ext", "user.")
-    gdpr = _either(regs, rext, "gdpr", 0)
-    if gdpr not in (0, 1):
+    # each field at its 2.6 place, else where 2.5 put it (under ext); null counts as absent
+    gdpr = regs.get("gdpr")
+    if gdpr is None:
+        gdpr = rext.get("gdpr", 0)
+    if gdpr not in (0, 1, None):
         raise BadRequest("bad_value", "regs.gdpr must be 0 or 1")
-    consent = _either(user, uext, "consent", "")
+    consent = user.get("consent")
+    if consent is None:
+        consent = _obj(user, "ext", "user.").get("consent") or ""
     if type(consent) is not str:
         raise BadRequest("bad_type", "user.consent must be a string")
-    usp = _either(regs, rext, "us_privacy", "")
+    usp = regs.get("us_privacy")
+    if usp is None:
+        usp = rext.get("us_privacy") or ""
     if type(usp) is not str:
         raise BadRequest("bad_type", "regs.us_privacy must be a string")
-    # 2.6 moved gpp/gpp_sid into regs; exchanges still on 2.5 send them in regs.ext
     gpp_src, gpp_path = (regs, "regs.") if "gpp" in regs or "gpp_sid" in regs else (rext, "regs.ext.")
     return Privacy(
-        coppa=_flag(regs, "coppa", "regs.") or _flag(rext, "coppa", "regs.ext."),
+        coppa=_flag(regs, "coppa", "regs.") if "coppa" in regs else _flag(rext, "coppa", "regs.ext."),
         gdpr=gdpr == 1,
         consent=consent,
         us_privacy=usp,
-        gpp=_str(gpp_src, "gpp", gpp_path),
-        gpp_sid=_ints(gpp_src, "gpp_sid", gpp_path),
+        gpp=_str(gpp_src, "gpp", gpp_path) if gpp_src else "",
+        gpp_sid=_ints(gpp_src, "gpp_sid", gpp_path) if gpp_src else (),
     )
-
-
-def _either(obj: dict, ext: dict, key: str, default: object) -> object:
-    """`obj[key]`, else the 2.5 placement `obj.ext[key]`, else `default`; null counts as absent."""
-    v = obj.get(key)
-    if v is None:
-        v = ext.get(key)
-    return default if v is None else v
 
 
 def hash_id(salt: bytes, raw: str) -> str:

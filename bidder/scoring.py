@@ -80,15 +80,20 @@ class SlotTables:
         # need not be scored at all
         self.ceiling = np.minimum(t[:, SCALE], t[:, MAX_BID])
 
+    def _beta(self, rows: np.ndarray) -> np.ndarray:
+        """Beta(alpha, beta) per row as Ga / (Ga + Gb): both gammas in one call (Generator.beta makes two
+        argument checks per call, each a Python-level np.any).  0/0, possible only for vanishing shapes, reads 0."""
+        g = self.gen.standard_gamma(rows[:, :2])
+        return np.fmax(g[:, 0] / (g[:, 0] + g[:, 1]), 0.0)
+
     def draws(self, slots: np.ndarray) -> np.ndarray:
         """One Thompson draw of CTR per slot."""
-        rows = self.table[slots]
-        return self.gen.beta(rows[:, ALPHA], rows[:, BETA])
+        return self._beta(self.table[slots])
 
     def explore_all(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pCTR, price bound) per slot when every one of them explores: one gather, one draw, one bound."""
         rows = self.table[slots]
-        pctr = self.gen.beta(rows[:, ALPHA], rows[:, BETA])
+        pctr = self._beta(rows)
         v = pctr * rows[:, SCALE]
         return pctr, np.minimum(v, rows[:, MAX_BID], out=v)
 

@@ -15,9 +15,10 @@ Deadlines and overload.  A request's deadline is its arrival + tmax - the
 network allowance.  The arrival is taken conservatively (`ArrivalClock`): bytes
 read now may have waited in the kernel while the loop was busy, so while the
 loop runs back to back a request counts as old as the previous busy period.
-A request that has already waited `shed_after` before it is even parsed gets an
-immediate 204 (x-nobid-reason: overload), costing a few microseconds instead of
-a full bid; one whose remaining time cannot cover a bid gets 204 (deadline).
+A request that has already waited three quarters of its budget (at most
+`shed_after`) before it is even parsed gets an immediate 204 (x-nobid-reason:
+overload), costing a few microseconds instead of a full bid; one whose
+remaining time cannot cover a bid gets 204 (deadline).
 So under overload the worker keeps answering fast instead of building a queue
 whose every answer would be too late.
 """
@@ -25,6 +26,7 @@ whose every answer would be too late.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import logging
 import re
@@ -51,10 +53,10 @@ REQUEST_TIMEOUT_S = 10.0  # a request whose bytes stop coming for this long lose
 DEADLINE_RESERVE_S = 0.002  # a request with less time left than this gets a 204 without being decided
 RESPOND_RESERVE_S = 0.0005  # what building and writing a response may take after the engine's last check
 MIN_SHED_S = 0.002  # never shed a request younger than this
+SHED_SHARE = 0.75  # shed unparsed requests that have waited this share of their budget: the rest is for deciding
 LINGER_S = 2.0  # after a final answer, how long a connection's remaining input is read and dropped
 READ_DRAINED = 64 * 1024  # a read shorter than this took everything the socket held
 SATURATED_GAP_S = 0.00025  # a loop back at work sooner than this after its last busy period never waited for input
-OPENRTB_VERSION = b"2.6"
 _204 = b"HTTP/1.1 204 No Content\r\nx-openrtb-version: 2.6\r\nx-nobid-reason: %s\r\n\r\n"
 _200 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nContent-Length: %d\r\n\r\n"
 _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -141,7 +143,7 @@ class BidApp:
     """Everything a worker process's connections share: the engine, counters and settings."""
 
     def __init__(self, engine: BidEngine, stats: BidderStats, worker: str = "0",
-                 status: Callable[[], dict] | None = None, shed_after_ms: float = 40.0) -> None:
+                 status: Callable[[], dict] | None = None, shed_after_ms: float = 60.0) -> None:
         self.engine = engine
         self.stats = stats
         self.registry = CollectorRegistry(auto_describe=False)
@@ -171,8 +173,8 @@ class BidApp:
             return response(400, orjson.dumps({"error": e.reason, "detail": e.detail}))
         budget = req.tmax / 1000.0 - self.network_s
         deadline = started + budget
-        # shed before parsing once a request has used half of the budget the last one had (capped by shed_after)
-        self.shed_now_s = min(self.shed_after_s, max(budget * 0.5, MIN_SHED_S))
+        # shed before parsing once a request has used most of the budget the last one had (capped by shed_after)
+        self.shed_now_s = min(self.shed_after_s, max(budget * SHED_SHARE, MIN_SHED_S))
         if time.perf_counter() + DEADLINE_RESERVE_S > deadline:
             stats.requests[(exchange, "nobid", "deadline")] += 1
             if budget > 0 and time.perf_counter() > deadline:
@@ -434,8 +436,25 @@ async def sweep_stalled(app: BidApp, interval: float = 1.0) -> None:
                 proto._close(408, b'{"error":"request_timeout"}')
 
 
+def settle_heap(app: BidApp) -> None:
+    """Build the engine's lazy structures now, then move everything alive into the permanent GC generation.
+
+    A full collection walks every object; with campaigns, index and model in the heap that is tens of
+    milliseconds, a pause every request arriving meanwhile would pay.  Frozen objects are never walked.
+    """
+    engine = app.engine
+    engine.live()
+    engine.index.slots_of("")
+    scoring = getattr(engine, "_scoring", None)
+    if scoring is not None:
+        scoring()
+    gc.collect()
+    gc.freeze()
+
+
 async def start_server(app: BidApp, host: str, port: int) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
+    settle_heap(app)
     app.clock.loop = loop
     server = await loop.create_server(lambda: BidProtocol(app), host, port, reuse_port=True, backlog=4096)
     app.sweeper = asyncio.ensure_future(sweep_stalled(app))

@@ -45,7 +45,7 @@ class ServeOptions:
     spill_dir: Path
     restricted_policy: str
     explore_below: int = 200
-    shed_ms: float = 40.0  # a request that waited this long before being parsed is answered 204 (overload) at once
+    shed_ms: float = 60.0  # cap on how long an unparsed request may wait before a 204 (overload); see bidder.server
     metrics_dir: Path | None = None  # set by serve() for N > 1 workers: where they add up their counters
 
 

@@ -224,15 +224,28 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         return out
 
     forgotten_at = [time.time()]
+    reassigned = [False]
+
+    @app.on_partitions_revoked.connect
+    async def forget_positions(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        """A partition that comes back resumes from its committed offset, not from where this worker left it."""
+        for tp in revoked:
+            positions.pop((tp.topic, tp.partition), None)
+            latest_ts.pop((tp.topic, tp.partition), None)
+        reassigned[0] = True
 
     @app.timer(interval=tick_s)
     async def tick() -> None:
         ready = owned_partitions()
         owned = ready or frozenset()
-        if owned != totals.owned:
+        if ready is not None and (owned != totals.owned or reassigned[0]):
+            reassigned[0] = False
             for view in views:
                 view.owned = owned
             delivery.attribution.reindex()  # entries recovered for newly assigned partitions need their due times
+        elif ready is None:
+            for view in views:
+                view.owned = owned
         now = clock()
         now_ms = int(now * 1000)
         if owned:

@@ -33,7 +33,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                    "and pacing; publish model and pacing updates for the bidders.")
     w.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
     w.add_argument("--app-id", default="streambid-worker", help="consumer group / Faust app id (default: %(default)s)")
-    w.add_argument("--metrics-port", type=int, default=9102, help="Prometheus /metrics port, 0 to disable (default: %(default)s)")
+    w.add_argument("--metrics-port", type=int, default=9102,
+                   help="port of Prometheus /metrics and of /status (JSON: owned partitions, offsets reached, totals per "
+                        "campaign and day); 0 to disable (default: %(default)s)")
     w.add_argument("--click-window", type=float, default=1800.0, help="click attribution window, seconds (default: 1800)")
     w.add_argument("--loglevel", default="warning", help="faust log level (default: %(default)s)")
     w.set_defaults(func=cmd_worker)
@@ -201,13 +203,22 @@ async def read_config_log(broker: str) -> list[dict[str, Any]]:
 def cmd_set(args: argparse.Namespace) -> int:
     try:
         docs = load_campaign_docs(args.file)
-        camps = [parse_campaign(d) for d in docs]
     except FileNotFoundError:
         print(f"streambid: {args.file}: no such file", file=sys.stderr)
         return 2
     except (ConfigError, ValueError) as e:
-        print(f"streambid: {args.file}: invalid campaign: {e}\nNothing was published; fix the field and run again.",
-              file=sys.stderr)
+        print(f"streambid: {args.file}: cannot read campaigns: {e}", file=sys.stderr)
+        return 2
+    camps, errors = [], []
+    for i, doc in enumerate(docs, 1):
+        try:
+            camps.append(parse_campaign(doc))
+        except ConfigError as e:  # every invalid campaign is reported, not just the first
+            cid = doc.get("id") if isinstance(doc, dict) else None
+            errors.append(f"  campaign #{i}{f' ({cid})' if isinstance(cid, str) else ''}: {e}")
+    if errors:
+        print(f"streambid: {args.file}: {len(errors)} invalid campaign(s):\n" + "\n".join(errors)
+              + "\nNothing was published; fix the field(s) named above and run again.", file=sys.stderr)
         return 2
     if args.dry_run:
         print(f"{len(camps)} campaign(s) valid: {', '.join(c.id for c in camps)}")

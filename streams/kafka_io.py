@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams import topics
 
@@ -47,9 +47,6 @@ async def ensure_topics(bootstrap: str, specs: tuple[topics.TopicSpec, ...] = to
         await admin.close()
 
 
-Record = tuple[str, bytes, bytes]  # (topic, key, value)
-
-
 async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[str]:
     """The `id` of every event at offsets [start, end) of one partition (what a restarted consumer already saw)."""
     tp = TopicPartition(topic, partition)
@@ -72,13 +69,20 @@ async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int,
         await c.stop()
 
 
+Record = tuple[str, bytes, bytes]  # (topic, key, value)
+
+
 class EventProducer:
     """Bounded, batched, spill-to-disk event producer; `emit` never blocks or raises.
 
-    Order is kept: what waits on disk was emitted before what waits in memory, and the spill file is always
-    replayed before the buffer is sent.  A record is written to the spill file only if Kafka did not
-    acknowledge it, so an outage that starts between two batches costs no duplicates; a batch cut off in
-    flight may have reached the broker anyway, and is then delivered twice (consumers count event ids once).
+    One batch at a time goes to an idempotent Kafka producer, which retries it until the broker takes it, with
+    sequence numbers that make a retry land once.  When a batch is not acknowledged within the request timeout
+    the broker counts as unreachable: that batch is also written down (`<spill>.inflight`), and everything
+    emitted meanwhile goes to the spill file instead of piling up in memory.  Once the batch is acknowledged
+    the broker is back: the in-flight copy is deleted, and the spill file is replayed, oldest first, before
+    anything newer.  So within a process every event reaches the topic once and in order; after a crash or a
+    stop in mid-outage, what is on disk is replayed at the next start and events that might have made it
+    already are sent again (consumers count event ids once).
     """
 
     def __init__(self, bootstrap: str, spill_path: Path, max_buffer: int = 100_000, linger_s: float = 0.05,
@@ -88,20 +92,51 @@ class EventProducer:
         self.max_buffer = max_buffer
         self.linger_s = linger_s
         self.batch = batch
-        self.request_timeout_ms = request_timeout_ms
+        self.request_timeout_s = request_timeout_ms / 1000
         self.retry_s = retry_s
         self.buffer: deque[Record] = deque()
         self.sent = 0
         self.spilled = 0
         self.replayed = 0
-        self.in_flight = 0
+        self.failed = 0  # refused by Kafka for good (e.g. too large): logged, not retried
         self.connected = False
+        self._warned = False
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
+        self._inflight: list[tuple[Record, asyncio.Future]] = []
+        self._inflight_at = 0.0
+        self._inflight_written = False
+        self._replay: Any = None  # open file being replayed
+        self._replay_end = 0  # its byte offset after the chunk in flight
+
+    # -- paths ---------------------------------------------------------------------------
+
+    @property
+    def inflight_path(self) -> Path:
+        return self.spill_path.with_name(self.spill_path.name + ".inflight")
 
     @property
     def replay_path(self) -> Path:
         return self.spill_path.with_name(self.spill_path.name + ".replay")
+
+    @property
+    def _progress_path(self) -> Path:
+        return self.spill_path.with_name(self.spill_path.name + ".replay.done")
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def on_disk(self) -> list[Record]:
+        """What waits on disk, in the order it will be sent."""
+        out = self._read(self.inflight_path)
+        if self.replay_path.exists():
+            data = self.replay_path.read_bytes()
+            start = int(self._progress_path.read_text() or 0) if self._progress_path.exists() else 0
+            out += self._decode(data[start:])
+        return out + self._read(self.spill_path)
+
+    # -- the bid path ----------------------------------------------------------------------
 
     def emit(self, kind: str, key: str, event: dict[str, Any]) -> None:
         """The engine's sink: O(1), no I/O unless the buffer overflows (then the oldest half goes to disk)."""
@@ -112,6 +147,8 @@ class EventProducer:
     def _take(self, n: int) -> list[Record]:
         return [self.buffer.popleft() for _ in range(min(n, len(self.buffer)))]
 
+    # -- files -------------------------------------------------------------------------------
+
     @staticmethod
     def _encode(batch: list[Record]) -> bytes:
         return b"".join(orjson.dumps([t, k.decode(), v.decode()]) + b"\n" for t, k, v in batch)
@@ -120,36 +157,40 @@ class EventProducer:
     def _decode(data: bytes) -> list[Record]:
         return [(t, k.encode(), v.encode()) for t, k, v in map(orjson.loads, filter(None, data.splitlines()))]
 
-    def _spill(self, batch: list[Record], sync: bool = True) -> None:
-        """Append to the spill file (fsync'd off the bid path: an outage must not lose what it spilled)."""
-        if not batch:
-            return
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.spill_path.open("ab") as f:
-            f.write(self._encode(batch))
+    def _read(self, path: Path) -> list[Record]:
+        return self._decode(path.read_bytes()) if path.exists() else []
+
+    def _write(self, path: Path, data: bytes, append: bool, sync: bool = True) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab" if append else "wb") as f:
+            f.write(data)
             f.flush()
             if sync:
                 os.fsync(f.fileno())
-        self.spilled += len(batch)
+
+    def _spill(self, batch: list[Record], sync: bool = True) -> None:
+        """Append to the spill file (fsync'd off the bid path: an outage must not lose what it spilled)."""
+        if batch:
+            self._write(self.spill_path, self._encode(batch), append=True, sync=sync)
+            self.spilled += len(batch)
 
     def _unspill(self, batch: list[Record]) -> None:
         """Put records back at the *front* of the spill file: they precede anything spilled since."""
-        if not batch:
-            return
-        later = self.spill_path.read_bytes() if self.spill_path.exists() else b""
-        tmp = self.spill_path.with_name(self.spill_path.name + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(self._encode(batch) + later)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.spill_path)
+        if batch:
+            later = self.spill_path.read_bytes() if self.spill_path.exists() else b""
+            tmp = self.spill_path.with_name(self.spill_path.name + ".tmp")
+            self._write(tmp, self._encode(batch) + later, append=False)
+            tmp.replace(self.spill_path)
+            self.spilled += len(batch)
+
+    # -- the sender ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def _connect(self) -> AIOKafkaProducer:
         p = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all", enable_idempotence=True,
-                             request_timeout_ms=self.request_timeout_ms, max_batch_size=256 * 1024)
+                             request_timeout_ms=int(self.request_timeout_s * 1000), max_batch_size=256 * 1024)
         try:
             await p.start()
         except BaseException:
@@ -157,94 +198,147 @@ class EventProducer:
             raise
         return p
 
-    async def _send(self, batch: list[Record]) -> list[Record]:
-        """Send `batch`; returns the records Kafka did not acknowledge, in their original order."""
-        assert self._producer is not None
-        futures: list[asyncio.Future] = []
-        self.in_flight = len(batch)
-        try:
-            for t, k, v in batch:
-                try:
-                    futures.append(await self._producer.send(t, v, key=k))
-                except KafkaError:
-                    break  # cannot even enqueue: this one and the rest were not sent
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        except BaseException:  # cancelled mid-send: keep everything not known to be acknowledged, in front
-            acked = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
-            self._unspill([r for r, ok in zip(batch, acked, strict=False) if not ok] + batch[len(futures):])
-            raise
-        finally:
-            self.in_flight = 0
-        failed = [r for r, res in zip(batch, results, strict=False) if isinstance(res, BaseException)]
-        failed += batch[len(futures):]
-        self.sent += len(batch) - len(failed)
-        return failed
-
-    async def _replay_spill(self) -> None:
-        """Send what an outage left on disk, oldest first, then remove it."""
-        replay = self.replay_path
-        if not replay.exists():
-            if not self.spill_path.exists():
-                return
-            self.spill_path.replace(replay)  # new spills start a new file while this one is sent
-        batch = self._decode(replay.read_bytes())
-        try:
-            failed = await self._send(batch)
-        except BaseException:
-            replay.unlink(missing_ok=True)  # what was not acknowledged is back at the front of the spill file
-            raise
-        self._unspill(failed)
-        replay.unlink()
-        self.replayed += len(batch) - len(failed)
-        if failed:
-            raise KafkaConnectionError(f"{len(failed)} spilled events not acknowledged")
-
     async def _run(self) -> None:
         while True:
             try:
                 if self._producer is None:
                     self._producer = await self._connect()
-                    self.connected = True
-                await self._replay_spill()
-                batch = self._take(self.batch)
-                if not batch:
-                    await asyncio.sleep(self.linger_s)
-                    continue
-                failed = await self._send(batch)
-                if failed:
-                    self._unspill(failed)  # older than anything the bid path spilled meanwhile
-                    self.spilled += len(failed)
-                    raise KafkaConnectionError(f"{len(failed)} events not acknowledged")
+                    self._back()
+                    self._recover_inflight()
+                if self._inflight:
+                    await self._await_inflight()
+                elif not await self._replay_next():
+                    batch = self._take(self.batch)
+                    if batch:
+                        await self._enqueue(batch)
+                    else:
+                        await asyncio.sleep(self.linger_s)
             except asyncio.CancelledError:
                 raise
-            except (KafkaError, OSError) as e:
-                log.warning("kafka unavailable (%s); spilling events to %s", type(e).__name__, self.spill_path)
-                self.connected = False
+            except (KafkaError, OSError) as e:  # no broker to start with, or a send that could not even be queued
+                self._lost(type(e).__name__)
                 self._spill(self._take(len(self.buffer)))
-                await self._drop_producer()
                 await asyncio.sleep(self.retry_s)
 
+    def _lost(self, why: str) -> None:
+        if self.connected or not self._warned:
+            log.warning("kafka unavailable (%s); spilling events to %s", why, self.spill_path)
+            self._warned = True
+        self.connected = False
+
+    def _back(self) -> None:
+        if not self.connected and self._warned:
+            log.warning("kafka reachable again; replaying what was spilled")
+        self.connected = True
+
+    def _recover_inflight(self) -> None:
+        """A previous run's unacknowledged batch goes first: it is older than anything spilled after it."""
+        if self.inflight_path.exists():
+            self._unspill(self._read(self.inflight_path))
+            self.inflight_path.unlink()
+
+    async def _enqueue(self, batch: list[Record], replay_offsets: list[int] | None = None) -> None:
+        """Hand `batch` to the Kafka producer; what could not be queued goes back to disk, in front."""
+        assert self._producer is not None
+        self._inflight_at = asyncio.get_running_loop().time()
+        self._inflight_written = False
+        for i, (t, k, v) in enumerate(batch):
+            try:
+                self._inflight.append(((t, k, v), await self._producer.send(t, v, key=k)))
+            except KafkaError:
+                if replay_offsets is not None:  # the rest stays in the replay file, from here
+                    self._replay_end = replay_offsets[i]
+                    self._replay.seek(self._replay_end)
+                else:
+                    self._unspill(batch[i:])
+                raise
+
+    async def _await_inflight(self) -> None:
+        futures = [f for _, f in self._inflight]
+        _, pending = await asyncio.wait(futures, timeout=max(self.linger_s, 0.05))
+        loop = asyncio.get_running_loop()
+        if pending:
+            if self.connected and loop.time() - self._inflight_at > self.request_timeout_s:
+                self._lost(f"no acknowledgement in {self.request_timeout_s:.1f}s")
+            if not self.connected:
+                if not self._inflight_written and self._replay is None:
+                    self._write(self.inflight_path, self._encode([r for r, _ in self._inflight]), append=False)
+                    self._inflight_written = True
+                    self.spilled += len(self._inflight)
+                self._spill(self._take(len(self.buffer)))
+            return
+        failed = [r for r, f in self._inflight if f.exception() is not None]
+        for _, f in self._inflight:
+            if f.exception() is not None:
+                log.error("kafka refused an event for good: %s", f.exception())
+        acked = len(self._inflight) - len(failed)
+        self.sent += acked
+        self.failed += len(failed)
+        self._inflight = []
+        self._back()
+        if self._inflight_written:
+            self.inflight_path.unlink(missing_ok=True)
+        if self._replay is not None:
+            self.replayed += acked
+            self._write(self._progress_path, str(self._replay_end).encode(), append=False)
+
+    async def _replay_next(self) -> bool:
+        """Queue the next chunk of what an outage left on disk; False when there is none."""
+        if self._replay is None:
+            if not self.replay_path.exists():
+                if not self.spill_path.exists():
+                    return False
+                self._progress_path.unlink(missing_ok=True)
+                self.spill_path.replace(self.replay_path)  # new spills start a new file while this one is sent
+            self._replay = self.replay_path.open("rb")
+            if self._progress_path.exists():
+                self._replay.seek(int(self._progress_path.read_text() or 0))
+        offsets, lines = [], []
+        while len(lines) < self.batch:
+            offsets.append(self._replay.tell())
+            line = self._replay.readline()
+            if not line:
+                offsets.pop()
+                break
+            if line.strip():
+                lines.append(line)
+            else:
+                offsets.pop()
+        if not lines:
+            self._replay.close()
+            self._replay = None
+            self.replay_path.unlink()
+            self._progress_path.unlink(missing_ok=True)
+            return await self._replay_next()  # a spill file written meanwhile is next
+        self._replay_end = self._replay.tell()
+        await self._enqueue(self._decode(b"".join(lines)), replay_offsets=offsets)
+        return True
+
     @staticmethod
-    async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    async def _stop_quietly(producer: AIOKafkaProducer, wait_s: float = 5.0) -> None:
         try:
-            await asyncio.wait_for(producer.stop(), 5)
-        except Exception:  # a producer that lost its broker may fail to stop cleanly; it is discarded anyway
+            await asyncio.wait_for(producer.stop(), wait_s)
+            return
+        except Exception:  # it waits for every queued batch, which a broker that is away never takes
+            pass
+        # Stop its sender outright: a batch it still holds (and that we wrote to disk) must not reach the broker
+        # later, from a producer we have let go, as a duplicate of what the next start replays.
+        try:
+            await producer._sender.close()
+            await producer.client.close()
+        except Exception:  # already broken; nothing left to send with
             pass
 
-    async def _drop_producer(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await self._stop_quietly(producer)
-
     async def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until nothing waits in memory (best effort, e.g. before shutdown); True if that happened."""
+        """Wait until nothing waits in memory, while the broker answers (e.g. before shutdown); True if so."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while (self.buffer or self.in_flight) and loop.time() < end:
+        while (self.buffer or self._inflight) and loop.time() < end and self.connected:
             await asyncio.sleep(0.02)
-        return not (self.buffer or self.in_flight)
+        return not (self.buffer or self._inflight)
 
     async def stop(self) -> None:
+        """Send what can be sent; what cannot waits on disk for the next start."""
         await self.flush()
         if self._task is not None:
             self._task.cancel()
@@ -252,8 +346,18 @@ class EventProducer:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+        unacked = [r for r, f in self._inflight if not (f.done() and not f.cancelled() and f.exception() is None)]
+        if self._replay is not None:
+            self._replay.close()  # its unacknowledged chunk is still in the replay file
+            self._replay = None
+        elif unacked and not self._inflight_written:
+            self._write(self.inflight_path, self._encode(unacked), append=False)
+            self.spilled += len(unacked)
+        self._inflight = []
         self._spill(self._take(len(self.buffer)))
-        await self._drop_producer()
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await self._stop_quietly(producer, 5.0 if self.connected else 0.0)
 
 
 class StateFollower:

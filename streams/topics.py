@@ -57,3 +57,19 @@ DEADLETTER = TopicSpec(f"{PREFIX}.deadletter", "source topic", "rejected message
 
 ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, PACING, DEADLETTER)
 BY_NAME = {t.name: t for t in ALL}
+
+
+def _retention(spec: TopicSpec) -> str:
+    if spec.compacted:
+        kept = f"; every version kept {spec.history_ms // DAY_MS} days" if spec.history_ms else ""
+        return f"compacted (latest per key{kept})"
+    return f"{spec.retention_ms // DAY_MS} days"
+
+
+def markdown_table(prefix: str = "streambid") -> str:
+    """The topic table of the README, from ALL (names under `prefix`, the default one unless asked)."""
+    rows = ["| topic | key | value | partitions | retention |", "|---|---|---|---|---|"]
+    for spec in ALL:
+        name = f"{prefix}.{spec.name.rsplit('.', 1)[-1]}"
+        rows.append(f"| `{name}` | {spec.key} | {spec.value} | {spec.partitions} | {_retention(spec)} |")
+    return "\n".join(rows)

@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
+from bidder import engine as engine_mod
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.frequency import FrequencyStore
@@ -23,7 +24,7 @@ from bidder.pacing import PacingState
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import ALPHA, BETA, SlotTables
-from bidder.targeting import CampaignIndex, deal_for, matches
+from bidder.targeting import STAGES, CampaignIndex, deal_for, matches
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import RequestFactory
 from models.features import candidate_features, hash_feature, request_features
@@ -48,12 +49,11 @@ def trained_model(camps: list, rng: random.Random) -> ModelSnapshot:
 
 
 class MeanDraws:
-    """Stands in for the random generator: every 'draw' is the posterior mean, so a reference can know it."""
+    """Stands in for the random generator: every gamma 'draw' is its mean, so a Beta draw is the posterior mean."""
 
     @staticmethod
-    def beta(a, b):
-        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-        return a / (a + b)
+    def standard_gamma(shape):
+        return np.array(shape, dtype=float)
 
 
 def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int) -> int:
@@ -232,3 +232,8 @@ def test_exploration_table_follows_the_model_counts(explore_below: int) -> None:
         c, cr = index.slots[int(np.flatnonzero(tables.explore)[0])]
         a, b = model.creative_beta(c.id, cr.id)
         assert draws.mean() == pytest.approx(a / (a + b), rel=0.1)  # draws come from the creative's posterior
+
+
+def test_index_and_engine_name_the_stages_alike() -> None:
+    """The index reports stages by number; the engine turns them into the no-bid reason an exchange sees."""
+    assert STAGES == engine_mod.STAGES

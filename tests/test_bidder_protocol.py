@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
+from bidder.notices import NoticeError, notice_urls, verify_notice
 from bidder.openrtb import DEFAULT_TMAX_MS, parse_request
 from bidder.server import exchange_name, supported_version
 from models.snapshot import ModelSnapshot
@@ -125,3 +127,18 @@ def test_exchange_names_from_paths() -> None:
     assert exchange_name(b"/bid") == "default" and exchange_name(b"/openrtb2/") == "default"
     assert exchange_name(b"/bid/" + b"x" * 40) == "invalid" and exchange_name(b"/bid/a\xffb") == "invalid"
     assert exchange_name(b"/bid/a%20b") == "invalid"
+
+
+@pytest.mark.parametrize("secret", [b"k", b"x" * 64, b"long-" * 40])
+def test_notice_tags_bind_the_kind_for_any_key_length(secret: bytes) -> None:
+    urls = notice_urls("http://b", secret, "bid-7", "c1", "cr1", 1_500_000, 2_000, "ex", "b1", "u1")
+    tags = [parse_qs(urlsplit(u).query)["s"][0] for u in urls]
+    assert len(set(tags)) == 3 and all(len(t) == 24 for t in tags)
+    for kind, url in zip(("win", "bill", "loss"), urls, strict=True):
+        query = urlsplit(url).query
+        assert verify_notice(secret, kind, query, now=1_000).bid_id == "bid-7"
+        for other in {"win", "bill", "loss"} - {kind}:
+            with pytest.raises(NoticeError, match="bad_signature"):
+                verify_notice(secret, other, query, now=1_000)
+    with pytest.raises(NoticeError, match="bad_signature"):
+        verify_notice(secret + b"!", "win", urlsplit(urls[0]).query, now=1_000)

@@ -87,7 +87,7 @@ def serve(tmp_path: Path) -> Iterator:
 
 def test_overload_is_shed_fast_and_nothing_is_answered_late(serve) -> None:
     """Offered far more than one worker can decide: it sheds, keeps deciding, answers nothing past the deadline."""
-    s = serve("--network-ms", "10")  # tmax 100: a 90 ms budget, shed once 45 ms of it are gone
+    s = serve("--network-ms", "10", "--shed-ms", "45")  # tmax 100: a 90 ms budget, shed once 45 ms of it are gone
     bodies = RequestFactory(3, tmax_ms=100).bodies(500)
     url = f"{s.base}/bid/overload"
     uvloop.run(run_load(url, 0, 0.5, bodies, connections=16, tmax_ms=100, progress=False))  # warm up

@@ -1,0 +1,191 @@
+"""Marketers' config and the state bidders follow, on a real broker with real processes.
+
+An invalid config message from another producer is dead-lettered with its
+reason while the last valid version stays in force; a pause reaches a running
+bidder within a second; the history is kept; CLI errors name the field.  A
+bidder started later gets the current model and pacing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from models.snapshot import ModelSnapshot
+from streams.events import make_event
+from tests.conftest import free_port
+from tests.helpers import campaign
+from tests.streams_support import Procs, create_topics, get_json, produce, topic, wait_for, worker_status
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    prefix = f"c{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, prefix)
+    procs = Procs(kafka_bootstrap, prefix, tmp_path_factory.mktemp("config"))
+    port = free_port()
+    try:
+        _, wport = procs.worker("worker", f"{prefix}-w", "--click-window", "2")
+        procs.start("serve", "serve", "--port", str(port), "--spill-dir", str(procs.tmp / "spill"))
+        wait_for(lambda: get_json(f"http://127.0.0.1:{port}/status"), 60, "the bidder to answer")
+        wait_for(lambda: (worker_status(wport) or {}).get("ready"), 60, "the worker to own its partitions")
+        yield {"procs": procs, "bidder": f"http://127.0.0.1:{port}", "prefix": prefix}
+    finally:
+        procs.stop_all()
+
+
+def publish(procs: Procs, *docs: dict) -> None:
+    path = procs.tmp / f"set-{uuid.uuid4().hex[:6]}.json"
+    path.write_bytes(orjson.dumps(list(docs)))
+    out = procs.cli("campaign", "set", str(path))
+    assert out.returncode == 0, out.stderr
+
+
+def status(url: str) -> dict:
+    return get_json(f"{url}/status") or {}
+
+
+def live(url: str, cid: str) -> bool:
+    return cid in status(url).get("live", [])
+
+
+async def find(bootstrap: str, name: str, match, timeout: float = 20.0) -> dict:
+    """The first record on a one-partition topic, from the beginning, for which match(record) is true."""
+    tp = TopicPartition(name, 0)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        c.assign([tp])
+        await c.seek_to_beginning(tp)
+        end = time.time() + timeout
+        while time.time() < end:
+            for m in (await c.getmany(tp, timeout_ms=300)).get(tp, []):
+                rec = orjson.loads(m.value)
+                if match(rec):
+                    return rec
+        raise AssertionError(f"no matching record on {name} within {timeout}s")
+    finally:
+        await c.stop()
+
+
+async def last_value(bootstrap: str, name: str) -> bytes:
+    tp = TopicPartition(name, 0)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign([tp])
+        end = (await c.end_offsets([tp]))[tp]
+        assert end > 0
+        c.seek(tp, end - 1)
+        msgs = (await c.getmany(tp, timeout_ms=5000)).get(tp, [])
+        return msgs[-1].value
+    finally:
+        await c.stop()
+
+
+def test_invalid_config_from_another_producer_is_dead_lettered_and_the_valid_one_stays(stack: dict) -> None:
+    procs, bidder, prefix = stack["procs"], stack["bidder"], stack["prefix"]
+    cid = f"{prefix}-valid"
+    publish(procs, campaign(id=cid, budget={"daily": 50.0, "total": 0}))
+    wait_for(lambda: live(bidder, cid), 10, "the bidder to bid on the campaign")
+    before = status(bidder)["state_messages"]
+    bad = {"campaign": campaign(id=cid, status="paused", budget={"daily": -5.0, "total": 0}), "action": "set",
+           "by": "someone-else", "at": "2026-01-01T00:00:00+00:00"}
+    asyncio.run(produce(procs.bootstrap, [(topic(prefix, "campaigns"), cid, orjson.dumps(bad))]))
+
+    dead = asyncio.run(find(procs.bootstrap, topic(prefix, "deadletter"), lambda r: cid in r.get("payload", "")))
+    assert dead["topic"] == topic(prefix, "campaigns")
+    assert dead["reason"].startswith("invalid_config") and "budget.daily" in dead["reason"]
+    # the bidder read the invalid message too, and kept bidding on the last valid version (a paused one would not bid)
+    wait_for(lambda: status(bidder)["state_messages"] > before, 10, "the bidder to read the invalid message")
+    assert live(bidder, cid)
+    shown = procs.cli("campaign", "show", cid, "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = orjson.loads(shown.stdout)[cid]
+    assert doc["status"] == "active" and doc["budget"]["daily"] == 50.0
+
+
+def test_a_change_reaches_a_running_bidder_within_a_second_and_history_is_kept(stack: dict) -> None:
+    procs, bidder, prefix = stack["procs"], stack["bidder"], stack["prefix"]
+    cid = f"{prefix}-paused"
+    publish(procs, campaign(id=cid))
+    wait_for(lambda: live(bidder, cid), 10, "the bidder to bid on the campaign")
+    out = procs.cli("campaign", "pause", cid)
+    assert out.returncode == 0 and f"paused {cid}" in out.stdout, out.stderr
+    published = time.time()  # the pause is on the topic, acknowledged
+    wait_for(lambda: not live(bidder, cid), 5, "the bidder to stop bidding", every=0.02)
+    assert time.time() - published < 1.0
+
+    history = procs.cli("campaign", "show", cid, "--history", "--json")
+    assert history.returncode == 0, history.stderr
+    rows = orjson.loads(history.stdout)
+    assert [r["action"] for r in rows] == ["set", "pause"]
+    assert all(r["at"] and "@" in r["by"] for r in rows)
+    assert [r["campaign"]["status"] for r in rows] == ["active", "paused"]
+    table = procs.cli("campaign", "show", cid, "--history")
+    assert table.returncode == 0 and table.stdout.count(cid) == 2
+
+
+def test_cli_errors_name_the_field_and_publish_nothing(stack: dict) -> None:
+    procs, prefix = stack["procs"], stack["prefix"]
+    good, bad = f"{prefix}-good", f"{prefix}-bad"
+    path = procs.tmp / "mixed.json"
+    path.write_bytes(orjson.dumps([campaign(id=good), campaign(id=bad, budget={"daily": -1.0, "total": 0})]))
+    out = procs.cli("campaign", "set", str(path))
+    assert out.returncode == 2
+    assert "budget.daily" in out.stderr and bad in out.stderr and "fix" in out.stderr, out.stderr
+    assert procs.cli("campaign", "show", good).returncode == 2, "nothing may be published when one campaign is invalid"
+    missing = procs.cli("campaign", "pause", f"{prefix}-nobody")
+    assert missing.returncode == 2 and "campaign show" in missing.stderr
+    nofile = procs.cli("campaign", "set", str(procs.tmp / "nope.json"))
+    assert nofile.returncode == 2 and "no such file" in nofile.stderr
+
+
+def test_a_bidder_started_later_gets_the_current_model_and_pacing_at_once(stack: dict) -> None:
+    procs, bidder, prefix = stack["procs"], stack["bidder"], stack["prefix"]
+    cid = f"{prefix}-late"
+    publish(procs, campaign(id=cid))
+    now = int(time.time() * 1000)
+    recs, spend = [], 0
+    for i in range(12):
+        bid = f"{cid}-b{i}"
+        recs += [("bids", make_event("bids", f"bid:{bid}", now, bid_id=bid, campaign=cid, creative="cr1", price=5000,
+                                     pctr=0.01, features=[7, i])),
+                 ("billing", make_event("billing", f"bill:{bid}", now + 5, bid_id=bid, campaign=cid, cost=1000 + i,
+                                        day=time.strftime("%Y-%m-%d", time.gmtime(now / 1000)))),
+                 ("impressions", make_event("impressions", f"imp:{bid}", now + 10, bid_id=bid, campaign=cid,
+                                            creative="cr1"))]
+        spend += 1000 + i
+        if i % 3 == 0:
+            recs.append(("clicks", make_event("clicks", f"click:{bid}", now + 100, bid_id=bid, campaign=cid,
+                                              creative="cr1")))
+    asyncio.run(produce(procs.bootstrap, [(topic(prefix, k), cid, orjson.dumps(e)) for k, e in recs]))
+
+    def settled() -> int | None:
+        st = status(bidder)
+        pace = st.get("pacing", {}).get(cid)
+        return st["model"]["version"] if pace and pace["spent_today"] == spend and st["model"]["version"] else None
+
+    wait_for(settled, 30, "the running bidder to get the model and the campaign's pacing")
+    time.sleep(4.0)  # the click window (2 s) closes: the negatives are learned, and the model stops changing
+    version = ModelSnapshot.from_bytes(asyncio.run(last_value(procs.bootstrap, topic(prefix, "model")))).version
+    assert version >= 1
+
+    port = free_port()
+    procs.start("serve-late", "serve", "--port", str(port), "--spill-dir", str(procs.tmp / "spill-late"))
+    late = f"http://127.0.0.1:{port}"
+    wait_for(lambda: get_json(f"{late}/status"), 60, "the late bidder to answer", every=0.02)
+    answering = time.time()
+    wait_for(lambda: status(late)["model"]["version"] == version and
+             status(late).get("pacing", {}).get(cid, {}).get("spent_today") == spend, 5,
+             "the late bidder to get the current model and pacing", every=0.02)
+    assert time.time() - answering < 1.0
+    assert status(bidder)["model"]["version"] == version  # every bidder on the same model

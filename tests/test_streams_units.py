@@ -1,0 +1,205 @@
+"""The streams side without a broker: exact recovery in the ledger, event-time windows, learner dedup, table views."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from streams.attribution import Attribution
+from streams.events import make_event
+from streams.ledger import SpendLedger
+from streams.processor import Learner, RecentIds
+from streams.tables import Outbox, TableView
+
+MIN = 60_000
+
+
+def ledger() -> SpendLedger:
+    return SpendLedger({}, {}, day_of=lambda c, ts: "2026-01-01", click_value=lambda c: 0)
+
+
+def bill(i: int, cost: int) -> dict:
+    return make_event("billing", f"bill:b{i}", 1000 + i, bid_id=f"b{i}", campaign="c1", cost=cost, day="2026-01-01")
+
+
+# -- ledger: what a crash can lose, and what it cannot make count twice -------------------------------
+
+
+def test_a_lost_totals_write_is_counted_when_its_message_is_read_again() -> None:
+    lg = ledger()
+    for off in range(5):
+        lg.apply("billing", bill(off, 100), ("t:0", off))
+    saved = dict(lg.totals)
+    assert lg.apply("billing", bill(5, 100), ("t:0", 5))
+    lg.totals.clear()
+    lg.totals.update(saved)  # the crash lost the totals write of offset 5; its `seen` write survived
+    assert lg.apply("billing", bill(5, 100), ("t:0", 5))  # the same message again: not a duplicate
+    assert not lg.apply("billing", bill(5, 100), ("t:0", 5))
+    assert lg.day_totals("c1", "2026-01-01")["spend"] == 600
+
+
+def test_the_same_id_at_another_offset_is_a_duplicate() -> None:
+    lg = ledger()
+    assert lg.apply("billing", bill(1, 250), ("t:0", 10))
+    assert not lg.apply("billing", bill(1, 250), ("t:0", 11))  # re-sent by a producer: a new offset, the same fact
+    assert not lg.apply("billing", bill(1, 250), ("t:2", 3))
+    t = lg.day_totals("c1", "2026-01-01")
+    assert (t["spend"], t["billed"]) == (250, 1)
+
+
+def test_forgetting_old_ids_keeps_the_recent_ones() -> None:
+    lg = ledger()
+    for i in range(10):
+        lg.apply("billing", bill(i, 1), ("t:0", i))
+    assert lg.forget_before(1005) == 5
+    assert sorted(lg.seen) == [f"bill:b{i}" for i in range(5, 10)]
+    assert not lg.apply("billing", bill(7, 1), ("t:0", 99))
+
+
+# -- attribution: windows close on event time ------------------------------------------------------------
+
+
+def bid(i: int, ts: int = 0) -> dict:
+    return make_event("bids", f"bid:b{i}", ts, bid_id=f"b{i}", campaign="c1", creative="cr1", price=1, pctr=0.01,
+                      features=[i])
+
+
+def imp(i: int, ts: int) -> dict:
+    return make_event("impressions", f"imp:b{i}", ts, bid_id=f"b{i}", campaign="c1", creative="cr1")
+
+
+def test_a_window_stays_open_while_its_partition_lags_behind() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    for i in (1, 2):
+        a.on_bid(bid(i))
+        a.on_impression(imp(i, 0))
+    lagging = {"b1": 10 * MIN, "b2": 60 * MIN}  # b1's partition has only read up to minute 10
+    negatives, _ = a.expire(60 * MIN, lambda b: lagging[b])
+    assert [x.bid_id for x in negatives] == ["b2"]
+    lagging["b1"] = 60 * MIN
+    negatives, _ = a.expire(60 * MIN, lambda b: lagging[b])
+    assert [x.bid_id for x in negatives] == ["b1"]
+    assert a.expire(61 * MIN) == ([], 0)  # each bid yields one example
+
+
+def test_entries_filled_from_elsewhere_are_indexed() -> None:
+    recovered = {"b7": {"c": "c1", "r": "cr1", "f": [7], "t": 0, "imp": 0, "clk": None, "done": 0},
+                 "b8": {"c": "c1", "r": "cr1", "f": None, "t": 0, "imp": 0, "clk": None, "done": 0}}
+    a = Attribution(dict(recovered), click_window_ms=30 * MIN)
+    negatives, orphans = a.expire(31 * MIN)
+    assert [x.bid_id for x in negatives] == ["b7"] and orphans == 1
+    a.pending["b9"] = {**recovered["b7"], "f": [9]}  # as if a rebalance brought it
+    assert a.expire(32 * MIN) == ([], 0)
+    a.reindex()
+    assert [x.bid_id for x in a.expire(32 * MIN)[0]] == ["b9"]
+
+
+# -- the learner: one example per bid, whatever a crash replays -----------------------------------------------
+
+
+def example(bid_id: str, label: int) -> dict:
+    return make_event("examples", f"ex:{bid_id}", 0, campaign="c1", creative="cr1", features=[1, 2], label=label)
+
+
+def test_the_learner_keeps_the_first_example_of_a_bid() -> None:
+    learner = Learner(recent=100)
+    fresh = [learner.is_new(e) for e in (example("b1", 0), example("b1", 1), example("b2", 1), example("b2", 1))]
+    assert fresh == [True, False, True, False] and learner.duplicates == 2
+
+
+def test_recent_ids_are_bounded_and_forget_the_oldest() -> None:
+    ids = RecentIds(capacity=3)
+    assert all(ids.add(x) for x in "abcd")
+    assert len(ids) == 3 and "a" not in ids and "d" in ids
+    assert ids.add("a") and not ids.add("d")
+
+
+# -- table views and the outbox, on stand-ins for a Faust table and the Kafka producer ---------------------------
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self._key_partition: dict = {}
+
+
+class _Topic:
+    def get_topic_name(self) -> str:
+        return "app-totals-changelog"
+
+
+class _Table:
+    name = "totals"
+
+    def __init__(self) -> None:
+        self.data = _Store()
+        self.changelog_topic = _Topic()
+
+
+class _Batch:
+    def __init__(self, cap: int) -> None:
+        self.cap, self.records = cap, []
+
+    def append(self, key: bytes, value: bytes | None, timestamp: None) -> object | None:
+        if len(self.records) >= self.cap:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class _Producer:
+    def __init__(self, cap: int) -> None:
+        self.cap, self.sent = cap, []
+
+    def create_batch(self) -> _Batch:
+        return _Batch(self.cap)
+
+    async def send_batch(self, batch: _Batch, topic: str, partition: int) -> None:
+        self.sent.append((topic, partition, batch.records))
+
+
+class _App:
+    def __init__(self, producer: _Producer) -> None:
+        self.producer = type("P", (), {"_ensure_producer": lambda _self: producer})()
+
+
+def test_writes_land_in_their_partition_and_iteration_sees_only_owned_ones() -> None:
+    view = TableView(_Table())
+    outbox = Outbox(_App(_Producer(10)), (view,))
+    outbox.at(2)
+    view["c1|d"] = {"spend": 1}
+    outbox.at(3)
+    view["c2|d"] = {"spend": 2}
+    outbox.at(None)  # a timer: each key keeps its own partition
+    view["c1|d"] = {"spend": 5}
+    assert view.partition_of("c1|d") == 2 and view.dirty == {"c1|d": 2, "c2|d": 3}
+    with pytest.raises(RuntimeError):
+        view["new|d"] = {}  # no event, no known partition: refused rather than written to the wrong one
+    view.owned = frozenset({3})
+    assert list(view) == ["c2|d"] and view.items() == [("c2|d", {"spend": 2})]
+    assert view["c1|d"] == {"spend": 5}  # reads by key are not restricted
+
+
+def test_the_outbox_sends_one_record_per_dirty_key_in_batches_per_partition() -> None:
+    producer = _Producer(cap=2)
+    view = TableView(_Table())
+    outbox = Outbox(_App(producer), (view,))
+    outbox.at(1)
+    for i in range(3):
+        view[f"k{i}"] = {"n": 0}
+        view[f"k{i}"] = {"n": i}  # written twice before the flush: one record
+    del view["k0"]
+    outbox.send("examples", b"c1", b"{}", 0)
+    asyncio.run(outbox.flush())
+    changelog = [(p, r) for t, p, recs in producer.sent if t == "app-totals-changelog" for r in recs]
+    assert [p for p, _ in changelog] == [1, 1, 1]
+    assert [(orjson.loads(k), v and orjson.loads(v)) for _, (k, v) in changelog] == [("k0", None), ("k1", {"n": 1}),
+                                                                                      ("k2", {"n": 2})]
+    assert [len(recs) for t, _, recs in producer.sent if t == "app-totals-changelog"] == [2, 1]  # a full batch, then one
+    assert ("examples", 0, [(b"c1", b"{}")]) in producer.sent
+    assert not view.dirty and view.partition_of("k0") is None
+    producer.sent.clear()
+    asyncio.run(outbox.flush())
+    assert producer.sent == []
