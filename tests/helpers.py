@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 CAMPAIGN: dict[str, Any] = {
     "id": "c1",
@@ -47,3 +48,14 @@ def request(**changes: Any) -> dict[str, Any]:
 
 def body(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc)
+
+
+async def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None:
+    """Send (topic, key, value) records to a real broker, each acknowledged before the next."""
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await p.start()
+    try:
+        for topic, key, value in records:
+            await p.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await p.stop()

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from streams.events import make_event
 from tests.conftest import ROOT, free_port
-from tests.helpers import body, campaign, request
+from tests.helpers import body, campaign, produce, request
 
 pytestmark = pytest.mark.kafka
 STREAMBID = [sys.executable, "-m", "bidder.cli"]
@@ -120,16 +120,6 @@ async def read_topic(bootstrap: str, topic: str, match, timeout: float = 20.0) -
         raise AssertionError(f"no matching record on {topic} within {timeout}s")
     finally:
         await c.stop()
-
-
-async def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await p.start()
-    try:
-        for topic, key, value in records:
-            await p.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await p.stop()
 
 
 def bid_once(base: str, site: dict) -> tuple[int, bytes] | None:

@@ -34,13 +34,12 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
 
 from streams import topics
 from streams.events import make_event
 from streams.kafka_io import ensure_topics
 from tests.conftest import ROOT, free_port
-from tests.helpers import body, campaign, request
+from tests.helpers import body, campaign, produce, request
 
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -164,16 +163,6 @@ def query(prom: str, expr: str) -> list[dict]:
 def scalar(prom: str, expr: str) -> float | None:
     res = query(prom, expr)
     return float(res[0]["value"][1]) if res else None
-
-
-async def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await p.start()
-    try:
-        for topic, key, value in records:
-            await p.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await p.stop()
 
 
 def prometheus_config(tmp: Path, bidder_port: int, worker_port: int) -> Path:
