@@ -47,6 +47,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--explore-below", type=int, default=200,
                    help="Thompson-sample the pCTR of creatives with fewer impressions than this, so new ones are not "
                         "starved; 0 turns exploration off (default: %(default)s)")
+    s.add_argument("--lease-slice", type=float, default=0.05, metavar="FRACTION",
+                   help="with a broker, spend only from budget leases granted by `streambid worker`, each slice this "
+                        "share of the campaign's remaining daily budget (at least 4 impressions at its max bid); a "
+                        "bidder cut off from the workers stops when its lease is spent; 0 turns leases off "
+                        "(default: %(default)s)")
     s.add_argument("--spill-dir", type=Path, default=Path(".streambid-spill"),
                    help="where events wait while Kafka is unreachable (default: %(default)s)")
     s.set_defaults(func=cmd_serve)
@@ -64,6 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"streambid: {args.campaigns}: invalid campaign: {e}", file=sys.stderr)
         return 2
     broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
+    if not 0 <= args.lease_slice <= 0.5:
+        print("streambid: --lease-slice must lie in [0, 0.5]", file=sys.stderr)
+        return 2
     if not campaigns and not broker:
         print("streambid: nothing to bid for: pass --campaigns FILE (e.g. deploy/campaigns.example.json) "
               "or --broker to follow the config topic", file=sys.stderr)
@@ -77,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
         network_ms=args.network_ms, notice_base=args.notice_base or f"http://{args.host}:{args.port}",
         model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
-        shed_ms=args.shed_ms,
+        shed_ms=args.shed_ms, lease_frac=args.lease_slice,
     )
     print(f"streambid: serving {len(campaigns)} campaign(s) on http://{args.host}:{args.port}/bid "
           f"with {args.workers} worker(s){' and Kafka at ' + broker if broker else ''}", file=sys.stderr)
@@ -85,16 +93,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from loadtest.demo import format_table, plot_day, roi_rows, run_demo
+    from loadtest.demo import comparison_rows, format_comparison, format_table, plot_day, roi_rows, run_demo
 
     run = run_demo(requests=args.requests, seed=args.seed, campaigns_file=args.campaigns, progress=True)
     rows = roi_rows(run)
+    compare = comparison_rows(run)
     png = plot_day(run, rows, args.out / "demo-spend-roi.png")
     if args.json:
-        print(orjson.dumps({"campaigns": rows, "requests": run.report.requests, "seconds": run.report.seconds,
-                            "plot": str(png)}).decode())
+        print(orjson.dumps({"campaigns": rows, "comparison": compare, "requests": run.report.requests,
+                            "seconds": run.report.seconds, "plot": str(png)}).decode())
         return 0
+    print("Today, paced (the ledger's figures):")
     print(format_table(rows))
-    print(f"\n{run.report.requests:,} bid requests in {run.report.seconds:.1f}s; "
+    print("\nThe same day under three strategies (the simulator's figures; exp.clk is the sum of the true CTRs bought):")
+    print(format_comparison(compare))
+    print(f"\n{run.report.requests:,} bid requests a day, yesterday and today; "
           f"{run.bus.learner.labels[1]:,} clicks and {run.bus.learner.labels[0]:,} non-clicks learned; plot: {png}")
     return 0

@@ -28,7 +28,7 @@ from bidder.landscape import WinRateModel
 from bidder.lease import BudgetLease
 from bidder.notices import Notice, NoticeError, notice_urls, verify_notice
 from bidder.openrtb import AUCTION_FIRST_PRICE, BidRequest, Imp
-from bidder.pacing import PacingState
+from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm
 from bidder.privacy import restriction
 from bidder.scoring import SlotTables
@@ -96,6 +96,7 @@ class BidEngine:
         self.index = CampaignIndex(campaigns)
         self.pacing: dict[str, PacingState] = {}
         self.leases: dict[str, BudgetLease] = {}
+        self.requests_seen = 0
         self.frequency = FrequencyStore()
         self.landscape = WinRateModel()  # market prices seen in win/loss notices, for first-price shading
         self._shading: WinRateModel | None = None  # the landscape as of the last refresh, once it has enough data
@@ -107,6 +108,8 @@ class BidEngine:
         self._seen_notices: OrderedDict[str, float] = OrderedDict()
         self.counters: dict[str, int] = {}
         self._tables: SlotTables | None = None  # scoring arrays over the index slots (bidder.scoring)
+        self._fragments_of: CampaignIndex | None = None  # the index `_fragments` holds the creatives of
+        self._fragments: dict[tuple[str, str], bytes] = {}  # (campaign, creative) -> its bid fields as JSON text
 
     # -- snapshot swaps (called by adapters) ----------------------------------
 
@@ -177,6 +180,7 @@ class BidEngine:
     def bid(self, req: BidRequest, exchange: str, deadline: float) -> Outcome:
         """Decide on every impression of `req`; `deadline` is a time.perf_counter() value."""
         now = self.clock()
+        self.requests_seen += 1  # the bid log carries it: the streams side learns the traffic per hour from it
         if now - self._refreshed >= 1.0 or now < self._refreshed:
             self._refresh(now)
         restricted = restriction(req.privacy)
@@ -228,45 +232,47 @@ class BidEngine:
         if not len(slots):
             return None, el.reason
         tables, model = self._scoring(), self.model
-        floors, at_pos = el.floors, None
+        floors, explore, base = el.floors, None, 0.0
         least = max(floors, 1) if isinstance(floors, int) else np.maximum(floors, 1)  # a bid is at least 1 micro
-        req_feats: tuple[int, ...] | None = None
-        if tables.any_explore and not el.bits & ~tables.explore_bits:  # every candidate still explores
+        req_feats: tuple[int, ...] = ()
+        bits = el.bits
+        if tables.any_explore and not bits & ~tables.explore_bits:  # every candidate still explores
             pctr, bound = tables.explore_all(slots)
         else:
-            reach = (tables.ceiling[slots] >= least).nonzero()[0]  # not even a pCTR of 1 clears the floor: not scored
-            if len(reach) < len(slots):
-                if not len(reach):
-                    return None, _RANK["below_floor"]
-                at_pos, slots = reach, slots[reach]
-                if not isinstance(floors, int):
-                    floors, least = floors[reach], least[reach]
-            explore = tables.explore[slots]
-            pctr = np.empty(len(slots))
-            if tables.any_explore:
-                pctr[explore] = tables.draws(slots[explore])
             req_feats = request_features(req, imp, exchange, hour, weekday)
             base = model.base_score(req_feats)
-            for j in np.flatnonzero(~explore).tolist():
-                camp, cr = index.slots[slots[j]]
-                pctr[j] = model.predict(base, candidate_features(req_feats, hour, req.domain, camp.id, cr.id), camp.id, cr.id)
-            bound = tables.bounds(slots, pctr)
-        bound[bound < least] = -1  # below the floor: out
+            pctr = tables.predict(slots, base, hour, req.domain)
+            if bits & tables.explore_bits:
+                explore = tables.explore[slots]
+                pctr[explore] = tables.next_draws(slots[explore])
+            bound = tables.bounds(slots, pctr, clean=True)
+        if isinstance(least, int):
+            low = least  # one floor for all: checked in the loop, on the best bound left
+        else:
+            bound[bound < least] = -1  # below its deal's floor: out
+            low = 0
         landscape = self._shading
         best, best_price, reason = None, 0, _RANK["below_floor"]
         while True:
             j = int(bound.argmax())
-            if bound[j] <= best_price:
-                break  # nobody left can beat the best price
+            top = bound[j]
+            if top <= best_price or top < low:
+                break  # nobody left can beat the best price (or, with one floor for all, clear the floor)
             bound[j] = -1
             camp, cr = index.slots[slots[j]]
-            deal = el.deals.get(j if at_pos is None else int(at_pos[j])) if el.deals else None
+            deal = el.deals.get(j) if el.deals else None
             floor = floors if isinstance(floors, int) else int(floors[j])
             pace = self.pacing.get(camp.id)
             lam = pace.lam if pace is not None else 0.0
             at = deal[3] if deal and deal[3] else req.at
-            p = float(pctr[j])
-            price = bid_price(impression_value_cpm(p, camp), lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE,
+            cand = None
+            if req_feats and (explore is None or not explore[j]):  # the price takes the model's own pCTR; the array's ordered
+                cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
+                p = model.predict(base, cand, camp.id, cr.id)
+            else:
+                p = float(pctr[j])
+            pcvr = p * conversion_rate(pace) if camp.goal == "cpa" else 0.0
+            price = bid_price(impression_value_cpm(p, camp, pcvr), lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE,
                               landscape, fixed_price=at == AUCTION_FIXED_PRICE)
             if not price:
                 continue
@@ -275,13 +281,14 @@ class BidEngine:
                 continue
             if price > best_price:
                 best_price = price
-                best = (camp, cr, price, deal[0] if deal else "", p, lam, floor)
+                best = (camp, cr, price, deal[0] if deal else "", p, lam, floor, cand)
         if best is None:
             return None, reason
-        camp, cr, price, dealid, p, lam, floor = best
-        if req_feats is None:
+        camp, cr, price, dealid, p, lam, floor, cand = best
+        if not req_feats:
             req_feats = request_features(req, imp, exchange, hour, weekday)
-        cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
+        if cand is None:
+            cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
         return (imp, camp, cr, price, dealid, p, req_feats, cand, lam, floor), reason
 
     def _lease_allows(self, campaign: str, price_micros: int) -> bool:
@@ -303,25 +310,36 @@ class BidEngine:
             if self.cfg.lease_slice:
                 self.leases[camp.id].reserve(bid_id, price // 1000, expires)
             urls = notice_urls(base, secret, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user)
-            bid = {
-                "id": bid_id, "impid": imp.id, "price": price / 1e6, "adid": cr.id, "crid": cr.id, "cid": camp.id,
-                "adomain": [camp.advertiser], "cat": list(cr.cats), "mtype": MTYPE[cr.kind],
-                "adm": cr.adm, "nurl": urls[0], "burl": urls[1], "lurl": urls[2],
-            }
-            if cr.w:
-                bid["w"], bid["h"] = cr.w, cr.h
+            bid = {"id": bid_id, "impid": imp.id, "price": price / 1e6, "nurl": urls[0], "burl": urls[1], "lurl": urls[2]}
             if dealid:
                 bid["dealid"] = dealid
-            bids.append(bid)
+            bids.append(orjson.dumps(bid)[:-1] + self._creative_json(camp, cr))
             if self.cfg.bid_log_rate >= 1.0 or self.rng.random() < self.cfg.bid_log_rate:
                 ev = make_event("bids", f"bid:{bid_id}", ts_ms, bid_id=bid_id, campaign=camp.id, creative=cr.id,
                                 exchange=exchange, price=price, pctr=pctr, features=list(req_feats + cand), at=req.at,
-                                floor=floor, lam=lam, restricted=restricted, user=user)
+                                floor=floor, lam=lam, restricted=restricted, user=user, bidder=bidder,
+                                reqs=self.requests_seen)
                 if self.cfg.explain_rate and self.rng.random() < self.cfg.explain_rate:
                     ev["explain"] = self.model.explain(req_feats, cand, camp.id, cr.id)
                 self.sink("bids", camp.id, ev)
-        body = orjson.dumps({"id": req.id, "cur": cur, "seatbid": [{"seat": self.cfg.seat, "bid": bids}]})
+        head = orjson.dumps({"id": req.id, "cur": cur, "seatbid": [{"seat": self.cfg.seat, "bid": []}]})
+        body = b"%s%s]}]}" % (head[:-4], b",".join(bids))
         return Outcome(200, body=body, bids=len(bids))
+
+    def _creative_json(self, camp: Campaign, cr: Creative) -> bytes:
+        """The fields of a bid that depend only on the creative, as JSON text to append to the per-bid fields
+        (',"adid":…,"adm":…}'): serialised once per creative and index, not once per bid."""
+        if self._fragments_of is not self.index:
+            self._fragments_of, self._fragments = self.index, {}
+        key = (camp.id, cr.id)
+        frag = self._fragments.get(key)
+        if frag is None:
+            fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
+                      "mtype": MTYPE[cr.kind], "adm": cr.adm}
+            if cr.w:
+                fields["w"], fields["h"] = cr.w, cr.h
+            frag = self._fragments[key] = b"," + orjson.dumps(fields)[1:]
+        return frag
 
     # -- notices ------------------------------------------------------------------
 

@@ -94,6 +94,9 @@ class _Account:
         return max(self.granted - self.billed, 0)
 
 
+LEDGER = "~ledger"  # the pseudo-account of spend no bidder has reported (bidder ids never start with "~")
+
+
 class LeaseGranter:
     """Streams side, one campaign-day: grants slices of the remaining daily budget to bidders.
 
@@ -172,3 +175,16 @@ class LeaseGranter:
             return 0
         acct.live = False
         return acct.outstanding
+
+    def adopt(self, bidder: str, granted: int, spent: int) -> None:
+        """A bidder's own account of its grant and settled spend (after a restart of the streams side, or a
+        rebalance): never lowers what is known already."""
+        acct = self._accounts.setdefault(bidder, _Account())
+        acct.granted = max(acct.granted, granted)
+        acct.billed = max(acct.billed, spent)
+
+    def ledger_spend(self, spend: int) -> None:
+        """The ledger's exact spend for the day: what the bidders' reports do not explain is booked to `LEDGER`."""
+        reported = sum(a.billed for b, a in self._accounts.items() if b != LEDGER)
+        acct = self._accounts.setdefault(LEDGER, _Account(live=False))
+        acct.billed = max(spend - reported, 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import orjson
 
@@ -184,7 +185,9 @@ def _sizes(imp: dict, path: str) -> tuple[str, tuple[tuple[int, int], ...], tupl
             for i, f in enumerate(fmts):
                 if type(f) is not dict:
                     raise BadRequest("bad_type", f"{bp}format[{i}] must be an object")
-                fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
+                fw, fh = f.get("w"), f.get("h")
+                if type(fw) is not int or type(fh) is not int:  # the path is formatted only for the error
+                    fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
                 if fw > 0 and fh > 0:
                     sizes.append((fw, fh))
         return "banner", tuple(sizes), ()
@@ -287,7 +290,15 @@ def _privacy(req: dict, user: dict) -> Privacy:
 
 def hash_id(salt: bytes, raw: str) -> str:
     """Salted, truncated hash: stable enough for frequency caps, useless to re-identify."""
-    return hashlib.blake2b(raw.encode(), key=salt, digest_size=8).hexdigest()
+    h = _keyed_id_hash(salt).copy()
+    h.update(raw.encode())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _keyed_id_hash(salt: bytes) -> hashlib.blake2b:
+    """The keyed hash with its key block absorbed, copied per id (same digest as keying it each time)."""
+    return hashlib.blake2b(key=salt, digest_size=8)
 
 
 def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
@@ -327,7 +338,7 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
     schain = _obj(source, "schain", "source.") or _obj(_obj(source, "ext", "source."), "schain", "source.ext.")
     return BidRequest(
         id=rid,
-        imps=tuple(_imp(x, i) for i, x in enumerate(imps)),
+        imps=tuple([_imp(x, i) for i, x in enumerate(imps)]),
         at=at,
         tmax=tmax,
         cur=_strs(req, "cur", ""),

@@ -30,6 +30,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from models.conversion import DEFAULT_CVR
+
 HOURS = 24
 
 
@@ -46,6 +48,14 @@ class PacingState:
     impressions_today: int = 0
     clicks_today: int = 0
     value_today: int = 0  # micros
+    cvr: float = 0.0  # P(conversion | click) for CPA campaigns (models.conversion), published with the pacing
+
+
+def conversion_rate(state: PacingState | None) -> float:
+    """The P(conversion | click) to price a CPA campaign with: the published one, else the prior."""
+    if state is None or not 0.0 < state.cvr <= 1.0:  # none published yet (or NaN): the prior
+        return DEFAULT_CVR
+    return state.cvr
 
 
 class SpendPlan:
@@ -97,13 +107,18 @@ class PacingController:
         about a fifth of the day from lambda = 0 (sooner from yesterday's, see
         `next_day`), and a single win moves lambda very little.
     kp: proportional term on the cumulative gap to plan (in budget fractions).
+    tail: with tail < 1, the gap is divided by the share of the plan left (at least `tail`): the pace must change
+        by gap / plan left to close it by the end of the day, so the same gap weighs more as the day runs out
+        (1, the default, leaves the term as it is).
     max_step: bound on one step's change of u, against bursts of late billing.
     """
 
     def __init__(self, day: str = "", plan: SpendPlan | None = None, campaign: str = "", lam: float = 0.0,
-                 gain: float = 10.0, kp: float = 1.0, lam_max: float = 100.0, max_step: float = 0.5) -> None:
-        if gain < 0 or kp < 0 or lam_max <= 0 or max_step <= 0:
-            raise ValueError("gain and kp must be >= 0, lam_max and max_step > 0")
+                 gain: float = 10.0, kp: float = 1.0, lam_max: float = 100.0, max_step: float = 0.5,
+                 tail: float = 1.0) -> None:
+        if gain < 0 or kp < 0 or lam_max <= 0 or max_step <= 0 or not 0 < tail <= 1:
+            raise ValueError("gain and kp must be >= 0, lam_max and max_step > 0, tail in (0, 1]")
+        self.tail = tail
         self.day, self.campaign = day, campaign
         self.plan = plan or SpendPlan()
         self.gain, self.kp, self.max_step = gain, kp, max_step
@@ -111,29 +126,40 @@ class PacingController:
         self.u_int = min(max(math.log1p(max(lam, 0.0)), 0.0), self.u_max)
         self.u = self.u_int
         self._last: tuple[float, int] | None = None  # (plan fraction, spent) at the previous step
+        self._u_sum = self._u_weight = 0.0  # u over the day, weighted by plan progress (for next_day)
 
     @property
     def lam(self) -> float:
         return math.expm1(self.u)
 
-    def next_day(self, day: str) -> PacingController:
-        """A controller for a new day that starts from today's multiplier: yesterday's price of budget."""
-        return PacingController(day, self.plan, self.campaign, math.expm1(self.u_int), self.gain, self.kp,
-                                math.expm1(self.u_max), self.max_step)
+    def next_day(self, day: str, plan: SpendPlan | None = None) -> PacingController:
+        """A controller for a new day that starts from today's multiplier: yesterday's price of budget.
+
+        That is the day's average of u over the plan (each step weighted by the share of the plan it covered), not
+        its last value: the end of a day, when a shortfall is bought back or a budget is spent out, is no guide to
+        the start of the next.  `plan` replaces today's plan (a fresher traffic forecast); by default it is kept.
+        """
+        u0 = self._u_sum / self._u_weight if self._u_weight > 0 else self.u_int
+        return PacingController(day, plan or self.plan, self.campaign, math.expm1(u0), self.gain, self.kp,
+                                math.expm1(self.u_max), self.max_step, self.tail)
 
     def update(self, fraction_of_day: float, spent: int, budget: int) -> PacingState:
         """One control step: spend so far today (micros) against the plan at this time; returns the new state."""
         p = self.plan.target(fraction_of_day)
         exhausted = budget <= 0 or spent >= budget
+        p_step = p - self._last[0] if self._last is not None else 0.0
         if self._last is not None and budget > 0:
             p_prev, spent_prev = self._last
             self._step(p - p_prev, 1.0 - p_prev, spent - spent_prev, budget - spent_prev, budget)
         self._last = (p, spent)
         if budget > 0:
             ahead = spent / budget - p
-            self.u = min(max(self.u_int + self.kp * ahead, 0.0), self.u_max)
+            self.u = min(max(self.u_int + self.kp * ahead / max(1.0 - p, self.tail), 0.0), self.u_max)
         if exhausted:
             self.u = self.u_max
+        elif p_step > 0.0:
+            self._u_sum += self.u * p_step
+            self._u_weight += p_step
         return PacingState(self.campaign, self.day, self.lam, spent, budget, exhausted)
 
     def _step(self, dp: float, plan_left: float, spent_step: int, budget_left: int, budget: int) -> None:

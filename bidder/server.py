@@ -447,7 +447,10 @@ def settle_heap(app: BidApp) -> None:
     engine.index.slots_of("")
     scoring = getattr(engine, "_scoring", None)
     if scoring is not None:
-        scoring()
+        tables = scoring()
+        warm = getattr(tables, "warm", None)
+        if warm is not None:
+            warm()
     gc.collect()
     gc.freeze()
 

@@ -18,7 +18,6 @@ test checks that both give the same answer on generated traffic.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -143,11 +142,12 @@ class CampaignIndex:
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
         self.caps = {c.id: (c.freq_per_hour, c.freq_per_day) for c in camps if c.freq_per_hour or c.freq_per_day}
         self._capped = _bits_of(i for i, c in enumerate(camps) if c.id in self.caps)
-        self._capped_slots = np.fromiter((c.id in self.caps for c in camps), dtype=bool, count=self.n)
         self._live_key: object = None
         self._live_bits = 0
         self._cur_bits: dict[tuple[str, ...], int] = {}
         self._req_bits: dict[tuple, int] = {}
+        self._counts_memo: dict[int, dict[str, int]] = {}
+        self._blocked: dict[tuple[int, frozenset[str]], int] = {}
 
     def __len__(self) -> int:
         return len(self.campaigns)
@@ -216,11 +216,22 @@ class CampaignIndex:
             if len(self._req_bits) >= REQUEST_BITS_CACHE:
                 self._req_bits.clear()
             self._req_bits[key] = targeting
-        not_adv = self._union(self._advertiser, req.badv) if req.badv else 0
-        not_cat = self._union(self._blocks, req.bcat) if req.bcat else 0
+        not_adv = self._blocked_by(0, req.badv) if req.badv else 0
+        not_cat = self._blocked_by(1, req.bcat) if req.bcat else 0
         app_blocked = bool(req.is_app and req.bapp and req.domain in req.bapp)
         return (self._country.one(req.country), live_m, self._currency_bits(req.cur or ("USD",)), targeting, not_adv,
                 not_cat, app_blocked)
+
+    def _blocked_by(self, which: int, blocked: frozenset[str]) -> int:
+        """Slots a block list rules out (0: advertisers, 1: categories); exchanges send the same lists again and again."""
+        key = (which, blocked)
+        bits = self._blocked.get(key)
+        if bits is None:
+            bits = self._union(self._blocks if which else self._advertiser, blocked)
+            if len(self._blocked) >= REQUEST_BITS_CACHE:
+                self._blocked.clear()
+            self._blocked[key] = bits
+        return bits
 
     @staticmethod
     def _union(table: dict[object, int], keys: Iterable[str]) -> int:
@@ -279,11 +290,8 @@ class CampaignIndex:
             if user:
                 m, capped = self._within_caps(m, user, frequency, hour, day)
             else:  # no usable user id: no capped campaign can keep its cap
-                slots = self.indices(m)
-                dropped = self._capped_slots[slots]
-                capped = Counter(map(self.slot_campaign.__getitem__, slots[dropped].tolist()))
+                capped = self._per_campaign(m & self._capped)
                 m &= ~self._capped
-                slots = slots[~dropped]
             if not m:
                 return Eligible(reason=FREQUENCY_CAP, capped=capped)
         if slots is None:
@@ -334,7 +342,21 @@ class CampaignIndex:
         drop &= m
         if not drop:
             return m, {}
-        return m & ~drop, Counter(map(self.slot_campaign.__getitem__, self.indices(drop).tolist()))
+        return m & ~drop, self._per_campaign(drop)
+
+    def _per_campaign(self, bits: int) -> dict[str, int]:
+        """How many slots of each campaign a set holds (for the frequency-cap metrics); the same sets recur, so
+        the answers are memoised.  Callers only read them."""
+        counts = self._counts_memo.get(bits)
+        if counts is None:
+            counts = {}
+            for s in self.indices(bits).tolist():
+                cid = self.slot_campaign[s]
+                counts[cid] = counts.get(cid, 0) + 1
+            if len(self._counts_memo) >= REQUEST_BITS_CACHE:
+                self._counts_memo.clear()
+            self._counts_memo[bits] = counts
+        return counts
 
 
 def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:

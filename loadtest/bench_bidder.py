@@ -16,6 +16,7 @@ For each server:
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import signal
@@ -37,7 +38,8 @@ from loadtest.traffic import RequestFactory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FLOOR = PROJECT_ROOT.parent / "shared" / "bench" / "floor_server.py"
-DEFAULT_BIDDER_CMD = ".venv/bin/streambid serve --workers 1 --no-kafka --host 127.0.0.1 --port {port} --campaigns {campaigns}"
+DEFAULT_BIDDER_CMD = (".venv/bin/streambid serve --workers 1 --no-kafka --host 127.0.0.1 --port {port} --campaigns {campaigns}"
+                      " --model {model}")
 SERVER_CORE, GENERATOR_CORE = 0, 1
 TARGET_RATIO = 0.33
 TARGET_P99_MS = 5.0
@@ -47,6 +49,9 @@ REFINE = 2  # then this many bisections between the highest pass and the lowest 
 TOLERANCE = 0.01  # a sustained rate may lose at most 1% of requests to timeouts, lateness or shedding
 SHED_REASONS = ("overload",)  # x-nobid-reason values that mean "shed, not decided"
 _POOL = 5000
+MODEL_REQUESTS = 60_000  # simulated requests behind the bench's trained model ...
+MODEL_IMPRESSIONS_PER_IMP = 6  # ... each impression shown to this many of its eligible creatives (counts) ...
+MODEL_LEARN_SHARE = 0.1  # ... of which this share also trains the weights (the learner costs ~0.2 ms an event)
 
 
 class BenchError(RuntimeError):
@@ -299,12 +304,13 @@ def bench_bidder(
     with tempfile.TemporaryDirectory(prefix="streambid-bench-") as tmp:
         work = Path(tmp)
         camp_file = _campaign_file(work, campaigns, seed)
+        model_file = _model_file(camp_file, seed, out)
         if (os.cpu_count() or 1) >= 2:
             os.sched_setaffinity(0, {GENERATOR_CORE})
         try:
             for name, argv_of in (
                 ("floor", lambda port: [sys.executable, str(floor), "--host", "127.0.0.1", "--port", str(port)]),
-                ("bidder", lambda port: shlex.split(bidder_cmd.format(port=port, campaigns=camp_file))),
+                ("bidder", lambda port: shlex.split(bidder_cmd.format(port=port, campaigns=camp_file, model=model_file))),
             ):
                 port = free_port()
                 server = Server(name, argv_of(port), port, work)
@@ -375,6 +381,75 @@ def _campaign_file(work: Path, n: int, seed: int) -> Path:
             raise BenchError(f"generated campaign {i} is invalid: {e}") from None
     path = work / "campaigns.json"
     path.write_bytes(orjson.dumps({"campaigns": docs}))
+    return path
+
+
+def _model_file(camp_file: Path, seed: int, out: Path) -> Path:
+    """The trained model for these campaigns, from `out/` when an earlier run trained it (training takes a while)."""
+    import zlib
+
+    data = camp_file.read_bytes()
+    path = out / f"bench-model-{zlib.crc32(data) ^ seed:08x}-{MODEL_REQUESTS}.snap"
+    if not path.exists():
+        _phase(f"training a model on {MODEL_REQUESTS:,} simulated requests (kept in {path})")
+        train_bench_model(orjson.loads(data)["campaigns"], seed, path)
+    return path
+
+
+def train_bench_model(docs: list[dict[str, Any]], seed: int, path: Path) -> Path:
+    """A model trained on simulated impressions of the benchmark's campaigns and traffic, saved at `path`.
+
+    A bidder with an empty model scores every creative by a Thompson draw; a production bidder mostly scores
+    creatives its model knows.  So the bench serves a model whose click counts put most creatives past the
+    exploration threshold (popular ones far past it, creatives that rarely match still exploring) and whose
+    weights are learned from a sample of those impressions, labelled by a seeded ground truth.
+    """
+    import random
+    import zlib
+
+    from bidder.campaigns import parse_campaign
+    from bidder.engine import BidEngine, EngineConfig
+    from bidder.openrtb import BadRequest, parse_request
+    from models.features import candidate_features, request_features
+    from models.learner import CTRLearner
+    from models.snapshot import ModelSnapshot
+
+    def effect(name: str, sd: float) -> float:  # a fixed effect per name, roughly N(0, sd)
+        u = (zlib.crc32(name.encode()) & 0xFFFF) / 0xFFFF
+        return sd * 3.4 * (u - 0.5)
+
+    engine = BidEngine(EngineConfig(secret=b"bench"), [parse_campaign(d) for d in docs], ModelSnapshot.empty(),
+                       sink=lambda kind, key, ev: None)
+    live = frozenset(c.id for c in engine.index.campaigns.values() if c.active)  # every hour of the day, so all flights
+    rng = random.Random(seed)
+    learner = CTRLearner()
+    factory = RequestFactory(seed + 101)
+    for n in range(MODEL_REQUESTS):
+        try:
+            req = parse_request(factory.body())
+        except BadRequest:
+            continue
+        hour = rng.randrange(24)
+        for imp in req.imps:
+            el = engine.index.eligible(req, imp, live, engine.cfg.seat, req.user_key, engine.frequency, 0, 0)
+            slots = el.slots.tolist()
+            if not slots:
+                continue
+            feats = request_features(req, imp, "bench", hour, rng.randrange(7))
+            for s in rng.sample(slots, min(MODEL_IMPRESSIONS_PER_IMP, len(slots))):
+                camp, cr = engine.index.slots[s]
+                z = -5.3 + effect(f"{camp.id}/{cr.id}", 0.5) + effect(req.domain, 0.4) + effect(f"{cr.id}@{hour}", 0.2)
+                clicked = rng.random() < 1.0 / (1.0 + math.exp(-z))
+                if rng.random() < MODEL_LEARN_SHARE:
+                    learner.learn_one(feats + candidate_features(feats, hour, req.domain, camp.id, cr.id), clicked,
+                                      camp.id, cr.id)
+                else:
+                    learner.counts.add(camp.id, cr.id, clicked)
+        if n % 2000 == 0:
+            sys.stderr.write(f"\rtraining the bench model: {n:,}/{MODEL_REQUESTS:,} requests")
+            sys.stderr.flush()
+    sys.stderr.write("\n")
+    learner.snapshot(version=1).save(path)
     return path
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 REPLAY_DESCRIPTION = """\
 Replay the iPinYou campaign-2997 auction log (RLB paper protocol, Cai et al.
-WSDM 2017) through the bidder's own pacing controller and pricer, next to a
-linear-bidding baseline and the hindsight optimum.
+WSDM 2017) through the bidder's own pricer, paced by its predictive pacer
+(the feedback controller alongside for reference), next to a linear-bidding
+baseline and the hindsight optimum.
 
 The log is cut into episodes of T auctions with budget
 B = int(cost_train / imp_train * c0 * T); an auction is won when the bid is

@@ -96,7 +96,7 @@ class ExchangeDay:
 
     def __init__(self, market: Market, campaigns: list[Campaign], bid: Callable[[bytes, float], tuple[int, bytes]] | None,
                  notice: Callable[[str, str, float], None], emit: Callable[[str, str, dict[str, Any]], None],
-                 tick: Callable[[float], None] | None, tick_every: float = 60.0) -> None:
+                 tick: Callable[[float], None] | None, tick_every: float = 60.0, label: str = "") -> None:
         self.market = market
         self.by_id = {c.id: c for c in campaigns}
         self.bid = bid
@@ -104,6 +104,7 @@ class ExchangeDay:
         self.emit = emit
         self.tick = tick
         self.tick_every = tick_every
+        self.label = label
         self.results = {c.id: CampaignDay(budget=c.daily_budget) for c in campaigns}
         self._events: list[tuple[float, int, str, tuple]] = []
         self._seq = itertools.count()
@@ -231,6 +232,7 @@ class ExchangeDay:
         clicks = sum(r.clicks for r in self.results.values())
         clock = dt.datetime.fromtimestamp(min(now, start + DAY - 1), dt.UTC).strftime("%H:%M")
         bar = "#" * int(30 * i / max(n, 1))
-        sys.stderr.write(f"\r[{bar:<30}] {100 * i / max(n, 1):5.1f}%  sim {clock}  requests {i:>8,}  "
+        label = f"{self.label:<9} " if self.label else ""
+        sys.stderr.write(f"\r{label}[{bar:<30}] {100 * i / max(n, 1):5.1f}%  sim {clock}  requests {i:>8,}  "
                          f"spend {spend:>9.2f}  clicks {clicks:>6,}  {time.perf_counter() - t0:6.1f}s ")
         sys.stderr.flush()

@@ -8,10 +8,11 @@ optimum).  The invariants compare them:
 - ledger: the ledger's spend equals, to the micro, the sum of the billing
   notices the bidder accepted, and it counted every billed impression, click
   and conversion the simulator sent exactly once;
-- budget: spend <= daily budget + bound.  There are no budget leases on the
-  Kafka path yet, so a campaign stops when the pacing topic tells the bidders
-  it is exhausted (billing -> Kafka -> worker ledger -> pacing step -> pacing
-  topic -> every bidder).  The bound is what could be bought before the
+- budget: spend <= daily budget + bound.  The bidders bid on budget leases,
+  which keep spend within the budget by themselves; this is the looser check
+  that holds with leases off too, where a campaign stops when the pacing topic
+  tells the bidders it is exhausted (billing -> Kafka -> worker ledger ->
+  pacing step -> pacing topic -> every bidder).  The bound is what could be bought before the
   bidders knew: the billed cost of the impressions in flight when the
   simulator's billing reached the budget, plus those won until the pacing
   topic said `exhausted` (the runner follows that topic like the bidders do)

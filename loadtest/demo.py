@@ -8,10 +8,16 @@ Faust worker runs on Kafka.  Ends with a ROI table and a spend-vs-plan plot.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
+import multiprocessing
+import random
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,14 +25,24 @@ from typing import Any
 from bidder.campaigns import Campaign, load_campaigns
 from bidder.engine import BidEngine, EngineConfig
 from bidder.openrtb import BadRequest, parse_request
-from bidder.pacing import SpendPlan
-from loadtest.day import DayReport, ExchangeDay
+from bidder.pacing import PacingState, SpendPlan
+from loadtest.day import DAY, DayReport, ExchangeDay
 from loadtest.simulator import Market
 from models.snapshot import ModelSnapshot
 from streams.bus import EmbeddedBus
+from streams.ledger import SpendLedger
+from streams.processor import Learner, Pacer
 
+FIXED_PCTR = 0.001  # the constant score behind the fixed-bid baseline
 # The smallest budget slice the embedded granter hands the bidder (micros): overspend stays under one slice.
-LEASE_SLICE = 20_000
+LEASE_SLICE = 50_000
+
+
+STRATEGIES = {
+    "paced": "paced (pCTR value, lambda on a traffic-shaped plan)",
+    "asap": "as fast as possible (full value, no pacing)",
+    "fixed": "fixed bid (yesterday's average CPM, no pacing)",
+}
 
 
 @dataclass(slots=True)
@@ -35,47 +51,145 @@ class DemoRun:
     bus: EmbeddedBus
     engine: BidEngine
     campaigns: list[Campaign]
+    baselines: dict[str, DayReport] = field(default_factory=dict)  # strategy -> the same day under it
+    yesterday: DayReport | None = None
+
+
+class FlatPacer(Pacer):
+    """A baseline's pacing: lambda stays 0 (full value) until the day's budget is spent."""
+
+    def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
+        out = []
+        for camp in self.campaigns.by_id.values():
+            day = self.campaigns.fraction_of_day(camp, now)[0]
+            spent = ledger.day_totals(camp.id, day)["spend"]
+            out.append(PacingState(camp.id, day, 0.0, spent, camp.daily_budget, spent >= camp.daily_budget))
+        return out
 
 
 def demo_campaigns_path() -> Path:
     return Path(str(resources.files("loadtest") / "data" / "demo_campaigns.json"))
 
 
-def run_demo(requests: int = 60_000, seed: int = 7, campaigns_file: Path | None = None, progress: bool = True) -> DemoRun:
-    """Simulate one day (today, UTC) with `requests` bid requests."""
-    campaigns = load_campaigns(campaigns_file or demo_campaigns_path())
-    start = dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(), dt.UTC).timestamp()
-    clock = {"now": start}
-    holder: dict[str, Any] = {}
-    config = EngineConfig(secret=b"demo-secret", notice_ttl_s=7200, lease_slice=LEASE_SLICE)
-    engine = BidEngine(config, campaigns, ModelSnapshot.empty(),
-                       sink=lambda kind, key, ev: holder["bus"].emit(kind, key, ev), clock=lambda: clock["now"])
-    bus = holder["bus"] = EmbeddedBus(engine)
+class _Stack:
+    """One bidder engine and its embedded bus on a simulated clock."""
 
-    def bid(body: bytes, now: float) -> tuple[int, bytes]:
-        clock["now"] = now
+    def __init__(self, campaigns: list[Campaign], learner: Learner | None = None, strategy: str = "paced",
+                 seed: int = 0) -> None:
+        self.clock = 0.0
+        fixed = strategy == "fixed"
+        config = EngineConfig(secret=b"demo-secret", notice_ttl_s=7200, lease_slice=LEASE_SLICE)
+        if fixed:  # nothing to explore: every candidate scores the same
+            config = replace(config, explore_below=0)
+        model = ModelSnapshot.empty(FIXED_PCTR) if fixed else ModelSnapshot.empty()
+        self.engine = BidEngine(config, campaigns, model, sink=self._sink, clock=lambda: self.clock,
+                                rng=random.Random(f"{seed}:{strategy}"))  # the same seed plays the same day
+        self.bus = EmbeddedBus(self.engine, publish_model=not fixed)
+        if learner is not None:
+            self.bus.learner = learner
+            if not fixed:
+                self.engine.set_model(ModelSnapshot.from_bytes(learner.snapshot_bytes()))
+        if strategy != "paced":
+            self.bus.pacer = FlatPacer(self.bus.campaigns)
+
+    def _sink(self, kind: str, key: str, event: dict[str, Any]) -> None:
+        self.bus.emit(kind, key, event)
+
+    def bid(self, body: bytes, now: float) -> tuple[int, bytes]:
+        self.clock = now
         try:
             req = parse_request(body)
         except BadRequest:
             return 400, b""
-        out = engine.bid(req, "simx", math.inf)
+        out = self.engine.bid(req, "simx", math.inf)
         return out.status, out.body
 
-    def notice(kind: str, query: str, now: float) -> None:
-        clock["now"] = now
-        engine.notice(kind, query)
+    def notice(self, kind: str, query: str, now: float) -> None:
+        self.clock = now
+        self.engine.notice(kind, query)
 
-    def tick(now: float) -> None:
-        clock["now"] = now
-        bus.tick(now)
+    def tick(self, now: float) -> None:
+        self.clock = now
+        self.bus.tick(now)
 
-    day = ExchangeDay(Market(seed), campaigns, bid, notice, bus.emit, tick)
-    report = day.run(requests, start, progress=progress)
-    return DemoRun(report, bus, engine, campaigns)
+    def play(self, market: Market, campaigns: list[Campaign], requests: int, start: float, label: str,
+             progress: bool) -> DayReport:
+        day = ExchangeDay(market, campaigns, self.bid, self.notice, self.bus.emit, self.tick, label=label)
+        return day.run(requests, start, progress=progress)
+
+
+def fixed_bid_campaigns(campaigns: list[Campaign], yesterday: DayReport) -> list[Campaign]:
+    """Each campaign bidding one CPM all day: what it paid on average yesterday, a price a marketer would pick.
+
+    In the engine's terms a fixed bid is a model that scores every candidate `FIXED_PCTR` and a click worth
+    CPM / (1000 x FIXED_PCTR), so that value = pCTR x value per click x 1000 = the CPM.
+    """
+    out = []
+    for camp in campaigns:
+        r = yesterday.campaigns[camp.id]
+        cpm = r.spend * 1000 // r.impressions if r.impressions else camp.max_bid_cpm
+        cpm = max(min(cpm, camp.max_bid_cpm), 1)
+        out.append(replace(camp, goal="cpc", value_per_click=round(cpm / (1000 * FIXED_PCTR)), max_bid_cpm=cpm))
+    return out
+
+
+def run_demo(requests: int = 60_000, seed: int = 7, campaigns_file: Path | None = None, progress: bool = True,
+             compare: bool = True) -> DemoRun:
+    """Simulate yesterday and today (UTC) with `requests` bid requests each; today also under the baselines.
+
+    Yesterday starts from nothing: an empty model, no traffic forecast, a uniform plan.  Today starts from what
+    yesterday left: the learned model, the forecast and each campaign's multiplier.  The baselines play today's
+    market from the same state (the same learner, the same random market), differing only in how they price.
+    """
+    campaigns = load_campaigns(campaigns_file or demo_campaigns_path())
+    start = dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(), dt.UTC).timestamp()
+    market = Market(seed)
+    stack = _Stack(campaigns, seed=seed)
+    before = stack.play(market, campaigns, requests, start - DAY, "yesterday", progress)
+    frozen = copy.deepcopy((market, stack.bus.learner)) if compare else None
+    baselines: dict[str, DayReport] = {}
+    if frozen is not None:
+        jobs = {name: (frozen, fixed_bid_campaigns(campaigns, before) if name == "fixed" else campaigns, name, requests,
+                       start, seed) for name in BASELINES}
+        with _pool() as pool:  # the baselines play on the other core while today's paced day plays here
+            futures = {name: pool.submit(play_baseline, *job) for name, job in jobs.items()}
+            report = stack.play(market, campaigns, requests, start, "today", progress)
+            if progress:
+                sys.stderr.write("baselines: waiting for the as-fast-as-possible and fixed-bid days...\n")
+            baselines = {name: f.result() for name, f in futures.items()}
+    else:
+        report = stack.play(market, campaigns, requests, start, "today", progress)
+    report.plan = lambda cid, frac: stack.bus.pacer.controllers[cid].plan.target(frac)
+    return DemoRun(report, stack.bus, stack.engine, campaigns, baselines, before)
+
+
+BASELINES = ("asap", "fixed")
+
+
+def play_baseline(frozen: tuple[Market, Learner], campaigns: list[Campaign], name: str, requests: int,
+                  start: float, seed: int) -> DayReport:
+    """Today under a baseline, from yesterday's market and learner (a copy: the paced day keeps its own)."""
+    market, learner = copy.deepcopy(frozen)
+    return _Stack(campaigns, learner, name, seed).play(market, campaigns, requests, start, name, progress=False)
+
+
+def _pool() -> Executor:
+    """Worker processes forked from this one (they inherit the loaded code); in-line where fork is not available."""
+    try:
+        return ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork"))
+    except ValueError:
+        return _InlineExecutor()
+
+
+class _InlineExecutor(Executor):
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        f: Future = Future()
+        f.set_result(fn(*args, **kwargs))
+        return f
 
 
 def roi_rows(run: DemoRun) -> list[dict[str, Any]]:
-    """Per-campaign figures from the ledger (what the system counted), beside the simulator's truth."""
+    """Per-campaign figures of today from the ledger (what the system counted), beside the simulator's truth."""
     rows = []
     day = dt.datetime.fromtimestamp(time.time(), dt.UTC).date().isoformat()
     for camp in run.campaigns:
@@ -93,18 +207,58 @@ def roi_rows(run: DemoRun) -> list[dict[str, Any]]:
             "ecpc": spend / t["clicks"] / 1e6 if t["clicks"] else None,
             "value": value / 1e6,
             "roi": (value - spend) / spend if spend else 0.0,
-            "max_plan_error_pct": plan_error(camp, sim.curve),
+            "max_plan_error_pct": plan_error(camp, sim.curve, run.report.plan),
         })
     return rows
 
 
-def plan_error(camp: Campaign, curve: list[tuple[float, int]]) -> float:
-    """Largest gap between cumulative spend and the plan, in % of the daily budget."""
-    plan = SpendPlan(hours=camp.hours)
+def plan_error(camp: Campaign, curve: list[tuple[float, int]],
+               plan: Callable[[str, float], float] | None = None) -> float:
+    """Largest gap between cumulative spend and the plan (the pacer's own, else uniform), in % of the daily budget."""
+    target = (lambda f: plan(camp.id, f)) if plan is not None else SpendPlan(hours=camp.hours).target
     worst = 0.0
     for frac, spent in curve:
-        worst = max(worst, abs(spent - plan.target(frac) * camp.daily_budget) / camp.daily_budget)
+        worst = max(worst, abs(spent - target(frac) * camp.daily_budget) / camp.daily_budget)
     return round(100.0 * worst, 2)
+
+
+def spent_out_at(camp: Campaign, curve: list[tuple[float, int]], share: float = 0.99) -> float | None:
+    """Hour of the day when `share` of the budget was spent, or None when it never was."""
+    for frac, spent in curve:
+        if spent >= share * camp.daily_budget:
+            return 24.0 * frac
+    return None
+
+
+def comparison_rows(run: DemoRun) -> list[dict[str, Any]]:
+    """Today under each strategy, per campaign: the simulator's account of spend and (expected) clicks."""
+    rows = []
+    reports = {"paced": run.report, **run.baselines}
+    for camp in run.campaigns:
+        for name, report in reports.items():
+            r = report.campaigns[camp.id]
+            out = spent_out_at(camp, r.curve)
+            rows.append({
+                "campaign": camp.id, "strategy": name,
+                "spend_pct": round(100.0 * r.spend / camp.daily_budget, 2) if camp.daily_budget else 0.0,
+                "impressions": r.impressions, "clicks": r.clicks, "expected_clicks": round(r.expected_clicks, 1),
+                "ecpc_expected": round(r.spend / r.expected_clicks / 1e6, 3) if r.expected_clicks else None,
+                "max_plan_gap_pct": plan_error(camp, r.curve, run.report.plan),
+                "spent_out_hour": round(out, 1) if out is not None else None,
+            })
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'campaign':<14} {'strategy':<7} {'spent%':>7} {'imps':>7} {'clicks':>6} {'exp.clk':>7} "
+            f"{'eCPC(exp)':>9} {'plan gap%':>9} {'99% spent at':>12}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ecpc = f"{r['ecpc_expected']:.3f}" if r["ecpc_expected"] is not None else "-"
+        out = f"{r['spent_out_hour']:.1f} h" if r["spent_out_hour"] is not None else "never"
+        lines.append(f"{r['campaign']:<14} {r['strategy']:<7} {r['spend_pct']:>6.1f}% {r['impressions']:>7,} "
+                     f"{r['clicks']:>6,} {r['expected_clicks']:>7.1f} {ecpc:>9} {r['max_plan_gap_pct']:>9.2f} {out:>12}")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -119,31 +273,45 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+STYLE = {"paced": "-", "asap": ":", "fixed": "-."}
+
+
 def plot_day(run: DemoRun, rows: list[dict[str, Any]], path: Path) -> Path:
-    """Spend against plan per campaign, and ROI per campaign, as one PNG."""
+    """One panel per campaign (today's spend under each strategy against the plan) and one of ROI, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for camp in run.campaigns:
-        curve = run.report.campaigns[camp.id].curve
-        plan = SpendPlan(hours=camp.hours)
-        xs = [i / 96 for i in range(97)]
-        line = ax1.plot([x * 24 for x, _ in curve], [s / 1e6 for _, s in curve], label=f"{camp.id} spend")[0]
-        ax1.plot([x * 24 for x in xs], [plan.target(x) * camp.daily_budget / 1e6 for x in xs], "--",
-                 color=line.get_color(), alpha=0.6, label=f"{camp.id} plan")
-    ax1.set_xlabel("hour of day (UTC)")
-    ax1.set_ylabel("cumulative spend (USD)")
-    ax1.set_title("Spend against plan")
-    ax1.legend(fontsize=7)
-    ax2.bar([r["campaign"] for r in rows], [r["roi"] for r in rows], color="tab:green")
-    ax2.axhline(0, color="black", linewidth=0.8)
-    ax2.set_ylabel("ROI = (value - spend) / spend")
-    ax2.set_title("ROI per campaign")
+    n = len(run.campaigns) + 1
+    cols = min(n, 2)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(6 * cols, 4 * ((n + cols - 1) // cols)), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    reports = {"paced": run.report, **run.baselines}
+    xs = [i / 96 for i in range(97)]
+    for ax, camp in zip(flat, run.campaigns, strict=False):
+        budget = camp.daily_budget / 1e6
+        ax.plot([x * 24 for x in xs], [run.report.plan(camp.id, x) * budget if run.report.plan else x * budget
+                                       for x in xs], "--", color="grey", label="plan (traffic forecast)")
+        for name, report in reports.items():
+            curve = report.campaigns[camp.id].curve
+            ax.plot([0.0] + [f * 24 for f, _ in curve], [0.0] + [s / 1e6 for _, s in curve], STYLE.get(name, "-"),
+                    label=STRATEGIES.get(name, name))
+        ax.axhline(budget, color="black", linewidth=0.6)
+        ax.set_xlim(0, 24)
+        ax.set_title(f"{camp.id}: budget {budget:.2f}")
+        ax.set_xlabel("hour of day (UTC)")
+        ax.set_ylabel("cumulative spend")
+        ax.legend(fontsize=7, loc="upper left")
+    ax = flat[len(run.campaigns)]
+    ax.bar([r["campaign"] for r in rows], [r["roi"] for r in rows], color="tab:green")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("ROI = (value - spend) / spend")
+    ax.set_title("ROI per campaign, paced")
+    for extra in flat[n:]:
+        extra.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -101,7 +101,8 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
         "--bidder-cmd",
         default=DEFAULT_BIDDER_CMD,
         metavar="CMD",
-        help="bidder command; {port} and {campaigns} are filled in (default: %(default)s)",
+        help="bidder command; {port}, {campaigns} and {model} (the bench's trained model) are filled in "
+             "(default: %(default)s)",
     )
     a("--path", default="/bid/bench", help="URL path requests are posted to (default /bid/bench)")
     a("--connections", type=int, default=64, metavar="C", help="connections for every phase (default 64)")

@@ -89,19 +89,75 @@ class CTRLearner:
 
     # -- learning -------------------------------------------------------------------------
 
-    def learn_one(self, features: Sequence[int], label: bool, campaign: str, creative: str) -> None:
-        """Learn from one impression and whether it was clicked."""
+    def learn_one(self, features: Sequence[int], label: bool, campaign: str, creative: str) -> float:
+        """Learn from one impression and whether it was clicked; returns the pCTR `predict_one` gave it just before."""
         x = self._x(features)
         label = bool(label)
+        margin = self._model._raw_dot_one(x)  # River's w·x + intercept: the calibration's score and the step's margin
+        lam, offset = self.counts.blend(campaign, creative)
+        s = lam * (margin + self._shift) + offset
         if self.config.calibrate:
-            self.calibrator.learn(self._raw_logit(x, campaign, creative), label)
+            before = self.calibrator.apply(s)
+            self.calibrator.learn(s, label)
+        else:
+            before = sigmoid(s)
         self.counts.add(campaign, creative, label)
         self.n_seen += 1
         rate = self.config.negative_rate
         if label or rate >= 1.0 or self._rng.random() < rate:
-            self._model.learn_one(x, label)
-            self._refresh(x)
+            self._step(x, label, margin)
             self.n_learned += 1
+        return before
+
+    def _step(self, x: dict[int, float], label: bool, margin: float) -> None:
+        """One FTRL-Proximal step of River's LogisticRegression, on River's own state, then the exact weights.
+
+        The same arithmetic, operation for operation, as `LogisticRegression.learn_one` with `FTRLProximal`
+        (log loss, 0/1 features, no model l2, intercept rate 0) followed by `_refresh`; `_river_step` is that
+        reference and the tests hold the two bit for bit equal.  River spends much of its time in NumPy scalar
+        calls (`np.sign`) and generic vector plumbing; written out over the touched features, `learn_one` takes half
+        the time (32 µs against 60-70 µs for 18 features on the shared 2-core machine), and it is what bounds how
+        many examples one stream worker learns from.
+        """
+        y = 1 if label else -1
+        m = margin * y
+        if m > 18.0:
+            g = math.exp(-m) * -y
+        elif m < -18.0:
+            g = 1.0 * -y
+        else:
+            g = 1.0 * -y / (math.exp(m) + 1.0)
+        cfg = self.config
+        alpha, beta, l1, l2 = cfg.alpha, cfg.beta, cfg.l1, cfg.l2
+        opt = self._optimizer
+        z, n, w = opt.z, opt.n, self._model._weights
+        w_get, sqrt = w.get, math.sqrt
+        g2 = g**2
+        for i in x:
+            zi, ni = z[i], n[i]
+            root = ni**0.5
+            # River's weight from the state before this step (what its z update uses): -(1/d) * (z - sign(z) * l1)
+            if zi > l1:
+                wi = -(((beta + root) / alpha + l2) ** -1) * (zi - l1)
+            elif zi < -l1:
+                wi = -(((beta + root) / alpha + l2) ** -1) * (zi + l1)
+            else:
+                wi = w_get(i, 0)
+            ni += g2
+            zi += g - ((ni**0.5 - root) / alpha) * wi
+            z[i], n[i] = zi, ni
+            if zi > l1:  # then the exact FTRL-Proximal weight from the new state, as `_refresh` computes it
+                w[i] = -(zi - l1) / ((beta + sqrt(ni)) / alpha + l2)
+            elif zi < -l1:
+                w[i] = -(zi + l1) / ((beta + sqrt(ni)) / alpha + l2)
+            else:
+                w[i] = 0.0
+        opt.n_iterations += 1
+
+    def _river_step(self, x: dict[int, float], label: bool) -> None:
+        """The reference `_step` reproduces: River's own update, then the weights recomputed from (z, n)."""
+        self._model.learn_one(x, label)
+        self._refresh(x)
 
     def _refresh(self, x: dict[int, float]) -> None:
         """Recompute the touched weights from FTRL's (z, n) state.

@@ -18,9 +18,11 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from models.calibration import logit
+from models.features import HASH_MASK
 from models.prior import ClickCounts, CreativeKey, PriorConfig
 
 FORMAT = 1
@@ -31,7 +33,7 @@ class ModelSnapshot:
     """Frozen weights + prior blend table + calibration; what the bid path scores with."""
 
     __slots__ = ("version", "n_seen", "bias", "weights", "calibration", "logit_shift", "counts", "_blend", "_campaign_blend",
-                 "_default_blend")
+                 "_default_blend", "_dense")
 
     def __init__(
         self,
@@ -53,6 +55,23 @@ class ModelSnapshot:
         self._blend: dict[CreativeKey, tuple[float, float]] = {key: counts.blend(*key) for key in counts.creatives}
         self._campaign_blend = {c: (0.0, logit(counts.campaign_rate(c))) for c in counts.campaigns}
         self._default_blend = (0.0, logit(counts.global_rate()))
+        self._dense: np.ndarray | None = None
+
+    def dense_weights(self) -> np.ndarray:
+        """The weights as one array over the whole id space (0 where absent), for scoring many candidates at once.
+
+        Ids outside the space are left out: no feature function produces them, so no lookup could find them.
+        Built once per snapshot (8 MiB) and read-only.
+        """
+        if self._dense is None:
+            dense = np.zeros(HASH_MASK + 1)
+            ids = np.fromiter(self.weights.keys(), dtype=np.int64, count=len(self.weights))
+            ws = np.fromiter(self.weights.values(), dtype=np.float64, count=len(self.weights))
+            inside = (ids >= 0) & (ids <= HASH_MASK)
+            dense[ids[inside]] = ws[inside]
+            dense.flags.writeable = False
+            self._dense = dense
+        return self._dense
 
     # -- scoring ------------------------------------------------------------------------
 

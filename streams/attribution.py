@@ -135,10 +135,11 @@ class Attribution:
         out: list[Example] = []
         orphans = 0
         due, later = self._due, []
+        pop, get, due_of = heapq.heappop, self.pending.get, self._due_of  # a catching-up worker closes 10^5 at once
         while due and due[0][0] < now_ms:
-            when, bid_id = heapq.heappop(due)
-            entry = self.pending.get(bid_id)
-            if entry is None or self._due_of(entry) != when:
+            when, bid_id = pop(due)
+            entry = get(bid_id)
+            if entry is None or due_of(entry) != when:
                 continue  # gone, or changed since: a newer index entry stands for it
             if now_of is not None and when >= now_of(bid_id):
                 later.append((when, bid_id))

@@ -1,18 +1,20 @@
 """`streambid bench streams`: how many delivery events per second one worker turns into spend, labels and a model.
 
-The bench loads a day's worth of synthetic auctions onto the real topics (bid; win, billing and impression for
-the auctions won; a click now and then; a few re-sent duplicates), then starts one `streambid worker` process
-and times it from its first event until every event is processed and every example it produced is learned.
-Event times lie an hour in the past, so each served impression's click window is already closed: the worker
-emits its negative example on the next tick and the River learner runs inside the measured time.
+The bench loads synthetic auctions onto topics of its own (a run prefix, so nothing else on the broker is read):
+a bid; win, billing and impression for the auctions won; a click now and then; a few re-sent duplicates.  Then it
+starts one `streambid worker` and times it from its first event until every event is processed and every example
+it produced is learned.  Event times lie an hour back, like a backlog after an outage: click windows close as the
+worker's reading passes them in event time (the last ones once it has caught up), so the River learner works inside
+the measured time.
 
-Figures come from the worker itself (/status: position per partition, events consumed, examples learned) and
-from the broker (end offsets): lag is the number of delivery events not yet processed.
+Figures come from the worker itself (/status: offset reached per partition, examples learned, its wall and CPU
+clocks) and from the broker (end offsets): lag is the number of delivery events not yet processed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import random
 import socket
@@ -21,6 +23,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,8 +55,10 @@ class Workload:
 @dataclass
 class Result:
     events: int
-    seconds: float
+    seconds: float  # first event to every event processed and every example learned
     events_per_s: float
+    caught_up_s: float  # first event to consumer lag 0 (the learner may still be working)
+    delivery_events_per_s: float
     examples: int
     worker_cpu_s: float
     events_per_cpu_s: float
@@ -60,7 +66,7 @@ class Result:
     max_lag: int
     final_lag: int
     spend_ok: bool
-    samples: list[tuple[float, int, int]]  # (seconds since first event, events processed, lag)
+    samples: list[tuple[float, int, int, int]]  # (seconds since the first event, events processed, lag, learned)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "samples"} | {
@@ -76,22 +82,19 @@ def _zipf_table(n: int, s: float = 1.1) -> list[float]:
     return cum
 
 
-def auctions(n_events: int, run: str, n_campaigns: int, seed: int, ts_ms: int):
-    """Yield (kind, key, event) for synthetic auctions until `n_events` events; the Workload fills as it goes."""
-    import bisect
-
+def auctions(n_events: int, run: str, n_campaigns: int, seed: int,
+             ts_ms: int) -> Generator[tuple[str, str, dict], None, Workload]:
+    """Yield (kind, key, event) for synthetic auctions until `n_events` events; returns what a worker must make of it."""
     rng = random.Random(seed)
     cum = _zipf_table(SLOT_VALUES)
     campaigns = [f"bench-{run}-{i}" for i in range(n_campaigns)]
     work = Workload(campaigns=campaigns)
-    seen_events: list[tuple[str, str, dict]] = []
+    recent: deque[tuple[str, str, dict]] = deque(maxlen=1000)  # what a duplicate may repeat
 
-    def out(kind: str, key: str, ev: dict):
+    def out(kind: str, key: str, ev: dict) -> tuple[str, str, dict]:
         work.events += 1
         work.by_kind[kind] = work.by_kind.get(kind, 0) + 1
-        seen_events.append((kind, key, ev))
-        if len(seen_events) > 1000:
-            seen_events.pop(0)
+        recent.append((kind, key, ev))
         return kind, key, ev
 
     i = 0
@@ -116,8 +119,8 @@ def auctions(n_events: int, run: str, n_campaigns: int, seed: int, ts_ms: int):
                 work.clicks += 1
                 yield out("clicks", camp, make_event("clicks", f"click:{bid}", ts + 5000, bid_id=bid, campaign=camp,
                                                      creative="cr1"))
-        if seen_events and rng.random() < DUPLICATE_RATE:  # a re-sent event: same id, counted once
-            kind, key, ev = seen_events[rng.randrange(len(seen_events))]
+        if recent and rng.random() < DUPLICATE_RATE:  # a re-sent event: same id, counted once
+            kind, key, ev = recent[rng.randrange(len(recent))]
             if kind != "bids":
                 work.duplicates += 1
                 yield out(kind, key, ev)
@@ -186,12 +189,6 @@ def status(port: int) -> dict[str, Any] | None:
         return None
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, progress: bool = True,
         log_dir: Path = Path("out"), worker_args: tuple[str, ...] = (), timeout_s: float = 1800.0) -> Result:
     from streams.kafka_io import ensure_topics
@@ -221,15 +218,29 @@ def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, pro
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+        asyncio.run(drop_topics(bootstrap, (prefix + ".", app_id + "-")))
+
+
+async def drop_topics(bootstrap: str, starts: tuple[str, ...]) -> None:
+    """Delete the topics this run created (its own prefix and its worker's changelogs): nothing else matches."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(starts)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 def _measure(worker: subprocess.Popen, port: int, work: Workload, ends: dict[tuple[str, int], int], total: int,
              produce_rate: float, progress: bool, timeout_s: float, log_path: Path) -> Result:
     deadline = time.time() + timeout_s
-    first: float | None = None
-    cpu0 = 0.0
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int, int, int]] = []
     max_lag = 0
+    caught_up: float | None = None
     prefix = f"bench-{work.campaigns[0].split('-')[1]}-"
     while True:
         if worker.poll() is not None:
@@ -243,25 +254,27 @@ def _measure(worker: subprocess.Popen, port: int, work: Workload, ends: dict[tup
         positions = doc.get("positions", {})
         done = sum(min(positions.get(f"{t}:{p}", -1) + 1, end) for (t, p), end in ends.items())
         lag = total - done
-        if done > 0 and first is None:
-            first, cpu0 = time.time(), cpu_seconds(worker.pid)
-        if first is None:
+        first = doc.get("first_event") or {}
+        if not first:
             continue
         learned = sum(n for k, n in doc.get("learner", {}).get("by_campaign", {}).items() if k.startswith(prefix))
-        now = time.time() - first
-        samples.append((round(now, 2), done, lag))
+        now = doc["at"] - first["at"]
+        samples.append((round(now, 2), done, lag, learned))
         max_lag = max(max_lag, lag)
         if progress:
             rate = done / now if now > 0 else 0.0
             print(f"\rworker: {done:,}/{total:,} events  {rate:,.0f}/s  lag {lag:,}  learned {learned:,}/{work.examples:,}   ",
                   end="", file=sys.stderr, flush=True)
+        if lag == 0 and caught_up is None:
+            caught_up = now
         if lag == 0 and learned >= work.examples:
-            seconds = time.time() - first
-            cpu = cpu_seconds(worker.pid) - cpu0
+            # from the worker's own clocks: its first event to the status snapshot that shows everything done
+            seconds, cpu = now, doc["cpu_s"] - first["cpu_s"]
             spend = sum(t["spend"] for k, t in doc.get("totals", {}).items() if k.startswith(prefix))
             if progress:
                 print(file=sys.stderr)
             return Result(events=total, seconds=round(seconds, 2), events_per_s=round(total / seconds),
+                          caught_up_s=round(caught_up, 2), delivery_events_per_s=round(total / max(caught_up, 1e-3)),
                           examples=learned, worker_cpu_s=round(cpu, 2), events_per_cpu_s=round(total / cpu) if cpu else 0,
                           produce_events_per_s=round(produce_rate), max_lag=max_lag, final_lag=lag,
                           spend_ok=spend == work.spend, samples=samples)
@@ -273,6 +286,7 @@ def format_table(r: Result) -> str:
         ("examples learned (River)", f"{r.examples:,}"),
         ("wall time, first event to all learned", f"{r.seconds:,.1f} s"),
         ("end-to-end throughput", f"{r.events_per_s:,} events/s"),
+        ("first event to lag 0 (delivery alone)", f"{r.caught_up_s:,.1f} s, {r.delivery_events_per_s:,} events/s"),
         ("worker CPU time", f"{r.worker_cpu_s:,.1f} s"),
         ("events per worker CPU second", f"{r.events_per_cpu_s:,}"),
         ("consumer lag: peak / when caught up", f"{r.max_lag:,} / {r.final_lag:,}"),
@@ -295,6 +309,7 @@ def plot(r: Result, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(t, [s[1] for s in r.samples], label="events processed")
     ax.plot(t, [s[2] for s in r.samples], label="consumer lag (events)")
+    ax.plot(t, [s[3] for s in r.samples], label="examples learned")
     ax.set_xlabel("seconds since the worker's first event")
     ax.set_ylabel("events")
     ax.set_title(f"one worker: {r.events_per_s:,} events/s end to end, {r.events_per_cpu_s:,} per CPU second")

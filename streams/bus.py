@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from bidder.engine import BidEngine
+from bidder.forecast import TrafficForecast
 from bidder.lease import LeaseGranter
 from models.snapshot import ModelSnapshot
 from streams.events import EventError, check_event, dead_letter
@@ -23,14 +24,16 @@ from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer
 class EmbeddedBus:
     """An in-process event bus that runs the streams side synchronously."""
 
-    def __init__(self, engine: BidEngine, click_window_ms: int | None = None) -> None:
+    def __init__(self, engine: BidEngine, click_window_ms: int | None = None, publish_model: bool = True) -> None:
         self.engine = engine
+        self.publish_model = publish_model
         self.campaigns = Campaigns()
         self.campaigns.by_id = dict(engine.index.campaigns)
         self.totals: dict[str, Any] = {}
         self.delivery = DeliveryProcessor(self.campaigns, self.totals, {}, {}, click_window_ms)
         self.learner = Learner()
-        self.pacer = Pacer(self.campaigns)
+        self.forecast = TrafficForecast()
+        self.pacer = Pacer(self.campaigns, self.forecast)
         self.counts: dict[str, int] = defaultdict(int)
         self.deadletters: list[dict[str, Any]] = []
         self.granters: dict[tuple[str, str], LeaseGranter] = {}
@@ -43,6 +46,8 @@ class EmbeddedBus:
             self.deadletters.append(dead_letter(kind, e.reason, event, event.get("ts", 0) if isinstance(event, dict) else 0))
             return
         self.counts[kind] += 1
+        if kind == "bids":
+            self.pacer.observe_bid(event)
         if kind == "billing" and event["id"] not in self.delivery.ledger.seen and event.get("bidder"):
             self._granter(event["campaign"], event["day"]).bill(event["bidder"], event["cost"])
         for ex in self.delivery.handle(kind, event):
@@ -52,7 +57,8 @@ class EmbeddedBus:
         """Periodic work: close attribution windows, publish the model and pacing to the engine."""
         for ex in self.delivery.expire(int(now * 1000)):
             self.learner.learn(ex.to_event(int(now * 1000)))
-        self.engine.set_model(ModelSnapshot.from_bytes(self.learner.snapshot_bytes()))
+        if self.publish_model:
+            self.engine.set_model(ModelSnapshot.from_bytes(self.learner.snapshot_bytes()))
         for state in self.pacer.update(now, self.delivery.ledger):
             self.engine.set_pacing(state)
         if self.engine.cfg.lease_slice:

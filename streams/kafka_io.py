@@ -361,11 +361,16 @@ class EventProducer:
 
 
 class StateFollower:
-    """Reads the state topics from the beginning and hands each message to a callback."""
+    """Reads the state topics from the beginning and hands each message to a callback.
 
-    def __init__(self, bootstrap: str, handlers: dict[str, Callable[[bytes, bytes], None]]) -> None:
+    `from_end`: only what is written after it starts (lease grants: a bidder id is new with each process, so
+    older grants are never for it); after a lost connection it resumes from the end again.
+    """
+
+    def __init__(self, bootstrap: str, handlers: dict[str, Callable[[bytes, bytes], None]], from_end: bool = False) -> None:
         self.bootstrap = bootstrap
         self.handlers = handlers
+        self.from_end = from_end
         self.applied = 0
         self.errors = 0
         self._task: asyncio.Task | None = None
@@ -379,8 +384,8 @@ class StateFollower:
             try:
                 # no consumer group: every partition of every state topic, always from the beginning
                 c = self._consumer = AIOKafkaConsumer(*self.handlers, bootstrap_servers=self.bootstrap,
-                                                      enable_auto_commit=False, auto_offset_reset="earliest",
-                                                      fetch_max_wait_ms=100)
+                                                      enable_auto_commit=False, fetch_max_wait_ms=100,
+                                                      auto_offset_reset="latest" if self.from_end else "earliest")
                 await c.start()
                 async for msg in c:
                     try:

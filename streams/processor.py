@@ -15,7 +15,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bidder.campaigns import Campaign
+from bidder.forecast import TrafficForecast
 from bidder.pacing import PacingController, PacingState, SpendPlan
+from models.conversion import ConversionRates
 from models.learner import CTRLearner
 from streams.attribution import Attribution, Example
 from streams.ledger import SpendLedger, empty_totals
@@ -28,13 +30,24 @@ LEDGER_KINDS = frozenset({"billing", "impressions", "clicks", "conversions", "wi
 class Campaigns:
     """The worker's view of campaign config, for time zones, click values and budgets."""
 
+    DAYS_KEPT = 100_000  # (time zone, second) -> local day entries; cleared when there are more
+
     def __init__(self) -> None:
         self.by_id: dict[str, Campaign] = {}
+        # Every zone offset is a whole number of seconds, so the local day is the same all through a second;
+        # the ledger asks for the day of nearly every event, and events come thousands to the second.
+        self._days: dict[tuple[str | None, int], str] = {}
 
     def day_of(self, campaign: str, ts_ms: int) -> str:
         c = self.by_id.get(campaign)
-        tz = ZoneInfo(c.timezone) if c else dt.UTC
-        return dt.datetime.fromtimestamp(ts_ms / 1000, tz).date().isoformat()
+        key = (c.timezone if c else None, ts_ms // 1000)
+        day = self._days.get(key)
+        if day is None:
+            if len(self._days) >= self.DAYS_KEPT:
+                self._days.clear()
+            tz = ZoneInfo(c.timezone) if c else dt.UTC
+            day = self._days[key] = dt.datetime.fromtimestamp(ts_ms / 1000, tz).date().isoformat()
+        return day
 
     def fraction_of_day(self, campaign: Campaign, now: float) -> tuple[str, float, int]:
         """(local day, fraction of the local day elapsed, local hour) for a campaign at `now`."""
@@ -89,30 +102,55 @@ class DeliveryProcessor:
 # Proportional gain on the gap to plan: live traffic drifts within a day (the model learns, prices move), and a
 # firmer pull back to plan keeps cumulative spend close to it (the iPinYou replay, a stationary log, uses 1).
 PACING_KP = 10.0
+# Below this share of the day's plan left, the same gap to plan weighs more (PacingController.tail): a shortfall
+# late in the day has to be bought back from the little traffic left.
+PACING_TAIL = 0.25
 
 
 class Pacer:
-    """Turns today's spend per campaign into pacing states for the bidders."""
+    """Turns today's spend per campaign into pacing states for the bidders.
 
-    def __init__(self, campaigns: Campaigns) -> None:
+    With a traffic forecast, each day's plan follows the expected requests per local hour; the plan is fixed
+    when the campaign's day starts, so the target never jumps within a day.
+    """
+
+    def __init__(self, campaigns: Campaigns, forecast: TrafficForecast | None = None) -> None:
         self.campaigns = campaigns
+        self.forecast = forecast
         self.controllers: dict[str, PacingController] = {}
+        self.conversions = ConversionRates()
+
+    def observe_bid(self, event: dict[str, Any]) -> None:
+        """A bid-log event: its bidder's running request count feeds the traffic forecast."""
+        reqs, bidder = event.get("reqs"), event.get("bidder")
+        if self.forecast is not None and isinstance(reqs, int) and isinstance(bidder, str):
+            self.forecast.observe_counter(bidder, event["ts"] / 1000.0, reqs)
+
+    def plan(self, camp: Campaign, day: str) -> SpendPlan:
+        if self.forecast is None:
+            return SpendPlan(hours=camp.hours)
+        return self.forecast.plan(camp.timezone, day, camp.hours)
 
     def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
         out = []
+        if self.forecast is not None:
+            self.forecast.roll(now)
         for camp in list(self.campaigns.by_id.values()):
             day, frac, _ = self.campaigns.fraction_of_day(camp, now)
             totals = ledger.day_totals(camp.id, day) if ledger is not None else empty_totals()
             ctl = self.controllers.get(camp.id)
             if ctl is None:
-                ctl = self.controllers[camp.id] = PacingController(day=day, plan=SpendPlan(hours=camp.hours), kp=PACING_KP)
+                ctl = self.controllers[camp.id] = PacingController(day=day, plan=self.plan(camp, day), kp=PACING_KP,
+                                                                   tail=PACING_TAIL)
             elif ctl.day != day:  # a new day starts from yesterday's price of budget, not from zero
-                ctl = self.controllers[camp.id] = ctl.next_day(day)
+                ctl = self.controllers[camp.id] = ctl.next_day(day, self.plan(camp, day))
             state = ctl.update(frac, totals["spend"], camp.daily_budget)
             state.campaign = camp.id
             state.impressions_today = totals["billed"]
             state.clicks_today = totals["clicks"]
             state.value_today = totals["value"]
+            self.conversions.update_day(camp.id, day, totals["clicks"], totals["conversions"])
+            state.cvr = self.conversions.rate(camp.id)
             out.append(state)
         return out
 
@@ -164,9 +202,11 @@ class Learner:
         self.duplicates += 1
         return False
 
-    def learn(self, event: dict[str, Any]) -> None:
-        self.learner.learn_one(event["features"], bool(event["label"]), event["campaign"], event["creative"])
+    def learn(self, event: dict[str, Any]) -> float:
+        """Learn one example; returns the pCTR the model gave it just before (for progressive validation)."""
+        p = self.learner.learn_one(event["features"], bool(event["label"]), event["campaign"], event["creative"])
         self.labels[int(bool(event["label"]))] += 1
+        return p
 
     def snapshot_bytes(self) -> bytes:
         self.version += 1

@@ -52,10 +52,17 @@ CAMPAIGNS = TopicSpec(f"{PREFIX}.campaigns", "campaign id", "campaign document +
 MODEL = TopicSpec(f"{PREFIX}.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
 PACING = TopicSpec(f"{PREFIX}.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
                    compacted=True)
+# Budget leases (streams/leases.py): requests are keyed by campaign and partitioned like the delivery topics, so the
+# worker that owns a campaign's spend answers them; grants are keyed by bidder id, and every bidder reads them all.
+LEASE_REQUESTS = TopicSpec(f"{PREFIX}.lease-requests", "campaign id",
+                           "lease request: bidder id, campaign, day, its grant and spend so far", retention_ms=DAY_MS)
+LEASE_GRANTS = TopicSpec(f"{PREFIX}.lease-grants", "bidder id",
+                         "lease grant: bidder id, campaign, day, cumulative micros granted", partitions=1, retention_ms=DAY_MS)
 DEADLETTER = TopicSpec(f"{PREFIX}.deadletter", "source topic", "rejected message: topic, reason, raw payload", partitions=1,
                        retention_ms=30 * DAY_MS)
 
-ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, PACING, DEADLETTER)
+ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, PACING, LEASE_REQUESTS,
+       LEASE_GRANTS, DEADLETTER)
 BY_NAME = {t.name: t for t in ALL}
 
 
@@ -63,7 +70,8 @@ def _retention(spec: TopicSpec) -> str:
     if spec.compacted:
         kept = f"; every version kept {spec.history_ms // DAY_MS} days" if spec.history_ms else ""
         return f"compacted (latest per key{kept})"
-    return f"{spec.retention_ms // DAY_MS} days"
+    days = spec.retention_ms // DAY_MS
+    return f"{days} day{'s' if days != 1 else ''}"
 
 
 def markdown_table(prefix: str = "streambid") -> str:

@@ -83,8 +83,11 @@ class WorkerStats(Collector):
         """Progressive validation: score each example with the model *before* it learns from it."""
         if self._learner is None:
             return
+        self.learned(event, self._learner.learner.predict_one(event["features"], event["campaign"], event["creative"]))
+
+    def learned(self, event: Mapping[str, Any], p: float) -> None:
+        """Record an example the learner scored at `p` before learning from it (what `Learner.learn` returns)."""
         label = int(bool(event["label"]))
-        p = self._learner.learner.predict_one(event["features"], event["campaign"], event["creative"])
         p = min(max(p, _EPS), 1.0 - _EPS)
         self._losses.append(-math.log(p if label else 1.0 - p))
         self._labels.append(label)

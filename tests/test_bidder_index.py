@@ -16,11 +16,11 @@ import orjson
 import pytest
 
 from bidder import engine as engine_mod
-from bidder.campaigns import parse_campaign
+from bidder.campaigns import Campaign, parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.frequency import FrequencyStore
 from bidder.openrtb import AUCTION_FIRST_PRICE, hash_id, parse_request
-from bidder.pacing import PacingState
+from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import ALPHA, BETA, SlotTables
@@ -34,6 +34,12 @@ from tests.helpers import body, campaign, request
 
 NOW = 1_780_000_000.0
 SEAT = "streambid"
+
+
+def value_cpm(pctr: float, camp: Campaign, pace: PacingState | None) -> int:
+    """The engine's value of an impression: a cpa goal's pCVR is the (clamped) pCTR times the conversion rate."""
+    p = min(max(pctr, 0.0), 1.0) if pctr == pctr else 0.0
+    return impression_value_cpm(p, camp, p * conversion_rate(pace) if camp.goal == "cpa" else 0.0)
 
 
 def trained_model(camps: list, rng: random.Random) -> ModelSnapshot:
@@ -90,7 +96,7 @@ def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int,
                 pctr = a / (a + b)
             pace = e.pacing.get(camp.id)
             at = deal[3] if deal and deal[3] else req.at
-            price = bid_price(impression_value_cpm(pctr, camp), pace.lam if pace else 0.0, camp.max_bid_cpm,
+            price = bid_price(value_cpm(pctr, camp, pace), pace.lam if pace else 0.0, camp.max_bid_cpm,
                               round(floor * 1e6), at == AUCTION_FIRST_PRICE, None, fixed_price=at == 3)
             best = max(best, price)
     return best
@@ -206,11 +212,11 @@ def test_price_bounds_hold_for_the_pricing_functions() -> None:
         got = tables.bounds(slots, pctr)
         for s in slots.tolist():
             c = index.slots[s][0]
-            v = paced_value(impression_value_cpm(float(pctr[s]), c), pacing[c.id].lam, c.max_bid_cpm)
+            v = paced_value(value_cpm(float(pctr[s]), c, pacing[c.id]), pacing[c.id].lam, c.max_bid_cpm)
             assert v <= got[s] <= v + 2 + v * 1e-8  # the two roundings down of paced_value, and float error
             assert got[s] <= tables.ceiling[s]
             for first, fixed, floor in ((False, False, 0), (True, False, v // 2), (False, True, v // 3)):
-                assert bid_price(impression_value_cpm(float(pctr[s]), c), pacing[c.id].lam, c.max_bid_cpm, floor,
+                assert bid_price(value_cpm(float(pctr[s]), c, pacing[c.id]), pacing[c.id].lam, c.max_bid_cpm, floor,
                                  first, None, fixed_price=fixed) <= got[s]
 
 

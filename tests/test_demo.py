@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
-from loadtest.demo import LEASE_SLICE, format_table, roi_rows, run_demo
+from loadtest.demo import (
+    LEASE_SLICE,
+    comparison_rows,
+    demo_campaigns_path,
+    format_comparison,
+    format_table,
+    roi_rows,
+    run_demo,
+    spent_out_at,
+)
 
 
 def test_demo_day_counts_money_exactly_and_never_overspends() -> None:
-    run = run_demo(requests=6000, seed=3, progress=False)
+    run = run_demo(requests=6000, seed=3, progress=False, compare=False)
     rows = {r["campaign"]: r for r in roi_rows(run)}
     day = dt.datetime.now(dt.UTC).date().isoformat()
     assert set(rows) == {c.id for c in run.campaigns}
@@ -22,3 +33,34 @@ def test_demo_day_counts_money_exactly_and_never_overspends() -> None:
         assert ledger["spend"] > 0
     assert sum(run.bus.learner.labels.values()) > 0  # the learner saw labelled examples
     assert "campaign" in format_table(list(rows.values()))
+
+
+def scaled_campaigns(tmp_path: Path, requests: int) -> Path:
+    """The demo campaigns with budgets cut to a day of `requests` instead of the demo's 60,000."""
+    doc = json.loads(demo_campaigns_path().read_text())
+    for c in doc["campaigns"]:
+        c["budget"]["daily"] = round(c["budget"]["daily"] * requests / 60_000, 6)
+        c["budget"].pop("total", None)
+    path = tmp_path / "campaigns.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_demo_compares_paced_with_spending_fast_and_a_fixed_bid(tmp_path: Path) -> None:
+    run = run_demo(requests=6000, seed=5, campaigns_file=scaled_campaigns(tmp_path, 6000), progress=False)
+    assert set(run.baselines) == {"asap", "fixed"}
+    assert run.yesterday is not None and run.report.plan is not None
+    rows = comparison_rows(run)
+    assert len(rows) == 3 * len(run.campaigns)
+    for camp in run.campaigns:
+        # today's plan comes from yesterday's traffic, which is quiet at night: less than a quarter by 06:00
+        assert run.report.plan(camp.id, 0.25) < 0.2
+        by = {r["strategy"]: r for r in rows if r["campaign"] == camp.id}
+        asap_out = spent_out_at(camp, run.baselines["asap"].campaigns[camp.id].curve)
+        paced_out = spent_out_at(camp, run.report.campaigns[camp.id].curve)
+        assert asap_out is not None  # full value with no pacing runs out of budget...
+        assert paced_out is None or paced_out > asap_out  # ...before the paced campaign does
+        assert by["paced"]["max_plan_gap_pct"] < by["asap"]["max_plan_gap_pct"]
+        for r in by.values():
+            assert r["spend_pct"] <= 100.0 + 100.0 * LEASE_SLICE / camp.daily_budget
+    assert "strategy" in format_comparison(rows)

@@ -86,6 +86,9 @@ def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict]:
         wait_for(lambda: f"slice-{run}" in orjson.loads(http("GET", f"http://127.0.0.1:{port}/status")[1])["live"], 30,
                  "the bidder to read the campaign from the config topic")
         wait_for(lambda: http("GET", f"http://127.0.0.1:{mport}/metrics")[0] == 200, 60, "worker metrics")
+        # the bidder spends only from a budget lease, which the worker grants once it owns the campaign's partition
+        wait_for(lambda: (orjson.loads(http("GET", f"http://127.0.0.1:{port}/status")[1]).get("leases") or {})
+                 .get(f"slice-{run}", {}).get("granted", 0) > 0, 60, "a budget lease from the worker")
         yield {"base": f"http://127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{mport}/metrics",
                "campaign": f"slice-{run}", "bootstrap": kafka_bootstrap, "tmp": tmp_path,
                "topic": lambda kind: f"t{run}.{kind}",

@@ -100,3 +100,22 @@ def test_bench_table_shows_both_servers_and_the_targets():
     assert len(result["warnings"]) == 2
     assert format_bench(result).count("warning: ") == 2
     assert len(reliability_warnings(result["servers"], load_at_start=3.0)) == 3
+
+
+def test_bench_model_knows_the_popular_creatives_and_still_explores_the_rest(tmp_path, monkeypatch):
+    """The bidder is benchmarked with a trained model: most impressions go to creatives past the exploration
+    threshold, whose scores differ, while creatives that rarely match stay exploring."""
+    import loadtest.bench_bidder as bb
+    from bidder.campaigns import parse_campaign
+    from loadtest.campaign_gen import make_campaigns
+    from models.snapshot import ModelSnapshot
+
+    monkeypatch.setattr(bb, "MODEL_REQUESTS", 1500)
+    docs = make_campaigns(40, seed=3)
+    snap = ModelSnapshot.load(bb.train_bench_model(docs, 3, tmp_path / "m.snap"))
+    imps = sorted((n for _, n in snap.counts.creatives.values()), reverse=True)
+    assert snap.weights and snap.counts.impressions > 5000
+    assert imps[0] >= 200 and sum(n < 200 for n in imps) > 0
+    known = [(c.id, cr.id) for c in map(parse_campaign, docs) for cr in c.creatives if (c.id, cr.id) in snap.counts.creatives]
+    scores = {snap.predict(snap.base_score(()), (), c, cr) for c, cr in known}
+    assert len(scores) > len(known) // 2

@@ -303,6 +303,9 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         wait_for(lambda: all(camp in orjson.loads(http("GET", f"{base}/status")[1])["live"] for _ in range(8)), 60,
                  "both serving processes to load the campaign")
         wait_for(lambda: scalar(prom, 'sum(up{job=~"streambid-.*"})') == 2, 60, "Prometheus to scrape bidder and worker")
+        # each serving process bids only from a budget lease, granted once the worker owns the campaign's partition
+        wait_for(lambda: all((orjson.loads(http("GET", f"{base}/status")[1]).get("leases") or {}).get(camp, {})
+                             .get("granted", 0) > 0 for _ in range(8)), 60, "both serving processes to get a budget lease")
         sent = play(base, kafka_bootstrap, camp, domain, f"capped-{domain}", prom)
 
         sel, neg = f'{{campaign="{camp}"}}', f'{{campaign="{camp}",label="0"}}'

@@ -224,3 +224,39 @@ def test_next_day_starts_from_the_last_multiplier() -> None:
     nxt = ctl.next_day("2026-01-02")
     assert nxt.day == "2026-01-02"
     assert nxt.lam == pytest.approx(3.0)
+
+
+def test_tail_weighs_a_late_shortfall_more() -> None:
+    """The same gap to plan moves lambda more with little of the day left, and about as before early in the day."""
+    plain = PacingController(lam=2.0, kp=1.0)
+    tailed = PacingController(lam=2.0, kp=1.0, tail=0.25)
+    for ctl in (plain, tailed):
+        ctl.update(0.0, 0, 1000)
+    early = [ctl.update(0.02, 0, 1000).lam for ctl in (plain, tailed)]  # 2% behind, just after midnight
+    assert early[0] == pytest.approx(early[1], rel=0.01)
+    plain, tailed = PacingController(lam=2.0, kp=1.0), PacingController(lam=2.0, kp=1.0, tail=0.25)
+    for ctl in (plain, tailed):
+        ctl.update(0.9, 880, 1000)
+    late = [ctl.update(0.95, 930, 1000).lam for ctl in (plain, tailed)]  # 2% behind with 5% of the day left
+    assert late[1] < late[0] < 2.0
+    assert tailed.next_day("d2").tail == 0.25
+    with pytest.raises(ValueError):
+        PacingController(tail=0.0)
+
+
+def test_new_day_can_take_a_new_plan() -> None:
+    ctl = PacingController(day="d1", plan=SpendPlan(), lam=1.0)
+    shaped = SpendPlan(weights=[1.0] * 12 + [3.0] * 12)
+    assert ctl.next_day("d2", shaped).plan is shaped
+    assert ctl.next_day("d2").plan is ctl.plan
+
+
+def test_next_day_starts_from_the_days_average_multiplier() -> None:
+    """A day that ends in a scramble (here: nothing spent in its last tenth) does not set the next day's start."""
+    ctl = PacingController(day="d1", lam=math.expm1(1.0), gain=10.0, kp=1.0)
+    ctl.update(0.0, 0, 1000)
+    for i in range(1, 10):  # on plan all day: u stays at 1
+        ctl.update(i / 10, i * 100, 1000)
+    ctl.update(0.99, 900, 1000)  # then nothing more: the integral drops by a whole max_step
+    assert ctl.u_int == pytest.approx(0.5)
+    assert math.log1p(ctl.next_day("d2").lam) > 0.9  # about the day's average u, not its last

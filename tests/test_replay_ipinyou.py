@@ -15,17 +15,20 @@ from bidder.cli import main
 from loadtest.replay_ipinyou import (
     FEN_CPM,
     EpisodeResult,
+    Luck,
     TrainingStats,
     episodes,
     load,
     paced_setup,
     parse_log,
+    run_feedback,
     run_hindsight,
     run_linear,
-    run_paced,
+    run_predictive,
     run_replay,
     training_bid,
 )
+from loadtest.replay_ipinyou_tuning import Market, synthetic_episode
 
 
 def draw(rng: random.Random, price_scale: float) -> tuple[int, int, float]:
@@ -75,7 +78,8 @@ def test_hindsight_bounds_any_policy_on_expected_clicks(tmp_path: Path) -> None:
     setup = paced_setup(stats, budget // 10, {300})
     for ep in episodes(log, 300):
         best = run_hindsight(ep, budget).pctr_sum + max(a[2] for a in ep)
-        assert run_paced(ep, budget, setup).pctr_sum <= best
+        assert run_predictive(ep, budget, setup).pctr_sum <= best
+        assert run_feedback(ep, budget, setup).pctr_sum <= best
         assert run_linear(ep, budget, training_bid(stats.landscape(), budget, 300), stats.avg_ctr).pctr_sum <= best
 
 
@@ -84,23 +88,42 @@ def test_pacer_spends_the_budget_where_the_fixed_linear_bid_cannot(tmp_path: Pat
     stats, log = load(make_data(tmp_path))
     report, _ = run_replay(stats, log, [c0], 300, traced=0)
     s = report["results"][0]["strategies"]
-    for name in ("paced", "linear", "hindsight"):
+    for name in ("predictive", "feedback", "linear", "hindsight"):
         assert s[name]["overspent_episodes"] == 0
         assert s[name]["spend"] <= s[name]["budget"]
-    assert s["paced"]["budget_used"] >= 0.95
-    assert s["paced"]["pctr_vs_hindsight"] >= 0.9
-    assert s["paced"]["pctr_sum"] > s["linear"]["pctr_sum"]
+    for name in ("predictive", "feedback"):
+        assert s[name]["budget_used"] >= 0.95
+        assert s[name]["pctr_vs_hindsight"] >= 0.9
+        assert s[name]["pctr_sum"] > s["linear"]["pctr_sum"]
 
 
-def test_paced_episode_never_bids_past_the_budget_left() -> None:
+@pytest.mark.parametrize("runner", [run_predictive, run_feedback])
+def test_paced_episode_never_bids_past_the_budget_left(runner) -> None:
     rng = random.Random(5)
     ep = [(0, 1 * FEN_CPM, 0.05) for _ in range(200)] + [draw(rng, 1.0) for _ in range(200)]  # cheap, valuable first
     stats = TrainingStats(10_000, 20, 400_000, tuple([0] * 30 + [100] * 20 + [0] * 251))
     budget = 5_000
-    r = run_paced(ep, budget, paced_setup(stats, budget // 10, {len(ep)}), trace=True)
+    r = runner(ep, budget, paced_setup(stats, budget // 10, {len(ep)}), trace=True)
     assert r.spend <= budget
     assert all(spent <= budget for _, spent, _ in r.curve)
     assert isinstance(r, EpisodeResult) and len(r.curve) == len(ep)
+
+
+@pytest.mark.parametrize("runner", [run_predictive, run_feedback])
+def test_pacers_never_learn_from_the_price_of_an_auction_they_lost(runner, tmp_path: Path) -> None:
+    """Second price reveals nothing about a lost auction's price: raising those prices changes nothing."""
+    stats, log = load(make_data(tmp_path))
+    ep = episodes(log, 300)[1]
+    budget = stats.budget_fen(Fraction(1, 8), 300) * 10
+    setup = paced_setup(stats, budget // 10, {300})
+    first = runner(ep, budget, setup, trace=True)
+    spent = [0] + [s for _, s, _ in first.curve]
+    lost = [i for i, a in enumerate(ep) if a[1] > 0 and spent[i + 1] == spent[i]]
+    assert 0 < len(lost) < len(ep)
+    dearer = [(c, 2 * p, q) if i in set(lost) else (c, p, q) for i, (c, p, q) in enumerate(ep)]
+    again = runner(dearer, budget, setup, trace=True)
+    assert again.curve == first.curve
+    assert (again.clicks, again.impressions, again.spend) == (first.clicks, first.impressions, first.spend)
 
 
 def test_parse_log_converts_fen_to_micros() -> None:
@@ -116,7 +139,7 @@ def test_command_prints_one_json_document_and_a_plot(tmp_path: Path, capsys: pyt
     doc = orjson.loads(captured.out)
     assert doc["episodes"] == 4
     assert [r["c0"] for r in doc["results"]] == ["1/8"]
-    assert set(doc["results"][0]["strategies"]) == {"paced", "linear", "hindsight"}
+    assert set(doc["results"][0]["strategies"]) == {"predictive", "feedback", "linear", "hindsight"}
     assert Path(doc["plot"]).is_file() and Path(doc["plot"]).parent == out
     assert "episode" in captured.err  # progress goes to stderr
 
@@ -128,3 +151,49 @@ def test_command_table_and_bad_data_dir(tmp_path: Path, capsys: pytest.CaptureFi
     text = capsys.readouterr().out
     assert "hindsight" in text and "clicks>=78" in text
     assert main(["replay", "ipinyou", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_luck_counts_only_impressions_one_strategy_bought() -> None:
+    ep = [(1, 10 * FEN_CPM, 0.5), (0, 10 * FEN_CPM, 0.2), (1, 10 * FEN_CPM, 0.1), (0, 10 * FEN_CPM, 0.4)]
+    ours, theirs = EpisodeResult(), EpisodeResult()
+    for i in (0, 1):
+        ours.win(ep[i], i)
+    for i in (0, 2, 3):
+        theirs.win(ep[i], i)
+    luck = Luck(ctr_scale=0.5)
+    luck.add(ep, ours, theirs)
+    # only theirs: 2 (p 0.05, click) and 3 (p 0.2); only ours: 1 (p 0.1)
+    assert luck.expected_gap == pytest.approx(0.05 + 0.2 - 0.1)
+    assert luck.variance == pytest.approx(0.05 * 0.95 + 0.2 * 0.8 + 0.1 * 0.9)
+    assert luck.realised_gap == 1
+    assert (luck.only_ours, luck.only_theirs) == (1, 2)
+
+
+def test_tuning_markets_come_from_training_stats_alone(tmp_path: Path) -> None:
+    counts = [0] * 301
+    counts[30], counts[50] = 300, 100
+    (tmp_path / "info.json").write_text(json.dumps({"imp_train": 400, "clk_train": 2, "cost_train": 14_000,
+                                                    "price_counter_train": counts}))
+    stats, log = load(tmp_path, with_log=False)  # there is no test log here, and none is read
+    assert log == []
+    rng = random.Random(1)
+    ep = synthetic_episode(stats, Market(sigma=0.8, corr=0.0, drift=0.0), 4_000, rng)
+    prices = [p // FEN_CPM for _, p, _ in ep]
+    assert set(prices) == {30, 50}
+    assert prices.count(30) / len(prices) == pytest.approx(0.75, abs=0.03)
+    assert sum(q for _, _, q in ep) / len(ep) == pytest.approx(stats.avg_ctr, rel=0.1)
+    hot = [(q, p) for _, p, q in synthetic_episode(stats, Market(sigma=0.8, corr=0.9, drift=0.0), 4_000, rng)]
+    dear = [q for q, p in hot if p == 50 * FEN_CPM]
+    cheap = [q for q, p in hot if p == 30 * FEN_CPM]
+    assert sum(dear) / len(dear) > 1.5 * sum(cheap) / len(cheap)  # correlated: dearer slots carry higher pCTR
+
+
+@pytest.mark.parametrize("runner", [run_predictive, run_feedback])
+def test_value_per_click_never_caps_bids_before_the_budget_does(runner) -> None:
+    """Only low-pCTR auctions on offer, dear for their pCTR: clicks-under-budget still buys them with all the budget."""
+    stats = TrainingStats(10_000, 50, 400_000, tuple([0] * 30 + [100] * 20 + [0] * 251))
+    ep = [(0, 50 * FEN_CPM, stats.avg_ctr / 10) for _ in range(400)]
+    budget = 100 * 50 * 10  # micros: 100 of the 400 auctions at 50 fen CPM
+    r = runner(ep, budget, paced_setup(stats, budget // 10, {len(ep)}))
+    assert r.spend <= budget
+    assert r.spend >= 0.95 * budget

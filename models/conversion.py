@@ -1,0 +1,50 @@
+"""Post-click conversion rates per campaign, so CPA campaigns can price an impression.
+
+A CPA campaign is worth pCVR x value per conversion, with pCVR = pCTR x P(conversion | click):
+the CTR model already prices the click, and conversions are far too rare to
+learn from request features per impression.  P(conversion | click) is a Beta
+posterior per campaign: the attributed conversions over the attributed clicks,
+shrunk towards a prior rate that a campaign with few clicks cannot yet move.
+
+Pure object, no I/O: the streams side feeds it the ledger's clicks and
+conversions and publishes the rate with each pacing state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionPrior:
+    rate: float = 0.05  # conversions per click assumed before any click (e-commerce sites convert 1-10%)
+    strength: float = 20.0  # pseudo-clicks behind the prior rate
+
+
+DEFAULT_CVR = ConversionPrior().rate  # what a bidder assumes for a CPA campaign before the streams side has said
+
+
+class ConversionRates:
+    """Clicks and conversions per campaign, accumulated across days; rate() is the posterior mean."""
+
+    __slots__ = ("prior", "clicks", "conversions", "_seen")
+
+    def __init__(self, prior: ConversionPrior | None = None) -> None:
+        self.prior = prior or ConversionPrior()
+        self.clicks: dict[str, int] = {}
+        self.conversions: dict[str, int] = {}
+        self._seen: dict[str, tuple[str, int, int]] = {}  # campaign -> (day, clicks, conversions) last folded in
+
+    def update_day(self, campaign: str, day: str, clicks: int, conversions: int) -> None:
+        """Fold in the ledger's running totals of `day`; only what grew since the last call of that day counts."""
+        seen_day, c0, v0 = self._seen.get(campaign, (day, 0, 0))
+        if seen_day != day:
+            c0 = v0 = 0  # a new day: its totals start from zero
+        self.clicks[campaign] = self.clicks.get(campaign, 0) + max(clicks - c0, 0)
+        self.conversions[campaign] = self.conversions.get(campaign, 0) + max(conversions - v0, 0)
+        self._seen[campaign] = (day, max(clicks, c0), max(conversions, v0))
+
+    def rate(self, campaign: str) -> float:
+        """P(conversion | click) for `campaign`: (conversions + s * prior) / (clicks + s)."""
+        p = self.prior
+        return (self.conversions.get(campaign, 0) + p.strength * p.rate) / (self.clicks.get(campaign, 0) + p.strength)

@@ -1,0 +1,186 @@
+"""Budget leases on Kafka: the worker that owns a campaign's spend grants its bidders slices of the day's budget.
+
+Bidders ask on the lease-requests topic, keyed by campaign and partitioned like
+the delivery topics, so the request reaches the worker whose ledger holds that
+campaign's spend.  The worker answers on the lease-grants topic with the
+bidder's *cumulative* grant for the campaign-day, so a repeated, late or
+reordered grant changes nothing on the bidder (`BudgetLease.grant_total` keeps
+the maximum).
+
+Per campaign-day the worker keeps a `LeaseGranter` (bidder/lease.py) and feeds
+it with two kinds of spend:
+
+* each request carries the bidder's own grant and settled spend, so a worker
+  that takes a campaign over after a restart or a rebalance learns what each
+  bidder holds from its next request;
+* the ledger's exact spend for the day: whatever no bidder has reported yet
+  (bidders that restarted under a new id, bills not yet reported) is booked to
+  a pseudo-account, so the budget answers for it before any new slice goes out.
+
+A worker that has just been assigned a partition (at start, or after a
+rebalance) grants nothing new on it for `HOLD_S`: every bidder in contact
+reports what it holds at least every `KEEPALIVE_S`, so after the hold the
+granter knows every grant still out except those of bidders cut off from Kafka
+(at most one slice each, which they spend and then stop).
+
+Grants never commit more than the budget minus that spend, so a bidder that
+spends only within its lease keeps the day within budget; see `LeaseGranter`
+for the full bound, and the README's pacing section.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+
+from bidder.campaigns import Campaign
+from bidder.lease import LeaseGranter
+from bidder.lease_client import ASK_EVERY_S, KEEPALIVE_S
+from streams import topics
+
+MIN_SLICE_BIDS = 4  # a slice always covers this many impressions at the campaign's max bid
+MAX_FRAC = 0.5  # a bidder may not ask for more than half the remaining budget at a time
+REQUEST_TTL_S = 30.0  # wall seconds: an older request (a backlog after an outage) is not answered; bidders ask again
+HOLD_S = KEEPALIVE_S + 4 * ASK_EVERY_S  # after a partition is assigned: time for every bidder in contact to report
+_BIDDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
+
+
+def min_slice(campaign: Campaign) -> int:
+    """The smallest slice worth granting: MIN_SLICE_BIDS impressions at the campaign's max bid (micros)."""
+    return max(MIN_SLICE_BIDS * -(-campaign.max_bid_cpm // 1000), 1)
+
+
+def parse_request(raw: bytes) -> dict[str, Any] | None:
+    """A lease request as sent by `bidder.lease_client.request_doc`, or None when it is malformed."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        return None
+    for name in ("bidder", "campaign", "day"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            return None
+    for name in ("granted", "spent"):
+        if not isinstance(doc.get(name), int) or isinstance(doc[name], bool) or doc[name] < 0:
+            return None
+    if not isinstance(doc.get("frac"), int | float) or not isinstance(doc.get("ts"), int | float):
+        return None
+    if not _BIDDER_ID(doc["bidder"]):
+        return None
+    return doc
+
+
+class LeaseDesk:
+    """Every campaign's granter for its latest day on one worker: turns requests into grants.  No I/O."""
+
+    def __init__(self) -> None:
+        self.granters: dict[str, LeaseGranter] = {}
+        self.days: dict[str, str] = {}
+        self.counts: dict[str, int] = {}
+
+    def drop(self, campaigns: list[str]) -> None:
+        """Forget campaigns another worker now answers for (a rebalance); they start afresh if they come back."""
+        for cid in campaigns:
+            self.granters.pop(cid, None)
+            self.days.pop(cid, None)
+
+    def note(self, what: str) -> None:
+        """Count an outcome of a request (granted, held, stale, past_day, unknown_campaign, malformed)."""
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def granter(self, campaign: Campaign, day: str, frac: float) -> LeaseGranter | None:
+        """The campaign's granter for `day`; None for a day older than one already granted on (a late request)."""
+        current = self.days.get(campaign.id)
+        if current is not None and day < current:
+            return None
+        g = self.granters.get(campaign.id)
+        if g is None or current != day:
+            g = self.granters[campaign.id] = LeaseGranter(campaign.daily_budget, min_slice(campaign), frac)
+            self.days[campaign.id] = day
+        g.set_budget(campaign.daily_budget)  # a budget changed mid-day counts from the next grant on
+        g.min_slice = min_slice(campaign)
+        g.frac = frac
+        return g
+
+    def answer(self, req: dict[str, Any], campaign: Campaign | None, ledger_spend: int, now: float,
+               hold: bool = False) -> dict[str, Any] | None:
+        """The grant for a parsed request, or None (unknown campaign, stale request, a day already over, or `hold`).
+
+        `hold`: the campaign has just come to this worker; take in what the bidder reports, grant nothing yet.
+        """
+        if campaign is None:
+            self.note("unknown_campaign")
+            return None
+        if now - req["ts"] > REQUEST_TTL_S:
+            self.note("stale")
+            return None
+        g = self.granter(campaign, req["day"], min(max(float(req["frac"]), 1e-6), MAX_FRAC))
+        if g is None:
+            self.note("past_day")
+            return None
+        bidder = req["bidder"]
+        g.adopt(bidder, req["granted"], req["spent"])
+        g.ledger_spend(ledger_spend)
+        if hold:
+            self.note("held")
+            return None
+        granted = g.request(bidder)
+        self.note("granted")
+        return {"v": 1, "bidder": bidder, "campaign": campaign.id, "day": req["day"], "granted": granted,
+                "slice": g.slice_size(), "ts": int(now * 1000)}
+
+
+def install(app: Any, campaigns: Any, ledger: Any) -> LeaseDesk:
+    """Add the lease agent to the Faust app: requests in, grants out.
+
+    `campaigns` is the worker's `streams.processor.Campaigns` (budgets, max bids), `ledger` its `SpendLedger`
+    (exact spend per campaign-day of the partitions this worker owns: the request topic is partitioned like the
+    delivery topics, so a campaign's requests reach the worker that holds its spend).
+    """
+    desk = LeaseDesk()
+    assigned_at: dict[int, float] = {}  # request partition -> when this worker was given it
+    partition_of: dict[str, int] = {}  # campaign -> its request partition
+    spec, out = topics.LEASE_REQUESTS, topics.LEASE_GRANTS
+    requests = app.topic(spec.name, partitions=spec.partitions, key_serializer="raw", value_serializer="raw",
+                         config=spec.config)
+    grants = app.topic(out.name, partitions=out.partitions, key_serializer="raw", value_serializer="raw", config=out.config)
+
+    @app.on_partitions_assigned.connect
+    async def note_assignment(app: Any, assigned: set, **kwargs: Any) -> None:
+        now = time.time()
+        for tp in assigned:
+            if tp.topic == spec.name and tp.partition not in assigned_at:
+                assigned_at[tp.partition] = now
+
+    @app.on_partitions_revoked.connect
+    async def note_revocation(app: Any, revoked: set, **kwargs: Any) -> None:
+        for tp in revoked:
+            if tp.topic == spec.name:
+                assigned_at.pop(tp.partition, None)
+                desk.drop([cid for cid, p in partition_of.items() if p == tp.partition])
+
+    @app.agent(requests)
+    async def grant_leases(stream: Any) -> None:
+        # 50 ms: a bidder asks at most every 0.25 s, and a shorter wait wakes the worker for nothing
+        async for batch in stream.take_events(1000, within=0.05):
+            now = time.time()
+            answers: dict[tuple[str, str], dict[str, Any]] = {}
+            for event in batch:
+                req = parse_request(event.value)
+                if req is None:
+                    desk.note("malformed")
+                    continue
+                cid = req["campaign"]
+                partition_of[cid] = part = event.message.partition
+                hold = now - assigned_at.setdefault(part, now) < HOLD_S
+                grant = desk.answer(req, campaigns.by_id.get(cid), ledger.day_totals(cid, req["day"])["spend"], now, hold)
+                if grant is not None:
+                    answers[(grant["bidder"], cid)] = grant  # the last answer per bidder and campaign says it all
+            for grant in answers.values():
+                await grants.send(key=grant["bidder"].encode(), value=orjson.dumps(grant))
+
+    return desk

@@ -1,0 +1,101 @@
+"""The traffic forecast behind tomorrow's spend plan: hourly shares, time zones, fading history."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from bidder.campaigns import parse_campaign
+from bidder.forecast import TrafficForecast
+from streams.ledger import SpendLedger
+from streams.processor import Campaigns, Pacer
+
+DAY0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC).timestamp()  # a Monday, UTC midnight
+
+
+def day_of_traffic(f: TrafficForecast, day: int, per_hour: list[int]) -> None:
+    for hour, n in enumerate(per_hour):
+        for i in range(n):
+            f.observe(DAY0 + day * 86400 + hour * 3600 + i)
+
+
+def test_no_forecast_before_a_whole_day() -> None:
+    f = TrafficForecast()
+    day_of_traffic(f, 0, [5] * 24)
+    assert not f.ready and f.utc_weights() is None
+    assert f.plan("UTC", "2026-03-02").target(0.5) == pytest.approx(0.5)  # uniform until then
+
+
+def test_weights_follow_yesterdays_traffic() -> None:
+    f = TrafficForecast(min_share=0.0)
+    day_of_traffic(f, 0, [1] * 12 + [3] * 12)
+    f.observe(DAY0 + 86400, 0)  # the next day begins: the first is closed
+    w = f.utc_weights()
+    assert w is not None and sum(w) == pytest.approx(1.0)
+    assert w[18] == pytest.approx(3 * w[6])
+    plan = f.plan("UTC", "2026-03-03")
+    assert plan.target(0.5) == pytest.approx(12 / 48)  # a quarter of the traffic comes in the first half
+
+
+def test_quiet_hours_keep_a_floor() -> None:
+    f = TrafficForecast(min_share=0.1)
+    day_of_traffic(f, 0, [0] * 6 + [10] * 18)
+    f.observe(DAY0 + 86400, 0)
+    w = f.utc_weights()
+    assert w is not None and min(w) > 0.0  # a plan never asks for nothing where traffic was merely low
+
+
+def test_local_time_shifts_the_hours() -> None:
+    f = TrafficForecast(min_share=0.0)
+    day_of_traffic(f, 0, [0] * 20 + [10] + [0] * 3)  # everything at 20:00 UTC
+    f.observe(DAY0 + 86400, 0)
+    berlin = f.local_weights("Europe/Berlin", "2026-03-03")  # UTC+1 in March
+    assert berlin is not None and berlin[21] == pytest.approx(1.0)
+    kolkata = f.local_weights("Asia/Kolkata", "2026-03-03")  # UTC+5:30: the hour is split over two local hours
+    assert kolkata is not None and kolkata[1] == pytest.approx(0.5) and kolkata[2] == pytest.approx(0.5)
+
+
+def test_older_days_fade() -> None:
+    f = TrafficForecast(decay=0.5, min_share=0.0)
+    day_of_traffic(f, 0, [10] + [0] * 23)
+    day_of_traffic(f, 1, [0] * 23 + [10])
+    f.observe(DAY0 + 2 * 86400, 0)  # the next day begins
+    w = f.utc_weights()
+    assert w is not None and w[0] == pytest.approx(0.5) and w[23] == pytest.approx(0.5)
+    day_of_traffic(f, 2, [0] * 23 + [10])
+    f.observe(DAY0 + 3 * 86400, 0)  # the next day begins
+    w = f.utc_weights()
+    assert w is not None and w[0] == pytest.approx(0.25) and w[23] == pytest.approx(0.75)
+    f.observe(DAY0)  # a straggler from a closed day changes nothing
+    assert f.utc_weights() == w
+
+
+def test_pacer_plans_each_day_from_the_forecast() -> None:
+    camps = Campaigns()
+    camp = parse_campaign({"id": "c", "advertiser": "a.example", "budget": {"daily": 10},
+                           "goal": {"type": "cpc", "value_per_click": 1},
+                           "creatives": [{"id": "k", "type": "banner", "w": 300, "h": 250, "adm": "<b/>"}]})
+    camps.by_id[camp.id] = camp
+    f = TrafficForecast(min_share=0.0)
+    pacer = Pacer(camps, f)
+    ledger = SpendLedger({}, {}, camps.day_of, camps.click_value)
+    pacer.update(DAY0 + 60, ledger)
+    assert pacer.controllers["c"].plan.target(0.5) == pytest.approx(0.5)  # no history yet: uniform
+    day_of_traffic(f, 0, [1] * 12 + [3] * 12)
+    pacer.update(DAY0 + 86400 + 60, ledger)  # the new day takes the new plan, before any request of it came
+    assert pacer.controllers["c"].plan.target(0.5) == pytest.approx(0.25)
+
+
+def test_running_counters_are_spread_over_the_time_between_reports() -> None:
+    f = TrafficForecast(min_share=0.0)
+    f.observe_counter("b1", DAY0, 1000)  # first report: a baseline only
+    f.observe_counter("b1", DAY0 + 2 * 3600, 1600)  # 600 requests over two hours
+    f.observe_counter("b2", DAY0 + 1800, 50)
+    f.observe_counter("b2", DAY0 + 3600, 250)  # 200 in the second half of hour 0
+    f.observe_counter("b1", DAY0 + 1800, 1300)  # replayed after a crash: counted already
+    f.observe_counter("b1", DAY0 + 3 * 3600, 1640)  # 40 more in hour 2
+    assert f.today[0] == pytest.approx(300 + 200)
+    assert f.today[1] == pytest.approx(300)
+    assert f.today[2] == pytest.approx(40)
+    assert sum(f.today) == pytest.approx(840)

@@ -1,0 +1,294 @@
+"""The lease protocol's pure parts: the worker's desk, the bidder's client, and the notice relay between workers.
+
+The real-broker behaviour (bidder processes sharing a budget, a bidder cut
+off) is in tests/test_streams_leases.py; here each piece runs on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bidder import lease_client
+from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.lease import LEDGER
+from bidder.lease_client import LeaseClient
+from bidder.metrics import BidderStats
+from bidder.notice_relay import NoticeRelay, notice_bidder
+from bidder.openrtb import parse_request
+from bidder.server import BidApp
+from bidder.wiring import _relaying, _settle
+from models.snapshot import ModelSnapshot
+from streams.leases import REQUEST_TTL_S, LeaseDesk, min_slice
+from streams.leases import parse_request as parse_lease_request
+from tests.helpers import body, campaign, request
+
+NOW = 1_780_000_000.0
+DAY = "2026-05-28"  # NOW's day in UTC
+BUDGET = 100_000  # micros: 0.1 a day
+CAMP = parse_campaign(campaign(budget={"daily": BUDGET / 1e6, "total": 1.0},
+                               goal={"type": "cpc", "value_per_click": 1000.0, "max_bid_cpm": 2.5}))
+SLICE = 4 * 2_500  # the campaign's min slice: 4 impressions at its max bid
+
+
+def req(bidder: str, granted: int = 0, spent: int = 0, day: str = DAY, frac: float = 0.05, ts: float = NOW) -> dict:
+    return {"v": 1, "bidder": bidder, "campaign": CAMP.id, "day": day, "granted": granted, "spent": spent, "frac": frac,
+            "ts": ts}
+
+
+# -- the worker's desk ----------------------------------------------------------------
+
+
+def test_min_slice_is_four_impressions_at_the_max_bid() -> None:
+    assert min_slice(CAMP) == SLICE
+
+
+def test_slices_are_topped_up_and_never_commit_past_the_budget() -> None:
+    desk = LeaseDesk()
+    a = desk.answer(req("a"), CAMP, 0, NOW)
+    assert a is not None and a["granted"] == SLICE and a["bidder"] == "a" and a["day"] == DAY
+    assert desk.answer(req("a", granted=SLICE), CAMP, 0, NOW)["granted"] == SLICE  # unspent: nothing more
+    # a spends most of it: topped up to one slice again
+    assert desk.answer(req("a", granted=SLICE, spent=8_000), CAMP, 8_000, NOW)["granted"] == 8_000 + SLICE
+    granted = {"a": 8_000 + SLICE}
+    spent = {"a": 8_000}
+    for _ in range(40):  # two bidders spend everything they are given
+        for b in ("a", "b"):
+            g = desk.answer(req(b, granted.get(b, 0), spent.get(b, 0)), CAMP, sum(spent.values()), NOW)
+            granted[b] = g["granted"]
+            spent[b] = granted[b]
+    assert sum(granted.values()) == BUDGET
+    assert desk.answer(req("c"), CAMP, BUDGET, NOW)["granted"] == 0  # nothing left for a newcomer
+
+
+def test_spend_only_the_ledger_knows_comes_off_the_pool() -> None:
+    desk = LeaseDesk()
+    desk.answer(req("a"), CAMP, 0, NOW)
+    # 85,000 billed that no bidder reports (bidders restarted under new ids), and a holds a slice: 5,000 left
+    g = desk.answer(req("b"), CAMP, 85_000, NOW)
+    assert g["granted"] == BUDGET - 85_000 - SLICE
+    assert desk.answer(req("c"), CAMP, 85_000, NOW)["granted"] == 0
+    assert desk.granters[CAMP.id]._accounts[LEDGER].billed == 85_000
+
+
+def test_a_worker_that_takes_over_learns_what_bidders_hold_from_their_requests() -> None:
+    before = LeaseDesk()
+    for b in ("a", "b"):
+        before.answer(req(b), CAMP, 0, NOW)
+    after = LeaseDesk()  # restarted: knows nothing; the ledger has 2,000 billed, reported by a
+    g = after.answer(req("a", granted=SLICE, spent=2_000), CAMP, 2_000, NOW)
+    assert g["granted"] == 2_000 + SLICE  # topped up from what a reported, not granted afresh
+    g = after.answer(req("b", granted=SLICE, spent=0), CAMP, 2_000, NOW)
+    assert g["granted"] == SLICE
+    acc = after.granters[CAMP.id]
+    assert acc.committed == before.granters[CAMP.id].committed + 2_000
+
+
+def test_a_worker_just_given_the_campaign_only_listens_until_bidders_have_reported() -> None:
+    desk = LeaseDesk()
+    assert desk.answer(req("a", granted=60_000, spent=10_000), CAMP, 10_000, NOW, hold=True) is None
+    assert desk.answer(req("b", granted=30_000, spent=0), CAMP, 10_000, NOW, hold=True) is None
+    # after the hold: a and b still hold 50,000 + 30,000 unspent; only 10,000 is left for c
+    assert desk.answer(req("c"), CAMP, 10_000, NOW)["granted"] == BUDGET - 60_000 - 30_000
+    assert desk.counts["held"] == 2
+    desk.drop([CAMP.id])  # the campaign moved to another worker
+    assert CAMP.id not in desk.granters and CAMP.id not in desk.days
+
+
+def test_requests_for_a_day_over_or_too_old_get_no_answer() -> None:
+    desk = LeaseDesk()
+    assert desk.answer(req("a"), CAMP, 0, NOW) is not None
+    assert desk.answer(req("a", day="2026-05-27"), CAMP, 0, NOW) is None
+    assert desk.answer(req("a", ts=NOW - REQUEST_TTL_S - 1), CAMP, 0, NOW) is None
+    assert desk.answer(req("a"), None, 0, NOW) is None
+    nxt = desk.answer(req("a", day="2026-05-29"), CAMP, 0, NOW)  # a new day: a new budget
+    assert nxt["granted"] == SLICE and desk.days[CAMP.id] == "2026-05-29"
+    assert desk.counts == {"granted": 2, "past_day": 1, "stale": 1, "unknown_campaign": 1}
+
+
+def test_a_budget_cut_mid_day_holds_back_later_grants() -> None:
+    desk = LeaseDesk()
+    desk.answer(req("a"), CAMP, 0, NOW)
+    cut = parse_campaign({**campaign(budget={"daily": 0.005, "total": 1.0}),
+                          "goal": {"type": "cpc", "value_per_click": 1000.0, "max_bid_cpm": 2.5}})
+    assert desk.answer(req("b"), cut, 0, NOW)["granted"] == 0  # a already holds more than the new budget
+
+
+def test_malformed_requests_are_refused() -> None:
+    good = req("b1x2")
+    assert parse_lease_request(orjson.dumps(good)) == good
+    for bad in (b"{", b"[]", orjson.dumps({**good, "v": 2}), orjson.dumps({**good, "granted": -1}),
+                orjson.dumps({**good, "spent": True}), orjson.dumps({**good, "bidder": "~ledger"}),
+                orjson.dumps({**good, "bidder": "a/b"}), orjson.dumps({k: v for k, v in good.items() if k != "day"}),
+                orjson.dumps({**good, "frac": "x"})):
+        assert parse_lease_request(bad) is None, bad
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5_000), st.booleans()), min_size=1, max_size=120),
+       st.floats(0.01, 0.5))
+def test_honest_bidders_are_never_granted_more_than_the_budget(steps: list, frac: float) -> None:
+    """Bidders spend within their leases and report it; the ledger lags; grants never sum past the budget."""
+    desk = LeaseDesk()
+    granted: dict[str, int] = {}
+    spent: dict[str, int] = {}
+    ledger = 0
+    for who, spend, ledger_catches_up in steps:
+        b = f"b{who}"
+        spent[b] = min(spent.get(b, 0) + spend, granted.get(b, 0))
+        if ledger_catches_up:
+            ledger = sum(spent.values())
+        g = desk.answer(req(b, granted.get(b, 0), spent[b], frac=frac), CAMP, ledger, NOW)
+        assert g["granted"] >= granted.get(b, 0)
+        granted[b] = g["granted"]
+        assert sum(granted.values()) <= BUDGET
+
+
+# -- the bidder's client ---------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def engine(clock: Clock, bidder: str = "bA", events: list | None = None) -> BidEngine:
+    sink = (lambda k, key, ev: events.append((k, ev))) if events is not None else (lambda *a: None)
+    return BidEngine(EngineConfig(secret=b"s", bidder_id=bidder, lease_slice=1, explore_below=0), [CAMP],
+                     ModelSnapshot.empty(), sink=sink, clock=clock)
+
+
+def bid(e: BidEngine) -> dict | None:
+    out = e.bid(parse_request(body(request())), "x", math.inf)
+    return orjson.loads(out.body)["seatbid"][0]["bid"][0] if out.status == 200 else None
+
+
+def grant(bidder: str, granted: int, day: str = DAY, slice_: int = SLICE) -> dict:
+    return {"v": 1, "bidder": bidder, "campaign": CAMP.id, "day": day, "granted": granted, "slice": slice_, "ts": 0}
+
+
+def test_no_lease_no_bid_and_a_request_goes_out_at_once() -> None:
+    e = engine(Clock(NOW))
+    client = LeaseClient(e, 0.05)
+    assert bid(e) is None
+    (doc,) = client.due(100.0, NOW)
+    assert doc == {"v": 1, "bidder": "bA", "campaign": CAMP.id, "day": DAY, "granted": 0, "spent": 0, "frac": 0.05,
+                   "ts": 100.0}
+    assert parse_lease_request(orjson.dumps(doc)) == doc  # what the worker accepts
+    assert client.due(100.0 + lease_client.ASK_EVERY_S / 2, NOW) == []  # not twice in a row
+    assert len(client.due(100.0 + lease_client.ASK_EVERY_S, NOW)) == 1  # no grant came: ask again
+
+
+def test_grants_for_this_bidder_and_today_only() -> None:
+    e = engine(Clock(NOW))
+    client = LeaseClient(e, 0.05)
+    assert not client.apply(grant("bB", 5_000), NOW)
+    assert not client.apply(grant("bA", 5_000, day="2026-05-27"), NOW)
+    assert client.apply(grant("bA", 5_000), NOW) and client.apply(grant("bA", 3_000), NOW)  # a late, smaller one
+    assert e.leases[CAMP.id].granted_micros == 5_000
+    assert (client.grants, client.ignored) == (2, 1)
+    assert bid(e) is not None
+
+
+def test_a_lease_below_half_a_slice_asks_for_more_and_a_full_one_only_reports() -> None:
+    e = engine(Clock(NOW))
+    client = LeaseClient(e, 0.05)
+    assert len(client.due(0.0, NOW)) == 1  # no lease yet
+    client.apply(grant("bA", SLICE), NOW)
+    assert client.due(0.5, NOW) == []  # full
+    b = bid(e)
+    price = round(b["price"] * 1e6) // 1000
+    assert e.leases[CAMP.id].reserved_micros == price == 2_500
+    e.leases[CAMP.id].settle(b["id"], price)
+    assert client.due(1.0, NOW) == []  # 7,500 left: more than half a slice
+    bid(e)
+    bid(e)  # 2,500 left
+    (doc,) = client.due(2.0, NOW)
+    assert (doc["granted"], doc["spent"]) == (SLICE, price)
+    assert len(client.due(2.0 + lease_client.KEEPALIVE_S, NOW)) == 1
+
+
+def test_a_bidder_without_grants_spends_its_lease_and_stops() -> None:
+    e = engine(Clock(NOW))
+    LeaseClient(e, 0.05).apply(grant("bA", 9_000), NOW)
+    n = 0
+    while (b := bid(e)) is not None:
+        e.leases[CAMP.id].settle(b["id"], round(b["price"] * 1e6) // 1000)
+        n += 1
+    assert n == 3 and e.leases[CAMP.id].spent_micros == 7_500
+
+
+# -- the notice relay between workers ---------------------------------------------------
+
+
+def test_notice_bidder_reads_the_n_parameter() -> None:
+    assert notice_bidder("b=x-1&c=c1&n=b12x34&u=&s=zz") == "b12x34"
+    assert notice_bidder("n=b1&m=2") == "b1"
+    assert notice_bidder("b=x&c=an=y&u=") == ""  # "n=" inside another value is not the parameter
+    assert notice_bidder("b=x&c=c") == ""
+
+
+def test_a_sibling_bids_notices_settle_its_own_lease(tmp_path: Path) -> None:
+    """Worker B gets the billing and loss notices of worker A's bids: A's lease settles, B's is untouched."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        clock = Clock(NOW)
+        events: list = []
+        engines = {n: engine(clock, n, events) for n in ("bA", "bB")}
+        apps = {n: BidApp(e, BidderStats()) for n, e in engines.items()}
+        relays = {n: NoticeRelay(tmp_path, n, _settle(engines[n])) for n in engines}
+        for n, r in relays.items():
+            r.start(loop)
+            apps[n].notice = _relaying(apps[n], r)
+        for n in engines:
+            LeaseClient(engines[n], 0.05).apply(grant(n, SLICE), NOW)
+        won, lost = bid(engines["bA"]), bid(engines["bA"])
+        assert engines["bA"].leases[CAMP.id].reserved_micros == 5_000
+
+        def query(b: dict, kind: str) -> str:
+            url = b[kind].replace("${AUCTION_PRICE}", "2.0").replace("${AUCTION_LOSS}", "102")
+            return urlsplit(url.replace("${AUCTION_MIN_TO_WIN}", "3")).query
+
+        assert b'"ok":true' in apps["bB"].notice("bill", query(won, "burl"))
+        assert b"replayed" in apps["bB"].notice("bill", query(won, "burl"))  # refused there: nothing forwarded
+        assert b'"ok":true' in apps["bB"].notice("loss", query(lost, "lurl"))
+        forged = query(won, "burl").replace("s=", "s=AAAA")
+        assert b"bad_signature" in apps["bB"].notice("bill", forged)
+        for _ in range(50):
+            if relays["bA"].received == 2:
+                break
+            await asyncio.sleep(0.01)
+        a, b = engines["bA"].leases[CAMP.id], engines["bB"].leases[CAMP.id]
+        assert (a.spent_micros, a.reserved_micros) == (2_000, 0)
+        assert (b.spent_micros, b.reserved_micros, b.granted_micros) == (0, 0, SLICE)
+        assert relays["bB"].forwarded == 2 and relays["bA"].received == 2
+        # answered, counted and sent on where the notice landed, as without leases
+        assert [(k, ev["bidder"], ev["cost"]) for k, ev in events if k == "billing"] == [("billing", "bA", 2_000)]
+        assert apps["bB"].stats.notices[("bill", "ok")] == 1 and apps["bB"].stats.notices[("loss", "ok")] == 1
+        # a sibling gone (restarted under a new id): nothing to settle, the notice still counts
+        relays["bA"].close()
+        again = bid(engines["bA"])
+        assert b'"ok":true' in apps["bB"].notice("loss", query(again, "lurl"))
+        assert relays["bB"].unreachable == 1 and engines["bB"].leases[CAMP.id].reserved_micros == 0
+        relays["bB"].close()
+
+    asyncio.run(run())
+
+
+def test_a_relay_refuses_ids_that_cannot_name_a_socket(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        NoticeRelay(tmp_path, "../x", lambda *a: None)
+    r = NoticeRelay(tmp_path, "bA", lambda *a: None)
+    assert not r.forward("bB", "bill", "c1", "bB-1", 5)  # not started
