@@ -39,7 +39,8 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms)}
 
 
-BIDS = TopicSpec(f"{PREFIX}.bids", "campaign id", "bid: campaign, creative, price, pCTR, hashed features, auction type")
+BIDS = TopicSpec(f"{PREFIX}.bids", "campaign id", "bid: campaign, creative, price, pCTR, hashed features, auction type; "
+                 "bidder id and its running request count")
 WINS = TopicSpec(f"{PREFIX}.wins", "campaign id", "win notice: bid id, clearing price (CPM micros)")
 BILLING = TopicSpec(f"{PREFIX}.billing", "campaign id", "billing notice: bid id, cost (micros), campaign day, user hash")
 LOSSES = TopicSpec(f"{PREFIX}.losses", "campaign id", "loss notice: bid id, loss reason, min bid to win")
