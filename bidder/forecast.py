@@ -71,7 +71,7 @@ class TrafficForecast:
             t = end
 
     def roll(self, ts: float) -> None:
-        """The clock reached `ts`: a finished day goes into the history even before the next request comes."""
+        """Event time reached `ts`: a finished day goes into the history."""
         day = int(ts) // DAY_S
         if self.day is None:
             self.day = day
@@ -81,40 +81,49 @@ class TrafficForecast:
     def _close_day(self, day: int) -> None:
         finished = self.today if day == self.day + 1 else [0.0] * HOURS  # a day without traffic in between
         if sum(finished) > 0:
-            if self.history is None:
-                self.history = list(finished)
-            else:
-                self.history = [self.decay * h + (1.0 - self.decay) * f for h, f in zip(self.history, finished, strict=True)]
+            self.history = self._folded(finished)
             self.days += 1
         self.day, self.today = day, [0.0] * HOURS
 
-    @property
-    def ready(self) -> bool:
-        """True once at least one whole day has been seen."""
-        return self.history is not None
-
-    def utc_weights(self) -> list[float] | None:
-        """Expected share of a day's requests in each UTC hour (sums to 1), or None before the first whole day."""
+    def _folded(self, finished: list[float]) -> list[float]:
         if self.history is None:
+            return list(finished)
+        return [self.decay * h + (1.0 - self.decay) * f for h, f in zip(self.history, finished, strict=True)]
+
+    def ready(self, now: float | None = None) -> bool:
+        """True once at least one whole day has been seen (by `now`, wall time, if given)."""
+        return self._history(now) is not None
+
+    def _history(self, now: float | None) -> list[float] | None:
+        """The history, with the current day folded in when `now` (wall time) is past it: at midnight the day just
+        ended counts before any request of the new day has come to close it.  Event time alone moves the days."""
+        if now is not None and self.day is not None and int(now) // DAY_S > self.day and sum(self.today) > 0:
+            return self._folded(self.today)
+        return self.history
+
+    def utc_weights(self, now: float | None = None) -> list[float] | None:
+        """Expected share of a day's requests in each UTC hour (sums to 1), or None before the first whole day."""
+        history = self._history(now)
+        if history is None:
             return None
-        total = sum(self.history)
+        total = sum(history)
         floor = self.min_share * total / HOURS
-        w = [max(h, floor) for h in self.history]
+        w = [max(h, floor) for h in history]
         s = sum(w)
         return [x / s for x in w]
 
-    def local_weights(self, timezone: str, day: str) -> list[float] | None:
+    def local_weights(self, timezone: str, day: str, now: float | None = None) -> list[float] | None:
         """The hourly weights for local hours 0..23 of `day` (ISO date) in `timezone`."""
-        utc = self.utc_weights()
+        utc = self.utc_weights(now)
         if utc is None:
             return None
         noon = dt.datetime.fromisoformat(day).replace(hour=12, tzinfo=ZoneInfo(timezone))
         offset_h = (noon.utcoffset() or dt.timedelta()).total_seconds() / 3600.0
         return [_at(utc, h - offset_h) for h in range(HOURS)]
 
-    def plan(self, timezone: str, day: str, hours: frozenset[int] = frozenset()) -> SpendPlan:
+    def plan(self, timezone: str, day: str, hours: frozenset[int] = frozenset(), now: float | None = None) -> SpendPlan:
         """The spend plan of a campaign for `day`: traffic-shaped when there is a forecast, uniform otherwise."""
-        return SpendPlan(hours=hours, weights=self.local_weights(timezone, day))
+        return SpendPlan(hours=hours, weights=self.local_weights(timezone, day, now))
 
 
 def _at(weights: list[float], hour: float) -> float:

@@ -285,6 +285,10 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         board.doc["first_event"] = dict(first_event)
         board.doc["event_time"] = {str(p): t for p, t in sorted(reached.items())}  # where windows close, per partition
         board.doc["read_ts"] = {f"{t}:{p}": ts for (t, p), ts in sorted(latest_ts.items())}
+        forecast = pacer.forecast
+        if forecast is not None:  # what tomorrow's plans will follow: the share of requests per UTC hour
+            weights = forecast.utc_weights(now)
+            board.doc["forecast"] = {"days": forecast.days, "utc_weights": [round(w, 5) for w in weights] if weights else None}
 
     @app.timer(interval=pace_s)
     async def pace() -> None:

@@ -126,24 +126,22 @@ class Pacer:
         if self.forecast is not None and isinstance(reqs, int) and isinstance(bidder, str):
             self.forecast.observe_counter(bidder, event["ts"] / 1000.0, reqs)
 
-    def plan(self, camp: Campaign, day: str) -> SpendPlan:
+    def plan(self, camp: Campaign, day: str, now: float) -> SpendPlan:
         if self.forecast is None:
             return SpendPlan(hours=camp.hours)
-        return self.forecast.plan(camp.timezone, day, camp.hours)
+        return self.forecast.plan(camp.timezone, day, camp.hours, now)
 
     def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
         out = []
-        if self.forecast is not None:
-            self.forecast.roll(now)
         for camp in list(self.campaigns.by_id.values()):
             day, frac, _ = self.campaigns.fraction_of_day(camp, now)
             totals = ledger.day_totals(camp.id, day) if ledger is not None else empty_totals()
             ctl = self.controllers.get(camp.id)
             if ctl is None:
-                ctl = self.controllers[camp.id] = PacingController(day=day, plan=self.plan(camp, day), kp=PACING_KP,
+                ctl = self.controllers[camp.id] = PacingController(day=day, plan=self.plan(camp, day, now), kp=PACING_KP,
                                                                    tail=PACING_TAIL)
             elif ctl.day != day:  # a new day starts from yesterday's price of budget, not from zero
-                ctl = self.controllers[camp.id] = ctl.next_day(day, self.plan(camp, day))
+                ctl = self.controllers[camp.id] = ctl.next_day(day, self.plan(camp, day, now))
             state = ctl.update(frac, totals["spend"], camp.daily_budget)
             state.campaign = camp.id
             state.impressions_today = totals["billed"]

@@ -23,7 +23,7 @@ def day_of_traffic(f: TrafficForecast, day: int, per_hour: list[int]) -> None:
 def test_no_forecast_before_a_whole_day() -> None:
     f = TrafficForecast()
     day_of_traffic(f, 0, [5] * 24)
-    assert not f.ready and f.utc_weights() is None
+    assert not f.ready() and f.utc_weights() is None
     assert f.plan("UTC", "2026-03-02").target(0.5) == pytest.approx(0.5)  # uniform until then
 
 
@@ -99,3 +99,21 @@ def test_running_counters_are_spread_over_the_time_between_reports() -> None:
     assert f.today[1] == pytest.approx(300)
     assert f.today[2] == pytest.approx(40)
     assert sum(f.today) == pytest.approx(840)
+
+
+def test_the_wall_clock_past_midnight_counts_the_day_just_ended_without_changing_it() -> None:
+    f = TrafficForecast(min_share=0.0)
+    day_of_traffic(f, 0, [1] * 12 + [3] * 12)
+    assert f.utc_weights() is None  # by event time the day is not over
+    w = f.utc_weights(now=DAY0 + 86400 + 5)  # by the wall clock it is
+    assert w is not None and w[18] == pytest.approx(3 * w[6])
+    assert f.ready(DAY0 + 86400 + 5) and not f.ready() and f.days == 0  # a view, not a change
+
+
+def test_a_backlog_of_old_days_builds_the_history_in_event_time() -> None:
+    f = TrafficForecast(decay=0.5, min_share=0.0)
+    for day in range(3):  # a worker reading a retained bid log from its start
+        f.observe_counter("b1", DAY0 + day * 86400 + 6 * 3600, 1000 * day)
+        f.observe_counter("b1", DAY0 + day * 86400 + 7 * 3600, 1000 * day + 500)
+    assert f.days == 2 and f.utc_weights() is not None
+    assert max(range(24), key=lambda h: f.utc_weights()[h]) == 6
