@@ -15,7 +15,7 @@ DESCRIPTION = """\
 streambid: a real-time OpenRTB 2.6 bidder with online CTR learning and budget pacing.
 
 Start here:
-  streambid demo                      simulate a day in one process (no Kafka) and print ROI per campaign
+  streambid demo                      simulate two days in one process (no Kafka): ROI per campaign, pacing vs baselines
   streambid serve --campaigns FILE    answer bid requests on http://127.0.0.1:8080/bid/<exchange>
   streambid worker --broker HOST:PORT run the stream processors (attribution, spend, learning, pacing)
   streambid campaign set FILE         validate a campaign file and publish it to the config topic

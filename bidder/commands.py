@@ -14,11 +14,16 @@ from bidder.campaigns import ConfigError, load_campaigns
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     top = groups["top"]
-    d = top.add_parser("demo", help="simulate a day in one process (no Kafka) and print ROI per campaign",
+    d = top.add_parser("demo", help="simulate two days in one process (no Kafka) and print ROI per campaign",
                        description="An in-process exchange sends OpenRTB requests to the bidder, simulated users click, "
-                                   "events flow into the online CTR learner, the spend ledger and the pacer; the run ends "
-                                   "with a ROI table per campaign and a spend-vs-plan plot.")
-    d.add_argument("--requests", type=int, default=60_000, help="bid requests in the simulated day (default: %(default)s)")
+                                   "events flow into the online CTR learner, the spend ledger and the pacer. Yesterday "
+                                   "starts cold; today starts from the model, the traffic forecast and the pacing "
+                                   "multipliers yesterday left, and is also played as fast as possible and with a fixed "
+                                   "bid for comparison. The run ends with today's ROI table, the three strategies side by "
+                                   "side and a PNG of their spend curves against the plan. The same seed plays the same "
+                                   "days.")
+    d.add_argument("--requests", type=int, default=60_000,
+                   help="bid requests in each simulated day (default: %(default)s)")
     d.add_argument("--seed", type=int, default=7, help="random seed of the simulated market (default: %(default)s)")
     d.add_argument("--campaigns", type=Path, help="campaign file (default: the bundled demo campaigns)")
     d.add_argument("--out", type=Path, default=Path("out"), help="where the PNG goes (default: %(default)s)")
