@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -59,3 +62,18 @@ async def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None
             await p.send_and_wait(topic, value, key=key.encode())
     finally:
         await p.stop()
+
+
+def stop_processes(procs: list[subprocess.Popen], logs: dict, log_dir: Path, tail: int = 2500) -> None:
+    """Terminate a test's processes (killed if they linger 20 s), close their logs and show each log's tail."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    for f in logs.values():
+        f.close()
+    for n in logs:
+        sys.stderr.write(f"--- {n} log (tail) ---\n{(log_dir / f'{n}.log').read_text(errors='replace')[-tail:]}\n")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -62,15 +64,11 @@ class MeanDraws:
         return np.array(shape, dtype=float)
 
 
-def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int) -> int:
-    """The best price on `imp` by the plain per-candidate rules, in micros; 0 for no bid.
-
-    Exploring creatives (engine.cfg.explore_below) bid on their posterior mean, as `MeanDraws` makes the engine do.
-    """
-    best = 0
-    live = e.live()
-    for camp in e.index.campaigns.values():
-        if not camp.active or camp.id not in live or camp.currency not in (req.cur or ("USD",)):
+def reference_candidates(camps, req, imp) -> Iterator[tuple[Campaign, Any, tuple | None, float]]:
+    """(campaign, creative, deal, floor) of every creative the plain per-candidate rules let bid on `imp`
+    (frequency caps aside): active, currency, country, size and the other targeting, deals, floor currency."""
+    for camp in camps:
+        if not camp.active or camp.currency not in (req.cur or ("USD",)):
             continue
         if camp.targeting.countries and req.country not in camp.targeting.countries:
             continue
@@ -83,22 +81,35 @@ def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int,
             floor, floorcur = (deal[1], deal[2]) if deal else (imp.floor, imp.floorcur)
             if floor and floorcur != camp.currency:
                 continue
-            if camp.freq_per_hour or camp.freq_per_day:
-                if not user or not e.frequency.allowed(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
-                                                       int(NOW // 3600), int(NOW // 86400)):
-                    continue
-            feats = request_features(req, imp, exchange, hour, weekday)
-            pctr = e.model.predict(e.model.base_score(feats), candidate_features(feats, hour, req.domain, camp.id, cr.id),
-                                   camp.id, cr.id)
-            if e.cfg.explore_below and e.model.creative_impressions(camp.id, cr.id) < e.cfg.explore_below:
-                a, b = e.model.creative_beta(camp.id, cr.id)
-                a, b = max(a, 1e-9), max(b, 1e-9)
-                pctr = a / (a + b)
-            pace = e.pacing.get(camp.id)
-            at = deal[3] if deal and deal[3] else req.at
-            price = bid_price(value_cpm(pctr, camp, pace), pace.lam if pace else 0.0, camp.max_bid_cpm,
-                              round(floor * 1e6), at == AUCTION_FIRST_PRICE, None, fixed_price=at == 3)
-            best = max(best, price)
+            yield camp, cr, deal, floor
+
+
+def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int) -> int:
+    """The best price on `imp` by the plain per-candidate rules, in micros; 0 for no bid.
+
+    Exploring creatives (engine.cfg.explore_below) bid on their posterior mean, as `MeanDraws` makes the engine do.
+    """
+    best = 0
+    live = e.live()
+    for camp, cr, deal, floor in reference_candidates(e.index.campaigns.values(), req, imp):
+        if camp.id not in live:
+            continue
+        if camp.freq_per_hour or camp.freq_per_day:
+            if not user or not e.frequency.allowed(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
+                                                   int(NOW // 3600), int(NOW // 86400)):
+                continue
+        feats = request_features(req, imp, exchange, hour, weekday)
+        pctr = e.model.predict(e.model.base_score(feats), candidate_features(feats, hour, req.domain, camp.id, cr.id),
+                               camp.id, cr.id)
+        if e.cfg.explore_below and e.model.creative_impressions(camp.id, cr.id) < e.cfg.explore_below:
+            a, b = e.model.creative_beta(camp.id, cr.id)
+            a, b = max(a, 1e-9), max(b, 1e-9)
+            pctr = a / (a + b)
+        pace = e.pacing.get(camp.id)
+        at = deal[3] if deal and deal[3] else req.at
+        price = bid_price(value_cpm(pctr, camp, pace), pace.lam if pace else 0.0, camp.max_bid_cpm,
+                          round(floor * 1e6), at == AUCTION_FIRST_PRICE, None, fixed_price=at == 3)
+        best = max(best, price)
     return best
 
 
@@ -155,24 +166,8 @@ def test_index_returns_exactly_the_creatives_the_rules_allow() -> None:
         for imp in req.imps:
             el = index.eligible(req, imp, live, SEAT, req.user_key, store, 0, 0)
             got = {(index.slots[s][0].id, index.slots[s][1].id) for s in el.slots.tolist()}
-            want = set()
-            for camp in camps:
-                if not camp.active or camp.currency not in (req.cur or ("USD",)):
-                    continue
-                if camp.targeting.countries and req.country not in camp.targeting.countries:
-                    continue
-                if (camp.freq_per_hour or camp.freq_per_day) and not req.user_key:
-                    continue
-                for cr in camp.creatives:
-                    if not cr.fits(imp.kind, imp.sizes) or matches(camp, cr, req):
-                        continue
-                    deal = deal_for(camp, imp, SEAT)
-                    if deal is None and (camp.targeting.deal_only or imp.private_auction):
-                        continue
-                    floor, floorcur = (deal[1], deal[2]) if deal else (imp.floor, imp.floorcur)
-                    if floor and floorcur != camp.currency:
-                        continue
-                    want.add((camp.id, cr.id))
+            want = {(camp.id, cr.id) for camp, cr, _, _ in reference_candidates(camps, req, imp)
+                    if req.user_key or not (camp.freq_per_hour or camp.freq_per_day)}
             assert got == want
             compared += len(want)
     assert compared > 10_000

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.events import make_event
 from tests.conftest import ROOT, free_port
-from tests.helpers import body, campaign, produce, request
+from tests.helpers import body, campaign, produce, request, stop_processes
 
 pytestmark = pytest.mark.kafka
 STREAMBID = [sys.executable, "-m", "bidder.cli"]
@@ -94,17 +94,7 @@ def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict]:
                "topic": lambda kind: f"t{run}.{kind}",
                "site": {"id": "s1", "domain": f"slice-{run}.example", "cat": ["IAB12"], "publisher": {"id": "p1"}}}
     finally:
-        for p in (serve, worker):
-            p.terminate()
-        for p in (serve, worker):
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
-        for n in logs:
-            sys.stderr.write(f"--- {n} log (tail) ---\n{(tmp_path / f'{n}.log').read_text()[-3000:]}\n")
+        stop_processes([serve, worker], logs, tmp_path, tail=3000)
 
 
 async def read_topic(bootstrap: str, topic: str, match, timeout: float = 20.0) -> dict:

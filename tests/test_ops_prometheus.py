@@ -39,7 +39,7 @@ from streams import topics
 from streams.events import make_event
 from streams.kafka_io import ensure_topics
 from tests.conftest import ROOT, free_port
-from tests.helpers import body, campaign, produce, request
+from tests.helpers import body, campaign, produce, request, stop_processes
 
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -329,17 +329,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         time.sleep(3)  # a few more scrapes and rule evaluations of the settled values
         yield Live(prom, base, f"http://127.0.0.1:{mport}/metrics", camp, sent)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
-        for n in logs:
-            sys.stderr.write(f"--- {n} log (tail) ---\n{(tmp / f'{n}.log').read_text(errors='replace')[-2500:]}\n")
+        stop_processes(procs, logs, tmp)
 
 
 def dashboard_expressions() -> list[tuple[str, str]]:
