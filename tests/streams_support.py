@@ -218,3 +218,21 @@ def summed_totals(statuses: list[dict], campaigns: set[str]) -> dict[str, dict[s
                 for f in FIELDS:
                     acc[f] += t[f]
     return out
+
+
+async def find_record(bootstrap: str, topic: str, match, timeout: float = 20.0) -> dict:
+    """The first record on `topic` (from the beginning) for which match(record) is true."""
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()  # no group: every partition, from the beginning
+    try:
+        end = time.time() + timeout
+        while time.time() < end:
+            batch = await c.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    rec = orjson.loads(m.value)
+                    if match(rec):
+                        return rec
+        raise AssertionError(f"no matching record on {topic} within {timeout}s")
+    finally:
+        await c.stop()

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from streams.events import make_event
 from tests.conftest import ROOT, free_port
 from tests.helpers import body, campaign, produce, request, stop_processes
+from tests.streams_support import find_record
 
 pytestmark = pytest.mark.kafka
 STREAMBID = [sys.executable, "-m", "bidder.cli"]
@@ -97,24 +97,6 @@ def stack(kafka_bootstrap: str, tmp_path: Path) -> Iterator[dict]:
         stop_processes([serve, worker], logs, tmp_path, tail=3000)
 
 
-async def read_topic(bootstrap: str, topic: str, match, timeout: float = 20.0) -> dict:
-    """The first record on `topic` (from the beginning) for which match(record) is true."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()  # no group: every partition, from the beginning
-    try:
-        end = time.time() + timeout
-        while time.time() < end:
-            batch = await c.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                for m in msgs:
-                    rec = orjson.loads(m.value)
-                    if match(rec):
-                        return rec
-        raise AssertionError(f"no matching record on {topic} within {timeout}s")
-    finally:
-        await c.stop()
-
-
 def bid_once(base: str, site: dict) -> tuple[int, bytes] | None:
     """One bid request; None when the bidder shed it (204), so the caller can retry."""
     status, out = http("POST", f"{base}/bid/testx", body(request(site=site)))
@@ -139,7 +121,7 @@ def test_bid_win_bill_click_feeds_back_into_the_bidder(stack: dict) -> None:
 
     # win notice -> wins topic
     assert notice(bid["nurl"], AUCTION_PRICE="0.004")[0] == 200
-    win = asyncio.run(read_topic(bootstrap, stack["topic"]("wins"), lambda r: r.get("bid_id") == bid["id"]))
+    win = asyncio.run(find_record(bootstrap, stack["topic"]("wins"), lambda r: r.get("bid_id") == bid["id"]))
     assert win["price"] == 4000 and win["campaign"] == cid
     assert "user-42" not in orjson.dumps(win).decode()
 
@@ -183,7 +165,7 @@ def test_bid_win_bill_click_feeds_back_into_the_bidder(stack: dict) -> None:
     assert wait_for(bidder_spend, 20, "spend in the bidder's /metrics") == pytest.approx(0.000004)
 
     # the malformed click went to the dead-letter topic, and the agent kept consuming
-    dead = asyncio.run(read_topic(bootstrap, stack["topic"]("deadletter"),
+    dead = asyncio.run(find_record(bootstrap, stack["topic"]("deadletter"),
                                   lambda r: "this is not an event" in r.get("payload", "")))
     assert dead["reason"] == "bad_json" and dead["topic"] == stack["topic"]("clicks")
 

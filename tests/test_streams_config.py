@@ -21,7 +21,7 @@ from models.snapshot import ModelSnapshot
 from streams.events import make_event
 from tests.conftest import free_port
 from tests.helpers import campaign
-from tests.streams_support import Procs, create_topics, get_json, produce, topic, wait_for, worker_status
+from tests.streams_support import Procs, create_topics, find_record, get_json, produce, topic, wait_for, worker_status
 
 pytestmark = pytest.mark.kafka
 
@@ -57,25 +57,6 @@ def live(url: str, cid: str) -> bool:
     return cid in status(url).get("live", [])
 
 
-async def find(bootstrap: str, name: str, match, timeout: float = 20.0) -> dict:
-    """The first record on a one-partition topic, from the beginning, for which match(record) is true."""
-    tp = TopicPartition(name, 0)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
-    try:
-        c.assign([tp])
-        await c.seek_to_beginning(tp)
-        end = time.time() + timeout
-        while time.time() < end:
-            for m in (await c.getmany(tp, timeout_ms=300)).get(tp, []):
-                rec = orjson.loads(m.value)
-                if match(rec):
-                    return rec
-        raise AssertionError(f"no matching record on {name} within {timeout}s")
-    finally:
-        await c.stop()
-
-
 async def last_value(bootstrap: str, name: str) -> bytes:
     tp = TopicPartition(name, 0)
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -101,7 +82,7 @@ def test_invalid_config_from_another_producer_is_dead_lettered_and_the_valid_one
            "by": "someone-else", "at": "2026-01-01T00:00:00+00:00"}
     asyncio.run(produce(procs.bootstrap, [(topic(prefix, "campaigns"), cid, orjson.dumps(bad))]))
 
-    dead = asyncio.run(find(procs.bootstrap, topic(prefix, "deadletter"), lambda r: cid in r.get("payload", "")))
+    dead = asyncio.run(find_record(procs.bootstrap, topic(prefix, "deadletter"), lambda r: cid in r.get("payload", "")))
     assert dead["topic"] == topic(prefix, "campaigns")
     assert dead["reason"].startswith("invalid_config") and "budget.daily" in dead["reason"]
     # the bidder read the invalid message too, and kept bidding on the last valid version (a paused one would not bid)
