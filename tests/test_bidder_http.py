@@ -188,6 +188,21 @@ async def test_pipelined_bursts_are_answered_in_order_and_bounded(stack: Stack) 
     assert [h.get("x-nobid-reason") for s, h, _ in answers if s == 204] == ["overload"] * (n - decided)
 
 
+async def test_answers_written_at_the_end_of_a_pass_keep_their_order_and_hang_ups(stack: Stack) -> None:
+    """Answers go out together at the end of a loop pass: a burst still gets them in order, a `Connection: close`
+    request its answer before the hang-up, and bad HTTP after queued answers comes after them."""
+    one = b"POST /bid/ex7 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BANNER) + BANNER
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = await stack.raw(one * 3 + last, read_until_close=True)
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", out) == [b"200"] * 4
+    assert out.endswith(b'{"ok":true}')
+    ids = [orjson.loads(part)["seatbid"][0]["bid"][0]["impid"] for part in re.findall(rb'\{"id".*?\]\}\]\}', out)]
+    assert len(ids) == 3
+    out = await stack.raw(one * 2 + b"BREW /coffee HTCPCP/1.0\r\n\r\n", read_until_close=True)
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", out) == [b"200", b"200", b"400"] and out.rstrip().endswith(b'{"error":"bad_http"}')
+    assert not stack.app.outbox
+
+
 async def test_stalled_requests_lose_their_connection(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server_mod, "REQUEST_TIMEOUT_S", 0.2)
     sweeper = asyncio.ensure_future(sweep_stalled(stack.app, interval=0.05))
