@@ -46,6 +46,7 @@ class Attribution:
         self.conversion_window_ms = conversion_window_ms
         # (when the entry next needs attention, bid id): `expire` looks only at what is due, never at everything
         self._due: list[tuple[int, str]] = []
+        self.cut_short = False  # the last `expire` stopped at its limit with windows still due
         self.reindex()
 
     def reindex(self) -> None:
@@ -125,18 +126,22 @@ class Attribution:
             return "late"
         return "matched"
 
-    def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None) -> tuple[list[Example], int]:
+    def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
+               limit: int | None = None) -> tuple[list[Example], int]:
         """Negative examples for served bids whose click window closed, and how many early events stayed orphans.
 
         Windows close on event time.  `now_ms` bounds it for every entry; `now_of(bid_id)`, when given, is how
         far the events that could still concern that bid have got, since a worker catching up on a backlog must
         not close a window whose click is still queued behind it (0 for an entry that is not this worker's).
+        With `limit`, at most that many due entries are closed (earliest first) and the rest wait for the next
+        call: a worker that has caught up on a backlog can close its windows in slices, between other work.
         """
         out: list[Example] = []
         orphans = 0
         due, later = self._due, []
         pop, get, due_of = heapq.heappop, self.pending.get, self._due_of  # a catching-up worker closes 10^5 at once
-        while due and due[0][0] < now_ms:
+        budget = len(due) if limit is None else limit
+        while due and due[0][0] < now_ms and budget > 0:
             when, bid_id = pop(due)
             entry = get(bid_id)
             if entry is None or due_of(entry) != when:
@@ -144,6 +149,7 @@ class Attribution:
             if now_of is not None and when >= now_of(bid_id):
                 later.append((when, bid_id))
                 continue
+            budget -= 1
             if entry["f"] is None:
                 del self.pending[bid_id]
                 orphans += 1
@@ -154,4 +160,5 @@ class Attribution:
                 out.append(Example(entry["c"], entry["r"], entry["f"], 0, bid_id))
         for item in later:
             heapq.heappush(due, item)
+        self.cut_short = budget <= 0 and bool(due) and due[0][0] < now_ms
         return out, orphans

@@ -92,8 +92,9 @@ class DeliveryProcessor:
             self.outcomes[f"{kind}:duplicate_event"] = self.outcomes.get(f"{kind}:duplicate_event", 0) + 1
         return examples
 
-    def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None) -> list[Example]:
-        examples, orphans = self.attribution.expire(now_ms, now_of)
+    def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
+               limit: int | None = None) -> list[Example]:
+        examples, orphans = self.attribution.expire(now_ms, now_of, limit)
         if orphans:
             self.outcomes["any:orphan"] = self.outcomes.get("any:orphan", 0) + orphans
         return examples

@@ -84,6 +84,24 @@ def test_a_window_stays_open_while_its_partition_lags_behind() -> None:
     assert a.expire(61 * MIN) == ([], 0)  # each bid yields one example
 
 
+def test_windows_close_in_slices_earliest_first_and_each_once() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    for i in range(10):
+        a.on_bid(bid(i))
+        a.on_impression(imp(i, i * MIN))  # b0's window closes first
+    lagging = {f"b{i}": 60 * MIN for i in range(10)}
+    lagging["b1"] = 0  # its partition has read nothing yet: stays open, and does not count against a slice
+    slices = []
+    while True:
+        negatives, _ = a.expire(60 * MIN, lambda b: lagging[b], limit=4)
+        slices.append([x.bid_id for x in negatives])
+        if not a.cut_short:
+            break
+    assert slices == [["b0", "b2", "b3", "b4"], ["b5", "b6", "b7", "b8"], ["b9"]]
+    lagging["b1"] = 60 * MIN
+    assert [x.bid_id for x in a.expire(60 * MIN, lambda b: lagging[b], limit=4)[0]] == ["b1"] and not a.cut_short
+
+
 def test_entries_filled_from_elsewhere_are_indexed() -> None:
     recovered = {"b7": {"c": "c1", "r": "cr1", "f": [7], "t": 0, "imp": 0, "clk": None, "done": 0},
                  "b8": {"c": "c1", "r": "cr1", "f": None, "t": 0, "imp": 0, "clk": None, "done": 0}}
