@@ -227,7 +227,9 @@ def measure_server(
     _phase(f"[{name}] closed-loop saturation, {duration:g} s")
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     sat = _load(url, 0, duration, bodies, connections, tmax_ms, progress=True)
-    server_cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+    cpu_used = server.cpu_seconds() - cpu0
+    server_cpu = cpu_used / (time.perf_counter() - t0)
+    answered = sum(sat.statuses.values())
     bound = ok_answers(sat) / duration
     if bound <= 0:
         raise BenchError(f"{name} gave no usable answers under load: statuses {sat.statuses}, reasons {sat.nobid_reasons}")
@@ -257,6 +259,8 @@ def measure_server(
         "saturation": {
             "closed_loop_rps": round(bound),
             "server_cpu": round(server_cpu, 3),
+            # the steadier figure on a noisy machine: it does not depend on how much of its core the server got
+            "cpu_us_per_answer": round(cpu_used / answered * 1e6, 1) if answered else None,
             "generator_cpu": round(sat.generator_cpu, 3),
             "statuses": {str(k): v for k, v in sorted(sat.statuses.items())},
             "nobid_reasons": sat.nobid_reasons,
@@ -479,6 +483,12 @@ def format_bench(result: dict[str, Any]) -> str:
         lines.append(
             f"{s['name']}: closed-loop bound {sat['closed_loop_rps']:,} req/s with the server at {sat['server_cpu']:.0%} "
             f"of its core (generator {sat['generator_cpu']:.0%}); bid rate at 50% load {s['half_load']['bid_rate']:.1%}"
+        )
+    cpu = [s["saturation"].get("cpu_us_per_answer") for s in result["servers"]]
+    if all(cpu):
+        lines.append(
+            f"server CPU per answer, saturated: floor {cpu[0]:,.1f} µs, bidder {cpu[1]:,.1f} µs "
+            f"(floor / bidder {cpu[0] / cpu[1]:.3f}: the ratio with each server given all of its core)"
         )
     lines.append("")
     lines.append("targets for the bidder")

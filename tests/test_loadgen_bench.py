@@ -76,7 +76,7 @@ def test_bench_table_shows_both_servers_and_the_targets():
     def server(name: str, rps: int, p99: float, late: int) -> dict:
         half = {"rate": rps // 2, "p50_ms": 0.1, "p99_ms": p99, "p99.9_ms": p99 * 2, "max_ms": p99 * 3}
         half |= {"past_deadline": late, "timeouts": 0, "bid_rate": 0.2, "generator_lag_ms": {"p99": 0.02}}
-        sat = {"closed_loop_rps": rps + 100, "server_cpu": 0.97, "generator_cpu": 0.8}
+        sat = {"closed_loop_rps": rps + 100, "server_cpu": 0.97, "generator_cpu": 0.8, "cpu_us_per_answer": 1e6 / rps}
         return {"name": name, "max_rps": rps, "half_load": half, "saturation": sat, "png": f"out/{name}.png"}
 
     result = {
@@ -94,6 +94,7 @@ def test_bench_table_shows_both_servers_and_the_targets():
     assert "60,000" in text and "15,000" in text and "0.25" in text
     assert text.count("FAIL") == 3 and "PASS" not in text
     assert "warning" not in text
+    assert "floor 16.7 µs, bidder 66.7 µs (floor / bidder 0.250" in text
     result["servers"][0]["saturation"]["server_cpu"] = 0.3
     result["servers"][0]["half_load"]["generator_lag_ms"] = {"p99": 4.0}
     result["warnings"] = reliability_warnings(result["servers"], load_at_start=0.1)
