@@ -73,7 +73,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)  # a fetch that returns at once must still let the loop breathe
                 if records and not self.should_stop:
                     if not self.flow_active:  # fetched while a rebalance stopped the flow: read again later
-                        await self.perform_seek()
+                        await self._seek_back()
                     else:
                         await self._dispatch(records, active, handlers)
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -87,6 +87,20 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _seek_back(self) -> None:
+        """Seek to the committed offsets, as Faust's own fetch loop does when the flow is stopped.
+
+        The assignment can change again between reading it and seeking (a second rebalance on the heels of the
+        first): the seek then fails for a partition no longer ours.  That partition is someone else's to read, and
+        the recovery after the rebalance seeks every partition it hands this worker, so the failure is logged and
+        the loop goes on; letting it escape would kill the fetcher and with it the worker.
+        """
+        try:
+            await self.perform_seek()
+        except Exception as e:  # aiokafka's IllegalStateError, or a broker error mid-rebalance
+            self.log.warning("seek back to committed offsets failed mid-rebalance (the next assignment seeks again): %r",
+                             e)
 
     async def _dispatch(self, records: dict[TP, list[Any]], active: set[TP] | None,
                         handlers: dict[str, Handler]) -> None:

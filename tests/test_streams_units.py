@@ -221,3 +221,31 @@ def test_the_outbox_sends_one_record_per_dirty_key_in_batches_per_partition() ->
     producer.sent.clear()
     asyncio.run(outbox.flush())
     assert producer.sent == []
+
+
+# -- the fetch loop: a seek that loses a race with the next rebalance must not kill the worker ----------------------
+
+
+def test_a_seek_back_that_loses_a_rebalance_race_is_logged_not_raised() -> None:
+    from aiokafka.errors import IllegalStateError
+
+    from streams.batch_drain import BatchingConsumer
+
+    class Log:
+        def __init__(self) -> None:
+            self.warnings: list[str] = []
+
+        def warning(self, msg: str, *args: object) -> None:
+            self.warnings.append(msg % args)
+
+    class Consumer:
+        log = Log()
+        seeks = 0
+
+        async def perform_seek(self) -> None:
+            self.seeks += 1
+            raise IllegalStateError("No current assignment for partition TopicPartition(topic='t', partition=1)")
+
+    c = Consumer()
+    asyncio.run(BatchingConsumer._seek_back(c))  # type: ignore[arg-type]
+    assert c.seeks == 1 and len(c.log.warnings) == 1 and "No current assignment" in c.log.warnings[0]
