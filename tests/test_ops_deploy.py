@@ -135,6 +135,20 @@ def test_dockerfile_copies_every_package_and_runs_streambid() -> None:
     assert (ROOT / "deploy" / "campaigns.example.json").exists()
 
 
+def test_dockerfile_copies_the_files_the_package_build_names() -> None:
+    """pyproject's readme and license files must reach the image's build, or `pip install .` fails there."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    named = [project["readme"], *project.get("license-files", [])]
+    assert "LICENSE" in named and (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+    copied = next(line for line in (DEPLOY / "Dockerfile").read_text().splitlines() if "pyproject.toml" in line)
+    allowed = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    for name in named:
+        assert (ROOT / name).is_file()
+        assert name in copied.split() and f"!{name}" in allowed, name
+
+
 def test_docker_compose_config_accepts_the_stack() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
