@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -137,8 +138,6 @@ def test_dockerfile_copies_every_package_and_runs_streambid() -> None:
 
 def test_dockerfile_copies_the_files_the_package_build_names() -> None:
     """pyproject's readme and license files must reach the image's build, or `pip install .` fails there."""
-    import tomllib
-
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     named = [project["readme"], *project.get("license-files", [])]
     assert "LICENSE" in named and (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
