@@ -47,6 +47,9 @@ AUCTION_FIXED_PRICE = 3  # deal.at = 3: the deal's bidfloor is the agreed price
 MIN_LANDSCAPE = 200  # market prices needed before first-price bids are shaded
 LANDSCAPE_REBUILD_S = 60.0  # how often the shading landscape takes in new market prices
 PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the landscape's size
+# Every time zone in use is a whole number of quarter hours off UTC, so a campaign's local date and hour (its flight
+# and dayparting) can only change at a UTC quarter hour: the live set is recomputed then, and when campaigns change.
+LIVE_SLOT_S = 900
 
 
 @dataclass(slots=True)
@@ -104,6 +107,7 @@ class BidEngine:
         self._shading_at = -math.inf
         self._seq = itertools.count(1)
         self._live: frozenset[str] = frozenset()
+        self._live_slot: int | None = None  # the UTC quarter hour `_live` was computed for; None: recompute
         self._refreshed = -1.0
         self._seen_notices: OrderedDict[str, float] = OrderedDict()
         self.counters: dict[str, int] = {}
@@ -115,7 +119,7 @@ class BidEngine:
 
     def set_campaigns(self, campaigns: list[Campaign]) -> None:
         self.index = CampaignIndex(campaigns)
-        self._refreshed = -1.0
+        self._stale()
 
     def upsert_campaign(self, campaign: Campaign) -> None:
         camps = dict(self.index.campaigns)
@@ -126,7 +130,18 @@ class BidEngine:
         self.model = model
 
     def set_pacing(self, state: PacingState) -> None:
+        """Takes effect with the next request: the price bounds follow the new lambda at once (a stale bound could
+        prune the best bid), and the live set when the campaign's budget runs out or comes back."""
+        old = self.pacing.get(state.campaign)
         self.pacing[state.campaign] = state
+        if self._tables is not None:
+            self._tables.set_campaign_pacing(state)
+        if state.exhausted != (old is not None and old.exhausted):
+            self._stale()
+
+    def _stale(self) -> None:
+        """The live set no longer holds: recompute it before the next bid."""
+        self._live_slot = None
         self._refreshed = -1.0
 
     def grant(self, campaign: str, day: str, granted_micros: int) -> None:
@@ -137,19 +152,12 @@ class BidEngine:
         lease.grant_total(granted_micros)
 
     def _refresh(self, now: float) -> None:
-        """Recompute, at most once a second, which campaigns may bid at all right now."""
-        utc = dt.datetime.fromtimestamp(now, dt.UTC)
-        live = set()
-        for c in self.index.campaigns.values():
-            if not c.active or not c.in_flight(utc):
-                continue
-            p = self.pacing.get(c.id)
-            if p is not None and p.exhausted:
-                continue
-            live.add(c.id)
-        self._live = frozenset(live)
-        if self._tables is not None:
-            self._tables.set_pacing(self.pacing)
+        """Once a second: expire leases and seen notices, fold in market prices, and (at a new UTC quarter hour,
+        or after a change) recompute which campaigns may bid at all."""
+        slot = int(now // LIVE_SLOT_S)
+        if slot != self._live_slot:
+            self._live_slot = slot
+            self._live = self._live_campaigns(now)
         for lease in self.leases.values():
             lease.expire(now)  # a bid whose notice never came stops holding budget once its URL has expired
         if self._new_prices and now - self._shading_at >= LANDSCAPE_REBUILD_S:
@@ -163,6 +171,19 @@ class BidEngine:
         self._refreshed = now
         while self._seen_notices and next(iter(self._seen_notices.values())) < now:
             self._seen_notices.popitem(last=False)
+
+    def _live_campaigns(self, now: float) -> frozenset[str]:
+        """Ids of the active campaigns in flight and in their dayparting at `now` whose budget is not spent."""
+        utc = dt.datetime.fromtimestamp(now, dt.UTC)
+        live = set()
+        for c in self.index.campaigns.values():
+            if not c.active or not c.in_flight(utc):
+                continue
+            p = self.pacing.get(c.id)
+            if p is not None and p.exhausted:
+                continue
+            live.add(c.id)
+        return frozenset(live)
 
     def live(self) -> frozenset[str]:
         """Ids of the campaigns that may bid right now."""

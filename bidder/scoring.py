@@ -174,6 +174,19 @@ class SlotTables:
         # the bound's two columns again as contiguous arrays: gathering from one is ten times cheaper than from a table row
         self.scale, self.max_bid = t[:, SCALE].copy(), t[:, MAX_BID].copy()
 
+    def set_campaign_pacing(self, state: PacingState) -> None:
+        """One campaign's new pacing state, folded into its own slots only: the streams side sends a state per
+        campaign, and rebuilding every slot's scale for each would cost the bid path a thousandfold.  Element for
+        element the same arithmetic as `set_pacing`, so both leave the same bits."""
+        idx = self.index.slots_of(state.campaign)
+        if not len(idx):
+            return
+        lam = 0.0 if math.isnan(state.lam) else max(state.lam, 0.0)
+        scale = (self.unit[idx] + self.per_conversion[idx] * conversion_rate(state)) * 1000.0 / (1.0 + lam) * _ROUNDING
+        self.table[idx, SCALE] = scale
+        self.scale[idx] = scale
+        self.ceiling[idx] = np.minimum(scale, self.max_bid[idx])
+
     def _beta(self, rows: np.ndarray) -> np.ndarray:
         """Beta(alpha, beta) per row as Ga / (Ga + Gb): both gammas in one call (Generator.beta makes two
         argument checks per call, each a Python-level np.any).  0/0, possible only for vanishing shapes, reads 0."""

@@ -215,6 +215,29 @@ def test_price_bounds_hold_for_the_pricing_functions() -> None:
                                  first, None, fixed_price=fixed) <= got[s]
 
 
+def test_pacing_updates_one_campaign_at_a_time_leave_the_tables_of_a_full_rebuild() -> None:
+    """The engine folds each pacing message into its campaign's slots alone; the bounds must come out bit for bit
+    as a rebuild from all the states would make them, whatever order the messages came in."""
+    rng = random.Random(9)
+    camps = [parse_campaign(d) for d in make_campaigns(300, seed=12)]
+    assert {c.goal for c in camps} == {"cpc", "cpa"}
+    index = CampaignIndex(camps)
+    tables = SlotTables(index, ModelSnapshot.empty(), 0, {}, random.Random(1))
+    pacing: dict[str, PacingState] = {}
+    for _ in range(900):
+        c = rng.choice(camps)
+        state = PacingState(campaign=c.id, day="d", lam=rng.choice((0.0, -0.5, math.nan, rng.uniform(0, 20))),
+                            cvr=rng.choice((0.0, rng.random() * 0.2)))
+        pacing[c.id] = state
+        tables.set_campaign_pacing(state)
+    tables.set_campaign_pacing(PacingState(campaign="no-such-campaign", day="d", lam=3.0))  # ignored
+    rebuilt = SlotTables(index, ModelSnapshot.empty(), 0, pacing, random.Random(1))
+    assert len(pacing) > 250  # most campaigns got states, many of them several
+    for name in ("table", "scale", "max_bid", "ceiling"):
+        assert np.array_equal(getattr(tables, name), getattr(rebuilt, name), equal_nan=True), name
+    assert not np.array_equal(tables.scale, SlotTables(index, ModelSnapshot.empty(), 0, {}, random.Random(1)).scale)
+
+
 @pytest.mark.parametrize("explore_below", [0, 200])
 def test_exploration_table_follows_the_model_counts(explore_below: int) -> None:
     rng = random.Random(5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -9,9 +10,10 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from bidder.campaigns import load_campaigns, parse_campaign
+from bidder.campaigns import Campaign, load_campaigns, parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.openrtb import parse_request
+from bidder.pacing import PacingState
 from models.snapshot import ModelSnapshot
 from tests.helpers import body, campaign, request
 
@@ -127,6 +129,36 @@ def test_notices_are_counted_once() -> None:
 def test_paused_campaigns_do_not_bid(paused: bool) -> None:
     e = engine([parse_campaign(campaign(status="paused" if paused else "active"))])
     assert (bid(e, request()).status == 204) is paused
+
+
+def test_live_set_follows_dayparting_at_quarter_hours_and_budget_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kathmandu is UTC+5:45, so its 10:00 falls at 04:15 UTC: the live set must turn at quarter hours, not only at
+    whole UTC hours.  Between quarter hours the once-a-second refresh leaves the campaigns alone."""
+    midnight = NOW // 86400 * 86400
+    opens = midnight + 4 * 3600 + 15 * 60
+    clock = [opens - 2.0]
+    camp = parse_campaign(campaign(dayparting=[10],
+                                   flight={"start": "2020-01-01", "end": "2099-12-31", "timezone": "Asia/Kathmandu"}))
+    e = BidEngine(EngineConfig(secret=b"s", explore_below=0), [camp], ModelSnapshot.empty(), sink=lambda *a: None,
+                  clock=lambda: clock[0])
+    assert bid(e, request()).reason == "not_live"
+    walks = []
+    in_flight = Campaign.in_flight
+    monkeypatch.setattr(Campaign, "in_flight", lambda self, utc: walks.append(utc) or in_flight(self, utc))
+    clock[0] = opens + 0.5
+    assert bid(e, request()).status == 200
+    assert len(walks) == 1
+    for step in range(1, 20):  # a minute of once-a-second refreshes inside the quarter hour
+        clock[0] = opens + 0.5 + 3.0 * step
+        assert bid(e, request()).status == 200
+    assert len(walks) == 1
+    day = dt.datetime.fromtimestamp(opens, dt.UTC).date().isoformat()
+    e.set_pacing(PacingState(campaign="c1", day=day, exhausted=True))
+    assert bid(e, request()).reason == "not_live"  # the budget's end takes effect with the next request
+    e.set_pacing(PacingState(campaign="c1", day=day, exhausted=False))
+    assert bid(e, request()).status == 200
+    clock[0] = opens + 3600.0  # 11:15 local, outside the daypart
+    assert bid(e, request()).reason == "not_live"
 
 
 def test_new_creatives_are_explored_with_posterior_draws() -> None:
