@@ -127,7 +127,11 @@ class BidEngine:
         self.set_campaigns(list(camps.values()))
 
     def set_model(self, model: ModelSnapshot) -> None:
+        """Builds the new model's scoring tables now, once a bidder is scoring: a swap is milliseconds of work, and
+        here they are not taken from the deadline of the request that would otherwise find the tables stale."""
         self.model = model
+        if self._tables is not None:
+            self._scoring().fill_draws()
 
     def set_pacing(self, state: PacingState) -> None:
         """Takes effect with the next request: the price bounds follow the new lambda at once (a stale bound could
@@ -233,7 +237,8 @@ class BidEngine:
         """Per-slot scoring arrays for the current index and model; rebuilt when either is swapped."""
         t = self._tables
         if t is None or t.index is not self.index or t.model is not self.model or t.explore_below != self.cfg.explore_below:
-            t = self._tables = SlotTables(self.index, self.model, self.cfg.explore_below, self.pacing, self.rng)
+            # over the same index a new model keeps the constants (feature ids, pacing): a swap gathers the new weights
+            t = self._tables = SlotTables(self.index, self.model, self.cfg.explore_below, self.pacing, self.rng, t)
         return t
 
     def _best_for_imp(self, req: BidRequest, imp: Imp, exchange: str, user: str, hour: int, weekday: int,

@@ -3,9 +3,11 @@
 With a thousand campaigns an impression can have a hundred eligible
 creatives; scoring and pricing them one by one in Python was most of a bid's
 cost.  Here the per-creative constants (value per click, pacing lambda, max
-bid, exploration posterior) sit in arrays over the index slots, rebuilt when
-the index or model changes (pacing is swapped in), and an impression costs a
-handful of numpy operations:
+bid, exploration posterior) sit in arrays over the index slots: what comes
+from the index alone (`SlotConstants`: values, feature ids, pacing, updated
+per campaign) is built once per index, and a new model only gathers its
+weights at those ids (`SlotTables`).  An impression costs a handful of numpy
+operations:
 
 - pCTR: a Thompson draw from the creative's Beta posterior while it has fewer
   than `explore_below` billed impressions (as `models.exploration.explore_pctr`;
@@ -44,39 +46,110 @@ _ROUNDING = 1.0 + 1e-9  # covers float rounding (and numpy's exp against math.ex
 _CLIP = 30.0  # as ModelSnapshot.predict
 _LONGEST_DOMAIN = 256  # longer domains (bytes) get their cross ids one by one
 POOL = 64  # Thompson draws kept ready per exploring slot
-ALPHA, BETA, SCALE, MAX_BID = range(4)  # columns of SlotTables.table
+ALPHA, BETA = range(2)  # columns of SlotTables.table
 
 
-class SlotTables:
-    """Per-slot scoring constants for one (index, model) pair; pacing is swapped in with `set_pacing`."""
+class SlotConstants:
+    """What the scoring arrays take from the index and the pacing states alone, kept across model swaps.
 
-    __slots__ = ("index", "model", "explore_below", "unit", "table", "ceiling", "explore", "explore_bits", "any_explore",
-                 "gen", "per_conversion", "scale", "max_bid", "weights", "_fixed", "_neg_lam", "_neg_off", "_creative_names",
-                 "_domain_crc", "_domain_shift", "_by_hour", "_pool", "_next", "_row_start", "_calls")
+    The streams side publishes a model every few seconds; hashing every creative's feature names again for each
+    (campaign, creative, creative x hour, creative x domain prefixes) cost a bidder tens of milliseconds per swap.
+    Here they are computed once per index, and a new model only gathers its weights at these ids.
+    """
 
-    def __init__(self, index: CampaignIndex, model: ModelSnapshot, explore_below: int, pacing: dict[str, PacingState],
-                 rng: random.Random) -> None:
-        self.index, self.model, self.explore_below = index, model, explore_below
-        n = index.n
-        camps = [c for c, _ in index.slots]
+    __slots__ = ("index", "unit", "per_conversion", "max_bid", "scale", "ceiling", "campaign_fids", "creative_fids",
+                 "creative_names", "domain_crc", "_domain_shift", "_hour_fids")
+
+    def __init__(self, index: CampaignIndex, pacing: dict[str, PacingState]) -> None:
+        self.index = index
+        slots = index.slots
+        n = len(slots)
+        camps = [c for c, _ in slots]
         # impression_value_cpm: cpc goals are worth pCTR x value per click, cpa goals pCTR x P(conversion | click)
         # x value per conversion, with the conversion rate the pacing state carries (set_pacing)
         self.unit = np.fromiter((c.value_per_click if c.goal == "cpc" else 0.0 for c in camps), dtype=np.float64, count=n)
         self.per_conversion = np.fromiter((c.value_per_conversion if c.goal == "cpa" else 0.0 for c in camps),
                                           dtype=np.float64, count=n)
-        table = self.table = np.ones((n, 4))
-        table[:, MAX_BID] = [c.max_bid_cpm for c in camps]
+        self.max_bid = np.fromiter((c.max_bid_cpm for c in camps), dtype=np.float64, count=n)
+        self.scale = np.zeros(n)
         self.ceiling = np.zeros(n)
         self.set_pacing(pacing)
+        names = self.creative_names = [f"{c.id}/{cr.id}" for c, cr in slots]  # as models.features.candidate_features
+        self.campaign_fids = np.fromiter((hash_feature("campaign", c.id) for c in camps), dtype=np.intp, count=n)
+        self.creative_fids = np.fromiter((hash_feature("creative", name) for name in names), dtype=np.intp, count=n)
+        self.domain_crc = np.fromiter((cross_prefix_crc("creative", name, "domain") for name in names), dtype=np.uint32,
+                                      count=n)
+        self._domain_shift: dict[int, np.ndarray] = {}  # domain length -> per slot prefix CRC carried over that many bytes
+        self._hour_fids: dict[int, np.ndarray] = {}  # hour -> per slot creative x hour feature id
+
+    def set_pacing(self, pacing: dict[str, PacingState]) -> None:
+        """Fold each campaign's pacing lambda (negative counts as 0, as in paced_value) into the per-slot scale."""
+        lam = np.zeros(len(self.unit))
+        cvr = np.full(len(self.unit), DEFAULT_CVR)
+        for cid, state in list(pacing.items()):
+            idx = self.index.slots_of(cid)
+            if len(idx) and not math.isnan(state.lam):
+                lam[idx] = max(state.lam, 0.0)
+            if len(idx):
+                cvr[idx] = conversion_rate(state)
+        self.scale[:] = (self.unit + self.per_conversion * cvr) * 1000.0 / (1.0 + lam) * _ROUNDING
+        # the bound at pCTR = 1: no draw or prediction gives more
+        np.minimum(self.scale, self.max_bid, out=self.ceiling)
+
+    def set_campaign_pacing(self, state: PacingState) -> None:
+        """One campaign's new pacing state, folded into its own slots only: the streams side sends a state per
+        campaign, and rebuilding every slot's scale for each would cost the bid path a thousandfold.  Element for
+        element the same arithmetic as `set_pacing`, so both leave the same bits."""
+        idx = self.index.slots_of(state.campaign)
+        if not len(idx):
+            return
+        lam = 0.0 if math.isnan(state.lam) else max(state.lam, 0.0)
+        scale = (self.unit[idx] + self.per_conversion[idx] * conversion_rate(state)) * 1000.0 / (1.0 + lam) * _ROUNDING
+        self.scale[idx] = scale
+        self.ceiling[idx] = np.minimum(scale, self.max_bid[idx])
+
+    def domain_shift(self, length: int) -> np.ndarray:
+        """Per slot, its creative x domain prefix CRC carried over `length` more bytes (masked to the id space)."""
+        shifted = self._domain_shift.get(length)
+        if shifted is None:
+            shifted = self._domain_shift[length] = crc_shifter(length)(self.domain_crc).astype(np.intp) & HASH_MASK
+        return shifted
+
+    def hour_fids(self, hour: int) -> np.ndarray:
+        ids = self._hour_fids.get(hour)
+        if ids is None:
+            ids = self._hour_fids[hour] = np.fromiter(
+                (hash_cross("creative", name, "hour", hour) for name in self.creative_names), dtype=np.intp,
+                count=len(self.creative_names))
+        return ids
+
+
+class SlotTables:
+    """Per-slot scoring arrays for one (index, model) pair: the model's columns over the index's `SlotConstants`.
+
+    A new model builds new tables over the same constants; a new index builds both.
+    """
+
+    __slots__ = ("index", "model", "explore_below", "consts", "table", "explore", "explore_bits", "any_explore", "gen",
+                 "weights", "_fixed", "_neg_lam", "_neg_off", "_by_hour", "_pool", "_next", "_row_start", "_calls")
+
+    def __init__(self, index: CampaignIndex, model: ModelSnapshot, explore_below: int, pacing: dict[str, PacingState],
+                 rng: random.Random, previous: SlotTables | None = None) -> None:
+        """`previous`: the tables these replace; over the same index its constants are kept, `pacing` already in them."""
+        self.index, self.model, self.explore_below = index, model, explore_below
+        self.consts = previous.consts if previous is not None and previous.index is index else SlotConstants(index, pacing)
+        n = index.n
+        table = self.table = np.ones((n, 2))  # the exploration posterior: ALPHA, BETA
         if explore_below > 0:
             self.explore = np.fromiter((model.creative_impressions(c.id, cr.id) < explore_below for c, cr in index.slots),
                                        dtype=bool, count=n)
         else:
             self.explore = np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(self.explore).tolist():
-            c, cr = index.slots[i]
-            a, b = model.creative_beta(c.id, cr.id)
-            table[i, ALPHA], table[i, BETA] = max(a, _MIN_SHAPE), max(b, _MIN_SHAPE)
+        rows = np.flatnonzero(self.explore)
+        if len(rows):
+            slots = index.slots
+            shapes = [model.creative_beta(slots[i][0].id, slots[i][1].id) for i in rows.tolist()]
+            table[rows] = np.maximum(np.array(shapes, dtype=np.float64), _MIN_SHAPE)
         self.any_explore = bool(self.explore.any())
         self.explore_bits = int.from_bytes(np.packbits(self.explore, bitorder="little").tobytes(), "little")
         self.gen = np.random.default_rng(rng.getrandbits(64))
@@ -86,23 +159,36 @@ class SlotTables:
         self._calls = POOL // 2  # so the first call fills every exploring slot's pool
         self._model_columns(model)
 
+    @property
+    def scale(self) -> np.ndarray:
+        return self.consts.scale
+
+    @property
+    def max_bid(self) -> np.ndarray:
+        return self.consts.max_bid
+
+    @property
+    def ceiling(self) -> np.ndarray:
+        return self.consts.ceiling
+
+    def set_pacing(self, pacing: dict[str, PacingState]) -> None:
+        self.consts.set_pacing(pacing)
+
+    def set_campaign_pacing(self, state: PacingState) -> None:
+        self.consts.set_campaign_pacing(state)
+
     def _model_columns(self, model: ModelSnapshot) -> None:
         """Per slot, what ModelSnapshot.predict looks up per candidate, folded into as few columns as possible."""
         slots = self.index.slots
         n = len(slots)
+        consts = self.consts
         self.weights = w = model.dense_weights()
-        names = self._creative_names = [f"{c.id}/{cr.id}" for c, cr in slots]  # as models.features.candidate_features
-        fixed = w[np.fromiter((hash_feature("campaign", c.id) for c, _ in slots), dtype=np.intp, count=n)]
-        fixed += w[np.fromiter((hash_feature("creative", name) for name in names), dtype=np.intp, count=n)]
-        self._fixed = fixed
+        self._fixed = w[consts.campaign_fids] + w[consts.creative_fids]
         # predict: s = a * (lam * z + offset) + c, clipped, then 1 / (1 + exp(-s)); kept here as -s = neg_lam * z + neg_off
         a, c = model.calibration
         blends = [model.blend_for(cp.id, cr.id) for cp, cr in slots]
         self._neg_lam = -a * np.fromiter((b[0] for b in blends), dtype=np.float64, count=n)
         self._neg_off = -(a * np.fromiter((b[1] for b in blends), dtype=np.float64, count=n) + c)
-        self._domain_crc = np.fromiter((cross_prefix_crc("creative", name, "domain") for name in names), dtype=np.uint32,
-                                       count=n)
-        self._domain_shift: dict[int, np.ndarray] = {}  # domain length -> per slot prefix CRC carried over that many bytes
         self._by_hour: dict[int, np.ndarray] = {}  # hour -> per slot fixed weights + its creative x hour weight
 
     def warm(self, longest: int = 64) -> None:
@@ -111,7 +197,7 @@ class SlotTables:
         for hour in range(24):
             self._hour_weights(hour)
         for n in range(1, longest + 1):
-            self._domain_shift.setdefault(n, crc_shifter(n)(self._domain_crc).astype(np.intp) & HASH_MASK)
+            self.consts.domain_shift(n)
 
     def _domain_fids(self, slots: np.ndarray, domain: str) -> np.ndarray:
         """creative x domain feature ids of `slots`: the names differ only in a shared suffix, so CRC algebra gives
@@ -119,22 +205,17 @@ class SlotTables:
         raw = domain.encode()
         n = len(raw)
         if n > _LONGEST_DOMAIN:
-            names = self._creative_names
+            names = self.consts.creative_names
             return np.fromiter((hash_cross("creative", names[s], "domain", domain) for s in slots.tolist()),
                                dtype=np.intp, count=len(slots))
-        shifted = self._domain_shift.get(n)
-        if shifted is None:
-            shifted = self._domain_shift[n] = crc_shifter(n)(self._domain_crc).astype(np.intp) & HASH_MASK
-        ids = shifted[slots]
+        ids = self.consts.domain_shift(n)[slots]
         ids ^= zlib.crc32(raw) & HASH_MASK  # the carried prefixes are kept masked: masking commutes with XOR
         return ids
 
     def _hour_weights(self, hour: int) -> np.ndarray:
         fixed = self._by_hour.get(hour)
         if fixed is None:
-            names = self._creative_names
-            ids = np.fromiter((hash_cross("creative", name, "hour", hour) for name in names), dtype=np.intp, count=len(names))
-            fixed = self._by_hour[hour] = self._fixed + self.weights[ids]
+            fixed = self._by_hour[hour] = self._fixed + self.weights[self.consts.hour_fids(hour)]
         return fixed
 
     def predict(self, slots: np.ndarray, base: float, hour: int, domain: str) -> np.ndarray:
@@ -155,37 +236,6 @@ class SlotTables:
         np.exp(z, out=z)
         z += 1.0
         return np.reciprocal(z, out=z)
-
-    def set_pacing(self, pacing: dict[str, PacingState]) -> None:
-        """Fold each campaign's pacing lambda (negative counts as 0, as in paced_value) into the per-slot scale."""
-        lam = np.zeros(len(self.unit))
-        cvr = np.full(len(self.unit), DEFAULT_CVR)
-        for cid, state in list(pacing.items()):
-            idx = self.index.slots_of(cid)
-            if len(idx) and not math.isnan(state.lam):
-                lam[idx] = max(state.lam, 0.0)
-            if len(idx):
-                cvr[idx] = conversion_rate(state)
-        t = self.table
-        t[:, SCALE] = (self.unit + self.per_conversion * cvr) * 1000.0 / (1.0 + lam) * _ROUNDING
-        # the bound at pCTR = 1: no draw or prediction gives more, so a slot whose ceiling is under the floor
-        # need not be scored at all
-        self.ceiling = np.minimum(t[:, SCALE], t[:, MAX_BID])
-        # the bound's two columns again as contiguous arrays: gathering from one is ten times cheaper than from a table row
-        self.scale, self.max_bid = t[:, SCALE].copy(), t[:, MAX_BID].copy()
-
-    def set_campaign_pacing(self, state: PacingState) -> None:
-        """One campaign's new pacing state, folded into its own slots only: the streams side sends a state per
-        campaign, and rebuilding every slot's scale for each would cost the bid path a thousandfold.  Element for
-        element the same arithmetic as `set_pacing`, so both leave the same bits."""
-        idx = self.index.slots_of(state.campaign)
-        if not len(idx):
-            return
-        lam = 0.0 if math.isnan(state.lam) else max(state.lam, 0.0)
-        scale = (self.unit[idx] + self.per_conversion[idx] * conversion_rate(state)) * 1000.0 / (1.0 + lam) * _ROUNDING
-        self.table[idx, SCALE] = scale
-        self.scale[idx] = scale
-        self.ceiling[idx] = np.minimum(scale, self.max_bid[idx])
 
     def _beta(self, rows: np.ndarray) -> np.ndarray:
         """Beta(alpha, beta) per row as Ga / (Ga + Gb): both gammas in one call (Generator.beta makes two
@@ -217,6 +267,11 @@ class SlotTables:
         self._next[slots] = at + 1
         return self._pool[at]
 
+    def fill_draws(self) -> None:
+        """Fill every exploring slot's pool now rather than in the first impression that needs a draw."""
+        if self.any_explore:
+            self._refill()
+
     def _refill(self) -> None:
         self._calls = 0
         rows = np.flatnonzero(self.explore & (self._next - self._row_start >= POOL // 2))
@@ -227,8 +282,9 @@ class SlotTables:
     def explore_all(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pCTR, price bound) per slot when every one of them explores: one gather, pooled draws, one bound."""
         pctr = self.next_draws(slots)
-        v = pctr * self.scale[slots]
-        return pctr, np.minimum(v, self.max_bid[slots], out=v)
+        c = self.consts
+        v = pctr * c.scale[slots]
+        return pctr, np.minimum(v, c.max_bid[slots], out=v)
 
     def bounds(self, slots: np.ndarray, pctr: np.ndarray, clean: bool = False) -> np.ndarray:
         """Upper bounds (CPM micros, float) on what each slot can bid at these pCTRs.
@@ -237,5 +293,6 @@ class SlotTables:
         """
         if not clean:
             pctr = np.fmin(np.fmax(pctr, 0.0), 1.0)  # fmax reads NaN as the other argument: NaN -> 0
-        v = pctr * self.scale[slots]
-        return np.minimum(v, self.max_bid[slots], out=v)
+        c = self.consts
+        v = pctr * c.scale[slots]
+        return np.minimum(v, c.max_bid[slots], out=v)

@@ -84,6 +84,24 @@ class ClickCounts:
         lam = imps / (imps + self.config.blend_impressions) if self.config.blend_impressions > 0 else 1.0
         return lam, (1.0 - lam) * logit(a / (a + b))
 
+    def blends(self) -> dict[CreativeKey, tuple[float, float]]:
+        """`blend` of every creative counted, with the global and campaign rates computed once rather than once per
+        creative (a model snapshot needs them all each time it is loaded).  The same arithmetic, so the same bits."""
+        cfg = self.config
+        g = self.global_rate()
+        k, strength, blend_imps = cfg.campaign_strength, cfg.creative_strength, cfg.blend_impressions
+        rates: dict[str, float] = {}
+        out: dict[CreativeKey, tuple[float, float]] = {}
+        for key, (clicks, imps) in self.creatives.items():
+            m = rates.get(key[0])
+            if m is None:
+                c_clicks, c_imps = self.campaigns.get(key[0], (0, 0))
+                m = rates[key[0]] = (c_clicks + g * k) / (c_imps + k)
+            a, b = clicks + m * strength, (imps - clicks) + (1.0 - m) * strength
+            lam = imps / (imps + blend_imps) if blend_imps > 0 else 1.0
+            out[key] = (lam, (1.0 - lam) * logit(a / (a + b)))
+        return out
+
     # -- (de)serialisation ----------------------------------------------------------
 
     def to_dict(self) -> dict:

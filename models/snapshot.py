@@ -52,7 +52,7 @@ class ModelSnapshot:
         self.counts = counts
         self.calibration = calibration
         self.logit_shift = logit_shift  # the learner's fixed offset: logit(prior CTR) + log(negative rate)
-        self._blend: dict[CreativeKey, tuple[float, float]] = {key: counts.blend(*key) for key in counts.creatives}
+        self._blend: dict[CreativeKey, tuple[float, float]] = counts.blends()
         self._campaign_blend = {c: (0.0, logit(counts.campaign_rate(c))) for c in counts.campaigns}
         self._default_blend = (0.0, logit(counts.global_rate()))
         self._dense: np.ndarray | None = None

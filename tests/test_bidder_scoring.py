@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.pacing import PacingState
 from bidder.scoring import POOL, SlotTables
 from bidder.targeting import CampaignIndex
 from loadtest.campaign_gen import make_campaigns
@@ -71,6 +73,36 @@ def test_array_predictions_match_the_snapshot_one_by_one() -> None:
     assert checked == len(DOMAINS) * 3 * 60
 
 
+def test_a_model_swap_keeps_the_index_constants_and_scores_as_a_fresh_build() -> None:
+    """The engine builds tables for a new model over the constants the last tables computed from the index (feature
+    ids, values, pacing); the scores and bounds must be exactly those of tables built from nothing."""
+    rng = random.Random(8)
+    camps = [parse_campaign(d) for d in make_campaigns(120, seed=5)]
+    e = BidEngine(EngineConfig(secret=b"k", explore_below=200), camps, crossed_model(camps, rng), sink=lambda *a: None)
+    first = e._scoring()
+    first.warm(8)
+    pacing = [PacingState(campaign=c.id, day="d", lam=rng.uniform(0, 3), cvr=0.05) for c in camps[::3]]
+    for state in pacing:
+        e.set_pacing(state)
+    newer = crossed_model(camps, random.Random(9))
+    e.set_model(newer)
+    swapped = e._scoring()
+    assert swapped is not first and swapped.model is newer
+    assert swapped.consts is first.consts  # nothing hashed again
+    fresh = SlotTables(e.index, newer, 200, e.pacing, random.Random(1))
+    assert fresh.consts is not first.consts
+    slots = np.arange(e.index.n)
+    pctr = np.array([rng.random() for _ in slots])
+    assert np.array_equal(swapped.bounds(slots, pctr), fresh.bounds(slots, pctr))
+    assert np.array_equal(swapped.explore, fresh.explore) and np.array_equal(swapped.table, fresh.table)
+    for domain in DOMAINS:
+        for hour in (0, 7, 23):
+            base = newer.base_score((hash_feature("domain", domain), hash_feature("hour", hour)))
+            want = fresh.predict(slots, base, hour, domain)
+            assert np.array_equal(swapped.predict(slots, base, hour, domain), want)
+            assert not np.array_equal(first.predict(slots, base, hour, domain), want)  # the weights did change
+
+
 def test_pooled_draws_follow_each_posterior_and_are_used_once() -> None:
     camps = [parse_campaign(d) for d in make_campaigns(60, seed=9)]
     index = CampaignIndex(camps)
@@ -93,3 +125,4 @@ def test_pooled_draws_follow_each_posterior_and_are_used_once() -> None:
     # consecutive impressions, within a pool and across refills (every POOL draws), get independent draws
     assert np.corrcoef(draws[1:, 1], draws[:-1, 1])[0, 1] == pytest.approx(0.0, abs=0.05)
     assert np.corrcoef(draws[POOL:, 2], draws[:-POOL, 2])[0, 1] == pytest.approx(0.0, abs=0.05)
+

@@ -10,6 +10,7 @@ import pytest
 
 from models.features import candidate_features, hash_feature
 from models.learner import CTRLearner
+from models.prior import ClickCounts, PriorConfig
 from models.snapshot import ModelSnapshot
 
 
@@ -102,3 +103,21 @@ def test_explain_names_the_features_that_matter() -> None:
     assert by_name.get("domain=site3", 0.0) > 0.3  # the one planted effect is among the top three
     plain = snap.explain((hash_feature("domain", "site7"), req[1]), cand, "c1", "a", top=10)
     assert {f["name"]: f["weight"] for f in plain["top_features"]}["domain=site7"] < by_name["domain=site3"] - 0.3
+
+
+@pytest.mark.parametrize("blend_impressions", [100.0, 0.0])
+def test_all_blends_at_once_equal_each_creative_blend(blend_impressions: float) -> None:
+    """A snapshot computes every creative's blend when it is loaded, with the global and campaign rates worked out
+    once; each must be the bits `ClickCounts.blend` gives for that creative alone."""
+    rng = random.Random(4)
+    counts = ClickCounts(PriorConfig(blend_impressions=blend_impressions, prior_ctr=0.003))
+    for _ in range(20_000):
+        camp = f"c{rng.randrange(40)}"
+        counts.add(camp, f"cr{rng.randrange(6)}", clicked=rng.random() < 0.01 * (1 + int(camp[1:]) % 5))
+    got = counts.blends()
+    assert len(got) == len(counts.creatives) > 200
+    assert got == {key: counts.blend(*key) for key in counts.creatives}
+    if blend_impressions:
+        assert len(set(got.values())) > 100  # creatives do differ
+    else:
+        assert set(got.values()) == {(1.0, 0.0)}  # no blending: the model alone
