@@ -217,3 +217,49 @@ async def test_a_producer_stopped_mid_outage_leaves_its_events_on_disk_for_the_n
         await second.stop()
         await proxy.close()
     assert await ids_on_topic(kafka_bootstrap, key, f"imp:{run}-") == ids
+
+
+async def test_events_of_many_keys_land_once_where_send_would_put_them_in_order(kafka_bootstrap: str,
+                                                                                 tmp_path: Path) -> None:
+    """Live events go as one record batch per partition, several when a partition's share outgrows a batch: each
+    event must land exactly once, on the partition Kafka's default (murmur2) partitioner gives its key, and each
+    key's events in the order they were emitted."""
+    await ensure_topics(kafka_bootstrap)
+    run = uuid.uuid4().hex[:8]
+    producer = EventProducer(kafka_bootstrap, tmp_path / "spill.jsonl")
+    await producer.start()
+    keys = [f"many-{run}-{j}" for j in range(40)]
+    emitted: dict[str, list[str]] = {k: [] for k in keys}
+    try:
+        for i in range(6000):  # emitted before the sender runs: one take of 5,000, about 450 KB per partition
+            key = keys[(i * 7) % 40 if i % 3 else i % 40]
+            ev = make_event("impressions", f"imp:{run}-{i}", int(time.time() * 1000), bid_id=f"{run}-{i}", campaign=key,
+                            creative="cr-" + "x" * 300)
+            producer.emit("impressions", key, ev)
+            emitted[key].append(ev["id"])
+        await until(lambda: producer.sent == 6000 and not producer.in_flight, 30, "every event to be acknowledged")
+        assert producer.failed == 0 and not producer.spilled
+    finally:
+        await producer.stop()
+
+    parts = list(range(topics.IMPRESSIONS.partitions))
+    tps = [TopicPartition(topics.IMPRESSIONS.name, p) for p in parts]
+    c = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    landed: dict[str, list[tuple[int, str]]] = {k: [] for k in keys}
+    try:
+        c.assign(tps)
+        ends = await c.end_offsets(tps)
+        await c.seek_to_beginning(*tps)
+        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
+            for tp, msgs in (await c.getmany(*tps, timeout_ms=500)).items():
+                for m in msgs:
+                    if m.key is not None and m.key.decode() in landed:
+                        landed[m.key.decode()].append((tp.partition, orjson.loads(m.value)["id"]))
+    finally:
+        await c.stop()
+    partitioner = DefaultPartitioner()
+    assert len({partitioner(k.encode(), parts, parts) for k in keys}) == len(parts)  # every partition had a share
+    for k in keys:
+        assert [i for _, i in landed[k]] == emitted[k]  # once each, in emit order
+        assert {p for p, _ in landed[k]} == {partitioner(k.encode(), parts, parts)}
