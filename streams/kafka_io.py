@@ -284,14 +284,14 @@ class EventProducer:
         tenth of its core.  Each partition's events keep their order, the only order Kafka keeps.
         """
         assert self._producer is not None
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, (t, k, _) in enumerate(batch):
-            p = self._partitions.get((t, k))
-            if p is None:
-                p = await self._partition_for(t, k)
-            groups.setdefault((t, p), []).append(i)
         queued = bytearray(len(batch))
         try:
+            groups: dict[tuple[str, int], list[int]] = {}
+            for i, (t, k, _) in enumerate(batch):
+                p = self._partitions.get((t, k))
+                if p is None:
+                    p = await self._partition_for(t, k)  # may wait for metadata, and fail
+                groups.setdefault((t, p), []).append(i)
             for (t, p), members in groups.items():
                 start = 0
                 while start < len(members):
@@ -305,7 +305,7 @@ class EventProducer:
                         self._inflight.append((batch[i], future))
                         queued[i] = 1
                     start = end
-        except KafkaError:
+        except BaseException:  # a failure, or a stop that cancels the sender here: what was not queued waits on disk
             self._unspill([r for r, q in zip(batch, queued, strict=True) if not q])
             raise
 

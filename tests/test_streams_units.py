@@ -6,9 +6,12 @@ import asyncio
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
+from streams import topics
 from streams.attribution import Attribution
 from streams.events import make_event
+from streams.kafka_io import EventProducer
 from streams.ledger import SpendLedger
 from streams.processor import Learner, RecentIds
 from streams.tables import Outbox, TableView
@@ -249,3 +252,58 @@ def test_a_seek_back_that_loses_a_rebalance_race_is_logged_not_raised() -> None:
     c = Consumer()
     asyncio.run(BatchingConsumer._seek_back(c))  # type: ignore[arg-type]
     assert c.seeks == 1 and len(c.log.warnings) == 1 and "No current assignment" in c.log.warnings[0]
+
+
+class FakeBuilder:
+    """Stands in for aiokafka's BatchBuilder: takes `room` records, then says it is full (None)."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.records = room, []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None) -> object | None:
+        if len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class FakeKafka:
+    """The producer calls the event producer makes, with a send that fails (or hangs) from the `fail_at`-th batch."""
+
+    def __init__(self, fail_at: int, hang: bool = False) -> None:
+        self.fail_at, self.hang, self.sent = fail_at, hang, []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    def create_batch(self) -> FakeBuilder:
+        return FakeBuilder(room=7)
+
+    async def send_batch(self, builder: FakeBuilder, topic: str, *, partition: int) -> asyncio.Future:
+        if len(self.sent) + 1 >= self.fail_at:
+            if self.hang:
+                await asyncio.Event().wait()
+            raise KafkaTimeoutError()
+        self.sent.append((topic, partition, builder.records))
+        return asyncio.get_running_loop().create_future()
+
+
+@pytest.mark.parametrize("hang", [False, True])
+async def test_events_not_queued_when_a_send_fails_or_the_sender_stops_wait_on_disk(tmp_path, hang: bool) -> None:
+    """Live events go to Kafka a batch per partition; when a batch cannot be queued (the broker fails it, or a stop
+    cancels the sender while it waits), every event not yet queued goes to disk, in emit order, and none is lost
+    or kept twice."""
+    producer = EventProducer("127.0.0.1:1", tmp_path / "spill.jsonl")
+    producer._producer = FakeKafka(fail_at=4, hang=hang)
+    events = [(topics.IMPRESSIONS.name, f"camp-{i % 9}".encode(), orjson.dumps({"id": f"e{i}"})) for i in range(60)]
+    task = asyncio.ensure_future(producer._enqueue(list(events)))
+    if hang:
+        await asyncio.sleep(0.05)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError if hang else KafkaTimeoutError):
+        await task
+    queued = [r for r, _ in producer._inflight]
+    assert len(producer._producer.sent) == 3 and len(queued) == sum(len(b[2]) for b in producer._producer.sent)
+    on_disk = producer.on_disk()
+    assert sorted(queued + on_disk) == sorted(events)  # each event once, queued or on disk
+    assert on_disk == [e for e in events if e not in queued]  # in the order they were emitted
