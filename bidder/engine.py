@@ -131,7 +131,17 @@ class BidEngine:
         here they are not taken from the deadline of the request that would otherwise find the tables stale."""
         self.model = model
         if self._tables is not None:
-            self._scoring().fill_draws()
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Build now what the next request would otherwise build after a change: the index's sets, the live set,
+        the scoring tables and their draws.  Adapters call it after applying updates, off any request's deadline."""
+        self.index.slots_of("")
+        self.live()
+        t = self._tables
+        fresh = self._scoring()
+        if fresh is not t:
+            fresh.fill_draws()
 
     def set_pacing(self, state: PacingState) -> None:
         """Takes effect with the next request: the price bounds follow the new lambda at once (a stale bound could

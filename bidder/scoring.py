@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,9 +59,11 @@ class SlotConstants:
     """
 
     __slots__ = ("index", "unit", "per_conversion", "max_bid", "scale", "ceiling", "campaign_fids", "creative_fids",
-                 "creative_names", "domain_crc", "_domain_shift", "_hour_fids")
+                 "creative_names", "domain_crc", "_domain_shift", "_hour_fids", "_previous")
 
-    def __init__(self, index: CampaignIndex, pacing: dict[str, PacingState]) -> None:
+    def __init__(self, index: CampaignIndex, pacing: dict[str, PacingState], previous: SlotConstants | None = None) -> None:
+        """`previous`: the constants of the index this one replaces.  A campaign change keeps most creatives, and
+        their per-hour and per-domain-length ids are then a gather from it rather than a hash per creative."""
         self.index = index
         slots = index.slots
         n = len(slots)
@@ -81,6 +84,12 @@ class SlotConstants:
                                       count=n)
         self._domain_shift: dict[int, np.ndarray] = {}  # domain length -> per slot prefix CRC carried over that many bytes
         self._hour_fids: dict[int, np.ndarray] = {}  # hour -> per slot creative x hour feature id
+        self._previous: tuple | None = None
+        if previous is not None:  # only its memos are kept, not the object: no chain of old indexes
+            at = {name: i for i, name in enumerate(previous.creative_names)}
+            src = np.fromiter((at.get(name, -1) for name in names), dtype=np.intp, count=n)
+            kept = np.flatnonzero(src >= 0)
+            self._previous = (previous._domain_shift, previous._hour_fids, src[kept], kept, np.flatnonzero(src < 0))
 
     def set_pacing(self, pacing: dict[str, PacingState]) -> None:
         """Fold each campaign's pacing lambda (negative counts as 0, as in paced_value) into the per-slot scale."""
@@ -112,16 +121,32 @@ class SlotConstants:
         """Per slot, its creative x domain prefix CRC carried over `length` more bytes (masked to the id space)."""
         shifted = self._domain_shift.get(length)
         if shifted is None:
-            shifted = self._domain_shift[length] = crc_shifter(length)(self.domain_crc).astype(np.intp) & HASH_MASK
+            shift = crc_shifter(length)
+            shifted = self._domain_shift[length] = self._per_slot(
+                0, length, lambda rows: shift(self.domain_crc[rows]).astype(np.intp) & HASH_MASK)
         return shifted
 
     def hour_fids(self, hour: int) -> np.ndarray:
         ids = self._hour_fids.get(hour)
         if ids is None:
-            ids = self._hour_fids[hour] = np.fromiter(
-                (hash_cross("creative", name, "hour", hour) for name in self.creative_names), dtype=np.intp,
-                count=len(self.creative_names))
+            names = self.creative_names
+            ids = self._hour_fids[hour] = self._per_slot(1, hour, lambda rows: np.fromiter(
+                (hash_cross("creative", names[i], "hour", hour) for i in rows.tolist()), dtype=np.intp, count=len(rows)))
         return ids
+
+    def _per_slot(self, memo: int, key: int, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """A per-slot array that depends only on each slot's creative name: gathered from the previous constants'
+        memo (0: domain shifts, 1: hour ids) where it has one, computed for the creatives it did not have."""
+        n = len(self.creative_names)
+        old = self._previous[memo].get(key) if self._previous is not None else None
+        if old is None:
+            return compute(np.arange(n))
+        _, _, src, kept, fresh = self._previous
+        out = np.empty(n, dtype=old.dtype)
+        out[kept] = old[src]
+        if len(fresh):
+            out[fresh] = compute(fresh)
+        return out
 
 
 class SlotTables:
@@ -137,7 +162,10 @@ class SlotTables:
                  rng: random.Random, previous: SlotTables | None = None) -> None:
         """`previous`: the tables these replace; over the same index its constants are kept, `pacing` already in them."""
         self.index, self.model, self.explore_below = index, model, explore_below
-        self.consts = previous.consts if previous is not None and previous.index is index else SlotConstants(index, pacing)
+        if previous is None:
+            self.consts = SlotConstants(index, pacing)
+        else:
+            self.consts = previous.consts if previous.index is index else SlotConstants(index, pacing, previous.consts)
         n = index.n
         table = self.table = np.ones((n, 2))  # the exploration posterior: ALPHA, BETA
         if explore_below > 0:

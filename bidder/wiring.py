@@ -102,12 +102,22 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         sink_holder[0] = producer.emit
         await producer.start()
 
+        loop = asyncio.get_running_loop()
+        preparing = [False]
+
+        def prepare() -> None:
+            preparing[0] = False
+            engine.prepare()
+
         def on_config(key: bytes, value: bytes) -> None:
             doc = orjson.loads(value)
             try:
                 engine.upsert_campaign(parse_campaign(doc.get("campaign", doc)))
             except ConfigError:
-                pass  # rejected by the worker too; the previous valid config stays in force
+                return  # rejected by the worker too; the previous valid config stays in force
+            if not preparing[0]:  # once after a run of changes (the follower applies a fetch without yielding)
+                preparing[0] = True
+                loop.call_soon(prepare)
 
         def on_model(key: bytes, value: bytes) -> None:
             engine.set_model(ModelSnapshot.from_bytes(value))

@@ -11,7 +11,7 @@ import pytest
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.pacing import PacingState
-from bidder.scoring import POOL, SlotTables
+from bidder.scoring import POOL, SlotConstants, SlotTables
 from bidder.targeting import CampaignIndex
 from loadtest.campaign_gen import make_campaigns
 from models.features import HASH_MASK, candidate_features, crc_shifter, cross_prefix_crc, hash_cross, hash_feature
@@ -101,6 +101,28 @@ def test_a_model_swap_keeps_the_index_constants_and_scores_as_a_fresh_build() ->
             want = fresh.predict(slots, base, hour, domain)
             assert np.array_equal(swapped.predict(slots, base, hour, domain), want)
             assert not np.array_equal(first.predict(slots, base, hour, domain), want)  # the weights did change
+
+
+def test_constants_after_a_campaign_change_equal_a_fresh_build() -> None:
+    """A new index takes the per-hour and per-domain-length ids of the creatives it shares with the old one from the
+    old constants; creatives added, removed or renamed must not get a neighbour's ids."""
+    camps = [parse_campaign(d) for d in make_campaigns(80, seed=6)]
+    old = SlotConstants(CampaignIndex(camps), {})
+    for h in (0, 5, 23):
+        old.hour_fids(h)
+    for n in (1, 7, 12, 40):
+        old.domain_shift(n)
+    changed = camps[5:] + [parse_campaign(dict(d, id=f"new-{i}")) for i, d in enumerate(make_campaigns(6, seed=7))]
+    changed[10] = parse_campaign(dict(make_campaigns(80, seed=6)[15], creatives=[
+        dict(make_campaigns(80, seed=6)[15]["creatives"][0], id="renamed")]))
+    index = CampaignIndex(changed)
+    carried, fresh = SlotConstants(index, {}, old), SlotConstants(index, {})
+    assert carried._previous is not None and 0 < len(carried._previous[4]) < index.n  # some kept, some new
+    for h in (0, 5, 23, 9):  # hour 9 was never asked of the old constants
+        assert np.array_equal(carried.hour_fids(h), fresh.hour_fids(h)), h
+    for n in (1, 7, 12, 40, 3):
+        assert np.array_equal(carried.domain_shift(n), fresh.domain_shift(n)), n
+    assert carried.hour_fids(5).dtype == fresh.hour_fids(5).dtype and carried.domain_shift(7).dtype == np.intp
 
 
 def test_pooled_draws_follow_each_posterior_and_are_used_once() -> None:

@@ -161,6 +161,21 @@ def test_live_set_follows_dayparting_at_quarter_hours_and_budget_at_once(monkeyp
     assert bid(e, request()).reason == "not_live"
 
 
+def test_prepare_builds_what_a_campaign_change_invalidates_before_the_next_request() -> None:
+    e = engine([parse_campaign(campaign()), parse_campaign(campaign(id="c2"))], explore_below=200)
+    assert bid(e, request()).status == 200
+    first = e._tables
+    e.upsert_campaign(parse_campaign(campaign(id="c2", status="paused")))
+    e.prepare()
+    prepared = e._tables
+    assert prepared is not first and prepared.index is e.index and e.index._built
+    assert e.live() == frozenset({"c1"})
+    assert bid(e, request()).status == 200
+    assert e._tables is prepared  # the request rebuilt nothing
+    e.prepare()  # nothing changed since: nothing is rebuilt or redrawn
+    assert e._tables is prepared
+
+
 def test_new_creatives_are_explored_with_posterior_draws() -> None:
     e = engine([parse_campaign(campaign())], explore_below=200)
     outs = [bid(e, request()) for _ in range(40)]
