@@ -199,9 +199,6 @@ class SlotTables:
     def ceiling(self) -> np.ndarray:
         return self.consts.ceiling
 
-    def set_pacing(self, pacing: dict[str, PacingState]) -> None:
-        self.consts.set_pacing(pacing)
-
     def set_campaign_pacing(self, state: PacingState) -> None:
         self.consts.set_campaign_pacing(state)
 
