@@ -11,8 +11,8 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test,bench]'
+$(STAMP): pyproject.toml deploy/constraints.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -c deploy/constraints.txt -e '.[test,bench]'
 	@touch $@
 
 demo: $(STAMP)

@@ -148,6 +148,43 @@ def test_dockerfile_copies_the_files_the_package_build_names() -> None:
         assert name in copied.split() and f"!{name}" in allowed, name
 
 
+def test_dockerfile_copies_only_what_the_build_context_lets_through() -> None:
+    """A COPY of a file the .dockerignore leaves out fails the image build, which nothing here runs."""
+    allowed = [line[1:] for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if line.startswith("!")]
+    copies = [line.split()[1:-1] for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ") and "--from=" not in line]
+    sources = [src for srcs in copies for src in srcs]
+    assert "deploy/constraints.txt" in sources
+    for src in sources:
+        assert src in allowed or f"{src}/**" in allowed, src
+        assert (ROOT / src).exists(), src
+
+
+def test_constraints_pin_every_dependency_within_its_declared_range() -> None:
+    """`make` and the image install the pinned versions: each must exist for every requirement and satisfy it,
+    or pip refuses the install (a fresh clone's `make test` would fail before running anything)."""
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not a pin: {line}"
+            pins[norm(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    for text in required:
+        req = Requirement(text)
+        assert norm(req.name) in pins, f"{req.name} has no pin in deploy/constraints.txt"
+        assert req.specifier.contains(pins[norm(req.name)]), f"{req.name}=={pins[norm(req.name)]} is outside {req.specifier}"
+    for recipe in (ROOT / "Makefile", DEPLOY / "Dockerfile"):
+        installs = [line for line in recipe.read_text().splitlines() if "pip install" in line and "--upgrade pip" not in line]
+        assert installs and all("-c deploy/constraints.txt" in line for line in installs), recipe.name
+
+
 def test_docker_compose_config_accepts_the_stack() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
