@@ -154,6 +154,20 @@ class PlattCalibrator:
         if label:
             self.positives += 1
 
+    def state(self) -> dict:
+        """Everything `learn` reads, exactly (floats survive JSON round trips): for a learner's checkpoint."""
+        return {"a": self.a, "b": self.b, "prior_weight": self.prior_weight, "window": self.window,
+                "min_gain": self.min_gain, "gain": self.gain, "positives": self.positives, "n": self.n,
+                "info": [self._haa, self._hab, self._hbb]}
+
+    @classmethod
+    def from_state(cls, d: dict) -> PlattCalibrator:
+        cal = cls(prior_weight=float(d["prior_weight"]), window=float(d["window"]), min_gain=float(d["min_gain"]))
+        cal.a, cal.b, cal.gain = float(d["a"]), float(d["b"]), float(d["gain"])
+        cal.positives, cal.n = int(d["positives"]), int(d["n"])
+        cal._haa, cal._hab, cal._hbb = (float(x) for x in d["info"])
+        return cal
+
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "active": self.active, "gain": self.gain, "prior_weight": self.prior_weight,
                 "window": self.window, "positives": self.positives, "n": self.n}

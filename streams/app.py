@@ -32,10 +32,11 @@ from bidder.clock import from_env as clock_from_env
 from bidder.forecast import TrafficForecast
 from streams import leases, topics
 from streams.batch_drain import BatchingApp
+from streams.checkpoints import frame, read_latest
 from streams.events import EventError, check_event, dead_letter, topic_kind
-from streams.kafka_io import StateFollower, read_event_ids
+from streams.kafka_io import StateFollower, read_event_ids, read_values
 from streams.ledger import FIELDS
-from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer
+from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer, checkpoint_offsets
 from streams.tables import Outbox, TableView
 from streams.worker_metrics import WorkerStats
 
@@ -48,6 +49,7 @@ EXPIRE_SLICE = 5000  # click windows closed per slice of a tick, before the loop
 # The worker keeps hundreds of thousands of long-lived table entries and allocates a few objects per event: with
 # the default thresholds the collector walks the young ones every 700 allocations, a third of the CPU per event.
 GC_THRESHOLDS = (20_000, 20, 20)
+CHECKPOINT_S = 60.0  # wall seconds between learner checkpoints (while it learns): what a restart may relearn
 FETCH_MAX = 5000  # records one fetch hands the handlers: the changelog is written once per fetch
 
 
@@ -63,7 +65,7 @@ class StatusBoard:
 
 
 def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int = 4,
-               click_window_ms: int | None = None, tick_s: float = 1.0,
+               click_window_ms: int | None = None, tick_s: float = 1.0, checkpoint_s: float = CHECKPOINT_S,
                known: dict[str, Campaign] | None = None,
                board: StatusBoard | None = None) -> tuple[faust.App, WorkerStats]:
     """Build the Faust app with its topics, tables, agents and timers.
@@ -130,6 +132,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
 
     delivery_topic = app.topic(*(t.name for t in DELIVERY), key_serializer="raw", value_serializer="raw")
     examples_topic, model_topic, pacing_topic = tp(topics.EXAMPLES), tp(topics.MODEL), tp(topics.PACING)
+    learner_topic = tp(topics.LEARNER)
     deadletter_topic, config_topic = tp(topics.DEADLETTER), tp(topics.CAMPAIGNS)
     for spec in DELIVERY:
         tp(spec)
@@ -176,17 +179,65 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
                 latest_ts[tpkey] = ev["ts"]
         await outbox.flush()  # before the batch is acknowledged, so before its offsets can be committed
 
-    expected: dict[int, int] = {}  # examples partition -> next offset; a jump means a restart or a rebalance
+    expected: dict[int, int] = {}  # examples partition -> the next offset the learner's state has not learned
+    resuming = [False]  # while the learner catches up, its state and `expected` disagree: no checkpoint then
+
+    def learn_one(value: bytes) -> bool:
+        try:
+            ev = check_event("examples", value)
+        except EventError:
+            return False
+        if not learner.is_new(ev):
+            return False
+        stats.learned(ev, learner.learn(ev))  # progressive logloss: the score it had before it was learned
+        return True
+
+    async def resume(partition: int, offset: int) -> int:
+        """Bring the learner to `offset`, where the consumer now hands it records; returns the offset below which
+        records are already learned.
+
+        The newest checkpoint is taken over when it covers more of the partition than this process learned (a
+        restart, or a partition coming back after another worker learned on); the examples between its offset and
+        `offset` are then read from the topic and learned.  Without one the learner starts where the consumer
+        stands.  Either way the ids learned just before that point are recalled, so an example a crash put on the
+        topic again is not learned twice.
+        """
+        at = expected.get(partition)
+        found = await read_latest(bootstrap, learner_topic.get_topic_name())
+        if found is not None:
+            cid, data = found
+            try:
+                covered = checkpoint_offsets(data).get(partition)
+                if covered is not None and (at is None or covered > at):
+                    learner.restore(data)
+                    at = covered
+                    stats.checkpoint["restored"] = {"id": cid, "offset": covered, "at": time.time()}
+            except ValueError as e:
+                log.warning("learner checkpoint %d is not usable (%s); the learner goes on without it", cid, e)
+        if at is None:
+            at = offset
+        if at > 0:
+            start = max(at - learner.recent.capacity, 0)
+            for eid in await read_event_ids(bootstrap, examples_topic.get_topic_name(), partition, start, at):
+                learner.recent.add(eid)
+        if at < offset:
+            caught_up = sum(learn_one(value) for _, value in await read_values(
+                bootstrap, examples_topic.get_topic_name(), partition, at, offset))
+            log.info("learner caught up on %d examples between offsets %d and %d", caught_up, at, offset)
+        return at
 
     @app.batch_agent(examples_topic)
     async def learn(records: Sequence[Any]) -> None:
         for msg in records:
-            if msg.offset and expected.get(msg.partition) != msg.offset:
-                # Recall the ids learned just before this point (by this process or one that died), so an
-                # example that a crash put on the topic again is not learned twice.
-                start = max(msg.offset - learner.recent.capacity, 0)
-                for eid in await read_event_ids(bootstrap, msg.topic, msg.partition, start, msg.offset):
-                    learner.recent.add(eid)
+            covered = expected.get(msg.partition)
+            if covered is None or msg.offset > covered:  # a start, or a gap: a restart or a rebalance
+                resuming[0] = True
+                try:
+                    covered = expected[msg.partition] = max(await resume(msg.partition, msg.offset), msg.offset)
+                finally:
+                    resuming[0] = False
+            if msg.offset < covered:
+                continue  # learned already (by this process, or in the checkpoint it took over)
             expected[msg.partition] = msg.offset + 1
             stats.consumed["examples"] += 1
             try:
@@ -197,6 +248,16 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             if not learner.is_new(ev):
                 continue
             stats.learned(ev, learner.learn(ev))  # progressive logloss: the score it had before it was learned
+
+    async def write_checkpoint() -> None:
+        """The learner's state and the offsets it covers, on the learner topic, in parts."""
+        data = learner.checkpoint_bytes(dict(expected))
+        cid = time.time_ns()
+        for key, value in frame(cid, data):
+            await learner_topic.send(key=key, value=value)
+        offsets = {str(p): o for p, o in expected.items()}
+        stats.checkpoint.update(written={"id": cid, "bytes": len(data), "offsets": offsets, "at": time.time()},
+                                labels=learner.labels[0] + learner.labels[1])
 
     @app.agent(config_topic)
     async def configure(stream: faust.StreamT) -> None:
@@ -300,6 +361,10 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             stats.published_labels = total_labels
             await model_topic.send(key=b"ctr", value=learner.snapshot_bytes())
             stats.model_published = time.time()  # wall time: the model's age is about the machine
+        written = stats.checkpoint.get("written") or {}
+        if (total_labels != stats.checkpoint.get("labels", 0) and not resuming[0] and expected
+                and time.time() - written.get("at", 0.0) >= checkpoint_s):
+            await write_checkpoint()
         board.doc = status_doc(app_id, ready is not None, owned, positions, totals, stats, learner, delivery, produced)
         board.doc["first_event"] = dict(first_event)
         board.doc["event_time"] = {str(p): t for p, t in sorted(reached.items())}  # where windows close, per partition
@@ -358,7 +423,7 @@ def status_doc(app_id: str, ready: bool, owned: frozenset[int], positions: dict[
         "produced": dict(produced),
         "outcomes": dict(delivery.outcomes),
         "learner": {"labels": {str(k): v for k, v in learner.labels.items()}, "duplicates": learner.duplicates,
-                    "version": learner.version,
+                    "version": learner.version, "checkpoint": stats.checkpoint,
                     "by_campaign": {f"{c}:{label}": n for (c, label), n in stats.examples.items()}},
         "at": time.time(),
         "cpu_s": time.process_time(),

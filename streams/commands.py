@@ -37,6 +37,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="port of Prometheus /metrics and of /status (JSON: owned partitions, offsets reached, totals per "
                         "campaign and day); 0 to disable (default: %(default)s)")
     w.add_argument("--click-window", type=float, default=1800.0, help="click attribution window, seconds (default: 1800)")
+    w.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                   help="how often the learner's exact state goes to the learner topic while it learns; a restarted "
+                        "worker (or the next owner of the examples) resumes from it and relearns only what came after "
+                        "(default: %(default)s)")
     w.add_argument("--loglevel", default="warning", help="faust log level (default: %(default)s)")
     w.set_defaults(func=cmd_worker)
 
@@ -81,8 +85,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(broker))
     known = {cid: parse_campaign(rec["campaign"]) for cid, rec in latest_configs(asyncio.run(read_config_log(broker))).items()}
     board = StatusBoard()
+    if not args.checkpoint_every > 0:
+        sys.exit("streambid worker: --checkpoint-every must be a positive number of seconds")
     app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known,
-                            board=board)
+                            board=board, checkpoint_s=args.checkpoint_every)
     if args.metrics_port:
         from prometheus_client import CollectorRegistry
 

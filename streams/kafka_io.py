@@ -49,26 +49,34 @@ async def ensure_topics(bootstrap: str, specs: tuple[topics.TopicSpec, ...] = to
         await admin.close()
 
 
-async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[str]:
-    """The `id` of every event at offsets [start, end) of one partition (what a restarted consumer already saw)."""
+async def read_values(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+    """(offset, value) of every record at offsets [start, end) of one partition."""
     tp = TopicPartition(topic, partition)
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
-    ids: list[str] = []
+    out: list[tuple[int, bytes]] = []
     try:
         c.assign([tp])
         c.seek(tp, max(start, 0))
         while await c.position(tp) < end:
             for msg in (await c.getmany(tp, timeout_ms=1000, max_records=10_000)).get(tp, []):
                 if msg.offset >= end:
-                    return ids
-                try:
-                    ids.append(orjson.loads(msg.value)["id"])
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    continue  # dead-lettered when it was first consumed
-        return ids
+                    return out
+                out.append((msg.offset, msg.value))
+        return out
     finally:
         await c.stop()
+
+
+async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[str]:
+    """The `id` of every event at offsets [start, end) of one partition (what a restarted consumer already saw)."""
+    ids: list[str] = []
+    for _, value in await read_values(bootstrap, topic, partition, start, end):
+        try:
+            ids.append(orjson.loads(value)["id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue  # dead-lettered when it was first consumed
+    return ids
 
 
 Record = tuple[str, bytes, bytes]  # (topic, key, value)

@@ -14,6 +14,8 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from bidder.campaigns import Campaign
 from bidder.forecast import TrafficForecast
 from bidder.pacing import PacingController, PacingState, SpendPlan
@@ -210,3 +212,41 @@ class Learner:
     def snapshot_bytes(self) -> bytes:
         self.version += 1
         return self.learner.snapshot(version=self.version).to_bytes()
+
+    def checkpoint_bytes(self, offsets: dict[int, int]) -> bytes:
+        """The exact learner state with the examples `offsets` (partition -> next offset) it has learned up to."""
+        head = orjson.dumps({"offsets": {str(p): o for p, o in offsets.items()}, "version": self.version,
+                             "labels": {str(k): v for k, v in self.labels.items()}})
+        return head + b"\n" + self.learner.state_bytes()
+
+    def restore(self, data: bytes) -> dict[int, int]:
+        """Take over a checkpoint's state; returns the offsets it covers.  ValueError if it is not a checkpoint."""
+        doc, state = _checkpoint_parts(data)
+        try:
+            offsets = checkpoint_offsets(data)
+            version, labels = int(doc["version"]), {int(k): int(v) for k, v in doc["labels"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a learner checkpoint: {e}") from e
+        self.learner = CTRLearner.from_state_bytes(state)
+        self.version, self.labels = version, {0: labels.get(0, 0), 1: labels.get(1, 0)}
+        return offsets
+
+
+def _checkpoint_parts(data: bytes) -> tuple[dict, bytes]:
+    head, sep, state = data.partition(b"\n")
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"not a learner checkpoint: {e}") from e
+    if not sep or not isinstance(doc, dict):
+        raise ValueError("not a learner checkpoint: no header and state")
+    return doc, state
+
+
+def checkpoint_offsets(data: bytes) -> dict[int, int]:
+    """Examples partition -> next offset, of a checkpoint made by `Learner.checkpoint_bytes` (ValueError if not one)."""
+    doc, _ = _checkpoint_parts(data)
+    try:
+        return {int(p): int(o) for p, o in doc["offsets"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"not a learner checkpoint: {e}") from e

@@ -51,6 +51,8 @@ EXAMPLES = TopicSpec(f"{PREFIX}.examples", "campaign id", "labelled training exa
 CAMPAIGNS = TopicSpec(f"{PREFIX}.campaigns", "campaign id", "campaign document + who/when (history kept 90 days)", partitions=1,
                       compacted=True, history_ms=90 * DAY_MS)
 MODEL = TopicSpec(f"{PREFIX}.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
+LEARNER = TopicSpec(f"{PREFIX}.learner", "checkpoint part", "learner checkpoint: exact training state and the examples "
+                    "offset it covers, in parts", partitions=1, compacted=True)
 PACING = TopicSpec(f"{PREFIX}.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
                    compacted=True)
 # Budget leases (streams/leases.py): requests are keyed by campaign and partitioned like the delivery topics, so the
@@ -62,7 +64,7 @@ LEASE_GRANTS = TopicSpec(f"{PREFIX}.lease-grants", "bidder id",
 DEADLETTER = TopicSpec(f"{PREFIX}.deadletter", "source topic", "rejected message: topic, reason, raw payload", partitions=1,
                        retention_ms=30 * DAY_MS)
 
-ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, PACING, LEASE_REQUESTS,
+ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, LEARNER, PACING, LEASE_REQUESTS,
        LEASE_GRANTS, DEADLETTER)
 BY_NAME = {t.name: t for t in ALL}
 

@@ -56,6 +56,8 @@ class WorkerStats(Collector):
         self.deadletters: dict[tuple[str, str], int] = defaultdict(int)
         self.published_labels = 0
         self.model_published = 0.0
+        # learner checkpoints: "written" {id, bytes, offsets, at}, "labels" learned when written, "restored" {id, offset, at}
+        self.checkpoint: dict[str, Any] = {}
         self.started = time.time()
         self.examples: dict[tuple[str, int], int] = defaultdict(int)  # (campaign, label)
         self.predicted: dict[str, float] = defaultdict(float)  # campaign -> sum of pCTR over examples
@@ -168,6 +170,13 @@ class WorkerStats(Collector):
                                 "model snapshot (or started)", value=time.time() - since)
         yield GaugeMetricFamily("streambid_model_version_published", "Version of the last model snapshot this worker "
                                 "published (0: none)", value=getattr(self._learner, "version", 0))
+        written = self.checkpoint.get("written")
+        if written:
+            yield GaugeMetricFamily("streambid_learner_checkpoint_age_seconds", "Seconds since this worker last wrote a "
+                                    "learner checkpoint (what a restart would relearn from the examples topic)",
+                                    value=time.time() - written["at"])
+            yield GaugeMetricFamily("streambid_learner_checkpoint_bytes", "Size of the last learner checkpoint",
+                                    value=written["bytes"])
 
     def _business(self, snap: Snapshot) -> Iterator:
         fams = {f: CounterMetricFamily(name, f"{doc}, all days (ledger, each event counted once)", labels=["campaign"])

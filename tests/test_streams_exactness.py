@@ -19,8 +19,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
+from models.learner import CTRLearner
+from models.snapshot import ModelSnapshot
 from streams.events import make_event
 from tests.helpers import campaign
 from tests.streams_support import (
@@ -257,9 +260,62 @@ def test_learner_never_learns_a_bid_twice_across_a_restart(procs: Procs) -> None
     asyncio.run(produce(procs.bootstrap, [(examples, camp, orjson.dumps(e)) for e in extra]
                         + [(topic(procs.prefix, "clicks"), camp, orjson.dumps(late_click))]))
     _, port2 = procs.worker("worker-2", app_id, "--click-window", "2")
-    wait_for(lambda: learned(port2)["1"] >= 1, 60, "the restarted learner to learn the new example")
+    def held(port: int) -> dict[str, int]:  # what the learner's state holds: its own learning and any checkpoint's
+        return (worker_status(port) or {}).get("learner", {}).get("labels", {})
+
+    wait_for(lambda: sum(held(port2).values()) >= 11, 60, "the restarted learner to learn the new example")
     time.sleep(3.0)  # time for anything wrongly produced or learned to show
     st = worker_status(port2)
-    assert learned(port2) == {"0": 0, "1": 1}, st["learner"]
+    assert held(port2) == {"0": 7, "1": 4}, st["learner"]  # the 10 bids once each, and the new example
     assert st["learner"]["duplicates"] >= 2
     assert st["outcomes"].get("clicks:late") == 1 and st["produced"]["examples"] == 0
+
+
+def test_a_restarted_learner_resumes_from_its_checkpoint_and_publishes_the_model_it_would_have(procs: Procs) -> None:
+    """Killed after learning past its checkpoint, the learner's successor takes the checkpoint over, relearns what
+    came after it from the examples topic, and goes on: its model equals one learned from every example in order.
+    Without the checkpoint it would start empty and publish a model of the last examples only."""
+    app_id, camp = f"{procs.prefix}-w", f"{procs.prefix}-c"
+    examples, rng, now = topic(procs.prefix, "examples"), random.Random(5), int(time.time() * 1000)
+    evs = [make_event("examples", f"ex:{procs.prefix}-{i}", now + i, campaign=camp, creative=f"cr{i % 3}",
+                      features=[rng.randrange(1 << 20) for _ in range(4)] + [i % 7], label=int(rng.random() < 0.2))
+           for i in range(650)]
+    batches = (evs[:300], evs[300:500], evs[500:])
+
+    def send(batch: list[dict]) -> None:
+        asyncio.run(produce(procs.bootstrap, [(examples, camp, orjson.dumps(e)) for e in batch]))
+
+    def labels(port: int) -> int:
+        return sum((worker_status(port) or {}).get("learner", {}).get("labels", {}).values())
+
+    w1, port1 = procs.worker("worker-1", app_id, "--checkpoint-every", "3600")
+    wait_for(lambda: (worker_status(port1) or {}).get("ready"), 60, "worker 1 to own its partitions")
+    send(batches[0])
+    written = wait_for(lambda: (worker_status(port1) or {}).get("learner", {}).get("checkpoint", {}).get("written"), 30,
+                       "a checkpoint")
+    covered = written["offsets"]["0"]
+    send(batches[1])  # learned, but after the checkpoint (the next is an hour away)
+    wait_for(lambda: labels(port1) == 500, 30, "worker 1 to learn 500 examples")
+    tp = TopicPartition(examples, 0)
+    wait_for(lambda: asyncio.run(committed(procs.bootstrap, app_id)).get(tp, 0) >= 500, 30, "the learner's commit")
+    w1.send_signal(signal.SIGKILL)
+    w1.wait(10)
+    send(batches[2])
+    _, port2 = procs.worker("worker-2", app_id, "--checkpoint-every", "3600")
+    wait_for(lambda: labels(port2) == 650, 60, "worker 2 to hold all 650 examples")
+    restored = worker_status(port2)["learner"]["checkpoint"]["restored"]
+    assert restored["offset"] == covered < 500 and restored["id"] == written["id"]
+
+    reference = CTRLearner()
+    for ev in evs:
+        reference.learn_one(ev["features"], bool(ev["label"]), ev["campaign"], ev["creative"])
+
+    def latest_model() -> ModelSnapshot | None:
+        records = asyncio.run(read_all(procs.bootstrap, [topic(procs.prefix, "model")], partitions=1))
+        snap = ModelSnapshot.from_bytes(records[-1][3]) if records else None
+        return snap if snap is not None and snap.n_seen == 650 else None
+
+    model = wait_for(latest_model, 30, "a model of all 650 examples")
+    expected = reference.snapshot()
+    assert model.weights == expected.weights and model.bias == expected.bias
+    assert model.counts.to_dict() == expected.counts.to_dict() and model.calibration == expected.calibration

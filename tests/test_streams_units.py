@@ -10,10 +10,11 @@ from aiokafka.errors import KafkaTimeoutError
 
 from streams import topics
 from streams.attribution import Attribution
+from streams.checkpoints import assemble, frame
 from streams.events import make_event
 from streams.kafka_io import EventProducer
 from streams.ledger import SpendLedger
-from streams.processor import Learner, RecentIds
+from streams.processor import Learner, RecentIds, checkpoint_offsets
 from streams.tables import Outbox, TableView
 
 MIN = 60_000
@@ -307,3 +308,38 @@ async def test_events_not_queued_when_a_send_fails_or_the_sender_stops_wait_on_d
     on_disk = producer.on_disk()
     assert sorted(queued + on_disk) == sorted(events)  # each event once, queued or on disk
     assert on_disk == [e for e in events if e not in queued]  # in the order they were emitted
+
+
+def test_a_checkpoint_in_parts_is_read_back_whole_and_a_half_written_one_is_passed_over() -> None:
+    data = bytes(range(256)) * 41  # 10,496 bytes: 11 parts of 1,000
+    first = frame(1, data, part_bytes=1000)
+    assert len(first) == 11 and {k for k, _ in first} == {f"ctr/{i}".encode() for i in range(11)}
+    assert assemble(v for _, v in first) == (1, data)
+    newer = frame(2, data[::-1], part_bytes=1000)
+    # a writer that died after 4 parts: the complete older checkpoint stays in force; foreign values are ignored
+    log = [v for _, v in first] + [b"junk", b"", None] + [v for _, v in newer[:4]]
+    assert assemble(log) == (1, data)
+    assert assemble(log + [v for _, v in newer[4:]]) == (2, data[::-1])
+    assert assemble([b"junk"]) is None and assemble([]) is None
+    assert assemble(v for _, v in frame(3, b"")) == (3, b"")
+
+
+def test_a_learner_checkpoint_carries_the_offsets_it_covers_and_restores_the_learner() -> None:
+    ex = [make_event("examples", f"ex:b{i}", 1000 + i, campaign="c", creative=f"r{i % 2}", features=[i % 5, 7],
+                     label=i % 4 == 0) for i in range(40)]
+    a = Learner()
+    for ev in ex[:25]:
+        a.learn(ev)
+    a.snapshot_bytes()
+    data = a.checkpoint_bytes({0: 25})
+    assert checkpoint_offsets(data) == {0: 25}
+    b = Learner()
+    assert b.restore(data) == {0: 25}
+    assert (b.version, b.labels) == (a.version, a.labels) == (1, {0: 18, 1: 7})
+    for ev in ex[25:]:
+        a.learn(ev)
+        b.learn(ev)
+    assert b.learner.weights() == a.learner.weights() and b.labels == a.labels
+    for bad in (b"", b"{}", b"[1]\n", b'{"offsets": {"0": 3}}', b'{"offsets": {"x": 1}}\nzz'):
+        with pytest.raises(ValueError, match="not a learner checkpoint"):
+            Learner().restore(bad)
