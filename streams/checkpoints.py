@@ -51,20 +51,39 @@ def assemble(values: Iterable[bytes]) -> tuple[int, bytes] | None:
 
 
 async def read_latest(bootstrap: str, topic: str) -> tuple[int, bytes] | None:
-    """The newest complete checkpoint on `topic` (partition 0), read from its beginning to its end now."""
+    """The newest complete checkpoint on `topic` (partition 0).
+
+    Compaction only reaches closed segments, so the log holds many checkpoints; the newest is read from the tail:
+    the last record says how many parts its checkpoint has, and a window of twice that (the newest and, if its
+    writer died halfway, the one before) usually holds a complete one.  Only when it does not is the whole log read.
+    """
     tp = TopicPartition(topic, 0)
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                          max_partition_fetch_bytes=2 * PART_BYTES)
     await c.start()
-    values: list[bytes] = []
     try:
         c.assign([tp])
-        await c.seek_to_beginning(tp)
+        first = (await c.beginning_offsets([tp]))[tp]
         end = (await c.end_offsets([tp]))[tp]
-        while await c.position(tp) < end:
-            for msg in (await c.getmany(tp, timeout_ms=1000, max_records=100)).get(tp, []):
-                if msg.offset < end:
-                    values.append(msg.value)
-        return assemble(values)
+        if end <= first:
+            return None
+        last = await _read(c, tp, end - 1, end)
+        parts = _HEAD.unpack_from(last[0])[3] if last and last[0] and len(last[0]) >= _HEAD.size else 1
+        start = max(first, end - 2 * parts - 1)
+        found = assemble(await _read(c, tp, start, end))
+        if found is None and start > first:
+            found = assemble(await _read(c, tp, first, end))
+        return found
     finally:
         await c.stop()
+
+
+async def _read(c: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int) -> list[bytes]:
+    """Values at offsets [start, end) (fewer where compaction removed records)."""
+    c.seek(tp, start)
+    values: list[bytes] = []
+    while await c.position(tp) < end:
+        for msg in (await c.getmany(tp, timeout_ms=1000, max_records=100)).get(tp, []):
+            if msg.offset < end:
+                values.append(msg.value)
+    return values

@@ -27,6 +27,7 @@ class TopicSpec:
     compacted: bool = False
     retention_ms: int = 7 * DAY_MS
     history_ms: int = 0  # compacted topics: keep every version at least this long before compaction
+    segment_ms: int = 0  # compacted topics: roll segments this often, so compaction (closed segments only) keeps up
 
     @property
     def config(self) -> dict[str, str]:
@@ -35,6 +36,8 @@ class TopicSpec:
             cfg = {"cleanup.policy": "compact", "max.message.bytes": str(16 * 1024 * 1024)}
             if self.history_ms:
                 cfg["min.compaction.lag.ms"] = str(self.history_ms)
+            if self.segment_ms:
+                cfg["segment.ms"] = str(self.segment_ms)
             return cfg
         return {"retention.ms": str(self.retention_ms)}
 
@@ -52,7 +55,8 @@ CAMPAIGNS = TopicSpec(f"{PREFIX}.campaigns", "campaign id", "campaign document +
                       compacted=True, history_ms=90 * DAY_MS)
 MODEL = TopicSpec(f"{PREFIX}.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
 LEARNER = TopicSpec(f"{PREFIX}.learner", "checkpoint part", "learner checkpoint: exact training state and the examples "
-                    "offset it covers, in parts", partitions=1, compacted=True)
+                    "offset it covers, in parts", partitions=1, compacted=True,
+                    segment_ms=3_600_000)
 PACING = TopicSpec(f"{PREFIX}.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
                    compacted=True)
 # Budget leases (streams/leases.py): requests are keyed by campaign and partitioned like the delivery topics, so the

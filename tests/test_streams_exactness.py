@@ -24,6 +24,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from models.learner import CTRLearner
 from models.snapshot import ModelSnapshot
+from streams.checkpoints import frame, read_latest
 from streams.events import make_event
 from tests.helpers import campaign
 from tests.streams_support import (
@@ -319,3 +320,25 @@ def test_a_restarted_learner_resumes_from_its_checkpoint_and_publishes_the_model
     expected = reference.snapshot()
     assert model.weights == expected.weights and model.bias == expected.bias
     assert model.counts.to_dict() == expected.counts.to_dict() and model.calibration == expected.calibration
+
+
+def test_the_newest_complete_checkpoint_is_read_from_the_tail_of_the_learner_topic(procs: Procs) -> None:
+    learner_topic = topic(procs.prefix, "learner")
+
+    def write(records: list[tuple[bytes, bytes]]) -> None:
+        asyncio.run(produce(procs.bootstrap, [(learner_topic, k.decode(), v) for k, v in records]))
+
+    def latest() -> tuple[int, bytes] | None:
+        return asyncio.run(read_latest(procs.bootstrap, learner_topic))
+
+    assert latest() is None  # an empty topic: the learner starts empty
+    blobs = {cid: bytes([cid]) * (2500 + cid) for cid in range(1, 6)}
+    for cid in (1, 2, 3):
+        write(frame(cid, blobs[cid], part_bytes=1000))
+    assert latest() == (3, blobs[3])
+    write(frame(4, blobs[4], part_bytes=1000)[:2])  # a writer that died after 2 of its 3 parts
+    assert latest() == (3, blobs[3])
+    write(frame(5, blobs[5], part_bytes=100)[:20])  # another, of 26 parts, died after 20
+    assert latest() == (3, blobs[3])
+    write(frame(6, b"x" * 2500, part_bytes=1000)[:2])  # and one of 3 parts: its tail window of 7 holds no whole one
+    assert latest() == (3, blobs[3])  # found by reading the whole log
