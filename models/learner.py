@@ -196,15 +196,16 @@ class CTRLearner:
         """The whole training state, exactly: FTRL's (z, n) for every feature seen, the weights, the click counts,
         the calibrator and the sampling generator.  A learner rebuilt from it learns on bit for bit as this one
         would, which a snapshot (non-zero weights only) cannot give.  orjson + zlib, never pickle."""
-        opt, w = self._optimizer, self._model._weights
-        ids = list(opt.z)
-        n, weights = opt.n, w.to_dict()
-        doc = {"format": STATE_FORMAT, "config": self.config.to_dict(), "ids": _pack(ids, "<i8"),
-               "z": _pack(list(opt.z.values())), "n": _pack([n[i] for i in ids]),
-               "w": _pack([weights.get(i, 0.0) for i in ids]), "iterations": opt.n_iterations,
-               "counts": self.counts.to_dict(), "calibrator": self.calibrator.state(), "n_seen": self.n_seen,
-               "n_learned": self.n_learned, "rng": self._rng.getstate(), "version": self._version}
-        return zlib.compress(orjson.dumps(doc), 1)  # the floats hardly compress: level 1 costs a fifth of level 6
+        return encode_state(self.capture_state())
+
+    def capture_state(self) -> dict:
+        """A consistent copy of the training state for `encode_state`: C-level dict copies, a few milliseconds per
+        100,000 features, so a worker can take it between events and encode it off its event loop."""
+        opt = self._optimizer
+        return {"format": STATE_FORMAT, "config": self.config.to_dict(), "z": dict(opt.z), "n": dict(opt.n),
+                "w": self._model._weights.to_dict(), "iterations": opt.n_iterations, "counts": self.counts.to_dict(),
+                "calibrator": self.calibrator.state(), "n_seen": self.n_seen, "n_learned": self.n_learned,
+                "rng": self._rng.getstate(), "version": self._version}
 
     @classmethod
     def from_state_bytes(cls, data: bytes) -> CTRLearner:
@@ -256,6 +257,15 @@ class CTRLearner:
             logit_shift=self._model.intercept + self._shift,
             n_seen=self.n_seen,
         )
+
+
+def encode_state(captured: dict) -> bytes:
+    """`CTRLearner.capture_state()` as bytes.  Reads only the copies, so it may run in another thread."""
+    z, n, w = captured["z"], captured["n"], captured["w"]
+    ids = list(z)
+    doc = {**captured, "ids": _pack(ids, "<i8"), "z": _pack(list(z.values())), "n": _pack([n[i] for i in ids]),
+           "w": _pack([w.get(i, 0.0) for i in ids])}
+    return zlib.compress(orjson.dumps(doc), 1)  # the floats hardly compress: level 1 costs a fifth of level 6
 
 
 def _pack(values: list, dtype: str = "<f8") -> str:

@@ -251,13 +251,15 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
 
     async def write_checkpoint() -> None:
         """The learner's state and the offsets it covers, on the learner topic, in parts."""
-        data = learner.checkpoint_bytes(dict(expected))
+        labels = learner.labels[0] + learner.labels[1]
+        offsets = {str(p): o for p, o in expected.items()}
+        encode = learner.capture_checkpoint(dict(expected))  # a copy taken between events; encoded off the loop
+        data = await asyncio.to_thread(encode)
         cid = time.time_ns()
         for key, value in frame(cid, data):
             await learner_topic.send(key=key, value=value)
-        offsets = {str(p): o for p, o in expected.items()}
         stats.checkpoint.update(written={"id": cid, "bytes": len(data), "offsets": offsets, "at": time.time()},
-                                labels=learner.labels[0] + learner.labels[1])
+                                labels=labels)
 
     @app.agent(config_topic)
     async def configure(stream: faust.StreamT) -> None:

@@ -20,7 +20,7 @@ from bidder.campaigns import Campaign
 from bidder.forecast import TrafficForecast
 from bidder.pacing import PacingController, PacingState, SpendPlan
 from models.conversion import ConversionRates
-from models.learner import CTRLearner
+from models.learner import CTRLearner, encode_state
 from streams.attribution import Attribution, Example
 from streams.ledger import SpendLedger, empty_totals
 
@@ -215,9 +215,15 @@ class Learner:
 
     def checkpoint_bytes(self, offsets: dict[int, int]) -> bytes:
         """The exact learner state with the examples `offsets` (partition -> next offset) it has learned up to."""
+        return self.capture_checkpoint(offsets)()
+
+    def capture_checkpoint(self, offsets: dict[int, int]) -> Callable[[], bytes]:
+        """Take the state now (a copy); the returned function encodes it, and may run in another thread while this
+        learner learns on."""
         head = orjson.dumps({"offsets": {str(p): o for p, o in offsets.items()}, "version": self.version,
                              "labels": {str(k): v for k, v in self.labels.items()}})
-        return head + b"\n" + self.learner.state_bytes()
+        captured = self.learner.capture_state()
+        return lambda: head + b"\n" + encode_state(captured)
 
     def restore(self, data: bytes) -> dict[int, int]:
         """Take over a checkpoint's state; returns the offsets it covers.  ValueError if it is not a checkpoint."""

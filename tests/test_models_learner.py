@@ -11,7 +11,7 @@ import pytest
 
 from models.calibration import sigmoid
 from models.features import candidate_features, hash_feature
-from models.learner import CTRLearner, LearnerConfig
+from models.learner import CTRLearner, LearnerConfig, encode_state
 
 DOMAINS = [f"site{i}.example" for i in range(20)]
 
@@ -129,3 +129,17 @@ def test_a_damaged_or_foreign_learner_state_is_refused_with_its_reason() -> None
     doc["format"], doc["z"] = 1, doc["z"][:-12]  # one float short
     with pytest.raises(ValueError, match="not a usable learner state"):
         CTRLearner.from_state_bytes(zlib.compress(orjson.dumps(doc)))
+
+
+def test_a_captured_state_is_a_copy_the_learner_can_learn_on_from_while_it_is_encoded() -> None:
+    """A worker takes the copy between events and encodes it in a thread while it goes on learning."""
+    rng = random.Random(3)
+    events = [planted_event(rng) for _ in range(800)]
+    learner = CTRLearner()
+    for feats, clicked, _, camp, cr in events[:500]:
+        learner.learn_one(feats, clicked, camp, cr)
+    at_capture = learner.state_bytes()
+    captured = learner.capture_state()
+    for feats, clicked, _, camp, cr in events[500:]:
+        learner.learn_one(feats, clicked, camp, cr)
+    assert encode_state(captured) == at_capture != learner.state_bytes()
