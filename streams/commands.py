@@ -69,6 +69,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("id")
     p.add_argument("--broker")
     p.set_defaults(func=cmd_pause)
+    r = camp.add_parser("resume", help="resume a paused campaign (bidders bid on it again within a second, "
+                                       "within its flight, dayparting and budget)")
+    r.add_argument("id")
+    r.add_argument("--broker")
+    r.set_defaults(func=cmd_resume)
     sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history")
     sh.add_argument("id", nargs="?")
     sh.add_argument("--broker")
@@ -248,14 +253,26 @@ def latest_configs(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
+    return _set_status(args, "paused", "pause")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _set_status(args, "active", "resume")
+
+
+def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
+    """Publish the campaign's current version with `status`: the rest of it (budget, targeting) stays as it is."""
     broker = broker_of(args)
     current = latest_configs(asyncio.run(read_config_log(broker))).get(args.id)
     if current is None:
         print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
         return 2
-    doc = dict(current["campaign"], status="paused")
-    asyncio.run(_produce(broker, [(args.id, change_record(doc, "pause"))]))
-    print(f"paused {args.id}")
+    if current["campaign"].get("status", "active") == status:
+        print(f"{args.id} is already {status}; nothing published")
+        return 0
+    doc = dict(current["campaign"], status=status)
+    asyncio.run(_produce(broker, [(args.id, change_record(doc, action))]))
+    print(f"{'paused' if status == 'paused' else 'resumed'} {args.id}")
     return 0
 
 

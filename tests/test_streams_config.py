@@ -105,14 +105,21 @@ def test_a_change_reaches_a_running_bidder_within_a_second_and_history_is_kept(s
     wait_for(lambda: not live(bidder, cid), 5, "the bidder to stop bidding", every=0.02)
     assert time.time() - published < 1.0
 
+    again = procs.cli("campaign", "pause", cid)
+    assert again.returncode == 0 and "already paused" in again.stdout, again.stderr
+    out = procs.cli("campaign", "resume", cid)
+    assert out.returncode == 0 and f"resumed {cid}" in out.stdout, out.stderr
+    wait_for(lambda: live(bidder, cid), 5, "the bidder to bid again", every=0.02)
+
     history = procs.cli("campaign", "show", cid, "--history", "--json")
     assert history.returncode == 0, history.stderr
     rows = orjson.loads(history.stdout)
-    assert [r["action"] for r in rows] == ["set", "pause"]
+    assert [r["action"] for r in rows] == ["set", "pause", "resume"]  # the repeated pause published nothing
     assert all(r["at"] and "@" in r["by"] for r in rows)
-    assert [r["campaign"]["status"] for r in rows] == ["active", "paused"]
+    assert [r["campaign"]["status"] for r in rows] == ["active", "paused", "active"]
+    assert rows[2]["campaign"]["budget"] == rows[0]["campaign"]["budget"]
     table = procs.cli("campaign", "show", cid, "--history")
-    assert table.returncode == 0 and table.stdout.count(cid) == 2
+    assert table.returncode == 0 and table.stdout.count(cid) == 3
 
 
 def test_cli_errors_name_the_field_and_publish_nothing(stack: dict) -> None:
@@ -124,8 +131,9 @@ def test_cli_errors_name_the_field_and_publish_nothing(stack: dict) -> None:
     assert out.returncode == 2
     assert "budget.daily" in out.stderr and bad in out.stderr and "fix" in out.stderr, out.stderr
     assert procs.cli("campaign", "show", good).returncode == 2, "nothing may be published when one campaign is invalid"
-    missing = procs.cli("campaign", "pause", f"{prefix}-nobody")
-    assert missing.returncode == 2 and "campaign show" in missing.stderr
+    for verb in ("pause", "resume"):
+        missing = procs.cli("campaign", verb, f"{prefix}-nobody")
+        assert missing.returncode == 2 and "campaign show" in missing.stderr
     nofile = procs.cli("campaign", "set", str(procs.tmp / "nope.json"))
     assert nofile.returncode == 2 and "no such file" in nofile.stderr
 
