@@ -26,12 +26,15 @@ def broker_of(args: argparse.Namespace) -> str:
     return broker
 
 
+BROKER_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)"
+
+
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     top, camp = groups["top"], groups["campaign"]
     w = top.add_parser("worker", help="run the Faust stream processors on Kafka",
                        description="Consume delivery events and campaign config; keep spend, attribution, the CTR model "
                                    "and pacing; publish model and pacing updates for the bidders.")
-    w.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
+    w.add_argument("--broker", help=BROKER_HELP)
     w.add_argument("--app-id", default="streambid-worker", help="consumer group / Faust app id (default: %(default)s)")
     w.add_argument("--metrics-port", type=int, default=9102,
                    help="port of Prometheus /metrics and of /status (JSON: owned partitions, offsets reached, totals per "
@@ -62,21 +65,21 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         description="Validate each campaign (schema, budgets, flight, currency, targeting, creatives) "
                                     "and publish it to the config topic; nothing is published if any campaign is invalid.")
     s.add_argument("file", type=Path, help="JSON or YAML: one campaign, a list, or {\"campaigns\": [...]}")
-    s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
+    s.add_argument("--broker", help=BROKER_HELP)
     s.add_argument("--dry-run", action="store_true", help="validate only")
     s.set_defaults(func=cmd_set)
     p = camp.add_parser("pause", help="pause a campaign (bidders stop bidding on it within a second)")
-    p.add_argument("id")
-    p.add_argument("--broker")
+    p.add_argument("id", help="campaign id (see `streambid campaign show`)")
+    p.add_argument("--broker", help=BROKER_HELP)
     p.set_defaults(func=cmd_pause)
     r = camp.add_parser("resume", help="resume a paused campaign (bidders bid on it again within a second, "
                                        "within its flight, dayparting and budget)")
-    r.add_argument("id")
-    r.add_argument("--broker")
+    r.add_argument("id", help="campaign id (see `streambid campaign show`)")
+    r.add_argument("--broker", help=BROKER_HELP)
     r.set_defaults(func=cmd_resume)
     sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history")
-    sh.add_argument("id", nargs="?")
-    sh.add_argument("--broker")
+    sh.add_argument("id", nargs="?", help="one campaign (default: all)")
+    sh.add_argument("--broker", help=BROKER_HELP)
     sh.add_argument("--history", action="store_true", help="list every change: when, who, what")
     sh.add_argument("--json", action="store_true", help="print one JSON document")
     sh.set_defaults(func=cmd_show)
