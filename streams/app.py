@@ -182,15 +182,19 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     expected: dict[int, int] = {}  # examples partition -> the next offset the learner's state has not learned
     resuming = [False]  # while the learner catches up, its state and `expected` disagree: no checkpoint then
 
-    def learn_one(value: bytes) -> bool:
-        try:
-            ev = check_event("examples", value)
-        except EventError:
-            return False
+    def learn_new(ev: dict[str, Any]) -> bool:
+        """Learn a checked example unless its id was learned already."""
         if not learner.is_new(ev):
             return False
         stats.learned(ev, learner.learn(ev))  # progressive logloss: the score it had before it was learned
         return True
+
+    def learn_value(value: bytes) -> bool:
+        """An example read again from the topic: one that fails its check was dead-lettered when first consumed."""
+        try:
+            return learn_new(check_event("examples", value))
+        except EventError:
+            return False
 
     async def resume(partition: int, offset: int) -> int:
         """Bring the learner to `offset`, where the consumer now hands it records; returns the offset below which
@@ -221,7 +225,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             for eid in await read_event_ids(bootstrap, examples_topic.get_topic_name(), partition, start, at):
                 learner.recent.add(eid)
         if at < offset:
-            caught_up = sum(learn_one(value) for _, value in await read_values(
+            caught_up = sum(learn_value(value) for _, value in await read_values(
                 bootstrap, examples_topic.get_topic_name(), partition, at, offset))
             log.info("learner caught up on %d examples between offsets %d and %d", caught_up, at, offset)
         return at
@@ -245,9 +249,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             except EventError as e:
                 await reject(topics.EXAMPLES.name, e.reason, msg.value)
                 continue
-            if not learner.is_new(ev):
-                continue
-            stats.learned(ev, learner.learn(ev))  # progressive logloss: the score it had before it was learned
+            learn_new(ev)
 
     async def write_checkpoint() -> None:
         """The learner's state and the offsets it covers, on the learner topic, in parts."""
