@@ -24,6 +24,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs --durations=10
 
+# the bid path's benchmarks (about two minutes, both cores; see the README), never part of `make test`
+bench: $(STAMP)
+	$(VENV)/bin/streambid bench bidder
+	$(VENV)/bin/streambid bench stages
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

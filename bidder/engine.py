@@ -32,7 +32,7 @@ from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm
 from bidder.privacy import restriction
 from bidder.scoring import SlotTables
-from bidder.targeting import CampaignIndex
+from bidder.targeting import CampaignIndex, Eligible
 from models.features import candidate_features, request_features
 from models.snapshot import ModelSnapshot
 from streams.events import make_event
@@ -260,10 +260,7 @@ class BidEngine:
         order of an upper bound on their price, stopping once no bound left can beat the best price found.
         """
         index = self.index
-        el = index.eligible(req, imp, self._live, self.cfg.seat, user, self.frequency, int(now // 3600), int(now // 86400))
-        for cid, n in el.capped.items():  # metrics: candidates dropped by the cap, per campaign
-            key = "frequency_cap:" + cid
-            self.counters[key] = self.counters.get(key, 0) + n
+        el = self._eligible(req, imp, user, now)
         slots = el.slots
         if not len(slots):
             return None, el.reason
@@ -326,6 +323,15 @@ class BidEngine:
         if cand is None:
             cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
         return (imp, camp, cr, price, dealid, p, req_feats, cand, lam, floor), reason
+
+    def _eligible(self, req: BidRequest, imp: Imp, user: str, now: float) -> Eligible:
+        """The creatives the index lets bid on `imp` (every rule checked), with the frequency-capped ones counted."""
+        el = self.index.eligible(req, imp, self._live, self.cfg.seat, user, self.frequency, int(now // 3600),
+                                 int(now // 86400))
+        for cid, n in el.capped.items():  # metrics: candidates dropped by the cap, per campaign
+            key = "frequency_cap:" + cid
+            self.counters[key] = self.counters.get(key, 0) + n
+        return el
 
     def _lease_allows(self, campaign: str, price_micros: int) -> bool:
         if not self.cfg.lease_slice:

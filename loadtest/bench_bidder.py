@@ -48,7 +48,7 @@ MAX_PROBES = 12  # ... down to 0.7**11 = 2% of the closed-loop bound
 REFINE = 2  # then this many bisections between the highest pass and the lowest fail above it
 TOLERANCE = 0.01  # a sustained rate may lose at most 1% of requests to timeouts, lateness or shedding
 SHED_REASONS = ("overload",)  # x-nobid-reason values that mean "shed, not decided"
-_POOL = 5000
+BODY_POOL = 5000
 MODEL_REQUESTS = 60_000  # simulated requests behind the bench's trained model ...
 MODEL_IMPRESSIONS_PER_IMP = 6  # ... each impression shown to this many of its eligible creatives (counts) ...
 MODEL_LEARN_SHARE = 0.1  # ... of which this share also trains the weights (the learner costs ~0.2 ms an event)
@@ -141,6 +141,33 @@ class Server:
         self.log.close()
 
 
+def floor_argv(floor: Path) -> Callable[[int], list[str]]:
+    """The floor server's command line for a port."""
+    return lambda port: [sys.executable, str(floor), "--host", "127.0.0.1", "--port", str(port)]
+
+
+def measure_each(servers: list[tuple[str, Callable[[int], list[str]]]], work: Path,
+                 measure: Callable[[Server, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Start each (name, argv for a port) server in turn on the server core and `measure(server, base URL)` it from
+    the generator core, one at a time so they never share a core; logs go to `work`."""
+    results = []
+    saved_affinity = os.sched_getaffinity(0)
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {GENERATOR_CORE})
+    try:
+        for name, argv_of in servers:
+            port = free_port()
+            server = Server(name, argv_of(port), port, work)
+            try:
+                server.wait_ready()
+                results.append(measure(server, f"http://127.0.0.1:{port}"))
+            finally:
+                server.stop()
+    finally:
+        os.sched_setaffinity(0, saved_affinity)
+    return results
+
+
 def _descendants(root: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
@@ -217,9 +244,9 @@ def _phase(msg: str) -> None:
     sys.stderr.flush()
 
 
-def measure_server(
-    server: Server, url: str, bodies: list[bytes], duration: float, probe: float, connections: int, tmax_ms: int, out: Path
-) -> dict[str, Any]:
+def saturate(server: Server, url: str, bodies: list[bytes], duration: float, connections: int, tmax_ms: int
+             ) -> dict[str, Any]:
+    """Warm up, then saturate `server` in closed loop: its answers per second and the CPU each one took."""
     name = server.name
     _phase(f"[{name}] warm-up")
     _load(url, 0, 1.5, bodies, connections, tmax_ms, progress=False)
@@ -228,12 +255,27 @@ def measure_server(
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     sat = _load(url, 0, duration, bodies, connections, tmax_ms, progress=True)
     cpu_used = server.cpu_seconds() - cpu0
-    server_cpu = cpu_used / (time.perf_counter() - t0)
     answered = sum(sat.statuses.values())
     bound = ok_answers(sat) / duration
     if bound <= 0:
         raise BenchError(f"{name} gave no usable answers under load: statuses {sat.statuses}, reasons {sat.nobid_reasons}")
+    return {
+        "closed_loop_rps": round(bound),
+        "server_cpu": round(cpu_used / (time.perf_counter() - t0), 3),
+        # the steadier figure on a noisy machine: it does not depend on how much of its core the server got
+        "cpu_us_per_answer": round(cpu_used / answered * 1e6, 1) if answered else None,
+        "generator_cpu": round(sat.generator_cpu, 3),
+        "statuses": {str(k): v for k, v in sorted(sat.statuses.items())},
+        "nobid_reasons": sat.nobid_reasons,
+    }
 
+
+def measure_server(
+    server: Server, url: str, bodies: list[bytes], duration: float, probe: float, connections: int, tmax_ms: int, out: Path
+) -> dict[str, Any]:
+    name = server.name
+    saturation = saturate(server, url, bodies, duration, connections, tmax_ms)
+    bound = saturation["closed_loop_rps"]
     probes: list[dict[str, Any]] = []
 
     def try_rate(rate: float) -> bool:
@@ -256,15 +298,7 @@ def measure_server(
         "name": name,
         "command": shlex.join(server.argv),
         "max_rps": round(best),
-        "saturation": {
-            "closed_loop_rps": round(bound),
-            "server_cpu": round(server_cpu, 3),
-            # the steadier figure on a noisy machine: it does not depend on how much of its core the server got
-            "cpu_us_per_answer": round(cpu_used / answered * 1e6, 1) if answered else None,
-            "generator_cpu": round(sat.generator_cpu, 3),
-            "statuses": {str(k): v for k, v in sorted(sat.statuses.items())},
-            "nobid_reasons": sat.nobid_reasons,
-        },
+        "saturation": saturation,
         "probes": probes,
         "half_load": {
             "rate": round(half),
@@ -302,33 +336,17 @@ def bench_bidder(
     if not floor.is_file():
         raise BenchError(f"floor server not found at {floor} (use --floor PATH)")
     out.mkdir(parents=True, exist_ok=True)
-    bodies = RequestFactory(seed, tmax_ms=tmax_ms).bodies(_POOL)
-    results: list[dict[str, Any]] = []
-    saved_affinity = os.sched_getaffinity(0)
+    bodies = RequestFactory(seed, tmax_ms=tmax_ms).bodies(BODY_POOL)
     with tempfile.TemporaryDirectory(prefix="streambid-bench-") as tmp:
         work = Path(tmp)
-        camp_file = _campaign_file(work, campaigns, seed)
-        model_file = _model_file(camp_file, seed, out)
-        if (os.cpu_count() or 1) >= 2:
-            os.sched_setaffinity(0, {GENERATOR_CORE})
-        try:
-            for name, argv_of in (
-                ("floor", lambda port: [sys.executable, str(floor), "--host", "127.0.0.1", "--port", str(port)]),
-                ("bidder", lambda port: shlex.split(bidder_cmd.format(port=port, campaigns=camp_file, model=model_file))),
-            ):
-                port = free_port()
-                server = Server(name, argv_of(port), port, work)
-                try:
-                    server.wait_ready()
-                    results.append(
-                        measure_server(
-                            server, f"http://127.0.0.1:{port}{path}", bodies, duration, probe, connections, tmax_ms, out
-                        )
-                    )
-                finally:
-                    server.stop()
-        finally:
-            os.sched_setaffinity(0, saved_affinity)
+        camp_file = bench_campaigns(work, campaigns, seed)
+        model_file = bench_model(camp_file, seed, out)
+        servers = [
+            ("floor", floor_argv(floor)),
+            ("bidder", lambda port: shlex.split(bidder_cmd.format(port=port, campaigns=camp_file, model=model_file))),
+        ]
+        results = measure_each(servers, work, lambda server, base: measure_server(
+            server, base + path, bodies, duration, probe, connections, tmax_ms, out))
     floor_r, bidder_r = results
     ratio = bidder_r["max_rps"] / floor_r["max_rps"] if floor_r["max_rps"] else 0.0
     half = bidder_r["half_load"]
@@ -365,7 +383,7 @@ def reliability_warnings(results: list[dict[str, Any]], load_at_start: float) ->
                 f"{r['name']} used only {cpu:.0%} of its core while saturated: it was starved by other processes "
                 "or the generator was the limit, so its max req/s is understated"
             )
-        lag = r["half_load"]["generator_lag_ms"].get("p99", 0.0)
+        lag = r.get("half_load", {}).get("generator_lag_ms", {}).get("p99", 0.0)  # none: saturation only
         if lag > 1.0:
             out.append(
                 f"the generator fell behind schedule at 50% load on {r['name']} (p99 {lag:.1f} ms): latencies include that delay"
@@ -373,7 +391,7 @@ def reliability_warnings(results: list[dict[str, Any]], load_at_start: float) ->
     return out
 
 
-def _campaign_file(work: Path, n: int, seed: int) -> Path:
+def bench_campaigns(work: Path, n: int, seed: int) -> Path:
     """Generated campaigns, each checked with the bidder's own validator before the bidder sees them."""
     from bidder.campaigns import ConfigError, parse_campaign
 
@@ -388,7 +406,7 @@ def _campaign_file(work: Path, n: int, seed: int) -> Path:
     return path
 
 
-def _model_file(camp_file: Path, seed: int, out: Path) -> Path:
+def bench_model(camp_file: Path, seed: int, out: Path) -> Path:
     """The trained model for these campaigns, from `out/` when an earlier run trained it (training takes a while)."""
     import zlib
 

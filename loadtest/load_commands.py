@@ -41,10 +41,31 @@ PNGs go to --out.  To try the harness with the floor server as both:
 """
 
 
+STAGES_DESCRIPTION = """\
+Where a served bid's CPU goes.  One after the other on core 0, with this
+process generating load on core 1, it saturates in closed loop: the floor
+server, the bidder cut short after each stage of the bid path (204 with
+x-nobid-reason: cut), and the whole bidder:
+
+  parse    HTTP, the version and size checks, and the whole OpenRTB parse
+  match    + privacy, seats, the live set and the campaign index
+  decide   + scoring, pricing and the budget checks
+  bidder   + the answer: signed notice URLs, the bid event, the JSON
+
+and prints each one's CPU per answer, what it adds to the row above, and
+the ratio to the floor it would reach with all of its core, then the CPU per
+answer that the 0.33 ratio target leaves.  The bars go to --out as a PNG.
+The cut servers are `python -m loadtest.stage_server --stage STAGE`, which
+takes every `streambid serve` option; use them with `bench bidder
+--bidder-cmd` or a profiler to look closer at one stage.
+"""
+
+
 def register_loadtest(groups: dict[str, argparse._SubParsersAction]) -> None:
-    """Add `loadtest run` and `bench bidder` to the command tree."""
+    """Add `loadtest run`, `bench bidder` and `bench stages` to the command tree."""
     _register_run(groups["loadtest"])
     _register_bench(groups["bench"])
+    _register_stages(groups["bench"])
 
 
 def _register_run(sub: argparse._SubParsersAction) -> None:
@@ -112,6 +133,43 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for the latency PNGs (default out/)")
     a("--strict", action="store_true", help="exit with status 3 when the bidder misses a target")
     p.set_defaults(func=cmd_bench_bidder)
+
+
+def _register_stages(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stages",
+        help="the CPU of each stage of a served bid, against the floor server, on pinned cores",
+        description=STAGES_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--duration", type=float, default=6.0, metavar="S", help="seconds of saturation per server (default 6)")
+    a("--campaigns", type=int, default=1000, metavar="N", help="generated campaigns loaded into the bidder (default 1000)")
+    a("--floor", type=Path, metavar="PATH",
+      help="floor server script (default ../shared/bench/floor_server.py beside the project)")
+    a("--connections", type=int, default=64, metavar="C", help="keep-alive connections (default 64)")
+    a("--tmax", type=int, default=100, metavar="MS", help="tmax of the requests (default 100)")
+    a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
+    a("--json", action="store_true", help="print one JSON document on stdout")
+    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for bench-stages.png (default out/)")
+    p.set_defaults(func=cmd_bench_stages)
+
+
+def cmd_bench_stages(args: argparse.Namespace) -> int:
+    from loadtest.bench_bidder import BenchError
+    from loadtest.bench_stages import bench_stages, format_stages
+
+    try:
+        result = bench_stages(duration=args.duration, campaigns=args.campaigns, floor=args.floor,
+                              connections=args.connections, tmax_ms=args.tmax, seed=args.seed, out=args.out)
+    except BenchError as e:
+        print(f"streambid bench stages: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        print(format_stages(result))
+    return 0
 
 
 def _run_loop(coro):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from loadtest.bench_bidder import _campaign_file, format_bench, max_sustained, ok_answers, reliability_warnings, sustained
+from loadtest.bench_bidder import bench_campaigns, format_bench, max_sustained, ok_answers, reliability_warnings, sustained
 from loadtest.report import LoadReport
 
 
@@ -67,7 +67,7 @@ def test_max_sustained_steps_down_then_bisects():
 def test_campaign_file_is_valid_for_the_bidder(tmp_path):
     from bidder.campaigns import load_campaigns
 
-    path = _campaign_file(tmp_path, 50, seed=4)
+    path = bench_campaigns(tmp_path, 50, seed=4)
     assert len(load_campaigns(path)) == 50
     assert len(orjson.loads(path.read_bytes())["campaigns"]) == 50
 
