@@ -165,6 +165,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
                 kind = kinds[msg.topic]
                 outbox.at(msg.partition)
             consumed[kind] += 1
+            positions[tpkey] = msg.offset  # read, whatever it holds: a malformed last record must not look unread
             try:
                 ev = check_event(kind, msg.value)
             except EventError as e:
@@ -174,7 +175,6 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
                 observe_bid(ev)
             for ex in handle(kind, ev, (source, msg.offset)):
                 send_example(ex, ev["ts"])
-            positions[tpkey] = msg.offset
             if ev["ts"] > latest_ts.get(tpkey, 0):
                 latest_ts[tpkey] = ev["ts"]
         await outbox.flush()  # before the batch is acknowledged, so before its offsets can be committed

@@ -177,3 +177,35 @@ def test_bad_requests_get_400_and_the_bidder_keeps_serving(stack: dict) -> None:
         assert status == 400 and orjson.loads(out)["error"]
     assert http("POST", f"{base}/bid/testx", body(request(site=stack["site"])))[0] == 200
     assert urlsplit(base).hostname == "127.0.0.1"
+
+
+def test_a_malformed_last_record_does_not_hold_back_the_click_windows(stack: dict) -> None:
+    """Negatives come when a click window closes in event time, and a partition with unread records holds event time
+    back.  A dead-lettered record is read: when it is the last on its partition, the windows still close."""
+    base, cid, bootstrap = stack["base"], stack["campaign"], stack["bootstrap"]
+    bids = []
+    for _ in range(2):
+        status, out = wait_for(lambda: bid_once(base, stack["site"]), 10, "a bid (a loaded machine may shed the first)")
+        assert status == 200, out
+        bids.append(orjson.loads(out)["seatbid"][0]["bid"][0])
+    for b in bids:
+        assert notice(b["burl"], AUCTION_PRICE="0.004")[0] == 200
+    clicked, shown = bids
+    ts = int(time.time() * 1000)
+
+    def event(kind: str, b: dict, at: int) -> bytes:
+        return orjson.dumps(make_event(kind, f"{kind[:-1]}:{b['id']}", at, bid_id=b["id"], campaign=cid, creative=b["crid"]))
+
+    asyncio.run(produce(bootstrap, [
+        (stack["topic"]("impressions"), cid, event("impressions", clicked, ts)),
+        (stack["topic"]("clicks"), cid, event("clicks", clicked, ts + 10)),  # the partition's last good click ...
+        (stack["topic"]("impressions"), cid, event("impressions", shown, ts + 1000)),  # ... is before this window ends
+        (stack["topic"]("clicks"), cid, b"{the last record of its partition is not an event"),
+    ]))
+    examples = stack["topic"]("examples")
+    positive = asyncio.run(find_record(bootstrap, examples, lambda r: r.get("id") == f"ex:{clicked['id']}"))
+    assert positive["label"] == 1
+    # the click window is 3 s: the negative comes once event time passes ts + 1000 + 3000, read from the clock while
+    # no partition has records left to read
+    negative = asyncio.run(find_record(bootstrap, examples, lambda r: r.get("id") == f"ex:{shown['id']}", timeout=30))
+    assert negative["label"] == 0 and negative["campaign"] == cid
