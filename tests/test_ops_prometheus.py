@@ -321,7 +321,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
         sel, neg = f'{{campaign="{camp}"}}', f'{{campaign="{camp}",label="0"}}'
         expected = {"spend": sent.spend / 1e6, "value": sent.value / 1e6, "conversions": sent.conversions,
-                    "spend_today": sent.spend / 1e6, "negatives": True, "deadletters": True}
+                    "spend_today": sent.spend / 1e6, "negatives": True, "deadletters": True, "checkpoint": True}
         seen: dict = {}
 
         def settled() -> bool:
@@ -330,7 +330,9 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                         conversions=scalar(prom, f"sum(streambid_campaign_conversions_total{sel})"),
                         spend_today=scalar(prom, f"max(streambid_campaign_spend_today{sel})"),
                         negatives=(scalar(prom, f"sum(streambid_learner_examples_total{neg})") or 0) > 0,
-                        deadletters=scalar(prom, "sum(streambid_deadlettered_total)") is not None)
+                        deadletters=scalar(prom, "sum(streambid_deadlettered_total)") is not None,
+                        # the first checkpoint follows the first examples learned (then one every 60 s)
+                        checkpoint=(scalar(prom, "max(streambid_learner_checkpoint_bytes)") or 0) > 0)
             return all(seen[k] == pytest.approx(v, rel=1e-12) for k, v in expected.items())
 
         try:

@@ -110,6 +110,11 @@ OPS = [
         ], "none", description="Each example scored before it is learned; below the baseline means the model adds information."),
         Panel("Examples learned by label",
               [(f"sum by (label) (rate(streambid_learner_examples_total[{RI}]))", "label {{label}}")], "ops"),
+        Panel("Learner checkpoint age", [("min(streambid_learner_checkpoint_age_seconds)", "since the last checkpoint")],
+              "s", description="What a restarted worker would relearn from the examples topic. Written every "
+              "--checkpoint-every seconds while it learns; StreambidLearnerCheckpointStale fires after 30 minutes."),
+        Panel("Learner checkpoint size", [("max(streambid_learner_checkpoint_bytes)", "bytes")], "bytes",
+              description="Grows with the features the learner has seen; written in parts of at most 512 KiB."),
     ]),
 ]
 
