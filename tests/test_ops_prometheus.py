@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -190,7 +190,7 @@ def prometheus_config(tmp: Path, bidder_port: int, worker_port: int) -> Path:
     return path
 
 
-def play(base: str, bootstrap: str, camp: str, domain: str, capped_domain: str, prom: str) -> Sent:
+def play(base: str, bootstrap: str, prefix: str, camp: str, domain: str, capped_domain: str, prom: str) -> Sent:
     """Two waves of traffic and feedback, each counter series first created and then increased."""
     rng = random.Random(7)
     sent = Sent()
@@ -244,19 +244,19 @@ def play(base: str, bootstrap: str, camp: str, domain: str, capped_domain: str, 
             assert http("GET", b["burl"].replace("${AUCTION_PRICE}", f"{cost / 1000:.3f}"))[0] == 200
             sent.spend, sent.billed = sent.spend + cost, sent.billed + 1
             common = {"bid_id": b["id"], "campaign": camp, "creative": b["crid"]}
-            records.append((topics.IMPRESSIONS.name, camp, orjson.dumps(make_event("impressions", f"imp:{b['id']}", now,
+            records.append((f"{prefix}.impressions", camp, orjson.dumps(make_event("impressions", f"imp:{b['id']}", now,
                                                                                    **common))))
             if rng.random() < 0.35:
                 sent.clicks += 1
                 sent.value += 2_000_000  # the campaign's value per click
-                records.append((topics.CLICKS.name, camp, orjson.dumps(make_event("clicks", f"click:{b['id']}", now + 5,
+                records.append((f"{prefix}.clicks", camp, orjson.dumps(make_event("clicks", f"click:{b['id']}", now + 5,
                                                                                   **common))))
                 if rng.random() < 0.3:
                     v = rng.randrange(1_000_000, 9_000_000)
                     sent.conversions, sent.value = sent.conversions + 1, sent.value + v
-                    records.append((topics.CONVERSIONS.name, camp, orjson.dumps(make_event(
+                    records.append((f"{prefix}.conversions", camp, orjson.dumps(make_event(
                         "conversions", f"conv:{b['id']}", now + 9, value=v, **common))))
-        records.append((topics.CLICKS.name, camp, b"{not an event, wave %d" % wave))  # to the dead-letter topic
+        records.append((f"{prefix}.clicks", camp, b"{not an event, wave %d" % wave))  # to the dead-letter topic
         asyncio.run(produce(bootstrap, records))
 
     # phase 1: bids, wins and losses; the worker's ledger gets the campaign (at zero spend) before any money moves
@@ -292,8 +292,12 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                  frequency_cap={"per_day": 2}),
     ]))
     port, mport, pport = free_port(), free_port(), free_port()
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAMBID_SECRET": "ops-test-secret"}
-    asyncio.run(ensure_topics(kafka_bootstrap))
+    # topics of its own: on a long-lived broker the worker's new group would otherwise read every earlier run's events
+    prefix = f"ops{run_id}"
+    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAMBID_SECRET": "ops-test-secret",
+           "STREAMBID_TOPIC_PREFIX": prefix}
+    asyncio.run(ensure_topics(kafka_bootstrap, tuple(replace(t, name=prefix + t.name[len(topics.PREFIX):])
+                                                     for t in topics.ALL)))
     published = subprocess.run(STREAMBID + ["campaign", "set", str(cfile)], cwd=tmp, env=env, capture_output=True, text=True,
                                timeout=60)
     assert published.returncode == 0, published.stderr
@@ -317,7 +321,7 @@ def live(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # each serving process bids only from a budget lease, granted once the worker owns the campaign's partition
         wait_for(lambda: all((orjson.loads(http("GET", f"{base}/status")[1]).get("leases") or {}).get(camp, {})
                              .get("granted", 0) > 0 for _ in range(8)), 60, "both serving processes to get a budget lease")
-        sent = play(base, kafka_bootstrap, camp, domain, f"capped-{domain}", prom)
+        sent = play(base, kafka_bootstrap, prefix, camp, domain, f"capped-{domain}", prom)
 
         sel, neg = f'{{campaign="{camp}"}}', f'{{campaign="{camp}",label="0"}}'
         expected = {"spend": sent.spend / 1e6, "value": sent.value / 1e6, "conversions": sent.conversions,
