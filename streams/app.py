@@ -121,6 +121,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     board = board if board is not None else StatusBoard()
     positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset processed
     latest_ts: dict[tuple[str, int], int] = {}  # (topic, partition) -> latest event time processed (ms)
+    log_starts: dict[tuple[str, int], int] = {}  # (topic, partition) -> first offset on the log, for ones not yet read
     produced = {"examples": 0}
     first_event: dict[str, float] = {}  # wall and CPU time when the first delivery event arrived (for benchmarks)
     stats.bind(delivery, learner, campaigns, totals)
@@ -301,7 +302,10 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
                 except Exception:  # revoked meanwhile
                     high = None
                 done = positions.get((name, p))
-                next_needed = done + 1 if done is not None else (committed.get(tp) or 0)
+                # nothing read here yet: the next record is the committed one, or the log's first if retention
+                # removed everything before it (a new group, or one that lagged past retention)
+                next_needed = done + 1 if done is not None else max(committed.get(tp) or 0,
+                                                                    log_starts.get((name, p), 0))
                 if high is None or high > next_needed:
                     wm = min(wm, latest_ts.get((name, p), 0))
             out[p] = wm
@@ -316,7 +320,24 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         for tp in revoked:
             positions.pop((tp.topic, tp.partition), None)
             latest_ts.pop((tp.topic, tp.partition), None)
+            log_starts.pop((tp.topic, tp.partition), None)
         reassigned[0] = True
+
+    async def note_log_starts(owned: frozenset[int]) -> None:
+        """Where the log begins on each owned delivery partition this worker has read nothing from, asked once per
+        assignment: a partition whose records retention removed has a high watermark above its committed offset
+        and nothing to read, and would otherwise hold event time back for every campaign."""
+        unread = [TP(name, p) for p in owned for name in DELIVERY_NAMES
+                  if (name, p) not in positions and (name, p) not in log_starts]
+        if not unread:
+            return
+        try:
+            found = await app.consumer.earliest_offsets(*unread)
+        except Exception as e:  # the broker is away: the next tick asks again
+            log.debug("log start offsets not available yet: %s", e)
+            return
+        for tp, offset in found.items():
+            log_starts[(tp.topic, tp.partition)] = offset or 0
 
     async def close_windows(bound: int, reached: dict[int, int], owned: frozenset[int], now_ms: int) -> None:
         """Negatives for the click windows that closed, EXPIRE_SLICE windows at a time.
@@ -355,6 +376,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         now_ms = int(now * 1000)
         reached: dict[int, int] = {}
         if owned:
+            await note_log_starts(owned)
             reached = event_time(now_ms, owned)
             if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
                 forgotten_at[0] = time.time()

@@ -342,3 +342,47 @@ def test_the_newest_complete_checkpoint_is_read_from_the_tail_of_the_learner_top
     assert latest() == (3, blobs[3])
     write(frame(6, b"x" * 2500, part_bytes=1000)[:2])  # and one of 3 parts: its tail window of 7 holds no whole one
     assert latest() == (3, blobs[3])  # found by reading the whole log
+
+
+def test_a_partition_emptied_by_retention_does_not_hold_back_the_click_windows(procs: Procs) -> None:
+    """A new group on a partition whose records retention removed has nothing to read there, though the high
+    watermark is past its (absent) committed offset: event time must still follow the clock, or no click window of
+    any campaign would ever close."""
+    camp = min(publish_campaigns(procs, 1))
+    clicks = topic(procs.prefix, "clicks")
+    own = PARTITIONER(camp.encode(), list(range(4)), list(range(4)))
+    other = next(k for k in (f"gone-{i}" for i in range(100)) if PARTITIONER(k.encode(), list(range(4)), list(range(4))) != own)
+    gone = TopicPartition(clicks, PARTITIONER(other.encode(), list(range(4)), list(range(4))))
+    old = make_event("clicks", "click:gone", 1_000, bid_id="gone", campaign=other, creative="cr1")
+    asyncio.run(produce(procs.bootstrap, [(clicks, other, orjson.dumps(old))]))
+    end = asyncio.run(end_offsets(procs.bootstrap, [clicks]))[gone]
+    asyncio.run(delete_records(procs.bootstrap, gone, end))  # what retention does to a partition that went quiet
+    _, port = procs.worker("worker", f"{procs.prefix}-w", "--click-window", "2")
+    wait_for(lambda: (worker_status(port) or {}).get("ready"), 60, "the worker to own its partitions")
+    now, bid = int(time.time() * 1000), f"{procs.prefix}-shown"
+    asyncio.run(produce(procs.bootstrap, [
+        (topic(procs.prefix, "bids"), camp, orjson.dumps(make_event(
+            "bids", f"bid:{bid}", now, bid_id=bid, campaign=camp, creative="cr1", price=1, pctr=0.01, features=[3, 4]))),
+        (topic(procs.prefix, "impressions"), camp, orjson.dumps(make_event(
+            "impressions", f"imp:{bid}", now + 10, bid_id=bid, campaign=camp, creative="cr1"))),
+    ]))
+
+    def negatives() -> int:
+        return (worker_status(port) or {}).get("learner", {}).get("by_campaign", {}).get(f"{camp}:0", 0)
+
+    wait_for(negatives, 30, "the negative of the impression without a click (its 2 s window closed)")
+    assert negatives() == 1
+
+
+async def delete_records(bootstrap: str, tp: TopicPartition, end: int) -> None:
+    """Delete every record of `tp` before `end`, as retention would."""
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    assert end > 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        low = await admin.delete_records({tp: RecordsToDelete(before_offset=end)})
+        assert low[tp] == end  # the log now starts at its end: nothing left to read
+    finally:
+        await admin.close()
