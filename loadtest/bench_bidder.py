@@ -25,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,27 @@ def measure_server(
     }
 
 
+def bench_start(floor: Path | None, out: Path, seed: int, tmax_ms: int) -> tuple[float, Path, list[bytes]]:
+    """What a bid-path bench starts from: the load average before it (see `reliability_warnings`), the floor
+    server's checked absolute path (servers run from the project root), and the request bodies; `out` is created."""
+    load_at_start = os.getloadavg()[0]
+    floor = (floor or DEFAULT_FLOOR).resolve()
+    if not floor.is_file():
+        raise BenchError(f"floor server not found at {floor} (use --floor PATH)")
+    out.mkdir(parents=True, exist_ok=True)
+    return load_at_start, floor, RequestFactory(seed, tmax_ms=tmax_ms).bodies(BODY_POOL)
+
+
+@contextmanager
+def bench_files(campaigns: int, seed: int, out: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """(work directory for the servers' logs, campaign file, trained model) for a bid-path bench; the work
+    directory and the campaign file go when the bench ends, the model stays in `out` for the next run."""
+    with tempfile.TemporaryDirectory(prefix="streambid-bench-") as tmp:
+        work = Path(tmp)
+        camp_file = bench_campaigns(work, campaigns, seed)
+        yield work, camp_file, bench_model(camp_file, seed, out)
+
+
 def bench_bidder(
     *,
     duration: float = 8.0,
@@ -331,16 +353,8 @@ def bench_bidder(
     out: Path = Path("out"),
 ) -> dict[str, Any]:
     """Run the whole benchmark and return its result document (see `format_bench`)."""
-    load_at_start = os.getloadavg()[0]
-    floor = (floor or DEFAULT_FLOOR).resolve()  # servers run from the project root, so no relative paths
-    if not floor.is_file():
-        raise BenchError(f"floor server not found at {floor} (use --floor PATH)")
-    out.mkdir(parents=True, exist_ok=True)
-    bodies = RequestFactory(seed, tmax_ms=tmax_ms).bodies(BODY_POOL)
-    with tempfile.TemporaryDirectory(prefix="streambid-bench-") as tmp:
-        work = Path(tmp)
-        camp_file = bench_campaigns(work, campaigns, seed)
-        model_file = bench_model(camp_file, seed, out)
+    load_at_start, floor, bodies = bench_start(floor, out, seed, tmax_ms)
+    with bench_files(campaigns, seed, out) as (work, camp_file, model_file):
         servers = [
             ("floor", floor_argv(floor)),
             ("bidder", lambda port: shlex.split(bidder_cmd.format(port=port, campaigns=camp_file, model=model_file))),

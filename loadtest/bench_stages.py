@@ -15,28 +15,24 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loadtest.bench_bidder import (
-    BODY_POOL,
     DEFAULT_BIDDER_CMD,
-    DEFAULT_FLOOR,
     GENERATOR_CORE,
     SERVER_CORE,
     TARGET_RATIO,
     BenchError,
-    bench_campaigns,
-    bench_model,
+    bench_files,
+    bench_start,
     floor_argv,
     measure_each,
     reliability_warnings,
     saturate,
 )
 from loadtest.stage_server import CUT_REASON, STAGES
-from loadtest.traffic import RequestFactory
 
 ROWS = {  # name -> what that server does on top of the row above it
     "floor": "floor server: HTTP + JSON, nothing else",
@@ -67,16 +63,8 @@ def bench_stages(
     out: Path = Path("out"),
 ) -> dict[str, Any]:
     """Measure every row of `ROWS` and return the result document (see `format_stages`)."""
-    load_at_start = os.getloadavg()[0]
-    floor = (floor or DEFAULT_FLOOR).resolve()
-    if not floor.is_file():
-        raise BenchError(f"floor server not found at {floor} (use --floor PATH)")
-    out.mkdir(parents=True, exist_ok=True)
-    bodies = RequestFactory(seed, tmax_ms=tmax_ms).bodies(BODY_POOL)
-    with tempfile.TemporaryDirectory(prefix="streambid-stages-") as tmp:
-        work = Path(tmp)
-        camp_file = bench_campaigns(work, campaigns, seed)
-        model_file = bench_model(camp_file, seed, out)
+    load_at_start, floor, bodies = bench_start(floor, out, seed, tmax_ms)
+    with bench_files(campaigns, seed, out) as (work, camp_file, model_file):
         servers = [("floor", floor_argv(floor))]
         servers += [(stage, stage_argv(stage, camp_file, model_file)) for stage in STAGES]
         servers.append(("bidder", lambda port: shlex.split(DEFAULT_BIDDER_CMD.format(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -111,13 +113,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--duration", type=float, default=8.0, metavar="S", help="seconds of saturation and of the 50%% load run (default 8)")
     a("--probe", type=float, default=3.0, metavar="S", help="seconds per open-loop probe for the max sustained rate (default 3)")
-    a("--campaigns", type=int, default=1000, metavar="N", help="generated campaigns loaded into the bidder (default 1000)")
-    a(
-        "--floor",
-        type=Path,
-        metavar="PATH",
-        help="floor server script (default ../shared/bench/floor_server.py beside the project)",
-    )
+    _bench_inputs(a)
     a(
         "--bidder-cmd",
         default=DEFAULT_BIDDER_CMD,
@@ -126,11 +122,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
              "(default: %(default)s)",
     )
     a("--path", default="/bid/bench", help="URL path requests are posted to (default /bid/bench)")
-    a("--connections", type=int, default=64, metavar="C", help="connections for every phase (default 64)")
-    a("--tmax", type=int, default=100, metavar="MS", help="deadline in ms (default 100)")
-    a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
-    a("--json", action="store_true", help="print one JSON document on stdout")
-    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for the latency PNGs (default out/)")
+    _bench_load(a, "the latency PNGs")
     a("--strict", action="store_true", help="exit with status 3 when the bidder misses a target")
     p.set_defaults(func=cmd_bench_bidder)
 
@@ -144,15 +136,25 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
     )
     a = p.add_argument
     a("--duration", type=float, default=6.0, metavar="S", help="seconds of saturation per server (default 6)")
+    _bench_inputs(a)
+    _bench_load(a, "bench-stages.png")
+    p.set_defaults(func=cmd_bench_stages)
+
+
+def _bench_inputs(a: Callable[..., Any]) -> None:
+    """The options both bid-path benches take for what they serve."""
     a("--campaigns", type=int, default=1000, metavar="N", help="generated campaigns loaded into the bidder (default 1000)")
     a("--floor", type=Path, metavar="PATH",
       help="floor server script (default ../shared/bench/floor_server.py beside the project)")
-    a("--connections", type=int, default=64, metavar="C", help="keep-alive connections (default 64)")
-    a("--tmax", type=int, default=100, metavar="MS", help="tmax of the requests (default 100)")
+
+
+def _bench_load(a: Callable[..., Any], pngs: str) -> None:
+    """The options both bid-path benches take for the load they send and what they write."""
+    a("--connections", type=int, default=64, metavar="C", help="keep-alive connections, in every phase (default 64)")
+    a("--tmax", type=int, default=100, metavar="MS", help="deadline in ms, also the requests' tmax (default 100)")
     a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
     a("--json", action="store_true", help="print one JSON document on stdout")
-    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for bench-stages.png (default out/)")
-    p.set_defaults(func=cmd_bench_stages)
+    a("--out", type=Path, default=Path("out"), metavar="DIR", help=f"directory for {pngs} (default out/)")
 
 
 def cmd_bench_stages(args: argparse.Namespace) -> int:
