@@ -34,7 +34,7 @@ from streams import leases, topics
 from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
 from streams.events import EventError, check_event, dead_letter, topic_kind
-from streams.kafka_io import StateFollower, read_event_ids, read_values
+from streams.kafka_io import StateFollower, log_start_offsets, read_event_ids, read_values
 from streams.ledger import FIELDS
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer, checkpoint_offsets
 from streams.tables import Outbox, TableView
@@ -49,6 +49,7 @@ EXPIRE_SLICE = 5000  # click windows closed per slice of a tick, before the loop
 # The worker keeps hundreds of thousands of long-lived table entries and allocates a few objects per event: with
 # the default thresholds the collector walks the young ones every 700 allocations, a third of the CPU per event.
 GC_THRESHOLDS = (20_000, 20, 20)
+LOG_STARTS_TIMEOUT_S = 10.0  # a question to the broker about where partitions begin gives up after this
 CHECKPOINT_S = 60.0  # wall seconds between learner checkpoints (while it learns): what a restart may relearn
 FETCH_MAX = 5000  # records one fetch hands the handlers: the changelog is written once per fetch
 
@@ -323,21 +324,29 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             log_starts.pop((tp.topic, tp.partition), None)
         reassigned[0] = True
 
-    async def note_log_starts(owned: frozenset[int]) -> None:
-        """Where the log begins on each owned delivery partition this worker has read nothing from, asked once per
-        assignment: a partition whose records retention removed has a high watermark above its committed offset
-        and nothing to read, and would otherwise hold event time back for every campaign."""
-        unread = [TP(name, p) for p in owned for name in DELIVERY_NAMES
-                  if (name, p) not in positions and (name, p) not in log_starts]
-        if not unread:
+    finding_starts: list[asyncio.Future | None] = [None]
+
+    def note_log_starts(owned: frozenset[int]) -> None:
+        """Learn, in the background, where the log begins on each owned delivery partition this worker has read
+        nothing from: a partition whose records retention removed has a high watermark above its committed offset
+        and nothing to read, and would otherwise hold event time back for every campaign.  Asked once per
+        assignment, on a connection of its own: the tick never waits on the group's consumer, busy in a rebalance."""
+        task = finding_starts[0]
+        if task is not None and not task.done():
             return
+        unread = [(name, p) for p in owned for name in DELIVERY_NAMES
+                  if (name, p) not in positions and (name, p) not in log_starts]
+        if unread:
+            finding_starts[0] = asyncio.ensure_future(find_log_starts(unread))
+
+    async def find_log_starts(unread: list[tuple[str, int]]) -> None:
         try:
-            found = await app.consumer.earliest_offsets(*unread)
-        except Exception as e:  # the broker is away: the next tick asks again
+            found = await asyncio.wait_for(log_start_offsets(bootstrap, unread), LOG_STARTS_TIMEOUT_S)
+        except Exception as e:  # the broker is away: a later tick asks again
             log.debug("log start offsets not available yet: %s", e)
             return
-        for tp, offset in found.items():
-            log_starts[(tp.topic, tp.partition)] = offset or 0
+        owned = owned_partitions() or frozenset()
+        log_starts.update((key, offset) for key, offset in found.items() if key[1] in owned)
 
     async def close_windows(bound: int, reached: dict[int, int], owned: frozenset[int], now_ms: int) -> None:
         """Negatives for the click windows that closed, EXPIRE_SLICE windows at a time.
@@ -376,7 +385,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         now_ms = int(now * 1000)
         reached: dict[int, int] = {}
         if owned:
-            await note_log_starts(owned)
+            note_log_starts(owned)
             reached = event_time(now_ms, owned)
             if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
                 forgotten_at[0] = time.time()

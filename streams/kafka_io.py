@@ -68,6 +68,17 @@ async def read_values(bootstrap: str, topic: str, partition: int, start: int, en
         await c.stop()
 
 
+async def log_start_offsets(bootstrap: str, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The first offset still on the log of each (topic, partition): where retention has cut it."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        found = await c.beginning_offsets([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
+    finally:
+        await c.stop()
+
+
 async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[str]:
     """The `id` of every event at offsets [start, end) of one partition (what a restarted consumer already saw)."""
     ids: list[str] = []
