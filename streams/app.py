@@ -390,7 +390,10 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
                 forgotten_at[0] = time.time()
                 delivery.ledger.forget_before(now_ms - SEEN_TTL_S * 1000)
-            await close_windows(min(reached.values()), reached, owned, now_ms)
+            stats.windows_close_at = min(reached.values())
+            await close_windows(stats.windows_close_at, reached, owned, now_ms)
+        else:
+            stats.windows_close_at = None
         total_labels = learner.labels[0] + learner.labels[1]
         if total_labels != stats.published_labels:
             stats.published_labels = total_labels

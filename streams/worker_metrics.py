@@ -58,6 +58,8 @@ class WorkerStats(Collector):
         self.model_published = 0.0
         # learner checkpoints: "written" {id, bytes, offsets, at}, "labels" learned when written, "restored" {id, offset, at}
         self.checkpoint: dict[str, Any] = {}
+        # event time (ms) up to which click windows close: the slowest owned partition's; None while nothing is owned
+        self.windows_close_at: int | None = None
         self.started = time.time()
         self.examples: dict[tuple[str, int], int] = defaultdict(int)  # (campaign, label)
         self.predicted: dict[str, float] = defaultdict(float)  # campaign -> sum of pCTR over examples
@@ -170,6 +172,12 @@ class WorkerStats(Collector):
                                 "model snapshot (or started)", value=time.time() - since)
         yield GaugeMetricFamily("streambid_model_version_published", "Version of the last model snapshot this worker "
                                 "published (0: none)", value=getattr(self._learner, "version", 0))
+        closing = self.windows_close_at
+        if closing is not None:
+            yield GaugeMetricFamily("streambid_click_windows_behind_seconds", "How far behind the clock click windows "
+                                    "close: event time is held by the slowest partition this worker owns.  It grows "
+                                    "while a backlog is read, and should not grow otherwise",
+                                    value=max(time.time() - closing / 1000.0, 0.0))
         written = self.checkpoint.get("written")
         if written:
             yield GaugeMetricFamily("streambid_learner_checkpoint_age_seconds", "Seconds since this worker last wrote a "

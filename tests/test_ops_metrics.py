@@ -291,6 +291,18 @@ def test_progressive_logloss_scores_each_example_before_learning_it() -> None:
     assert value(m, "streambid_learner_predicted_clicks_total", campaign="quiet") == 0
 
 
+def test_click_windows_behind_is_shown_only_while_the_worker_owns_partitions() -> None:
+    stats = WorkerStats()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(stats)
+    assert "streambid_learner_logloss" in {name for name, _ in scrape(reg)}
+    assert "streambid_click_windows_behind_seconds" not in {name for name, _ in scrape(reg)}  # nothing owned
+    stats.windows_close_at = int((time.time() - 600) * 1000)
+    assert 600 <= value(scrape(reg), "streambid_click_windows_behind_seconds") < 660
+    stats.windows_close_at = int((time.time() + 5) * 1000)  # event times a little ahead of this machine's clock
+    assert value(scrape(reg), "streambid_click_windows_behind_seconds") == 0
+
+
 def test_campaign_counters_and_roi_come_from_the_ledger_totals() -> None:
     stats = WorkerStats()
     totals = {"c1|2026-01-01": {"spend": 1_000_000, "billed": 10, "impressions": 9, "clicks": 2, "conversions": 0,

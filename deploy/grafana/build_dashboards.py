@@ -94,6 +94,9 @@ OPS = [
               description="High watermark minus the worker's committed offset, summed over partitions."),
         Panel("Dead-lettered by topic and reason",
               [(f"sum by (topic, reason) (rate(streambid_deadlettered_total[{RI}]))", "{{topic}} {{reason}}")], "ops"),
+        Panel("Click windows: event time behind the clock", [("max(streambid_click_windows_behind_seconds)", "behind")],
+              "s", description="Windows close when event time passes them; the slowest partition holds it. Grows "
+              "while a backlog is read; growing with no consumer lag fires StreambidClickWindowsStalled."),
         Panel("Attribution outcomes", [(f"sum by (kind, outcome) (rate(streambid_attribution_total[{RI}]))",
                                         "{{kind}} {{outcome}}")], "ops",
               description="matched; early (before its bid); late (after the window); duplicate; orphan (its bid never came)."),
