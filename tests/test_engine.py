@@ -176,6 +176,22 @@ def test_prepare_builds_what_a_campaign_change_invalidates_before_the_next_reque
     assert e._tables is prepared
 
 
+def test_a_fresh_bidder_bids_on_the_examples_only_when_its_exploration_draw_clears_the_floor() -> None:
+    """What the README tells a first-time user: with no model, a creative's pCTR is a Thompson draw from the prior,
+    and a low draw prices under the floor.  Without exploration the prior mean clears every example's floor."""
+    import random
+
+    camps = load_campaigns(ROOT / "deploy" / "campaigns.example.json")
+    exploring = BidEngine(EngineConfig(secret=b"s", explore_below=200), camps, ModelSnapshot.empty(),
+                          sink=lambda *a: None, clock=lambda: NOW, rng=random.Random(7))
+    for path in EXAMPLES:
+        doc = orjson.loads(path.read_bytes())
+        outs = [bid(exploring, doc) for _ in range(300)]
+        share = sum(o.status == 200 for o in outs) / len(outs)
+        assert 0.3 < share < 0.8, (path.name, share)  # 0.40-0.65 over 1,000 requests each
+        assert {o.reason for o in outs if o.status == 204} == {"below_floor"}, path.name
+
+
 def test_new_creatives_are_explored_with_posterior_draws() -> None:
     e = engine([parse_campaign(campaign())], explore_below=200)
     outs = [bid(e, request()) for _ in range(40)]
