@@ -50,6 +50,7 @@ PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the
 # Every time zone in use is a whole number of quarter hours off UTC, so a campaign's local date and hour (its flight
 # and dayparting) can only change at a UTC quarter hour: the live set is recomputed then, and when campaigns change.
 LIVE_SLOT_S = 900
+COUNTED_BILLS = 200_000  # billing event ids remembered against a second count (a spill replay's window, many times over)
 
 
 @dataclass(slots=True)
@@ -66,6 +67,9 @@ class EngineConfig:
     bid_log_rate: float = 1.0
     lease_slice: int = 0  # micros; 0: no lease needed (single-process demo and tests), else wait for grants
     explore_below: int = 200  # Thompson-sample creatives with fewer billed impressions than this; 0 turns it off
+    # frequency counts come from every bidder's billing events (count_billed, fed by the adapter from the billing
+    # topic) rather than from this process's own billing notices: a cap then holds across processes and hosts
+    shared_frequency: bool = False
 
 
 @dataclass(slots=True)
@@ -110,6 +114,7 @@ class BidEngine:
         self._live_slot: int | None = None  # the UTC quarter hour `_live` was computed for; None: recompute
         self._refreshed = -1.0
         self._seen_notices: OrderedDict[str, float] = OrderedDict()
+        self._counted_bills: OrderedDict[str, None] = OrderedDict()  # billing event ids already in the caps
         self.counters: dict[str, int] = {}
         self._tables: SlotTables | None = None  # scoring arrays over the index slots (bidder.scoring)
         self._fragments_of: CampaignIndex | None = None  # the index `_fragments` holds the creatives of
@@ -416,13 +421,34 @@ class BidEngine:
                                                        price=n.bid_cpm, exchange=n.exchange))
         return "ok"
 
+    def has_cap(self, campaign: str) -> bool:
+        """Whether `campaign` caps how often a user sees it (so its billing events matter to the caps)."""
+        camp = self.index.campaigns.get(campaign)
+        return camp is not None and bool(camp.freq_per_hour or camp.freq_per_day)
+
+    def count_billed(self, event: dict[str, Any]) -> bool:
+        """One billed impression from the billing topic, whichever bidder took its notice, toward the user's caps.
+
+        Counted once per event id (a spilled batch can be sent again), in the hour and day of the event's own time,
+        so every bidder puts it in the same buckets.  Returns whether it counted.
+        """
+        eid, user, campaign, ts = event.get("id"), event.get("user"), event.get("campaign"), event.get("ts")
+        if not (isinstance(eid, str) and isinstance(user, str) and user and isinstance(campaign, str)
+                and isinstance(ts, int) and self.has_cap(campaign)) or eid in self._counted_bills:
+            return False
+        self._counted_bills[eid] = None
+        if len(self._counted_bills) > COUNTED_BILLS:
+            self._counted_bills.popitem(last=False)
+        self.frequency.record(user, campaign, ts // 3_600_000, ts // 86_400_000)
+        return True
+
     def _bill(self, n: Notice, camp: Campaign | None, now: float, ts_ms: int) -> None:
         # An exchange that did not substitute ${AUCTION_PRICE} is charged at our bid: the most we agreed to pay.
         cost = (n.price_cpm or n.bid_cpm) // 1000
         lease = self.leases.get(n.campaign)
         if lease is not None:
             lease.settle(n.bid_id, cost)
-        if n.user and camp is not None and (camp.freq_per_hour or camp.freq_per_day):
+        if n.user and camp is not None and (camp.freq_per_hour or camp.freq_per_day) and not self.cfg.shared_frequency:
             self.frequency.record(n.user, n.campaign, int(now // 3600), int(now // 86400))
         self.sink("billing", n.campaign, make_event("billing", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                     creative=n.creative, cost=cost, day=self.campaign_day(camp, now),

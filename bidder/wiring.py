@@ -83,14 +83,14 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     # lease_slice is only a switch on the bidder side: the streams side sizes the slices (streams.leases)
     cfg = EngineConfig(secret=opts.secret, salt=opts.salt, network_ms=opts.network_ms, notice_base=opts.notice_base,
                        restricted_policy=opts.restricted_policy, explore_below=opts.explore_below,
-                       lease_slice=1 if opts.leases else 0)
+                       lease_slice=1 if opts.leases else 0, shared_frequency=bool(opts.broker))
     # simulated time when STREAMBID_TIME_WARP is set (`streambid loadtest day`), else the real clock
     stats = BidderStats()
     engine = BidEngine(cfg, opts.campaigns, model, sink=stats.tap(lambda k, key, ev: sink_holder[0](k, key, ev)),
                        clock=clock_from_env())
     app = BidApp(engine, stats, worker=str(index), shed_after_ms=opts.shed_ms)
     start_publishing(stats, engine, opts.metrics_dir, opts.workers)
-    producer = follower = grants = relay = None
+    producer = follower = grants = relay = billed = None
     tasks: list[asyncio.Task] = []
     leases = LeaseClient(engine, opts.lease_frac) if opts.leases else None
     if opts.broker:
@@ -128,6 +128,14 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         follower = StateFollower(opts.broker, {topics.CAMPAIGNS.name: on_config, topics.MODEL.name: on_model,
                                                topics.PACING.name: on_pacing})
         await follower.start()
+
+        def on_billed(key: bytes, value: bytes) -> None:
+            if engine.has_cap(key.decode(errors="replace")):  # keyed by campaign: the rest are never parsed
+                engine.count_billed(orjson.loads(value))
+
+        # frequency caps count every bidder's billed impressions, from when this process starts
+        billed = StateFollower(opts.broker, {topics.BILLING.name: on_billed}, from_end=True)
+        await billed.start()
         if leases is not None:
             grants, relay = await _start_leases(opts, engine, app, leases, producer, tasks)
     server = await start_server(app, opts.host, opts.port)
@@ -157,7 +165,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         task.cancel()
     if relay:
         relay.close()
-    for f in (follower, grants):
+    for f in (follower, grants, billed):
         if f:
             await f.stop()
     if producer:

@@ -107,6 +107,28 @@ def test_frequency_cap_counts_billed_impressions_per_hashed_user() -> None:
     assert billing and billing[0]["cost"] == 1000 and "user-42" not in orjson.dumps(billing).decode()
 
 
+def test_shared_frequency_caps_count_every_bidders_billing_events_once() -> None:
+    """With a broker the caps follow the billing topic: this bidder's own notice counts when its event comes back,
+    like any other bidder's, and an event sent twice counts once."""
+    events: list = []
+    free = campaign(id="free", targeting={"domains": ["elsewhere.example"]})  # uncapped, and not on this site
+    e = engine([parse_campaign(campaign(frequency_cap={"per_day": 2})), parse_campaign(free)], events,
+               shared_frequency=True)
+    b = orjson.loads(bid(e, request()).body)["seatbid"][0]["bid"][0]
+    assert e.notice("bill", urlsplit(b["burl"]).query.replace("${AUCTION_PRICE}", "1.0")) == "ok"
+    assert bid(e, request()).status == 200  # not counted from the notice itself ...
+    [own] = [ev for k, ev in events if k == "billing"]
+    assert e.count_billed(own) and not e.count_billed(own)  # ... but from its event, once
+    assert bid(e, request()).status == 200  # one of two
+    other = {**own, "id": "bill:another-bidders-bid", "bid_id": "another-bidders-bid"}
+    assert e.count_billed(other)
+    assert bid(e, request()).reason == "frequency_cap"
+    assert bid(e, request(user={"id": "someone-else"})).status == 200
+    assert not e.count_billed({**other, "id": "bill:no-user", "user": ""})  # restricted: no user hash to count
+    assert not e.count_billed({**other, "id": "bill:uncapped", "campaign": "free"})
+    assert not e.count_billed({"id": "bill:junk", "campaign": own["campaign"], "user": own["user"], "ts": "soon"})
+
+
 def test_restricted_requests_bid_on_context_or_not_at_all() -> None:
     gdpr = request(regs={"gdpr": 1})
     assert bid(engine([parse_campaign(campaign())]), gdpr).status == 200
