@@ -50,6 +50,7 @@ PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the
 # Every time zone in use is a whole number of quarter hours off UTC, so a campaign's local date and hour (its flight
 # and dayparting) can only change at a UTC quarter hour: the live set is recomputed then, and when campaigns change.
 LIVE_SLOT_S = 900
+UNKNOWN_BILLS = 100_000  # billing events kept for campaigns not known yet
 COUNTED_BILLS = 200_000  # billing event ids remembered against a second count (a spill replay's window, many times over)
 
 
@@ -115,6 +116,9 @@ class BidEngine:
         self._refreshed = -1.0
         self._seen_notices: OrderedDict[str, float] = OrderedDict()
         self._counted_bills: OrderedDict[str, None] = OrderedDict()  # billing event ids already in the caps
+        # billing events of campaigns this bidder does not know yet (at start, billing can come before the config)
+        self._unknown_bills: dict[str, list[dict[str, Any]]] = {}  # campaign -> its events, UNKNOWN_BILLS in all
+        self._unknown_count = 0
         self.counters: dict[str, int] = {}
         self._tables: SlotTables | None = None  # scoring arrays over the index slots (bidder.scoring)
         self._fragments_of: CampaignIndex | None = None  # the index `_fragments` holds the creatives of
@@ -125,6 +129,11 @@ class BidEngine:
     def set_campaigns(self, campaigns: list[Campaign]) -> None:
         self.index = CampaignIndex(campaigns)
         self._stale()
+        for cid in [c for c in self._unknown_bills if c in self.index.campaigns]:  # arrived: their events count now
+            waiting = self._unknown_bills.pop(cid)
+            self._unknown_count -= len(waiting)
+            for event in waiting:
+                self.count_billed(event)
 
     def upsert_campaign(self, campaign: Campaign) -> None:
         camps = dict(self.index.campaigns)
@@ -421,20 +430,29 @@ class BidEngine:
                                                        price=n.bid_cpm, exchange=n.exchange))
         return "ok"
 
-    def has_cap(self, campaign: str) -> bool:
-        """Whether `campaign` caps how often a user sees it (so its billing events matter to the caps)."""
+    def may_cap(self, campaign: str) -> bool:
+        """Whether `campaign`'s billing events may matter to the caps: it has a cap, or it is not known yet."""
         camp = self.index.campaigns.get(campaign)
-        return camp is not None and bool(camp.freq_per_hour or camp.freq_per_day)
+        return camp is None or bool(camp.freq_per_hour or camp.freq_per_day)
 
     def count_billed(self, event: dict[str, Any]) -> bool:
         """One billed impression from the billing topic, whichever bidder took its notice, toward the user's caps.
 
         Counted once per event id (a spilled batch can be sent again), in the hour and day of the event's own time,
-        so every bidder puts it in the same buckets.  Returns whether it counted.
+        so every bidder puts it in the same buckets.  An event of a campaign not known yet is kept (a bounded
+        number) until the campaigns change.  Returns whether it counted.
         """
         eid, user, campaign, ts = event.get("id"), event.get("user"), event.get("campaign"), event.get("ts")
         if not (isinstance(eid, str) and isinstance(user, str) and user and isinstance(campaign, str)
-                and isinstance(ts, int) and self.has_cap(campaign)) or eid in self._counted_bills:
+                and isinstance(ts, int)) or eid in self._counted_bills:
+            return False
+        camp = self.index.campaigns.get(campaign)
+        if camp is None:
+            if self._unknown_count < UNKNOWN_BILLS:  # beyond that a cap may let a user see an ad again, no more
+                self._unknown_bills.setdefault(campaign, []).append(event)
+                self._unknown_count += 1
+            return False
+        if not (camp.freq_per_hour or camp.freq_per_day):
             return False
         self._counted_bills[eid] = None
         if len(self._counted_bills) > COUNTED_BILLS:

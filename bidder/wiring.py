@@ -130,11 +130,13 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         await follower.start()
 
         def on_billed(key: bytes, value: bytes) -> None:
-            if engine.has_cap(key.decode(errors="replace")):  # keyed by campaign: the rest are never parsed
+            if engine.may_cap(key.decode(errors="replace")):  # keyed by campaign: uncapped ones are never parsed
                 engine.count_billed(orjson.loads(value))
 
-        # frequency caps count every bidder's billed impressions, from when this process starts
-        billed = StateFollower(opts.broker, {topics.BILLING.name: on_billed}, from_end=True)
+        # frequency caps count every bidder's billed impressions sent since the UTC day began (the longest cap is a
+        # day; records are stamped when sent): a restarted bidder takes back its counts, and those billed meanwhile
+        billed = StateFollower(opts.broker, {topics.BILLING.name: on_billed},
+                               since=lambda: int(time.time() // 86_400) * 86_400_000)
         await billed.start()
         if leases is not None:
             grants, relay = await _start_leases(opts, engine, app, leases, producer, tasks)

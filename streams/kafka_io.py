@@ -451,12 +451,16 @@ class StateFollower:
 
     `from_end`: only what is written after it starts (lease grants: a bidder id is new with each process, so
     older grants are never for it); after a lost connection it resumes from the end again.
+    `since`: from the first record stamped at or after `since()` (epoch ms), and from there again after a lost
+    connection, so its handlers must take a record twice (billed impressions for the caps: since the day began).
     """
 
-    def __init__(self, bootstrap: str, handlers: dict[str, Callable[[bytes, bytes], None]], from_end: bool = False) -> None:
+    def __init__(self, bootstrap: str, handlers: dict[str, Callable[[bytes, bytes], None]], from_end: bool = False,
+                 since: Callable[[], int] | None = None) -> None:
         self.bootstrap = bootstrap
         self.handlers = handlers
         self.from_end = from_end
+        self.since = since
         self.applied = 0
         self.errors = 0
         self._task: asyncio.Task | None = None
@@ -473,6 +477,8 @@ class StateFollower:
                                                       enable_auto_commit=False, fetch_max_wait_ms=100,
                                                       auto_offset_reset="latest" if self.from_end else "earliest")
                 await c.start()
+                if self.since is not None:
+                    await self._seek_since(c, self.since())
                 async for msg in c:
                     try:
                         self.handlers[msg.topic](msg.key or b"", msg.value or b"")
@@ -486,6 +492,21 @@ class StateFollower:
                 log.warning("state follower lost kafka (%s); bidding on last state, retrying", type(e).__name__)
                 await self._close()
                 await asyncio.sleep(1.0)
+
+    async def _seek_since(self, c: AIOKafkaConsumer, since_ms: int) -> None:
+        """Move every partition of the topics to its first record stamped at or after `since_ms`."""
+        for _ in range(200):  # without a group, every partition is assigned once the topics' metadata is in
+            if c.assignment():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise KafkaError("no partitions of the followed topics were assigned within 10 s")
+        tps = sorted(c.assignment())
+        ends = await c.end_offsets(tps)  # asked first: a record sent meanwhile is at or past these
+        found = await c.offsets_for_times(dict.fromkeys(tps, since_ms))
+        for tp in tps:
+            at = found.get(tp)
+            c.seek(tp, ends[tp] if at is None else at.offset)  # none that recent: from the end as it was
 
     async def _close(self) -> None:
         if self._consumer is not None:
