@@ -10,7 +10,9 @@ bid path.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,31 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from bidder.money import to_micros
+from bidder.money import MICROS, is_whole_micros, to_micros
+from bidder.money import to_text as money_text
 
 CURRENCIES = frozenset({"USD", "EUR", "GBP", "CNY", "JPY", "CAD", "AUD", "CHF", "SEK", "INR", "BRL"})
 KINDS = frozenset({"banner", "video", "native", "audio"})
 GOALS = frozenset({"cpc", "cpa"})
-IAB_CAT = re.compile(r"^IAB\d{1,2}(-\d{1,2})?$")
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+IAB_CAT = re.compile(r"IAB\d{1,2}(-\d{1,2})?")  # always used whole (fullmatch): "IAB26\n" is not IAB26
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+COUNTRY = re.compile(r"[A-Z]{3}")
+# The largest amount of money a campaign field may hold, in currency units: far above any real budget, and small
+# enough that every sum of a campaign's micros fits in 64 bits and every amount survives the trip through JSON.
+MAX_MONEY = 1_000_000_000
+# The fields of each object of the schema: a misspelt field would otherwise be ignored, and its default (no cap,
+# every country, all day) would take its place without a word.
+FIELDS: dict[str, frozenset[str]] = {
+    "": frozenset({"id", "advertiser", "currency", "status", "budget", "flight", "dayparting", "goal", "frequency_cap",
+                   "targeting", "creatives", "version"}),
+    "budget.": frozenset({"daily", "total"}),
+    "flight.": frozenset({"start", "end", "timezone"}),
+    "goal.": frozenset({"type", "value_per_click", "value_per_conversion", "max_bid_cpm"}),
+    "frequency_cap.": frozenset({"per_hour", "per_day"}),
+    "targeting.": frozenset({"countries", "regions", "cities", "device_types", "os", "domains", "categories", "deals",
+                             "deal_only"}),
+    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes"}),
+}
 
 
 class ConfigError(ValueError):
@@ -34,6 +54,16 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class CampaignsError(ConfigError):
+    """Every problem of a campaign file, one line each ("campaigns[2] (shoes).budget.daily: must be >= 0")."""
+
+    def __init__(self, problems: list[str]) -> None:
+        field, _, message = problems[0].partition(": ")
+        super().__init__(field, message)
+        self.args = ("\n".join(problems),)
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +76,14 @@ class Creative:
     adm: str
     mimes: tuple[str, ...] = ()
 
-    def fits(self, kind: str, sizes: tuple[tuple[int, int], ...]) -> bool:
-        """Same media kind; banners match an offered size, video matches one when sizes are given."""
+    def fits(self, kind: str, sizes: tuple[tuple[int, int], ...], mimes: tuple[str, ...] = ()) -> bool:
+        """Same media kind; banners match an offered size; a sized video matches one when sizes are given (an
+        unsized one plays at any size), in a MIME type the player takes when both sides name theirs."""
         if kind != self.kind:
             return False
-        if kind in ("native", "audio") or (kind == "video" and not sizes):
+        if kind == "video" and mimes and self.mimes and not set(mimes).intersection(self.mimes):
+            return False
+        if kind in ("native", "audio") or (kind == "video" and (not sizes or not self.w)):
             return True
         return (self.w, self.h) in sizes
 
@@ -94,6 +127,12 @@ class Campaign:
     def active(self) -> bool:
         return self.status == "active"
 
+    def budget_today(self, spent_before_today: int) -> int:
+        """The day's budget (micros): the daily budget, or what the lifetime total leaves of it, 0 once spent."""
+        if not self.total_budget:
+            return self.daily_budget
+        return max(min(self.daily_budget, self.total_budget - spent_before_today), 0)
+
     def in_flight(self, now_utc: dt.datetime) -> bool:
         """True when `now_utc` falls inside the flight dates and dayparting, in the campaign's zone."""
         day, hour = _local_day_hour(self.timezone, now_utc)
@@ -109,14 +148,14 @@ class Campaign:
             "advertiser": self.advertiser,
             "currency": self.currency,
             "status": self.status,
-            "budget": {"daily": self.daily_budget / 1e6, "total": self.total_budget / 1e6},
+            "budget": {"daily": money_text(self.daily_budget), "total": money_text(self.total_budget)},
             "flight": {"start": self.start.isoformat(), "end": self.end.isoformat(), "timezone": self.timezone},
             "dayparting": sorted(self.hours),
             "goal": {
                 "type": self.goal,
-                "value_per_click": self.value_per_click / 1e6,
-                "value_per_conversion": self.value_per_conversion / 1e6,
-                "max_bid_cpm": self.max_bid_cpm / 1e6,
+                "value_per_click": money_text(self.value_per_click),
+                "value_per_conversion": money_text(self.value_per_conversion),
+                "max_bid_cpm": money_text(self.max_bid_cpm),
             },
             "frequency_cap": {"per_hour": self.freq_per_hour, "per_day": self.freq_per_day},
             "targeting": {
@@ -180,13 +219,31 @@ def _money(doc: dict, key: str, path: str, default: Any = ...) -> int:
     try:
         micros = to_micros(v)
     except ValueError:
-        raise ConfigError(path + key, "must be a number") from None
+        raise ConfigError(path + key, f"{v!r} is not an amount: write it like 250 or 2.75") from None
     if micros < 0:
         raise ConfigError(path + key, "must be >= 0")
+    if micros > MAX_MONEY * MICROS:
+        raise ConfigError(path + key, f"must be at most {MAX_MONEY:,}")
+    if not is_whole_micros(v):
+        raise ConfigError(path + key, f"{v!r} has more than 6 decimal places: amounts are kept to the micro")
     return micros
 
 
+def _no_unknown(doc: dict, path: str) -> None:
+    """Refuse a field the schema does not have, suggesting the one that was probably meant."""
+    known = FIELDS[path]
+    for key in doc:
+        if key not in known:
+            where = path.replace("[]", "") if path != "creatives[]." else path
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"the fields here are {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}{key}", f"is not a campaign field; {hint}")
+
+
 def _date(doc: dict, key: str, path: str) -> dt.date:
+    v = doc.get(key)
+    if type(v) is dt.date:  # YAML reads an unquoted 2026-01-31 as a date
+        return v
     v = _get(doc, key, path, str)
     try:
         return dt.date.fromisoformat(v)
@@ -197,9 +254,11 @@ def _date(doc: dict, key: str, path: str) -> dt.date:
 def _str_set(doc: dict, key: str, path: str, pattern: re.Pattern[str] | None = None) -> frozenset[str]:
     vals = _get(doc, key, path, list, [])
     for i, v in enumerate(vals):
+        if isinstance(v, bool):  # YAML reads unquoted yes/no/on/off as booleans
+            raise ConfigError(f"{path}{key}[{i}]", "must be a string, not a boolean (in YAML, quote values like NO or ON)")
         if not isinstance(v, str) or not v:
             raise ConfigError(f"{path}{key}[{i}]", "must be a non-empty string")
-        if pattern and not pattern.match(v):
+        if pattern and not pattern.fullmatch(v):
             raise ConfigError(f"{path}{key}[{i}]", f"{v!r} is not a valid value (expected e.g. IAB1 or IAB1-2)")
     return frozenset(vals)
 
@@ -208,7 +267,8 @@ def _int_set(doc: dict, key: str, path: str, lo: int, hi: int) -> frozenset[int]
     vals = _get(doc, key, path, list, [])
     for i, v in enumerate(vals):
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            raise ConfigError(f"{path}{key}[{i}]", f"must be an integer from {lo} to {hi}")
+            hint = f" (in YAML, write {v.lstrip('0') or '0'}, not {v})" if isinstance(v, str) and v.isdigit() else ""
+            raise ConfigError(f"{path}{key}[{i}]", f"must be an integer from {lo} to {hi}{hint}")
     return frozenset(vals)
 
 
@@ -216,13 +276,19 @@ def _creative(raw: Any, i: int) -> Creative:
     path = f"creatives[{i}]."
     if not isinstance(raw, dict):
         raise ConfigError(f"creatives[{i}]", "must be an object")
+    try:
+        _no_unknown(raw, "creatives[].")
+    except ConfigError as e:
+        raise ConfigError(path + e.field.removeprefix("creatives[]."), e.message) from None
     cid = _get(raw, "id", path, str)
-    if not ID.match(cid):
+    if not ID.fullmatch(cid):
         raise ConfigError(path + "id", "must be 1-64 letters, digits or _.:-")
     kind = _get(raw, "type", path, str, "banner")
     if kind not in KINDS:
         raise ConfigError(path + "type", f"must be one of {', '.join(sorted(KINDS))}")
     w, h = _get(raw, "w", path, int, 0), _get(raw, "h", path, int, 0)
+    if w < 0 or h < 0:
+        raise ConfigError(path + ("w" if w < 0 else "h"), "must be >= 0")
     if kind == "banner" and (w <= 0 or h <= 0):
         raise ConfigError(path + "w", "banner creatives need positive w and h")
     adm = _get(raw, "adm", path, str, "")
@@ -236,10 +302,14 @@ def _creative(raw: Any, i: int) -> Creative:
 def _targeting(doc: dict) -> Targeting:
     raw = _get(doc, "targeting", "", dict, {})
     p = "targeting."
+    _no_unknown(raw, p)
     countries = _str_set(raw, "countries", p)
     for c in countries:
-        if len(c) != 3 or not c.isupper():
+        if not COUNTRY.fullmatch(c):
             raise ConfigError(p + "countries", f"{c!r} is not an ISO-3166-1 alpha-3 code (e.g. USA), as OpenRTB uses")
+    deals, deal_only = _str_set(raw, "deals", p), _get(raw, "deal_only", p, bool, False)
+    if deal_only and not deals:
+        raise ConfigError(p + "deal_only", "needs at least one id in targeting.deals: otherwise the campaign never bids")
     return Targeting(
         countries=countries,
         regions=_str_set(raw, "regions", p),
@@ -248,8 +318,8 @@ def _targeting(doc: dict) -> Targeting:
         os=frozenset(o.lower() for o in _str_set(raw, "os", p)),
         domains=_str_set(raw, "domains", p),
         categories=_str_set(raw, "categories", p, IAB_CAT),
-        deals=_str_set(raw, "deals", p),
-        deal_only=_get(raw, "deal_only", p, bool, False),
+        deals=deals,
+        deal_only=deal_only,
     )
 
 
@@ -257,8 +327,12 @@ def parse_campaign(doc: Any) -> Campaign:
     """Validate one campaign document; raise ConfigError naming the first bad field."""
     if not isinstance(doc, dict):
         raise ConfigError("campaign", "must be an object")
+    _no_unknown(doc, "")
+    for part in ("budget", "flight", "goal", "frequency_cap"):
+        if isinstance(doc.get(part), dict):
+            _no_unknown(doc[part], part + ".")
     cid = _get(doc, "id", "", str)
-    if not ID.match(cid):
+    if not ID.fullmatch(cid):
         raise ConfigError("id", "must be 1-64 letters, digits or _.:-")
     currency = _get(doc, "currency", "", str, "USD")
     if currency not in CURRENCIES:
@@ -278,7 +352,7 @@ def parse_campaign(doc: Any) -> Campaign:
     tz = _get(flight, "timezone", "flight.", str, "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a zone directory, such as "America"
         raise ConfigError("flight.timezone", f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
     goal = _get(doc, "goal", "", dict)
     gtype = _get(goal, "type", "goal.", str, "cpc")
@@ -292,8 +366,17 @@ def parse_campaign(doc: Any) -> Campaign:
         raise ConfigError("goal.value_per_conversion", "must be > 0 for a cpa goal")
     cap = _get(doc, "frequency_cap", "", dict, {})
     per_hour, per_day = _get(cap, "per_hour", "frequency_cap.", int, 0), _get(cap, "per_day", "frequency_cap.", int, 0)
-    if per_hour < 0 or per_day < 0:
-        raise ConfigError("frequency_cap", "caps must be >= 0 (0 means no cap)")
+    for name, n in (("per_hour", per_hour), ("per_day", per_day)):
+        if n < 0:
+            raise ConfigError("frequency_cap." + name, "must be >= 0 (0 means no cap)")
+    if per_day and per_hour > per_day:
+        raise ConfigError("frequency_cap.per_hour", f"{per_hour} is more than per_day ({per_day}), which would hold first")
+    max_bid = _money(goal, "max_bid_cpm", "goal.", 10)
+    if not max_bid:
+        raise ConfigError("goal.max_bid_cpm", "must be > 0: it is the highest CPM the campaign may bid")
+    advertiser = _get(doc, "advertiser", "", str)
+    if not advertiser.strip():
+        raise ConfigError("advertiser", "is required: the advertiser's domain, sent to exchanges as adomain")
     creatives_raw = _get(doc, "creatives", "", list)
     if not creatives_raw:
         raise ConfigError("creatives", "needs at least one creative")
@@ -302,7 +385,7 @@ def parse_campaign(doc: Any) -> Campaign:
         raise ConfigError("creatives", "creative ids must be unique within a campaign")
     return Campaign(
         id=cid,
-        advertiser=_get(doc, "advertiser", "", str),
+        advertiser=advertiser,
         currency=currency,
         status=status,
         daily_budget=daily,
@@ -314,7 +397,7 @@ def parse_campaign(doc: Any) -> Campaign:
         goal=gtype,
         value_per_click=vpc,
         value_per_conversion=vpa,
-        max_bid_cpm=_money(goal, "max_bid_cpm", "goal.", 10),
+        max_bid_cpm=max_bid,
         freq_per_hour=per_hour,
         freq_per_day=per_day,
         targeting=_targeting(doc),
@@ -323,30 +406,102 @@ def parse_campaign(doc: Any) -> Campaign:
     )
 
 
-def load_campaign_docs(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON or YAML file holding one campaign, a list, or {"campaigns": [...]}."""
-    text = path.read_bytes()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+def config_campaign(value: bytes | None) -> Campaign:
+    """The campaign a config-topic message sets: its "campaign" document (a bare document is read as one).
 
-        data = yaml.safe_load(text)
-    else:
-        data = orjson.loads(text)
+    Raises ConfigError when the message sets none: a tombstone, not JSON, not an object, or an invalid campaign.
+    Bidders, workers and the `campaign` commands all read the topic through this one gate.
+    """
+    if value is None:
+        raise ConfigError("message", "is a tombstone (no value); a campaign is stopped by pausing it")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise ConfigError("message", "is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("message", "must be a JSON object")
+    return parse_campaign(doc.get("campaign", doc))
+
+
+def load_campaign_docs(path: Path) -> list[Any]:
+    """Read a JSON or YAML file (`-`: standard input) holding one campaign, a list, or {"campaigns": [...]}.
+
+    Raises ConfigError (field "file") for anything that is not such a document: unreadable, not JSON or YAML, empty.
+    """
+    try:
+        text = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("file", "does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError("file", "is a directory; name the campaign file in it") from None
+    except OSError as e:
+        raise ConfigError("file", f"cannot be read: {e.strerror or e}") from None
+    data = _decode(text, yaml=path.suffix.lower() in (".yaml", ".yml") or str(path) == "-" and text[:1] not in b"[{")
     if isinstance(data, dict) and "campaigns" in data:
         data = data["campaigns"]
     if isinstance(data, dict):
         data = [data]
+    if data is None:
+        raise ConfigError("file", "is empty")
     if not isinstance(data, list):
         raise ConfigError("file", "must hold a campaign object, a list of them, or {\"campaigns\": [...]}")
+    if not data:
+        raise ConfigError("file", "holds no campaigns")
     return data
+
+
+def _decode(text: bytes, yaml: bool) -> Any:
+    if not yaml:
+        try:
+            return orjson.loads(text) if text.strip() else None
+        except orjson.JSONDecodeError as e:
+            raise ConfigError("file", f"is not valid JSON: {e}") from None
+    import yaml as pyyaml
+
+    try:
+        return pyyaml.safe_load(text)
+    except pyyaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError("file", f"is not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise ConfigError("file", "is nested too deeply to be a campaign file") from None
+
+
+def parse_campaigns(docs: list[Any]) -> list[Campaign]:
+    """Validate every campaign of a file; one ConfigError lists every problem (each as campaigns[i] (id).field: ...).
+
+    Campaign ids must be unique: of two with one id, one would silently replace the other.
+    """
+    out, problems, first = [], [], {}
+    for i, doc in enumerate(docs):
+        cid = doc.get("id") if isinstance(doc, dict) else None
+        name = f"campaigns[{i}]" + (f" ({cid})" if isinstance(cid, str) and ID.fullmatch(cid) else "")
+        try:
+            camp = parse_campaign(doc)
+        except ConfigError as e:
+            problems.append(f"{name}{'' if e.field == 'campaign' else '.' + e.field}: {e.message}")
+            continue
+        if camp.id in first:
+            problems.append(f"{name}.id: {camp.id!r} is already the id of campaigns[{first[camp.id]}]")
+            continue
+        first[camp.id] = i
+        out.append(camp)
+    if problems:
+        raise CampaignsError(problems)
+    return out
+
+
+def campaign_file_error(path: Path, e: ConfigError, outcome: str) -> str:
+    """What a command prints when a campaign file is refused: the file, every problem, and what to do."""
+    if e.field == "file":
+        return f"streambid: {path}: {e.message}. {outcome}; pass a JSON or YAML campaign file (see README, Campaigns)."
+    problems = getattr(e, "problems", None) or [str(e)]
+    return (f"streambid: {path}: {len(problems)} problem(s):\n" + "\n".join("  " + p for p in problems)
+            + f"\n{outcome}; fix the field(s) named above and run again.")
 
 
 def load_campaigns(path: Path) -> list[Campaign]:
     """Load and validate every campaign in a file; errors name the campaign index and field."""
-    out = []
-    for i, doc in enumerate(load_campaign_docs(path)):
-        try:
-            out.append(parse_campaign(doc))
-        except ConfigError as e:
-            raise ConfigError(f"campaigns[{i}].{e.field}", e.message) from None
-    return out
+    return parse_campaigns(load_campaign_docs(path))

@@ -29,6 +29,8 @@ environment:
   KAFKA_BOOTSTRAP      broker address used when --broker is not given (e.g. 127.0.0.1:9092)
   STREAMBID_SECRET     key for signing win/billing/loss notice URLs (set the same on every bidder)
   STREAMBID_SALT       salt for hashing user ids before they reach frequency caps and events
+  STREAMBID_TOPIC_PREFIX  first part of every Kafka topic name (default: streambid), to run several stacks on one
+                       broker; bidders, workers and the campaign commands of one stack must share it
 """
 
 PACKAGES = ("bidder.commands", "streams.commands", "models.commands", "loadtest.commands")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from bidder.campaigns import ConfigError, load_campaigns
+from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -67,11 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         campaigns = load_campaigns(args.campaigns) if args.campaigns else []
-    except FileNotFoundError:
-        print(f"streambid: {args.campaigns}: no such file", file=sys.stderr)
-        return 2
-    except (ConfigError, ValueError) as e:
-        print(f"streambid: {args.campaigns}: invalid campaign: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(campaign_file_error(args.campaigns, e, "Nothing was served"), file=sys.stderr)
         return 2
     broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
     if not 0 <= args.lease_slice <= 0.5:
@@ -84,6 +81,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     secret = os.environ.get("STREAMBID_SECRET", "")
     if not secret:
         print("streambid: warning: STREAMBID_SECRET is not set; notice URLs are signed with a development key",
+              file=sys.stderr)
+    if not os.environ.get("STREAMBID_SALT"):
+        print("streambid: warning: STREAMBID_SALT is not set; user ids are hashed with the public default salt, which "
+              "anyone holding the events can reverse by hashing candidate ids: set a secret salt in production",
               file=sys.stderr)
     opts = ServeOptions(
         host=args.host, port=args.port, workers=args.workers, campaigns=campaigns, broker=broker,

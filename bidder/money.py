@@ -6,17 +6,35 @@ converted once, exactly, through Decimal, so sums never drift.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
+# A decimal amount as a person writes it: no spaces, no digit separators, no "inf" or "nan"
+_DECIMAL = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 
 def to_micros(amount: float | int | str) -> int:
     """Currency units -> integer micros, rounding half-even at the micro."""
+    text = str(amount)
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(f"not a number: {amount!r}")
     try:
-        return int((Decimal(str(amount)) * MICROS).to_integral_value())
-    except (InvalidOperation, ValueError):
+        return int((Decimal(text) * MICROS).to_integral_value())
+    except (InvalidOperation, ValueError, OverflowError):
         raise ValueError(f"not a number: {amount!r}") from None
+
+
+def is_whole_micros(amount: float | int | str) -> bool:
+    """Whether `amount` (a valid decimal) is a whole number of micros: a finer amount would be rounded away."""
+    return (Decimal(str(amount)) * MICROS) % 1 == 0
+
+
+def to_text(micros: int) -> str:
+    """Integer micros -> the exact decimal amount in currency units ("250", "2.5", "0.000001")."""
+    sign, micros = ("-", -micros) if micros < 0 else ("", micros)
+    units, frac = divmod(micros, MICROS)
+    return f"{sign}{units}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{units}"
 
 
 def from_micros(micros: int) -> float:

@@ -6,15 +6,19 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
+import logging
 import os
 import socket
 import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from bidder.campaigns import ConfigError, load_campaign_docs, parse_campaign
+from bidder.campaigns import Campaign, ConfigError, campaign_file_error, config_campaign, load_campaign_docs, parse_campaigns
+from bidder.money import to_text as money_text
 from streams import topics
 
 
@@ -26,6 +30,7 @@ def broker_of(args: argparse.Namespace) -> str:
     return broker
 
 
+T = TypeVar("T")
 BROKER_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)"
 
 
@@ -64,20 +69,28 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s = camp.add_parser("set", help="validate a campaign file and publish every campaign in it",
                         description="Validate each campaign (schema, budgets, flight, currency, targeting, creatives) "
                                     "and publish it to the config topic; nothing is published if any campaign is invalid.")
-    s.add_argument("file", type=Path, help="JSON or YAML: one campaign, a list, or {\"campaigns\": [...]}")
+    s.add_argument("file", type=Path, help="JSON or YAML: one campaign, a list, or {\"campaigns\": [...]}; "
+                                           "- reads it from standard input")
     s.add_argument("--broker", help=BROKER_HELP)
     s.add_argument("--dry-run", action="store_true", help="validate only")
     s.set_defaults(func=cmd_set)
-    p = camp.add_parser("pause", help="pause a campaign (bidders stop bidding on it within a second)")
+    p = camp.add_parser("pause", help="pause a campaign (bidders stop bidding on it within a second)",
+                        description="Publish the campaign's version in force with status paused: bidders stop bidding on "
+                                    "it within a second; budget, targeting and creatives stay as they are.")
     p.add_argument("id", help="campaign id (see `streambid campaign show`)")
     p.add_argument("--broker", help=BROKER_HELP)
     p.set_defaults(func=cmd_pause)
     r = camp.add_parser("resume", help="resume a paused campaign (bidders bid on it again within a second, "
-                                       "within its flight, dayparting and budget)")
+                                       "within its flight, dayparting and budget)",
+                        description="Publish the campaign's version in force with status active: bidders bid on it "
+                                    "again within a second, within its flight, dayparting and budget.")
     r.add_argument("id", help="campaign id (see `streambid campaign show`)")
     r.add_argument("--broker", help=BROKER_HELP)
     r.set_defaults(func=cmd_resume)
-    sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history")
+    sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history",
+                         description="Read the config topic: the version in force of each campaign (the last valid "
+                                     "one), or with --history every message, when, by whom, and whether it was "
+                                     "refused.")
     sh.add_argument("id", nargs="?", help="one campaign (default: all)")
     sh.add_argument("--broker", help=BROKER_HELP)
     sh.add_argument("--history", action="store_true", help="list every change: when, who, what")
@@ -90,8 +103,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.kafka_io import ensure_topics
 
     broker = broker_of(args)
-    asyncio.run(ensure_topics(broker))
-    known = {cid: parse_campaign(rec["campaign"]) for cid, rec in latest_configs(asyncio.run(read_config_log(broker))).items()}
+    _on_broker(args, ensure_topics(broker))
+    known = {cid: e.campaign for cid, e in latest_configs(_on_broker(args, read_config_log(broker))).items() if e.campaign}
     board = StatusBoard()
     if not args.checkpoint_every > 0:
         sys.exit("streambid worker: --checkpoint-every must be a positive number of seconds")
@@ -182,21 +195,54 @@ async def _produce(broker: str, records: list[tuple[str, bytes]]) -> None:
 
     await ensure_topics(broker)
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         for key, value in records:
             await producer.send_and_wait(topics.CAMPAIGNS.name, value, key=key.encode())
     finally:
         await producer.stop()
 
 
-async def read_config_log(broker: str) -> list[dict[str, Any]]:
-    """Every message on the config topic, oldest first."""
+@dataclass(slots=True)
+class ConfigEntry:
+    """One message of the config topic: who sent it and when, and the campaign it sets, or why it sets none."""
+
+    key: str  # the message key: the campaign id, as `campaign set` sends it
+    record: dict[str, Any]  # the message as decoded ({} when it is not a JSON object)
+    campaign: Campaign | None
+    problem: str = ""
+
+    @property
+    def campaign_id(self) -> str:
+        if self.campaign is not None:
+            return self.campaign.id
+        doc = self.record.get("campaign", self.record)
+        cid = doc.get("id") if isinstance(doc, dict) else None
+        return cid if isinstance(cid, str) else self.key or "?"
+
+
+def config_entry(key: bytes | None, value: bytes | None) -> ConfigEntry:
+    name = (key or b"").decode("utf-8", "replace")
+    try:
+        record = orjson.loads(value) if value is not None else {}
+    except orjson.JSONDecodeError:
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    try:
+        return ConfigEntry(name, record, config_campaign(value))
+    except ConfigError as e:
+        return ConfigEntry(name, record, None, str(e))
+
+
+async def read_config_log(broker: str) -> list[ConfigEntry]:
+    """Every message on the config topic, oldest first; none when the topic does not exist yet."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
     try:
+        await c.start()
+        if topics.CAMPAIGNS.name not in await c.topics():
+            return []
         tp = TopicPartition(topics.CAMPAIGNS.name, 0)
         c.assign([tp])
         end = (await c.end_offsets([tp]))[tp]
@@ -204,55 +250,42 @@ async def read_config_log(broker: str) -> list[dict[str, Any]]:
         out = []
         while await c.position(tp) < end:
             batch = await c.getmany(tp, timeout_ms=1000)
-            for msg in batch.get(tp, []):
-                try:
-                    out.append(orjson.loads(msg.value))
-                except orjson.JSONDecodeError:
-                    out.append({"invalid": msg.value.decode("utf-8", "replace")})
+            out.extend(config_entry(msg.key, msg.value) for msg in batch.get(tp, []))
         return out
     finally:
         await c.stop()
 
 
+def _on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` against the broker; an unreachable broker ends the command with what to do, not a traceback."""
+    from aiokafka.errors import KafkaError
+
+    broker = broker_of(args)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says it all
+    try:
+        return asyncio.run(work)
+    except (KafkaError, OSError) as e:
+        sys.exit(f"streambid: cannot reach the Kafka broker at {broker} ({e}); check --broker or KAFKA_BOOTSTRAP, or "
+                 "start a local one with: bash deploy/kafka-local/kafka.sh start")
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     try:
-        docs = load_campaign_docs(args.file)
-    except FileNotFoundError:
-        print(f"streambid: {args.file}: no such file", file=sys.stderr)
-        return 2
-    except (ConfigError, ValueError) as e:
-        print(f"streambid: {args.file}: cannot read campaigns: {e}", file=sys.stderr)
-        return 2
-    camps, errors = [], []
-    for i, doc in enumerate(docs, 1):
-        try:
-            camps.append(parse_campaign(doc))
-        except ConfigError as e:  # every invalid campaign is reported, not just the first
-            cid = doc.get("id") if isinstance(doc, dict) else None
-            errors.append(f"  campaign #{i}{f' ({cid})' if isinstance(cid, str) else ''}: {e}")
-    if errors:
-        print(f"streambid: {args.file}: {len(errors)} invalid campaign(s):\n" + "\n".join(errors)
-              + "\nNothing was published; fix the field(s) named above and run again.", file=sys.stderr)
+        camps = parse_campaigns(load_campaign_docs(args.file))
+    except ConfigError as e:  # every invalid campaign is reported, not just the first
+        print(campaign_file_error(args.file, e, "Nothing was published"), file=sys.stderr)
         return 2
     if args.dry_run:
         print(f"{len(camps)} campaign(s) valid: {', '.join(c.id for c in camps)}")
         return 0
-    asyncio.run(_produce(broker_of(args), [(c.id, change_record(c.to_doc(), "set")) for c in camps]))
+    _on_broker(args, _produce(broker_of(args), [(c.id, change_record(c.to_doc(), "set")) for c in camps]))
     print(f"published {len(camps)} campaign(s): {', '.join(c.id for c in camps)}")
     return 0
 
 
-def latest_configs(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def latest_configs(log: list[ConfigEntry]) -> dict[str, ConfigEntry]:
     """The config in force per campaign: the last *valid* version of each."""
-    out: dict[str, dict[str, Any]] = {}
-    for rec in log:
-        doc = rec.get("campaign", rec) if isinstance(rec, dict) else None
-        try:
-            camp = parse_campaign(doc)
-        except ConfigError:
-            continue
-        out[camp.id] = rec
-    return out
+    return {e.campaign.id: e for e in log if e.campaign is not None}
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -266,43 +299,53 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
     """Publish the campaign's current version with `status`: the rest of it (budget, targeting) stays as it is."""
     broker = broker_of(args)
-    current = latest_configs(asyncio.run(read_config_log(broker))).get(args.id)
-    if current is None:
+    current = latest_configs(_on_broker(args, read_config_log(broker))).get(args.id)
+    if current is None or current.campaign is None:
         print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
         return 2
-    if current["campaign"].get("status", "active") == status:
+    if current.campaign.status == status:
         print(f"{args.id} is already {status}; nothing published")
         return 0
-    doc = dict(current["campaign"], status=status)
-    asyncio.run(_produce(broker, [(args.id, change_record(doc, action))]))
+    doc = dict(current.campaign.to_doc(), status=status, version=current.campaign.version)
+    _on_broker(args, _produce(broker, [(args.id, change_record(doc, action))]))
     print(f"{'paused' if status == 'paused' else 'resumed'} {args.id}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    log = asyncio.run(read_config_log(broker_of(args)))
+    log = _on_broker(args, read_config_log(broker_of(args)))
     if args.history:
-        rows = [r for r in log if not args.id or (r.get("campaign") or {}).get("id") == args.id]
-        if args.json:
-            print(orjson.dumps(rows).decode())
-            return 0
-        for r in rows:
-            c = r.get("campaign") or {}
-            print(f"{r.get('at', '?'):<32} {r.get('by', '?'):<28} {r.get('action', '?'):<6} {c.get('id', '?'):<20} "
-                  f"status={c.get('status', '?')} daily={(c.get('budget') or {}).get('daily', '?')}")
-        return 0
+        return _show_history([e for e in log if not args.id or e.campaign_id == args.id], args.json)
     current = latest_configs(log)
     if args.id:
         if args.id not in current:
-            print(f"streambid: no campaign {args.id!r} on the config topic", file=sys.stderr)
+            print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
             return 2
         current = {args.id: current[args.id]}
     if args.json:
-        print(orjson.dumps({k: v["campaign"] for k, v in current.items()}).decode())
+        print(orjson.dumps({k: e.campaign.to_doc() for k, e in current.items() if e.campaign}).decode())
         return 0
-    print(f"{'campaign':<20} {'status':<8} {'daily':>10} {'currency':<8} {'changed at':<32} by")
-    for cid, rec in sorted(current.items()):
-        c = rec["campaign"]
-        print(f"{cid:<20} {c['status']:<8} {c['budget']['daily']:>10.2f} {c['currency']:<8} {rec.get('at', '?'):<32} "
+    if not current:
+        print("no campaigns on the config topic yet; publish some with `streambid campaign set FILE`")
+        return 0
+    print(f"{'campaign':<20} {'status':<8} {'daily':>12} {'currency':<8} {'changed at':<32} by")
+    for cid, e in sorted(current.items()):
+        c, rec = e.campaign, e.record
+        assert c is not None
+        print(f"{cid:<20} {c.status:<8} {money_text(c.daily_budget):>12} {c.currency:<8} {str(rec.get('at', '?')):<32} "
               f"{rec.get('by', '?')}")
+    return 0
+
+
+def _show_history(rows: list[ConfigEntry], as_json: bool) -> int:
+    """Every change, oldest first; a message the bidders and workers refused is marked, with its reason."""
+    if as_json:
+        print(orjson.dumps([dict(e.record, rejected=e.problem) if e.problem else e.record for e in rows]).decode())
+        return 0
+    for e in rows:
+        rec, c = e.record, e.campaign
+        what = (f"status={c.status} daily={money_text(c.daily_budget)}" if c is not None
+                else f"REJECTED, not in force: {e.problem}")
+        print(f"{str(rec.get('at', '?')):<32} {str(rec.get('by', '?')):<28} {str(rec.get('action', '?')):<6} "
+              f"{e.campaign_id:<20} {what}")
     return 0

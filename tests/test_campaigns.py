@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-import pytest
+import datetime as dt
+import io
+import sys
+from pathlib import Path
 
-from bidder.campaigns import ConfigError, parse_campaign
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bidder.campaigns import (
+    MAX_MONEY,
+    CampaignsError,
+    ConfigError,
+    config_campaign,
+    load_campaign_docs,
+    load_campaigns,
+    parse_campaign,
+    parse_campaigns,
+)
+from bidder.money import MICROS
 from tests.helpers import campaign
 
 
@@ -28,6 +46,35 @@ def test_money_is_integer_micros() -> None:
         ({"creatives": [{"id": "x", "type": "banner", "adm": "a"}]}, "creatives[0].w"),
         ({"goal": {"type": "cpc"}}, "goal.value_per_click"),
         ({"dayparting": [25]}, "dayparting[0]"),
+        # a misspelt field would silently fall back to its default (every country, no lifetime cap, no cap at all)
+        ({"targeting": {"countires": ["USA"]}}, "targeting.countires"),
+        ({"budget": {"daily": 5, "totl": 50}}, "budget.totl"),
+        ({"flight": {"timzone": "Europe/Berlin"}}, "flight.timzone"),
+        ({"day_parting": [8]}, "day_parting"),
+        ({"frequency_cap": {"per_hr": 2}}, "frequency_cap.per_hr"),
+        ({"creatives": [{"id": "x", "type": "banner", "w": 1, "h": 1, "adm": "a", "size": "1x1"}]}, "creatives[0].size"),
+        # a trailing newline must not pass a pattern: "IAB26\n" would dodge an exchange's bcat of IAB26
+        ({"creatives": [{"id": "x", "type": "banner", "w": 1, "h": 1, "adm": "a", "cat": ["IAB26\n"]}]}, "creatives[0].cat[0]"),
+        ({"id": "trail-shoes\n"}, "id"),
+        ({"creatives": [{"id": "x\n", "type": "banner", "w": 1, "h": 1, "adm": "a"}]}, "creatives[0].id"),
+        ({"targeting": {"countries": ["U1S"]}}, "targeting.countries"),
+        ({"targeting": {"deals": [False]}}, "targeting.deals[0]"),
+        ({"targeting": {"deal_only": True}}, "targeting.deal_only"),
+        ({"creatives": [{"id": "v", "type": "video", "w": -640, "h": 360, "adm": "<VAST/>"}]}, "creatives[0].w"),
+        ({"advertiser": " "}, "advertiser"),
+        ({"goal": {"type": "cpc", "value_per_click": 1, "max_bid_cpm": 0}}, "goal.max_bid_cpm"),
+        ({"frequency_cap": {"per_hour": 5, "per_day": 3}}, "frequency_cap.per_hour"),
+        ({"frequency_cap": {"per_day": -1}}, "frequency_cap.per_day"),
+        ({"flight": {"timezone": "America"}}, "flight.timezone"),  # a directory of zones, not a zone
+        # money: exact decimals only, bounded, to the micro
+        ({"budget": {"daily": "Infinity"}}, "budget.daily"),
+        ({"budget": {"daily": float("inf")}}, "budget.daily"),
+        ({"budget": {"daily": "1e400"}}, "budget.daily"),
+        ({"budget": {"daily": 1e300}}, "budget.daily"),
+        ({"budget": {"daily": "5_000"}}, "budget.daily"),
+        ({"budget": {"daily": " 5 "}}, "budget.daily"),
+        ({"budget": {"daily": "1e-7"}}, "budget.daily"),
+        ({"budget": {"daily": 5, "total": "1000000000.000001"}}, "budget.total"),
     ],
 )
 def test_invalid_fields_are_named(changes: dict, field: str) -> None:
@@ -39,3 +86,94 @@ def test_invalid_fields_are_named(changes: dict, field: str) -> None:
 def test_round_trip_through_the_topic_document() -> None:
     c = parse_campaign(campaign())
     assert parse_campaign(c.to_doc()) == c
+
+
+def test_a_misspelt_field_is_named_with_the_field_probably_meant() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_campaign(campaign(budget={"daily": 5, "totl": 50}))
+    assert "did you mean 'total'" in e.value.message
+
+
+@given(st.integers(0, MAX_MONEY * MICROS), st.integers(0, MAX_MONEY * MICROS), st.integers(1, MAX_MONEY * MICROS))
+def test_every_amount_survives_the_topic_document_to_the_micro(daily: int, extra: int, vpc: int) -> None:
+    """Bidders and workers re-read what `campaign set` publishes: no amount may move, even by a micro."""
+    total = min(daily + extra, MAX_MONEY * MICROS)
+    c = parse_campaign(campaign(budget={"daily": f"{daily / MICROS:.6f}", "total": f"{total / MICROS:.6f}"},
+                                goal={"type": "cpc", "value_per_click": f"{vpc / MICROS:.6f}"}))
+    assert (c.daily_budget, c.total_budget, c.value_per_click) == (daily, total, vpc)
+    again = parse_campaign(orjson.loads(orjson.dumps(c.to_doc())))
+    assert again == c
+
+
+def test_a_file_lists_every_problem_and_refuses_a_repeated_id() -> None:
+    docs = [campaign(id="a"), campaign(id="b", budget={"daily": -1}), campaign(id="a"), "nonsense"]
+    with pytest.raises(CampaignsError) as e:
+        parse_campaigns(docs)
+    assert e.value.problems == [
+        "campaigns[1] (b).budget.daily: must be >= 0",
+        "campaigns[2] (a).id: 'a' is already the id of campaigns[0]",
+        "campaigns[3]: must be an object",
+    ]
+    assert [c.id for c in parse_campaigns([campaign(id="a"), campaign(id="b")])] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.json", b"", "is empty"),
+        ("empty.yaml", b"", "is empty"),
+        ("none.json", b"[]", "holds no campaigns"),
+        ("bad.json", b'{"id": ', "is not valid JSON"),
+        ("bad.yaml", b"a:\n  b: 1\n c: 2\n", "is not valid YAML"),
+        ("tab.yaml", b"id: x\n\tbudget: 1\n", "is not valid YAML"),
+        ("two.yaml", b"id: a\n---\nid: b\n", "is not valid YAML"),
+        ("latin1.yaml", "id: caf\u00e9".encode("latin-1"), "is not valid YAML"),
+        ("deep.yaml", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        ("scalar.json", b"42", "must hold a campaign object"),
+    ],
+)
+def test_an_unreadable_campaign_file_is_refused_as_a_file(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_campaign_docs(path)
+    assert e.value.field == "file" and message in e.value.message
+
+
+def test_missing_files_and_directories_are_refused_as_files(tmp_path: Path) -> None:
+    for path, message in ((tmp_path / "nope.json", "does not exist"), (tmp_path, "is a directory")):
+        with pytest.raises(ConfigError) as e:
+            load_campaign_docs(path)
+        assert e.value.field == "file" and message in e.value.message
+
+
+def test_natural_yaml_dates_are_dates(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    doc = campaign(id="y")
+    doc["flight"] = {"start": "@S", "end": "@E", "timezone": "UTC"}
+    path.write_text(orjson.dumps(doc).decode().replace('"@S"', "2026-01-01").replace('"@E"', "2026-03-31"))
+    c = load_campaigns(path)[0]
+    assert (c.start, c.end) == (dt.date(2026, 1, 1), dt.date(2026, 3, 31))
+
+
+def test_a_campaign_file_can_come_on_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    for text in (orjson.dumps([campaign(id="j")]), b"- id: y\n  advertiser: y.example\n  budget: {daily: 1}\n"
+                 b"  goal: {type: cpc, value_per_click: 1}\n  creatives: [{id: c, w: 1, h: 1, adm: a}]\n"):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text)))
+        assert len(parse_campaigns(load_campaign_docs(Path("-")))) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [(None, "message"), (b"not json", "message"), (b"[1, 2]", "message"), (b'{"campaign": {"id": "x"}}', "budget")],
+)
+def test_a_config_message_that_sets_no_campaign_is_refused(value: bytes | None, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config_campaign(value)
+    assert e.value.field == field
+
+
+def test_a_config_message_sets_its_campaign_in_an_envelope_or_bare() -> None:
+    doc = campaign(id="env")
+    assert config_campaign(orjson.dumps({"campaign": doc, "by": "x", "at": "now"})).id == "env"
+    assert config_campaign(orjson.dumps(doc)).id == "env"

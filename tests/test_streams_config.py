@@ -91,7 +91,12 @@ def test_invalid_config_from_another_producer_is_dead_lettered_and_the_valid_one
     shown = procs.cli("campaign", "show", cid, "--json")
     assert shown.returncode == 0, shown.stderr
     doc = orjson.loads(shown.stdout)[cid]
-    assert doc["status"] == "active" and doc["budget"]["daily"] == 50.0
+    assert doc["status"] == "active" and doc["budget"]["daily"] == "50"
+    history = orjson.loads(procs.cli("campaign", "show", cid, "--history", "--json").stdout)
+    assert [bool(r.get("rejected")) for r in history] == [False, True]  # the refused change is marked as refused
+    assert "budget.daily" in history[1]["rejected"]
+    table = procs.cli("campaign", "show", cid, "--history").stdout.splitlines()
+    assert "REJECTED" not in table[0] and "REJECTED, not in force: budget.daily" in table[1]
 
 
 def test_a_change_reaches_a_running_bidder_within_a_second_and_history_is_kept(stack: dict) -> None:
@@ -135,7 +140,39 @@ def test_cli_errors_name_the_field_and_publish_nothing(stack: dict) -> None:
         missing = procs.cli("campaign", verb, f"{prefix}-nobody")
         assert missing.returncode == 2 and "campaign show" in missing.stderr
     nofile = procs.cli("campaign", "set", str(procs.tmp / "nope.json"))
-    assert nofile.returncode == 2 and "no such file" in nofile.stderr
+    assert nofile.returncode == 2 and "does not exist" in nofile.stderr
+    typo = procs.tmp / "typo.json"
+    typo.write_bytes(orjson.dumps(campaign(id=good, budget={"daily": 5, "totl": 50})))
+    out = procs.cli("campaign", "set", str(typo))
+    assert out.returncode == 2 and "budget.totl: is not a campaign field; did you mean 'total'?" in out.stderr
+    folder = procs.cli("campaign", "set", str(procs.tmp))
+    assert folder.returncode == 2 and "is a directory" in folder.stderr, folder.stderr
+    unreachable = procs.cli("campaign", "show", "--broker", "127.0.0.1:1")
+    assert unreachable.returncode == 1 and "cannot reach the Kafka broker at 127.0.0.1:1" in unreachable.stderr
+    assert "kafka.sh start" in unreachable.stderr and "Traceback" not in unreachable.stderr, unreachable.stderr
+
+
+def test_messages_of_other_producers_do_not_break_the_campaign_commands(stack: dict) -> None:
+    """A tombstone, a bare campaign and a JSON array on the topic: every command goes on, the bidders keep going."""
+    procs, bidder, prefix = stack["procs"], stack["bidder"], stack["prefix"]
+    cid = f"{prefix}-foreign"
+    publish(procs, campaign(id=cid, budget={"daily": 7.5, "total": 0}))
+    bare = campaign(id=cid, budget={"daily": 9.25, "total": 0})  # no envelope: read as the campaign itself
+    name = topic(prefix, "campaigns")
+    asyncio.run(produce(procs.bootstrap, [(name, cid, None), (name, cid, b"[1, 2]"), (name, cid, orjson.dumps(bare))]))
+    wait_for(lambda: (orjson.loads(procs.cli("campaign", "show", cid, "--json").stdout or b"{}").get(cid) or {})
+             .get("budget", {}).get("daily") == "9.25", 15, "the bare campaign to be in force")
+    for args in (["show"], ["show", "--history"], ["show", cid, "--history", "--json"]):
+        out = procs.cli("campaign", *args)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = orjson.loads(procs.cli("campaign", "show", cid, "--history", "--json").stdout)
+    assert [bool(r.get("rejected")) for r in rows] == [False, True, True, False]
+    assert "tombstone" in rows[1]["rejected"] and "must be a JSON object" in rows[2]["rejected"]
+    out = procs.cli("campaign", "pause", cid)
+    assert out.returncode == 0 and f"paused {cid}" in out.stdout, out.stderr
+    wait_for(lambda: not live(bidder, cid), 10, "the bidder to stop bidding on the paused campaign")
+    shown = orjson.loads(procs.cli("campaign", "show", cid, "--json").stdout)[cid]
+    assert shown["status"] == "paused" and shown["budget"]["daily"] == "9.25"
 
 
 def test_a_bidder_started_later_gets_the_current_model_and_pacing_at_once(stack: dict) -> None:
