@@ -51,6 +51,7 @@ PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the
 # and dayparting) can only change at a UTC quarter hour: the live set is recomputed then, and when campaigns change.
 LIVE_SLOT_S = 900
 UNKNOWN_BILLS = 100_000  # billing events kept for campaigns not known yet
+RESPOND_PER_BID_S = 0.00005  # writing one bid of the answer (notice URLs, event), with room on a slow core
 COUNTED_BILLS = 200_000  # billing event ids remembered against a second count (a spill replay's window, many times over)
 
 
@@ -247,13 +248,15 @@ class BidEngine:
         best_reason = 0
         chosen: list[tuple[Imp, Campaign, Creative, int, str, float, tuple, tuple]] = []
         for imp in req.imps:
+            if time.perf_counter() > deadline:  # a request of many impressions stops as its time runs out
+                return Outcome(204, reason="deadline")
             pick, reason = self._best_for_imp(req, imp, exchange, user, hour, weekday, now)
             best_reason = max(best_reason, reason)
             if pick is not None:
                 chosen.append(pick)
         if not chosen:
             return Outcome(204, reason=STAGES[best_reason])
-        if time.perf_counter() > deadline:
+        if time.perf_counter() + RESPOND_PER_BID_S * len(chosen) > deadline:  # signing many bids takes time too
             return Outcome(204, reason="deadline")
         return self._respond(req, exchange, user, chosen, now, restricted)
 
@@ -399,8 +402,15 @@ class BidEngine:
 
     # -- notices ------------------------------------------------------------------
 
-    def notice(self, kind: str, query: str) -> str:
-        """Verify and record a win/bill/loss notice; returns the outcome ('ok' or a rejection reason)."""
+    def notice(self, kind: str, query: str, relay: Callable[[Notice], bool] | None = None) -> str:
+        """Verify and record a win/bill/loss notice; returns the outcome ('ok' or a rejection reason).
+
+        `relay` is given when sibling workers share the port (bidder.wiring): a valid, unreplayed notice signed for
+        another bidder id is offered to it first, and `relay(n)` True means its owner took it (it answers, counts and
+        charges it, with its own replay memory and lease): here it is only remembered as seen, and the outcome is
+        'relayed'.  One the owner cannot take (gone) is handled here, without touching this engine's leases: the
+        bid's reservation was in the sibling's.
+        """
         now = self.clock()
         try:
             n = verify_notice(self.cfg.secret, kind, query, now)
@@ -409,24 +419,28 @@ class BidEngine:
         if n.event_id in self._seen_notices:
             return "replayed"
         self._seen_notices[n.event_id] = n.expires
+        foreign = relay is not None and n.bidder != self.cfg.bidder_id
+        if foreign and relay(n):
+            return "relayed"
         camp = self.index.campaigns.get(n.campaign)
         ts_ms = int(now * 1000)
         if kind == "win":
-            if 0 < n.price_cpm < n.bid_cpm:  # paid below our bid: the clearing price is the market price
-                self._new_prices.append(n.price_cpm // PRICE_STEP * PRICE_STEP)
+            price = n.bid_cpm if n.price_cpm is None else n.price_cpm  # None: not substituted; 0 is a price
+            if price < n.bid_cpm:  # paid below our bid: the clearing price is the market price
+                self._new_prices.append(price // PRICE_STEP * PRICE_STEP)
             self.sink("wins", n.campaign, make_event("wins", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
-                                                     creative=n.creative, price=n.price_cpm or n.bid_cpm,
-                                                     exchange=n.exchange, bidder=n.bidder))
+                                                     creative=n.creative, price=price, exchange=n.exchange,
+                                                     bidder=n.bidder))
         elif kind == "bill":
-            self._bill(n, camp, now, ts_ms)
+            self._bill(n, camp, now, ts_ms, settle=not foreign)
         else:
-            lease = self.leases.get(n.campaign)
+            lease = None if foreign else self.leases.get(n.campaign)
             if lease is not None:
                 lease.release(n.bid_id)
-            if n.min_to_win_cpm:
+            if n.min_to_win_cpm:  # None: not substituted; 0 cannot be what it took to beat our (positive) bid
                 self._new_prices.append(n.min_to_win_cpm // PRICE_STEP * PRICE_STEP)
             self.sink("losses", n.campaign, make_event("losses", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
-                                                       reason=n.loss_reason, min_to_win=n.min_to_win_cpm,
+                                                       reason=n.loss_reason, min_to_win=n.min_to_win_cpm or 0,
                                                        price=n.bid_cpm, exchange=n.exchange))
         return "ok"
 
@@ -460,10 +474,11 @@ class BidEngine:
         self.frequency.record(user, campaign, ts // 3_600_000, ts // 86_400_000)
         return True
 
-    def _bill(self, n: Notice, camp: Campaign | None, now: float, ts_ms: int) -> None:
-        # An exchange that did not substitute ${AUCTION_PRICE} is charged at our bid: the most we agreed to pay.
-        cost = (n.price_cpm or n.bid_cpm) // 1000
-        lease = self.leases.get(n.campaign)
+    def _bill(self, n: Notice, camp: Campaign | None, now: float, ts_ms: int, settle: bool = True) -> None:
+        # An exchange that did not substitute ${AUCTION_PRICE} (None) is charged at our bid: the most we agreed to pay.
+        # A substituted price of 0 charges 0.  `settle` False: the bid's reservation is not in this engine's lease.
+        cost = (n.bid_cpm if n.price_cpm is None else n.price_cpm) // 1000
+        lease = self.leases.get(n.campaign) if settle else None
         if lease is not None:
             lease.settle(n.bid_id, cost)
         if n.user and camp is not None and (camp.freq_per_hour or camp.freq_per_day) and not self.cfg.shared_frequency:

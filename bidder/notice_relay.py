@@ -1,21 +1,23 @@
-"""A sibling worker's bid settles in that worker's lease, wherever its notice lands.
+"""A notice is counted by the worker whose bid it is, wherever it lands.
 
 `serve --workers N` runs N processes on one port, and an exchange's notice
-lands on any of them.  With budget leases, a bid's reservation is held by the
-engine of the worker that bid (its bidder id is signed into the notice URL);
-a loss or bill handled elsewhere would leave it held until it expires, and
-charge the wrong lease.  So the worker where the notice lands handles it as
-always (answer, event, frequency) but without touching its own lease, and
-hands the lease effect (bill: cost; loss: release) to the bidding sibling over
-a Unix datagram socket named by bidder id, in a private directory the workers
-share.  A sibling that is gone (restarted under a new id) has no lease to
-settle; its grant is spent or stranded, never overspent.
+lands on any of them.  Each worker holds its own bids' state: the replay
+memory that counts a notice once, and (with budget leases) the reservation
+its lease holds for the bid.  So the worker where a notice lands checks its
+signature and expiry (a forged or expired notice is refused there) and hands
+a valid notice signed for a sibling's bidder id, whole, to that sibling over a
+Unix datagram socket named by bidder id, in a private directory the workers
+share.  The sibling handles it as if it had landed there: refused if
+replayed, else answered in its metrics, events, frequency counts and lease.
+A sibling that is gone (restarted under a new id) has no state to keep; its
+notice is handled where it landed, without touching that worker's lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import socket
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from pathlib import Path
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
 MAX_DATAGRAM = 65536
+log = logging.getLogger("streambid.serve")
 
 
 def notice_bidder(query: str) -> str:
@@ -39,12 +42,12 @@ def notice_bidder(query: str) -> str:
 class NoticeRelay:
     """This worker's mailbox for its own bids' notices, and the way to a sibling's."""
 
-    def __init__(self, directory: Path, bidder_id: str, handle: Callable[[str, str, str, int], object]) -> None:
+    def __init__(self, directory: Path, bidder_id: str, handle: Callable[[str, str], object]) -> None:
         if not _ID(bidder_id):
             raise ValueError(f"bidder id {bidder_id!r} cannot name a socket")
         self.directory = directory
         self.bidder_id = bidder_id
-        self.handle = handle  # (kind, campaign, bid id, cost micros): a sibling's notice for one of our bids
+        self.handle = handle  # (kind, query): a notice for one of our bids that landed on a sibling
         self.forwarded = 0
         self.received = 0
         self.unreachable = 0
@@ -69,21 +72,23 @@ class NoticeRelay:
                 data = self._sock.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            try:
-                kind, campaign, bid_id, cost = data.decode().split("\n")
-                settlement = (kind, campaign, bid_id, int(cost))
-            except ValueError:
+            kind, sep, query = data.decode(errors="replace").partition("\n")
+            if not sep or not kind:
                 continue  # not from a sibling of this version
             self.received += 1
-            self.handle(*settlement)
+            try:
+                self.handle(kind, query)
+            except Exception:  # one bad notice must not stop the mailbox
+                log.exception("relayed notice")
 
-    def forward(self, owner: str, kind: str, campaign: str, bid_id: str, cost: int) -> bool:
-        """Hand a notice's lease effect to the sibling `owner`; False if it is this worker or cannot be reached."""
+    def forward(self, owner: str, kind: str, query: str) -> bool:
+        """Hand a notice (its kind and query string) to the sibling `owner`; False if it is this worker or cannot be
+        reached, and the notice is to be handled here."""
         if self._sock is None or owner == self.bidder_id or not _ID(owner):
             return False
         try:
-            self._sock.sendto(f"{kind}\n{campaign}\n{bid_id}\n{cost}".encode(), str(self.path(owner)))
-        except OSError:  # no such sibling (any more), or its mailbox is full
+            self._sock.sendto(f"{kind}\n{query}".encode(), str(self.path(owner)))
+        except OSError:  # no such sibling (any more), its mailbox is full, or the notice is too long for a datagram
             self.unreachable += 1
             return False
         self.forwarded += 1

@@ -41,9 +41,9 @@ class Notice:
     exchange: str
     bidder: str
     user: str  # salted user hash, "" when none or not allowed
-    price_cpm: int  # micros, the clearing price from the macro (0 when absent)
+    price_cpm: int | None  # micros, the clearing price from the macro; None when absent (0 is a price: free)
     loss_reason: int
-    min_to_win_cpm: int
+    min_to_win_cpm: int | None  # micros; None when absent
 
     @property
     def event_id(self) -> str:
@@ -79,6 +79,7 @@ _SLICE = {"win": slice(0, 24), "bill": slice(24, 48), "loss": slice(48, 72)}
 
 
 _url_safe = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch  # what quote() leaves alone
+_loss_code = re.compile(r"[0-9]{1,9}").fullmatch  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 @lru_cache(maxsize=8192)
@@ -109,10 +110,13 @@ def notice_url(
     return notice_urls(base, secret, bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user)[KINDS.index(kind)]
 
 
-def _price(raw: str) -> int:
-    """A decimal CPM from a macro into micros; an unsubstituted macro counts as absent."""
+def _price(raw: str) -> int | None:
+    """A decimal CPM from a macro into micros; None when absent (empty or the macro left unsubstituted).
+
+    A substituted price of 0 (or under half a micro) is 0 micros, a real price: never mistaken for absent.
+    """
     if not raw or raw.startswith("${"):
-        return 0
+        return None
     try:
         value = float(raw)
     except ValueError:
@@ -134,15 +138,18 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
     except (KeyError, ValueError):
         raise NoticeError("malformed") from None
     expected = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user))[_SLICE[kind]]
-    if not hmac.compare_digest(expected, sig):
+    # as bytes: compare_digest refuses a str with non-ASCII characters (a forged `s=%C3%A9…`) with a TypeError
+    if not hmac.compare_digest(expected.encode(), sig.encode()):
         raise NoticeError("bad_signature")
     if now > expires:
         raise NoticeError("expired")
     price = _price(p.get("p", ""))
-    if kind != "loss" and price > bid_cpm and bid_cpm > 0:
+    if kind != "loss" and price is not None and price > bid_cpm and bid_cpm > 0:
         raise NoticeError("price_above_bid")
     loss = p.get("l", "")
+    if loss and not loss.startswith("${") and not _loss_code(loss):
+        raise NoticeError("malformed")
     return Notice(
         kind, bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, price,
-        int(loss) if loss.isdigit() else 0, _price(p.get("m", "")),
+        int(loss) if _loss_code(loss) else 0, _price(p.get("m", "")),
     )

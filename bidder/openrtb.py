@@ -205,12 +205,15 @@ def _sizes(imp: dict, path: str) -> tuple[str, tuple[tuple[int, int], ...], tupl
     raise BadRequest("no_media", f"{path[:-1]} has no banner, video, native or audio object")
 
 
-def _deals(imp: dict, path: str, floorcur: str) -> tuple[tuple[Deal, ...], bool]:
+def _deals(imp: dict, path: str, floor: float, floorcur: str) -> tuple[tuple[Deal, ...], bool]:
+    """The deals on offer; a deal that states no floor of its own keeps the impression's (floor and currency)."""
     pmp = _obj(imp, "pmp", path)
     if not pmp:
         return (), False
     pp = path + "pmp."
-    raw = pmp.get("deals") or []
+    raw = pmp.get("deals")
+    if raw is None:
+        raw = []
     if type(raw) is not list:
         raise BadRequest("bad_type", f"{pp}deals must be an array")
     deals = []
@@ -224,8 +227,11 @@ def _deals(imp: dict, path: str, floorcur: str) -> tuple[tuple[Deal, ...], bool]
         at = d.get("at")
         if at is not None and type(at) is not int:
             raise BadRequest("bad_type", f"{dp}at must be an integer")
-        floor = _num(d, "bidfloor", dp)
-        deals.append(Deal(did, floor, _str(d, "bidfloorcur", dp, floorcur) or floorcur, at, _strs(d, "wseat", dp)))
+        if d.get("bidfloor") is None:
+            deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp)))
+            continue
+        deals.append(Deal(did, _num(d, "bidfloor", dp), _str(d, "bidfloorcur", dp, floorcur) or floorcur, at,
+                          _strs(d, "wseat", dp)))
     return tuple(deals), _flag(pmp, "private_auction", pp)
 
 
@@ -238,13 +244,14 @@ def _imp(raw: object, i: int) -> Imp:
         raise BadRequest("missing_field", f"{path}id is required")
     kind, sizes, mimes = _sizes(raw, path)
     floorcur = _str(raw, "bidfloorcur", path, "USD") or "USD"
-    deals, private = _deals(raw, path, floorcur)
+    floor = _num(raw, "bidfloor", path)
+    deals, private = _deals(raw, path, floor, floorcur)
     banner = raw.get("banner") or {}
     return Imp(
         id=iid,
         kind=kind,
         sizes=sizes,
-        floor=_num(raw, "bidfloor", path),
+        floor=floor,
         floorcur=floorcur,
         deals=deals,
         private_auction=private,
@@ -277,9 +284,11 @@ def _privacy(req: dict, user: dict) -> Privacy:
         usp = rext.get("us_privacy") or ""
     if type(usp) is not str:
         raise BadRequest("bad_type", "regs.us_privacy must be a string")
-    gpp_src, gpp_path = (regs, "regs.") if "gpp" in regs or "gpp_sid" in regs else (rext, "regs.ext.")
+    # a field present but null counts as absent: then its 2.5 place under ext still speaks
+    has_gpp = regs.get("gpp") is not None or regs.get("gpp_sid") is not None
+    gpp_src, gpp_path = (regs, "regs.") if has_gpp else (rext, "regs.ext.")
     return Privacy(
-        coppa=_flag(regs, "coppa", "regs.") if "coppa" in regs else _flag(rext, "coppa", "regs.ext."),
+        coppa=_flag(regs, "coppa", "regs.") if regs.get("coppa") is not None else _flag(rext, "coppa", "regs.ext."),
         gdpr=gdpr == 1,
         consent=consent,
         us_privacy=usp,
@@ -336,14 +345,17 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
     uid = _str(user, "id", "user.") or _str(user, "buyeruid", "user.") or _str(device, "ifa", "device.")
     source = _obj(req, "source", "")
     schain = _obj(source, "schain", "source.") or _obj(_obj(source, "ext", "source."), "schain", "source.ext.")
+    parsed = tuple([_imp(x, i) for i, x in enumerate(imps)])
+    if len(parsed) > 1 and len({imp.id for imp in parsed}) < len(parsed):
+        raise BadRequest("bad_value", "imp ids must be unique within the request (bids name their imp by id)")
     return BidRequest(
         id=rid,
-        imps=tuple([_imp(x, i) for i, x in enumerate(imps)]),
+        imps=parsed,
         at=at,
         tmax=tmax,
         cur=_strs(req, "cur", ""),
         bcat=_str_set(req, "bcat", ""),
-        badv=_str_set(req, "badv", ""),
+        badv=frozenset(a.lower() for a in _strs(req, "badv", "")) if "badv" in req else _NO_STRINGS,  # domains: no case
         bapp=_str_set(req, "bapp", ""),
         wseat=_str_set(req, "wseat", ""),
         bseat=_str_set(req, "bseat", ""),

@@ -15,10 +15,10 @@ Deadlines and overload.  A request's deadline is its arrival + tmax - the
 network allowance.  The arrival is taken conservatively (`ArrivalClock`): bytes
 read now may have waited in the kernel while the loop was busy, so while the
 loop runs back to back a request counts as old as the previous busy period.
-A request that has already waited three quarters of its budget (at most
-`shed_after`) before it is even parsed gets an immediate 204 (x-nobid-reason:
-overload), costing a few microseconds instead of a full bid; one whose
-remaining time cannot cover a bid gets 204 (deadline).
+A request that has already waited `shed_after` before it is even parsed, or
+three quarters of its own budget before it is decided, gets an immediate 204
+(x-nobid-reason: overload), costing a few microseconds instead of a full bid;
+one whose remaining time cannot cover a bid gets 204 (deadline).
 So under overload the worker keeps answering fast instead of building a queue
 whose every answer would be too late.
 """
@@ -50,6 +50,7 @@ MAX_INFLATED = 1024 * 1024
 MAX_HEAD = 16 * 1024  # request line + headers
 MAX_PIPELINED = 32  # requests one connection gets decided per read; the rest of a pipelined burst is shed
 REQUEST_TIMEOUT_S = 10.0  # a request whose bytes stop coming for this long loses its connection
+IDLE_TIMEOUT_S = 60.0  # a keep-alive connection without a request for this long is closed: idle ones must not use up fds
 DEADLINE_RESERVE_S = 0.002  # a request with less time left than this gets a 204 without being decided
 RESPOND_RESERVE_S = 0.0005  # what building and writing a response may take after the engine's last check
 MIN_SHED_S = 0.002  # never shed a request younger than this
@@ -63,26 +64,45 @@ _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: b"405 Method Not Allowed",
            408: b"408 Request Timeout", 413: b"413 Payload Too Large", 431: b"431 Request Header Fields Too Large"}
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
+_BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
+_GET_PATHS = ("/metrics", "/status", "/healthz")
 
 
 def inflate(body: bytes) -> bytes:
-    """gunzip with a hard cap, so a gzip bomb costs at most MAX_INFLATED bytes of memory."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(body, MAX_INFLATED)
-    except zlib.error:
-        raise BadRequest("bad_gzip", "body is not valid gzip") from None
-    if d.unconsumed_tail:
-        raise BadRequest("body_too_large", f"inflated body exceeds {MAX_INFLATED} bytes")
-    if not d.eof:
-        raise BadRequest("bad_gzip", "gzip body is truncated")
-    return out
+    """gunzip with a hard cap, so a gzip bomb costs at most MAX_INFLATED bytes of memory.
+
+    Every member is inflated, as gzip itself does (RFC 1952 allows several, and zero padding between them);
+    the cap holds for all of them together.
+    """
+    out: list[bytes] = []
+    room = MAX_INFLATED
+    rest = body
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = d.decompress(rest, room + 1)  # a max_length of 0 would mean no limit
+        except zlib.error:
+            raise BadRequest("bad_gzip", "body is not valid gzip") from None
+        room -= len(part)
+        if room < 0:
+            raise BadRequest("body_too_large", f"inflated body exceeds {MAX_INFLATED} bytes")
+        if not d.eof:
+            raise BadRequest("bad_gzip", "gzip body is truncated")
+        out.append(part)
+        rest = d.unused_data.lstrip(b"\0")
+        if not rest:
+            return out[0] if len(out) == 1 else b"".join(out)
 
 
 def supported_version(value: bytes) -> bool:
     """x-openrtb-version values this bidder answers: any 2.x (2.5 and 2.6 are read; 2.x is backward compatible)."""
     v = value.strip()
     return v == b"2" or v.startswith(b"2.")
+
+
+def bid_path(url: bytes) -> bool:
+    """The documented bid endpoints only: /bid, /bid/<exchange>, /openrtb2, /openrtb2/<exchange> (query allowed)."""
+    return _BID_PATH.match(url) is not None
 
 
 def exchange_name(path: bytes) -> str:
@@ -156,7 +176,6 @@ class BidApp:
         self.status_extra = status or dict
         self.network_s = engine.cfg.network_ms / 1000.0
         self.shed_after_s = shed_after_ms / 1000.0
-        self.shed_now_s = self.shed_after_s
         self.clock = ArrivalClock()
         self.connections: set[BidProtocol] = set()
         self.outbox: list[tuple[asyncio.Transport, bytes, bool]] = []  # answers decided this loop pass, written at its end
@@ -165,9 +184,13 @@ class BidApp:
         self._last_internal_log = 0.0
 
     def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"") -> bytes:
-        """One bid request to raw HTTP response bytes; never raises for bad input."""
+        """One bid request to raw HTTP response bytes; never raises for bad input.
+
+        Before parsing, only `shed_after` can shed: the request's own budget is not known yet, and another
+        request's could be far shorter.  Once parsed, its own budget sets how long it may have waited.
+        """
         stats = self.stats
-        if time.perf_counter() - started > self.shed_now_s:
+        if time.perf_counter() - started > self.shed_after_s:
             return self.shed(exchange)
         try:
             if version and not supported_version(version):
@@ -180,13 +203,14 @@ class BidApp:
             return response(400, orjson.dumps({"error": e.reason, "detail": e.detail}))
         budget = req.tmax / 1000.0 - self.network_s
         deadline = started + budget
-        # shed before parsing once a request has used most of the budget the last one had (capped by shed_after)
-        self.shed_now_s = min(self.shed_after_s, max(budget * SHED_SHARE, MIN_SHED_S))
-        if time.perf_counter() + DEADLINE_RESERVE_S > deadline:
+        now = time.perf_counter()
+        if now + DEADLINE_RESERVE_S > deadline:
             stats.requests[(exchange, "nobid", "deadline")] += 1
-            if budget > 0 and time.perf_counter() > deadline:
+            if budget > 0 and now > deadline:
                 stats.past_deadline += 1
             return _204 % b"deadline"
+        if now - started > max(budget * SHED_SHARE, MIN_SHED_S):
+            return self.shed(exchange)
         out = self.engine.bid(req, exchange, deadline - RESPOND_RESERVE_S)
         end = time.perf_counter()
         stats.observe(end - started)
@@ -274,7 +298,8 @@ class BidProtocol(asyncio.Protocol):
     """One keep-alive connection: httptools callbacks feed the app, answers go out in order."""
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
-                 "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor")
+                 "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
+                 "coding", "upgrade_body")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -283,6 +308,7 @@ class BidProtocol(asyncio.Protocol):
         self.receiving = 0.0  # perf_counter when the message being read began; 0 between messages
         self.last_read = 0.0  # perf_counter of the last read that drained the socket
         self.read_floor = 0.0  # earliest arrival of the bytes being parsed now
+        self.seen = time.perf_counter()  # the last read, for the idle timeout
         self.dead = False
         self.budget = MAX_PIPELINED
         self._reset()
@@ -298,6 +324,9 @@ class BidProtocol(asyncio.Protocol):
         self.expect = False
         self.too_large = False
         self.started = 0.0
+        self.length = b""  # Content-Length and Transfer-Encoding as sent: an ignored upgrade restates them
+        self.coding = b""
+        self.upgrade_body = False
 
     # -- transport events ---------------------------------------------------------------
 
@@ -326,13 +355,42 @@ class BidProtocol(asyncio.Protocol):
         self.read_floor = floor if floor > self.last_read else self.last_read
         if len(data) < READ_DRAINED:  # a short read emptied the socket: what comes next arrived after now
             self.last_read = now
+        self.seen = now
         self.budget = MAX_PIPELINED
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._close(400, b'{"error":"upgrade_not_supported"}')
+            while True:
+                try:
+                    self.parser.feed_data(data)
+                    return
+                except httptools.HttpParserUpgrade as e:
+                    data = self._ignore_upgrade(data[e.args[0]:])
         except httptools.HttpParserError:
             self._close(400, b'{"error":"bad_http"}')
+
+    def _ignore_upgrade(self, rest: bytes) -> bytes:
+        """Go on in HTTP/1.1 where httptools stopped for an Upgrade (RFC 9110 lets a server ignore it); the rest to parse.
+
+        httptools ends an upgrade request at its headers.  One without a body was answered then, and the same
+        parser reads on.  One with a body gets a fresh parser, fed first a head restating what this request's
+        headers set, so the body is read and the request answered as usual.  After a CONNECT come tunnel bytes.
+        """
+        if self.dead or self.parser.get_method() == b"CONNECT":
+            return b""
+        if not self.upgrade_body:
+            return rest
+        method, close = self.parser.get_method(), not self.parser.should_keep_alive()
+        head = [b"%s %s HTTP/1.1" % (method, self.url)]
+        for name, value in ((b"Content-Length", self.length), (b"Transfer-Encoding", self.coding),
+                            (b"Content-Encoding", self.encoding), (b"x-openrtb-version", self.version)):
+            if value:
+                head.append(name + b": " + value)
+        if close:
+            head.append(b"Connection: close")
+        self.parser = httptools.HttpRequestParser(self)
+        floor, self.read_floor = self.read_floor, self.started  # the request keeps its arrival, later ones their own
+        self.parser.feed_data(b"\r\n".join(head) + b"\r\n\r\n")
+        self.read_floor = floor
+        return rest
 
     def _close(self, status: int, body: bytes) -> None:
         """Answer once more and hang up: after this the connection's byte stream cannot be trusted.
@@ -341,6 +399,8 @@ class BidProtocol(asyncio.Protocol):
         (a lingering close): closing a socket with unread input resets it, and the reset can destroy the
         answer before the client has read it.
         """
+        if self.dead:  # answered and hung up already; after write_eof() a write would raise
+            return
         self.dead = True
         t = self.transport
         if t is None or t.is_closing():
@@ -377,12 +437,17 @@ class BidProtocol(asyncio.Protocol):
             self.encoding = value.strip().lower()
             self.gz = self.encoding == b"gzip"
         elif n == 14 and name.lower() == b"content-length":
+            self.length = value
             try:
                 self.too_large = int(value) > MAX_BODY
             except ValueError:
                 self.too_large = True
-        elif n == 17 and name.lower() == b"x-openrtb-version":
-            self.version = value
+        elif n == 17:
+            lower = name.lower()
+            if lower == b"x-openrtb-version":
+                self.version = value
+            elif lower == b"transfer-encoding":
+                self.coding = value
         elif n == 6 and name.lower() == b"expect":
             self.expect = value.strip().lower() == b"100-continue"
 
@@ -407,7 +472,7 @@ class BidProtocol(asyncio.Protocol):
 
     def _too_large(self) -> None:
         """413 at once and hang up, rather than reading (and discarding) the rest of a huge body."""
-        if self.url.startswith((b"/bid", b"/openrtb")):
+        if bid_path(self.url):
             self.app.stats.requests[(exchange_name(self.url.split(b"?", 1)[0]), "error", "body_too_large")] += 1
         self._close(413, b'{"error":"body_too_large","detail":"bid requests are limited to 256 KiB"}')
 
@@ -416,17 +481,24 @@ class BidProtocol(asyncio.Protocol):
         transport = self.transport
         if self.dead or transport is None or transport.is_closing():
             return
+        parser = self.parser
+        close = not parser.should_keep_alive()
+        if parser.should_upgrade():
+            if parser.get_method() == b"CONNECT":
+                close = True
+            elif self.length or self.coding:  # httptools has not read the body: _ignore_upgrade does
+                self.upgrade_body = True
+                return
         try:
             out = self._route()
         except Exception as e:  # the last line of defence: never a 500, never a dead worker
-            bid_route = self.url.startswith((b"/bid", b"/openrtb"))
-            out = self.app.internal_error(exchange_name(self.url.split(b"?", 1)[0]) if bid_route else None, e)
-        self.app.send(transport, out, not self.parser.should_keep_alive())
+            out = self.app.internal_error(exchange_name(self.url.split(b"?", 1)[0]) if bid_path(self.url) else None, e)
+        self.app.send(transport, out, close)
 
     def _route(self) -> bytes:
         url = self.url
         method = self.parser.get_method()
-        if url.startswith((b"/bid", b"/openrtb")):
+        if bid_path(url):
             if method != b"POST":
                 return response(405, b'{"error":"method_not_allowed","detail":"bid requests are POSTed"}')
             exchange = exchange_name(url.split(b"?", 1)[0])
@@ -438,9 +510,11 @@ class BidProtocol(asyncio.Protocol):
                 return response(400, b'{"error":"bad_encoding","detail":"Content-Encoding must be gzip or identity"}')
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             return self.app.bid(body, self.gz, exchange, self.started, self.version)
-        if method != b"GET":
-            return response(405, b'{"error":"method_not_allowed"}')
         path, _, query = url.decode("latin-1").partition("?")
+        if method != b"GET":
+            if path.startswith("/notice/") or path in _GET_PATHS:
+                return response(405, b'{"error":"method_not_allowed"}')
+            return response(404, b'{"error":"not_found"}')
         if path.startswith("/notice/"):
             return self.app.notice(path[8:], query)
         if path == "/metrics":
@@ -458,13 +532,20 @@ def gzip_body(body: bytes) -> bytes:
 
 
 async def sweep_stalled(app: BidApp, interval: float = 1.0) -> None:
-    """Hang up on connections that began a request and stopped sending it: they must not hold memory forever."""
+    """Hang up on connections that began a request and stopped sending it: they must not hold memory forever.
+
+    Idle keep-alive connections are closed too: each holds a file descriptor, and enough of them would keep
+    the worker from accepting the connections that bring requests.
+    """
     while True:
         await asyncio.sleep(interval)
         now = time.perf_counter()
         for proto in list(app.connections):
-            if proto.receiving and now - proto.receiving > REQUEST_TIMEOUT_S:
-                proto._close(408, b'{"error":"request_timeout"}')
+            if proto.receiving:
+                if now - proto.receiving > REQUEST_TIMEOUT_S:
+                    proto._close(408, b'{"error":"request_timeout"}')
+            elif now - proto.seen > IDLE_TIMEOUT_S and proto.transport is not None:
+                proto.transport.close()
 
 
 def settle_heap(app: BidApp) -> None:

@@ -42,7 +42,7 @@ def _size_keys(kind: str, w: int, h: int) -> list[tuple[str, int, int]]:
     if kind in ("native", "audio"):
         return [(kind, 0, 0)]
     if kind == "video":
-        return [("video", w, h), ("video", -1, -1)] if w else [("video", 0, 0), ("video", -1, -1)]
+        return [("video", w, h)] if w else [("video", 0, 0)]  # (0, 0): unsized, plays at any size
     return [(kind, w, h)]
 
 
@@ -135,7 +135,12 @@ class CampaignIndex:
         self._domain = _Dimension([t.domains for t in ts])
         self._category = _Dimension([t.categories for t in ts])
         self._currency = _members((c.currency,) for c in camps)
-        self._advertiser = _members((c.advertiser,) for c in camps)
+        self._advertiser = _members((c.advertiser.lower(),) for c in camps)  # badv is read in lower case
+        video = [cr.kind == "video" for _, cr in self.slots]
+        self._mime = _members(cr.mimes if v else () for v, (_, cr) in zip(video, self.slots, strict=True))
+        self._any_mime = _bits_of(i for i, (v, (_, cr)) in enumerate(zip(video, self.slots, strict=True))
+                                  if not v or not cr.mimes)
+        self._video_mime_bits: dict[tuple[str, ...], int] = {}
         # a blocked IAB1 blocks IAB1 and IAB1-2: each creative category is listed under itself and its parent
         self._blocks = _members({x for c in cr.cats for x in (c, c.split("-", 1)[0])} for _, cr in self.slots)
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
@@ -174,12 +179,33 @@ class CampaignIndex:
 
     def _media_bits(self, imp: Imp) -> int:
         kind = imp.kind
-        if kind in ("native", "audio") or (kind == "video" and not imp.sizes):
+        if kind == "video":
+            return self._video_bits(imp)
+        if kind in ("native", "audio"):
             return self._kind.get(kind, 0)
         get = self._media.get
         out = 0
         for w, h in imp.sizes:
             out |= get((kind, w, h), 0)
+        return out
+
+    def _video_bits(self, imp: Imp) -> int:
+        """Video creatives the player takes: in an offered size, or unsized; and in one of its MIME types, when
+        both the impression and the creative name theirs."""
+        if imp.sizes:
+            get = self._media.get
+            out = get(("video", 0, 0), 0)
+            for w, h in imp.sizes:
+                out |= get(("video", w, h), 0)
+        else:
+            out = self._kind.get("video", 0)
+        if imp.video_mimes:
+            mimes = self._video_mime_bits.get(imp.video_mimes)
+            if mimes is None:
+                mimes = self._any_mime | self._union(self._mime, imp.video_mimes)
+                if len(self._video_mime_bits) < 64:
+                    self._video_mime_bits[imp.video_mimes] = mimes
+            out &= mimes
         return out
 
     def live_bits(self, live: frozenset[str]) -> int:
@@ -385,7 +411,7 @@ def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:
         return "targeting"
     if t.categories and not t.categories.intersection(req.cats):
         return "targeting"
-    if req.badv and camp.advertiser in req.badv:
+    if req.badv and camp.advertiser.lower() in req.badv:
         return "blocked_advertiser"
     if req.bcat and any(c in req.bcat or c.split("-", 1)[0] in req.bcat for c in cr.cats):
         return "blocked_category"

@@ -8,8 +8,11 @@ With a broker and `--lease-slice` above 0, each worker process is a bidder of
 its own (its own bidder id and engine) that spends only from budget leases
 granted by the streams side (streams/leases.py): a `LeaseClient` asks for
 top-ups through the same non-blocking producer and applies the grants read
-from the grants topic.  Notices for a sibling's bid are relayed to it
-(`NoticeRelay`), since that is where the bid's reservation lives.
+from the grants topic.
+
+With N > 1 workers, leases or not, a notice for a sibling's bid is relayed to
+it whole (`NoticeRelay`): that is where the bid's replay memory (and
+reservation) lives, so a notice is counted and charged once per host.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ from typing import Any
 
 import orjson
 
-from bidder.campaigns import Campaign, ConfigError, parse_campaign
+from bidder.campaigns import Campaign, ConfigError, config_campaign
 from bidder.clock import from_env as clock_from_env
 from bidder.engine import BidEngine, EngineConfig
 from bidder.lease_client import LeaseClient
 from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool_dir, start_publishing
-from bidder.notice_relay import NoticeRelay, notice_bidder
-from bidder.notices import NoticeError, verify_notice
+from bidder.notice_relay import NoticeRelay
+from bidder.notices import KINDS, Notice
 from bidder.pacing import PacingState
-from bidder.server import BidApp, start_server
+from bidder.server import BidApp, response, start_server
 from models.snapshot import ModelSnapshot
 
 log = logging.getLogger("streambid.serve")
@@ -61,8 +64,11 @@ class ServeOptions:
     shed_ms: float = 60.0  # cap on how long an unparsed request may wait before a 204 (overload); see bidder.server
     metrics_dir: Path | None = None  # set by serve() for N > 1 workers: where they add up their counters
     lease_frac: float = 0.0  # with a broker: bid on budget leases, each slice this share of the remaining daily budget
-    relay_dir: Path | None = None  # set by serve() for N > 1 workers on leases: their notice mailboxes
+    relay_dir: Path | None = None  # set by serve() for N > 1 workers: their notice mailboxes
     lease_poll_s: float = 0.1  # how often each worker checks whether a lease needs topping up
+
+    def __post_init__(self) -> None:
+        self.notice_base = self.notice_base.rstrip("/")  # "https://x/" would sign URLs for "https://x//notice/…"
 
     @property
     def leases(self) -> bool:
@@ -92,6 +98,10 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     start_publishing(stats, engine, opts.metrics_dir, opts.workers)
     producer = follower = grants = relay = billed = None
     tasks: list[asyncio.Task] = []
+    if opts.relay_dir is not None:  # N > 1 workers: each one's notices are counted by the worker whose bid it is
+        relay = NoticeRelay(opts.relay_dir, engine.cfg.bidder_id, app.notice)  # a sibling's handover: as if it landed here
+        relay.start(asyncio.get_running_loop())
+        app.notice = _relaying(app, relay)  # type: ignore[method-assign]
     leases = LeaseClient(engine, opts.lease_frac) if opts.leases else None
     if opts.broker:
         from streams import topics
@@ -109,10 +119,9 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
             preparing[0] = False
             engine.prepare()
 
-        def on_config(key: bytes, value: bytes) -> None:
-            doc = orjson.loads(value)
+        def on_config(key: bytes, value: bytes | None) -> None:
             try:
-                engine.upsert_campaign(parse_campaign(doc.get("campaign", doc)))
+                engine.upsert_campaign(config_campaign(value))
             except ConfigError:
                 return  # rejected by the worker too; the previous valid config stays in force
             if not preparing[0]:  # once after a run of changes (the follower applies a fetch without yielding)
@@ -139,21 +148,22 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
                                since=lambda: int(time.time() // 86_400) * 86_400_000)
         await billed.start()
         if leases is not None:
-            grants, relay = await _start_leases(opts, engine, app, leases, producer, tasks)
+            grants = await _start_leases(opts, engine, leases, producer, tasks)
     server = await start_server(app, opts.host, opts.port)
 
     def status_extra() -> dict:
+        doc: dict[str, Any] = {}
+        if relay is not None:
+            doc["notice_relay"] = {"forwarded": relay.forwarded, "received": relay.received,
+                                   "unreachable": relay.unreachable}
         if producer is None:
-            return {}
-        doc = {"events": {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
-                          "replayed": producer.replayed},
-               "state_messages": follower.applied if follower else 0}
+            return doc
+        doc["events"] = {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
+                         "replayed": producer.replayed}
+        doc["state_messages"] = follower.applied if follower else 0
         if leases is not None:
             doc["leases"] = leases.status()
             doc["lease_messages"] = {"requests": leases.requests, "grants": leases.grants, "ignored": leases.ignored}
-            if relay is not None:
-                doc["notice_relay"] = {"forwarded": relay.forwarded, "received": relay.received,
-                                       "unreachable": relay.unreachable}
         return doc
 
     app.status_extra = status_extra
@@ -174,9 +184,9 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         await producer.stop()
 
 
-async def _start_leases(opts: ServeOptions, engine: BidEngine, app: BidApp, leases: LeaseClient, producer: Any,
-                        tasks: list[asyncio.Task]) -> tuple[Any, NoticeRelay | None]:
-    """Grants in (from the end of the grants topic: this process's bidder id is new), requests out, notices relayed."""
+async def _start_leases(opts: ServeOptions, engine: BidEngine, leases: LeaseClient, producer: Any,
+                        tasks: list[asyncio.Task]) -> Any:
+    """Grants in (from the end of the grants topic: this process's bidder id is new), requests out."""
     from streams import topics
     from streams.kafka_io import StateFollower
 
@@ -201,54 +211,36 @@ async def _start_leases(opts: ServeOptions, engine: BidEngine, app: BidApp, leas
             await asyncio.sleep(opts.lease_poll_s)
 
     tasks.append(asyncio.ensure_future(ask()))
-    relay = None
-    if opts.relay_dir is not None:
-        relay = NoticeRelay(opts.relay_dir, engine.cfg.bidder_id, _settle(engine))
-        relay.start(asyncio.get_running_loop())
-        app.notice = _relaying(app, relay)  # type: ignore[method-assign]
-    return grants, relay
+    return grants
+
+
+_OK = response(200, b'{"ok":true}')
 
 
 def _relaying(app: BidApp, relay: NoticeRelay) -> Any:
-    """BidApp.notice, except that the lease effect of a sibling's bid goes to that sibling (bidder.notice_relay)."""
-    handle_here = BidApp.notice.__get__(app)
-    engine = app.engine
+    """BidApp.notice, except that a valid notice of a sibling's bid is handed to that sibling (bidder.notice_relay).
+
+    Signature and expiry are checked here: a forged or expired notice is refused (400) and counted here.  A valid
+    notice signed for a sibling's bidder id goes to the sibling whole, which counts it in its metrics, refuses it
+    if replayed, charges it (lease, frequency) and sends its event; here it is answered 200 (it was valid and is
+    counted by its owner) and remembered, so a replay landing here again gets its 400.  One whose sibling is gone
+    (restarted under a new id) or cannot be reached is handled here, without touching this worker's lease.
+    """
+    engine, stats = app.engine, app.stats
 
     def notice(kind: str, query: str) -> bytes:
-        owner = notice_bidder(query)
-        if kind == "win" or not owner or owner == relay.bidder_id:
-            return handle_here(kind, query)
-        try:
-            n = verify_notice(engine.cfg.secret, kind, query, engine.clock())
-        except NoticeError:  # refused here just the same, touching no lease
-            return handle_here(kind, query)
-        lease = engine.leases.pop(n.campaign, None)  # answered, counted and sent on as always, but not charged here
-        try:
-            answer = handle_here(kind, query)
-        finally:
-            if lease is not None:
-                engine.leases[n.campaign] = lease
-        if answer.startswith(b"HTTP/1.1 200"):
-            # the engine's charge for a bill (bidder.engine `_bill`): the clearing price, else our bid
-            relay.forward(owner, kind, n.campaign, n.bid_id, (n.price_cpm or n.bid_cpm) // 1000)
-        return answer
+        def hand_over(n: Notice) -> bool:
+            return relay.forward(n.bidder, kind, query)
+
+        outcome = engine.notice(kind, query, relay=hand_over)
+        if outcome == "relayed":
+            return _OK  # counted once, by the owner; not in this worker's metrics
+        stats.notices[(kind if kind in KINDS else "unknown", outcome)] += 1  # as BidApp.notice
+        if outcome == "ok":
+            return _OK
+        return response(400, orjson.dumps({"error": outcome}))
 
     return notice
-
-
-def _settle(engine: BidEngine) -> Any:
-    """Apply a sibling's notice for one of this engine's bids to its lease."""
-
-    def settle(kind: str, campaign: str, bid_id: str, cost: int) -> None:
-        lease = engine.leases.get(campaign)
-        if lease is None:
-            return
-        if kind == "bill":
-            lease.settle(bid_id, cost)
-        elif kind == "loss":
-            lease.release(bid_id)
-
-    return settle
 
 
 def _child(opts: ServeOptions, index: int) -> None:
@@ -265,8 +257,7 @@ def serve(opts: ServeOptions) -> int:
         _child(opts, 0)
         return 0
     opts.metrics_dir = make_pool_dir()  # every worker's /metrics answers for all of them
-    if opts.leases:
-        opts.relay_dir = Path(tempfile.mkdtemp(prefix="streambid-relay-"))
+    opts.relay_dir = Path(tempfile.mkdtemp(prefix="streambid-relay-"))  # each worker's notice mailbox (private: 0700)
     metrics = PoolRenderer(opts.metrics_dir, opts.workers)
     ctx = mp.get_context("fork")
     procs = {i: ctx.Process(target=_child, args=(opts, i), daemon=True) for i in range(opts.workers)}

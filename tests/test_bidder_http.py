@@ -298,3 +298,106 @@ def test_arrival_clock_counts_kernel_waits_while_the_loop_is_saturated() -> None
     time.sleep(0.002)  # the loop waited for input
     later = time.perf_counter()
     assert clock.arrival(later) == later
+
+
+def statuses(out: bytes) -> list[int]:
+    return [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)]
+
+
+async def test_an_upgrade_header_is_ignored_and_each_request_answered_once(stack: Stack) -> None:
+    """RFC 9110 lets a server ignore Upgrade: `curl --http2` on http:// sends `Upgrade: h2c` with its bid request."""
+    h2c = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    close = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    bid = b"POST /bid/ex8 HTTP/1.1\r\nHost: x\r\n" + h2c + b"Content-Length: %d\r\n\r\n" % len(BANNER) + BANNER
+    out = await stack.raw(bid + close, read_until_close=True)
+    assert statuses(out) == [200, 200] and b'"seatbid"' in out
+    chunked = b"POST /bid/ex8 HTTP/1.1\r\nHost: x\r\n" + h2c + b"Transfer-Encoding: chunked\r\n\r\n"
+    chunked += b"%x\r\n%s\r\n0\r\n\r\n" % (len(BANNER), BANNER)
+    assert statuses(await stack.raw(chunked + close, read_until_close=True)) == [200, 200]
+    gz = gzip.compress(BANNER)
+    gz_bid = b"POST /bid/ex8 HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nx-openrtb-version: 2.5\r\n" + h2c
+    gz_bid += b"Content-Length: %d\r\n\r\n" % len(gz)
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(gz_bid)  # the body comes in a later read than the headers
+    await w.drain()
+    await asyncio.sleep(0.02)
+    w.write(gz + bid + close)
+    out = await asyncio.wait_for(r.read(), 5)
+    w.close()
+    assert statuses(out) == [200, 200, 200]
+    ws = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert statuses(await stack.raw(ws + close, read_until_close=True)) == [200, 200]
+    out = await stack.raw(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", read_until_close=True)
+    assert statuses(out) == [404]  # no such resource here; and what follows a CONNECT is not HTTP, so it hangs up
+    assert metric(await stack.metrics(), "streambid_bid_requests_total", exchange="ex8", outcome="bid") == 4
+
+
+async def test_a_short_tmax_does_not_shed_the_next_request(stack: Stack) -> None:
+    """The shed threshold before parsing is the request's own, not the one of whatever request came before."""
+    assert (await stack.post("/bid/ex9", body(request(tmax=21))))[0] == 204
+    data = body(request(tmax=5000))
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(b"POST /bid/ex9 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data) + data[:10])
+    await w.drain()
+    await asyncio.sleep(0.01)
+    w.write(data[10:])
+    status, headers, _ = split(await asyncio.wait_for(read_response(r), 5))
+    w.close()
+    assert status == 200, headers
+
+
+def test_a_request_that_waited_most_of_its_own_budget_is_shed() -> None:
+    engine = BidEngine(EngineConfig(secret=b"t", explore_below=0, network_ms=20), [parse_campaign(campaign())],
+                       ModelSnapshot.empty(), sink=lambda *a: None)
+    app = BidApp(engine, BidderStats(), shed_after_ms=1000)
+    # budget 220 - 20 = 200 ms, shed after 150: waited 160 ms is shed (40 ms would be left), 100 ms is decided
+    assert b"x-nobid-reason: overload" in app.bid(body(request(tmax=220)), False, "x", time.perf_counter() - 0.160)
+    assert app.bid(body(request(tmax=220)), False, "x", time.perf_counter() - 0.100).startswith(b"HTTP/1.1 200")
+    assert app.stats.shed == 1
+
+
+async def test_an_oversized_header_gets_one_431_and_no_error(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    big = b"POST /bid/ex3 HTTP/1.1\r\nX-Pad: " + b"a" * 20_000 + b"\r\nX-More: 1\r\nX-Last: 2\r\nContent-Length: 2\r\n\r\n{}"
+    with caplog.at_level("ERROR"):
+        out = await stack.raw(big, read_until_close=True)
+        await asyncio.sleep(0.05)
+    assert statuses(out) == [431]
+    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_idle_keep_alive_connections_are_closed(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT_S", 0.3)
+    sweeper = asyncio.ensure_future(sweep_stalled(stack.app, interval=0.05))
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", stack.port)  # never sends anything
+        w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert split(await asyncio.wait_for(read_response(r), 5))[0] == 200
+        started = time.perf_counter()
+        assert await asyncio.wait_for(r.read(), 3) == b"" and await asyncio.wait_for(r2.read(), 3) == b""
+        assert time.perf_counter() - started >= 0.2
+        w.close()
+        w2.close()
+    finally:
+        sweeper.cancel()
+
+
+async def test_only_the_documented_bid_paths_are_bid_endpoints(stack: Stack) -> None:
+    for path in ("/bid", "/bid/ex10", "/openrtb2", "/openrtb2/ex10", "/bid/ex10?src=a"):
+        assert (await stack.post(path, BANNER))[0] == 200, path
+    for path in ("/bidder", "/bidXYZ", "/openrtbX", "/openrtb2x/ex10", "/bid/ex10/more", "/nothing"):
+        status, _, out = await stack.post(path, BANNER)
+        assert status == 404 and orjson.loads(out)["error"] == "not_found", path
+    assert (await stack.get("/bidder"))[0] == 404
+    assert (await stack.post("/healthz", b""))[0] == 405
+
+
+async def test_gzip_bodies_of_several_members_are_inflated_under_one_cap(stack: Stack) -> None:
+    half = len(BANNER) // 2
+    two = gzip.compress(BANNER[:half]) + gzip.compress(b"") + gzip.compress(BANNER[half:])
+    assert (await stack.post("/bid/ex11", two, {"Content-Encoding": "gzip"}))[0] == 200
+    big = gzip.compress(b" " * 600_000)
+    status, _, out = await stack.post("/bid/ex11", big + big, {"Content-Encoding": "gzip"})
+    assert status == 400 and orjson.loads(out)["error"] == "body_too_large"
+    status, _, out = await stack.post("/bid/ex11", gzip.compress(BANNER) + b"junk", {"Content-Encoding": "gzip"})
+    assert status == 400 and orjson.loads(out)["error"] == "bad_gzip"

@@ -73,7 +73,7 @@ def reference_candidates(camps, req, imp) -> Iterator[tuple[Campaign, Any, tuple
         if camp.targeting.countries and req.country not in camp.targeting.countries:
             continue
         for cr in camp.creatives:
-            if not cr.fits(imp.kind, imp.sizes) or matches(camp, cr, req):
+            if not cr.fits(imp.kind, imp.sizes, imp.video_mimes) or matches(camp, cr, req):
                 continue
             deal = deal_for(camp, imp, SEAT)
             if deal is None and (camp.targeting.deal_only or imp.private_auction):
@@ -161,8 +161,14 @@ def test_index_returns_exactly_the_creatives_the_rules_allow() -> None:
     store = FrequencyStore()
     factory = RequestFactory(9)
     compared = 0
-    for _ in range(800):
-        req = parse_request(factory.body())
+    for k in range(800):
+        doc = orjson.loads(factory.body())
+        if k % 3 == 0:  # players that take only WebM, or name no type; block lists written in capitals
+            for imp in doc["imp"]:
+                if "video" in imp:
+                    imp["video"]["mimes"] = ["video/webm"] if k % 2 else []
+            doc["badv"] = [a.upper() for a in doc.get("badv", [])] + [camps[k % len(camps)].advertiser.upper()]
+        req = parse_request(orjson.dumps(doc))
         for imp in req.imps:
             el = index.eligible(req, imp, live, SEAT, req.user_key, store, 0, 0)
             got = {(index.slots[s][0].id, index.slots[s][1].id) for s in el.slots.tolist()}
@@ -171,6 +177,30 @@ def test_index_returns_exactly_the_creatives_the_rules_allow() -> None:
             assert got == want
             compared += len(want)
     assert compared > 10_000
+
+
+def test_video_creatives_fit_the_player_by_size_and_mime_type() -> None:
+    """A sized creative needs an offered size, an unsized one plays at any; a creative that names its MIME types
+    needs one the player takes, when the player names them."""
+    def video(cid: str, w: int, h: int, mimes: list[str]) -> dict:
+        return {"id": cid, "type": "video", "w": w, "h": h, "adm": "<VAST/>", "mimes": mimes}
+
+    doc = campaign(id="v", creatives=[video("mp4-640", 640, 360, ["video/mp4"]), video("webm-any", 0, 0, ["video/webm"]),
+                                      video("any-any", 0, 0, []), video("mp4-1280", 1280, 720, ["video/mp4"])])
+    camps = [parse_campaign(doc)]
+    index = CampaignIndex(camps)
+    cases = [
+        ({"w": 640, "h": 360, "mimes": ["video/mp4"]}, {"mp4-640", "any-any"}),
+        ({"w": 640, "h": 360, "mimes": ["video/webm", "video/mp4"]}, {"mp4-640", "webm-any", "any-any"}),
+        ({"w": 640, "h": 360}, {"mp4-640", "webm-any", "any-any"}),
+        ({"mimes": ["video/webm"]}, {"webm-any", "any-any"}),
+        ({"w": 300, "h": 250, "mimes": ["video/mp4"]}, {"any-any"}),
+    ]
+    for player, want in cases:
+        req = parse_request(body(request(imp=[{"id": "1", "video": player}])))
+        el = index.eligible(req, req.imps[0], frozenset({"v"}), SEAT, "", FrequencyStore(), 0, 0)
+        assert {index.slots[s][1].id for s in el.slots.tolist()} == want, player
+        assert {cr.id for _, cr, _, _ in reference_candidates(camps, req, req.imps[0])} == want, player
 
 
 def test_candidate_counts_stay_small_with_thousands_of_campaigns() -> None:

@@ -228,3 +228,19 @@ def test_new_creatives_are_explored_with_posterior_draws() -> None:
     assert len(prices) > 10  # draws vary; with exploration off the price is one fixed value
     e_off = engine([parse_campaign(campaign())])
     assert len({orjson.loads(bid(e_off, request()).body)["seatbid"][0]["bid"][0]["price"] for _ in range(5)}) == 1
+
+
+def test_a_request_of_many_impressions_stops_when_its_time_runs_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each impression takes time; one that would finish past the deadline gets 204, and no bid is logged."""
+    events: list = []
+    e = engine([parse_campaign(campaign())], events, explore_below=0)
+    imps = [{"id": str(i), "banner": {"w": 300, "h": 250}} for i in range(8)]
+    assert bid(e, request(imp=imps)).bids == 8  # all eight bid when time is plenty
+    events.clear()
+    ticks = iter(range(10_000))
+    monkeypatch.setattr("bidder.engine.time.perf_counter", lambda: next(ticks) * 0.001)  # 1 ms per look at the clock
+    out = e.bid(parse_request(body(request(imp=imps))), "x", 0.0055)
+    assert (out.status, out.reason) == (204, "deadline") and not events
+    ticks = iter(range(10_000))
+    out = e.bid(parse_request(body(request(imp=imps[:2]))), "x", 0.0055)  # two decided by 2 ms, signed in 0.1 ms
+    assert out.status == 200 and out.bids == 2

@@ -25,7 +25,7 @@ from bidder.metrics import BidderStats
 from bidder.notice_relay import NoticeRelay, notice_bidder
 from bidder.openrtb import parse_request
 from bidder.server import BidApp
-from bidder.wiring import _relaying, _settle
+from bidder.wiring import _relaying
 from models.snapshot import ModelSnapshot
 from streams.leases import REQUEST_TTL_S, LeaseDesk, min_slice
 from streams.leases import parse_request as parse_lease_request
@@ -248,7 +248,7 @@ def test_a_sibling_bids_notices_settle_its_own_lease(tmp_path: Path) -> None:
         events: list = []
         engines = {n: engine(clock, n, events) for n in ("bA", "bB")}
         apps = {n: BidApp(e, BidderStats()) for n, e in engines.items()}
-        relays = {n: NoticeRelay(tmp_path, n, _settle(engines[n])) for n in engines}
+        relays = {n: NoticeRelay(tmp_path, n, apps[n].notice) for n in engines}  # a handover: as if it landed there
         for n, r in relays.items():
             r.start(loop)
             apps[n].notice = _relaying(apps[n], r)
@@ -274,9 +274,10 @@ def test_a_sibling_bids_notices_settle_its_own_lease(tmp_path: Path) -> None:
         assert (a.spent_micros, a.reserved_micros) == (2_000, 0)
         assert (b.spent_micros, b.reserved_micros, b.granted_micros) == (0, 0, SLICE)
         assert relays["bB"].forwarded == 2 and relays["bA"].received == 2
-        # answered, counted and sent on where the notice landed, as without leases
+        # counted and sent on once, by the worker that made the bid (the one where it landed answered it)
         assert [(k, ev["bidder"], ev["cost"]) for k, ev in events if k == "billing"] == [("billing", "bA", 2_000)]
-        assert apps["bB"].stats.notices[("bill", "ok")] == 1 and apps["bB"].stats.notices[("loss", "ok")] == 1
+        assert apps["bA"].stats.notices[("bill", "ok")] == 1 and apps["bA"].stats.notices[("loss", "ok")] == 1
+        assert apps["bB"].stats.notices[("bill", "ok")] == 0
         # a sibling gone (restarted under a new id): nothing to settle, the notice still counts
         relays["bA"].close()
         again = bid(engines["bA"])
@@ -291,4 +292,4 @@ def test_a_relay_refuses_ids_that_cannot_name_a_socket(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         NoticeRelay(tmp_path, "../x", lambda *a: None)
     r = NoticeRelay(tmp_path, "bA", lambda *a: None)
-    assert not r.forward("bB", "bill", "c1", "bB-1", 5)  # not started
+    assert not r.forward("bB", "bill", "b=x&n=bB")  # not started

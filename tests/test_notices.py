@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 
+from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.metrics import BidderStats
 from bidder.notices import NoticeError, notice_url, verify_notice
+from bidder.openrtb import parse_request
+from bidder.server import BidApp
+from bidder.wiring import ServeOptions
+from models.snapshot import ModelSnapshot
+from tests.helpers import body, campaign, request
 
 SECRET = b"k"
+NOW = 1_780_000_000.0  # inside the test campaign's flight; a UTC day of 2026-05-28
 
 
 def _url(kind: str = "bill", expires: int = 2000) -> str:
@@ -52,3 +65,99 @@ def test_expired_and_wrong_kind_and_wrong_key() -> None:
 def test_price_above_our_bid_is_refused() -> None:
     with pytest.raises(NoticeError, match="price_above_bid"):
         verify_notice(SECRET, "bill", _query(_url(), price="2.5"), now=1000)
+
+
+# -- a clearing price of 0 is a price, not an absent one -----------------------------------
+
+
+def _engine(events: list, **cfg) -> BidEngine:
+    return BidEngine(EngineConfig(secret=SECRET, explore_below=0, **cfg), [parse_campaign(campaign())],
+                     ModelSnapshot.empty(), sink=lambda k, key, ev: events.append((k, ev)), clock=lambda: NOW)
+
+
+def _bid(e: BidEngine) -> dict:
+    return orjson.loads(e.bid(parse_request(body(request())), "x", math.inf).body)["seatbid"][0]["bid"][0]
+
+
+@pytest.mark.parametrize("price", ["0", "0.00", "0.0000001", "-0"])
+def test_a_substituted_price_of_zero_is_zero_micros(price: str) -> None:
+    assert verify_notice(SECRET, "bill", _query(_url(), price=price), now=1000).price_cpm == 0
+
+
+@pytest.mark.parametrize("price", ["${AUCTION_PRICE}", ""])
+def test_an_unsubstituted_price_is_absent(price: str) -> None:
+    assert verify_notice(SECRET, "bill", _query(_url(), price=price), now=1000).price_cpm is None
+
+
+@pytest.mark.parametrize("price", ["0", "0.00", "0.0000001"])
+def test_a_bill_at_a_price_of_zero_charges_nothing_and_a_win_at_zero_says_so(price: str) -> None:
+    events: list = []
+    e = _engine(events, lease_slice=1)
+    e.grant("c1", "2026-05-28", 1_000_000)
+    b = _bid(e)
+    assert e.notice("win", urlsplit(b["nurl"]).query.replace("${AUCTION_PRICE}", price)) == "ok"
+    assert e.notice("bill", urlsplit(b["burl"]).query.replace("${AUCTION_PRICE}", price)) == "ok"
+    [win] = [ev for k, ev in events if k == "wins"]
+    [bill] = [ev for k, ev in events if k == "billing"]
+    assert win["price"] == 0 and bill["cost"] == 0
+    lease = e.leases["c1"]
+    assert (lease.spent_micros, lease.reserved_micros) == (0, 0)
+    assert e._new_prices == [0]  # a clearing price under our bid: a market price, 0 included
+
+
+def test_an_unsubstituted_price_charges_our_bid() -> None:
+    events: list = []
+    e = _engine(events)
+    b = _bid(e)
+    assert e.notice("win", urlsplit(b["nurl"]).query) == "ok"
+    assert e.notice("bill", urlsplit(b["burl"]).query) == "ok"
+    bid_micros = round(b["price"] * 1e6)
+    assert [ev["price"] for k, ev in events if k == "wins"] == [bid_micros]
+    assert [ev["cost"] for k, ev in events if k == "billing"] == [bid_micros // 1000]
+    assert e._new_prices == []  # paid our bid: says nothing of the market
+
+
+# -- forged notices are refused and counted, never an internal error -------------------------
+
+
+def test_a_non_ascii_signature_is_a_bad_signature() -> None:
+    for sig in ("%C3%A9", "%C3%A9" * 24, "%F0%9F%98%80"):
+        with pytest.raises(NoticeError, match="bad_signature"):
+            verify_notice(SECRET, "bill", _query(_url()).replace("&s=", f"&s={sig}"), now=1000)
+
+
+def test_a_loss_reason_that_is_not_ascii_digits_is_malformed() -> None:
+    loss = urlsplit(_url("loss")).query.replace("${AUCTION_MIN_TO_WIN}", "2.5")
+    assert verify_notice(SECRET, "loss", loss.replace("${AUCTION_LOSS}", "102"), now=1000).loss_reason == 102
+    assert verify_notice(SECRET, "loss", loss, now=1000).loss_reason == 0  # not substituted: unknown
+    for bad in ("%C2%B2", "%D9%A3", "abc", "-1", "1" * 5000):  # "²", Arabic-Indic 3, ...: isdigit() but not a code
+        with pytest.raises(NoticeError, match="malformed"):
+            verify_notice(SECRET, "loss", loss.replace("${AUCTION_LOSS}", bad), now=1000)
+
+
+def test_forged_notices_through_the_app_are_400_and_counted() -> None:
+    events: list = []
+    app = BidApp(_engine(events), BidderStats())
+    b = _bid(app.engine)
+    bill = urlsplit(b["burl"]).query.replace("${AUCTION_PRICE}", "0.5")
+    answer = app.notice("bill", re.sub(r"&s=[^&]*", "&s=%C3%A9", bill))
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_signature"' in answer
+    loss = urlsplit(b["lurl"]).query.replace("${AUCTION_MIN_TO_WIN}", "2")
+    answer = app.notice("loss", loss.replace("${AUCTION_LOSS}", "%C2%B2"))
+    assert answer.startswith(b"HTTP/1.1 400") and b'"malformed"' in answer
+    assert app.stats.notices[("bill", "bad_signature")] == 1 and app.stats.notices[("loss", "malformed")] == 1
+    assert not events[1:]  # only the bid's own event: nothing refused was sent on
+
+
+# -- the notice base ------------------------------------------------------------------------
+
+
+def test_a_notice_base_with_a_trailing_slash_makes_no_double_slash() -> None:
+    opts = ServeOptions(host="127.0.0.1", port=1, workers=1, campaigns=[], broker=None, secret=SECRET, salt=b"s",
+                        network_ms=20, notice_base="https://bid.example/", model_path=None, spill_dir=Path("."),
+                        restricted_policy="context")
+    assert opts.notice_base == "https://bid.example"
+    e = BidEngine(EngineConfig(secret=SECRET, explore_below=0, notice_base=opts.notice_base),
+                  [parse_campaign(campaign())], ModelSnapshot.empty(), sink=lambda *a: None, clock=lambda: NOW)
+    for url in (_bid(e)[k] for k in ("nurl", "burl", "lurl")):
+        assert urlsplit(url).path in ("/notice/win", "/notice/bill", "/notice/loss")

@@ -37,6 +37,8 @@ def test_user_id_is_hashed_never_kept_raw() -> None:
         ({"id": "x", "imp": [{"id": "1", "banner": {}, "bidfloor": -1}]}, "imp[0].bidfloor"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}}], "tmax": "fast"}, "tmax"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}}], "regs": {"gdpr": 3}}, "regs.gdpr"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}, "pmp": {"deals": {}}}]}, "imp[0].pmp.deals"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}}, {"id": "1", "banner": {}}]}, "imp ids"),
     ],
 )
 def test_bad_requests_name_the_field(doc: dict, field: str) -> None:
@@ -64,3 +66,25 @@ def test_deals_and_formats() -> None:
     assert req.imps[0].sizes == ((300, 250), (320, 50))
     assert req.imps[0].private_auction
     assert req.imps[0].deals[0].id == "d1" and req.imps[0].deals[0].floor == 2.5 and req.imps[0].deals[0].at == 1
+
+
+@pytest.mark.parametrize(
+    "regs",
+    [
+        {"coppa": None, "ext": {"coppa": 1}},
+        {"gpp": None, "gpp_sid": None, "ext": {"gpp": "DBABLA~BVQqAAAAAgA.QA", "gpp_sid": [7]}},
+    ],
+)
+def test_a_null_26_privacy_field_leaves_its_25_place_in_force(regs: dict) -> None:
+    """null is absent: a COPPA or GPP signal where 2.5 put it must not be hidden by a null 2.6 field."""
+    p = parse_request(body(request(regs=regs))).privacy
+    assert p.coppa or (p.gpp and p.gpp_sid == (7,))
+
+
+def test_a_deal_without_a_floor_keeps_the_impression_floor() -> None:
+    imp = {"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 6.0, "bidfloorcur": "EUR",
+           "pmp": {"deals": [{"id": "open"}, {"id": "cheap", "bidfloor": 1.5}, {"id": "zero", "bidfloor": 0}]}}
+    deals = {d.id: d for d in parse_request(body(request(imp=[imp]))).imps[0].deals}
+    assert (deals["open"].floor, deals["open"].cur) == (6.0, "EUR")
+    assert (deals["cheap"].floor, deals["cheap"].cur) == (1.5, "EUR")
+    assert deals["zero"].floor == 0.0  # a floor stated as 0 is the deal's own
