@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import datetime as dt
 import marshal
 import math
 import os
@@ -35,12 +34,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from bidder.pacing import SpendPlan
+from bidder.pacing import SpendPlan, day_fraction
 
 # seconds; resolves 0.25 ms to 50 ms
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -171,15 +169,13 @@ def campaign_gauges(engine: Any) -> dict[str, tuple]:
     Days and plans follow the engine's clock (simulated under a time warp).
     """
     sim = engine.clock()
-    utc = dt.datetime.fromtimestamp(sim, dt.UTC)
     live = engine.live()
     out = {}
     for cid, camp in list(engine.index.campaigns.items()):
-        local = utc.astimezone(ZoneInfo(camp.timezone))
-        frac = (local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6) / 86400.0
+        day, frac, _ = day_fraction(camp.timezone, sim)
         budget = camp.daily_budget
         p = engine.pacing.get(cid)
-        today = p is not None and p.day == local.date().isoformat()
+        today = p is not None and p.day == day
         spend = p.spent_today if today else 0
         value = p.value_today if today else 0
         budget_today = p.budget_today if today and p.budget_today else budget

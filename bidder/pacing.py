@@ -26,9 +26,11 @@ Pure objects, no I/O; the streams side calls `update` with ledger totals.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from models.conversion import DEFAULT_CVR
 
@@ -49,6 +51,20 @@ class PacingState:
     clicks_today: int = 0
     value_today: int = 0  # micros
     cvr: float = 0.0  # P(conversion | click) for CPA campaigns (models.conversion), published with the pacing
+
+
+def day_fraction(timezone: str, now: float) -> tuple[str, float, int]:
+    """(local day, share of it elapsed, local hour) at `now` in `timezone`.
+
+    The share is of the day's real length, midnight to midnight: on the day clocks go back (25 hours) or forward
+    (23), a wall-clock share would run backwards for an hour or jump, and the pacer would read the plan wrong.
+    """
+    tz = ZoneInfo(timezone)
+    local = dt.datetime.fromtimestamp(now, tz)
+    day = local.date()
+    start = dt.datetime.combine(day, dt.time(), tz).timestamp()
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz).timestamp()
+    return day.isoformat(), min(max((now - start) / (end - start), 0.0), 1.0), local.hour
 
 
 def conversion_rate(state: PacingState | None) -> float:

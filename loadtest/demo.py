@@ -62,8 +62,8 @@ class FlatPacer(Pacer):
         out = []
         for camp in self.campaigns.by_id.values():
             day = self.campaigns.fraction_of_day(camp, now)[0]
-            spent = ledger.day_totals(camp.id, day)["spend"]
-            out.append(PacingState(camp.id, day, 0.0, spent, camp.daily_budget, spent >= camp.daily_budget))
+            spent, budget = ledger.day_totals(camp.id, day)["spend"], self.budget_today(camp, day, ledger)
+            out.append(PacingState(camp.id, day, 0.0, spent, budget, spent >= budget))
         return out
 
 

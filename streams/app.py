@@ -27,7 +27,7 @@ import faust
 import orjson
 from faust.types import TP
 
-from bidder.campaigns import Campaign, ConfigError, parse_campaign
+from bidder.campaigns import Campaign, ConfigError, config_campaign
 from bidder.clock import from_env as clock_from_env
 from bidder.forecast import TrafficForecast
 from streams import leases, topics
@@ -43,7 +43,8 @@ from streams.worker_metrics import WorkerStats
 log = logging.getLogger("streambid.worker")
 DELIVERY = (topics.BIDS, topics.WINS, topics.BILLING, topics.LOSSES, topics.IMPRESSIONS, topics.CLICKS, topics.CONVERSIONS)
 DELIVERY_NAMES = frozenset(t.name for t in DELIVERY)
-SEEN_TTL_S = 3 * 86400  # event ids are remembered (for dedup) this long after their event time
+SEEN_TTL_S = 3 * 86400  # event ids are remembered (for dedup) this long before the newest event time
+FUTURE_S = 86400  # how far ahead of the clock an event time may be (producers' clocks drift, none by a day)
 FORGET_EVERY_S = 3600.0
 EXPIRE_SLICE = 5000  # click windows closed per slice of a tick, before the loop is handed back
 # The worker keeps hundreds of thousands of long-lived table entries and allocates a few objects per event: with
@@ -118,7 +119,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     learner = Learner()
     pacer = Pacer(campaigns, TrafficForecast())  # each day's plan follows the requests per hour the bid log reports
     observe_bid = pacer.observe_bid
-    leases.install(app, campaigns, delivery.ledger)  # budget leases for the bidders (streams/leases.py)
+    leases.install(app, campaigns, delivery.ledger, pacer)  # budget leases for the bidders (streams/leases.py)
     board = board if board is not None else StatusBoard()
     positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset processed
     latest_ts: dict[tuple[str, int], int] = {}  # (topic, partition) -> latest event time processed (ms)
@@ -140,6 +141,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         tp(spec)
     kinds = {t.name: topic_kind(t.name) for t in DELIVERY}
     sources: dict[tuple[str, int], str] = {}  # (topic, partition) -> "topic:partition", the ledger's watermark key
+    newest = [0]  # the latest delivery event time this worker has read: ids are forgotten SEEN_TTL_S before it
 
     async def reject(source: str, reason: str, payload: Any) -> None:
         stats.deadletters[(source, reason)] += 1
@@ -158,6 +160,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             first_event.update(at=time.time(), cpu_s=time.process_time())
         consumed = stats.consumed
         handle = delivery.handle
+        latest_ok = int(clock() * 1000) + FUTURE_S * 1000
         tpkey: tuple[str, int] | None = None
         source = ""
         for msg in records:
@@ -170,12 +173,29 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             positions[tpkey] = msg.offset  # read, whatever it holds: a malformed last record must not look unread
             try:
                 ev = check_event(kind, msg.value)
+                if msg.key != ev["campaign"].encode():  # the key picks the partition, hence the worker that counts it
+                    raise EventError("key_mismatch", "the record's key must be its campaign")
+                ts = ev["ts"]
+                if ts > newest[0]:
+                    if ts > latest_ok:  # one clock far ahead would otherwise move the dedup horizon past every event
+                        raise EventError("from_the_future", f"event time more than {FUTURE_S // 3600} h ahead")
+                    newest[0] = ts
+                elif ts < newest[0] - SEEN_TTL_S * 1000:  # its id may be forgotten: it could be a copy of a counted one
+                    raise EventError("older_than_dedup_horizon", f"{SEEN_TTL_S // 86400} days before the newest event")
             except EventError as e:
                 await reject(msg.topic, e.reason, msg.value)
+                tpkey = None  # the tick may have run meanwhile and moved the tables off this partition
                 continue
             if kind == "bids":
                 observe_bid(ev)
-            for ex in handle(kind, ev, (source, msg.offset)):
+            try:
+                examples = handle(kind, ev, (source, msg.offset))
+            except Exception as e:  # a bug must cost one event (kept on the dead-letter topic), not the worker
+                log.exception("event %s from %s could not be applied", ev.get("id"), source)
+                await reject(msg.topic, f"internal: {type(e).__name__}", msg.value)
+                tpkey = None
+                continue
+            for ex in examples:
                 send_example(ex, ev["ts"])
             if ev["ts"] > latest_ts.get(tpkey, 0):
                 latest_ts[tpkey] = ev["ts"]
@@ -251,7 +271,11 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             except EventError as e:
                 await reject(topics.EXAMPLES.name, e.reason, msg.value)
                 continue
-            learn_new(ev)
+            try:
+                learn_new(ev)
+            except Exception as e:  # as for delivery events: one example lost to the dead-letter topic, not the learner
+                log.exception("example %s could not be learned", ev.get("id"))
+                await reject(topics.EXAMPLES.name, f"internal: {type(e).__name__}", msg.value)
 
     async def write_checkpoint() -> None:
         """The learner's state and the offsets it covers, on the learner topic, in parts."""
@@ -270,10 +294,9 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         async for event in stream.events():
             stats.consumed["campaigns"] += 1
             try:
-                doc = orjson.loads(event.value)
-                parse_campaign(doc.get("campaign", doc) if isinstance(doc, dict) else doc)
-            except (orjson.JSONDecodeError, ConfigError) as e:
-                await reject(topics.CAMPAIGNS.name, f"invalid_config: {e}", event.value)
+                config_campaign(event.value)
+            except ConfigError as e:
+                await reject(topics.CAMPAIGNS.name, f"invalid_config: {e}", event.value or b"")
 
     def owned_partitions() -> frozenset[int] | None:
         """Delivery partitions assigned to this worker and recovered; None while a rebalance is under way."""
@@ -389,7 +412,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             reached = event_time(now_ms, owned)
             if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
                 forgotten_at[0] = time.time()
-                delivery.ledger.forget_before(now_ms - SEEN_TTL_S * 1000)
+                delivery.ledger.forget_before(newest[0] - SEEN_TTL_S * 1000)
             stats.windows_close_at = min(reached.values())
             await close_windows(stats.windows_close_at, reached, owned, now_ms)
         else:
@@ -420,10 +443,9 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             if state.campaign in local:
                 await pacing_topic.send(key=state.campaign.encode(), value=orjson.dumps(pacing_doc(state)))
 
-    def apply_config(key: bytes, value: bytes) -> None:
-        doc = orjson.loads(value)
+    def apply_config(key: bytes, value: bytes | None) -> None:
         try:
-            camp = parse_campaign(doc.get("campaign", doc))
+            camp = config_campaign(value)
         except ConfigError:
             return  # the config agent dead-letters it; the previous valid version stays in force
         campaigns.by_id[camp.id] = camp

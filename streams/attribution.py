@@ -89,15 +89,24 @@ class Attribution:
         self._put(ev["bid_id"], {"c": ev["campaign"], "r": ev.get("creative", ""), "f": None, "t": ev["ts"],
                                       "imp": None, "clk": None, "done": 0, **marks})
 
-    def on_impression(self, ev: dict[str, Any]) -> str:
-        entry = self.pending.get(ev["bid_id"])
+    def on_impression(self, ev: dict[str, Any]) -> tuple[str, Example | None]:
+        """Outcome and, when a click read before it falls inside the window it opens, the positive example."""
+        bid_id = ev["bid_id"]
+        entry = self.pending.get(bid_id)
         if entry is None:
             self._early(ev, imp=ev["ts"])
-            return "early"
+            return "early", None
         if entry["imp"] is not None:
-            return "duplicate"
-        self._put(ev["bid_id"], {**entry, "imp": ev["ts"]})
-        return "matched"
+            return "duplicate", None
+        entry = {**entry, "imp": ev["ts"]}
+        example = None
+        # a click read first was judged from the bid's time; the impression's time is the one its window runs from
+        if entry["clk"] is not None and entry["f"] is not None and not entry["done"] \
+                and entry["clk"] - entry["imp"] <= self.click_window_ms:
+            entry["done"] = 1
+            example = Example(entry["c"], entry["r"], entry["f"], 1, bid_id)
+        self._put(bid_id, entry)
+        return "matched", example
 
     def on_click(self, ev: dict[str, Any]) -> tuple[str, Example | None]:
         """Outcome and, when the click is the first inside the window, the positive example."""

@@ -65,11 +65,12 @@ class EmbeddedBus:
             self._grant(now)
 
     def _granter(self, campaign: str, day: str) -> LeaseGranter:
+        budget = self.pacer.budget_today(self.campaigns.by_id[campaign], day, self.delivery.ledger)
         g = self.granters.get((campaign, day))
         if g is None:
-            budget = self.campaigns.by_id[campaign].daily_budget
             g = self.granters[(campaign, day)] = LeaseGranter(budget, min_slice=max(self.engine.cfg.lease_slice, 1),
                                                               frac=0.05)
+        g.set_budget(budget)
         return g
 
     def _grant(self, now: float) -> None:

@@ -8,6 +8,8 @@ event may touch state; what fails it goes to the dead-letter topic.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import zlib
 from typing import Any
 
@@ -54,8 +56,50 @@ def check_event(kind: str, raw: Any) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             raise EventError("bad_json", "payload is not JSON") from None
     if type(raw) is dict and _plainly_valid(raw, _FAST.get(kind, ())):
-        return raw
+        return _sane(kind, raw)
     return _check(kind, raw)
+
+
+# Event times a ledger day can be built from (years 2000 to 2099), and the most one event may move (a billion
+# currency units in micros): beyond either, an event is a producer's bug, and counting it would break a total.
+TS_MIN_MS, TS_MAX_MS = 946_684_800_000, 4_102_444_800_000
+MAX_MONEY_MICROS = 10**15
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_NON_EMPTY = ("campaign", "bid_id", "creative")
+
+
+def _sane(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The checks beyond types: times, amounts, ids, days and feature ids an event must have to be counted."""
+    ts = raw["ts"]
+    if not TS_MIN_MS <= ts <= TS_MAX_MS:
+        raise EventError("bad_value", "ts must be a time in milliseconds since 1970 between 2000 and 2100")
+    kind_of = raw.get("type")
+    if kind_of is not None and kind_of != kind:
+        raise EventError("wrong_topic", f"a {kind_of!r} event on the {kind} topic")
+    for name in _NON_EMPTY:
+        if name in raw and not raw[name]:
+            raise EventError("bad_value", f"{name} must not be empty")
+    for money in _MONEY:
+        if money in raw and raw[money] > MAX_MONEY_MICROS:
+            raise EventError("bad_value", f"{money} is more than {MAX_MONEY_MICROS} micros")
+    if kind in ("bids", "examples") and not all(type(f) is int for f in raw["features"]):
+        raise EventError("bad_type", "features must be integer feature ids")
+    if kind == "examples" and raw["label"] not in (0, 1):
+        raise EventError("bad_value", "label must be 0 or 1")
+    if kind == "billing":
+        _check_day(raw["day"], ts)
+    return raw
+
+
+def _check_day(day: str, ts: int) -> None:
+    """A billing day is the campaign's local date at the bill: at most a day off the date in UTC."""
+    try:
+        local = dt.date.fromisoformat(day) if _DAY.fullmatch(day) else None
+    except ValueError:
+        local = None
+    utc = dt.datetime.fromtimestamp(ts / 1000, dt.UTC).date()
+    if local is None or abs((local - utc).days) > 1:
+        raise EventError("bad_value", f"day {day[:32]!r} is not the local date of ts")
 
 
 _FAST = {kind: tuple((name, (int, float) if typ is float else (typ,)) for name, typ in fields.items())
@@ -67,8 +111,8 @@ def _plainly_valid(raw: dict[str, Any], required: tuple[tuple[str, tuple[type, .
     """The common case in a few exact type tests (a stream worker runs this for every event): True only where
     `_check` passes too, False where it might not, and `_check` then decides and names the problem."""
     get = raw.get
-    eid = get("id")
-    if get("v") != SCHEMA_VERSION or type(eid) is not str or not eid or type(get("ts")) is not int:
+    eid, v = get("id"), get("v")
+    if type(v) is not int or v != SCHEMA_VERSION or type(eid) is not str or not eid or type(get("ts")) is not int:
         return False
     for name, types in required:
         if type(get(name)) not in types:
@@ -84,12 +128,13 @@ def _plainly_valid(raw: dict[str, Any], required: tuple[tuple[str, tuple[type, .
 def _check(kind: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise EventError("bad_type", "event must be a JSON object")
-    if raw.get("v") != SCHEMA_VERSION:
-        raise EventError("bad_version", f"schema version must be {SCHEMA_VERSION}")
+    v = raw.get("v")
+    if type(v) is not int or v != SCHEMA_VERSION:
+        raise EventError("bad_version", f"schema version must be the integer {SCHEMA_VERSION}")
     if not isinstance(raw.get("id"), str) or not raw["id"]:
         raise EventError("missing_field", "id")
-    if not isinstance(raw.get("ts"), int) or isinstance(raw.get("ts"), bool):
-        raise EventError("missing_field", "ts")
+    if type(raw.get("ts")) is not int:
+        raise EventError("missing_field" if raw.get("ts") is None else "bad_type", "ts")
     for name, typ in _REQUIRED.get(kind, {}).items():
         v = raw.get(name)
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
@@ -99,7 +144,7 @@ def _check(kind: str, raw: Any) -> dict[str, Any]:
     for money in _MONEY:
         if money in raw and (not isinstance(raw[money], int) or raw[money] < 0):
             raise EventError("bad_value", f"{money} must be non-negative integer micros")
-    return raw
+    return _sane(kind, raw)
 
 
 def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int) -> dict[str, Any]:

@@ -92,22 +92,23 @@ class LeaseDesk:
         """Count an outcome of a request (granted, held, stale, past_day, unknown_campaign, malformed)."""
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def granter(self, campaign: Campaign, day: str, frac: float) -> LeaseGranter | None:
-        """The campaign's granter for `day`; None for a day older than one already granted on (a late request)."""
+    def granter(self, campaign: Campaign, day: str, frac: float, budget: int) -> LeaseGranter | None:
+        """The campaign's granter for `day` and its `budget` that day (micros; the lifetime total may leave less
+        than the daily budget); None for a day older than one already granted on (a late request)."""
         current = self.days.get(campaign.id)
         if current is not None and day < current:
             return None
         g = self.granters.get(campaign.id)
         if g is None or current != day:
-            g = self.granters[campaign.id] = LeaseGranter(campaign.daily_budget, min_slice(campaign), frac)
+            g = self.granters[campaign.id] = LeaseGranter(budget, min_slice(campaign), frac)
             self.days[campaign.id] = day
-        g.set_budget(campaign.daily_budget)  # a budget changed mid-day counts from the next grant on
+        g.set_budget(budget)  # a budget changed mid-day counts from the next grant on
         g.min_slice = min_slice(campaign)
         g.frac = frac
         return g
 
     def answer(self, req: dict[str, Any], campaign: Campaign | None, ledger_spend: int, now: float,
-               hold: bool = False) -> dict[str, Any] | None:
+               hold: bool = False, budget: int | None = None) -> dict[str, Any] | None:
         """The grant for a parsed request, or None (unknown campaign, stale request, a day already over, or `hold`).
 
         `hold`: the campaign has just come to this worker; take in what the bidder reports, grant nothing yet.
@@ -118,7 +119,8 @@ class LeaseDesk:
         if now - req["ts"] > REQUEST_TTL_S:
             self.note("stale")
             return None
-        g = self.granter(campaign, req["day"], min(max(float(req["frac"]), 1e-6), MAX_FRAC))
+        budget = campaign.daily_budget if budget is None else budget
+        g = self.granter(campaign, req["day"], min(max(float(req["frac"]), 1e-6), MAX_FRAC), budget)
         if g is None:
             self.note("past_day")
             return None
@@ -134,12 +136,13 @@ class LeaseDesk:
                 "slice": g.slice_size(), "ts": int(now * 1000)}
 
 
-def install(app: Any, campaigns: Any, ledger: Any) -> LeaseDesk:
+def install(app: Any, campaigns: Any, ledger: Any, pacer: Any) -> LeaseDesk:
     """Add the lease agent to the Faust app: requests in, grants out.
 
     `campaigns` is the worker's `streams.processor.Campaigns` (budgets, max bids), `ledger` its `SpendLedger`
     (exact spend per campaign-day of the partitions this worker owns: the request topic is partitioned like the
-    delivery topics, so a campaign's requests reach the worker that holds its spend).
+    delivery topics, so a campaign's requests reach the worker that holds its spend), `pacer` its `Pacer` (the
+    day's budget under a lifetime total).
     """
     desk = LeaseDesk()
     assigned_at: dict[int, float] = {}  # request partition -> when this worker was given it
@@ -177,7 +180,9 @@ def install(app: Any, campaigns: Any, ledger: Any) -> LeaseDesk:
                 cid = req["campaign"]
                 partition_of[cid] = part = event.message.partition
                 hold = now - assigned_at.setdefault(part, now) < HOLD_S
-                grant = desk.answer(req, campaigns.by_id.get(cid), ledger.day_totals(cid, req["day"])["spend"], now, hold)
+                camp = campaigns.by_id.get(cid)
+                budget = pacer.budget_today(camp, req["day"], ledger) if camp is not None else None
+                grant = desk.answer(req, camp, ledger.day_totals(cid, req["day"])["spend"], now, hold, budget)
                 if grant is not None:
                     answers[(grant["bidder"], cid)] = grant  # the last answer per bidder and campaign says it all
             for grant in answers.values():

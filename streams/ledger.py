@@ -89,6 +89,16 @@ class SpendLedger:
     def day_totals(self, campaign: str, day: str) -> dict[str, int]:
         return dict(self.totals.get(f"{campaign}|{day}") or empty_totals())
 
+    def spend_before(self, days: dict[str, str]) -> dict[str, int]:
+        """Per campaign of `days`, what it spent on the days before its given day (one pass over the totals)."""
+        out = dict.fromkeys(days, 0)
+        for key, t in list(self.totals.items()):
+            campaign, _, day = key.partition("|")
+            today = days.get(campaign)
+            if today is not None and day < today:  # ISO dates order as text
+                out[campaign] += t.get("spend", 0)
+        return out
+
     def campaign_totals(self, campaign: str) -> dict[str, int]:
         """All days summed (the adapter's local partitions only, on Kafka)."""
         out = empty_totals()

@@ -18,7 +18,7 @@ import orjson
 
 from bidder.campaigns import Campaign
 from bidder.forecast import TrafficForecast
-from bidder.pacing import PacingController, PacingState, SpendPlan
+from bidder.pacing import PacingController, PacingState, SpendPlan, day_fraction
 from models.conversion import ConversionRates
 from models.learner import CTRLearner, encode_state
 from streams.attribution import Attribution, Example
@@ -53,9 +53,7 @@ class Campaigns:
 
     def fraction_of_day(self, campaign: Campaign, now: float) -> tuple[str, float, int]:
         """(local day, fraction of the local day elapsed, local hour) for a campaign at `now`."""
-        local = dt.datetime.fromtimestamp(now, ZoneInfo(campaign.timezone))
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        return local.date().isoformat(), (local - midnight).total_seconds() / 86400.0, local.hour
+        return day_fraction(campaign.timezone, now)
 
     def click_value(self, campaign: str) -> int:
         c = self.by_id.get(campaign)
@@ -81,7 +79,9 @@ class DeliveryProcessor:
                 if ex is not None:
                     examples.append(ex)
             elif kind == "impressions":
-                outcome = self.attribution.on_impression(event)
+                outcome, ex = self.attribution.on_impression(event)
+                if ex is not None:
+                    examples.append(ex)
             elif kind == "clicks":
                 outcome, ex = self.attribution.on_click(event)
                 if ex is not None:
@@ -110,11 +110,17 @@ PACING_KP = 10.0
 PACING_TAIL = 0.25
 
 
+# How often the spend of earlier days is summed again for the lifetime budgets: it only moves with late billing
+# of an earlier day (a notice stays valid an hour), and summing it reads every day's totals.
+LIFETIME_REFRESH_S = 60.0
+
+
 class Pacer:
     """Turns today's spend per campaign into pacing states for the bidders.
 
     With a traffic forecast, each day's plan follows the expected requests per local hour; the plan is fixed
-    when the campaign's day starts, so the target never jumps within a day.
+    when the campaign's day starts, so the target never jumps within a day.  A campaign with a lifetime budget
+    is paced on what that total leaves of its daily budget, and stops once the total is spent.
     """
 
     def __init__(self, campaigns: Campaigns, forecast: TrafficForecast | None = None) -> None:
@@ -122,6 +128,24 @@ class Pacer:
         self.forecast = forecast
         self.controllers: dict[str, PacingController] = {}
         self.conversions = ConversionRates()
+        self._before: dict[str, int] = {}  # spend on the days before today, per campaign with a lifetime budget
+        self._before_days: dict[str, str] = {}  # the "today" each of those sums stops at
+        self._before_at = -LIFETIME_REFRESH_S
+
+    def budget_today(self, camp: Campaign, day: str, ledger: SpendLedger | None) -> int:
+        """`camp`'s budget for `day`: its daily budget, less once its lifetime total binds (micros)."""
+        if not camp.total_budget:
+            return camp.daily_budget
+        if self._before_days.get(camp.id) == day:
+            return camp.budget_today(self._before.get(camp.id, 0))
+        before = ledger.spend_before({camp.id: day})[camp.id] if ledger is not None else 0
+        return camp.budget_today(before)
+
+    def _refresh_lifetime(self, now: float, days: dict[str, str], ledger: SpendLedger | None) -> None:
+        capped = {cid: day for cid, day in days.items() if self.campaigns.by_id[cid].total_budget}
+        if capped != self._before_days or now - self._before_at >= LIFETIME_REFRESH_S:
+            self._before = ledger.spend_before(capped) if ledger is not None else {}
+            self._before_days, self._before_at = capped, now
 
     def observe_bid(self, event: dict[str, Any]) -> None:
         """A bid-log event: its bidder's running request count feeds the traffic forecast."""
@@ -136,8 +160,11 @@ class Pacer:
 
     def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
         out = []
-        for camp in list(self.campaigns.by_id.values()):
-            day, frac, _ = self.campaigns.fraction_of_day(camp, now)
+        camps = list(self.campaigns.by_id.values())
+        when = {c.id: self.campaigns.fraction_of_day(c, now) for c in camps}
+        self._refresh_lifetime(now, {cid: w[0] for cid, w in when.items()}, ledger)
+        for camp in camps:
+            day, frac, _ = when[camp.id]
             totals = ledger.day_totals(camp.id, day) if ledger is not None else empty_totals()
             ctl = self.controllers.get(camp.id)
             if ctl is None:
@@ -145,7 +172,7 @@ class Pacer:
                                                                    tail=PACING_TAIL)
             elif ctl.day != day:  # a new day starts from yesterday's price of budget, not from zero
                 ctl = self.controllers[camp.id] = ctl.next_day(day, self.plan(camp, day, now))
-            state = ctl.update(frac, totals["spend"], camp.daily_budget)
+            state = ctl.update(frac, totals["spend"], self.budget_today(camp, day, ledger))
             state.campaign = camp.id
             state.impressions_today = totals["billed"]
             state.clicks_today = totals["clicks"]

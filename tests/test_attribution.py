@@ -20,7 +20,7 @@ def ev(kind: str, i: int, ts: int) -> dict:
 def test_click_inside_window_is_one_positive() -> None:
     a = Attribution({}, click_window_ms=30 * MIN)
     a.on_bid(bid(1))
-    assert a.on_impression(ev("impressions", 1, 1000)) == "matched"
+    assert a.on_impression(ev("impressions", 1, 1000)) == ("matched", None)
     outcome, ex = a.on_click(ev("clicks", 1, 5 * MIN))
     assert outcome == "matched" and ex is not None and ex.label == 1 and ex.features == [1, 2, 1]
     assert a.on_click(ev("clicks", 1, 6 * MIN)) == ("duplicate", None)
@@ -41,7 +41,7 @@ def test_window_close_is_one_negative_and_late_click_does_not_flip_it() -> None:
 def test_click_before_its_bid_is_matched_when_the_bid_arrives() -> None:
     a = Attribution({}, click_window_ms=30 * MIN)
     assert a.on_click(ev("clicks", 4, 2000)) == ("early", None)
-    assert a.on_impression(ev("impressions", 4, 1000)) == "matched"
+    assert a.on_impression(ev("impressions", 4, 1000)) == ("matched", None)
     outcome, ex = a.on_bid(bid(4, ts=500))
     assert outcome == "matched" and ex is not None and ex.label == 1
     assert a.on_click(ev("clicks", 4, 3000)) == ("duplicate", None)
@@ -53,3 +53,17 @@ def test_orphans_and_unserved_bids() -> None:
     a.on_bid(bid(3))
     assert a.expire(60 * MIN) == ([], 1)  # the early click never met a bid: one orphan
     assert "b3" not in a.pending and "b9" not in a.pending  # never served: no example, and forgotten
+
+
+def test_a_click_read_before_its_impression_is_judged_from_the_impression() -> None:
+    """Bid at 0, impression at 5 min, click at 31 min: inside the impression's window, whichever is read first."""
+    for order in (("impressions", "clicks"), ("clicks", "impressions")):
+        a = Attribution({}, click_window_ms=30 * MIN)
+        a.on_bid(bid(5))
+        got = []
+        for kind in order:
+            out = (a.on_impression(ev(kind, 5, 5 * MIN)) if kind == "impressions" else a.on_click(ev(kind, 5, 31 * MIN)))
+            got.append(out[1])
+        labels = [x.label for x in got if x is not None]
+        assert labels == [1], order
+        assert a.expire(120 * MIN) == ([], 0), order  # labelled once: no negative after

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 import random
 import statistics
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bidder.pacing import PacingController, SpendPlan
+from bidder.pacing import PacingController, SpendPlan, day_fraction
 from bidder.pricing import bid_price
 
 MICROS = 1_000_000
@@ -260,3 +262,22 @@ def test_next_day_starts_from_the_days_average_multiplier() -> None:
     ctl.update(0.99, 900, 1000)  # then nothing more: the integral drops by a whole max_step
     assert ctl.u_int == pytest.approx(0.5)
     assert math.log1p(ctl.next_day("d2").lam) > 0.9  # about the day's average u, not its last
+
+
+@pytest.mark.parametrize(
+    ("timezone", "day", "hours"),
+    [("America/New_York", "2026-11-01", 25), ("America/New_York", "2026-03-08", 23),
+     ("Australia/Lord_Howe", "2026-04-05", 24.5), ("Asia/Kolkata", "2026-11-01", 24)],
+)
+def test_the_share_of_the_day_runs_forward_through_a_clock_change(timezone: str, day: str, hours: float) -> None:
+    """On the day clocks go back, a wall-clock share would fall from 0.083 to 0.042 at 2 am: the pacer would see
+    itself an hour ahead of plan and cut its bids."""
+    tz = ZoneInfo(timezone)
+    start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), tz).timestamp()
+    seen = [day_fraction(timezone, start + k * 60.0) for k in range(int(hours * 60))]
+    assert {d for d, _, _ in seen} == {day}
+    shares = [f for _, f, _ in seen]
+    assert shares[0] == 0.0 and all(b > a for a, b in zip(shares, shares[1:], strict=False))
+    assert shares[-1] == pytest.approx(1 - 1 / (hours * 60))
+    next_day = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+    assert day_fraction(timezone, start + hours * 3600)[:2] == (next_day, 0.0)
