@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,13 @@ def stop_processes(procs: list[subprocess.Popen], logs: dict, log_dir: Path, tai
         f.close()
     for n in logs:
         sys.stderr.write(f"--- {n} log (tail) ---\n{(log_dir / f'{n}.log').read_text(errors='replace')[-tail:]}\n")
+
+
+def http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    """One request on a new connection (urllib does not keep connections alive): status and body, errors too."""
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

@@ -16,7 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,18 @@ class Procs:
             path = self.tmp / f"{name}.log"
             if path.exists():
                 sys.stderr.write(f"--- {name} log (tail) ---\n{path.read_text(errors='replace')[-2500:]}\n")
+
+
+@contextmanager
+def own_procs(bootstrap: str, tmp: Path, letter: str) -> Iterator[Procs]:
+    """A test's processes on a topic prefix of its own (`letter` + 8 hex digits), stopped when it ends."""
+    prefix = f"{letter}{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, prefix)
+    p = Procs(bootstrap, prefix, tmp)
+    try:
+        yield p
+    finally:
+        p.stop_all()
 
 
 def worker_status(port: int) -> dict | None:

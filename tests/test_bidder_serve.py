@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,17 +25,9 @@ from loadtest.campaign_gen import make_campaigns
 from loadtest.loadgen import run_load
 from loadtest.traffic import RequestFactory
 from tests.conftest import ROOT, free_port
+from tests.helpers import http
 
 STREAMBID = [sys.executable, "-m", "bidder.cli", "serve", "--no-kafka", "--host", "127.0.0.1"]
-
-
-def http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def metric(text: str, name: str) -> float:

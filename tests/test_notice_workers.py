@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,19 +28,9 @@ from bidder.server import BidApp
 from bidder.wiring import _relaying
 from models.snapshot import ModelSnapshot
 from tests.conftest import ROOT, free_port
-from tests.helpers import body, campaign, request
+from tests.helpers import body, campaign, http, request
 
 NOW = 1_780_000_000.0
-
-
-def http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    """One request on a new connection (urllib does not keep connections alive)."""
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def metric(text: str, name: str, **labels: str) -> float:

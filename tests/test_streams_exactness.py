@@ -13,7 +13,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,10 +31,10 @@ from tests.streams_support import (
     Procs,
     caught_up,
     committed,
-    create_topics,
     end_offsets,
     local_day,
     offline_totals,
+    own_procs,
     produce,
     read_all,
     summed_totals,
@@ -52,13 +51,8 @@ PARTITIONER = DefaultPartitioner()
 
 @pytest.fixture()
 def procs(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Procs]:
-    prefix = f"x{uuid.uuid4().hex[:8]}"
-    create_topics(kafka_bootstrap, prefix)
-    p = Procs(kafka_bootstrap, prefix, tmp_path)
-    try:
+    with own_procs(kafka_bootstrap, tmp_path, "x") as p:
         yield p
-    finally:
-        p.stop_all()
 
 
 def campaign_ids(prefix: str, per_partition: int) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from streams.events import make_event
 from tests.helpers import campaign
-from tests.streams_support import Procs, create_topics, find_record, local_day, produce, topic, wait_for, worker_status
+from tests.streams_support import Procs, find_record, local_day, own_procs, produce, topic, wait_for, worker_status
 
 pytestmark = pytest.mark.kafka
 DAY_MS = 86_400_000
@@ -22,13 +21,8 @@ DAY_MS = 86_400_000
 
 @pytest.fixture()
 def procs(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Procs]:
-    prefix = f"r{uuid.uuid4().hex[:8]}"
-    create_topics(kafka_bootstrap, prefix)
-    p = Procs(kafka_bootstrap, prefix, tmp_path)
-    try:
+    with own_procs(kafka_bootstrap, tmp_path, "r") as p:
         yield p
-    finally:
-        p.stop_all()
 
 
 def test_bad_events_are_dead_lettered_and_the_worker_counts_on(procs: Procs) -> None:
