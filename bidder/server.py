@@ -100,6 +100,15 @@ def supported_version(value: bytes) -> bool:
     return v == b"2" or v.startswith(b"2.")
 
 
+def origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form request target (http://host:port/bid/x?y -> /bid/x?y)."""
+    _, sep, rest = target.partition(b"://")
+    if not sep:
+        return target
+    start = rest.find(b"/")
+    return rest[start:] if start >= 0 else b"/"
+
+
 def bid_path(url: bytes) -> bool:
     """The documented bid endpoints only: /bid, /bid/<exchange>, /openrtb2, /openrtb2/<exchange> (query allowed)."""
     return _BID_PATH.match(url) is not None
@@ -454,6 +463,8 @@ class BidProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.dead:
             return
+        if self.url[:1] != b"/":  # absolute-form (RFC 9112 3.2.2): every server must take it; route by its path
+            self.url = origin_form(self.url)
         if self.too_large:
             self._too_large()
         elif self.expect and self.transport is not None:

@@ -386,14 +386,20 @@ class CampaignIndex:
 
 
 def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
-    """The deal this campaign may bid on in `imp`: (id, floor, currency, auction type); None when none applies."""
+    """The deal this campaign may bid on in `imp`: (id, floor, currency, auction type); None when none applies.
+
+    Of several, the lowest floor in the campaign's currency (the cheapest way in); with none in its currency, the
+    first, which the currency check then refuses by name.
+    """
     wanted = camp.targeting.deals
     if not wanted:
         return None
-    for d in imp.deals:
-        if d.id in wanted and (not d.wseat or seat in d.wseat):
-            return d.id, d.floor, d.cur, d.at
-    return None
+    open_to = [d for d in imp.deals if d.id in wanted and (not d.wseat or seat in d.wseat)]
+    if not open_to:
+        return None
+    payable = [d for d in open_to if not d.floor or d.cur == camp.currency]
+    d = min(payable, key=lambda x: x.floor) if payable else open_to[0]
+    return d.id, d.floor, d.cur, d.at
 
 
 def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:

@@ -390,6 +390,9 @@ async def test_only_the_documented_bid_paths_are_bid_endpoints(stack: Stack) -> 
         assert status == 404 and orjson.loads(out)["error"] == "not_found", path
     assert (await stack.get("/bidder"))[0] == 404
     assert (await stack.post("/healthz", b""))[0] == 405
+    for target in (b"http://127.0.0.1/bid/ex10", b"http://bidder.example:8080/openrtb2?x=1"):  # absolute-form
+        head = b"POST %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (target, len(BANNER))
+        assert (await stack.raw(head + BANNER, read_until_close=True)).startswith(b"HTTP/1.1 200"), target
 
 
 async def test_gzip_bodies_of_several_members_are_inflated_under_one_cap(stack: Stack) -> None:

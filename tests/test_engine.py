@@ -95,6 +95,16 @@ def test_deal_floor_applies_before_imp_floor() -> None:
     assert bid(e, doc).reason == "below_floor"
 
 
+def test_of_several_deals_a_campaign_bids_on_the_cheapest_in_its_currency() -> None:
+    camp = parse_campaign(campaign(targeting={"countries": ["USA"], "deals": ["dear", "cheap", "euro"]}))
+    doc = request()
+    doc["imp"][0]["pmp"] = {"private_auction": 1, "deals": [
+        {"id": "dear", "bidfloor": 50.0}, {"id": "euro", "bidfloor": 0.5, "bidfloorcur": "EUR"},
+        {"id": "cheap", "bidfloor": 1.5}, {"id": "other", "bidfloor": 0.1}]}
+    b = orjson.loads(bid(engine([camp]), doc).body)["seatbid"][0]["bid"][0]
+    assert b["dealid"] == "cheap" and b["price"] >= 1.5  # the first it may bid on (dear) is out of its reach
+
+
 def test_frequency_cap_counts_billed_impressions_per_hashed_user() -> None:
     events: list = []
     e = engine([parse_campaign(campaign(frequency_cap={"per_hour": 1}))], events)
