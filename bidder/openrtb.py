@@ -52,6 +52,11 @@ class Imp:
     pos: int
     instl: bool
     video_mimes: tuple[str, ...] = ()
+    other_formats: tuple[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]], ...] = ()  # of a multi-format imp
+
+    def formats(self) -> tuple[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]], ...]:
+        """(kind, sizes, video MIME types) of every media object offered, the first one (`kind`) first."""
+        return ((self.kind, self.sizes, self.video_mimes), *self.other_formats)
 
 
 @dataclass(slots=True)
@@ -170,39 +175,45 @@ def _flag(parent: dict, key: str, path: str) -> bool:
 # -- parts ---------------------------------------------------------------------
 
 
-def _sizes(imp: dict, path: str) -> tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]:
-    banner = _obj(imp, "banner", path)
+Format = tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]  # media kind, sizes offered, video MIME types
+
+
+def _banner(banner: dict, bp: str) -> Format:
+    sizes = []
+    w, h = _int(banner, "w", bp), _int(banner, "h", bp)
+    if w > 0 and h > 0:
+        sizes.append((w, h))
+    fmts = banner.get("format")
+    if fmts is not None:
+        if type(fmts) is not list:
+            raise BadRequest("bad_type", f"{bp}format must be an array")
+        for i, f in enumerate(fmts):
+            if type(f) is not dict:
+                raise BadRequest("bad_type", f"{bp}format[{i}] must be an object")
+            fw, fh = f.get("w"), f.get("h")
+            if type(fw) is not int or type(fh) is not int:  # the path is formatted only for the error
+                fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
+            if fw > 0 and fh > 0:
+                sizes.append((fw, fh))
+    return "banner", tuple(sizes), ()
+
+
+def _formats(imp: dict, path: str) -> list[Format]:
+    """Every media object the impression offers, banner first: a multi-format impression takes any of them."""
+    out = []
     if imp.get("banner") is not None:
-        sizes = []
-        bp = path + "banner."
-        w, h = _int(banner, "w", bp), _int(banner, "h", bp)
-        if w > 0 and h > 0:
-            sizes.append((w, h))
-        fmts = banner.get("format")
-        if fmts is not None:
-            if type(fmts) is not list:
-                raise BadRequest("bad_type", f"{bp}format must be an array")
-            for i, f in enumerate(fmts):
-                if type(f) is not dict:
-                    raise BadRequest("bad_type", f"{bp}format[{i}] must be an object")
-                fw, fh = f.get("w"), f.get("h")
-                if type(fw) is not int or type(fh) is not int:  # the path is formatted only for the error
-                    fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
-                if fw > 0 and fh > 0:
-                    sizes.append((fw, fh))
-        return "banner", tuple(sizes), ()
-    video = _obj(imp, "video", path)
+        out.append(_banner(_obj(imp, "banner", path), path + "banner."))
     if imp.get("video") is not None:
-        vp = path + "video."
+        video, vp = _obj(imp, "video", path), path + "video."
         w, h = _int(video, "w", vp), _int(video, "h", vp)
-        return "video", (((w, h),) if w > 0 and h > 0 else ()), _strs(video, "mimes", vp)
-    if imp.get("native") is not None:
-        _obj(imp, "native", path)
-        return "native", (), ()
-    if imp.get("audio") is not None:
-        _obj(imp, "audio", path)
-        return "audio", (), ()
-    raise BadRequest("no_media", f"{path[:-1]} has no banner, video, native or audio object")
+        out.append(("video", (((w, h),) if w > 0 and h > 0 else ()), _strs(video, "mimes", vp)))
+    for kind in ("native", "audio"):
+        if imp.get(kind) is not None:
+            _obj(imp, kind, path)
+            out.append((kind, (), ()))
+    if not out:
+        raise BadRequest("no_media", f"{path[:-1]} has no banner, video, native or audio object")
+    return out
 
 
 def _deals(imp: dict, path: str, floor: float, floorcur: str) -> tuple[tuple[Deal, ...], bool]:
@@ -242,7 +253,8 @@ def _imp(raw: object, i: int) -> Imp:
     iid = _str(raw, "id", path)
     if not iid:
         raise BadRequest("missing_field", f"{path}id is required")
-    kind, sizes, mimes = _sizes(raw, path)
+    formats = _formats(raw, path)
+    kind, sizes, mimes = formats[0]
     floorcur = _str(raw, "bidfloorcur", path, "USD") or "USD"
     floor = _num(raw, "bidfloor", path)
     deals, private = _deals(raw, path, floor, floorcur)
@@ -259,6 +271,7 @@ def _imp(raw: object, i: int) -> Imp:
         pos=_int(banner, "pos", path + "banner.") if type(banner) is dict else 0,
         instl=_flag(raw, "instl", path),
         video_mimes=mimes,
+        other_formats=tuple(formats[1:]),
     )
 
 

@@ -178,34 +178,40 @@ class CampaignIndex:
     # -- the bid path ---------------------------------------------------------------------
 
     def _media_bits(self, imp: Imp) -> int:
-        kind = imp.kind
+        """Creatives that fit the impression's media object, or (multi-format) any one of them."""
+        out = self._format_bits(imp.kind, imp.sizes, imp.video_mimes)
+        for kind, sizes, mimes in imp.other_formats:
+            out |= self._format_bits(kind, sizes, mimes)
+        return out
+
+    def _format_bits(self, kind: str, sizes: tuple[tuple[int, int], ...], mimes: tuple[str, ...]) -> int:
         if kind == "video":
-            return self._video_bits(imp)
+            return self._video_bits(sizes, mimes)
         if kind in ("native", "audio"):
             return self._kind.get(kind, 0)
         get = self._media.get
         out = 0
-        for w, h in imp.sizes:
+        for w, h in sizes:
             out |= get((kind, w, h), 0)
         return out
 
-    def _video_bits(self, imp: Imp) -> int:
+    def _video_bits(self, sizes: tuple[tuple[int, int], ...], mimes: tuple[str, ...]) -> int:
         """Video creatives the player takes: in an offered size, or unsized; and in one of its MIME types, when
         both the impression and the creative name theirs."""
-        if imp.sizes:
+        if sizes:
             get = self._media.get
             out = get(("video", 0, 0), 0)
-            for w, h in imp.sizes:
+            for w, h in sizes:
                 out |= get(("video", w, h), 0)
         else:
             out = self._kind.get("video", 0)
-        if imp.video_mimes:
-            mimes = self._video_mime_bits.get(imp.video_mimes)
-            if mimes is None:
-                mimes = self._any_mime | self._union(self._mime, imp.video_mimes)
+        if mimes:
+            allowed = self._video_mime_bits.get(mimes)
+            if allowed is None:
+                allowed = self._any_mime | self._union(self._mime, mimes)
                 if len(self._video_mime_bits) < 64:
-                    self._video_mime_bits[imp.video_mimes] = mimes
-            out &= mimes
+                    self._video_mime_bits[mimes] = allowed
+            out &= allowed
         return out
 
     def live_bits(self, live: frozenset[str]) -> int:
@@ -400,6 +406,11 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
     payable = [d for d in open_to if not d.floor or d.cur == camp.currency]
     d = min(payable, key=lambda x: x.floor) if payable else open_to[0]
     return d.id, d.floor, d.cur, d.at
+
+
+def fits_imp(cr: Creative, imp: Imp) -> bool:
+    """Whether the creative fits one of the media objects the impression offers (the plain rule, per candidate)."""
+    return any(cr.fits(kind, sizes, mimes) for kind, sizes, mimes in imp.formats())
 
 
 def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:

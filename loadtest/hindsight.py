@@ -24,7 +24,7 @@ from typing import Any
 from bidder.campaigns import Campaign, Creative
 from bidder.openrtb import BidRequest, Imp
 from bidder.privacy import restriction
-from bidder.targeting import deal_for, matches
+from bidder.targeting import deal_for, fits_imp, matches
 from loadtest.day import cost_micros
 
 
@@ -45,7 +45,7 @@ def eligible_creatives(camp: Campaign, req: BidRequest, imp: Imp, seat: str = "s
         return []
     out = []
     for cr in camp.creatives:
-        if not cr.fits(imp.kind, imp.sizes) or matches(camp, cr, req):
+        if not fits_imp(cr, imp) or matches(camp, cr, req):
             continue
         if deal_for(camp, imp, seat) is None and (t.deal_only or imp.private_auction):
             continue

@@ -26,7 +26,7 @@ from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import ALPHA, BETA, SlotTables
-from bidder.targeting import STAGES, CampaignIndex, deal_for, matches
+from bidder.targeting import STAGES, CampaignIndex, deal_for, fits_imp, matches
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import RequestFactory
 from models.features import candidate_features, hash_feature, request_features
@@ -73,7 +73,7 @@ def reference_candidates(camps, req, imp) -> Iterator[tuple[Campaign, Any, tuple
         if camp.targeting.countries and req.country not in camp.targeting.countries:
             continue
         for cr in camp.creatives:
-            if not cr.fits(imp.kind, imp.sizes, imp.video_mimes) or matches(camp, cr, req):
+            if not fits_imp(cr, imp) or matches(camp, cr, req):
                 continue
             deal = deal_for(camp, imp, SEAT)
             if deal is None and (camp.targeting.deal_only or imp.private_auction):
@@ -201,6 +201,26 @@ def test_video_creatives_fit_the_player_by_size_and_mime_type() -> None:
         el = index.eligible(req, req.imps[0], frozenset({"v"}), SEAT, "", FrequencyStore(), 0, 0)
         assert {index.slots[s][1].id for s in el.slots.tolist()} == want, player
         assert {cr.id for _, cr, _, _ in reference_candidates(camps, req, req.imps[0])} == want, player
+
+
+def test_a_multi_format_impression_takes_a_creative_of_any_of_its_media() -> None:
+    doc = campaign(id="m", creatives=[
+        {"id": "b300", "type": "banner", "w": 300, "h": 250, "adm": "<a/>"},
+        {"id": "b728", "type": "banner", "w": 728, "h": 90, "adm": "<a/>"},
+        {"id": "vid", "type": "video", "w": 640, "h": 360, "adm": "<VAST/>", "mimes": ["video/mp4"]},
+        {"id": "nat", "type": "native", "adm": "{}"}])
+    camps = [parse_campaign(doc)]
+    index = CampaignIndex(camps)
+    imp = {"id": "1", "banner": {"w": 300, "h": 250}, "video": {"w": 640, "h": 360, "mimes": ["video/mp4"]}}
+    req = parse_request(body(request(imp=[imp])))
+    assert [k for k, _, _ in req.imps[0].formats()] == ["banner", "video"]
+    el = index.eligible(req, req.imps[0], frozenset({"m"}), SEAT, "", FrequencyStore(), 0, 0)
+    assert {index.slots[s][1].id for s in el.slots.tolist()} == {"b300", "vid"}
+    assert {cr.id for _, cr, _, _ in reference_candidates(camps, req, req.imps[0])} == {"b300", "vid"}
+    out = BidEngine(EngineConfig(secret=b"s", explore_below=0), camps, ModelSnapshot.empty(), sink=lambda *a: None,
+                    clock=lambda: NOW).bid(req, "x", math.inf)
+    bid = orjson.loads(out.body)["seatbid"][0]["bid"][0]
+    assert bid["mtype"] == {"b300": 1, "vid": 2}[bid["crid"]]  # the answer says which of the media it fills
 
 
 def test_candidate_counts_stay_small_with_thousands_of_campaigns() -> None:

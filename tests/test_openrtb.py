@@ -39,6 +39,7 @@ def test_user_id_is_hashed_never_kept_raw() -> None:
         ({"id": "x", "imp": [{"id": "1", "banner": {}}], "regs": {"gdpr": 3}}, "regs.gdpr"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}, "pmp": {"deals": {}}}]}, "imp[0].pmp.deals"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}}, {"id": "1", "banner": {}}]}, "imp ids"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}, "video": {"w": "640"}}]}, "imp[0].video.w"),  # multi-format
     ],
 )
 def test_bad_requests_name_the_field(doc: dict, field: str) -> None:
