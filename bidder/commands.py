@@ -70,6 +70,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(campaign_file_error(args.campaigns, e, "Nothing was served"), file=sys.stderr)
         return 2
+    if args.model is not None:
+        from models.snapshot import ModelSnapshot
+
+        try:
+            ModelSnapshot.load(args.model)
+        except OSError as e:
+            print(f"streambid: --model {args.model}: cannot be read ({e.strerror or e}); pass a snapshot saved by "
+                  "`streambid bench ctr` or a worker, or leave --model out to start from the prior", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"streambid: --model {args.model}: {e}; pass a snapshot saved by `streambid bench ctr` or a worker, "
+                  "or leave --model out to start from the prior", file=sys.stderr)
+            return 2
     broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
     if not 0 <= args.lease_slice <= 0.5:
         print("streambid: --lease-slice must lie in [0, 0.5]", file=sys.stderr)

@@ -143,10 +143,15 @@ class BidEngine:
 
     def set_model(self, model: ModelSnapshot) -> None:
         """Builds the new model's scoring tables now, once a bidder is scoring: a swap is milliseconds of work, and
-        here they are not taken from the deadline of the request that would otherwise find the tables stale."""
-        self.model = model
+        here they are not taken from the deadline of the request that would otherwise find the tables stale.
+        A model whose tables cannot be built is refused (the error is raised) and the previous one stays."""
+        old, self.model = self.model, model
         if self._tables is not None:
-            self.prepare()
+            try:
+                self.prepare()
+            except Exception:
+                self.model = old  # the old tables were kept: they are only replaced once the new ones are built
+                raise
 
     def prepare(self) -> None:
         """Build now what the next request would otherwise build after a change: the index's sets, the live set,
@@ -165,7 +170,8 @@ class BidEngine:
         self.pacing[state.campaign] = state
         if self._tables is not None:
             self._tables.set_campaign_pacing(state)
-        if state.exhausted != (old is not None and old.exhausted):
+        was = (old.exhausted, old.day) if old is not None else (False, "")
+        if state.exhausted != was[0] or (state.exhausted and state.day != was[1]):  # only today's exhausted budget stops
             self._stale()
 
     def _stale(self) -> None:
@@ -209,7 +215,7 @@ class BidEngine:
             if not c.active or not c.in_flight(utc):
                 continue
             p = self.pacing.get(c.id)
-            if p is not None and p.exhausted:
+            if p is not None and p.exhausted and p.day == self.campaign_day(c, now):  # yesterday's budget is not today's
                 continue
             live.add(c.id)
         return frozenset(live)

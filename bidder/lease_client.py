@@ -78,8 +78,11 @@ class LeaseClient:
             return False
         cid, day, granted = doc.get("campaign"), doc.get("day"), doc.get("granted")
         camp = engine.index.campaigns.get(cid)
-        if camp is None or not isinstance(granted, int) or day != engine.campaign_day(camp, engine_now):
+        if camp is None or type(granted) is not int or day != engine.campaign_day(camp, engine_now):
             self.ignored += 1  # a campaign gone since, or a grant for a day over (a new day starts a new lease)
+            return False
+        if granted > camp.daily_budget:  # no granter gives one bidder more than the day's budget: a bad message
+            self.ignored += 1
             return False
         engine.grant(cid, day, granted)
         if isinstance(doc.get("slice"), int):

@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 from models.conversion import DEFAULT_CVR
 
 HOURS = 24
+MAX_LAMBDA = 100.0  # the highest price of budget: bids at 1% of value
 
 
 @dataclass(slots=True)
@@ -130,7 +131,7 @@ class PacingController:
     """
 
     def __init__(self, day: str = "", plan: SpendPlan | None = None, campaign: str = "", lam: float = 0.0,
-                 gain: float = 10.0, kp: float = 1.0, lam_max: float = 100.0, max_step: float = 0.5,
+                 gain: float = 10.0, kp: float = 1.0, lam_max: float = MAX_LAMBDA, max_step: float = 0.5,
                  tail: float = 1.0) -> None:
         if gain < 0 or kp < 0 or lam_max <= 0 or max_step <= 0 or not 0 < tail <= 1:
             raise ValueError("gain and kp must be >= 0, lam_max and max_step > 0, tail in (0, 1]")

@@ -39,7 +39,7 @@ from bidder.lease_client import LeaseClient
 from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool_dir, start_publishing
 from bidder.notice_relay import NoticeRelay
 from bidder.notices import KINDS, Notice
-from bidder.pacing import PacingState
+from bidder.pacing import MAX_LAMBDA, PacingState
 from bidder.server import BidApp, response, start_server
 from models.snapshot import ModelSnapshot
 
@@ -76,15 +76,23 @@ class ServeOptions:
 
 
 def _pacing_state(doc: dict) -> PacingState:
-    return PacingState(campaign=doc["campaign"], day=doc["day"], lam=float(doc["lam"]), spent_today=int(doc["spent_today"]),
-                       budget_today=int(doc["budget_today"]), exhausted=bool(doc["exhausted"]),
+    """A pacing message as the engine takes it; ValueError (the message is skipped) for one it must not apply."""
+    lam, exhausted = doc["lam"], doc["exhausted"]
+    if type(lam) not in (int, float) or not 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
+        raise ValueError(f"lam {lam!r} is not a multiplier in [0, {MAX_LAMBDA}]")
+    if type(exhausted) is not bool:  # bool("false") is True: a string would stop the campaign
+        raise ValueError(f"exhausted {exhausted!r} is not true or false")
+    if type(doc["day"]) is not str or type(doc["campaign"]) is not str:
+        raise ValueError("campaign and day must be strings")
+    return PacingState(campaign=doc["campaign"], day=doc["day"], lam=float(lam), spent_today=int(doc["spent_today"]),
+                       budget_today=int(doc["budget_today"]), exhausted=exhausted,
                        impressions_today=int(doc.get("impressions_today", 0)), clicks_today=int(doc.get("clicks_today", 0)),
                        value_today=int(doc.get("value_today", 0)), cvr=float(doc.get("cvr", 0.0)))
 
 
 async def run_worker(opts: ServeOptions, index: int) -> None:
     """One serving process: engine, HTTP server, and (with a broker) the Kafka adapters."""
-    model = ModelSnapshot.load(opts.model_path) if opts.model_path and opts.model_path.exists() else ModelSnapshot.empty()
+    model = ModelSnapshot.load(opts.model_path) if opts.model_path else ModelSnapshot.empty()  # checked by cmd_serve
     sink_holder: list = [lambda kind, key, ev: None]
     # lease_slice is only a switch on the bidder side: the streams side sizes the slices (streams.leases)
     cfg = EngineConfig(secret=opts.secret, salt=opts.salt, network_ms=opts.network_ms, notice_base=opts.notice_base,

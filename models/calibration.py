@@ -162,10 +162,16 @@ class PlattCalibrator:
 
     @classmethod
     def from_state(cls, d: dict) -> PlattCalibrator:
+        """ValueError for a state no calibrator could be in: a number not finite, a count out of range."""
         cal = cls(prior_weight=float(d["prior_weight"]), window=float(d["window"]), min_gain=float(d["min_gain"]))
         cal.a, cal.b, cal.gain = float(d["a"]), float(d["b"]), float(d["gain"])
         cal.positives, cal.n = int(d["positives"]), int(d["n"])
         cal._haa, cal._hab, cal._hbb = (float(x) for x in d["info"])
+        numbers = (cal.prior_weight, cal.window, cal.min_gain, cal.a, cal.b, cal.gain, cal._haa, cal._hab, cal._hbb)
+        if not all(math.isfinite(x) for x in numbers) or cal.prior_weight <= 0 or cal.window <= 0:
+            raise ValueError("calibrator state has a number that is not finite, or a non-positive prior or window")
+        if not 0 <= cal.positives <= cal.n:
+            raise ValueError(f"calibrator state counts {cal.positives} positives in {cal.n} events")
         return cal
 
     def to_dict(self) -> dict:

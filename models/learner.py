@@ -14,6 +14,7 @@ is ever scored on data it was trained on.
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 import random
 import zlib
@@ -26,7 +27,7 @@ import orjson
 from river import linear_model, optim
 
 from models.calibration import PlattCalibrator, logit, sigmoid
-from models.features import BIAS_ID
+from models.features import BIAS_ID, HASH_MASK
 from models.prior import ClickCounts, PriorConfig
 from models.snapshot import ModelSnapshot
 
@@ -47,6 +48,13 @@ class LearnerConfig:
     calibration_window: float = 200_000.0  # events over which the calibration's evidence decays
     negative_rate: float = 1.0  # fraction of non-clicks the weights learn from (1.0: all)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Settings read back from a checkpoint must be ones FTRL and the calibration can run with."""
+        if not (0 < self.alpha < math.inf and 0 <= self.beta < math.inf and 0 <= self.l1 < math.inf
+                and 0 <= self.l2 < math.inf and 0 < self.calibration_prior < math.inf
+                and 0 < self.calibration_window < math.inf):
+            raise ValueError("alpha, calibration_prior and calibration_window must be positive, beta, l1 and l2 >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -217,10 +225,16 @@ class CTRLearner:
             if doc.get("format") != STATE_FORMAT:
                 raise ValueError(f"unsupported learner state format {doc.get('format')!r}")
             learner = cls(LearnerConfig.from_dict(doc["config"]))
-            ids = _unpack(doc["ids"], "<i8").tolist()
-            z, n, w = (_unpack(doc[k], "<f8").tolist() for k in ("z", "n", "w"))
-            if not len(ids) == len(z) == len(n) == len(w):
+            raw_ids = _unpack(doc["ids"], "<i8")
+            raw_z, raw_n, raw_w = (_unpack(doc[k], "<f8") for k in ("z", "n", "w"))
+            if not len(raw_ids) == len(raw_z) == len(raw_n) == len(raw_w):
                 raise ValueError("learner state has arrays of different lengths")
+            if len(raw_ids) and (raw_ids.min() < 0 or raw_ids.max() > HASH_MASK):
+                raise ValueError(f"a feature id outside 0..{HASH_MASK}")
+            if not (np.isfinite(raw_z).all() and np.isfinite(raw_w).all() and np.isfinite(raw_n).all()
+                    and (raw_n >= 0).all()):
+                raise ValueError("a weight or accumulator is not finite (or a squared-gradient sum is negative)")
+            ids, z, n, w = raw_ids.tolist(), raw_z.tolist(), raw_n.tolist(), raw_w.tolist()
             opt, weights = learner._optimizer, learner._model._weights
             opt.z, opt.n = defaultdict(float, zip(ids, z, strict=True)), defaultdict(float, zip(ids, n, strict=True))
             opt.n_iterations = int(doc["iterations"])
@@ -232,7 +246,7 @@ class CTRLearner:
             version, internal, gauss = doc["rng"]
             learner._rng.setstate((version, tuple(internal), gauss))
             learner._version = int(doc["version"])
-        except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
             raise ValueError(f"not a usable learner state: {e}") from e
         return learner
 

@@ -10,6 +10,7 @@ share growing with the creative's impressions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from models.calibration import logit
@@ -24,6 +25,17 @@ class PriorConfig:
     campaign_strength: float = 500.0  # pseudo-impressions of the global rate behind each campaign
     creative_strength: float = 500.0  # pseudo-impressions of the campaign rate behind each creative
     blend_impressions: float = 100.0  # creative impressions at which model and prior weigh the same
+
+    def __post_init__(self) -> None:
+        """A prior read from a snapshot or checkpoint must make sense: a rate in (0, 1), positive strengths."""
+        if not 0.0 < self.prior_ctr < 1.0:
+            raise ValueError(f"prior_ctr {self.prior_ctr!r} is not a rate in (0, 1)")
+        for name in ("global_strength", "campaign_strength", "creative_strength"):
+            v = getattr(self, name)
+            if not 0.0 < v < math.inf:
+                raise ValueError(f"{name} {v!r} must be a positive number")
+        if not 0.0 <= self.blend_impressions < math.inf:
+            raise ValueError(f"blend_impressions {self.blend_impressions!r} must be a number >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,12 +127,18 @@ class ClickCounts:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClickCounts:
+        """ValueError for counts no learner could have made (clicks above impressions, negatives, non-integers)."""
         counts = cls(PriorConfig(**d["config"]))
-        counts.clicks = int(d["clicks"])
-        counts.impressions = int(d["impressions"])
-        counts.campaigns = {str(k): [int(c), int(i)] for k, c, i in d["campaigns"]}
-        counts.creatives = {(str(k), str(r)): [int(c), int(i)] for k, r, c, i in d["creatives"]}
+        counts.clicks, counts.impressions = _clicks_and_impressions(d["clicks"], d["impressions"])
+        counts.campaigns = {str(k): list(_clicks_and_impressions(c, i)) for k, c, i in d["campaigns"]}
+        counts.creatives = {(str(k), str(r)): list(_clicks_and_impressions(c, i)) for k, r, c, i in d["creatives"]}
         return counts
 
     def copy(self) -> ClickCounts:
         return ClickCounts.from_dict(self.to_dict())
+
+
+def _clicks_and_impressions(clicks: object, impressions: object) -> tuple[int, int]:
+    if type(clicks) is not int or type(impressions) is not int or not 0 <= clicks <= impressions:
+        raise ValueError(f"counts of {clicks!r} clicks in {impressions!r} impressions are not possible")
+    return clicks, impressions

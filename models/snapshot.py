@@ -154,28 +154,42 @@ class ModelSnapshot:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSnapshot:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"unsupported model snapshot format {d.get('format')!r}")
-        ids, ws = d["ids"], d["weights"]
-        if len(ids) != len(ws):
-            raise ValueError("model snapshot has mismatched ids and weights")
-        a, b = d["calibration"]
-        return cls(
-            version=int(d["version"]),
-            weights={int(i): float(w) for i, w in zip(ids, ws, strict=True)},
-            bias=float(d["bias"]),
-            counts=ClickCounts.from_dict(d["counts"]),
-            calibration=(float(a), float(b)),
-            logit_shift=float(d["logit_shift"]),
-            n_seen=int(d["n_seen"]),
-        )
+        """ValueError naming the problem for a snapshot a bidder must not score with: a foreign format, feature ids
+        outside the hash space, a number that is not finite, impossible counts."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"unsupported model snapshot format {d.get('format') if isinstance(d, dict) else d!r}")
+        try:
+            ids, ws = d["ids"], d["weights"]
+            if len(ids) != len(ws):
+                raise ValueError("mismatched ids and weights")
+            if not all(type(i) is int and 0 <= i <= HASH_MASK for i in ids):
+                raise ValueError(f"a feature id outside 0..{HASH_MASK}")
+            a, b = d["calibration"]
+            numbers = [*ws, d["bias"], a, b, d["logit_shift"]]
+            if not all(type(x) in (int, float) and math.isfinite(x) for x in numbers):
+                raise ValueError("a weight, the bias, the calibration or the logit shift is not a finite number")
+            return cls(
+                version=int(d["version"]),
+                weights={i: float(w) for i, w in zip(ids, ws, strict=True)},
+                bias=float(d["bias"]),
+                counts=ClickCounts.from_dict(d["counts"]),
+                calibration=(float(a), float(b)),
+                logit_shift=float(d["logit_shift"]),
+                n_seen=int(d["n_seen"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a usable model snapshot: {e}") from None
 
     def to_bytes(self) -> bytes:
         return zlib.compress(orjson.dumps(self.to_dict()), 6)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelSnapshot:
-        return cls.from_dict(orjson.loads(zlib.decompress(data)))
+        try:
+            doc = orjson.loads(zlib.decompress(data))
+        except (zlib.error, orjson.JSONDecodeError) as e:
+            raise ValueError(f"not a model snapshot (zlib-compressed JSON): {e}") from None
+        return cls.from_dict(doc)
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename) so a reader never loads half a model."""

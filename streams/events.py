@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from models.features import HASH_MASK
+
 SCHEMA_VERSION = 1
 
 # required fields (name -> type) per topic suffix, beyond id/ts/v
@@ -82,8 +84,12 @@ def _sane(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
     for money in _MONEY:
         if money in raw and raw[money] > MAX_MONEY_MICROS:
             raise EventError("bad_value", f"{money} is more than {MAX_MONEY_MICROS} micros")
-    if kind in ("bids", "examples") and not all(type(f) is int for f in raw["features"]):
-        raise EventError("bad_type", "features must be integer feature ids")
+    if kind in ("bids", "examples"):
+        features = raw["features"]
+        if not all(type(f) is int for f in features):
+            raise EventError("bad_type", "features must be integer feature ids")
+        if not all(0 <= f <= HASH_MASK for f in features):  # the learner and the bidders' weight arrays hold no others
+            raise EventError("bad_value", f"feature ids must lie in 0..{HASH_MASK}")
     if kind == "examples" and raw["label"] not in (0, 1):
         raise EventError("bad_value", "label must be 0 or 1")
     if kind == "billing":

@@ -194,3 +194,14 @@ def test_hostile_bytes_over_http_never_get_a_500_or_kill_the_server(serve) -> No
     assert statuses.get(400, 0) > 50 and statuses.get(200, 0) + statuses.get(204, 0) > 20
     assert http(f"{s.base}/healthz")[0] == 200 and http(f"{s.base}/bid/f", good[0])[0] in (200, 204)
     assert "Traceback" not in s.log.read_text()
+
+
+def test_a_model_file_that_is_not_a_snapshot_stops_serve_with_what_to_do(tmp_path: Path) -> None:
+    garbage = tmp_path / "model.bin"
+    garbage.write_bytes(b"not a snapshot")
+    camps = str(ROOT / "deploy" / "campaigns.example.json")
+    for path, says in ((garbage, "not a model snapshot"), (tmp_path / "missing.bin", "cannot be read")):
+        out = subprocess.run(STREAMBID + ["--port", "0", "--campaigns", camps, "--model", str(path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode == 2 and says in out.stderr and "--model" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

@@ -53,6 +53,8 @@ def test_well_formed_events_pass_and_bad_money_is_named() -> None:
         ("billing", {"cost": 2**64 - 1}, "bad_value"),  # would break the 64-bit total it is added to
         ("conversions", {"value": 10**15 + 1}, "bad_value"),
         ("bids", {"features": [[1]]}, "bad_type"),  # the learner hashes feature ids
+        ("examples", {"features": [2**64 - 1]}, "bad_value"),  # outside the hash space: overflows the weight arrays
+        ("bids", {"features": [-3]}, "bad_value"),
         ("examples", {"label": 2}, "bad_value"),
         ("billing", {"day": "1999-01-01"}, "bad_value"),  # spend on a day no pacer reads
         ("billing", {"day": "garbage"}, "bad_value"),

@@ -143,3 +143,30 @@ def test_a_captured_state_is_a_copy_the_learner_can_learn_on_from_while_it_is_en
     for feats, clicked, _, camp, cr in events[500:]:
         learner.learn_one(feats, clicked, camp, cr)
     assert encode_state(captured) == at_capture != learner.state_bytes()
+
+
+def _state_with(learner: CTRLearner, change: callable) -> bytes:
+    captured = learner.capture_state()
+    change(captured)
+    return encode_state(captured)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda s: s["w"].update({5: math.inf}), "not finite"),
+        (lambda s: s["n"].update({5: -1.0}), "negative"),
+        (lambda s: (s["z"].update({2**40: 0.1}), s["n"].update({2**40: 0.1})), "feature id"),
+        (lambda s: s["calibrator"].update(a="nan"), "not finite"),  # float("nan") reads a string
+        (lambda s: s["calibrator"].update(positives=5, n=2), "positives"),
+        (lambda s: s["config"].update(alpha=0.0), "alpha"),
+        (lambda s: s["counts"]["campaigns"].append(["x", 3, 1]), "clicks"),
+    ],
+)
+def test_a_learner_state_no_learner_could_reach_is_refused(change: callable, problem: str) -> None:
+    """A worker taking such a checkpoint over would learn nothing again, or publish models no bidder can read."""
+    good = CTRLearner()
+    good.learn_one([1, 2, 5], True, "c", "r")
+    CTRLearner.from_state_bytes(_state_with(good, lambda s: None))  # the unchanged state is taken
+    with pytest.raises(ValueError, match=problem):
+        CTRLearner.from_state_bytes(_state_with(good, change))

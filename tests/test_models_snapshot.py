@@ -87,8 +87,30 @@ def test_empty_snapshot_scores_the_prior() -> None:
 def test_corrupt_bytes_are_rejected() -> None:
     with pytest.raises(ValueError):
         ModelSnapshot.from_bytes(zlib.compress(orjson.dumps({"format": 99})))
-    with pytest.raises(zlib.error):
+    with pytest.raises(ValueError):
         ModelSnapshot.from_bytes(b"not a snapshot")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"ids": [2**64 - 1], "weights": [1.0]}, "feature id"),  # would overflow the bidder's dense weight array
+        ({"ids": [-1], "weights": [1.0]}, "feature id"),
+        ({"bias": float("nan")}, "finite"),
+        ({"weights": ["inf"], "ids": [7]}, "finite"),
+        ({"calibration": [float("inf"), 0.0]}, "finite"),
+        ({"counts": {"config": {}, "clicks": 5, "impressions": 2, "campaigns": [], "creatives": []}}, "clicks"),
+        ({"counts": {"config": {"prior_ctr": 0}, "clicks": 0, "impressions": 0, "campaigns": [], "creatives": []}},
+         "prior_ctr"),
+        ({"counts": {"config": {"nonsense": 1}, "clicks": 0, "impressions": 0, "campaigns": [], "creatives": []}},
+         "nonsense"),
+    ],
+)
+def test_a_snapshot_no_learner_could_make_is_refused(change: dict, problem: str) -> None:
+    """A bidder keeps its model rather than score with NaN, overflow or impossible counts."""
+    doc = {**ModelSnapshot.empty().to_dict(), **change}
+    with pytest.raises(ValueError, match=problem):
+        ModelSnapshot.from_bytes(zlib.compress(orjson.dumps(doc)))
 
 
 def test_explain_names_the_features_that_matter() -> None:
