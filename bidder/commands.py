@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
+import logging
+import math
 import os
+import socket
 import sys
 from pathlib import Path
 
 import orjson
 
+from bidder.arguments import out_dir_problem, port_or_zero, positive
 from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
 
 
@@ -22,7 +28,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                    "bid for comparison. The run ends with today's ROI table, the three strategies side by "
                                    "side and a PNG of their spend curves against the plan. The same seed plays the same "
                                    "days.")
-    d.add_argument("--requests", type=int, default=60_000,
+    d.add_argument("--requests", type=positive(int), default=60_000,
                    help="bid requests in each simulated day (default: %(default)s)")
     d.add_argument("--seed", type=int, default=7, help="random seed of the simulated market (default: %(default)s)")
     d.add_argument("--campaigns", type=Path, help="campaign file (default: the bundled demo campaigns)")
@@ -34,8 +40,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                        description="Serve POST /bid/<exchange> (OpenRTB 2.6; 2.5 accepted), signed notices at "
                                    "/notice/{win,bill,loss}, /metrics, /status and /healthz.")
     s.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
-    s.add_argument("--port", type=int, default=8080, help="listen port (default: %(default)s)")
-    s.add_argument("--workers", type=int, default=1, help="processes sharing the port via SO_REUSEPORT (default: 1)")
+    s.add_argument("--port", type=port_or_zero, default=8080, help="listen port, 1-65535, or 0 for any free one (default: "
+                                                           "%(default)s)")
+    s.add_argument("--workers", type=positive(int), default=1,
+                   help="processes sharing the port via SO_REUSEPORT (default: 1)")
     s.add_argument("--campaigns", type=Path, help="JSON/YAML campaign file; with a broker the config topic is followed too")
     s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP; none: no events are sent)")
     s.add_argument("--no-kafka", action="store_true", help="ignore $KAFKA_BOOTSTRAP: serve from the campaign file only")
@@ -48,7 +56,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "quarters of its deadline budget, or this many ms if less, when its turn comes, instead of "
                         "queueing it (default: %(default)s)")
     s.add_argument("--restricted", choices=("context", "nobid"), default="context",
-                   help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all")
+                   help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all "
+                        "(default: %(default)s)")
     s.add_argument("--explore-below", type=int, default=200,
                    help="Thompson-sample the pCTR of creatives with fewer impressions than this, so new ones are not "
                         "starved; 0 turns exploration off (default: %(default)s)")
@@ -70,50 +79,134 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(campaign_file_error(args.campaigns, e, "Nothing was served"), file=sys.stderr)
         return 2
+    problem = _serve_problem(args)
+    if problem:
+        print(f"streambid: {problem}", file=sys.stderr)
+        return 2
+    broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
+    if not campaigns and not broker:
+        print("streambid: nothing to bid for: pass --campaigns FILE (e.g. deploy/campaigns.example.json) "
+              "or --broker to follow the config topic", file=sys.stderr)
+        return 2
+    try:
+        port = free_to_listen(args.host, args.port)
+        if broker:
+            _reach_broker(broker)
+    except ValueError as e:
+        print(f"streambid: {e}", file=sys.stderr)
+        return 2
+    _warn_defaults(args)
+    secret = os.environ.get("STREAMBID_SECRET", "")
+    here = f"http://{_url_host(args.host)}:{port}"
+    opts = ServeOptions(
+        host=args.host, port=port, workers=args.workers, campaigns=campaigns, broker=broker,
+        secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
+        network_ms=args.network_ms, notice_base=args.notice_base or here,
+        model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
+        shed_ms=args.shed_ms, lease_frac=args.lease_slice,
+    )
+    print(f"streambid: serving {len(campaigns)} campaign(s) on {here}/bid "
+          f"with {args.workers} worker(s){' and Kafka at ' + broker if broker else ''}", file=sys.stderr)
+    return serve(opts)
+
+
+def _serve_problem(args: argparse.Namespace) -> str:
+    """What is wrong with serve's flags, in one line naming the flag; "" when nothing is."""
+    if args.no_kafka and args.broker:
+        return "--no-kafka and --broker contradict each other: pass one of them"
+    if not 0 <= args.lease_slice <= 0.5:
+        return "--lease-slice must lie in [0, 0.5]"
+    if not 0 <= args.network_ms < 1000:
+        return f"--network-ms {args.network_ms}: the allowance must be 0 to 999 ms (exchanges give tmax of 100-1000 ms)"
+    if not 0 < args.shed_ms < math.inf:
+        return f"--shed-ms {args.shed_ms}: must be a positive number of milliseconds"
+    if args.explore_below < 0:
+        return f"--explore-below {args.explore_below}: must be >= 0 (0 turns exploration off)"
     if args.model is not None:
         from models.snapshot import ModelSnapshot
 
         try:
             ModelSnapshot.load(args.model)
+        except (OSError, ValueError) as e:
+            why = f"cannot be read ({e.strerror or e})" if isinstance(e, OSError) else str(e)
+            return (f"--model {args.model}: {why}; pass a snapshot saved by `streambid bench ctr` or a worker, "
+                    "or leave --model out to start from the prior")
+    return ""
+
+
+def free_to_listen(host: str, port: int) -> int:
+    """The port serve will listen on, after checking that nothing else listens there.
+
+    Workers bind with SO_REUSEPORT, so a second server on the same port would start and silently take half the
+    traffic; a probe bound without it fails if anyone holds the port.  Port 0 picks a free one.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: not an address this machine can listen on ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
         except OSError as e:
-            print(f"streambid: --model {args.model}: cannot be read ({e.strerror or e}); pass a snapshot saved by "
-                  "`streambid bench ctr` or a worker, or leave --model out to start from the prior", file=sys.stderr)
-            return 2
-        except ValueError as e:
-            print(f"streambid: --model {args.model}: {e}; pass a snapshot saved by `streambid bench ctr` or a worker, "
-                  "or leave --model out to start from the prior", file=sys.stderr)
-            return 2
-    broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
-    if not 0 <= args.lease_slice <= 0.5:
-        print("streambid: --lease-slice must lie in [0, 0.5]", file=sys.stderr)
-        return 2
-    if not campaigns and not broker:
-        print("streambid: nothing to bid for: pass --campaigns FILE (e.g. deploy/campaigns.example.json) "
-              "or --broker to follow the config topic", file=sys.stderr)
-        return 2
-    secret = os.environ.get("STREAMBID_SECRET", "")
-    if not secret:
+            if e.errno == errno.EADDRINUSE:
+                raise ValueError(f"--port {port}: another process already listens on {host}:{port}; stop it or "
+                                 "pick another port") from None
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+        return probe.getsockname()[1]
+
+
+def _reach_broker(broker: str) -> None:
+    """Create the topics now, so a broker that cannot be reached is one line here, not a traceback per worker."""
+    from aiokafka.errors import KafkaError
+
+    from streams.kafka_io import ensure_topics
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(ensure_topics(broker))
+    except (KafkaError, OSError) as e:
+        raise ValueError(f"cannot reach the Kafka broker at {broker} ({e}); check --broker or KAFKA_BOOTSTRAP, or "
+                         "pass --no-kafka to serve from the campaign file alone") from None
+    finally:
+        logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets in a URL
+
+
+def _warn_defaults(args: argparse.Namespace) -> None:
+    """Settings fit for a laptop but not for production: said once, at start."""
+    if not os.environ.get("STREAMBID_SECRET"):
         print("streambid: warning: STREAMBID_SECRET is not set; notice URLs are signed with a development key",
               file=sys.stderr)
     if not os.environ.get("STREAMBID_SALT"):
         print("streambid: warning: STREAMBID_SALT is not set; user ids are hashed with the public default salt, which "
               "anyone holding the events can reverse by hashing candidate ids: set a secret salt in production",
               file=sys.stderr)
-    opts = ServeOptions(
-        host=args.host, port=args.port, workers=args.workers, campaigns=campaigns, broker=broker,
-        secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
-        network_ms=args.network_ms, notice_base=args.notice_base or f"http://{args.host}:{args.port}",
-        model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
-        shed_ms=args.shed_ms, lease_frac=args.lease_slice,
-    )
-    print(f"streambid: serving {len(campaigns)} campaign(s) on http://{args.host}:{args.port}/bid "
-          f"with {args.workers} worker(s){' and Kafka at ' + broker if broker else ''}", file=sys.stderr)
-    return serve(opts)
+    if args.host in ("0.0.0.0", "::") and not args.notice_base:
+        print(f"streambid: warning: notice URLs will point at {args.host}, which exchanges cannot reach: pass "
+              "--notice-base with this bidder's public address", file=sys.stderr)
+    if args.network_ms >= 200:
+        print(f"streambid: warning: --network-ms {args.network_ms} leaves nothing of a request without tmax (200 ms "
+              "assumed): such requests get 204 deadline", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from loadtest.demo import comparison_rows, format_comparison, format_table, plot_day, roi_rows, run_demo
 
+    if args.campaigns is not None:
+        try:
+            load_campaigns(args.campaigns)
+        except ConfigError as e:
+            print(campaign_file_error(args.campaigns, e, "Nothing was run"), file=sys.stderr)
+            return 2
+    problem = out_dir_problem(args.out)
+    if problem:
+        print(f"streambid: {problem}", file=sys.stderr)
+        return 2
     run = run_demo(requests=args.requests, seed=args.seed, campaigns_file=args.campaigns, progress=True)
     rows = roi_rows(run)
     compare = comparison_rows(run)

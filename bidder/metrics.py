@@ -44,6 +44,7 @@ from bidder.pacing import SpendPlan, day_fraction
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.1, 0.25)
 MAX_EXCHANGES = 64  # distinct exchange labels kept; the rest count as "other"
+EXCHANGE_AT = (("requests", 0), ("delivery", 2), ("spend", 1), ("pctr", 1))  # counters keyed by exchange: its place
 ALIVE_S = 3.0  # a worker whose counters are older than this is not counted alive
 RENDERED = "metrics.prom"
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -57,7 +58,8 @@ DELIVERY = {"bids": ("streambid_bids", "Bids answered"), "wins": ("streambid_win
 CAMPAIGN_GAUGES = (
     ("streambid_campaign_live", "1 while the campaign may bid: active, in flight and dayparting, budget left"),
     ("streambid_campaign_budget_daily", "Daily budget, currency units"),
-    ("streambid_campaign_plan_spend_today", "Spend the pacing plan calls for by now today, currency units"),
+    ("streambid_campaign_plan_spend_today", "Spend the worker's pacing plan calls for by its last step today (a flat "
+     "plan over the allowed hours until one is published), currency units"),
     ("streambid_campaign_spend_today", "Spend today in campaign currency units"),
     ("streambid_campaign_impressions_today", "Billed impressions today"),
     ("streambid_campaign_clicks_today", "Clicks today"),
@@ -87,6 +89,7 @@ class BidderStats:
         self.model_swapped = time.time()
         self._model: object = None
         self._pacing_seen: dict[str, tuple[object, float]] = {}
+        self.exchanges: dict[str, None] = {}  # the exchange labels kept, in the order they were first seen
 
     def observe(self, seconds: float) -> None:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -110,20 +113,11 @@ class BidderStats:
     def fold_exchanges(self, cap: int = MAX_EXCHANGES) -> None:
         """Keep at most `cap` exchange labels (the first seen); fold the rest into "other".
 
-        Runs once a second on the worker's loop, between requests, so the bid path never pays for it.
+        Runs once a second on the worker's loop, between requests, so the bid path never pays for it; a scrape in
+        between folds its copy the same way (`cap_exchanges`), so none shows more.
         """
-        seen: dict[str, None] = {}
-        for ex, _, _ in list(self.requests):
-            seen.setdefault(ex)
-        for _, _, ex in list(self.delivery):
-            seen.setdefault(ex)
-        if len(seen) <= cap:
-            return
-        keep = set(list(seen)[:cap])
-        _fold(self.requests, 0, keep)
-        _fold(self.delivery, 2, keep)
-        _fold(self.spend, 1, keep)
-        _fold(self.pctr, 1, keep)
+        cap_exchanges({"requests": self.requests, "delivery": self.delivery, "spend": self.spend, "pctr": self.pctr},
+                      self.exchanges, cap)
 
     def watch(self, engine: Any, now: float) -> None:
         """Note when the engine's model and pacing snapshots were last swapped (they are replaced whole)."""
@@ -134,13 +128,38 @@ class BidderStats:
         for cid, state in list(engine.pacing.items()):
             seen = self._pacing_seen.get(cid)
             if seen is None or seen[0] is not state:
-                self._pacing_seen[cid] = (state, now)
+                # the pacing age counts from when the worker published the state, so a restarted bidder that reads
+                # the compacted topic again does not show it fresh; never from after it arrived (clock skew)
+                published = getattr(state, "published_ms", 0) / 1000.0
+                self._pacing_seen[cid] = (state, min(published, now) if published > 0 else now)
 
 
-def _fold(counts: dict, pos: int, keep: set[str]) -> None:
+def cap_exchanges(doc: dict[str, Any], kept: dict[str, None], cap: int = MAX_EXCHANGES) -> None:
+    """Fold the exchange labels of `doc`'s keyed counters that are not in `kept` into "other", in place.
+
+    Names join `kept` in the order they appear until it holds `cap`; a name that joined stays, so no label later
+    moves into "other" and no counter goes down.  Applied to what is exposed (one process's counters, or the sum of
+    a server's processes and of those that died), it bounds every scrape, not only each process's own counters.
+    """
+    for name, pos in EXCHANGE_AT:
+        counts = doc.get(name)
+        if not counts:
+            continue
+        if len(kept) < cap:
+            for key in list(counts):
+                ex = key[pos]
+                if ex not in kept and ex != "other":
+                    if len(kept) >= cap:
+                        break
+                    kept[ex] = None
+        _fold(counts, pos, kept)
+
+
+def _fold(counts: dict, pos: int, keep: dict[str, None] | set[str]) -> None:
     for key in [k for k in counts if k[pos] not in keep and k[pos] != "other"]:
         n = counts.pop(key)
-        counts[key[:pos] + ("other",) + key[pos + 1:]] += n
+        other = key[:pos] + ("other",) + key[pos + 1:]
+        counts[other] = counts.get(other, 0) + n
 
 
 # -- the per-process document ---------------------------------------------------------------------------
@@ -179,7 +198,9 @@ def campaign_gauges(engine: Any) -> dict[str, tuple]:
         spend = p.spent_today if today else 0
         value = p.value_today if today else 0
         budget_today = p.budget_today if today and p.budget_today else budget
-        out[cid] = (1 if cid in live else 0, budget / 1e6, plan_fraction(camp.hours, frac) * budget / 1e6, spend / 1e6,
+        # the plan the worker's pacer follows (traffic-shaped), published with today's state; else the flat plan
+        share = p.plan_share if today and p.plan_share is not None else plan_fraction(camp.hours, frac)
+        out[cid] = (1 if cid in live else 0, budget / 1e6, share * budget_today / 1e6, spend / 1e6,
                     p.impressions_today if today else 0, p.clicks_today if today else 0, value / 1e6,
                     (value - spend) / spend if spend else 0.0, max(budget_today - spend, 0) / 1e6,
                     p.lam if p is not None else 0.0, 1 if today and p.exhausted else 0)
@@ -190,7 +211,10 @@ _PLANS: dict[frozenset[int], SpendPlan] = {}
 
 
 def plan_fraction(hours: frozenset[int], fraction_of_day: float) -> float:
-    """The pacer's plan (uniform over the allowed hours): fraction of the daily budget due by this time of day."""
+    """The flat plan (uniform over the allowed hours): fraction of the daily budget due by this time of day.
+
+    Shown until the worker publishes the plan its pacer follows with today's pacing state (`PacingState.plan_share`).
+    """
     plan = _PLANS.get(hours)
     if plan is None:
         plan = _PLANS[hours] = SpendPlan(hours=hours)
@@ -267,7 +291,8 @@ def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list
         buckets.append(("+Inf" if bound == math.inf else repr(bound), acc))
     fams.append(Family("streambid_bid_latency_seconds", "histogram", "Time from request arrival to answer (parsed requests)",
                        buckets=buckets, total=m["latency_sum"]))
-    fams.append(Family("streambid_answers_past_deadline", "counter", "Bids answered after the request deadline",
+    fams.append(Family("streambid_answers_past_deadline", "counter", "Answers (bids and no-bids) written after the "
+                       "request deadline",
                        samples=[((), m["past_deadline"])]))
     fams.append(Family("streambid_load_shed", "counter", "Requests answered 204 at once because the worker was overloaded",
                        samples=[((), m["shed"])]))
@@ -308,8 +333,9 @@ def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list
     camps = m["campaigns"]
     for i, (name, doc) in enumerate(CAMPAIGN_GAUGES):
         fams.append(Family(name, "gauge", doc, ("campaign",), [((cid, ), vals[i]) for cid, vals in camps.items()]))
-    fams.append(Family("streambid_campaign_pacing_age_seconds", "gauge", "Seconds since the bidder last received the "
-                       "campaign's pacing state (the oldest among its processes)", ("campaign",),
+    fams.append(Family("streambid_campaign_pacing_age_seconds", "gauge", "Seconds since the worker published the "
+                       "campaign's pacing state the bidder holds (since it arrived, if the state has no publication "
+                       "time; the oldest among its processes)", ("campaign",),
                        [((cid,), now - ts) for cid, ts in m["pacing_seen"].items()]))
     return fams
 
@@ -355,7 +381,14 @@ def exposition(stats: BidderStats, engine: Any) -> bytes:
         if text is not None:
             return text
     now = time.time()
-    return render(families(merge([worker_doc(stats, engine, now)]), now, 1, stats.workers))
+    return render(families(own_doc(stats, engine, now), now, 1, stats.workers))
+
+
+def own_doc(stats: BidderStats, engine: Any, now: float) -> dict[str, Any]:
+    """This process alone, as exposed: its exchange labels capped now, not only at the next once-a-second fold."""
+    m = merge([worker_doc(stats, engine, now)])
+    cap_exchanges(m, stats.exchanges)
+    return m
 
 
 class BidderCollector(Collector):
@@ -368,7 +401,7 @@ class BidderCollector(Collector):
 
     def collect(self) -> Iterator:
         now = time.time()
-        for f in families(merge([worker_doc(self.stats, self.engine, now)]), now, 1, self.stats.workers):
+        for f in families(own_doc(self.stats, self.engine, now), now, 1, self.stats.workers):
             if f.kind == "histogram":
                 h = HistogramMetricFamily(f.name, f.help)
                 h.add_metric([], f.buckets, f.total)
@@ -431,6 +464,7 @@ class PoolRenderer:
         self.interval = interval
         self.max_share = max_share  # of one core: with very many series, render less often than once a second
         self.retired: dict[str, Any] = {}
+        self.exchanges: dict[str, None] = {}  # exchange labels kept over all workers, living and retired
         self._next = 0.0
 
     def tick(self, pids: Iterable[int], now: float | None = None) -> None:
@@ -445,7 +479,9 @@ class PoolRenderer:
         now = time.time() if now is None else now
         docs = [d for d in (_load(self.root / f"w-{pid}.bin") for pid in pids) if d is not None]
         alive = sum(1 for d in docs if now - d.get("ts", 0.0) <= ALIVE_S)
-        text = render(families(merge([self.retired, *docs]), now, alive, self.workers))
+        merged = merge([self.retired, *docs])
+        cap_exchanges(merged, self.exchanges)  # each worker keeps 64 of its own: together they could show N x 64
+        text = render(families(merged, now, alive, self.workers))
         _write(self.root / RENDERED, text)
         return text
 
@@ -456,7 +492,9 @@ class PoolRenderer:
         path = self.root / f"w-{pid}.bin"
         doc = _load(path)
         if doc is not None:
-            self.retired = counters_only(merge([self.retired, doc]))
+            merged = merge([self.retired, doc])
+            cap_exchanges(merged, self.exchanges)  # or every restart would add a worker's labels for good
+            self.retired = counters_only(merged)
         path.unlink(missing_ok=True)
 
 

@@ -52,6 +52,10 @@ class PacingState:
     clicks_today: int = 0
     value_today: int = 0  # micros
     cvr: float = 0.0  # P(conversion | click) for CPA campaigns (models.conversion), published with the pacing
+    # share of the day's budget the plan the pacer follows calls for by this step (traffic-shaped, from the
+    # worker's forecast), so the bidders' plan gauge shows that plan; None: not published (the flat plan is shown)
+    plan_share: float | None = None
+    published_ms: int = 0  # the worker's wall clock when it published this state (0: not known, e.g. in-process)
 
 
 def day_fraction(timezone: str, now: float) -> tuple[str, float, int]:

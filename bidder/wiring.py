@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import signal
 import sys
@@ -84,10 +83,16 @@ def _pacing_state(doc: dict) -> PacingState:
         raise ValueError(f"exhausted {exhausted!r} is not true or false")
     if type(doc["day"]) is not str or type(doc["campaign"]) is not str:
         raise ValueError("campaign and day must be strings")
+    share, ts = doc.get("plan_share"), doc.get("ts", 0)  # an older worker sends no plan_share
+    if share is not None and (type(share) not in (int, float) or not 0.0 <= share <= 1.0):  # NaN fails both
+        raise ValueError(f"plan_share {share!r} is not a share of the day's budget in [0, 1]")
+    if type(ts) is not int or ts < 0:  # the pacing age counts from it
+        raise ValueError(f"ts {ts!r} is not a time in milliseconds")
     return PacingState(campaign=doc["campaign"], day=doc["day"], lam=float(lam), spent_today=int(doc["spent_today"]),
                        budget_today=int(doc["budget_today"]), exhausted=exhausted,
                        impressions_today=int(doc.get("impressions_today", 0)), clicks_today=int(doc.get("clicks_today", 0)),
-                       value_today=int(doc.get("value_today", 0)), cvr=float(doc.get("cvr", 0.0)))
+                       value_today=int(doc.get("value_today", 0)), cvr=float(doc.get("cvr", 0.0)),
+                       plan_share=None if share is None else float(share), published_ms=ts)
 
 
 async def run_worker(opts: ServeOptions, index: int) -> None:
@@ -279,21 +284,50 @@ def serve(opts: ServeOptions) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    restarts = Restarts()
+    code = 0
     while not stopping:
         time.sleep(0.2)
         metrics.tick(p.pid for p in procs.values() if p.pid)
         for i, p in list(procs.items()):
-            if not p.is_alive() and not stopping:
-                print(f"streambid: worker {i} (pid {p.pid}) exited with {p.exitcode}; restarting", file=sys.stderr)
-                metrics.retire(p.pid)
-                procs[i] = ctx.Process(target=_child, args=(opts, i), daemon=True)
-                procs[i].start()
+            if p.is_alive() or stopping:
+                continue
+            metrics.retire(p.pid)
+            wait = restarts.after_exit(i, time.monotonic())
+            if wait is None:
+                print(f"streambid: worker {i} (pid {p.pid}) exited with {p.exitcode} {RESTARTS_WITHIN} times within "
+                      f"{RESTARTS_WINDOW_S:.0f} s; stopping (its log above says why)", file=sys.stderr)
+                stopping, code = True, 1
+                break
+            print(f"streambid: worker {i} (pid {p.pid}) exited with {p.exitcode}; restarting in {wait:.1f} s",
+                  file=sys.stderr)
+            time.sleep(wait)
+            procs[i] = ctx.Process(target=_child, args=(opts, i), daemon=True)
+            procs[i].start()
     for p in procs.values():
-        if p.pid:
-            os.kill(p.pid, signal.SIGTERM)
+        if p.is_alive():  # a Ctrl-C in the terminal reached the workers too: some may be gone already
+            p.terminate()
     for p in procs.values():
         p.join(10)
     remove_pool_dir(opts.metrics_dir)
     if opts.relay_dir is not None:
         shutil.rmtree(opts.relay_dir, ignore_errors=True)
-    return 0
+    return code
+
+
+RESTARTS_WITHIN, RESTARTS_WINDOW_S = 5, 30.0  # a worker dying this often is failing at start, not crashing by chance
+
+
+class Restarts:
+    """When to restart a worker that exited: at once the first time, then after a doubling wait; None (give up)
+    once one worker has exited RESTARTS_WITHIN times within RESTARTS_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.exits: dict[int, list[float]] = {}
+
+    def after_exit(self, worker: int, now: float) -> float | None:
+        recent = [t for t in self.exits.get(worker, []) if now - t < RESTARTS_WINDOW_S] + [now]
+        self.exits[worker] = recent
+        if len(recent) >= RESTARTS_WITHIN:
+            return None
+        return 0.0 if len(recent) == 1 else min(0.25 * 2 ** (len(recent) - 2), 4.0)

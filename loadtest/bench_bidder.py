@@ -339,6 +339,21 @@ def bench_files(campaigns: int, seed: int, out: Path) -> Iterator[tuple[Path, Pa
         yield work, camp_file, bench_model(camp_file, seed, out)
 
 
+def bidder_cmd_problem(bidder_cmd: str) -> str | None:
+    """Why --bidder-cmd cannot be run (None: it can), found before the floor server's phase rather than after it."""
+    try:
+        argv = shlex.split(bidder_cmd.format(port=0, campaigns="campaigns.json", model="model.snap"))
+    except (KeyError, IndexError) as e:
+        name = f"{{{e.args[0]}}}" if isinstance(e, KeyError) else "{}"
+        return (f"--bidder-cmd {bidder_cmd!r}: unknown placeholder {name}; only {{port}}, {{campaigns}} and {{model}} "
+                "are filled in")
+    except ValueError as e:  # a lone brace, or unbalanced quotes
+        return f"--bidder-cmd {bidder_cmd!r}: {e}; double a literal brace ({{{{ }}}}) and close every quote"
+    if not argv:
+        return "--bidder-cmd is empty; give the command that serves the bidder on {port}"
+    return None
+
+
 def bench_bidder(
     *,
     duration: float = 8.0,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bidder.arguments import positive
+
 DAY_DESCRIPTION = """\
 Play one simulated day through the real stack: a Kafka broker ($KAFKA_BOOTSTRAP,
 --broker, or one started with deploy/kafka-local/kafka.sh and stopped at the
@@ -35,17 +37,7 @@ examples:
 """
 
 
-def _positive(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be > 0")
-        return value
-
-    return parse
+MAX_REQUESTS = 100_000  # the plan is built in memory: about 7 KB and 70 µs of planning per request
 
 
 def _cmd_day(args: argparse.Namespace) -> int:
@@ -63,18 +55,19 @@ def register_day(groups: dict[str, argparse._SubParsersAction]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--speedup", type=_positive(float), default=1440.0, metavar="N",
+    a("--speedup", type=positive(float), default=1440.0, metavar="N",
       help="simulated seconds per wall second: the day takes 86400/N s (default: %(default)g, i.e. 60 s)")
-    a("--requests", type=_positive(int), default=12_000, metavar="N",
-      help="bid requests in the simulated day (default: %(default)s)")
+    a("--requests", type=positive(int, MAX_REQUESTS), default=12_000, metavar="N",
+      help=f"bid requests in the simulated day, at most {MAX_REQUESTS:,} (the day is planned in memory first, "
+           "about 0.7 GB per 100,000) (default: %(default)s)")
     a("--seed", type=int, default=7, help="random seed of the simulated market (default: %(default)s)")
     a("--broker", metavar="HOST:PORT",
       help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP; if unset, a local broker is started for the run)")
-    a("--bidder-workers", type=_positive(int), default=2, metavar="N",
+    a("--bidder-workers", type=positive(int), default=2, metavar="N",
       help="bidder processes behind the port (default: %(default)s)")
-    a("--warmup", type=_positive(float), default=20.0, metavar="S",
+    a("--warmup", type=positive(float), default=20.0, metavar="S",
       help="wall seconds from starting the processes to simulated midnight (default: %(default)s)")
-    a("--grace", type=_positive(float), default=1.0, metavar="S",
+    a("--grace", type=positive(float), default=1.0, metavar="S",
       help="wall seconds a bidder may take to stop a campaign once the pacing topic says it is exhausted, in the "
            "budget check (default: %(default)s)")
     a("--out", type=Path, default=Path("out"), metavar="DIR",

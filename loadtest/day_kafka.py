@@ -501,9 +501,48 @@ def format_run(run: dict[str, Any]) -> str:
             f"{run['events_sent_at_once']:,} clicks/conversions after the tail sent at once; logs: {run['logs']}")
 
 
+def broker_problem(bootstrap: str, timeout: float = 15.0) -> str | None:
+    """Why a given broker cannot be used (None: it answers), found before the day is planned and the stack started."""
+    import logging
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    async def probe() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await asyncio.wait_for(admin.start(), timeout)
+        finally:
+            await admin.close()
+
+    log = logging.getLogger("aiokafka")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # the one line the caller prints says it all
+    try:
+        asyncio.run(probe())
+    except (KafkaConnectionError, TimeoutError):
+        return "nothing answers there"
+    except (KafkaError, OSError, ValueError) as e:
+        return str(e) or type(e).__name__
+    finally:
+        log.setLevel(level)
+    return None
+
+
 def command(args: Any) -> int:
     """Entry point of `streambid loadtest day`."""
+    from aiokafka.errors import KafkaError
+
+    from bidder.arguments import out_dir_problem
+
     broker = args.broker or os.environ.get("KAFKA_BOOTSTRAP") or None
+    if problem := out_dir_problem(args.out):
+        print(f"streambid loadtest day: {problem}", file=sys.stderr)
+        return 2
+    if broker and (problem := broker_problem(broker)):
+        print(f"streambid loadtest day: cannot reach the Kafka broker at {broker} ({problem}); check --broker or "
+              "KAFKA_BOOTSTRAP, or unset both to start a local broker for the run", file=sys.stderr)
+        return 2
     opts = DayOptions(speedup=args.speedup, requests=args.requests, seed=args.seed, broker=broker, out=args.out,
                       bidder_workers=args.bidder_workers, warmup_s=args.warmup, grace_s=args.grace,
                       progress=not args.no_progress)
@@ -511,6 +550,9 @@ def command(args: Any) -> int:
         outcome, _ = run_day(opts)
     except StackError as e:
         print(f"streambid: {e}", file=sys.stderr)
+        return 1
+    except KafkaError as e:  # the broker answered the check above but failed during the run
+        print(f"streambid loadtest day: the Kafka broker at {broker or 'started for the run'} failed: {e}", file=sys.stderr)
         return 1
     png = plot_spend(outcome, campaign_rows(outcome), opts.out / "day-kafka-spend.png")
     doc = report_doc(outcome, png)

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from bidder.arguments import non_negative, out_dir_problem, positive
+
 RUN_DESCRIPTION = """\
 Play an exchange against a running bidder: send OpenRTB 2.6 bid requests on an
 open-loop schedule (the next request leaves on time whatever the bidder does)
@@ -81,19 +83,22 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     a("--target", required=True, metavar="URL", help="bid URL, e.g. http://127.0.0.1:8080/bid/test (host defaults to 127.0.0.1)")
     a(
         "--rate",
-        type=float,
+        type=non_negative(float),
         required=True,
         metavar="R",
         help="requests/s to offer (peak for ramp/step); 0: closed-loop saturation",
     )
-    a("--duration", type=float, required=True, metavar="S", help="seconds of load")
-    a("--connections", type=int, default=64, metavar="C", help="keep-alive connections, one request in flight each (default 64)")
-    a("--tmax", type=int, default=100, metavar="MS", help="deadline in ms, also the tmax of generated requests (default 100)")
-    a("--profile", choices=("const", "ramp", "step"), default="const", help="const rate, linear ramp to R, or 5 equal steps to R")
+    a("--duration", type=positive(float), required=True, metavar="S", help="seconds of load")
+    a("--connections", type=positive(int), default=64, metavar="C",
+      help="keep-alive connections, one request in flight each (default 64)")
+    a("--tmax", type=positive(int), default=100, metavar="MS",
+      help="deadline in ms, also the tmax of generated requests (default 100)")
+    a("--profile", choices=("const", "ramp", "step"), default="const",
+      help="const rate, linear ramp to R, or 5 equal steps to R (default const)")
     a("--requests", type=Path, metavar="FILE", help="replay bodies from FILE (one JSON request per line) instead of generating")
     a("--seed", type=int, default=1, metavar="N", help="traffic generator seed (default 1)")
     a("--malformed", type=float, default=0.0, metavar="F", help="share of deliberately malformed bodies, 0..1 (default 0)")
-    a("--pool", type=int, default=5000, metavar="N", help="distinct generated bodies to cycle through (default 5000)")
+    a("--pool", type=positive(int), default=5000, metavar="N", help="distinct generated bodies to cycle through (default 5000)")
     a("--allow-remote", action="store_true", help="allow a non-loopback target; only for a host you run")
     a("--json", action="store_true", help="print the report as one JSON document on stdout")
     a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for latency-over-time.png (default out/)")
@@ -111,8 +116,10 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--duration", type=float, default=8.0, metavar="S", help="seconds of saturation and of the 50%% load run (default 8)")
-    a("--probe", type=float, default=3.0, metavar="S", help="seconds per open-loop probe for the max sustained rate (default 3)")
+    a("--duration", type=positive(float), default=8.0, metavar="S",
+      help="seconds of saturation and of the 50%% load run (default 8)")
+    a("--probe", type=positive(float), default=3.0, metavar="S",
+      help="seconds per open-loop probe for the max sustained rate (default 3)")
     _bench_inputs(a)
     a(
         "--bidder-cmd",
@@ -135,7 +142,7 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--duration", type=float, default=6.0, metavar="S", help="seconds of saturation per server (default 6)")
+    a("--duration", type=positive(float), default=6.0, metavar="S", help="seconds of saturation per server (default 6)")
     _bench_inputs(a)
     _bench_load(a, "bench-stages.png")
     p.set_defaults(func=cmd_bench_stages)
@@ -143,15 +150,16 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
 
 def _bench_inputs(a: Callable[..., Any]) -> None:
     """The options both bid-path benches take for what they serve."""
-    a("--campaigns", type=int, default=1000, metavar="N", help="generated campaigns loaded into the bidder (default 1000)")
+    a("--campaigns", type=positive(int), default=1000, metavar="N",
+      help="generated campaigns loaded into the bidder (default 1000)")
     a("--floor", type=Path, metavar="PATH",
       help="floor server script (default ../shared/bench/floor_server.py beside the project)")
 
 
 def _bench_load(a: Callable[..., Any], pngs: str) -> None:
     """The options both bid-path benches take for the load they send and what they write."""
-    a("--connections", type=int, default=64, metavar="C", help="keep-alive connections, in every phase (default 64)")
-    a("--tmax", type=int, default=100, metavar="MS", help="deadline in ms, also the requests' tmax (default 100)")
+    a("--connections", type=positive(int), default=64, metavar="C", help="keep-alive connections, in every phase (default 64)")
+    a("--tmax", type=positive(int), default=100, metavar="MS", help="deadline in ms, also the requests' tmax (default 100)")
     a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
     a("--json", action="store_true", help="print one JSON document on stdout")
     a("--out", type=Path, default=Path("out"), metavar="DIR", help=f"directory for {pngs} (default out/)")
@@ -161,6 +169,9 @@ def cmd_bench_stages(args: argparse.Namespace) -> int:
     from loadtest.bench_bidder import BenchError
     from loadtest.bench_stages import bench_stages, format_stages
 
+    if problem := out_dir_problem(args.out):
+        print(f"streambid bench stages: {problem}", file=sys.stderr)
+        return 2
     try:
         result = bench_stages(duration=args.duration, campaigns=args.campaigns, floor=args.floor,
                               connections=args.connections, tmax_ms=args.tmax, seed=args.seed, out=args.out)
@@ -194,10 +205,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.malformed <= 1.0:
         print("streambid loadtest run: --malformed must be between 0 and 1", file=sys.stderr)
         return 2
+    if problem := out_dir_problem(args.out):
+        print(f"streambid loadtest run: {problem}", file=sys.stderr)
+        return 2
     if args.requests:
-        bodies = load_request_file(args.requests)
+        try:
+            bodies = load_request_file(args.requests)
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).removeprefix(f"{args.requests}: ")
+            print(f"streambid loadtest run: --requests {args.requests}: {why}; give a file of JSON bid requests, "
+                  "one per line", file=sys.stderr)
+            return 2
     else:
-        bodies = RequestFactory(args.seed, args.malformed, tmax_ms=args.tmax).bodies(max(1, args.pool))
+        bodies = RequestFactory(args.seed, args.malformed, tmax_ms=args.tmax).bodies(args.pool)
     try:
         report = _run_loop(
             run_load(
@@ -227,8 +247,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_bidder(args: argparse.Namespace) -> int:
-    from loadtest.bench_bidder import BenchError, bench_bidder, format_bench
+    from loadtest.bench_bidder import BenchError, bench_bidder, bidder_cmd_problem, format_bench
 
+    for problem in (bidder_cmd_problem(args.bidder_cmd), out_dir_problem(args.out)):
+        if problem:
+            print(f"streambid bench bidder: {problem}", file=sys.stderr)
+            return 2
     try:
         result = bench_bidder(
             duration=args.duration,

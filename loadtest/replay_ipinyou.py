@@ -88,18 +88,40 @@ class TrainingStats:
         return WinRateModel.from_histogram(self.price_counts, FEN_CPM)
 
 
-def parse_training(doc: dict[str, Any]) -> TrainingStats:
-    return TrainingStats(int(doc["imp_train"]), int(doc["clk_train"]), int(doc["cost_train"]),
-                         tuple(int(n) for n in doc["price_counter_train"]))
+TRAINING_KEYS = ("imp_train", "clk_train", "cost_train", "price_counter_train")
+
+
+def parse_training(doc: Any) -> TrainingStats:
+    """info.json's statistics; ValueError unless the replay can divide by them (impressions, clicks, a budget, prices)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a JSON object, not a {type(doc).__name__}")
+    if missing := [k for k in TRAINING_KEYS if k not in doc]:
+        raise ValueError(f"missing {', '.join(missing)}")
+    try:
+        stats = TrainingStats(int(doc["imp_train"]), int(doc["clk_train"]), int(doc["cost_train"]),
+                              tuple(int(n) for n in doc["price_counter_train"]))
+    except (TypeError, ValueError):
+        raise ValueError("imp_train, clk_train and cost_train must be numbers, price_counter_train a list of counts") from None
+    if min(stats.impressions, stats.clicks, stats.cost_fen) <= 0 or min(stats.price_counts, default=-1) < 0 \
+            or not any(stats.price_counts):
+        raise ValueError("imp_train, clk_train and cost_train must be > 0, price_counter_train counts >= 0 and not all 0")
+    return stats
 
 
 def parse_log(lines: Sequence[str] | Any) -> list[Auction]:
-    """`click market_price pCTR` per line; prices converted to CPM micros once."""
+    """`click market_price pCTR` per line; prices converted to CPM micros once; ValueError names a malformed line."""
     out = []
-    for line in lines:
+    for n, line in enumerate(lines, 1):
         parts = line.split()
-        if parts:
-            out.append((int(parts[0]), int(parts[1]) * FEN_CPM, float(parts[2])))
+        if not parts:
+            continue
+        try:
+            click, price, pctr = int(parts[0]), int(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            click, price, pctr = -1, -1, math.nan
+        if len(parts) != 3 or click not in (0, 1) or price < 0 or not 0.0 <= pctr <= 1.0:
+            raise ValueError(f"line {n}: {line.strip()[:80]!r} is not `click(0|1) market_price(>=0) pCTR(0..1)`")
+        out.append((click, price * FEN_CPM, pctr))
     return out
 
 
@@ -111,11 +133,21 @@ def resolve_data_dir(path: Path) -> Path:
 def load(path: Path, with_log: bool = True) -> tuple[TrainingStats, list[Auction]]:
     """Training stats and the test log; `with_log=False` leaves the log unread (for tuning, which must not see it)."""
     d = resolve_data_dir(path)
-    stats = parse_training(orjson.loads((d / "info.json").read_bytes()))
+    info, test = d / "info.json", d / "test.theta.txt"
+    try:
+        stats = parse_training(orjson.loads(info.read_bytes()))
+    except ValueError as e:  # orjson's decode errors included
+        raise ValueError(f"{info}: {e}") from None
     if not with_log:
         return stats, []
-    with open(d / "test.theta.txt") as f:
-        return stats, parse_log(f)
+    with open(test) as f:
+        try:
+            log = parse_log(f)
+        except ValueError as e:  # a malformed line, or bytes that are not text
+            raise ValueError(f"{test}: {e}") from None
+    if not log:
+        raise ValueError(f"{test}: no auctions in the file")
+    return stats, log
 
 
 def episodes(log: list[Auction], size: int) -> list[list[Auction]]:
@@ -469,14 +501,27 @@ def plot(traces: Traces, size: int, out_dir: Path) -> Path:
 
 def command(args: Any) -> int:
     """Entry point of `streambid replay ipinyou`."""
+    from bidder.arguments import out_dir_problem
+
+    def refuse(problem: str) -> int:
+        print(f"streambid replay ipinyou: {problem}", file=sys.stderr)
+        return 2
+
+    if args.episode <= 0:
+        return refuse(f"--episode {args.episode}: must be > 0 (auctions per episode)")
+    if problem := out_dir_problem(args.out):
+        return refuse(problem)
     try:
         stats, log = load(args.data)
-    except (OSError, KeyError, ValueError) as e:
-        print(f"cannot read the iPinYou data in {args.data}: {e}", file=sys.stderr)
-        return 2
-    if args.episode <= 0:
-        print("--episode must be > 0", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as e:
+        return refuse(f"cannot read the iPinYou data in --data {args.data}: {e}; give the directory holding a valid "
+                      "info.json and test.theta.txt")
+    c0s = args.c0 or C0_DEFAULT
+    for c0 in c0s:
+        if stats.budget_fen(c0, args.episode) <= 0:
+            shown = str(c0) if c0.denominator < 10**6 else f"{float(c0):.3g}"
+            return refuse(f"--c0 {shown} leaves a budget of 0 fen per episode of {args.episode} auctions; "
+                          "give a larger --c0 or --episode")
     quiet = getattr(args, "no_progress", False)
 
     def progress(msg: str) -> None:
@@ -484,7 +529,7 @@ def command(args: Any) -> int:
             sys.stderr.write(f"\r{msg:<60}")
             sys.stderr.flush()
 
-    report, traces = run_replay(stats, log, args.c0 or C0_DEFAULT, args.episode, progress)
+    report, traces = run_replay(stats, log, c0s, args.episode, progress)
     if not quiet:
         sys.stderr.write("\r" + " " * 60 + "\r")
     report["plot"] = str(plot(traces, args.episode, args.out))

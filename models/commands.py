@@ -6,9 +6,12 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+
+from bidder.arguments import non_negative, out_dir_problem, positive
 
 CTR_HELP = "progressive validation of the CTR learner vs a constant rate and Vowpal Wabbit"
 CTR_DESCRIPTION = """\
@@ -24,6 +27,16 @@ excess log loss over the true probabilities on the synthetic stream, and the
 µs per ModelSnapshot.predict (the per-candidate cost on the bid path).
 Writes a reliability plot to OUT/ctr-reliability.png.
 """
+CTR_FILES = ("featindex.fm.txt", "train.fm.txt", "test.fm.txt")
+# The learner's tuning flags: (type, help, default).  The defaults are LearnerConfig's (a test holds them equal),
+# written out so that `--help` need not import River.
+TUNING = {
+    "alpha": (positive(float), "FTRL learning-rate scale, > 0", 0.1),
+    "beta": (non_negative(float), "FTRL learning-rate smoothing, >= 0", 1.0),
+    "l1": (non_negative(float), "L1 regularisation (sparsity), >= 0", 0.2),
+    "l2": (non_negative(float), "L2 regularisation, >= 0", 1.0),
+    "calibration_prior": (positive(float), "weight holding the online calibration at the identity, > 0", 20.0),
+}
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -32,15 +45,17 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         "ctr", help=CTR_HELP, description=CTR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data", type=Path, help="directory of the iPinYou CTR sample (e.g. ../shared/data/ipinyou-ctr)")
-    p.add_argument("--synthetic", type=int, default=1_000_000, metavar="N", help="synthetic events (default 1,000,000; 0 skips)")
-    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic stream")
+    p.add_argument("--synthetic", type=non_negative(int), default=1_000_000, metavar="N",
+                   help="synthetic events (default 1,000,000; 0 skips)")
+    p.add_argument("--seed", type=int, default=7, help="seed of the synthetic stream (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("out"), help="directory for the reliability plot (default out/)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of tables")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     tune = p.add_argument_group("learner hyperparameters (defaults: the tuned ones)")
-    for name in ("alpha", "beta", "l1", "l2", "calibration_prior"):
-        tune.add_argument(f"--{name.replace('_', '-')}", type=float, dest=name)
-    tune.add_argument("--blend-impressions", type=float, help="creative impressions at which model and prior weigh the same")
+    for name, (kind, text, default) in TUNING.items():
+        tune.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, metavar="X", help=f"{text} (default {default:g})")
+    tune.add_argument("--blend-impressions", type=non_negative(float), metavar="N",
+                      help="creative impressions at which model and prior weigh the same, >= 0 (default 100)")
     tune.add_argument("--no-calibration", action="store_true", help="turn the online Platt calibration off")
     p.set_defaults(func=run_bench_ctr)
 
@@ -49,12 +64,53 @@ def _config(args: argparse.Namespace):
     from models.learner import LearnerConfig
 
     cfg = LearnerConfig()
-    changes = {k: getattr(args, k) for k in ("alpha", "beta", "l1", "l2", "calibration_prior") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in TUNING if getattr(args, k) is not None}
     if args.no_calibration:
         changes["calibrate"] = False
     if args.blend_impressions is not None:
         changes["prior"] = dataclasses.replace(cfg.prior, blend_impressions=args.blend_impressions)
     return dataclasses.replace(cfg, **changes)
+
+
+def _first_bad_line(path: Path, ok: Callable[[str], bool]) -> int | None:
+    """The number of the first line of `path` that `ok` refuses or raises ValueError on; None if there is none."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                if not ok(line):
+                    return n
+            except ValueError:
+                return n
+    return None
+
+
+def ctr_sample_problem(data: Path) -> str | None:
+    """What in the --data directory `read_ipinyou` would trip on, found before any learner runs (None: nothing)."""
+    if missing := [name for name in CTR_FILES if not (data / name).is_file()]:
+        return f"--data {data} has no {', '.join(missing)}; give the directory of the iPinYou CTR sample"
+    known: set[int] = set()
+
+    def index_line(line: str) -> bool:
+        known.add(int(line.rstrip("\n").rpartition("\t")[2]))
+        return True
+
+    def example_line(line: str) -> bool:
+        parts = line.split()
+        return not parts or parts[0] in ("0", "1") and all(int(t.partition(":")[0]) in known for t in parts[1:])
+
+    example = "label(0|1) index:value ..., each index in featindex.fm.txt"
+    for name, ok, form in zip(CTR_FILES, (index_line, example_line, example_line),
+                              ("field:value<TAB>index", example, example), strict=True):
+        path = data / name
+        try:
+            bad = _first_bad_line(path, ok)
+        except UnicodeDecodeError:
+            return f"{path} is not UTF-8 text; give the directory of the iPinYou CTR sample"
+        except OSError as e:
+            return f"cannot read {path}: {e.strerror or e}"
+        if bad is not None:
+            return f"{path} line {bad} is not `{form}`; fix or remove it"
+    return None
 
 
 def _clean(v):
@@ -69,14 +125,15 @@ def _clean(v):
 
 
 def run_bench_ctr(args: argparse.Namespace) -> int:
-    from models import bench_ctr as b
-
     if args.data is None and args.synthetic <= 0:
-        print("nothing to do: give --data DIR and/or --synthetic N", file=sys.stderr)
+        print("streambid bench ctr: nothing to do: give --data DIR and/or --synthetic N", file=sys.stderr)
         return 2
-    if args.data is not None and not (args.data / "featindex.fm.txt").exists():
-        print(f"{args.data} has no featindex.fm.txt (expected the iPinYou CTR sample)", file=sys.stderr)
-        return 2
+    for problem in (ctr_sample_problem(args.data) if args.data is not None else None, out_dir_problem(args.out)):
+        if problem:
+            print(f"streambid bench ctr: {problem}", file=sys.stderr)
+            return 2
+    from models import bench_ctr as b  # River takes a while to import: only once the arguments are known good
+
     config = _config(args)
     progress = b.Progress(enabled=not args.quiet)
     ipinyou = b.bench_ipinyou(args.data, config, progress) if args.data is not None else None

@@ -144,7 +144,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     newest = [0]  # the latest delivery event time this worker has read: ids are forgotten SEEN_TTL_S before it
 
     async def reject(source: str, reason: str, payload: Any) -> None:
-        stats.deadletters[(source, reason)] += 1
+        stats.deadletters[(topic_kind(source), reason)] += 1  # labelled like streambid_events_consumed_total
         log.warning("dead-lettered a message from %s: %s", source, reason)
         await deadletter_topic.send(key=source.encode(), value=orjson.dumps(dead_letter(source, reason, payload,
                                                                                        int(time.time() * 1000))))
@@ -466,7 +466,9 @@ def pacing_doc(state: Any) -> dict[str, Any]:
         "v": 1, "campaign": state.campaign, "day": state.day, "lam": state.lam, "spent_today": state.spent_today,
         "budget_today": state.budget_today, "exhausted": state.exhausted,
         "impressions_today": getattr(state, "impressions_today", 0), "clicks_today": getattr(state, "clicks_today", 0),
-        "value_today": getattr(state, "value_today", 0), "cvr": getattr(state, "cvr", 0.0), "ts": int(time.time() * 1000),
+        "value_today": getattr(state, "value_today", 0), "cvr": getattr(state, "cvr", 0.0),
+        "plan_share": getattr(state, "plan_share", None),  # the plan the pacer follows: what bidders show as the plan
+        "ts": int(time.time() * 1000),  # publication time: the bidders' pacing age counts from it, across restarts
     }
 
 

@@ -191,8 +191,14 @@ def status(port: int) -> dict[str, Any] | None:
 
 def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, progress: bool = True,
         log_dir: Path = Path("out"), worker_args: tuple[str, ...] = (), timeout_s: float = 1800.0) -> Result:
+    from bidder.arguments import out_dir_problem
     from streams.kafka_io import ensure_topics
 
+    # refused before any topic is created: the caller reports a RuntimeError in one line
+    if n_campaigns < 1:
+        raise RuntimeError(f"--campaigns {n_campaigns}: the auctions need at least 1 campaign")
+    if problem := out_dir_problem(log_dir):
+        raise RuntimeError(problem)
     run_id = uuid.uuid4().hex[:8]
     app_id, prefix = f"bench-streams-{run_id}", f"bench{run_id}"
     asyncio.run(ensure_topics(bootstrap, run_topics(prefix)))
@@ -202,7 +208,6 @@ def run(bootstrap: str, n_events: int, n_campaigns: int = 50, seed: int = 1, pro
         print(f"\rproduced {work.events:,} events ({total:,} on the topics) at {produce_rate:,.0f}/s; starting the worker",
               file=sys.stderr, flush=True)
     port = free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "bench-streams-worker.log"
     cmd = [sys.executable, "-m", "bidder.cli", "worker", "--broker", bootstrap, "--app-id", app_id, "--metrics-port",
            str(port), "--click-window", "60", *worker_args]

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from bidder.arguments import port_or_zero, positive
 from bidder.campaigns import Campaign, ConfigError, campaign_file_error, config_campaign, load_campaign_docs, parse_campaigns
 from bidder.money import to_text as money_text
 from streams import topics
@@ -41,15 +42,16 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                    "and pacing; publish model and pacing updates for the bidders.")
     w.add_argument("--broker", help=BROKER_HELP)
     w.add_argument("--app-id", default="streambid-worker", help="consumer group / Faust app id (default: %(default)s)")
-    w.add_argument("--metrics-port", type=int, default=9102,
+    w.add_argument("--metrics-port", type=port_or_zero, default=9102,
                    help="port of Prometheus /metrics and of /status (JSON: owned partitions, offsets reached, totals per "
                         "campaign and day); 0 to disable (default: %(default)s)")
     w.add_argument("--click-window", type=float, default=1800.0, help="click attribution window, seconds (default: 1800)")
-    w.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+    w.add_argument("--checkpoint-every", type=positive(float), default=60.0, metavar="SECONDS",
                    help="how often the learner's exact state goes to the learner topic while it learns; a restarted "
                         "worker (or the next owner of the examples) resumes from it and relearns only what came after "
                         "(default: %(default)s)")
-    w.add_argument("--loglevel", default="warning", help="faust log level (default: %(default)s)")
+    w.add_argument("--loglevel", type=str.lower, choices=("debug", "info", "warning", "error", "critical"),
+                   default="warning", help="faust log level (default: %(default)s)")
     w.set_defaults(func=cmd_worker)
 
     b = groups["bench"].add_parser(
@@ -58,8 +60,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "start one `streambid worker` and time it from its first event until every event is processed and "
                     "every example learned; report events/s, consumer lag and the worker's CPU time.  Uses "
                     "--broker / $KAFKA_BOOTSTRAP, or starts a local broker with deploy/kafka-local/kafka.sh.")
-    b.add_argument("--events", type=int, default=1_000_000, help="delivery events to push (default: %(default)s)")
-    b.add_argument("--campaigns", type=int, default=50, help="campaigns the auctions spread over (default: %(default)s)")
+    b.add_argument("--events", type=positive(int), default=1_000_000, help="delivery events to push (default: %(default)s)")
+    b.add_argument("--campaigns", type=positive(int), default=50,
+                   help="campaigns the auctions spread over (default: %(default)s)")
     b.add_argument("--seed", type=int, default=1, help="random seed of the workload (default: %(default)s)")
     b.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP, else a local broker)")
     b.add_argument("--out", type=Path, default=Path("out"), help="worker log and throughput plot go here (default: out)")
@@ -102,20 +105,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import StatusBoard, create_app
     from streams.kafka_io import ensure_topics
 
-    broker = broker_of(args)
-    _on_broker(args, ensure_topics(broker))
-    known = {cid: e.campaign for cid, e in latest_configs(_on_broker(args, read_config_log(broker))).items() if e.campaign}
     board = StatusBoard()
-    if not args.checkpoint_every > 0:
-        sys.exit("streambid worker: --checkpoint-every must be a positive number of seconds")
-    app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known,
-                            board=board, checkpoint_s=args.checkpoint_every)
-    if args.metrics_port:
+    registry = None
+    if args.metrics_port:  # bound first: a port in use is found before the broker is contacted
         from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry(auto_describe=False)
+        try:
+            serve_http(args.metrics_port, registry, board)
+        except OSError as e:
+            print(f"streambid worker: --metrics-port {args.metrics_port}: cannot listen on 127.0.0.1 ({e.strerror or e}); "
+                  "give a free port, or 0 to run without /metrics and /status", file=sys.stderr)
+            return 2
+    broker = broker_of(args)
+    _on_broker(args, ensure_topics(broker))
+    known = {cid: e.campaign for cid, e in latest_configs(_on_broker(args, read_config_log(broker))).items() if e.campaign}
+    app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known,
+                            board=board, checkpoint_s=args.checkpoint_every)
+    if registry is not None:
         registry.register(stats)
-        serve_http(args.metrics_port, registry, board)
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=args.loglevel, quiet=True)

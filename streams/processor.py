@@ -179,6 +179,7 @@ class Pacer:
             state.value_today = totals["value"]
             self.conversions.update_day(camp.id, day, totals["clicks"], totals["conversions"])
             state.cvr = self.conversions.rate(camp.id)
+            state.plan_share = ctl.plan.target(frac)  # the plan this step followed, for the bidders' plan gauge
             out.append(state)
         return out
 

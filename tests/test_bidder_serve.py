@@ -205,3 +205,81 @@ def test_a_model_file_that_is_not_a_snapshot_stops_serve_with_what_to_do(tmp_pat
                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert out.returncode == 2 and says in out.stderr and "--model" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--workers", "0"], "--workers"),
+        (["--port", "70000"], "--port"),
+        (["--network-ms", "5000"], "--network-ms"),
+        (["--shed-ms", "-1"], "--shed-ms"),
+        (["--explore-below", "-5"], "--explore-below"),
+        (["--broker", "127.0.0.1:9"], "--no-kafka and --broker"),
+        (["--host", "999.1.1.1"], "--host 999.1.1.1"),
+    ],
+)
+def test_serve_refuses_nonsense_flags_with_one_line(extra: list[str], says: str) -> None:
+    camps = str(ROOT / "deploy" / "campaigns.example.json")
+    out = subprocess.run(STREAMBID + ["--port", str(free_port()), "--campaigns", camps, *extra], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_serve_will_not_share_a_port_another_process_listens_on() -> None:
+    """Workers bind with SO_REUSEPORT: without the check a second server would silently take half the traffic."""
+    camps = str(ROOT / "deploy" / "campaigns.example.json")
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as another streambid's workers would
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = subprocess.run(STREAMBID + ["--port", str(port), "--campaigns", camps], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and f"another process already listens on 127.0.0.1:{port}" in out.stderr, out.stderr
+
+
+def test_an_unreachable_broker_stops_serve_with_one_line() -> None:
+    camps = str(ROOT / "deploy" / "campaigns.example.json")
+    cmd = [sys.executable, "-m", "bidder.cli", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+           "--campaigns", camps, "--broker", "127.0.0.1:9", "--workers", "2"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "cannot reach the Kafka broker at 127.0.0.1:9" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "restarting" not in out.stderr
+
+
+def test_ctrl_c_in_the_terminal_stops_every_worker_cleanly() -> None:
+    """A terminal's Ctrl-C reaches the whole process group: workers and their supervisor at once."""
+    port = free_port()
+    p = subprocess.Popen(STREAMBID + ["--port", str(port), "--workers", "2", "--campaigns",
+                                      str(ROOT / "deploy" / "campaigns.example.json")],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if http(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        os.killpg(p.pid, signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0 and "Traceback" not in out, out
+    with socket.socket() as again:  # nobody listens there any more (closed connections may linger in TIME_WAIT)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
+
+
+def test_a_worker_that_keeps_dying_is_given_up_on_after_backing_off() -> None:
+    from bidder.wiring import RESTARTS_WITHIN, Restarts
+
+    r = Restarts()
+    waits = [r.after_exit(0, t) for t in range(RESTARTS_WITHIN)]
+    assert waits[0] == 0.0 and all(b > a for a, b in zip(waits[1:-1], waits[2:-1], strict=False)) and waits[-1] is None
+    assert Restarts().after_exit(1, 0.0) == 0.0 and r.after_exit(2, 0.0) == 0.0  # per worker
+    late = Restarts()
+    assert all(late.after_exit(0, t * 100.0) == 0.0 for t in range(10))  # exits far apart: each restarted at once

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from loadtest.demo import (
     LEASE_SLICE,
@@ -64,3 +68,17 @@ def test_demo_compares_paced_with_spending_fast_and_a_fixed_bid(tmp_path: Path) 
         for r in by.values():
             assert r["spend_pct"] <= 100.0 + 100.0 * LEASE_SLICE / camp.daily_budget
     assert "strategy" in format_comparison(rows)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [(["--campaigns", "nope.json"], "nope.json: does not exist"), (["--requests", "0"], "--requests"),
+     (["--out", "FILE"], "not a directory")],
+)
+def test_demo_refuses_bad_arguments_before_it_runs(tmp_path: Path, extra: list[str], says: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = [str(afile) if a == "FILE" else a for a in extra]
+    out = subprocess.run([sys.executable, "-m", "bidder.cli", "demo", *args], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -106,7 +106,7 @@ def test_compose_stack_is_complete_and_its_files_exist() -> None:
     services = doc["services"]
     assert services["kafka"]["image"] == "apache/kafka:4.0.0"
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
-    assert {"kafka", "campaigns", "worker", "bidder", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "campaigns", "worker", "bidder", "prometheus", "alertmanager", "grafana"} <= set(services)
     build = services["campaigns"]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     for name, svc in services.items():
@@ -125,6 +125,45 @@ def test_compose_stack_is_complete_and_its_files_exist() -> None:
     targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in prom["scrape_configs"]}
     assert targets["streambid-worker"] == ["127.0.0.1:9102"] and targets["streambid-bidder"] == ["bidder:8080"]
     assert "--metrics-port" in services["worker"]["command"] and "9102" in services["worker"]["command"]
+
+
+def test_compose_requires_the_secret_and_the_salt_and_the_readme_sets_both() -> None:
+    """A default salt is public: anyone could reverse the user-id hashes in events and frequency caps."""
+    env = compose()["x-streambid"]["environment"]
+    docker_steps = (ROOT / "README.md").read_text().split("### The whole stack in Docker", 1)[1].split("```", 2)[1]
+    for var in ("STREAMBID_SECRET", "STREAMBID_SALT"):
+        assert env[var].startswith("${" + var + ":?"), f"{var} must be required (${{{var}:?message}}), not defaulted"
+        assert f"export {var}=" in docker_steps, f"README's Docker steps do not set {var}"
+
+
+def test_compose_kafka_keeps_its_data_on_the_volume() -> None:
+    """Without KAFKA_LOG_DIRS the image writes to /tmp/kraft-combined-logs, lost when the container is recreated."""
+    kafka = compose()["services"]["kafka"]
+    mounted = {vol.split(":")[1] for vol in kafka["volumes"] if not vol.startswith(".")}
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] in mounted
+
+
+def test_alerts_go_to_the_compose_alertmanager() -> None:
+    """Prometheus had no `alerting:` section and the stack no Alertmanager: no alert reached anyone."""
+    services = compose()["services"]
+    am = services["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager:")
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+    config = next(vol for vol in am["volumes"] if vol.startswith("./")).split(":")
+    flag = next(arg for arg in am["command"] if arg.startswith("--config.file="))
+    path = DEPLOY / config[0] / Path(flag.split("=", 1)[1]).relative_to(config[1])
+    doc = yaml.safe_load(path.read_text())
+    receivers = {r["name"] for r in doc["receivers"]}
+    assert doc["route"]["receiver"] in receivers
+    assert all(r.get("receiver", doc["route"]["receiver"]) in receivers for r in doc["route"].get("routes", []))
+    port = next(arg for arg in am["command"] if arg.startswith("--web.listen-address=")).rsplit(":", 1)[1]
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for am_cfg in prom["alerting"]["alertmanagers"] for sc in am_cfg["static_configs"] for t in sc["targets"]]
+    assert targets == [f"alertmanager:{port}"]
+    amtool = shutil.which("amtool")  # deploy/prometheus/ensure-prometheus.sh installs it for `make test`
+    assert amtool is not None, "amtool is missing: run bash deploy/prometheus/ensure-prometheus.sh"
+    out = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_dockerfile_copies_every_package_and_runs_streambid() -> None:
@@ -189,11 +228,12 @@ def test_docker_compose_config_accepts_the_stack() -> None:
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("the `docker compose` plugin is not installed (the docker CLI alone cannot validate compose files)")
-    env = {**os.environ, "STREAMBID_SECRET": "test-only"}
+    env = {**os.environ, "STREAMBID_SECRET": "test-only", "STREAMBID_SALT": "test-only"}
     out = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "--profile", "traffic", "config",
                           "--services"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert set(out.stdout.split()) == set(compose()["services"])
-    missing = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config"], capture_output=True,
-                             text=True, env={k: v for k, v in os.environ.items() if k != "STREAMBID_SECRET"}, timeout=60)
-    assert missing.returncode != 0 and "STREAMBID_SECRET" in missing.stderr
+    for var in ("STREAMBID_SECRET", "STREAMBID_SALT"):
+        missing = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config"],
+                                 capture_output=True, text=True, env={k: v for k, v in env.items() if k != var}, timeout=60)
+        assert missing.returncode != 0 and var in missing.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,11 +12,13 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
+from bidder.forecast import TrafficForecast
 from bidder.metrics import (
     MAX_EXCHANGES,
     BidderCollector,
@@ -29,10 +32,13 @@ from bidder.metrics import (
 )
 from bidder.pacing import PacingState
 from bidder.server import BidApp
+from bidder.wiring import _pacing_state
 from models.learner import CTRLearner
 from models.snapshot import ModelSnapshot
-from streams.processor import Learner
+from streams.app import pacing_doc
+from streams.processor import Campaigns, Learner, Pacer
 from streams.worker_metrics import WorkerStats, consumer_lag
+from tests.conftest import ROOT
 from tests.helpers import body, campaign, request
 
 NOW = 1_780_000_000.0  # inside the helper campaign's flight
@@ -131,6 +137,68 @@ def test_campaign_gauges_show_todays_pacing_state_and_the_plan() -> None:
     m = scrape(app)
     assert value(m, "streambid_campaign_spend_today", campaign="c1") == 0
     assert value(m, "streambid_campaign_budget_remaining", campaign="c1") == 80.0
+
+
+# requests per UTC hour of a day: quiet at night, busiest in the evening
+EVENING_HEAVY = (0.2, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.7, 1, 1, 1, 1, 1.1, 1.1, 1, 1, 1.2, 1.5, 2, 2.5, 2.5, 2, 1.2, 0.5)
+
+
+def test_the_plan_gauge_is_the_plan_the_workers_pacer_follows() -> None:
+    """The worker paces along a traffic-shaped plan; the gauge showed a flat one (a quarter of the budget away at
+    times), so StreambidCampaignPacingOffPlan measured spend against a plan no pacer followed."""
+    app, eng = make_app([campaign(id="c1", budget={"daily": 80.0, "total": 0})])
+    today = dt.datetime.fromtimestamp(NOW, dt.UTC).date().isoformat()
+    forecast = TrafficForecast()
+    yesterday = (int(NOW) // 86400 - 1) * 86400
+    for hour, rate in enumerate(EVENING_HEAVY):
+        forecast.observe(yesterday + hour * 3600 + 10, rate * 1000)
+    campaigns = Campaigns()
+    campaigns.by_id.update(eng.index.campaigns)
+    [state] = Pacer(campaigns, forecast).update(NOW, None)
+    frac = (NOW % 86400) / 86400
+    assert state.plan_share == forecast.plan("UTC", today, frozenset(), NOW).target(frac)
+    assert abs(state.plan_share - plan_fraction(frozenset(), frac)) > 0.05  # the flat plan is another one
+    eng.set_pacing(_pacing_state(orjson.loads(orjson.dumps(pacing_doc(state)))))  # as a bidder reads the topic
+    m = scrape(app)
+    assert math.isclose(value(m, "streambid_campaign_plan_spend_today", campaign="c1"), state.plan_share * 80.0,
+                        rel_tol=1e-9)
+    # a state of another day says nothing of today's plan: the flat one is shown
+    eng.set_pacing(PacingState("c1", "2000-01-01", plan_share=0.99, budget_today=80_000_000))
+    assert math.isclose(value(scrape(app), "streambid_campaign_plan_spend_today", campaign="c1"), frac * 80.0,
+                        rel_tol=1e-9)
+
+
+GOOD_PACING = {"campaign": "c1", "day": "2026-05-28", "lam": 0.5, "spent_today": 0, "budget_today": 1_000_000,
+               "exhausted": False}
+
+
+def test_a_pacing_message_carries_its_plan_and_publication_time() -> None:
+    state = _pacing_state({**GOOD_PACING, "plan_share": 0.25, "ts": 1_780_000_000_123})
+    assert state.plan_share == 0.25 and state.published_ms == 1_780_000_000_123
+    older = _pacing_state(GOOD_PACING)  # from a worker that sent neither
+    assert older.plan_share is None and older.published_ms == 0
+
+
+@pytest.mark.parametrize("change", [{"plan_share": 1.5}, {"plan_share": -0.1}, {"plan_share": math.nan},
+                                    {"plan_share": math.inf}, {"plan_share": "0.5"}, {"plan_share": True},
+                                    {"ts": -1}, {"ts": "1780000000000"}, {"ts": 1.5e12}, {"ts": None}])
+def test_a_pacing_message_with_a_bad_plan_or_time_is_refused(change: dict) -> None:
+    with pytest.raises(ValueError):
+        _pacing_state({**GOOD_PACING, **change})
+
+
+def test_pacing_age_counts_from_when_the_worker_published_the_state() -> None:
+    """A restarted bidder reads the compacted pacing topic again: the age of a state a stopped worker published
+    ten minutes ago started over from zero, and StreambidPacingStale went quiet."""
+    today = dt.datetime.fromtimestamp(NOW, dt.UTC).date().isoformat()
+    app, eng = make_app()
+    eng.set_pacing(_pacing_state({**GOOD_PACING, "day": today, "ts": int((time.time() - 600) * 1000)}))
+    assert 600 <= value(scrape(app), "streambid_campaign_pacing_age_seconds", campaign="c1") < 660
+    # without a publication time (in-process), or with one ahead of this clock: from when it arrived
+    for published_ms in (0, int((time.time() + 3600) * 1000)):
+        app, eng = make_app()
+        eng.set_pacing(PacingState("c1", today, published_ms=published_ms))
+        assert 0 <= value(scrape(app), "streambid_campaign_pacing_age_seconds", campaign="c1") < 60
 
 
 def test_plan_follows_dayparting() -> None:
@@ -253,6 +321,78 @@ def test_exchange_labels_are_capped_and_nothing_is_lost() -> None:
     assert len(exchanges) == MAX_EXCHANGES + 1 and "other" in exchanges and "ex0" in exchanges
     assert value(m, "streambid_bid_requests_total", exchange="other", outcome="bid", reason="") == 40
     assert sum(v for (name, _), v in m.items() if name == "streambid_bids_total") == n
+
+
+def exchanges(samples: dict) -> set[str]:
+    return {dict(labels)["exchange"] for (name, labels) in samples if name == "streambid_bid_requests_total"}
+
+
+def by_exchange(samples: dict) -> dict:
+    return {k: v for k, v in samples.items() if k[0] in ("streambid_bid_requests_total", "streambid_bids_total")}
+
+
+def test_a_scrape_between_two_folds_shows_no_more_exchanges_than_the_cap() -> None:
+    """The fold ran once a second: a scrape in between showed every name sent meanwhile (thousands)."""
+    app, _ = make_app()
+    n = MAX_EXCHANGES + 40
+    for i in range(n):
+        answer(app, request(id=f"r{i}"), exchange=f"ex{i}")
+    m = scrape(app)  # before the once-a-second fold
+    assert exchanges(m) == {f"ex{i}" for i in range(MAX_EXCHANGES)} | {"other"}
+    assert requests_total(m) == n
+    app.stats.fold_exchanges()
+    assert by_exchange(scrape(app)) == by_exchange(m)  # the fold keeps what the scrape showed
+
+
+def test_the_exchange_cap_holds_over_all_workers_and_their_restarts(tmp_path: Path) -> None:
+    """Each process kept its own 64: N of them showed up to N x 64, and each restart added a dead one's for good."""
+    renderer = PoolRenderer(tmp_path, workers=2)
+
+    def worker(pid: int, prefix: str) -> BidApp:
+        app = pool_app(tmp_path, pid)
+        for i in range(MAX_EXCHANGES):
+            answer(app, request(id=f"{pid}-{i}"), exchange=f"{prefix}{i}")
+        app.stats.fold_exchanges()  # as publish_loop does before publishing
+        publish(app)
+        return app
+
+    a, _ = worker(701, "a"), worker(702, "b")
+    renderer.render([701, 702])
+    before = scrape(a)
+    assert len(exchanges(before)) == MAX_EXCHANGES + 1 and requests_total(before) == 2 * MAX_EXCHANGES
+    live = 701
+    for n, pid in enumerate((703, 704, 705), start=1):  # the second worker dies and is replaced, three times
+        renderer.retire(702 if n == 1 else pid - 1)
+        worker(pid, f"w{pid}-")
+        renderer.render([live, pid])
+        m = scrape(a)
+        assert len(exchanges(m)) == MAX_EXCHANGES + 1 and requests_total(m) == (2 + n) * MAX_EXCHANGES
+        assert all(m.get(k, 0) >= v for k, v in by_exchange(before).items()), "a counter went down"
+        before = m
+    assert len(renderer.retired["requests"]) <= MAX_EXCHANGES + 1  # what the dead left behind is capped too
+
+
+def test_the_readme_documents_every_metric() -> None:
+    """Each metric a bidder or worker exports has a row in the README's metrics tables (`_x` abbreviates a name
+    sharing the row's first name but for its last two words)."""
+    section = (ROOT / "README.md").read_text().split("\n### Metrics\n", 1)[1].split("\n### ", 1)[0]
+    documented = set()
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            names = re.findall(r"`(_?[a-z_]+)`", row.split("|")[1])
+            prefix = "_".join(names[0].split("_")[:-2])
+            documented |= {name if name.startswith("streambid_") else prefix + name for name in names}
+    app, _ = make_app()
+    worker = WorkerStats()
+    worker.windows_close_at, worker.checkpoint["written"] = 0, {"at": time.time(), "bytes": 1}  # shown once they exist
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(worker)
+    exported = set()
+    for text in (app.metrics().split(b"\r\n\r\n", 1)[1], generate_latest(registry)):
+        for fam in text_string_to_metric_families(text.decode()):
+            exported.add(fam.name + ("_total" if fam.type == "counter" else ""))
+    assert len(exported) > 50
+    assert exported - documented == set(), "metrics missing from README.md's metrics tables"
 
 
 # -- worker ------------------------------------------------------------------------------------------------

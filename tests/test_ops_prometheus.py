@@ -418,6 +418,16 @@ def test_reported_roi_is_the_roi_of_the_events_sent(live: Live) -> None:
 
 @pytest.mark.kafka
 @pytest.mark.prometheus
+def test_dead_letters_are_labelled_with_the_topic_kind_like_events_consumed(live: Live) -> None:
+    """The dead-letter count was labelled with the full topic name ("ops1a2b3c4d.clicks"), events consumed with the
+    kind ("clicks"): the two could not be matched per topic."""
+    dead = {s["metric"]["topic"] for s in query(live.prom, "streambid_deadlettered_total")}
+    consumed = {s["metric"]["topic"] for s in query(live.prom, "streambid_events_consumed_total")}
+    assert "clicks" in dead and dead <= consumed, (dead, consumed)
+
+
+@pytest.mark.kafka
+@pytest.mark.prometheus
 def test_every_bidder_process_reports_the_sum_of_all(live: Live) -> None:
     assert len(live.sent.bidders) == 2, "both serving processes should have answered bids"
     assert scalar(live.prom, "sum(streambid_bid_requests_total)") == live.sent.requests

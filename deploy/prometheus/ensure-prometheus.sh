@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure `prometheus` and `promtool` are on PATH for the integration tests; install Debian's package if not.
+# Make sure `prometheus`, `promtool` and `amtool` are on PATH for the tests; install Debian's packages if not.
 #
 # The tests start their own prometheus binary (temp config and storage, a free loopback port), so the system
 # service must never run: the package is installed with a policy-rc.d that forbids starting services, and any
@@ -7,12 +7,12 @@
 # cannot provide both tools.
 set -euo pipefail
 
-have_both() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }
+have_all() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1; }
 
-if ! have_both; then
+if ! have_all; then
     if [ "$(id -u)" != 0 ]; then
-        echo "ensure-prometheus: prometheus/promtool not found and not root: install Debian's 'prometheus' package" \
-             "(sudo apt-get install -y --no-install-recommends prometheus) or put both binaries on PATH" >&2
+        echo "ensure-prometheus: prometheus/promtool/amtool not found and not root: install Debian's packages" \
+             "(sudo apt-get install -y --no-install-recommends prometheus prometheus-alertmanager) or put the binaries on PATH" >&2
         exit 1
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -29,17 +29,18 @@ if ! have_both; then
     fi
     cleanup() { if [ -n "$made_policy" ]; then rm -f "$policy"; fi; }
     trap cleanup EXIT
-    echo "ensure-prometheus: installing Debian's prometheus package (services not started)" >&2
+    echo "ensure-prometheus: installing Debian's prometheus and prometheus-alertmanager packages (services not started)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
-        echo "ensure-prometheus: apt-get install prometheus failed; install it by hand or put prometheus and promtool on PATH" >&2
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }; then
+        echo "ensure-prometheus: apt-get install prometheus prometheus-alertmanager failed; install them by hand or put prometheus, promtool and amtool on PATH" >&2
         exit 1
     fi
-    if ! have_both; then
-        echo "ensure-prometheus: the prometheus package installed but prometheus/promtool are still not on PATH" >&2
+    if ! have_all; then
+        echo "ensure-prometheus: the packages installed but prometheus/promtool/amtool are still not on PATH" >&2
         exit 1
     fi
 fi
 
 prometheus --version 2>&1 | head -1
 promtool --version 2>&1 | head -1
+amtool --version 2>&1 | head -1

@@ -1,0 +1,73 @@
+"""Argument checks every command line shares: argparse `type=`s that refuse what argparse alone lets through
+(negative counts, nan and inf, ports past 65535) and the `--out` check made before any long run starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _number(kind: type, text: str) -> Any:
+    """`text` as a finite `kind`: nan and inf pass every comparison, so they must be refused by name."""
+    what = "whole number" if kind is int else "number"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite {what}")
+    return value
+
+
+def positive(kind: type, most: float | None = None) -> Callable[[str], Any]:
+    """An argparse `type=` for a finite number > 0 (and <= `most`); argparse puts the flag's name before the message."""
+
+    def parse(text: str) -> Any:
+        value = _number(kind, text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not > 0: give a positive {'whole ' if kind is int else ''}number")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text} is over the maximum of {most:,}")
+        return value
+
+    return parse
+
+
+def non_negative(kind: type) -> Callable[[str], Any]:
+    """An argparse `type=` for a finite number >= 0."""
+
+    def parse(text: str) -> Any:
+        value = _number(kind, text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is negative: give 0 or more")
+        return value
+
+    return parse
+
+
+def port_or_zero(text: str) -> int:
+    """An argparse `type=` for a TCP port; 0 is the command's own choice (any free port, or none)."""
+    port = _number(int, text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 1-65535, or 0")
+    return port
+
+
+def out_dir_problem(path: Path, flag: str = "--out") -> str | None:
+    """Why `path` cannot take a command's results (None: it can, and now exists).
+
+    Checked before the work starts: finding out when the PNG is written would lose a whole run's results.
+    """
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path}: not a directory; give a directory (it is created if missing)"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"{flag} {path}: cannot create the directory ({e.strerror or e}); give one you can write to"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{flag} {path}: the directory is not writable; give one you can write to"
+    return None
