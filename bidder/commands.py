@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from bidder.arguments import out_dir_problem, port_or_zero, positive
+from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positive
 from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
 
 
@@ -58,6 +58,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--restricted", choices=("context", "nobid"), default="context",
                    help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all "
                         "(default: %(default)s)")
+    s.add_argument("--tcf-vendor-id", type=non_negative(int), default=0, metavar="ID",
+                   help="this bidder's id on the IAB TCF Global Vendor List: under GDPR a consent string must then "
+                        "grant that vendor as well as purposes 1, 3 and 4; 0 checks the purposes only (default: "
+                        "%(default)s)")
     s.add_argument("--explore-below", type=int, default=200,
                    help="Thompson-sample the pCTR of creatives with fewer impressions than this, so new ones are not "
                         "starved; 0 turns exploration off (default: %(default)s)")
@@ -103,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
         network_ms=args.network_ms, notice_base=args.notice_base or here,
         model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
+        tcf_vendor=args.tcf_vendor_id,
         shed_ms=args.shed_ms, lease_frac=args.lease_slice,
     )
     print(f"streambid: serving {len(campaigns)} campaign(s) on {here}/bid "

@@ -72,6 +72,7 @@ class EngineConfig:
     # frequency counts come from every bidder's billing events (count_billed, fed by the adapter from the billing
     # topic) rather than from this process's own billing notices: a cap then holds across processes and hosts
     shared_frequency: bool = False
+    tcf_vendor: int = 0  # our TCF Global Vendor List id: GDPR consent must name it; 0 checks the purposes only
 
 
 @dataclass(slots=True)
@@ -107,9 +108,11 @@ class BidEngine:
         self.leases: dict[str, BudgetLease] = {}
         self.requests_seen = 0
         self.frequency = FrequencyStore()
-        self.landscape = WinRateModel()  # market prices seen in win/loss notices, for first-price shading
-        self._shading: WinRateModel | None = None  # the landscape as of the last refresh, once it has enough data
-        self._new_prices: list[int] = []
+        # market prices seen in win/loss notices, per currency (a price means nothing in another), for first-price
+        # shading; `_shading` holds each as of the last refresh, once it has enough data
+        self.landscapes: dict[str, WinRateModel] = {}
+        self._shading: dict[str, WinRateModel] = {}
+        self._new_prices: dict[str, list[int]] = {}
         self._shading_at = -math.inf
         self._seq = itertools.count(1)
         self._live: frozenset[str] = frozenset()
@@ -198,11 +201,13 @@ class BidEngine:
         if self._new_prices and now - self._shading_at >= LANDSCAPE_REBUILD_S:
             # fold in the market prices seen since the last rebuild; rebuilding per notice would cost the bid path
             self._shading_at = now
-            for price in self._new_prices:
-                self.landscape.add(price)
+            for cur, prices in self._new_prices.items():
+                landscape = self.landscapes.setdefault(cur, WinRateModel())
+                for price in prices:
+                    landscape.add(price)
+                if landscape.observations >= MIN_LANDSCAPE:
+                    self._shading[cur] = landscape.frozen_copy()
             self._new_prices.clear()
-            if self.landscape.observations >= MIN_LANDSCAPE:
-                self._shading = self.landscape.frozen_copy()
         self._refreshed = now
         while self._seen_notices and next(iter(self._seen_notices.values())) < now:
             self._seen_notices.popitem(last=False)
@@ -239,7 +244,7 @@ class BidEngine:
         self.requests_seen += 1  # the bid log carries it: the streams side learns the traffic per hour from it
         if now - self._refreshed >= 1.0 or now < self._refreshed:
             self._refresh(now)
-        restricted = restriction(req.privacy)
+        restricted = restriction(req.privacy, self.cfg.tcf_vendor)
         if restricted:  # metrics: privacy-restricted requests by reason
             key = "restricted:" + restricted
             self.counters[key] = self.counters.get(key, 0) + 1
@@ -307,7 +312,7 @@ class BidEngine:
         else:
             bound[bound < least] = -1  # below its deal's floor: out
             low = 0
-        landscape = self._shading
+        shading = self._shading
         best, best_price, reason = None, 0, _RANK["below_floor"]
         while True:
             j = int(bound.argmax())
@@ -329,7 +334,7 @@ class BidEngine:
                 p = float(pctr[j])
             pcvr = p * conversion_rate(pace) if camp.goal == "cpa" else 0.0
             price = bid_price(impression_value_cpm(p, camp, pcvr), lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE,
-                              landscape, fixed_price=at == AUCTION_FIXED_PRICE)
+                              shading.get(camp.currency) if shading else None, fixed_price=at == AUCTION_FIXED_PRICE)
             if not price:
                 continue
             if not self._lease_allows(camp.id, price // 1000):
@@ -432,8 +437,8 @@ class BidEngine:
         ts_ms = int(now * 1000)
         if kind == "win":
             price = n.bid_cpm if n.price_cpm is None else n.price_cpm  # None: not substituted; 0 is a price
-            if price < n.bid_cpm:  # paid below our bid: the clearing price is the market price
-                self._new_prices.append(price // PRICE_STEP * PRICE_STEP)
+            if price < n.bid_cpm and camp is not None:  # paid below our bid: the clearing price is the market price
+                self._market_price(camp.currency, price)
             self.sink("wins", n.campaign, make_event("wins", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                      creative=n.creative, price=price, exchange=n.exchange,
                                                      bidder=n.bidder))
@@ -443,12 +448,17 @@ class BidEngine:
             lease = None if foreign else self.leases.get(n.campaign)
             if lease is not None:
                 lease.release(n.bid_id)
-            if n.min_to_win_cpm:  # None: not substituted; 0 cannot be what it took to beat our (positive) bid
-                self._new_prices.append(n.min_to_win_cpm // PRICE_STEP * PRICE_STEP)
+            if n.min_to_win_cpm and camp is not None:  # None: not substituted; 0 cannot be what beat our bid
+                self._market_price(camp.currency, n.min_to_win_cpm)
             self.sink("losses", n.campaign, make_event("losses", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                        reason=n.loss_reason, min_to_win=n.min_to_win_cpm or 0,
                                                        price=n.bid_cpm, exchange=n.exchange))
         return "ok"
+
+    def _market_price(self, currency: str, price_cpm: int) -> None:
+        """Note a market price for the next landscape rebuild, rounded *up* to its step: a shaded bid at a rounded
+        point then still meets the price it stands for (rounded down, it would lose every such auction)."""
+        self._new_prices.setdefault(currency, []).append(-(-price_cpm // PRICE_STEP) * PRICE_STEP)
 
     def may_cap(self, campaign: str) -> bool:
         """Whether `campaign`'s billing events may matter to the caps: it has a cap, or it is not known yet."""

@@ -60,7 +60,7 @@ def shade_first_price(v: int, floor_cpm: int, landscape: WinRateModel) -> int:
     P(win | b) only steps up at observed market prices, and between steps a
     lower bid has more surplus, so the optimum is the floor or a price point.
     """
-    lo = max(floor_cpm, 0)
+    lo = max(floor_cpm, 1)  # a bid is at least one micro: 0 means no bid
     best, best_surplus = v, (v - lo) * landscape.win_rate(lo)
     if best_surplus > 0.0:
         best = lo

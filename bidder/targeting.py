@@ -18,6 +18,7 @@ test checks that both give the same answer on generated traffic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -306,7 +307,7 @@ class CampaignIndex:
                 return Eligible(reason=BLOCKED_CAT)
         if app_blocked:
             return Eligible(reason=BLOCKED_APP)
-        floor = round(imp.floor * 1e6)
+        floor = floor_micros(imp.floor)
         deals: dict[int, Deal] = {}
         if imp.deals:
             m, deals, reason = self._with_deals(m, imp, seat, floor)
@@ -337,7 +338,7 @@ class CampaignIndex:
             p = pos.get(s)
             if p is not None:
                 at[p] = d
-                floors[p] = round(d[1] * 1e6)
+                floors[p] = floor_micros(d[1])
         return Eligible(slots, floors, at, capped=capped, bits=m)
 
     def _with_deals(self, m: int, imp: Imp, seat: str, floor: int) -> tuple[int, dict[int, Deal], int]:
@@ -406,6 +407,12 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
     payable = [d for d in open_to if not d.floor or d.cur == camp.currency]
     d = min(payable, key=lambda x: x.floor) if payable else open_to[0]
     return d.id, d.floor, d.cur, d.at
+
+
+def floor_micros(floor: float) -> int:
+    """A floor in CPM micros, rounded up: a bid at the rounded floor must not be under the floor itself.  The
+    float's own error (0.83 * 1e6 = 829999.9999999999) is rounded away first."""
+    return math.ceil(round(floor * 1e6, 3))
 
 
 def fits_imp(cr: Creative, imp: Imp) -> bool:

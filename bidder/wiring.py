@@ -60,6 +60,7 @@ class ServeOptions:
     spill_dir: Path
     restricted_policy: str
     explore_below: int = 200
+    tcf_vendor: int = 0  # our TCF Global Vendor List id (0: consent strings are checked for the purposes only)
     shed_ms: float = 60.0  # cap on how long an unparsed request may wait before a 204 (overload); see bidder.server
     metrics_dir: Path | None = None  # set by serve() for N > 1 workers: where they add up their counters
     lease_frac: float = 0.0  # with a broker: bid on budget leases, each slice this share of the remaining daily budget
@@ -101,7 +102,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     sink_holder: list = [lambda kind, key, ev: None]
     # lease_slice is only a switch on the bidder side: the streams side sizes the slices (streams.leases)
     cfg = EngineConfig(secret=opts.secret, salt=opts.salt, network_ms=opts.network_ms, notice_base=opts.notice_base,
-                       restricted_policy=opts.restricted_policy, explore_below=opts.explore_below,
+                       restricted_policy=opts.restricted_policy, explore_below=opts.explore_below, tcf_vendor=opts.tcf_vendor,
                        lease_slice=1 if opts.leases else 0, shared_frequency=bool(opts.broker))
     # simulated time when STREAMBID_TIME_WARP is set (`streambid loadtest day`), else the real clock
     stats = BidderStats()

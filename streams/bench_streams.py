@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import datetime as dt
 import os
 import random
 import socket
@@ -82,6 +83,10 @@ def _zipf_table(n: int, s: float = 1.1) -> list[float]:
     return cum
 
 
+def utc_day(ts_ms: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).date().isoformat()
+
+
 def auctions(n_events: int, run: str, n_campaigns: int, seed: int,
              ts_ms: int) -> Generator[tuple[str, str, dict], None, Workload]:
     """Yield (kind, key, event) for synthetic auctions until `n_events` events; returns what a worker must make of it."""
@@ -110,7 +115,7 @@ def auctions(n_events: int, run: str, n_campaigns: int, seed: int,
             cost = rng.randrange(100, 2000)
             yield out("wins", camp, make_event("wins", f"win:{bid}", ts + 50, bid_id=bid, campaign=camp, price=cost * 1000))
             yield out("billing", camp, make_event("billing", f"bill:{bid}", ts + 60, bid_id=bid, campaign=camp, cost=cost,
-                                                  day="2026-01-01"))
+                                                  day=utc_day(ts + 60)))  # campaigns unknown to the worker: UTC days
             yield out("impressions", camp, make_event("impressions", f"imp:{bid}", ts + 70, bid_id=bid, campaign=camp,
                                                       creative="cr1"))
             work.spend += cost

@@ -254,3 +254,16 @@ def test_a_request_of_many_impressions_stops_when_its_time_runs_out(monkeypatch:
     ticks = iter(range(10_000))
     out = e.bid(parse_request(body(request(imp=imps[:2]))), "x", 0.0055)  # two decided by 2 ms, signed in 0.1 ms
     assert out.status == 200 and out.bids == 2
+
+
+def test_a_floor_between_two_micros_is_met_not_rounded_under() -> None:
+    """A floor of 1.0000004 CPM: a bid of 1.0 (the nearest micro) would be under it."""
+    from bidder.targeting import floor_micros
+
+    assert (floor_micros(1.0000004), floor_micros(0.83), floor_micros(2.5)) == (1_000_001, 830_000, 2_500_000)
+    camp = parse_campaign(campaign(targeting={"countries": ["USA"], "deals": ["d"]},
+                                   goal={"type": "cpc", "value_per_click": 5.0, "max_bid_cpm": 20.0}))
+    doc = request()
+    doc["imp"][0]["pmp"] = {"deals": [{"id": "d", "bidfloor": 1.0000004, "at": 3}]}
+    b = orjson.loads(bid(engine([camp]), doc).body)["seatbid"][0]["bid"][0]
+    assert b["dealid"] == "d" and b["price"] == 1.000001  # a fixed-price deal: its floor, rounded up to the micro

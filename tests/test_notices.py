@@ -102,7 +102,7 @@ def test_a_bill_at_a_price_of_zero_charges_nothing_and_a_win_at_zero_says_so(pri
     assert win["price"] == 0 and bill["cost"] == 0
     lease = e.leases["c1"]
     assert (lease.spent_micros, lease.reserved_micros) == (0, 0)
-    assert e._new_prices == [0]  # a clearing price under our bid: a market price, 0 included
+    assert e._new_prices == {"USD": [0]}  # a clearing price under our bid: a market price, 0 included
 
 
 def test_an_unsubstituted_price_charges_our_bid() -> None:
@@ -114,7 +114,7 @@ def test_an_unsubstituted_price_charges_our_bid() -> None:
     bid_micros = round(b["price"] * 1e6)
     assert [ev["price"] for k, ev in events if k == "wins"] == [bid_micros]
     assert [ev["cost"] for k, ev in events if k == "billing"] == [bid_micros // 1000]
-    assert e._new_prices == []  # paid our bid: says nothing of the market
+    assert e._new_prices == {}  # paid our bid: says nothing of the market
 
 
 # -- forged notices are refused and counted, never an internal error -------------------------
@@ -161,3 +161,26 @@ def test_a_notice_base_with_a_trailing_slash_makes_no_double_slash() -> None:
                   [parse_campaign(campaign())], ModelSnapshot.empty(), sink=lambda *a: None, clock=lambda: NOW)
     for url in (_bid(e)[k] for k in ("nurl", "burl", "lurl")):
         assert urlsplit(url).path in ("/notice/win", "/notice/bill", "/notice/loss")
+
+
+def test_first_price_bids_are_shaded_on_market_prices_of_their_own_currency_and_meet_them() -> None:
+    """Losses at a minimum-to-win of 1.234567 USD: a first-price USD bid is shaded to no less than that (rounded
+    down to the cent it lost every auction), and a EUR campaign's bid is not shaded on USD prices."""
+    clock = [NOW]
+    usd = parse_campaign(campaign(id="usd", goal={"type": "cpc", "value_per_click": 5.0, "max_bid_cpm": 20.0}))
+    eur = parse_campaign(campaign(id="eur", currency="EUR", goal={"type": "cpc", "value_per_click": 5.0,
+                                                                  "max_bid_cpm": 20.0}))
+    e = BidEngine(EngineConfig(secret=SECRET, explore_below=0), [usd], ModelSnapshot.empty(), sink=lambda *a: None,
+                  clock=lambda: clock[0])
+    for _ in range(250):
+        lurl = _bid(e)["lurl"].replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", "1.234567")
+        assert e.notice("loss", urlsplit(lurl).query) == "ok"
+    clock[0] += 61  # the landscape takes in new prices once a minute
+    first = request(at=1)
+    value = _bid(e)["price"]  # second price: the paced value itself
+    shaded = orjson.loads(e.bid(parse_request(body(first)), "x", math.inf).body)["seatbid"][0]["bid"][0]["price"]
+    assert 1.234567 <= shaded < value
+    e.set_campaigns([eur])
+    first["cur"], first["imp"][0]["bidfloorcur"] = ["EUR"], "EUR"
+    unshaded = orjson.loads(e.bid(parse_request(body(first)), "x", math.inf).body)["seatbid"][0]["bid"][0]["price"]
+    assert unshaded == value  # no EUR market prices: the paced value, not a USD-shaded price

@@ -88,14 +88,24 @@ def test_shading_never_exceeds_value_and_beats_bidding_value(v: int, floor: int,
         assert bid_price(v, 0.0, 30 * MICROS, floor, True, land) == 0
         return
     b = shade_first_price(v, floor, land)
-    assert floor <= b <= v
+    assert max(floor, 1) <= b <= v  # a bid is at least a micro: 0 would mean no bid at all
     surplus = (v - b) * land.win_rate(b)
     assert surplus >= 0.0  # bidding v itself earns zero surplus
     for x in {floor, v, *prices}:  # no bid in [floor, v] does better, on the grid of steps
-        if floor <= x <= v:
+        if max(floor, 1) <= x <= v:
             assert surplus >= (v - x) * land.win_rate(x) - 1e-6
 
 
 def test_shading_respects_a_floor_above_the_unconstrained_optimum() -> None:
     land = uniform_landscape(10 * MICROS, 10_000)
     assert bid_price(6 * MICROS, 0.0, 20 * MICROS, 4 * MICROS, True, land) == 4 * MICROS
+
+
+def test_a_shaded_bid_meets_the_market_price_it_was_shaded_to() -> None:
+    """Market prices are kept rounded up to the cent: rounded down, the shaded bid sat just under the real price
+    (1.23 against 1.234567) and lost every such auction."""
+    from bidder.engine import PRICE_STEP
+
+    land = WinRateModel.from_prices([-(-1_234_567 // PRICE_STEP) * PRICE_STEP] * 300)
+    assert shade_first_price(5 * MICROS, 500_000, land) >= 1_234_567
+    assert shade_first_price(MICROS, 0, WinRateModel.from_prices([0] * 300)) >= 1  # a market price of 0: still a bid
