@@ -261,7 +261,10 @@ def _child(opts: ServeOptions, index: int) -> None:
     import uvloop
 
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
-    uvloop.run(run_worker(opts, index))
+    try:
+        uvloop.run(run_worker(opts, index))
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches every worker, one still starting too: a quiet exit
+        pass
 
 
 def serve(opts: ServeOptions) -> int:
