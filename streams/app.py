@@ -153,6 +153,26 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         outbox.send(topics.EXAMPLES.name, ex.campaign.encode(), orjson.dumps(ex.to_event(ts_ms)), 0)  # one partition
         produced["examples"] += 1
 
+    def admitted(kind: str, msg: Any, latest_ok: int) -> dict[str, Any]:
+        """The checked event of a delivery record; EventError for one the ledger must not count.
+
+        Beyond the event's own check: the record's key must be its campaign (the key picks the partition, hence
+        the worker that counts it), and its time must be neither past `latest_ok` (one clock far ahead would move
+        the dedup horizon past every event) nor SEEN_TTL_S before the newest (its id may be forgotten: it could
+        be a copy of one counted).
+        """
+        ev = check_event(kind, msg.value)
+        if msg.key != ev["campaign"].encode():
+            raise EventError("key_mismatch", "the record's key must be its campaign")
+        ts = ev["ts"]
+        if ts > newest[0]:
+            if ts > latest_ok:
+                raise EventError("from_the_future", f"event time more than {FUTURE_S // 3600} h ahead")
+            newest[0] = ts
+        elif ts < newest[0] - SEEN_TTL_S * 1000:
+            raise EventError("older_than_dedup_horizon", f"{SEEN_TTL_S // 86400} days before the newest event")
+        return ev
+
     @app.batch_agent(delivery_topic)
     async def deliver(records: Sequence[Any]) -> None:
         """One fetch of delivery events: a totals entry written by many of them goes to the changelog once."""
@@ -172,16 +192,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             consumed[kind] += 1
             positions[tpkey] = msg.offset  # read, whatever it holds: a malformed last record must not look unread
             try:
-                ev = check_event(kind, msg.value)
-                if msg.key != ev["campaign"].encode():  # the key picks the partition, hence the worker that counts it
-                    raise EventError("key_mismatch", "the record's key must be its campaign")
-                ts = ev["ts"]
-                if ts > newest[0]:
-                    if ts > latest_ok:  # one clock far ahead would otherwise move the dedup horizon past every event
-                        raise EventError("from_the_future", f"event time more than {FUTURE_S // 3600} h ahead")
-                    newest[0] = ts
-                elif ts < newest[0] - SEEN_TTL_S * 1000:  # its id may be forgotten: it could be a copy of a counted one
-                    raise EventError("older_than_dedup_horizon", f"{SEEN_TTL_S // 86400} days before the newest event")
+                ev = admitted(kind, msg, latest_ok)
             except EventError as e:
                 await reject(msg.topic, e.reason, msg.value)
                 tpkey = None  # the tick may have run meanwhile and moved the tables off this partition
