@@ -13,15 +13,18 @@ import datetime as dt
 import difflib
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
+from bidder import vast
 from bidder.money import MICROS, is_whole_micros, to_micros
 from bidder.money import to_text as money_text
+from bidder.native import NativeCreative, NativeError, native_adm, parse_native_creative
+from bidder.openrtb import Media
 
 CURRENCIES = frozenset({"USD", "EUR", "GBP", "CNY", "JPY", "CAD", "AUD", "CHF", "SEK", "INR", "BRL"})
 KINDS = frozenset({"banner", "video", "native", "audio"})
@@ -29,6 +32,7 @@ GOALS = frozenset({"cpc", "cpa"})
 IAB_CAT = re.compile(r"IAB\d{1,2}(-\d{1,2})?")  # always used whole (fullmatch): "IAB26\n" is not IAB26
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 COUNTRY = re.compile(r"[A-Z]{3}")
+LANG = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})*")
 # The largest amount of money a campaign field may hold, in currency units: far above any real budget, and small
 # enough that every sum of a campaign's micros fits in 64 bits and every amount survives the trip through JSON.
 MAX_MONEY = 1_000_000_000
@@ -43,7 +47,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "frequency_cap.": frozenset({"per_hour", "per_day"}),
     "targeting.": frozenset({"countries", "regions", "cities", "device_types", "os", "domains", "categories", "deals",
                              "deal_only"}),
-    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes"}),
+    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes", "protocol", "duration", "lang"}),
 }
 
 
@@ -75,17 +79,53 @@ class Creative:
     cats: tuple[str, ...]
     adm: str
     mimes: tuple[str, ...] = ()
+    protocol: int = 0  # video/audio: the OpenRTB protocol code of the markup (e.g. 7 for VAST 4.0); 0 unknown
+    duration: int = 0  # video/audio: seconds, rounded up; 0 unknown
+    linearity: int = 0  # video: 1 linear, 2 non-linear; 0 unknown
+    lang: str = ""  # the creative's language (BCP-47, lower case, e.g. "en" or "en-gb"); "" not stated
+    native: NativeCreative | None = field(default=None, compare=False)  # a native creative's parsed response
 
-    def fits(self, kind: str, sizes: tuple[tuple[int, int], ...], mimes: tuple[str, ...] = ()) -> bool:
-        """Same media kind; banners match an offered size; a sized video matches one when sizes are given (an
-        unsized one plays at any size), in a MIME type the player takes when both sides name theirs."""
+    def fits(self, media: Media) -> bool:
+        """Whether the creative can fill this media object.
+
+        Same kind; a banner in an offered size; a sized video in an offered size when sizes are given (an unsized
+        one plays at any size); video and audio in a MIME type the player takes when both sides name theirs, and
+        meeting the player's protocols, durations and linearity; native filling every required asset.
+        """
+        kind = media.kind
         if kind != self.kind:
             return False
-        if kind == "video" and mimes and self.mimes and not set(mimes).intersection(self.mimes):
+        if kind == "banner":
+            return (self.w, self.h) in media.sizes
+        if kind == "native":
+            return media.native is None or self.native is None or native_adm(self.native, media.native) is not None
+        if media.mimes and self.mimes and not set(media.mimes).intersection(self.mimes):
             return False
-        if kind in ("native", "audio") or (kind == "video" and (not sizes or not self.w)):
-            return True
-        return (self.w, self.h) in sizes
+        if media.plays and not self.plays_in(media):
+            return False
+        return kind == "audio" or not media.sizes or not self.w or (self.w, self.h) in media.sizes
+
+    def plays_in(self, media: Media) -> bool:
+        """The player's rules: a protocol it lists, a length it allows, its linearity.  What the creative does not
+        state cannot be shown to meet a rule the player states, so it does not."""
+        if media.protocols and self.protocol not in media.protocols:
+            return False
+        d = self.duration
+        if media.rqddurs:
+            if d not in media.rqddurs:
+                return False
+        elif (media.maxduration and not 0 < d <= media.maxduration) or (media.minduration and d < media.minduration):
+            return False
+        return not media.linearity or media.linearity == self.linearity
+
+    def speaks(self, languages: frozenset[str]) -> bool:
+        """Whether the creative's language is allowed by `wlang`/`wlangb` (lower case): its primary language, or a
+        BCP-47 range that matches it ("en" matches "en-gb"); a creative that states no language is not."""
+        lang = self.lang
+        if not lang:
+            return False
+        return lang in languages or lang.split("-", 1)[0] in languages or any(
+            lang.startswith(x + "-") for x in languages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +210,19 @@ class Campaign:
                 "deal_only": t.deal_only,
             },
             "creatives": [
-                {"id": c.id, "type": c.kind, "w": c.w, "h": c.h, "cat": list(c.cats), "adm": c.adm, "mimes": list(c.mimes)}
-                for c in self.creatives
+                _creative_doc(c) for c in self.creatives
             ],
         }
+
+
+def _creative_doc(c: Creative) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": c.id, "type": c.kind, "w": c.w, "h": c.h, "cat": list(c.cats), "adm": c.adm,
+                           "mimes": list(c.mimes)}
+    if c.kind in ("video", "audio"):
+        doc["protocol"], doc["duration"] = c.protocol, c.duration
+    if c.lang:
+        doc["lang"] = c.lang
+    return doc
 
 
 _local: dict[tuple[str, dt.datetime], tuple[dt.date, int]] = {}
@@ -296,7 +345,33 @@ def _creative(raw: Any, i: int) -> Creative:
         raise ConfigError(path + "adm", "is required: the ad markup or VAST/native document")
     cats = tuple(sorted(_str_set(raw, "cat", path, IAB_CAT)))
     mimes = tuple(_str_set(raw, "mimes", path))
-    return Creative(cid, kind, w, h, cats, adm, mimes)
+    lang = _get(raw, "lang", path, str, "").lower()
+    if lang and not LANG.fullmatch(lang):
+        raise ConfigError(path + "lang", f"{lang!r} is not a language tag (e.g. en or en-GB)")
+    native = None
+    if kind == "native":
+        try:
+            native = parse_native_creative(adm)
+        except NativeError as e:
+            raise ConfigError(path + "adm", f"{e} (a native creative's adm is a Native 1.2 response)") from None
+    protocol, duration, linearity = _playback(raw, path, kind, adm)
+    return Creative(cid, kind, w, h, cats, adm, mimes, protocol, duration, linearity, lang, native)
+
+
+def _playback(raw: dict, path: str, kind: str, adm: str) -> tuple[int, int, int]:
+    """(protocol, duration, linearity) of a video or audio creative: as the document states, else as its markup."""
+    if kind not in ("video", "audio"):
+        for key in ("protocol", "duration"):
+            if raw.get(key) is not None:
+                raise ConfigError(path + key, "is for video and audio creatives only")
+        return 0, 0, 0
+    protocol = _get(raw, "protocol", path, int, 0) or vast.protocol(adm)
+    if not 0 <= protocol <= 100:
+        raise ConfigError(path + "protocol", "must be an OpenRTB protocol code (e.g. 7 for VAST 4.0)")
+    duration = _get(raw, "duration", path, int, 0) or vast.duration(adm)
+    if not 0 <= duration <= 86_400:
+        raise ConfigError(path + "duration", "must be the ad's length in seconds")
+    return protocol, duration, vast.linearity(adm) if kind == "video" else 0
 
 
 def _targeting(doc: dict) -> Targeting:

@@ -53,6 +53,8 @@ LIVE_SLOT_S = 900
 UNKNOWN_BILLS = 100_000  # billing events kept for campaigns not known yet
 RESPOND_PER_BID_S = 0.00005  # writing one bid of the answer (notice URLs, event), with room on a slow core
 COUNTED_BILLS = 200_000  # billing event ids remembered against a second count (a spill replay's window, many times over)
+MAX_NOTICE_TTL_S = 4 * 3600  # the longest an impression may come after its auction (imp.exp), notices accepted as long
+NATIVE_FRAGMENTS = 4096  # native answers' JSON kept (per creative and native request)
 
 
 @dataclass(slots=True)
@@ -83,6 +85,19 @@ class Outcome:
     body: bytes = b""
     reason: str = ""
     bids: int = 0
+
+
+_NONE_FULL: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class _Held:
+    """What a request's earlier impressions took: micros per campaign (against its lease), impressions per capped
+    campaign, and the capped campaigns that have no room left for this user."""
+
+    micros: dict[str, int] = field(default_factory=dict)
+    shown: dict[str, int] = field(default_factory=dict)
+    full: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -126,7 +141,7 @@ class BidEngine:
         self.counters: dict[str, int] = {}
         self._tables: SlotTables | None = None  # scoring arrays over the index slots (bidder.scoring)
         self._fragments_of: CampaignIndex | None = None  # the index `_fragments` holds the creatives of
-        self._fragments: dict[tuple[str, str], bytes] = {}  # (campaign, creative) -> its bid fields as JSON text
+        self._fragments: dict[tuple, bytes] = {}  # (campaign, creative[, native request]) -> its bid fields as JSON text
 
     # -- snapshot swaps (called by adapters) ----------------------------------
 
@@ -257,14 +272,17 @@ class BidEngine:
         local = now + req.utcoffset * 60
         hour, weekday = int(local // 3600) % 24, (int(local // 86400) + 3) % 7
         best_reason = 0
-        chosen: list[tuple[Imp, Campaign, Creative, int, str, float, tuple, tuple]] = []
+        chosen: list[tuple] = []
+        held = _Held() if len(req.imps) > 1 else None  # what earlier impressions took: only with several
         for imp in req.imps:
             if time.perf_counter() > deadline:  # a request of many impressions stops as its time runs out
                 return Outcome(204, reason="deadline")
-            pick, reason = self._best_for_imp(req, imp, exchange, user, hour, weekday, now)
+            pick, reason = self._best_for_imp(req, imp, exchange, user, hour, weekday, now, held)
             best_reason = max(best_reason, reason)
             if pick is not None:
                 chosen.append(pick)
+                if held is not None:
+                    self._hold(held, pick[1], pick[3], user, now)
         if not chosen:
             return Outcome(204, reason=STAGES[best_reason])
         if time.perf_counter() + RESPOND_PER_BID_S * len(chosen) > deadline:  # signing many bids takes time too
@@ -279,8 +297,18 @@ class BidEngine:
             t = self._tables = SlotTables(self.index, self.model, self.cfg.explore_below, self.pacing, self.rng, t)
         return t
 
+    def _hold(self, held: _Held, camp: Campaign, price: int, user: str, now: float) -> None:
+        """Count a pick against what the request's later impressions may take: the campaign's lease, and its
+        frequency cap (several impressions of one request reach the same user)."""
+        held.micros[camp.id] = held.micros.get(camp.id, 0) + price // 1000
+        if camp.freq_per_hour or camp.freq_per_day:
+            n = held.shown[camp.id] = held.shown.get(camp.id, 0) + 1
+            if n >= self.frequency.room(user, camp.id, camp.freq_per_hour, camp.freq_per_day, int(now // 3600),
+                                        int(now // 86400)):
+                held.full = held.full | {camp.id}
+
     def _best_for_imp(self, req: BidRequest, imp: Imp, exchange: str, user: str, hour: int, weekday: int,
-                      now: float) -> tuple[tuple | None, int]:
+                      now: float, held: _Held | None = None) -> tuple[tuple | None, int]:
         """The highest-priced bid on `imp`, or None and the furthest stage any candidate reached.
 
         The index returns the creatives that pass every rule (targeting, blocks, deals, currency, caps); they are
@@ -288,7 +316,7 @@ class BidEngine:
         order of an upper bound on their price, stopping once no bound left can beat the best price found.
         """
         index = self.index
-        el = self._eligible(req, imp, user, now)
+        el = self._eligible(req, imp, user, now, held.full if held is not None else _NONE_FULL)
         slots = el.slots
         if not len(slots):
             return None, el.reason
@@ -337,25 +365,26 @@ class BidEngine:
                               shading.get(camp.currency) if shading else None, fixed_price=at == AUCTION_FIXED_PRICE)
             if not price:
                 continue
-            if not self._lease_allows(camp.id, price // 1000):
+            if not self._lease_allows(camp.id, price // 1000 + (held.micros.get(camp.id, 0) if held else 0)):
                 reason = _RANK["budget"]
                 continue
             if price > best_price:
                 best_price = price
-                best = (camp, cr, price, deal[0] if deal else "", p, lam, floor, cand)
+                best = (camp, cr, price, deal[0] if deal else "", p, lam, floor, cand, int(slots[j]))
         if best is None:
             return None, reason
-        camp, cr, price, dealid, p, lam, floor, cand = best
+        camp, cr, price, dealid, p, lam, floor, cand, slot = best
+        explored = cand is None
         if not req_feats:
             req_feats = request_features(req, imp, exchange, hour, weekday)
         if cand is None:
             cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
-        return (imp, camp, cr, price, dealid, p, req_feats, cand, lam, floor), reason
+        return (imp, camp, cr, price, dealid, p, req_feats, cand, lam, floor, slot, explored), reason
 
-    def _eligible(self, req: BidRequest, imp: Imp, user: str, now: float) -> Eligible:
+    def _eligible(self, req: BidRequest, imp: Imp, user: str, now: float, full: frozenset[str] = frozenset()) -> Eligible:
         """The creatives the index lets bid on `imp` (every rule checked), with the frequency-capped ones counted."""
         el = self.index.eligible(req, imp, self._live, self.cfg.seat, user, self.frequency, int(now // 3600),
-                                 int(now // 86400))
+                                 int(now // 86400), full)
         for cid, n in el.capped.items():  # metrics: candidates dropped by the cap, per campaign
             key = "frequency_cap:" + cid
             self.counters[key] = self.counters.get(key, 0) + n
@@ -368,33 +397,71 @@ class BidEngine:
         return lease is not None and lease.can_bid(price_micros)
 
     def _respond(self, req: BidRequest, exchange: str, user: str, chosen: list, now: float, restricted: str) -> Outcome:
+        """The 200 answer: one bid per chosen impression, each with its signed notice URLs, and the bid events.
+
+        A test request (`test: 1`) is answered the same, but is not billable: its bids hold no lease, log no
+        event, and their notices (signed as test) move no money and no counts.
+        """
         cur = chosen[0][1].currency
         bids = []
-        expires = int(now) + self.cfg.notice_ttl_s
-        base, secret, bidder = self.cfg.notice_base, self.cfg.secret, self.cfg.bidder_id
+        ttl = self.cfg.notice_ttl_s
+        base, secret, bidder, test = self.cfg.notice_base, self.cfg.secret, self.cfg.bidder_id, req.test
         ts_ms = int(now * 1000)
-        for imp, camp, cr, price, dealid, pctr, req_feats, cand, lam, floor in chosen:
+        for imp, camp, cr, price, dealid, pctr, req_feats, cand, lam, floor, slot, explored in chosen:
             if camp.currency != cur:
                 continue
             bid_id = f"{bidder}-{next(self._seq)}"
-            if self.cfg.lease_slice:
+            # the exchange may show the ad up to imp.exp after the auction: its notices must still count then
+            life = ttl if imp.exp <= ttl else min(imp.exp, MAX_NOTICE_TTL_S)
+            expires = int(now) + life
+            if self.cfg.lease_slice and not test:
                 self.leases[camp.id].reserve(bid_id, price // 1000, expires)
-            urls = notice_urls(base, secret, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user)
-            bid = {"id": bid_id, "impid": imp.id, "price": price / 1e6, "nurl": urls[0], "burl": urls[1], "lurl": urls[2]}
+            urls = notice_urls(base, secret, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user, test)
+            bid = {"id": bid_id, "impid": imp.id, "price": price / 1e6, "nurl": urls[0], "burl": urls[1], "lurl": urls[2],
+                   "exp": life}
             if dealid:
                 bid["dealid"] = dealid
-            bids.append(orjson.dumps(bid)[:-1] + self._creative_json(camp, cr))
+            bids.append(orjson.dumps(bid)[:-1] + (self._native_json(camp, cr, slot, imp) if cr.kind == "native"
+                                                  else self._creative_json(camp, cr)))
+            if test:
+                continue
             if self.cfg.bid_log_rate >= 1.0 or self.rng.random() < self.cfg.bid_log_rate:
                 ev = make_event("bids", f"bid:{bid_id}", ts_ms, bid_id=bid_id, campaign=camp.id, creative=cr.id,
                                 exchange=exchange, price=price, pctr=pctr, features=list(req_feats + cand), at=req.at,
                                 floor=floor, lam=lam, restricted=restricted, user=user, bidder=bidder,
                                 reqs=self.requests_seen)
                 if self.cfg.explain_rate and self.rng.random() < self.cfg.explain_rate:
-                    ev["explain"] = self.model.explain(req_feats, cand, camp.id, cr.id)
+                    ev["explain"] = self._explain(req_feats, cand, camp, cr, pctr, explored)
                 self.sink("bids", camp.id, ev)
         head = orjson.dumps({"id": req.id, "cur": cur, "seatbid": [{"seat": self.cfg.seat, "bid": []}]})
         body = b"%s%s]}]}" % (head[:-4], b",".join(bids))
         return Outcome(200, body=body, bids=len(bids))
+
+    def _explain(self, req_feats: tuple, cand: tuple, camp: Campaign, cr: Creative, pctr: float,
+                 explored: bool) -> dict[str, Any]:
+        """The model's account of its score, and the pCTR the price was really computed from: an exploring
+        creative is priced on a Thompson draw, not on the model's estimate."""
+        out = self.model.explain(req_feats, cand, camp.id, cr.id)
+        out["pctr_used"] = pctr
+        out["explored"] = explored
+        return out
+
+    def _native_json(self, camp: Campaign, cr: Creative, slot: int, imp: Imp) -> bytes:
+        """A native bid's creative fields: its response renumbered to the assets this impression's request asks for."""
+        native = next((m.native for m in imp.media if m.kind == "native"), None)
+        if native is None:
+            return self._creative_json(camp, cr)
+        if self._fragments_of is not self.index:
+            self._fragments_of, self._fragments = self.index, {}
+        key = (camp.id, cr.id, native.key)
+        frag = self._fragments.get(key)
+        if frag is None:
+            if len(self._fragments) >= NATIVE_FRAGMENTS:
+                self._fragments.clear()
+            fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
+                      "mtype": MTYPE[cr.kind], "adm": self.index.native(slot, native)}
+            frag = self._fragments[key] = b"," + orjson.dumps(fields)[1:]
+        return frag
 
     def _creative_json(self, camp: Campaign, cr: Creative) -> bytes:
         """The fields of a bid that depend only on the creative, as JSON text to append to the per-bid fields
@@ -430,9 +497,13 @@ class BidEngine:
         if n.event_id in self._seen_notices:
             return "replayed"
         self._seen_notices[n.event_id] = n.expires
-        foreign = relay is not None and n.bidder != self.cfg.bidder_id
-        if foreign and relay(n):
+        # signed for another bidder id: a sibling worker's bid, or one of an earlier run of this process; either way
+        # its reservation is not in this engine's leases, and charging them for it would withhold budget
+        foreign = n.bidder != self.cfg.bidder_id
+        if foreign and relay is not None and relay(n):
             return "relayed"
+        if n.test:  # a test auction is not billable: its notices move no money, counts or prices
+            return "test"
         camp = self.index.campaigns.get(n.campaign)
         ts_ms = int(now * 1000)
         if kind == "win":

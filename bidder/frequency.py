@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+UNCAPPED = 1 << 30  # `room` for a campaign without a cap
+
 
 class FrequencyStore:
     """In-memory counts per (user, campaign) for the current hour and day buckets."""
@@ -50,8 +52,19 @@ class FrequencyStore:
                 out.append(campaign)
         return out
 
+    def room(self, user: str, campaign: str, per_hour: int, per_day: int, hour: int, day: int) -> int:
+        """How many more impressions the caps let the user see now (a large number when uncapped)."""
+        c = self._users.get(user, {}).get(campaign)
+        h_count = c[1] if c is not None and c[0] == hour else 0
+        d_count = c[3] if c is not None and c[2] == day else 0
+        return min(per_hour - h_count if per_hour else UNCAPPED, per_day - d_count if per_day else UNCAPPED)
+
     def record(self, user: str, campaign: str, hour: int, day: int) -> None:
-        """Count one served impression; `hour` and `day` are absolute bucket numbers."""
+        """Count one served impression; `hour` and `day` are absolute bucket numbers.
+
+        Only the current buckets are kept: an impression of an earlier hour or day (a late billing event) is not
+        counted, and must not reset the newer bucket's count either.
+        """
         seen = self._users.get(user)
         if seen is None:
             seen = self._users[user] = {}
@@ -61,10 +74,12 @@ class FrequencyStore:
         if c is None:
             seen[campaign] = [hour, 1, day, 1]
             return
-        c[1] = c[1] + 1 if c[0] == hour else 1
-        c[0] = hour
-        c[3] = c[3] + 1 if c[2] == day else 1
-        c[2] = day
+        if hour >= c[0]:
+            c[1] = c[1] + 1 if c[0] == hour else 1
+            c[0] = hour
+        if day >= c[2]:
+            c[3] = c[3] + 1 if c[2] == day else 1
+            c[2] = day
 
     def __len__(self) -> int:
         return len(self._users)

@@ -44,6 +44,7 @@ class Notice:
     price_cpm: int | None  # micros, the clearing price from the macro; None when absent (0 is a price: free)
     loss_reason: int
     min_to_win_cpm: int | None  # micros; None when absent
+    test: bool = False  # from a test auction (OpenRTB `test: 1`): not billable
 
     @property
     def event_id(self) -> str:
@@ -51,8 +52,9 @@ class Notice:
 
 
 def _tail(bid_id: str, campaign: str, creative: str, bid_cpm: int, expires: int, exchange: str, bidder: str,
-          user: str) -> bytes:
-    return f"{bid_id}|{campaign}|{creative}|{bid_cpm}|{expires}|{exchange}|{bidder}|{user}".encode()
+          user: str, test: bool = False) -> bytes:
+    tail = f"{bid_id}|{campaign}|{creative}|{bid_cpm}|{expires}|{exchange}|{bidder}|{user}"
+    return (tail + "|test" if test else tail).encode()  # signed: a test notice cannot pass for a billable one
 
 
 @lru_cache(maxsize=8)
@@ -90,13 +92,13 @@ def _q(value: str) -> str:
 
 def notice_urls(
     base: str, secret: bytes, bid_id: str, campaign: str, creative: str, bid_cpm: int, expires: int, exchange: str,
-    bidder: str, user: str = "",
+    bidder: str, user: str = "", test: bool = False,
 ) -> tuple[str, str, str]:
     """The win, billing and loss URLs of one bid (nurl, burl, lurl); the exchange substitutes the macros."""
-    tags = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user))
+    tags = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, test))
     b = bid_id if _url_safe(bid_id) else quote(bid_id, safe="")
     query = (f"?b={b}&c={_q(campaign)}&r={_q(creative)}&v={bid_cpm}&x={expires}&e={_q(exchange)}&n={_q(bidder)}"
-             f"&u={_q(user)}&s=")
+             f"&u={_q(user)}{'&t=1' if test else ''}&s=")
     return (f"{base}/notice/win{query}{tags[0:24]}&{MACROS['win']}",
             f"{base}/notice/bill{query}{tags[24:48]}&{MACROS['bill']}",
             f"{base}/notice/loss{query}{tags[48:72]}&{MACROS['loss']}")
@@ -104,10 +106,11 @@ def notice_urls(
 
 def notice_url(
     base: str, secret: bytes, kind: str, bid_id: str, campaign: str, creative: str, bid_cpm: int, expires: int,
-    exchange: str, bidder: str, user: str = "",
+    exchange: str, bidder: str, user: str = "", test: bool = False,
 ) -> str:
     """The signed URL for one notice kind."""
-    return notice_urls(base, secret, bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user)[KINDS.index(kind)]
+    urls = notice_urls(base, secret, bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, test)
+    return urls[KINDS.index(kind)]
 
 
 def _price(raw: str) -> int | None:
@@ -135,9 +138,10 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
         bid_id, campaign, creative, sig = p["b"], p["c"], p["r"], p["s"]
         bid_cpm, expires = int(p["v"]), int(p["x"])
         exchange, bidder, user = p.get("e", ""), p.get("n", ""), p.get("u", "")
+        test = {"": False, "1": True}[p.get("t", "")]
     except (KeyError, ValueError):
         raise NoticeError("malformed") from None
-    expected = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user))[_SLICE[kind]]
+    expected = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, test))[_SLICE[kind]]
     # as bytes: compare_digest refuses a str with non-ASCII characters (a forged `s=%C3%A9…`) with a TypeError
     if not hmac.compare_digest(expected.encode(), sig.encode()):
         raise NoticeError("bad_signature")
@@ -151,5 +155,5 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
         raise NoticeError("malformed")
     return Notice(
         kind, bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, price,
-        int(loss) if _loss_code(loss) else 0, _price(p.get("m", "")),
+        int(loss) if _loss_code(loss) else 0, _price(p.get("m", "")), test,
     )

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import orjson
+
+from bidder.native import NativeError, NativeRequest, parse_native_request
 
 AUCTION_FIRST_PRICE = 1
 AUCTION_SECOND_PRICE = 2
@@ -37,6 +40,32 @@ class Deal:
     cur: str
     at: int | None
     wseat: tuple[str, ...]
+    wadomain: frozenset[str] = frozenset()  # advertiser domains allowed on the deal (lower case); empty: any
+
+
+class Media(NamedTuple):
+    """One media object an impression offers, with what a creative must meet to fill it.
+
+    `protocols`, durations and `linearity` are video and audio rules (0 or empty: not stated); `native` is the
+    parsed `native.request` of a native object.  A named tuple: one is built per impression on the bid path.
+    """
+
+    kind: str  # "banner" | "video" | "native" | "audio"
+    sizes: tuple[tuple[int, int], ...] = ()
+    mimes: tuple[str, ...] = ()
+    protocols: tuple[int, ...] = ()
+    minduration: int = 0
+    maxduration: int = 0
+    rqddurs: tuple[int, ...] = ()
+    linearity: int = 0
+    native: NativeRequest | None = None
+
+    @property
+    def plays(self) -> tuple:
+        """The video/audio rules as one hashable key; () when there are none."""
+        if not (self.protocols or self.minduration or self.maxduration or self.rqddurs or self.linearity):
+            return ()
+        return (self.kind, self.protocols, self.minduration, self.maxduration, self.rqddurs, self.linearity)
 
 
 @dataclass(slots=True)
@@ -51,12 +80,16 @@ class Imp:
     tagid: str
     pos: int
     instl: bool
-    video_mimes: tuple[str, ...] = ()
-    other_formats: tuple[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]], ...] = ()  # of a multi-format imp
+    media: tuple[Media, ...] = ()  # every media object offered (a multi-format imp has several), `kind`'s first
+    exp: int = 0  # seconds the exchange may take from the auction to the impression; 0: not stated
 
-    def formats(self) -> tuple[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]], ...]:
-        """(kind, sizes, video MIME types) of every media object offered, the first one (`kind`) first."""
-        return ((self.kind, self.sizes, self.video_mimes), *self.other_formats)
+    @property
+    def video_mimes(self) -> tuple[str, ...]:
+        return self.media[0].mimes if self.media and self.kind == "video" else ()
+
+    def formats(self) -> tuple[Media, ...]:
+        """Every media object offered, the first one (`kind`) first."""
+        return self.media
 
 
 @dataclass(slots=True)
@@ -95,6 +128,10 @@ class BidRequest:
     user_key: str  # salted hash of user/device id, "" when none or not allowed
     privacy: Privacy
     schain_complete: bool | None = None
+    test: bool = False  # test mode: the auction is not billable (its notices move no money and no caps)
+    acat: frozenset[str] = frozenset()  # allowed advertiser categories; empty: all
+    cattax: int = 1  # the taxonomy of bcat and acat (1: IAB Content Category Taxonomy 1.0, the one creatives use)
+    wlang: frozenset[str] = frozenset()  # allowed creative languages (ISO-639-1 and BCP-47, lower case); empty: all
 
 
 # -- small typed getters -----------------------------------------------------
@@ -165,21 +202,20 @@ def _ints(parent: dict, key: str, path: str) -> tuple[int, ...]:
     return tuple(v)
 
 
-def _flag(parent: dict, key: str, path: str) -> bool:
+def _flag(parent: dict, key: str, path: str, unknown: bool = False) -> bool:
+    """A 0/1 field; a value OpenRTB has not defined (yet) is tolerated (2.6 section 2.6) and read as `unknown`,
+    which callers choose on the safe side (a COPPA flag of 2 restricts)."""
     v = _int(parent, key, path, 0)
-    if v not in (0, 1):
-        raise BadRequest("bad_value", f"{path}{key} must be 0 or 1")
-    return v == 1
+    if v == 0:
+        return False
+    return True if v == 1 else unknown
 
 
 # -- parts ---------------------------------------------------------------------
 
 
-Format = tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]  # media kind, sizes offered, video MIME types
-
-
-def _banner(banner: dict, bp: str) -> Format:
-    sizes = []
+def _banner(banner: dict, bp: str) -> Media:
+    sizes: list[tuple[int, int]] = []
     w, h = _int(banner, "w", bp), _int(banner, "h", bp)
     if w > 0 and h > 0:
         sizes.append((w, h))
@@ -193,12 +229,19 @@ def _banner(banner: dict, bp: str) -> Format:
             fw, fh = f.get("w"), f.get("h")
             if type(fw) is not int or type(fh) is not int:  # the path is formatted only for the error
                 fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
-            if fw > 0 and fh > 0:
+            if fw > 0 and fh > 0 and (fw, fh) not in sizes:  # a size listed twice is one size (and one feature)
                 sizes.append((fw, fh))
-    return "banner", tuple(sizes), ()
+    return Media("banner", tuple(sizes))
 
 
-def _formats(imp: dict, path: str) -> list[Format]:
+def _player(kind: str, obj: dict, p: str, sizes: tuple[tuple[int, int], ...] = ()) -> Media:
+    """A video or audio object: MIME types, protocols, durations (and for video, linearity)."""
+    lo, hi = _int(obj, "minduration", p), _int(obj, "maxduration", p)
+    return Media(kind, sizes, _strs(obj, "mimes", p), _ints(obj, "protocols", p), max(lo, 0), max(hi, 0),
+                 _ints(obj, "rqddurs", p), _int(obj, "linearity", p) if kind == "video" else 0)
+
+
+def _formats(imp: dict, path: str) -> list[Media]:
     """Every media object the impression offers, banner first: a multi-format impression takes any of them."""
     out = []
     if imp.get("banner") is not None:
@@ -206,11 +249,15 @@ def _formats(imp: dict, path: str) -> list[Format]:
     if imp.get("video") is not None:
         video, vp = _obj(imp, "video", path), path + "video."
         w, h = _int(video, "w", vp), _int(video, "h", vp)
-        out.append(("video", (((w, h),) if w > 0 and h > 0 else ()), _strs(video, "mimes", vp)))
-    for kind in ("native", "audio"):
-        if imp.get(kind) is not None:
-            _obj(imp, kind, path)
-            out.append((kind, (), ()))
+        out.append(_player("video", video, vp, ((w, h),) if w > 0 and h > 0 else ()))
+    if imp.get("native") is not None:
+        native = _obj(imp, "native", path)
+        try:
+            out.append(Media("native", native=parse_native_request(native.get("request"))))
+        except NativeError as e:
+            raise BadRequest("bad_native", f"{path}native.request: {e}") from None
+    if imp.get("audio") is not None:
+        out.append(_player("audio", _obj(imp, "audio", path), path + "audio."))
     if not out:
         raise BadRequest("no_media", f"{path[:-1]} has no banner, video, native or audio object")
     return out
@@ -238,12 +285,13 @@ def _deals(imp: dict, path: str, floor: float, floorcur: str) -> tuple[tuple[Dea
         at = d.get("at")
         if at is not None and type(at) is not int:
             raise BadRequest("bad_type", f"{dp}at must be an integer")
+        wadomain = frozenset(a.lower() for a in _strs(d, "wadomain", dp))
         if d.get("bidfloor") is None:
-            deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp)))
+            deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp), wadomain))
             continue
         deals.append(Deal(did, _num(d, "bidfloor", dp), _str(d, "bidfloorcur", dp, floorcur) or floorcur, at,
-                          _strs(d, "wseat", dp)))
-    return tuple(deals), _flag(pmp, "private_auction", pp)
+                          _strs(d, "wseat", dp), wadomain))
+    return tuple(deals), _flag(pmp, "private_auction", pp, True)  # an undefined value: the narrower reading
 
 
 def _imp(raw: object, i: int) -> Imp:
@@ -254,15 +302,15 @@ def _imp(raw: object, i: int) -> Imp:
     if not iid:
         raise BadRequest("missing_field", f"{path}id is required")
     formats = _formats(raw, path)
-    kind, sizes, mimes = formats[0]
+    first = formats[0]
     floorcur = _str(raw, "bidfloorcur", path, "USD") or "USD"
     floor = _num(raw, "bidfloor", path)
     deals, private = _deals(raw, path, floor, floorcur)
     banner = raw.get("banner") or {}
     return Imp(
         id=iid,
-        kind=kind,
-        sizes=sizes,
+        kind=first.kind,
+        sizes=first.sizes,
         floor=floor,
         floorcur=floorcur,
         deals=deals,
@@ -270,8 +318,8 @@ def _imp(raw: object, i: int) -> Imp:
         tagid=_str(raw, "tagid", path),
         pos=_int(banner, "pos", path + "banner.") if type(banner) is dict else 0,
         instl=_flag(raw, "instl", path),
-        video_mimes=mimes,
-        other_formats=tuple(formats[1:]),
+        media=tuple(formats),
+        exp=max(_int(raw, "exp", path), 0),
     )
 
 
@@ -285,8 +333,8 @@ def _privacy(req: dict, user: dict) -> Privacy:
     gdpr = regs.get("gdpr")
     if gdpr is None:
         gdpr = rext.get("gdpr", 0)
-    if gdpr not in (0, 1, None):
-        raise BadRequest("bad_value", "regs.gdpr must be 0 or 1")
+    if gdpr is not None and type(gdpr) is not int:
+        raise BadRequest("bad_type", "regs.gdpr must be an integer")
     consent = user.get("consent")
     if consent is None:
         consent = _obj(user, "ext", "user.").get("consent") or ""
@@ -301,8 +349,9 @@ def _privacy(req: dict, user: dict) -> Privacy:
     has_gpp = regs.get("gpp") is not None or regs.get("gpp_sid") is not None
     gpp_src, gpp_path = (regs, "regs.") if has_gpp else (rext, "regs.ext.")
     return Privacy(
-        coppa=_flag(regs, "coppa", "regs.") if regs.get("coppa") is not None else _flag(rext, "coppa", "regs.ext."),
-        gdpr=gdpr == 1,
+        coppa=(_flag(regs, "coppa", "regs.", True) if regs.get("coppa") is not None
+               else _flag(rext, "coppa", "regs.ext.", True)),
+        gdpr=gdpr not in (0, None),  # a value not defined yet: GDPR is taken to apply
         consent=consent,
         us_privacy=usp,
         gpp=_str(gpp_src, "gpp", gpp_path) if gpp_src else "",
@@ -348,8 +397,8 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
     user = _obj(req, "user", "")
     publisher = _obj(src, "publisher", sp)
     at = _int(req, "at", "", AUCTION_SECOND_PRICE)
-    if at not in (1, 2) and at < 500:
-        raise BadRequest("bad_value", "at must be 1, 2 or an exchange-specific value >= 500")
+    if at not in (1, 2) and at < 500:  # not defined yet (2.6 section 2.6: tolerate it): priced as first price,
+        at = AUCTION_FIRST_PRICE  # where we pay what we bid, the case that can never cost more than the bid
     tmax = _int(req, "tmax", "", DEFAULT_TMAX_MS)
     if tmax < 0:
         raise BadRequest("bad_value", "tmax must be non-negative")
@@ -386,4 +435,9 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
         user_key=hash_id(salt, uid) if uid else "",
         privacy=_privacy(req, user),
         schain_complete=(_flag(schain, "complete", "source.schain.") if schain else None),
+        test=_flag(req, "test", "", True) if "test" in req else False,
+        acat=_str_set(req, "acat", ""),
+        cattax=_int(req, "cattax", "", 1) or 1,
+        wlang=(frozenset(x.lower() for x in (*_strs(req, "wlang", ""), *_strs(req, "wlangb", "")))
+               if "wlang" in req or "wlangb" in req else _NO_STRINGS),
     )

@@ -6,10 +6,14 @@ second per core every microsecond of overhead shows.  Routes:
 
     POST /bid[/<exchange>]          bid request -> 200 bid response | 204 no bid | 400 reason | 413
     POST /openrtb2[/<exchange>]     the same
-    GET  /notice/{win,bill,loss}?…  signed notices -> 200 | 400 reason
+    GET|POST /notice/{win,bill,loss}?…  signed notices -> 200 | 400 reason (a POST's body is read and ignored)
     GET  /metrics                   Prometheus text
     GET  /status                    JSON: model version, campaigns, pacing
     GET  /healthz                   200 when serving
+
+HEAD on /metrics, /status and /healthz gets GET's status and headers; HEAD elsewhere is refused (a HEAD must be
+safe, and a notice is not), and an answer to a HEAD never has content.  Every 405 says in `Allow` what the
+path takes.
 
 Deadlines and overload.  A request's deadline is its arrival + tmax - the
 network allowance.  The arrival is taken conservatively (`ArrivalClock`): bytes
@@ -66,6 +70,7 @@ _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: 
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz")
+_HEAD_NOTICE = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, POST\r\nx-openrtb-version: 2.6\r\n\r\n"
 
 
 def inflate(body: bytes) -> bytes:
@@ -277,7 +282,7 @@ class BidApp:
     def notice(self, kind: str, query: str) -> bytes:
         outcome = self.engine.notice(kind, query)
         self.stats.notices[(kind if kind in KINDS else "unknown", outcome)] += 1
-        if outcome == "ok":
+        if outcome in ("ok", "test"):  # a test auction's notice is valid, only not billable
             return response(200, b'{"ok":true}')
         return response(400, orjson.dumps({"error": outcome}))
 
@@ -301,6 +306,20 @@ class BidApp:
 def response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
     return (b"HTTP/1.1 %s\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nContent-Length: %d\r\n\r\n"
             % (_STATUS[status], ctype, len(body))) + body
+
+
+def not_allowed(allow: bytes, body: bytes = b'{"error":"method_not_allowed"}') -> bytes:
+    """A 405 naming in `Allow` the methods the path does take, as RFC 9110 15.5.6 requires."""
+    return (b"HTTP/1.1 405 Method Not Allowed\r\nAllow: %s\r\nContent-Type: application/json\r\n"
+            b"x-openrtb-version: 2.6\r\nContent-Length: %d\r\n\r\n" % (allow, len(body))) + body
+
+
+_405_BID = not_allowed(b"POST", b'{"error":"method_not_allowed","detail":"bid requests are POSTed"}')
+
+
+def head_of(out: bytes) -> bytes:
+    """The answer to a HEAD: a response without its content (RFC 9112 6.3), else the client reads it as the next one."""
+    return out[:out.index(b"\r\n\r\n") + 4]
 
 
 class BidProtocol(asyncio.Protocol):
@@ -416,7 +435,10 @@ class BidProtocol(asyncio.Protocol):
             return
         if self.app.outbox:  # answers to earlier requests go first
             self.app.flush()
-        t.write(response(status, body))
+        out = response(status, body)
+        if self.url and self.parser.get_method() == b"HEAD":  # url is set once this message's method is known
+            out = head_of(out)
+        t.write(out)
         if t.can_write_eof():
             t.write_eof()
             asyncio.get_running_loop().call_later(LINGER_S, t.close)
@@ -467,7 +489,8 @@ class BidProtocol(asyncio.Protocol):
             self.url = origin_form(self.url)
         if self.too_large:
             self._too_large()
-        elif self.expect and self.transport is not None:
+        elif self.expect and self.transport is not None and self.parser.get_http_version() != "1.0":
+            # RFC 9110 10.1.1: an HTTP/1.0 client cannot read a 100, so its expectation is ignored
             if self.app.outbox:
                 self.app.flush()
             self.transport.write(_100)
@@ -504,6 +527,8 @@ class BidProtocol(asyncio.Protocol):
             out = self._route()
         except Exception as e:  # the last line of defence: never a 500, never a dead worker
             out = self.app.internal_error(exchange_name(self.url.split(b"?", 1)[0]) if bid_path(self.url) else None, e)
+            if parser.get_method() == b"HEAD":
+                out = head_of(out)
         self.app.send(transport, out, close)
 
     def _route(self) -> bytes:
@@ -511,7 +536,7 @@ class BidProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         if bid_path(url):
             if method != b"POST":
-                return response(405, b'{"error":"method_not_allowed","detail":"bid requests are POSTed"}')
+                return head_of(_405_BID) if method == b"HEAD" else _405_BID
             exchange = exchange_name(url.split(b"?", 1)[0])
             self.budget -= 1
             if self.budget < 0:  # one connection pipelining a burst must not hold the worker
@@ -521,20 +546,27 @@ class BidProtocol(asyncio.Protocol):
                 return response(400, b'{"error":"bad_encoding","detail":"Content-Encoding must be gzip or identity"}')
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             return self.app.bid(body, self.gz, exchange, self.started, self.version)
+        out = self._resource(url, method)
+        return head_of(out) if method == b"HEAD" else out
+
+    def _resource(self, url: bytes, method: bytes) -> bytes:
+        """Every path but the bid endpoints.  A HEAD gets the whole GET answer here; `_route` cuts its content."""
         path, _, query = url.decode("latin-1").partition("?")
-        if method != b"GET":
-            if path.startswith("/notice/") or path in _GET_PATHS:
-                return response(405, b'{"error":"method_not_allowed"}')
-            return response(404, b'{"error":"not_found"}')
         if path.startswith("/notice/"):
-            return self.app.notice(path[8:], query)
+            if method == b"GET" or method == b"POST":  # OpenRTB 2.6 2.1: either, at the exchange's discretion
+                return self.app.notice(path[8:], query)
+            if method == b"HEAD":  # not verified, not counted; no Content-Length, as a GET's would differ
+                return _HEAD_NOTICE
+            return not_allowed(b"GET, POST")
+        if path not in _GET_PATHS:
+            return response(404, b'{"error":"not_found"}')
+        if method != b"GET" and method != b"HEAD":
+            return not_allowed(b"GET, HEAD")
         if path == "/metrics":
             return self.app.metrics()
         if path == "/status":
             return self.app.status()
-        if path == "/healthz":
-            return response(200, b'{"ok":true}')
-        return response(404, b'{"error":"not_found"}')
+        return response(200, b'{"ok":true}')
 
 
 def gzip_body(body: bytes) -> bytes:

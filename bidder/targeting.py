@@ -26,7 +26,8 @@ import numpy as np
 
 from bidder.campaigns import Campaign, Creative
 from bidder.frequency import FrequencyStore
-from bidder.openrtb import BidRequest, Imp
+from bidder.native import NativeRequest, native_adm
+from bidder.openrtb import BidRequest, Imp, Media
 
 Candidate = tuple[Campaign, Creative]
 Deal = tuple[str, float, str, "int | None"]
@@ -35,6 +36,7 @@ Deal = tuple[str, float, str, "int | None"]
 STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_advertiser", "blocked_category", "blocked_app",
           "deal", "frequency_cap", "below_floor", "budget")
 REQUEST_BITS_CACHE = 8192  # targeting sets remembered (per distinct place, device and site)
+MEDIA_RULES_CACHE = 256  # player rules, native requests and language lists remembered (each recurs per placement)
 NO_MATCH, NOT_LIVE, CURRENCY, TARGETING, BLOCKED_ADV, BLOCKED_CAT, BLOCKED_APP, DEAL, FREQUENCY_CAP = 0, 1, 2, 4, 5, 6, 7, 8, 9
 _EMPTY = np.zeros(0, dtype=np.intp)
 
@@ -137,11 +139,17 @@ class CampaignIndex:
         self._category = _Dimension([t.categories for t in ts])
         self._currency = _members((c.currency,) for c in camps)
         self._advertiser = _members((c.advertiser.lower(),) for c in camps)  # badv is read in lower case
-        video = [cr.kind == "video" for _, cr in self.slots]
-        self._mime = _members(cr.mimes if v else () for v, (_, cr) in zip(video, self.slots, strict=True))
-        self._any_mime = _bits_of(i for i, (v, (_, cr)) in enumerate(zip(video, self.slots, strict=True))
+        player = [cr.kind in ("video", "audio") for _, cr in self.slots]
+        self._mime = _members(cr.mimes if v else () for v, (_, cr) in zip(player, self.slots, strict=True))
+        self._any_mime = _bits_of(i for i, (v, (_, cr)) in enumerate(zip(player, self.slots, strict=True))
                                   if not v or not cr.mimes)
         self._video_mime_bits: dict[tuple[str, ...], int] = {}
+        self._of_kind = {k: [i for i, (_, cr) in enumerate(self.slots) if cr.kind == k] for k in ("video", "audio", "native")}
+        self._play_bits: dict[tuple, int] = {}
+        self._natives: dict[str, int] = {}  # native request key -> the native slots that can answer it
+        self._native_adms: dict[tuple[int, str], str] = {}  # (slot, request key) -> its answer's adm
+        self._lang_bits: dict[frozenset[str], int] = {}
+        self._all = (1 << self.n) - 1
         # a blocked IAB1 blocks IAB1 and IAB1-2: each creative category is listed under itself and its parent
         self._blocks = _members({x for c in cr.cats for x in (c, c.split("-", 1)[0])} for _, cr in self.slots)
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
@@ -180,21 +188,74 @@ class CampaignIndex:
 
     def _media_bits(self, imp: Imp) -> int:
         """Creatives that fit the impression's media object, or (multi-format) any one of them."""
-        out = self._format_bits(imp.kind, imp.sizes, imp.video_mimes)
-        for kind, sizes, mimes in imp.other_formats:
-            out |= self._format_bits(kind, sizes, mimes)
+        out = 0
+        for media in imp.media:
+            out |= self._format_bits(media)
         return out
 
-    def _format_bits(self, kind: str, sizes: tuple[tuple[int, int], ...], mimes: tuple[str, ...]) -> int:
-        if kind == "video":
-            return self._video_bits(sizes, mimes)
-        if kind in ("native", "audio"):
-            return self._kind.get(kind, 0)
-        get = self._media.get
-        out = 0
-        for w, h in sizes:
-            out |= get((kind, w, h), 0)
+    def _format_bits(self, media: Media) -> int:
+        kind = media.kind
+        if kind == "banner":
+            get = self._media.get
+            out = 0
+            for w, h in media.sizes:
+                out |= get((kind, w, h), 0)
+            return out
+        if kind == "native":
+            return self._native_bits(media.native) if media.native is not None else self._kind.get(kind, 0)
+        out = self._video_bits(media.sizes, media.mimes) if kind == "video" else self._mime_bits(
+            self._kind.get(kind, 0), media.mimes)
+        if out and media.plays:
+            out &= self._player_bits(media)
         return out
+
+    def _player_bits(self, media: Media) -> int:
+        """Video or audio creatives that meet a player's protocols, durations and linearity."""
+        key = media.plays
+        bits = self._play_bits.get(key)
+        if bits is None:
+            bits = _bits_of(i for i in self._of_kind.get(media.kind, ()) if self.slots[i][1].plays_in(media))
+            if len(self._play_bits) >= MEDIA_RULES_CACHE:
+                self._play_bits.clear()
+            self._play_bits[key] = bits
+        return bits
+
+    def _native_bits(self, request: NativeRequest) -> int:
+        """Native creatives that can fill every required asset of the request; their answers are kept for `native`."""
+        bits = self._natives.get(request.key)
+        if bits is None:
+            if len(self._natives) >= MEDIA_RULES_CACHE:
+                self._natives.clear()
+                self._native_adms.clear()
+            bits = 0
+            for i in self._of_kind.get("native", ()):
+                cr = self.slots[i][1]
+                adm = cr.adm if cr.native is None else native_adm(cr.native, request)
+                if adm is not None:
+                    bits |= 1 << i
+                    self._native_adms[(i, request.key)] = adm
+            self._natives[request.key] = bits
+        return bits
+
+    def native(self, slot: int, request: NativeRequest) -> str:
+        """The adm a native slot answers `request` with (the slot passed `_native_bits` for it)."""
+        adm = self._native_adms.get((slot, request.key))
+        if adm is None:
+            self._natives.pop(request.key, None)
+            self._native_bits(request)
+            adm = self._native_adms.get((slot, request.key), self.slots[slot][1].adm)
+        return adm
+
+    def _mime_bits(self, out: int, mimes: tuple[str, ...]) -> int:
+        """`out` less the video/audio creatives in none of the player's MIME types (one that names none fits)."""
+        if not mimes:
+            return out
+        allowed = self._video_mime_bits.get(mimes)
+        if allowed is None:
+            allowed = self._any_mime | self._union(self._mime, mimes)
+            if len(self._video_mime_bits) < 64:
+                self._video_mime_bits[mimes] = allowed
+        return out & allowed
 
     def _video_bits(self, sizes: tuple[tuple[int, int], ...], mimes: tuple[str, ...]) -> int:
         """Video creatives the player takes: in an offered size, or unsized; and in one of its MIME types, when
@@ -206,14 +267,7 @@ class CampaignIndex:
                 out |= get(("video", w, h), 0)
         else:
             out = self._kind.get("video", 0)
-        if mimes:
-            allowed = self._video_mime_bits.get(mimes)
-            if allowed is None:
-                allowed = self._any_mime | self._union(self._mime, mimes)
-                if len(self._video_mime_bits) < 64:
-                    self._video_mime_bits[mimes] = allowed
-            out &= allowed
-        return out
+        return self._mime_bits(out, mimes)
 
     def live_bits(self, live: frozenset[str]) -> int:
         """Slots of campaigns in `live`; cached while the engine keeps the same live set."""
@@ -249,18 +303,45 @@ class CampaignIndex:
             if len(self._req_bits) >= REQUEST_BITS_CACHE:
                 self._req_bits.clear()
             self._req_bits[key] = targeting
+        if req.wlang:
+            targeting &= self._speaking(req.wlang)
         not_adv = self._blocked_by(0, req.badv) if req.badv else 0
         not_cat = self._blocked_by(1, req.bcat) if req.bcat else 0
+        if req.acat or (req.bcat and req.cattax != 1):
+            not_cat = self._categories_refused(req, not_cat)
         app_blocked = bool(req.is_app and req.bapp and req.domain in req.bapp)
         return (self._country.one(req.country), live_m, self._currency_bits(req.cur or ("USD",)), targeting, not_adv,
                 not_cat, app_blocked)
 
+    def _categories_refused(self, req: BidRequest, blocked: int) -> int:
+        """Slots `bcat` and `acat` rule out.  Creatives carry IAB Content Category 1.0 codes: under another
+        taxonomy (`cattax`) the lists cannot be read, so every creative is ruled out."""
+        if req.cattax != 1:
+            return self._all
+        return blocked | self._blocked_by(2, req.acat)
+
+    def _speaking(self, languages: frozenset[str]) -> int:
+        """Slots whose creative's language `wlang`/`wlangb` allow."""
+        bits = self._lang_bits.get(languages)
+        if bits is None:
+            bits = _bits_of(i for i, (_, cr) in enumerate(self.slots) if cr.speaks(languages))
+            if len(self._lang_bits) >= MEDIA_RULES_CACHE:
+                self._lang_bits.clear()
+            self._lang_bits[languages] = bits
+        return bits
+
+    def _outside(self, allowed: frozenset[str]) -> int:
+        """Slots with a category the `acat` allow-list does not hold (itself or its tier-1 parent), or with none."""
+        return _bits_of(i for i, (_, cr) in enumerate(self.slots)
+                        if not cr.cats or any(c not in allowed and c.split("-", 1)[0] not in allowed for c in cr.cats))
+
     def _blocked_by(self, which: int, blocked: frozenset[str]) -> int:
-        """Slots a block list rules out (0: advertisers, 1: categories); exchanges send the same lists again and again."""
+        """Slots a list rules out (0: blocked advertisers, 1: blocked categories, 2: outside allowed categories);
+        exchanges send the same lists again and again."""
         key = (which, blocked)
         bits = self._blocked.get(key)
         if bits is None:
-            bits = self._union(self._blocks if which else self._advertiser, blocked)
+            bits = self._outside(blocked) if which == 2 else self._union(self._blocks if which else self._advertiser, blocked)
             if len(self._blocked) >= REQUEST_BITS_CACHE:
                 self._blocked.clear()
             self._blocked[key] = bits
@@ -275,10 +356,11 @@ class CampaignIndex:
         return out
 
     def eligible(self, req: BidRequest, imp: Imp, live: frozenset[str], seat: str, user: str,
-                 frequency: FrequencyStore, hour: int, day: int) -> Eligible:
+                 frequency: FrequencyStore, hour: int, day: int, full: frozenset[str] = frozenset()) -> Eligible:
         """The slots that may bid on `imp`, each with its floor and deal, or the furthest stage any candidate reached.
 
-        `hour` and `day` are absolute bucket numbers for the frequency counts.
+        `hour` and `day` are absolute bucket numbers for the frequency counts; `full` names the campaigns whose
+        cap this request's earlier impressions have used up.
         """
         if not self._built:
             self._build()
@@ -325,6 +407,11 @@ class CampaignIndex:
             else:  # no usable user id: no capped campaign can keep its cap
                 capped = self._per_campaign(m & self._capped)
                 m &= ~self._capped
+            if not m:
+                return Eligible(reason=FREQUENCY_CAP, capped=capped)
+        if full:
+            for cid in full:
+                m &= ~self._campaign_bits.get(cid, 0)
             if not m:
                 return Eligible(reason=FREQUENCY_CAP, capped=capped)
         if slots is None:
@@ -401,7 +488,9 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
     wanted = camp.targeting.deals
     if not wanted:
         return None
-    open_to = [d for d in imp.deals if d.id in wanted and (not d.wseat or seat in d.wseat)]
+    adv = camp.advertiser.lower()
+    open_to = [d for d in imp.deals if d.id in wanted and (not d.wseat or seat in d.wseat)
+               and (not d.wadomain or adv in d.wadomain)]
     if not open_to:
         return None
     payable = [d for d in open_to if not d.floor or d.cur == camp.currency]
@@ -417,7 +506,7 @@ def floor_micros(floor: float) -> int:
 
 def fits_imp(cr: Creative, imp: Imp) -> bool:
     """Whether the creative fits one of the media objects the impression offers (the plain rule, per candidate)."""
-    return any(cr.fits(kind, sizes, mimes) for kind, sizes, mimes in imp.formats())
+    return any(cr.fits(media) for media in imp.formats())
 
 
 def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:
@@ -435,9 +524,15 @@ def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:
         return "targeting"
     if t.categories and not t.categories.intersection(req.cats):
         return "targeting"
+    if req.wlang and not cr.speaks(req.wlang):
+        return "targeting"
     if req.badv and camp.advertiser.lower() in req.badv:
         return "blocked_advertiser"
     if req.bcat and any(c in req.bcat or c.split("-", 1)[0] in req.bcat for c in cr.cats):
+        return "blocked_category"
+    if req.acat and (not cr.cats or any(c not in req.acat and c.split("-", 1)[0] not in req.acat for c in cr.cats)):
+        return "blocked_category"
+    if (req.bcat or req.acat) and req.cattax != 1:
         return "blocked_category"
     if req.is_app and req.bapp and req.domain in req.bapp:
         return "blocked_app"

@@ -50,7 +50,7 @@ def _creative(rng: random.Random, cid: str, advertiser: str) -> dict[str, Any]:
     if r < 0.92:
         w, h = MARKET_VIDEO_SIZE
         adm = (
-            f'<VAST version="4.2"><Ad id="{cid}"><InLine><AdSystem>streambid</AdSystem><AdTitle>{cid}</AdTitle>'
+            f'<VAST version="4.0"><Ad id="{cid}"><InLine><AdSystem>streambid</AdSystem><AdTitle>{cid}</AdTitle>'
             f"<Creatives><Creative><Linear><Duration>00:00:15</Duration><MediaFiles>"
             f'<MediaFile delivery="progressive" type="video/mp4" width="{w}" height="{h}">'
             f"https://cdn.{advertiser}/{cid}.mp4</MediaFile></MediaFiles></Linear></Creative></Creatives>"

@@ -55,7 +55,7 @@ def cut_methods(stage: str) -> dict[str, Callable[..., Any]]:
             return _cut_outcome()
 
     def match_only(self: BidEngine, req: Any, imp: Any, exchange: str, user: str, hour: int, weekday: int,
-                   now: float) -> tuple[None, int]:
+                   now: float, held: Any = None) -> tuple[None, int]:
         self._eligible(req, imp, user, now)
         if imp is req.imps[-1]:  # every impression has been matched
             raise _Cut

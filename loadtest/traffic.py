@@ -268,10 +268,10 @@ MALFORMED: dict[str, Mutation] = {
     "banner_w_as_string": _bad_banner_w,
     "no_media": _no_media,
     "site_and_app": _site_and_app,
-    "bad_auction_type": _set(("at",), 7),
+    "bad_auction_type": _set(("at",), "first"),
     "negative_tmax": _set(("tmax",), -50),
     "bcat_as_string": _set(("bcat",), "IAB25"),
-    "bad_gdpr_flag": _set(("regs", "gdpr"), 2),
+    "bad_gdpr_flag": _set(("regs", "gdpr"), "yes"),
 }
 
 

@@ -179,7 +179,7 @@ def request_features(req: BidRequest, imp: Imp, exchange: str, hour: int, weekda
     so each group's ids are memoised as a whole: six lookups instead of seventeen hashes.
     """
     h = hash_feature
-    return (
+    ids = (
         _group(0, (exchange, req.publisher, req.domain, req.is_app), lambda: (
             h("exchange", exchange), h("publisher", req.publisher), h("domain", req.domain), h("is_app", int(req.is_app))))
         + _group(1, (imp.kind, imp.tagid, imp.pos, imp.instl), lambda: (
@@ -193,6 +193,9 @@ def request_features(req: BidRequest, imp: Imp, exchange: str, hour: int, weekda
         + _group(5, imp.sizes, lambda: tuple(h("size", f"{w}x{hh}") for w, hh in imp.sizes) if imp.sizes
                  else (h("size", "none"),))
     )
+    # two features hashed to one id are one feature to the learner (it reads a set): scored twice, the bid path
+    # would add its weight twice
+    return ids if len(set(ids)) == len(ids) else tuple(dict.fromkeys(ids))
 
 
 def candidate_features(req_feats: tuple[int, ...], hour: int, domain: str, campaign_id: str, creative_id: str) -> tuple[int, ...]:

@@ -37,6 +37,11 @@ REQUEST: dict[str, Any] = {
 }
 
 
+# a native creative (a Native 1.2 response) and a native request whose one required asset it fills
+NATIVE_ADM = '{"native":{"ver":"1.2","assets":[{"id":1,"title":{"text":"Greener homes"}}],"link":{"url":"https://shop.example/"}}}'
+NATIVE_REQUEST = '{"ver":"1.2","assets":[{"id":7,"required":1,"title":{"len":25}}]}'
+
+
 def campaign(**changes: Any) -> dict[str, Any]:
     doc = copy.deepcopy(CAMPAIGN)
     for key, value in changes.items():

@@ -404,3 +404,96 @@ async def test_gzip_bodies_of_several_members_are_inflated_under_one_cap(stack: 
     assert status == 400 and orjson.loads(out)["error"] == "body_too_large"
     status, _, out = await stack.post("/bid/ex11", gzip.compress(BANNER) + b"junk", {"Content-Encoding": "gzip"})
     assert status == 400 and orjson.loads(out)["error"] == "bad_gzip"
+
+
+def target(url: str) -> bytes:
+    """The origin-form request target of a notice URL: its path and signed query."""
+    parts = urlsplit(url)
+    return (parts.path + ("?" + parts.query if parts.query else "")).encode()
+
+
+HEALTHZ_CLOSE = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+HEALTHZ_ANSWER = server_mod.response(200, b'{"ok":true}')
+
+
+async def bid_urls(stack: Stack, user: str) -> dict:
+    status, _, out = await stack.post("/bid/ex12", body(request(user={"id": user})))
+    assert status == 200
+    return orjson.loads(out)["seatbid"][0]["bid"][0]
+
+
+async def test_notices_may_be_posted(stack: Stack) -> None:
+    """OpenRTB 2.6 2.1 leaves POST or GET to the exchange; a POST's body is read, so the connection goes on."""
+    bid = await bid_urls(stack, "post-user")
+    win = target(bid["nurl"].replace("${AUCTION_PRICE}", "1.25"))
+    posted = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nignored!!" % win
+    assert statuses(await stack.raw(posted + HEALTHZ_CLOSE, read_until_close=True)) == [200, 200]
+    status, _, out = await stack.post(win.decode(), b"")
+    assert status == 400 and orjson.loads(out)["error"] == "replayed"
+    assert (await stack.post(target(bid["burl"].replace("${AUCTION_PRICE}", "0.5")).decode(), b"{}"))[0] == 200
+    lost = await bid_urls(stack, "loser")
+    loss = target(lost["lurl"].replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", "2.5"))
+    assert (await stack.post(loss.decode(), b""))[0] == 200
+    assert [kind for kind, _ in stack.events if kind in ("wins", "billing", "losses")] == ["wins", "billing", "losses"]
+    text = await stack.metrics()
+    assert metric(text, "streambid_notices_total", outcome="ok") == 3
+    assert metric(text, "streambid_notices_total", kind="win", outcome="replayed") == 1
+
+
+async def head(stack: Stack, path: bytes) -> tuple[int, dict, bytes]:
+    """HEAD, then GET /healthz on the same connection: status, headers and every byte after the HEAD's headers."""
+    return split(await stack.raw(b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % path + HEALTHZ_CLOSE, read_until_close=True))
+
+
+def but_length(headers: dict) -> dict:
+    """Headers but Content-Length, which a HEAD answer may leave out (and /metrics' changes between two calls)."""
+    return {k: v for k, v in headers.items() if k != "content-length"}
+
+
+async def test_head_gets_the_head_of_get_and_never_content(stack: Stack) -> None:
+    """RFC 9110 9.1: HEAD where GET is; RFC 9112 6.3: no content, else the next answer is read as part of this one."""
+    for path in ("/healthz", "/status", "/metrics"):
+        status, headers, rest = await head(stack, path.encode())
+        got_status, got_headers, _ = await stack.get(path)
+        assert (status, rest) == (got_status, HEALTHZ_ANSWER), path
+        assert but_length(headers) == but_length(got_headers), path
+    assert (await head(stack, b"/healthz"))[1]["content-length"] == "11"
+    status, headers, rest = await head(stack, b"/bid/ex13")
+    assert (status, headers["allow"], rest) == (405, "POST", HEALTHZ_ANSWER)
+    status, _, rest = await head(stack, b"/nothing")
+    assert (status, rest) == (404, HEALTHZ_ANSWER)
+
+
+async def test_head_on_a_notice_is_refused_without_touching_it(stack: Stack) -> None:
+    """A HEAD must be safe: a link checker probing a notice URL must not record the win, nor use up its one use."""
+    bid = await bid_urls(stack, "head-user")
+    win = target(bid["nurl"].replace("${AUCTION_PRICE}", "1.25"))
+    status, headers, rest = await head(stack, win)
+    assert (status, headers["allow"], rest) == (405, "GET, POST", HEALTHZ_ANSWER)
+    assert metric(await stack.metrics(), "streambid_notices_total") == 0
+    assert not [ev for kind, ev in stack.events if kind == "wins"]
+    assert (await stack.get(win.decode()))[0] == 200
+
+
+async def test_every_405_says_what_is_allowed(stack: Stack) -> None:
+    """RFC 9110 15.5.6: a 405 must carry Allow, so a client can tell what the path does take."""
+    cases = [(b"GET", b"/bid/ex14", "POST"), (b"PUT", b"/openrtb2", "POST"), (b"PUT", b"/notice/win?x=1", "GET, POST"),
+             (b"DELETE", b"/notice/loss", "GET, POST"), (b"POST", b"/healthz", "GET, HEAD"),
+             (b"PUT", b"/status", "GET, HEAD"), (b"DELETE", b"/metrics", "GET, HEAD")]
+    for method, path, allow in cases:
+        out = await stack.raw(b"%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % (method, path))
+        status, headers, data = split(out)
+        assert (status, headers.get("allow"), orjson.loads(data)["error"]) == (405, allow, "method_not_allowed"), path
+
+
+async def test_an_http_1_0_expectation_of_100_continue_is_ignored(stack: Stack) -> None:
+    """RFC 9110 10.1.1: an HTTP/1.0 client does not know 1xx answers; a 100 would be read as the answer itself."""
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(b"POST /bid/ex15 HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BANNER))
+    await w.drain()
+    await asyncio.sleep(0.05)  # a 100 would have been written by now
+    w.write(BANNER)
+    await w.drain()
+    out = await asyncio.wait_for(r.read(), 5)  # HTTP/1.0 without keep-alive: answered, then closed
+    w.close()
+    assert statuses(out) == [200] and b'"seatbid"' in out

@@ -32,7 +32,7 @@ from loadtest.traffic import RequestFactory
 from models.features import candidate_features, hash_feature, request_features
 from models.prior import ClickCounts
 from models.snapshot import ModelSnapshot
-from tests.helpers import body, campaign, request
+from tests.helpers import NATIVE_ADM, body, campaign, request
 
 NOW = 1_780_000_000.0
 SEAT = "streambid"
@@ -84,19 +84,21 @@ def reference_candidates(camps, req, imp) -> Iterator[tuple[Campaign, Any, tuple
             yield camp, cr, deal, floor
 
 
-def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int) -> int:
-    """The best price on `imp` by the plain per-candidate rules, in micros; 0 for no bid.
+def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int, weekday: int,
+                    shown: dict[str, int] | None = None) -> tuple[int, str]:
+    """The best price on `imp` by the plain per-candidate rules, in micros (0 for no bid), and its campaign.
 
     Exploring creatives (engine.cfg.explore_below) bid on their posterior mean, as `MeanDraws` makes the engine do.
+    `shown` counts the request's earlier impressions per campaign: a capped campaign has that much less room.
     """
-    best = 0
+    best, best_campaign = 0, ""
     live = e.live()
     for camp, cr, deal, floor in reference_candidates(e.index.campaigns.values(), req, imp):
         if camp.id not in live:
             continue
         if camp.freq_per_hour or camp.freq_per_day:
-            if not user or not e.frequency.allowed(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
-                                                   int(NOW // 3600), int(NOW // 86400)):
+            if not user or e.frequency.room(user, camp.id, camp.freq_per_hour, camp.freq_per_day, int(NOW // 3600),
+                                            int(NOW // 86400)) <= (shown or {}).get(camp.id, 0):
                 continue
         feats = request_features(req, imp, exchange, hour, weekday)
         pctr = e.model.predict(e.model.base_score(feats), candidate_features(feats, hour, req.domain, camp.id, cr.id),
@@ -109,8 +111,9 @@ def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int,
         at = deal[3] if deal and deal[3] else req.at
         price = bid_price(value_cpm(pctr, camp, pace), pace.lam if pace else 0.0, camp.max_bid_cpm,
                           round(floor * 1e6), at == AUCTION_FIRST_PRICE, None, fixed_price=at == 3)
-        best = max(best, price)
-    return best
+        if price > best:
+            best, best_campaign = price, camp.id
+    return best, best_campaign
 
 
 @pytest.mark.parametrize(("explore_below", "trained"), [(0, True), (200, True), (200, False)])
@@ -146,8 +149,11 @@ def test_engine_picks_the_same_best_price_as_the_plain_rules(explore_below: int,
         if out.status == 200:
             for b in orjson.loads(out.body)["seatbid"][0]["bid"]:
                 got[b["impid"]] = round(b["price"] * 1e6)
+        shown: dict[str, int] = {}
         for imp in req.imps:
-            want = reference_price(e, req, imp, "x", user, hour, weekday)
+            want, winner = reference_price(e, req, imp, "x", user, hour, weekday, shown)
+            if want:
+                shown[winner] = shown.get(winner, 0) + 1
             assert got.get(imp.id, 0) == want, f"request {i} imp {imp.id}: engine {got.get(imp.id, 0)}, rules {want}"
             bids += want > 0
             nobids += want == 0
@@ -208,12 +214,12 @@ def test_a_multi_format_impression_takes_a_creative_of_any_of_its_media() -> Non
         {"id": "b300", "type": "banner", "w": 300, "h": 250, "adm": "<a/>"},
         {"id": "b728", "type": "banner", "w": 728, "h": 90, "adm": "<a/>"},
         {"id": "vid", "type": "video", "w": 640, "h": 360, "adm": "<VAST/>", "mimes": ["video/mp4"]},
-        {"id": "nat", "type": "native", "adm": "{}"}])
+        {"id": "nat", "type": "native", "adm": NATIVE_ADM}])
     camps = [parse_campaign(doc)]
     index = CampaignIndex(camps)
     imp = {"id": "1", "banner": {"w": 300, "h": 250}, "video": {"w": 640, "h": 360, "mimes": ["video/mp4"]}}
     req = parse_request(body(request(imp=[imp])))
-    assert [k for k, _, _ in req.imps[0].formats()] == ["banner", "video"]
+    assert [m.kind for m in req.imps[0].formats()] == ["banner", "video"]
     el = index.eligible(req, req.imps[0], frozenset({"m"}), SEAT, "", FrequencyStore(), 0, 0)
     assert {index.slots[s][1].id for s in el.slots.tolist()} == {"b300", "vid"}
     assert {cr.id for _, cr, _, _ in reference_candidates(camps, req, req.imps[0])} == {"b300", "vid"}

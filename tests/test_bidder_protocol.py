@@ -14,7 +14,7 @@ from bidder.notices import NoticeError, notice_urls, verify_notice
 from bidder.openrtb import DEFAULT_TMAX_MS, parse_request
 from bidder.server import exchange_name, supported_version
 from models.snapshot import ModelSnapshot
-from tests.helpers import body, campaign, request
+from tests.helpers import NATIVE_ADM, NATIVE_REQUEST, body, campaign, request
 
 NOW = 1_780_000_000.0
 DEAL_CAMPAIGN = campaign(id="dealer", targeting={"countries": ["USA"], "deals": ["d1", "d2"]},
@@ -90,19 +90,20 @@ def test_floors_currencies_blocks_and_seats() -> None:
 
 def test_sizes_media_and_response_shape() -> None:
     video = campaign(id="v", creatives=[{"id": "vast", "type": "video", "w": 640, "h": 480, "adm": "<VAST/>"}])
-    native = campaign(id="n", creatives=[{"id": "nat", "type": "native", "adm": "{}"}])
+    native = campaign(id="n", creatives=[{"id": "nat", "type": "native", "adm": NATIVE_ADM}])
     e = engine(campaign(), video, native)
     assert reason(e, request(imp=[{"id": "1", "banner": {"w": 728, "h": 90}}])) == "no_match"
     [b] = bids(e, request(imp=[{"id": "1", "banner": {"format": [{"w": 320, "h": 50}, {"w": 300, "h": 250}]}}]))
     assert (b["w"], b["h"], b["mtype"]) == (300, 250, 1)
     three = request(imp=[{"id": "a", "banner": {"w": 300, "h": 250}}, {"id": "b", "video": {"w": 640, "h": 480}},
-                         {"id": "c", "native": {"request": "{}"}}, {"id": "d", "video": {"w": 1, "h": 1}}])
+                         {"id": "c", "native": {"request": NATIVE_REQUEST}}, {"id": "d", "video": {"w": 1, "h": 1}}])
     out = e.bid(parse_request(body(three)), "x", math.inf)
     resp = orjson.loads(out.body)
     by_imp = {b["impid"]: b for b in resp["seatbid"][0]["bid"]}
     assert resp["id"] == "req-1" and resp["cur"] == "USD" and set(by_imp) == {"a", "b", "c"}
     assert by_imp["b"]["mtype"] == 2 and (by_imp["b"]["w"], by_imp["b"]["h"]) == (640, 480)
     assert by_imp["c"]["mtype"] == 4 and "w" not in by_imp["c"]
+    assert [a["id"] for a in orjson.loads(by_imp["c"]["adm"])["native"]["assets"]] == [7]  # the request's asset id
     assert len({b["id"] for b in by_imp.values()}) == 3 and all(b["adomain"] == ["shop.example"] for b in by_imp.values())
 
 

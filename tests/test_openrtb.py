@@ -36,7 +36,7 @@ def test_user_id_is_hashed_never_kept_raw() -> None:
         ({"id": "x", "imp": [{"id": "1", "banner": {"w": "300"}}]}, "imp[0].banner.w"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}, "bidfloor": -1}]}, "imp[0].bidfloor"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}}], "tmax": "fast"}, "tmax"),
-        ({"id": "x", "imp": [{"id": "1", "banner": {}}], "regs": {"gdpr": 3}}, "regs.gdpr"),
+        ({"id": "x", "imp": [{"id": "1", "banner": {}}], "regs": {"gdpr": "1"}}, "regs.gdpr"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}, "pmp": {"deals": {}}}]}, "imp[0].pmp.deals"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}}, {"id": "1", "banner": {}}]}, "imp ids"),
         ({"id": "x", "imp": [{"id": "1", "banner": {}, "video": {"w": "640"}}]}, "imp[0].video.w"),  # multi-format

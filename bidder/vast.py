@@ -1,0 +1,48 @@
+"""What a video or audio creative's VAST (or DAAST) markup says about it: protocol, duration and linearity.
+
+A player lists the protocols it takes and the ad lengths it allows (OpenRTB `video.protocols`, `minduration`,
+`maxduration`, `rqddurs`, `linearity`); a creative that is not known to meet them must not be bid.  The markup
+already states all three, so a campaign need not repeat them (it may, to override what is read here).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# OpenRTB / AdCOM "Creative Subtypes - Audio/Video": (markup, version) -> (inline code, wrapper code)
+PROTOCOLS: dict[tuple[str, str], tuple[int, int]] = {
+    ("VAST", "1.0"): (1, 4), ("VAST", "2.0"): (2, 5), ("VAST", "3.0"): (3, 6), ("VAST", "4.0"): (7, 8),
+    ("VAST", "4.1"): (11, 12), ("VAST", "4.2"): (13, 14), ("DAAST", "1.0"): (9, 10),
+}
+_ROOT = re.compile(r"<(VAST|DAAST)\b[^>]*?\bversion\s*=\s*[\"']([0-9]+(?:\.[0-9]+)?)[\"']")
+_DURATION = re.compile(r"<Duration>\s*([0-9]{1,2}):([0-9]{2}):([0-9]{2}(?:\.[0-9]{1,3})?)\s*</Duration>")
+
+
+def protocol(adm: str) -> int:
+    """The protocol code of the markup (e.g. 7 for an inline VAST 4.0 ad); 0 when it is not VAST/DAAST markup."""
+    m = _ROOT.search(adm)
+    if m is None:
+        return 0
+    version = m.group(2) if "." in m.group(2) else m.group(2) + ".0"
+    codes = PROTOCOLS.get((m.group(1), version))
+    if codes is None:
+        return 0
+    return codes[1] if "<Wrapper" in adm else codes[0]
+
+
+def duration(adm: str) -> int:
+    """The ad's length in whole seconds, rounded up (a 15.2 s ad does not fit a 15 s limit); 0 when not stated."""
+    m = _DURATION.search(adm)
+    if m is None:
+        return 0
+    return math.ceil(int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)))
+
+
+def linearity(adm: str) -> int:
+    """1 for a linear ad (in-stream), 2 for a non-linear one (overlay); 0 when the markup says neither."""
+    if "<Linear" in adm:
+        return 1
+    if "<NonLinearAds" in adm or "<NonLinear" in adm:
+        return 2
+    return 0

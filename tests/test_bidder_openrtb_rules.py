@@ -1,0 +1,291 @@
+"""OpenRTB 2.6 rules beyond floors and blocks: test auctions, allowed categories, deal advertisers, impression
+expiry, players' protocols and durations, languages, values the spec has not defined yet, and what one request's
+several impressions may take together (frequency caps, budget leases)."""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+
+from bidder import vast
+from bidder.campaigns import ConfigError, parse_campaign
+from bidder.engine import MAX_NOTICE_TTL_S, BidEngine, EngineConfig
+from bidder.frequency import FrequencyStore
+from bidder.notices import notice_urls
+from bidder.openrtb import parse_request
+from models.features import request_features
+from models.snapshot import ModelSnapshot
+from tests.helpers import body, campaign, request
+
+NOW = 1_780_000_000.0
+VAST40 = ('<VAST version="4.0"><Ad id="a"><InLine><AdSystem>s</AdSystem><AdTitle>t</AdTitle><Creatives><Creative>'
+          '<Linear><Duration>00:00:15</Duration><MediaFiles><MediaFile type="video/mp4">https://x.example/a.mp4'
+          '</MediaFile></MediaFiles></Linear></Creative></Creatives></InLine></Ad></VAST>')
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def __call__(self, kind: str, key: str, ev: dict) -> None:
+        self.events.append((kind, ev))
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.events]
+
+
+def engine(*docs: dict, sink: Sink | None = None, clock=lambda: NOW, **cfg) -> BidEngine:
+    cfg.setdefault("explore_below", 0)
+    return BidEngine(EngineConfig(secret=b"s", **cfg), [parse_campaign(d) for d in docs], ModelSnapshot.empty(),
+                     sink=sink or (lambda *a: None), clock=clock)
+
+
+def bids(e: BidEngine, doc: dict) -> list[dict]:
+    out = e.bid(parse_request(body(doc)), "x", math.inf)
+    return orjson.loads(out.body)["seatbid"][0]["bid"] if out.status == 200 else []
+
+
+def reason(e: BidEngine, doc: dict) -> str:
+    return e.bid(parse_request(body(doc)), "x", math.inf).reason
+
+
+def query(url: str, price: str = "1.5") -> str:
+    return urlsplit(url.replace("${AUCTION_PRICE}", price)).query
+
+
+def imps(n: int) -> list[dict]:
+    return [{"id": str(i), "banner": {"w": 300, "h": 250}, "bidfloor": 0.01, "bidfloorcur": "USD"} for i in range(1, n + 1)]
+
+
+# -- test auctions ---------------------------------------------------------------------------
+
+
+def test_a_test_auction_is_answered_but_its_notices_move_no_money_counts_or_events() -> None:
+    sink = Sink()
+    e = engine(campaign(frequency_cap={"per_hour": 1, "per_day": 1}), sink=sink, lease_slice=1)
+    e.grant("c1", "2026-05-28", 1_000_000)
+    [b] = bids(e, request(test=1))
+    assert parse_qs(urlsplit(b["burl"]).query)["t"] == ["1"]
+    assert sink.kinds() == []  # no bid event: test traffic teaches the model and the forecast nothing
+    assert e.leases["c1"].reserved_micros == 0
+    assert e.notice("win", query(b["nurl"])) == "test" and e.notice("bill", query(b["burl"])) == "test"
+    assert sink.kinds() == [] and e.leases["c1"].spent_micros == 0
+    assert bids(e, request())  # the cap was not used up by the test impression
+    forged = query(b["burl"]).replace("&t=1", "")  # a test notice cannot be passed off as a billable one
+    assert e.notice("bill", forged) == "bad_signature"
+
+
+def test_an_undefined_test_value_is_read_as_test() -> None:
+    assert parse_request(body(request(test=2))).test and not parse_request(body(request(test=0))).test
+
+
+# -- categories, deals, languages -------------------------------------------------------------
+
+
+def test_acat_allows_only_the_listed_categories_and_their_children() -> None:
+    e = engine(campaign())  # the creative is IAB3-1
+    assert bids(e, request(acat=["IAB3"])) and bids(e, request(acat=["IAB3-1", "IAB9"]))
+    assert reason(e, request(acat=["IAB9"])) == "blocked_category"
+    untagged = campaign(id="c2", creatives=[{"id": "x", "type": "banner", "w": 300, "h": 250, "adm": "<a/>"}])
+    assert reason(engine(untagged), request(acat=["IAB3"])) == "blocked_category"  # cannot be shown to be allowed
+
+
+def test_category_lists_in_another_taxonomy_are_not_guessed_at() -> None:
+    e = engine(campaign())
+    assert reason(e, request(cattax=2, bcat=["483"])) == "blocked_category"
+    assert reason(e, request(cattax=6, acat=["IAB3"])) == "blocked_category"
+    assert bids(e, request(cattax=2))  # no list: nothing to read
+    assert bids(e, request(cattax=1, bcat=["IAB9"]))
+
+
+def test_a_deal_restricted_to_other_advertisers_is_not_bid() -> None:
+    dealer = campaign(targeting={"countries": ["USA"], "deals": ["d1"], "deal_only": True})
+    e = engine(dealer)
+
+    def deal(**extra: object) -> dict:
+        return request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}, "pmp": {"private_auction": 1, "deals": [
+            {"id": "d1", "bidfloor": 0.5, **extra}]}}])
+
+    assert reason(e, deal(wadomain=["other.example"])) == "deal"
+    [b] = bids(e, deal(wadomain=["other.example", "SHOP.example"]))  # domains compare without case
+    assert b["dealid"] == "d1"
+
+
+def test_wlang_and_wlangb_allow_only_creatives_in_their_languages() -> None:
+    def lang(tag: str) -> dict:
+        return campaign(creatives=[{"id": "x", "type": "banner", "w": 300, "h": 250, "adm": "<a/>", "lang": tag}])
+
+    assert bids(engine(lang("en")), request(wlang=["en", "fr"]))
+    assert reason(engine(lang("en")), request(wlang=["de"])) == "targeting"
+    assert bids(engine(lang("en-GB")), request(wlang=["en"]))  # its primary language
+    assert bids(engine(lang("en-GB")), request(wlangb=["en"]))  # a BCP-47 range matches its sub-tags
+    assert reason(engine(lang("en")), request(wlangb=["en-US"])) == "targeting"  # but not the other way round
+    assert reason(engine(campaign()), request(wlang=["en"])) == "targeting"  # no language stated: not shown to fit
+    assert bids(engine(campaign()), request())
+    with pytest.raises(ConfigError, match="lang"):
+        parse_campaign(lang("english language"))
+
+
+# -- when notices count ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("exp", "life"), [(0, 3600), (60, 3600), (7200, 7200), (10**9, MAX_NOTICE_TTL_S)])
+def test_notices_are_accepted_as_long_as_the_impression_may_come(exp: int, life: int) -> None:
+    now = [NOW]
+    e = engine(campaign(), clock=lambda: now[0])
+    [b] = bids(e, request(imp=[{**imps(1)[0], "exp": exp}]))
+    assert b["exp"] == life
+    now[0] = NOW + life - 1
+    assert e.notice("bill", query(b["burl"])) == "ok"
+    [b] = bids(e, request(imp=[{**imps(1)[0], "exp": exp}]))
+    now[0] += life + 1
+    assert e.notice("bill", query(b["burl"])) == "expired"
+
+
+def test_a_notice_signed_for_an_earlier_run_is_not_charged_to_this_runs_lease() -> None:
+    """A replay after a restart reaches a bidder whose replay memory is new: the ledger dedups it by id, but
+    the lease must not count it, or it would hold back budget this bidder never spent."""
+    e = engine(campaign(), lease_slice=1, bidder_id="now")
+    e.grant("c1", "2026-05-28", 1_000_000)
+    old = notice_urls("http://b", b"s", "then-1", "c1", "cr1", 2_000_000, int(NOW) + 60, "x", "then")[1]
+    assert e.notice("bill", query(old)) == "ok"
+    assert e.leases["c1"].spent_micros == 0
+
+
+# -- players ---------------------------------------------------------------------------------
+
+
+def test_the_markup_states_protocol_duration_and_linearity() -> None:
+    assert (vast.protocol(VAST40), vast.duration(VAST40), vast.linearity(VAST40)) == (7, 15, 1)
+    assert vast.protocol(VAST40.replace("4.0", "4.2").replace("InLine", "Wrapper")) == 14
+    assert vast.protocol('<DAAST version="1.0">') == 9 and vast.protocol("<div>") == 0
+    assert vast.duration("<Duration>00:01:02.500</Duration>") == 63  # rounded up: 62.5 s fits no 62 s limit
+    assert vast.linearity("<VAST><NonLinearAds/></VAST>") == 2 and vast.linearity("<a/>") == 0
+
+
+@pytest.mark.parametrize(("player", "fits"), [
+    ({}, True),
+    ({"protocols": [2, 3, 7]}, True),
+    ({"protocols": [2, 3]}, False),
+    ({"maxduration": 10}, False),
+    ({"minduration": 30}, False),
+    ({"minduration": 5, "maxduration": 15}, True),
+    ({"rqddurs": [15, 30]}, True),
+    ({"rqddurs": [30]}, False),
+    ({"linearity": 2}, False),
+    ({"linearity": 1}, True),
+    ({"mimes": ["video/webm"]}, False),
+])
+def test_a_video_creative_must_meet_the_players_rules(player: dict, fits: bool) -> None:
+    doc = campaign(creatives=[{"id": "v", "type": "video", "w": 640, "h": 480, "adm": VAST40, "mimes": ["video/mp4"]}])
+    e = engine(doc)
+    got = bids(e, request(imp=[{"id": "1", "video": {"w": 640, "h": 480, **player}}]))
+    assert bool(got) == fits
+
+
+def test_a_creative_may_state_what_its_markup_does_not() -> None:
+    doc = campaign(creatives=[{"id": "v", "type": "video", "adm": "https://ads.example/vast.xml", "protocol": 8,
+                               "duration": 20}])
+    c = parse_campaign(doc).creatives[0]
+    assert (c.protocol, c.duration) == (8, 20)
+    assert bids(engine(doc), request(imp=[{"id": "1", "video": {"protocols": [8], "maxduration": 30}}]))
+    assert not bids(engine(doc), request(imp=[{"id": "1", "video": {"maxduration": 15}}]))
+    unknown = campaign(creatives=[{"id": "v", "type": "video", "adm": "https://ads.example/vast.xml"}])
+    assert not bids(engine(unknown), request(imp=[{"id": "1", "video": {"protocols": [2, 3, 7]}}]))
+    with pytest.raises(ConfigError, match="creatives\\[0\\].duration"):
+        parse_campaign(campaign(creatives=[{"id": "b", "w": 300, "h": 250, "adm": "<a/>", "duration": 5}]))
+
+
+def test_audio_mime_types_are_honoured() -> None:
+    doc = campaign(creatives=[{"id": "pod", "type": "audio", "adm": "<VAST version=\"4.0\"/>", "mimes": ["audio/mpeg"]}])
+    e = engine(doc)
+    assert not bids(e, request(imp=[{"id": "1", "audio": {"mimes": ["audio/mp4"]}}]))
+    [b] = bids(e, request(imp=[{"id": "1", "audio": {"mimes": ["audio/mp4", "audio/mpeg"], "protocols": [7]}}]))
+    assert b["mtype"] == 3
+
+
+# -- values not defined yet ------------------------------------------------------------------
+
+
+def test_values_the_spec_has_not_defined_are_tolerated_on_the_safe_side() -> None:
+    e = engine(campaign())
+    req = parse_request(body(request(at=3, imp=[{**imps(1)[0], "instl": 2}], regs={"coppa": 2, "gdpr": 7},
+                                     source={"schain": {"ver": "1.0", "complete": 2, "nodes": []}})))
+    assert req.at == 1  # priced as first price: never more than the bid is paid
+    assert not req.imps[0].instl and req.schain_complete is False
+    assert req.privacy.coppa and req.privacy.gdpr  # privacy fails closed
+    assert bids(e, request(at=3)) and bids(e, request(at=501))
+    private = parse_request(body(request(imp=[{**imps(1)[0], "pmp": {"private_auction": 2, "deals": []}}])))
+    assert private.imps[0].private_auction  # only deals, the narrower reading
+
+
+# -- one request, several impressions --------------------------------------------------------
+
+
+def test_one_request_never_takes_more_impressions_than_the_users_cap_allows() -> None:
+    e = engine(campaign(frequency_cap={"per_hour": 2, "per_day": 6}))
+    assert len(bids(e, request(imp=imps(4)))) == 2
+    user = parse_request(body(request())).user_key
+    e.frequency.record(user, "c1", int(NOW // 3600), int(NOW // 86400))
+    assert len(bids(e, request(imp=imps(4)))) == 1  # one impression seen this hour: room for one more
+    assert len(bids(e, request(imp=imps(4), user={"id": "someone-else"}))) == 2
+
+
+def test_one_request_never_takes_more_than_the_lease_holds() -> None:
+    [b] = bids(engine(campaign()), request(imp=imps(1)))
+    per_imp = round(b["price"] * 1e6) // 1000
+    e = engine(campaign(), lease_slice=1)
+    e.grant("c1", "2026-05-28", per_imp * 2 + per_imp // 2)  # room for two and a half impressions
+    assert len(bids(e, request(imp=imps(4)))) == 2
+    assert e.leases["c1"].remaining_micros == per_imp // 2
+
+
+def test_a_late_bill_of_an_earlier_hour_or_day_does_not_reset_the_current_count() -> None:
+    s = FrequencyStore()
+    day, hour = 20601, 20601 * 24 + 5
+    s.record("u", "c", hour, day)
+    s.record("u", "c", hour, day)
+    s.record("u", "c", hour - 6, day - 1)  # yesterday's, read late
+    assert not s.allowed("u", "c", 0, 2, hour, day) and not s.allowed("u", "c", 2, 0, hour, day)
+    s.record("u", "c", hour - 1, day)  # an earlier hour of today: counts today, not this hour
+    assert s.room("u", "c", 5, 5, hour, day) == 2 and s.room("u", "c", 0, 0, hour, day) > 10**6
+
+
+# -- features and explanations ---------------------------------------------------------------
+
+
+def test_a_size_listed_twice_is_one_size_and_one_feature() -> None:
+    req = parse_request(body(request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "format": [
+        {"w": 300, "h": 250}, {"w": 320, "h": 50}]}}])))
+    assert req.imps[0].sizes == ((300, 250), (320, 50))
+    feats = request_features(req, req.imps[0], "x", 12, 3)
+    assert len(feats) == len(set(feats))
+
+
+def test_an_explanation_gives_the_pctr_the_price_used_and_says_when_it_was_an_exploration_draw() -> None:
+    sink = Sink()
+    e = engine(campaign(), sink=sink, explore_below=200, explain_rate=1.0)
+    bids(e, request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}}]))  # no floor: however small the draw, it bids
+    [(kind, ev)] = sink.events
+    assert kind == "bids" and ev["explain"]["explored"] is True and ev["explain"]["pctr_used"] == ev["pctr"]
+    sink.events.clear()
+    e = engine(campaign(), sink=sink, explore_below=0, explain_rate=1.0)
+    bids(e, request())
+    [(_, ev)] = sink.events
+    assert ev["explain"]["explored"] is False and ev["explain"]["pctr_used"] == ev["pctr"]
+    assert math.isclose(ev["explain"]["pctr"], ev["pctr"], rel_tol=1e-9)
+
+
+
+def test_a_test_auctions_notice_is_answered_200_and_counted_as_test() -> None:
+    from bidder.metrics import BidderStats
+    from bidder.server import BidApp
+
+    e = engine(campaign())
+    app = BidApp(e, BidderStats())
+    [b] = bids(e, request(test=1))
+    assert app.notice("bill", query(b["burl"])).startswith(b"HTTP/1.1 200")
+    assert app.stats.notices[("bill", "test")] == 1 and app.stats.notices[("bill", "ok")] == 0
