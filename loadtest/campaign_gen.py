@@ -61,8 +61,8 @@ def _creative(rng: random.Random, cid: str, advertiser: str) -> dict[str, Any]:
         "ver": "1.2",
         "assets": [
             {"id": 1, "title": {"text": f"Offer {cid}"}},
-            {"id": 2, "img": {"url": f"https://cdn.{advertiser}/{cid}-1200x627.png", "w": 1200, "h": 627}},
-            {"id": 3, "data": {"value": "Limited time only"}},
+            {"id": 2, "img": {"type": 3, "url": f"https://cdn.{advertiser}/{cid}-1200x627.png", "w": 1200, "h": 627}},
+            {"id": 3, "data": {"type": 2, "value": "Limited time only"}},
         ],
         "link": {"url": landing},
     }
