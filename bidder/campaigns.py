@@ -47,7 +47,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "frequency_cap.": frozenset({"per_hour", "per_day"}),
     "targeting.": frozenset({"countries", "regions", "cities", "device_types", "os", "domains", "categories", "deals",
                              "deal_only"}),
-    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes", "protocol", "duration", "lang"}),
+    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes", "protocol", "duration", "linearity", "lang"}),
 }
 
 
@@ -220,6 +220,8 @@ def _creative_doc(c: Creative) -> dict[str, Any]:
                            "mimes": list(c.mimes)}
     if c.kind in ("video", "audio"):
         doc["protocol"], doc["duration"] = c.protocol, c.duration
+    if c.kind == "video":
+        doc["linearity"] = c.linearity
     if c.lang:
         doc["lang"] = c.lang
     return doc
@@ -359,11 +361,12 @@ def _creative(raw: Any, i: int) -> Creative:
 
 
 def _playback(raw: dict, path: str, kind: str, adm: str) -> tuple[int, int, int]:
-    """(protocol, duration, linearity) of a video or audio creative: as the document states, else as its markup."""
+    """(protocol, duration, linearity) of a video or audio creative: as the document states, else as its markup
+    (a VAST URL as `adm` states nothing, so the campaign must, to bid where players ask)."""
+    for key in ("protocol", "duration", "linearity"):
+        if raw.get(key) is not None and kind not in (("video",) if key == "linearity" else ("video", "audio")):
+            raise ConfigError(path + key, f"is for {'video' if key == 'linearity' else 'video and audio'} creatives only")
     if kind not in ("video", "audio"):
-        for key in ("protocol", "duration"):
-            if raw.get(key) is not None:
-                raise ConfigError(path + key, "is for video and audio creatives only")
         return 0, 0, 0
     protocol = _get(raw, "protocol", path, int, 0) or vast.protocol(adm)
     if not 0 <= protocol <= 100:
@@ -371,7 +374,10 @@ def _playback(raw: dict, path: str, kind: str, adm: str) -> tuple[int, int, int]
     duration = _get(raw, "duration", path, int, 0) or vast.duration(adm)
     if not 0 <= duration <= 86_400:
         raise ConfigError(path + "duration", "must be the ad's length in seconds")
-    return protocol, duration, vast.linearity(adm) if kind == "video" else 0
+    linearity = _get(raw, "linearity", path, int, 0) or (vast.linearity(adm) if kind == "video" else 0)
+    if linearity not in (0, 1, 2):
+        raise ConfigError(path + "linearity", "must be 1 (linear, in-stream) or 2 (non-linear, overlay)")
+    return protocol, duration, linearity
 
 
 def _targeting(doc: dict) -> Targeting:

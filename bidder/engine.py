@@ -8,6 +8,7 @@ callable.  The HTTP server and the embedded demo drive the very same object.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import itertools
 import math
 import os
@@ -133,7 +134,8 @@ class BidEngine:
         self._live: frozenset[str] = frozenset()
         self._live_slot: int | None = None  # the UTC quarter hour `_live` was computed for; None: recompute
         self._refreshed = -1.0
-        self._seen_notices: OrderedDict[str, float] = OrderedDict()
+        self._seen_notices: dict[str, float] = {}  # event id -> when its URL expires (replays refused until then)
+        self._seen_expiry: list[tuple[float, str]] = []  # (expiry, event id), a heap: expiries differ (imp.exp)
         self._counted_bills: OrderedDict[str, None] = OrderedDict()  # billing event ids already in the caps
         # billing events of campaigns this bidder does not know yet (at start, billing can come before the config)
         self._unknown_bills: dict[str, list[dict[str, Any]]] = {}  # campaign -> its events, UNKNOWN_BILLS in all
@@ -224,8 +226,9 @@ class BidEngine:
                     self._shading[cur] = landscape.frozen_copy()
             self._new_prices.clear()
         self._refreshed = now
-        while self._seen_notices and next(iter(self._seen_notices.values())) < now:
-            self._seen_notices.popitem(last=False)
+        seen, expiry = self._seen_notices, self._seen_expiry
+        while expiry and expiry[0][0] < now:
+            seen.pop(heapq.heappop(expiry)[1], None)
 
     def _live_campaigns(self, now: float) -> frozenset[str]:
         """Ids of the active campaigns in flight and in their dayparting at `now` whose budget is not spent."""
@@ -256,7 +259,8 @@ class BidEngine:
     def bid(self, req: BidRequest, exchange: str, deadline: float) -> Outcome:
         """Decide on every impression of `req`; `deadline` is a time.perf_counter() value."""
         now = self.clock()
-        self.requests_seen += 1  # the bid log carries it: the streams side learns the traffic per hour from it
+        if not req.test:  # the bid log carries it: the streams side learns the traffic per hour from it
+            self.requests_seen += 1
         if now - self._refreshed >= 1.0 or now < self._refreshed:
             self._refresh(now)
         restricted = restriction(req.privacy, self.cfg.tcf_vendor)
@@ -497,6 +501,7 @@ class BidEngine:
         if n.event_id in self._seen_notices:
             return "replayed"
         self._seen_notices[n.event_id] = n.expires
+        heapq.heappush(self._seen_expiry, (n.expires, n.event_id))
         # signed for another bidder id: a sibling worker's bid, or one of an earlier run of this process; either way
         # its reservation is not in this engine's leases, and charging them for it would withhold budget
         foreign = n.bidder != self.cfg.bidder_id

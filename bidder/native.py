@@ -83,6 +83,8 @@ def parse_native_request(raw: object) -> NativeRequest:
     Unknown fields and unknown enumerated values are kept out of the way, not refused (OpenRTB 2.6 §2.6); what the
     bidder cannot read safely (no asset list, an asset without integer id or with no or several media) is refused.
     """
+    if type(raw) is dict:  # an object where the string belongs: read, not refused (some exchanges send it so)
+        return _parse_request_text(orjson.dumps(raw).decode())
     if not isinstance(raw, str):
         raise NativeError("native.request is not a string (Native 1.1+ sends the request as a JSON string)")
     return _parse_request_text(raw)
@@ -124,8 +126,10 @@ def _request_asset(a: object, i: int) -> RequestAsset:
     aid = a.get("id")
     if type(aid) is not int:
         raise NativeError(f"native.request assets[{i}].id is not an integer")
-    kind, media = _media(a, i, "native.request")
     required = a.get("required") == 1
+    if not any(k in a for k in ASSET_KINDS):  # a media kind not defined yet: nothing fills it, and only a required
+        return RequestAsset(aid, required, "unknown")  # one keeps the creative out
+    kind, media = _media(a, i, "native.request")
     if kind == "title":
         return RequestAsset(aid, required, kind, None, _req_int(media, "len", i, kind))
     if kind == "data":
@@ -249,13 +253,24 @@ def _creative_int(media: dict[str, Any], name: str, where: str) -> int | None:
 # --- fitting a creative to a request --------------------------------------------------------------------------------
 
 
-def native_adm(creative: NativeCreative, request: NativeRequest) -> str | None:
+def native_fills(creative: NativeCreative, request: NativeRequest) -> tuple[tuple[int, int], ...] | None:
+    """Which creative asset fills which request asset, as (request index, creative index) pairs; None when a required
+    request asset cannot be filled (the exchange would drop the ad) or nothing can be.  Cheap next to rendering: the
+    bid path decides with this and renders only the winner's adm."""
+    fills = _assign(creative.assets, request.assets)
+    return tuple(fills) if fills else None
+
+
+def native_adm(creative: NativeCreative, request: NativeRequest,
+               fills: tuple[tuple[int, int], ...] | None = None) -> str | None:
     """The adm answering `request`: the creative's assets that fill request assets, renumbered to those assets' ids,
     in request order, with the creative's other response fields and wrapper style kept.
 
     None when a required request asset cannot be filled (the exchange would drop the ad) or nothing can be filled.
+    `fills` is `native_fills`'s answer, when the caller has it already.
     """
-    fills = _assign(creative.assets, request.assets)
+    if fills is None:
+        fills = native_fills(creative, request)
     if not fills:
         return None
     assets = [_renumbered(creative.assets[ci].body, request.assets[ri].id) for ri, ci in fills]
@@ -273,12 +288,13 @@ def _renumbered(body: dict[str, Any], new_id: int) -> dict[str, Any]:
 def fits(c: CreativeAsset, r: RequestAsset) -> bool:
     """Whether creative asset `c` may fill request asset `r`.
 
-    Types must agree when both sides state one (a response may omit it for embedded assets, Native 1.2 §5.4/5.5);
-    text must fit `len`; an image must meet wmin/hmin, or equal w/h when only those are given (§4.4).
+    A request that states a type is filled only by an asset of that type (an untyped image could be a banner shown as
+    an icon, untyped text a slogan shown as a price); text must fit `len`; an image must meet wmin/hmin, or equal w/h
+    when only those are given (§4.4), and one without a size cannot be shown to.
     """
     if c.kind != r.kind:
         return False
-    if r.type is not None and c.type is not None and c.type != r.type:
+    if r.type is not None and c.type != r.type:
         return False
     if r.max_len is not None and c.text_len is not None and c.text_len > r.max_len:
         return False
@@ -288,7 +304,7 @@ def fits(c: CreativeAsset, r: RequestAsset) -> bool:
 def _side_fits(have: int | None, exact: int | None, least: int | None) -> bool:
     """One image side: a minimum when given, else an exact size (a zero or negative size states nothing)."""
     if have is None:
-        return True
+        return least is None and (exact is None or exact <= 0)
     if least is not None:
         return have >= least
     return exact is None or exact <= 0 or have == exact

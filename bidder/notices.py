@@ -53,7 +53,10 @@ class Notice:
 
 def _tail(bid_id: str, campaign: str, creative: str, bid_cpm: int, expires: int, exchange: str, bidder: str,
           user: str, test: bool = False) -> bytes:
-    tail = f"{bid_id}|{campaign}|{creative}|{bid_cpm}|{expires}|{exchange}|{bidder}|{user}"
+    # each text field as it is quoted in the URL, where "|" is "%7C": no field can spill into the next, so moving a
+    # "|" (or the test mark) from one field to another changes the signed text
+    tail = (f"{_once(bid_id)}|{_q(campaign)}|{_q(creative)}|{bid_cpm}|{expires}|{_q(exchange)}|{_q(bidder)}"
+            f"|{_once(user)}")
     return (tail + "|test" if test else tail).encode()  # signed: a test notice cannot pass for a billable one
 
 
@@ -90,15 +93,19 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
+def _once(value: str) -> str:
+    """A URL-quoted field that rarely repeats (a bid id, a user hash): quoted without filling `_q`'s cache."""
+    return value if _url_safe(value) else quote(value, safe="")
+
+
 def notice_urls(
     base: str, secret: bytes, bid_id: str, campaign: str, creative: str, bid_cpm: int, expires: int, exchange: str,
     bidder: str, user: str = "", test: bool = False,
 ) -> tuple[str, str, str]:
     """The win, billing and loss URLs of one bid (nurl, burl, lurl); the exchange substitutes the macros."""
     tags = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, test))
-    b = bid_id if _url_safe(bid_id) else quote(bid_id, safe="")
-    query = (f"?b={b}&c={_q(campaign)}&r={_q(creative)}&v={bid_cpm}&x={expires}&e={_q(exchange)}&n={_q(bidder)}"
-             f"&u={_q(user)}{'&t=1' if test else ''}&s=")
+    query = (f"?b={_once(bid_id)}&c={_q(campaign)}&r={_q(creative)}&v={bid_cpm}&x={expires}&e={_q(exchange)}"
+             f"&n={_q(bidder)}&u={_once(user)}{'&t=1' if test else ''}&s=")
     return (f"{base}/notice/win{query}{tags[0:24]}&{MACROS['win']}",
             f"{base}/notice/bill{query}{tags[24:48]}&{MACROS['bill']}",
             f"{base}/notice/loss{query}{tags[48:72]}&{MACROS['loss']}")

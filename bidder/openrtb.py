@@ -250,14 +250,17 @@ def _formats(imp: dict, path: str) -> list[Media]:
         video, vp = _obj(imp, "video", path), path + "video."
         w, h = _int(video, "w", vp), _int(video, "h", vp)
         out.append(_player("video", video, vp, ((w, h),) if w > 0 and h > 0 else ()))
+    unreadable = None
     if imp.get("native") is not None:
         native = _obj(imp, "native", path)
         try:
             out.append(Media("native", native=parse_native_request(native.get("request"))))
         except NativeError as e:
-            raise BadRequest("bad_native", f"{path}native.request: {e}") from None
+            unreadable = BadRequest("bad_native", f"{path}native.request: {e}")
     if imp.get("audio") is not None:
         out.append(_player("audio", _obj(imp, "audio", path), path + "audio."))
+    if unreadable is not None and not out:  # with other media, the impression is still offered in those
+        raise unreadable
     if not out:
         raise BadRequest("no_media", f"{path[:-1]} has no banner, video, native or audio object")
     return out
@@ -285,6 +288,8 @@ def _deals(imp: dict, path: str, floor: float, floorcur: str) -> tuple[tuple[Dea
         at = d.get("at")
         if at is not None and type(at) is not int:
             raise BadRequest("bad_type", f"{dp}at must be an integer")
+        if at is not None and at not in (0, 1, 2, 3) and at < 500:  # undefined yet: first price, as for the request
+            at = AUCTION_FIRST_PRICE
         wadomain = frozenset(a.lower() for a in _strs(d, "wadomain", dp))
         if d.get("bidfloor") is None:
             deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp), wadomain))
@@ -330,11 +335,13 @@ def _privacy(req: dict, user: dict) -> Privacy:
     regs = _obj(req, "regs", "")
     rext = _obj(regs, "ext", "regs.")
     # each field at its 2.6 place, else where 2.5 put it (under ext); null counts as absent
-    gdpr = regs.get("gdpr")
+    gdpr, gdpr_path = regs.get("gdpr"), "regs.gdpr"
     if gdpr is None:
-        gdpr = rext.get("gdpr", 0)
-    if gdpr is not None and type(gdpr) is not int:
-        raise BadRequest("bad_type", "regs.gdpr must be an integer")
+        gdpr, gdpr_path = rext.get("gdpr", 0), "regs.ext.gdpr"
+    if type(gdpr) is not int and gdpr is not None:  # 2.5-era senders also write true/false or 1.0
+        if type(gdpr) not in (bool, float) or gdpr not in (0, 1):
+            raise BadRequest("bad_type", f"{gdpr_path} must be 0 or 1")
+        gdpr = int(gdpr)
     consent = user.get("consent")
     if consent is None:
         consent = _obj(user, "ext", "user.").get("consent") or ""

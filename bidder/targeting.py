@@ -26,7 +26,7 @@ import numpy as np
 
 from bidder.campaigns import Campaign, Creative
 from bidder.frequency import FrequencyStore
-from bidder.native import NativeRequest, native_adm
+from bidder.native import NativeRequest, native_adm, native_fills
 from bidder.openrtb import BidRequest, Imp, Media
 
 Candidate = tuple[Campaign, Creative]
@@ -147,7 +147,8 @@ class CampaignIndex:
         self._of_kind = {k: [i for i, (_, cr) in enumerate(self.slots) if cr.kind == k] for k in ("video", "audio", "native")}
         self._play_bits: dict[tuple, int] = {}
         self._natives: dict[str, int] = {}  # native request key -> the native slots that can answer it
-        self._native_adms: dict[tuple[int, str], str] = {}  # (slot, request key) -> its answer's adm
+        self._native_fills: dict[tuple[int, str], tuple] = {}  # (slot, request key) -> which asset fills which
+        self._native_adms: dict[tuple[int, str], str] = {}  # (slot, request key) -> its answer's adm, once it won
         self._lang_bits: dict[frozenset[str], int] = {}
         self._all = (1 << self.n) - 1
         # a blocked IAB1 blocks IAB1 and IAB1-2: each creative category is listed under itself and its parent
@@ -221,29 +222,32 @@ class CampaignIndex:
         return bits
 
     def _native_bits(self, request: NativeRequest) -> int:
-        """Native creatives that can fill every required asset of the request; their answers are kept for `native`."""
+        """Native creatives that can fill every required asset of the request; how, is kept for `native`."""
         bits = self._natives.get(request.key)
         if bits is None:
             if len(self._natives) >= MEDIA_RULES_CACHE:
                 self._natives.clear()
+                self._native_fills.clear()
                 self._native_adms.clear()
             bits = 0
             for i in self._of_kind.get("native", ()):
                 cr = self.slots[i][1]
-                adm = cr.adm if cr.native is None else native_adm(cr.native, request)
-                if adm is not None:
+                fills = native_fills(cr.native, request) if cr.native is not None else ()
+                if fills is not None:
                     bits |= 1 << i
-                    self._native_adms[(i, request.key)] = adm
+                    self._native_fills[(i, request.key)] = fills
             self._natives[request.key] = bits
         return bits
 
     def native(self, slot: int, request: NativeRequest) -> str:
-        """The adm a native slot answers `request` with (the slot passed `_native_bits` for it)."""
-        adm = self._native_adms.get((slot, request.key))
+        """The adm a native slot answers `request` with (the slot passed `_native_bits` for it), rendered once."""
+        key = (slot, request.key)
+        adm = self._native_adms.get(key)
         if adm is None:
-            self._natives.pop(request.key, None)
-            self._native_bits(request)
-            adm = self._native_adms.get((slot, request.key), self.slots[slot][1].adm)
+            cr = self.slots[slot][1]
+            fills = self._native_fills.get(key)
+            adm = (native_adm(cr.native, request, fills) if cr.native is not None else None) or cr.adm
+            self._native_adms[key] = adm
         return adm
 
     def _mime_bits(self, out: int, mimes: tuple[str, ...]) -> int:

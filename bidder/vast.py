@@ -13,7 +13,7 @@ import re
 # OpenRTB / AdCOM "Creative Subtypes - Audio/Video": (markup, version) -> (inline code, wrapper code)
 PROTOCOLS: dict[tuple[str, str], tuple[int, int]] = {
     ("VAST", "1.0"): (1, 4), ("VAST", "2.0"): (2, 5), ("VAST", "3.0"): (3, 6), ("VAST", "4.0"): (7, 8),
-    ("VAST", "4.1"): (11, 12), ("VAST", "4.2"): (13, 14), ("DAAST", "1.0"): (9, 10),
+    ("VAST", "4.1"): (11, 12), ("VAST", "4.2"): (13, 14), ("VAST", "4.3"): (15, 16), ("DAAST", "1.0"): (9, 10),
 }
 _ROOT = re.compile(r"<(VAST|DAAST)\b[^>]*?\bversion\s*=\s*[\"']([0-9]+(?:\.[0-9]+)?)[\"']")
 _DURATION = re.compile(r"<Duration>\s*([0-9]{1,2}):([0-9]{2}):([0-9]{2}(?:\.[0-9]{1,3})?)\s*</Duration>")

@@ -289,3 +289,72 @@ def test_a_test_auctions_notice_is_answered_200_and_counted_as_test() -> None:
     [b] = bids(e, request(test=1))
     assert app.notice("bill", query(b["burl"])).startswith(b"HTTP/1.1 200")
     assert app.stats.notices[("bill", "test")] == 1 and app.stats.notices[("bill", "ok")] == 0
+
+
+# -- edge cases of the above -----------------------------------------------------------------
+
+
+def test_the_test_mark_cannot_be_moved_into_another_field() -> None:
+    """The signed fields are URL-quoted: a "|" in one can never stand for the separator before the test mark."""
+    e = engine(campaign(), bidder_id="b")
+    [b] = bids(e, request(test=1))
+    q = parse_qs(query(b["burl"]))
+    moved = query(b["burl"]).replace("&t=1", "").replace("u=" + q["u"][0], "u=" + q["u"][0] + "%7Ctest")
+    assert e.notice("bill", moved) == "bad_signature"
+
+
+def test_an_undefined_deal_auction_type_is_priced_as_first_price() -> None:
+    req = parse_request(body(request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}, "pmp": {"deals": [
+        {"id": "d1", "at": 4}, {"id": "d2", "at": 3}, {"id": "d3", "at": 501}]}}])))
+    assert [d.at for d in req.imps[0].deals] == [1, 3, 501]
+
+
+def test_a_creative_may_state_its_linearity() -> None:
+    doc = campaign(creatives=[{"id": "v", "type": "video", "adm": "https://ads.example/vast.xml", "protocol": 7,
+                               "duration": 15, "linearity": 1}])
+    assert bids(engine(doc), request(imp=[{"id": "1", "video": {"linearity": 1, "protocols": [7]}}]))
+    assert not bids(engine(doc), request(imp=[{"id": "1", "video": {"linearity": 2}}]))
+    with pytest.raises(ConfigError, match="linearity"):
+        parse_campaign(campaign(creatives=[{"id": "a", "type": "audio", "adm": "<VAST/>", "linearity": 1}]))
+    assert vast.protocol('<VAST version="4.3"><Ad><InLine/></Ad></VAST>') == 15
+
+
+def test_an_unreadable_native_request_leaves_the_impressions_other_media_biddable() -> None:
+    from bidder.openrtb import BadRequest
+
+    e = engine(campaign())
+    assert bids(e, request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}, "native": {"request": "not json"}}]))
+    with pytest.raises(BadRequest, match="imp\\[0\\].native.request"):
+        parse_request(body(request(imp=[{"id": "1", "native": {"request": "not json"}}])))
+
+
+def test_gdpr_written_as_a_boolean_or_a_float_is_read() -> None:
+    from bidder.openrtb import BadRequest
+
+    for value in (True, 1.0):
+        assert parse_request(body(request(regs={"ext": {"gdpr": value}}))).privacy.gdpr
+    assert not parse_request(body(request(regs={"ext": {"gdpr": False}}))).privacy.gdpr
+    with pytest.raises(BadRequest, match="regs.ext.gdpr"):
+        parse_request(body(request(regs={"ext": {"gdpr": "1"}})))
+
+
+def test_a_long_lived_notice_does_not_keep_shorter_ones_in_the_replay_memory() -> None:
+    now = [NOW]
+    e = engine(campaign(), clock=lambda: now[0])
+    [long_lived] = bids(e, request(imp=[{**imps(1)[0], "exp": 14_400}]))
+    assert e.notice("win", query(long_lived["nurl"])) == "ok"
+    for _ in range(50):
+        [b] = bids(e, request())
+        assert e.notice("win", query(b["nurl"])) == "ok"
+    now[0] += 2 * 3600
+    e.live()  # the once-a-second refresh forgets expired notices
+    assert len(e._seen_notices) == 1
+    assert e.notice("win", query(long_lived["nurl"])) == "replayed"
+
+
+def test_test_requests_are_not_counted_as_traffic() -> None:
+    e = engine(campaign())
+    for _ in range(5):
+        bids(e, request(test=1))
+    bids(e, request())
+    assert e.requests_seen == 1
