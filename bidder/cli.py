@@ -38,6 +38,7 @@ GROUPS = {
     "bench": "benchmarks that print tables (never part of the test suite)",
     "campaign": "manage campaigns on the config topic",
     "loadtest": "play the exchange against a running bidder",
+    "model": "the CTR model the workers publish",
     "replay": "replay real auction logs through the pacer and pricer",
 }
 

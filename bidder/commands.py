@@ -17,6 +17,10 @@ import orjson
 from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positive
 from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
 
+# where a snapshot file comes from: the workers publish models only to the model topic
+MODEL_SOURCES = ("one saved by `streambid model export --out FILE` (the model the workers last published) or by "
+                 "`streambid bench bidder` (out/bench-model-*.snap)")
+
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     top = groups["top"]
@@ -47,7 +51,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--campaigns", type=Path, help="JSON/YAML campaign file; with a broker the config topic is followed too")
     s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP; none: no events are sent)")
     s.add_argument("--no-kafka", action="store_true", help="ignore $KAFKA_BOOTSTRAP: serve from the campaign file only")
-    s.add_argument("--model", type=Path, help="a saved model snapshot to start warm from")
+    s.add_argument("--model", type=Path, metavar="FILE",
+                   help=f"a model snapshot file to start warm from instead of the prior: {MODEL_SOURCES}; with a broker "
+                        "the model topic is followed too")
     s.add_argument("--network-ms", type=int, default=20,
                    help="round-trip allowance taken off tmax when computing the deadline (default: %(default)s)")
     s.add_argument("--notice-base", help="public base URL for notice URLs (default: http://HOST:PORT)")
@@ -110,9 +116,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tcf_vendor=args.tcf_vendor_id,
         shed_ms=args.shed_ms, lease_frac=args.lease_slice,
     )
-    print(f"streambid: serving {len(campaigns)} campaign(s) on {here}/bid "
-          f"with {args.workers} worker(s){' and Kafka at ' + broker if broker else ''}", file=sys.stderr)
+    print(f"streambid: {serving_line(len(campaigns), f'{here}/bid', args.workers, broker)}", file=sys.stderr)
     return serve(opts)
+
+
+def serving_line(n_campaigns: int, url: str, workers: int, broker: str | None) -> str:
+    """What serve says it starts.  The config topic is read once the workers run, so with a broker the only count
+    known here is the file's, and a count of 0 would read as nothing to bid for."""
+    if broker is None:
+        return f"serving {n_campaigns} campaign(s) on {url} with {workers} worker(s)"
+    from_file = f" {n_campaigns} campaign(s) from the file" if n_campaigns else ""
+    return f"serving{from_file} on {url} with {workers} worker(s), following the campaign config topic on Kafka at {broker}"
 
 
 def _serve_problem(args: argparse.Namespace) -> str:
@@ -134,8 +148,7 @@ def _serve_problem(args: argparse.Namespace) -> str:
             ModelSnapshot.load(args.model)
         except (OSError, ValueError) as e:
             why = f"cannot be read ({e.strerror or e})" if isinstance(e, OSError) else str(e)
-            return (f"--model {args.model}: {why}; pass a snapshot saved by `streambid bench ctr` or a worker, "
-                    "or leave --model out to start from the prior")
+            return f"--model {args.model}: {why}; pass {MODEL_SOURCES}, or leave --model out to start from the prior"
     return ""
 
 

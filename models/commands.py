@@ -28,6 +28,9 @@ excess log loss over the true probabilities on the synthetic stream, and the
 Writes a reliability plot to OUT/ctr-reliability.png.
 """
 CTR_FILES = ("featindex.fm.txt", "train.fm.txt", "test.fm.txt")
+EXPORT_HELP = "save the model the workers last published to a file, for `serve --model`"
+EXPORT_DESCRIPTION = ("Read the newest CTR model snapshot on the model topic (the one every bidder follows) and write "
+                      "it to FILE.  `streambid serve --model FILE` then starts warm from it, with or without a broker.")
 # The learner's tuning flags: (type, help, default).  The defaults are LearnerConfig's (a test holds them equal),
 # written out so that `--help` need not import River.
 TUNING = {
@@ -58,6 +61,75 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                       help="creative impressions at which model and prior weigh the same, >= 0 (default 100)")
     tune.add_argument("--no-calibration", action="store_true", help="turn the online Platt calibration off")
     p.set_defaults(func=run_bench_ctr)
+
+    e = groups["model"].add_parser("export", help=EXPORT_HELP, description=EXPORT_DESCRIPTION)
+    e.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
+    e.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="where the snapshot goes (written whole, then renamed into place)")
+    e.add_argument("--json", action="store_true", help="print one JSON document: file, version, examples, weights")
+    e.set_defaults(func=cmd_model_export)
+
+
+
+async def read_latest_model(broker: str) -> bytes | None:
+    """The last record of the model topic: one partition, one key, so the newest snapshot; None before the first."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams import topics
+
+    c = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False)
+    try:
+        await c.start()
+        if topics.MODEL.name not in await c.topics():
+            return None
+        tp = TopicPartition(topics.MODEL.name, 0)
+        c.assign([tp])
+        first, end = (await c.beginning_offsets([tp]))[tp], (await c.end_offsets([tp]))[tp]
+        latest = None
+        c.seek(tp, max(first, end - 1))
+        while await c.position(tp) < end:
+            for msg in (await c.getmany(tp, timeout_ms=1000)).get(tp, []):
+                if msg.offset < end and msg.value:
+                    latest = msg.value
+        return latest
+    finally:
+        await c.stop()
+
+
+def _export_problem(out: Path) -> str | None:
+    """Why the snapshot cannot be written at `out` (None: it can), found before the broker is asked."""
+    if out.is_dir():
+        return f"--out {out}: is a directory; give a file name (e.g. {out / 'model.snap'})"
+    return out_dir_problem(out.parent, flag="--out's directory")
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from models.snapshot import ModelSnapshot
+    from streams import topics
+    from streams.commands import broker_of, on_broker
+
+    if problem := _export_problem(args.out):
+        print(f"streambid model export: {problem}", file=sys.stderr)
+        return 2
+    data = on_broker(args, read_latest_model(broker_of(args)))
+    if data is None:
+        print(f"streambid model export: no model on {topics.MODEL.name} yet; a worker publishes one once it has learned "
+              "examples (a click, or a click window closing): run `streambid worker` and export again", file=sys.stderr)
+        return 1
+    try:
+        snap = ModelSnapshot.from_bytes(data)
+    except ValueError as e:
+        print(f"streambid model export: the last record on {topics.MODEL.name} is {e}; check what else writes to that "
+              "topic", file=sys.stderr)
+        return 1
+    snap.save(args.out)
+    doc = {"file": str(args.out), "version": snap.version, "examples": snap.n_seen, "weights": len(snap.weights)}
+    if args.json:
+        print(orjson.dumps(doc).decode())
+    else:
+        print(f"wrote {args.out}: model version {snap.version}, {snap.n_seen:,} examples learned, "
+              f"{len(snap.weights):,} weights; start a bidder warm with: streambid serve --model {args.out}")
+    return 0
 
 
 def _config(args: argparse.Namespace):

@@ -97,7 +97,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     sh.add_argument("id", nargs="?", help="one campaign (default: all)")
     sh.add_argument("--broker", help=BROKER_HELP)
     sh.add_argument("--history", action="store_true", help="list every change: when, who, what")
-    sh.add_argument("--json", action="store_true", help="print one JSON document")
+    sh.add_argument("--json", action="store_true",
+                    help="print one JSON document: {\"campaigns\": [...]}, which `campaign set -` takes back from "
+                         "standard input; with --history, the list of changes")
     sh.set_defaults(func=cmd_show)
 
 
@@ -118,8 +120,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                   "give a free port, or 0 to run without /metrics and /status", file=sys.stderr)
             return 2
     broker = broker_of(args)
-    _on_broker(args, ensure_topics(broker))
-    known = {cid: e.campaign for cid, e in latest_configs(_on_broker(args, read_config_log(broker))).items() if e.campaign}
+    on_broker(args, ensure_topics(broker))
+    known = {cid: e.campaign for cid, e in latest_configs(on_broker(args, read_config_log(broker))).items() if e.campaign}
     app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known,
                             board=board, checkpoint_s=args.checkpoint_every)
     if registry is not None:
@@ -264,7 +266,7 @@ async def read_config_log(broker: str) -> list[ConfigEntry]:
         await c.stop()
 
 
-def _on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T]) -> T:
+def on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T]) -> T:
     """Run `work` against the broker; an unreachable broker ends the command with what to do, not a traceback."""
     from aiokafka.errors import KafkaError
 
@@ -286,7 +288,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"{len(camps)} campaign(s) valid: {', '.join(c.id for c in camps)}")
         return 0
-    _on_broker(args, _produce(broker_of(args), [(c.id, change_record(c.to_doc(), "set")) for c in camps]))
+    on_broker(args, _produce(broker_of(args), [(c.id, change_record(c.to_doc(), "set")) for c in camps]))
     print(f"published {len(camps)} campaign(s): {', '.join(c.id for c in camps)}")
     return 0
 
@@ -307,7 +309,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
     """Publish the campaign's current version with `status`: the rest of it (budget, targeting) stays as it is."""
     broker = broker_of(args)
-    current = latest_configs(_on_broker(args, read_config_log(broker))).get(args.id)
+    current = latest_configs(on_broker(args, read_config_log(broker))).get(args.id)
     if current is None or current.campaign is None:
         print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
         return 2
@@ -315,13 +317,13 @@ def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
         print(f"{args.id} is already {status}; nothing published")
         return 0
     doc = dict(current.campaign.to_doc(), status=status, version=current.campaign.version)
-    _on_broker(args, _produce(broker, [(args.id, change_record(doc, action))]))
+    on_broker(args, _produce(broker, [(args.id, change_record(doc, action))]))
     print(f"{'paused' if status == 'paused' else 'resumed'} {args.id}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    log = _on_broker(args, read_config_log(broker_of(args)))
+    log = on_broker(args, read_config_log(broker_of(args)))
     if args.history:
         return _show_history([e for e in log if not args.id or e.campaign_id == args.id], args.json)
     current = latest_configs(log)
@@ -330,8 +332,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
             return 2
         current = {args.id: current[args.id]}
-    if args.json:
-        print(orjson.dumps({k: e.campaign.to_doc() for k, e in current.items() if e.campaign}).decode())
+    if args.json:  # the shape `campaign set` reads, so show, edit and set round-trip
+        print(orjson.dumps({"campaigns": [e.campaign.to_doc() for _, e in sorted(current.items()) if e.campaign]}).decode())
         return 0
     if not current:
         print("no campaigns on the config topic yet; publish some with `streambid campaign set FILE`")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positive
-from bidder.cli import main
+from bidder.cli import build_parser, main
 from loadtest.day_commands import MAX_REQUESTS
 from tests.conftest import ROOT
 
@@ -172,6 +172,39 @@ def test_worker_refuses_a_metrics_port_in_use(capsys: pytest.CaptureFixture[str]
         assert main(["worker", "--broker", NOBODY, "--metrics-port", port]) == 2  # before the broker is contacted
     err = capsys.readouterr().err
     assert err.startswith("streambid worker: --metrics-port " + port)
+
+
+# -- serve and the model it starts from -------------------------------------------------------------------------
+
+
+def test_serve_refuses_an_unreadable_model_naming_commands_that_write_one(tmp_path: Path) -> None:
+    """The message named `bench ctr` and the worker, neither of which writes a snapshot file."""
+    err = refused(["serve", "--no-kafka", "--campaigns", str(ROOT / "deploy" / "campaigns.example.json"),
+                   "--model", str(tmp_path / "none.snap")], "--model", "streambid model export", "streambid bench bidder")
+    assert "bench ctr" not in err and "or a worker" not in err and len(err.strip().splitlines()) == 1
+    assert callable(build_parser().parse_args(["model", "export", "--out", str(tmp_path / "m.snap")]).func)
+    assert "streambid model export" in " ".join(streambid("serve", "--help").stdout.split())
+
+
+def test_serve_says_it_follows_the_config_topic_instead_of_counting_no_campaigns() -> None:
+    from bidder.commands import serving_line
+
+    topic = serving_line(0, "http://127.0.0.1:8080/bid", 2, "kafka:9092")
+    assert "following the campaign config topic" in topic and "0 campaign" not in topic and "kafka:9092" in topic
+    both = serving_line(3, "http://127.0.0.1:8080/bid", 2, "kafka:9092")
+    assert "3 campaign(s) from the file" in both and "following the campaign config topic" in both
+    assert serving_line(3, "http://127.0.0.1:8080/bid", 1, None) == \
+        "serving 3 campaign(s) on http://127.0.0.1:8080/bid with 1 worker(s)"
+
+
+def test_model_export_refuses_a_bad_out_and_an_unreachable_broker(tmp_path: Path) -> None:
+    refused(["model", "export", "--broker", NOBODY, "--out", str(tmp_path)], "--out", "is a directory")
+    (tmp_path / "afile").write_text("")
+    refused(["model", "export", "--broker", NOBODY, "--out", str(tmp_path / "afile" / "m.snap")], "--out",
+            "not a directory")
+    err = refused(["model", "export", "--broker", NOBODY, "--out", str(tmp_path / "m.snap")],
+                  f"cannot reach the Kafka broker at {NOBODY}", status=1)
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.snap").exists()
 
 
 # -- loadtest day ------------------------------------------------------------------------------------------------

@@ -47,6 +47,26 @@ def test_committed_dashboards_are_what_the_generator_writes() -> None:
             f"{name} is stale: run python deploy/grafana/build_dashboards.py"
 
 
+MONEY_METRICS = ("spend", "budget", "value", "ecpc", "ecpm", "ecpa")
+
+
+def test_money_panels_carry_no_currency_unit_and_say_whose_currency() -> None:
+    """Campaigns bid in eleven currencies and no metric says which: a `currencyUSD` unit put a dollar sign on euros
+    and yen alike."""
+    money = 0
+    for path in dashboard_files():
+        for p in json.loads(path.read_text())["panels"]:
+            if p["type"] == "row":
+                continue
+            unit = p["fieldConfig"]["defaults"]["unit"]
+            assert not unit.startswith("currency"), f"{path.name} / {p['title']}: unit {unit}"
+            exprs = " ".join(t["expr"] for t in p["targets"])
+            if unit != "percentunit" and any(f"_{m}" in exprs for m in MONEY_METRICS):
+                money += 1
+                assert "in the campaign's currency" in (p["title"] + " " + p["description"]).lower(), p["title"]
+    assert money >= 6
+
+
 def test_dashboards_use_the_provisioned_datasource_and_a_sane_layout() -> None:
     ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
     uids = {d["uid"] for d in ds if d["type"] == "prometheus"}

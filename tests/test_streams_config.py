@@ -9,6 +9,7 @@ bidder started later gets the current model and pacing at once.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.snapshot import ModelSnapshot
 from streams.events import make_event
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from tests.helpers import campaign
-from tests.streams_support import Procs, create_topics, find_record, get_json, produce, topic, wait_for, worker_status
+from tests.streams_support import STREAMBID, Procs, create_topics, find_record, get_json, produce, topic, wait_for, worker_status
 
 pytestmark = pytest.mark.kafka
 
@@ -47,6 +48,16 @@ def publish(procs: Procs, *docs: dict) -> None:
     path.write_bytes(orjson.dumps(list(docs)))
     out = procs.cli("campaign", "set", str(path))
     assert out.returncode == 0, out.stderr
+
+
+def shown(procs: Procs, cid: str) -> dict | None:
+    """The campaign as `campaign show ID --json` prints it: {"campaigns": [...]}, what `campaign set` reads."""
+    out = procs.cli("campaign", "show", cid, "--json")
+    if out.returncode != 0:
+        return None
+    docs = orjson.loads(out.stdout)["campaigns"]
+    assert [d["id"] for d in docs] == [cid]
+    return docs[0]
 
 
 def status(url: str) -> dict:
@@ -88,10 +99,8 @@ def test_invalid_config_from_another_producer_is_dead_lettered_and_the_valid_one
     # the bidder read the invalid message too, and kept bidding on the last valid version (a paused one would not bid)
     wait_for(lambda: status(bidder)["state_messages"] > before, 10, "the bidder to read the invalid message")
     assert live(bidder, cid)
-    shown = procs.cli("campaign", "show", cid, "--json")
-    assert shown.returncode == 0, shown.stderr
-    doc = orjson.loads(shown.stdout)[cid]
-    assert doc["status"] == "active" and doc["budget"]["daily"] == "50"
+    doc = shown(procs, cid)
+    assert doc is not None and doc["status"] == "active" and doc["budget"]["daily"] == "50"
     history = orjson.loads(procs.cli("campaign", "show", cid, "--history", "--json").stdout)
     assert [bool(r.get("rejected")) for r in history] == [False, True]  # the refused change is marked as refused
     assert "budget.daily" in history[1]["rejected"]
@@ -127,6 +136,31 @@ def test_a_change_reaches_a_running_bidder_within_a_second_and_history_is_kept(s
     assert table.returncode == 0 and table.stdout.count(cid) == 3
 
 
+def test_show_json_goes_back_into_set_so_a_campaign_can_be_edited(stack: dict) -> None:
+    """show printed {id: campaign}, which `campaign set` refuses: show | edit | set - failed."""
+    procs, bidder, prefix = stack["procs"], stack["bidder"], stack["prefix"]
+    cid, other = f"{prefix}-edited", f"{prefix}-untouched"
+    publish(procs, campaign(id=cid, budget={"daily": 12.5, "total": 0}), campaign(id=other))
+    wait_for(lambda: live(bidder, cid), 10, "the bidder to bid on the campaign")
+    out = procs.cli("campaign", "show", cid, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = orjson.loads(out.stdout)
+    assert [c["id"] for c in doc["campaigns"]] == [cid]
+
+    def set_stdin(text: bytes, *flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(STREAMBID + ["campaign", "set", *flags, "-"], cwd=ROOT, env=procs.env, input=text,
+                              capture_output=True, timeout=60)
+
+    dry = set_stdin(out.stdout.encode(), "--dry-run")
+    assert dry.returncode == 0 and f"1 campaign(s) valid: {cid}" in dry.stdout.decode(), dry.stderr
+    doc["campaigns"][0]["budget"]["daily"] = "20"
+    edited = set_stdin(orjson.dumps(doc))
+    assert edited.returncode == 0, edited.stderr
+    wait_for(lambda: ((shown(procs, cid) or {}).get("budget") or {}).get("daily") == "20", 15, "the edit to be in force")
+    everything = orjson.loads(procs.cli("campaign", "show", "--json").stdout)["campaigns"]
+    assert {cid, other} <= {c["id"] for c in everything}
+
+
 def test_cli_errors_name_the_field_and_publish_nothing(stack: dict) -> None:
     procs, prefix = stack["procs"], stack["prefix"]
     good, bad = f"{prefix}-good", f"{prefix}-bad"
@@ -160,8 +194,8 @@ def test_messages_of_other_producers_do_not_break_the_campaign_commands(stack: d
     bare = campaign(id=cid, budget={"daily": 9.25, "total": 0})  # no envelope: read as the campaign itself
     name = topic(prefix, "campaigns")
     asyncio.run(produce(procs.bootstrap, [(name, cid, None), (name, cid, b"[1, 2]"), (name, cid, orjson.dumps(bare))]))
-    wait_for(lambda: (orjson.loads(procs.cli("campaign", "show", cid, "--json").stdout or b"{}").get(cid) or {})
-             .get("budget", {}).get("daily") == "9.25", 15, "the bare campaign to be in force")
+    wait_for(lambda: ((shown(procs, cid) or {}).get("budget") or {}).get("daily") == "9.25", 15,
+             "the bare campaign to be in force")
     for args in (["show"], ["show", "--history"], ["show", cid, "--history", "--json"]):
         out = procs.cli("campaign", *args)
         assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
@@ -171,8 +205,8 @@ def test_messages_of_other_producers_do_not_break_the_campaign_commands(stack: d
     out = procs.cli("campaign", "pause", cid)
     assert out.returncode == 0 and f"paused {cid}" in out.stdout, out.stderr
     wait_for(lambda: not live(bidder, cid), 10, "the bidder to stop bidding on the paused campaign")
-    shown = orjson.loads(procs.cli("campaign", "show", cid, "--json").stdout)[cid]
-    assert shown["status"] == "paused" and shown["budget"]["daily"] == "9.25"
+    doc = shown(procs, cid)
+    assert doc is not None and doc["status"] == "paused" and doc["budget"]["daily"] == "9.25"
 
 
 def test_a_bidder_started_later_gets_the_current_model_and_pacing_at_once(stack: dict) -> None:
@@ -215,3 +249,27 @@ def test_a_bidder_started_later_gets_the_current_model_and_pacing_at_once(stack:
              "the late bidder to get the current model and pacing", every=0.02)
     assert time.time() - answering < 1.0
     assert status(bidder)["model"]["version"] == version  # every bidder on the same model
+
+    exported = procs.tmp / "models" / "exported.snap"  # what `serve --model` names as a source of snapshot files
+    out = procs.cli("model", "export", "--out", str(exported), "--json")
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stdout)["version"] == version == ModelSnapshot.load(exported).version
+    port = free_port()
+    procs.start("serve-file", "serve", "--no-kafka", "--port", str(port), "--model", str(exported), "--campaigns",
+                str(ROOT / "deploy" / "campaigns.example.json"), "--spill-dir", str(procs.tmp / "spill-file"))
+    assert wait_for(lambda: (get_json(f"http://127.0.0.1:{port}/status") or {}).get("model", {}).get("version"), 60,
+                    "the bidder started from the exported file to answer") == version
+
+
+def test_model_export_before_any_model_says_what_to_run(stack: dict) -> None:
+    procs = stack["procs"]
+    env = {**procs.env, "STREAMBID_TOPIC_PREFIX": f"{procs.prefix}-nomodel"}
+    out = subprocess.run(STREAMBID + ["model", "export", "--out", str(procs.tmp / "none.snap")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no model on" in out.stderr and "streambid worker" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (procs.tmp / "none.snap").exists()
+
+
+def test_serve_says_it_follows_the_config_topic_rather_than_serving_no_campaign(stack: dict) -> None:
+    log = (stack["procs"].tmp / "serve.log").read_text()
+    assert "following the campaign config topic" in log and "serving 0 campaign(s)" not in log, log

@@ -18,6 +18,10 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioning/datasources/prometheus.yml
 RI = "$__rate_interval"
 BID, NOBID, ERROR, CLICKED = 'outcome="bid"', 'outcome="nobid"', 'outcome="error"', 'label="1"'
+# Campaigns bid in any currency of bidder/campaigns.py CURRENCIES and no metric names it: money is a plain number
+# in each campaign's own currency, never a currency unit that would put one symbol on all of them.
+MONEY = "none"
+IN_CURRENCY = "In the campaign's currency."
 
 
 @dataclass(frozen=True)
@@ -123,12 +127,14 @@ OPS = [
 
 MARKETER = [
     Row("Budget and pacing today", [
-        Panel("Spend today vs plan", [
+        Panel("Spend today vs plan, in the campaign's currency", [
             (f"max by (campaign) (streambid_campaign_spend_today{cp()})", "{{campaign}} spend"),
             (f"max by (campaign) (streambid_campaign_plan_spend_today{cp()})", "{{campaign}} plan"),
-        ], "currencyUSD", width=12, description="Plan: the daily budget spread over the campaign's hours, as the pacer aims."),
-        Panel("Budget left today", [(f"max by (campaign) (streambid_campaign_budget_remaining{cp()})", "{{campaign}}")],
-              "currencyUSD", "stat", 6),
+        ], MONEY, width=12, description=f"{IN_CURRENCY} Plan: the daily budget spread over the campaign's hours, as "
+                                        "the pacer aims."),
+        Panel("Budget left today, in the campaign's currency",
+              [(f"max by (campaign) (streambid_campaign_budget_remaining{cp()})", "{{campaign}}")], MONEY, "stat", 6,
+              description=IN_CURRENCY),
         Panel("Daily budget spent", [(f"campaign:streambid_budget_spent:fraction{cp()}", "{{campaign}}")], "percentunit",
               "stat", 6),
         Panel("Off plan (share of daily budget)", [(f"campaign:streambid_pacing_error:budget_fraction{cp()}", "{{campaign}}")],
@@ -141,16 +147,19 @@ MARKETER = [
               "stat", 8, description="(value - spend) / spend, from integer micros."),
         Panel("ROI, all days", [(f"max by (campaign) (streambid_campaign_roi{cp()})", "{{campaign}}")], "percentunit",
               "stat", 8),
-        Panel("Value and spend today", [
+        Panel("Value and spend today, in the campaign's currency", [
             (f"max by (campaign) (streambid_campaign_value_today{cp()})", "{{campaign}} value"),
             (f"max by (campaign) (streambid_campaign_spend_today{cp()})", "{{campaign}} spend"),
-        ], "currencyUSD", "stat", 8),
+        ], MONEY, "stat", 8, description=IN_CURRENCY),
         Panel("ROI over 5m and 1h", [(f"campaign:streambid_roi:ratio5m{cp()}", "{{campaign}} 5m"),
                                      (f"campaign:streambid_roi:ratio1h{cp()}", "{{campaign}} 1h")], "percentunit"),
-        Panel("eCPC (1h)", [(f"campaign:streambid_ecpc:ratio1h{cp()}", "{{campaign}}"),
-                            (f"campaign:streambid_ecpc:ratio5m{cp()}", "{{campaign}} 5m")], "currencyUSD"),
-        Panel("eCPM and eCPA (1h)", [(f"campaign:streambid_ecpm:ratio1h{cp()}", "{{campaign}} eCPM"),
-                                     (f"campaign:streambid_ecpa:ratio1h{cp()}", "{{campaign}} eCPA")], "currencyUSD"),
+        Panel("eCPC (1h), in the campaign's currency", [(f"campaign:streambid_ecpc:ratio1h{cp()}", "{{campaign}}"),
+                                                        (f"campaign:streambid_ecpc:ratio5m{cp()}", "{{campaign}} 5m")],
+              MONEY, description=f"{IN_CURRENCY} Spend per click."),
+        Panel("eCPM and eCPA (1h), in the campaign's currency",
+              [(f"campaign:streambid_ecpm:ratio1h{cp()}", "{{campaign}} eCPM"),
+               (f"campaign:streambid_ecpa:ratio1h{cp()}", "{{campaign}} eCPA")], MONEY,
+              description=f"{IN_CURRENCY} Spend per thousand impressions, and per conversion."),
     ]),
     Row("Delivery", [
         Panel("Bids, wins, impressions, clicks, conversions / s", [
@@ -163,8 +172,9 @@ MARKETER = [
         Panel("Win rate by exchange (5m)", [(f"campaign_exchange:streambid_win_rate:ratio5m{cp()}", "{{campaign}} {{exchange}}"),
                                             (f"campaign:streambid_win_rate:ratio1h{cp()}", "{{campaign}} all, 1h")],
               "percentunit"),
-        Panel("Spend by exchange / s", [(f"sum by (campaign, exchange) (rate(streambid_billed_spend_total{cp()}[{RI}]))",
-                                         "{{campaign}} {{exchange}}")], "currencyUSD"),
+        Panel("Spend by exchange / s, in the campaign's currency",
+              [(f"sum by (campaign, exchange) (rate(streambid_billed_spend_total{cp()}[{RI}]))",
+                "{{campaign}} {{exchange}}")], MONEY, description=IN_CURRENCY),
         Panel("Observed vs predicted CTR (1h)", [
             (f"campaign:streambid_ctr:ratio1h{cp()}", "{{campaign}} observed (clicks / impressions)"),
             (f"sum by (campaign) (increase(streambid_learner_examples_total{cp(CLICKED)}[1h])) "
