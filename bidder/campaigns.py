@@ -13,6 +13,7 @@ import datetime as dt
 import difflib
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,26 +406,73 @@ def _targeting(doc: dict) -> Targeting:
 
 
 def parse_campaign(doc: Any) -> Campaign:
-    """Validate one campaign document; raise ConfigError naming the first bad field."""
+    """Validate one campaign document; raise ConfigError naming the first bad field, with `problems` listing every
+    bad field (a marketer fixes them all in one pass, not one per run)."""
     if not isinstance(doc, dict):
         raise ConfigError("campaign", "must be an object")
-    _no_unknown(doc, "")
+    problems: list[ConfigError] = []
+
+    def check(section: Callable[[], Any], fallback: Any = None) -> Any:
+        try:
+            return section()
+        except ConfigError as e:
+            problems.append(e)
+            return fallback
+
+    check(lambda: _no_unknown(doc, ""))
     for part in ("budget", "flight", "goal", "frequency_cap"):
         if isinstance(doc.get(part), dict):
-            _no_unknown(doc[part], part + ".")
+            check(lambda part=part: _no_unknown(doc[part], part + "."))
+    cid = check(lambda: _campaign_id(doc), "")
+    currency = check(lambda: _choice(doc, "currency", "USD", CURRENCIES,
+                                     f"is not supported; use one of {', '.join(sorted(CURRENCIES))}"), "USD")
+    status = check(lambda: _choice(doc, "status", "active", frozenset({"active", "paused"}),
+                                   "must be 'active' or 'paused'"), "active")
+    daily, total = check(lambda: _budget(doc), (0, 0))
+    start, end, tz = check(lambda: _flight(doc), (None, None, "UTC"))
+    gtype, vpc, vpa, max_bid = check(lambda: _goal(doc), ("cpc", 0, 0, 0))
+    per_hour, per_day = check(lambda: _frequency_cap(doc), (0, 0))
+    advertiser = check(lambda: _advertiser(doc), "")
+    creatives = check(lambda: _creatives(doc), ())
+    hours = check(lambda: _int_set(doc, "dayparting", "", 0, 23), frozenset())
+    targeting = check(lambda: _targeting(doc))
+    version = check(lambda: _get(doc, "version", "", int, 0), 0)
+    if problems:
+        first = problems[0]
+        err = ConfigError(first.field, first.message)
+        err.problems = [f"{e.field}: {e.message}" for e in problems]  # type: ignore[attr-defined]
+        raise err
+    return Campaign(
+        id=cid, advertiser=advertiser, currency=currency, status=status, daily_budget=daily, total_budget=total,
+        start=start, end=end, timezone=tz, hours=hours, goal=gtype, value_per_click=vpc, value_per_conversion=vpa,
+        max_bid_cpm=max_bid, freq_per_hour=per_hour, freq_per_day=per_day, targeting=targeting, creatives=creatives,
+        version=version,
+    )
+
+
+def _campaign_id(doc: dict) -> str:
     cid = _get(doc, "id", "", str)
     if not ID.fullmatch(cid):
         raise ConfigError("id", "must be 1-64 letters, digits or _.:-")
-    currency = _get(doc, "currency", "", str, "USD")
-    if currency not in CURRENCIES:
-        raise ConfigError("currency", f"{currency!r} is not supported; use one of {', '.join(sorted(CURRENCIES))}")
-    status = _get(doc, "status", "", str, "active")
-    if status not in ("active", "paused"):
-        raise ConfigError("status", "must be 'active' or 'paused'")
+    return cid
+
+
+def _choice(doc: dict, key: str, default: str, allowed: frozenset[str], refusal: str) -> str:
+    value = _get(doc, key, "", str, default)
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} {refusal}" if refusal.startswith("is") else refusal)
+    return value
+
+
+def _budget(doc: dict) -> tuple[int, int]:
     budget = _get(doc, "budget", "", dict)
     daily, total = _money(budget, "daily", "budget."), _money(budget, "total", "budget.", 0)
     if total and total < daily:
         raise ConfigError("budget.total", "must be >= budget.daily (or 0 for no total cap)")
+    return daily, total
+
+
+def _flight(doc: dict) -> tuple[dt.date, dt.date, str]:
     flight = _get(doc, "flight", "", dict, {})
     start = _date(flight, "start", "flight.") if "start" in flight else dt.date(2000, 1, 1)
     end = _date(flight, "end", "flight.") if "end" in flight else dt.date(2999, 12, 31)
@@ -435,6 +483,10 @@ def parse_campaign(doc: Any) -> Campaign:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a zone directory, such as "America"
         raise ConfigError("flight.timezone", f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
+    return start, end, tz
+
+
+def _goal(doc: dict) -> tuple[str, int, int, int]:
     goal = _get(doc, "goal", "", dict)
     gtype = _get(goal, "type", "goal.", str, "cpc")
     if gtype not in GOALS:
@@ -445,6 +497,13 @@ def parse_campaign(doc: Any) -> Campaign:
         raise ConfigError("goal.value_per_click", "must be > 0 for a cpc goal")
     if gtype == "cpa" and vpa == 0:
         raise ConfigError("goal.value_per_conversion", "must be > 0 for a cpa goal")
+    max_bid = _money(goal, "max_bid_cpm", "goal.", 10)
+    if not max_bid:
+        raise ConfigError("goal.max_bid_cpm", "must be > 0: it is the highest CPM the campaign may bid")
+    return gtype, vpc, vpa, max_bid
+
+
+def _frequency_cap(doc: dict) -> tuple[int, int]:
     cap = _get(doc, "frequency_cap", "", dict, {})
     per_hour, per_day = _get(cap, "per_hour", "frequency_cap.", int, 0), _get(cap, "per_day", "frequency_cap.", int, 0)
     for name, n in (("per_hour", per_hour), ("per_day", per_day)):
@@ -452,39 +511,24 @@ def parse_campaign(doc: Any) -> Campaign:
             raise ConfigError("frequency_cap." + name, "must be >= 0 (0 means no cap)")
     if per_day and per_hour > per_day:
         raise ConfigError("frequency_cap.per_hour", f"{per_hour} is more than per_day ({per_day}), which would hold first")
-    max_bid = _money(goal, "max_bid_cpm", "goal.", 10)
-    if not max_bid:
-        raise ConfigError("goal.max_bid_cpm", "must be > 0: it is the highest CPM the campaign may bid")
+    return per_hour, per_day
+
+
+def _advertiser(doc: dict) -> str:
     advertiser = _get(doc, "advertiser", "", str)
     if not advertiser.strip():
         raise ConfigError("advertiser", "is required: the advertiser's domain, sent to exchanges as adomain")
+    return advertiser
+
+
+def _creatives(doc: dict) -> tuple[Creative, ...]:
     creatives_raw = _get(doc, "creatives", "", list)
     if not creatives_raw:
         raise ConfigError("creatives", "needs at least one creative")
     creatives = tuple(_creative(c, i) for i, c in enumerate(creatives_raw))
     if len({c.id for c in creatives}) != len(creatives):
         raise ConfigError("creatives", "creative ids must be unique within a campaign")
-    return Campaign(
-        id=cid,
-        advertiser=advertiser,
-        currency=currency,
-        status=status,
-        daily_budget=daily,
-        total_budget=total,
-        start=start,
-        end=end,
-        timezone=tz,
-        hours=_int_set(doc, "dayparting", "", 0, 23),
-        goal=gtype,
-        value_per_click=vpc,
-        value_per_conversion=vpa,
-        max_bid_cpm=max_bid,
-        freq_per_hour=per_hour,
-        freq_per_day=per_day,
-        targeting=_targeting(doc),
-        creatives=creatives,
-        version=_get(doc, "version", "", int, 0),
-    )
+    return creatives
 
 
 def config_campaign(value: bytes | None) -> Campaign:
@@ -558,17 +602,20 @@ def parse_campaigns(docs: list[Any]) -> list[Campaign]:
     out, problems, first = [], [], {}
     for i, doc in enumerate(docs):
         cid = doc.get("id") if isinstance(doc, dict) else None
-        name = f"campaigns[{i}]" + (f" ({cid})" if isinstance(cid, str) and ID.fullmatch(cid) else "")
+        named = isinstance(cid, str) and ID.fullmatch(cid) is not None
+        name = f"campaigns[{i}]" + (f" ({cid})" if named else "")
+        if named and cid in first:
+            problems.append(f"{name}.id: {cid!r} is already the id of campaigns[{first[cid]}]")
+        elif named:
+            first[cid] = i
         try:
             camp = parse_campaign(doc)
         except ConfigError as e:
-            problems.append(f"{name}{'' if e.field == 'campaign' else '.' + e.field}: {e.message}")
+            for line in getattr(e, "problems", None) or [f"{e.field}: {e.message}"]:
+                problems.append(name + (line.removeprefix("campaign") if line.startswith("campaign:") else "." + line))
             continue
-        if camp.id in first:
-            problems.append(f"{name}.id: {camp.id!r} is already the id of campaigns[{first[camp.id]}]")
-            continue
-        first[camp.id] = i
-        out.append(camp)
+        if first.get(camp.id) == i:
+            out.append(camp)
     if problems:
         raise CampaignsError(problems)
     return out

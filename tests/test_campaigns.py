@@ -177,3 +177,18 @@ def test_a_config_message_sets_its_campaign_in_an_envelope_or_bare() -> None:
     doc = campaign(id="env")
     assert config_campaign(orjson.dumps({"campaign": doc, "by": "x", "at": "now"})).id == "env"
     assert config_campaign(orjson.dumps(doc)).id == "env"
+
+
+def test_every_problem_of_a_campaign_is_listed_in_one_pass() -> None:
+    """A marketer fixes every bad field at once, not one per run; a repeated id is reported even when its campaign
+    has other problems."""
+    bad = campaign(currency="usd", budget={"daily": -1, "totl": 5}, frequency_cap={"per_hour": -2})
+    with pytest.raises(CampaignsError) as e:
+        parse_campaigns([campaign(), {**bad, "id": "c1"}])
+    lines = e.value.problems
+    assert "campaigns[1] (c1).id: 'c1' is already the id of campaigns[0]" in lines
+    for field in ("budget.totl", "budget.daily", "currency", "frequency_cap.per_hour"):
+        assert any(line.startswith(f"campaigns[1] (c1).{field}:") for line in lines), (field, lines)
+    with pytest.raises(ConfigError) as one:
+        parse_campaign(bad)
+    assert one.value.field == "budget.totl" and len(one.value.problems) == 4
