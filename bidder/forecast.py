@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from bidder.pacing import HOURS, SpendPlan
+from bidder.pacing import HOURS, SpendPlan, day_clock
 
 DAY_S = 86400
 
@@ -79,9 +79,10 @@ class TrafficForecast:
             self._close_day(day)
 
     def _close_day(self, day: int) -> None:
-        finished = self.today if day == self.day + 1 else [0.0] * HOURS  # a day without traffic in between
-        if sum(finished) > 0:
-            self.history = self._folded(finished)
+        """Fold the day just finished into the history, also when days without any request follow it: those are
+        a gap in what was seen (a worker down, a bid log not read), not a day of no traffic, so they fold nothing."""
+        if sum(self.today) > 0:
+            self.history = self._folded(self.today)
             self.days += 1
         self.day, self.today = day, [0.0] * HOURS
 
@@ -113,17 +114,25 @@ class TrafficForecast:
         return [x / s for x in w]
 
     def local_weights(self, timezone: str, day: str, now: float | None = None) -> list[float] | None:
-        """The hourly weights for local hours 0..23 of `day` (ISO date) in `timezone`."""
+        """The hourly weights for local wall-clock hours 0..23 of `day` (ISO date) in `timezone`.
+
+        Each hour is shifted by the offset in force at its start: on the day clocks change, the hours before the
+        change keep the old one.
+        """
         utc = self.utc_weights(now)
         if utc is None:
             return None
-        noon = dt.datetime.fromisoformat(day).replace(hour=12, tzinfo=ZoneInfo(timezone))
-        offset_h = (noon.utcoffset() or dt.timedelta()).total_seconds() / 3600.0
-        return [_at(utc, h - offset_h) for h in range(HOURS)]
+        tz = ZoneInfo(timezone)
+        date = dt.date.fromisoformat(day)
+        return [_at(utc, h - _offset_hours(dt.datetime.combine(date, dt.time(h), tz))) for h in range(HOURS)]
 
     def plan(self, timezone: str, day: str, hours: frozenset[int] = frozenset(), now: float | None = None) -> SpendPlan:
         """The spend plan of a campaign for `day`: traffic-shaped when there is a forecast, uniform otherwise."""
-        return SpendPlan(hours=hours, weights=self.local_weights(timezone, day, now))
+        return SpendPlan(hours=hours, weights=self.local_weights(timezone, day, now), clock=day_clock(timezone, day))
+
+
+def _offset_hours(local: dt.datetime) -> float:
+    return (local.utcoffset() or dt.timedelta()).total_seconds() / 3600.0
 
 
 def _at(weights: list[float], hour: float) -> float:

@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from bidder.pacing import SpendPlan, day_fraction
+from bidder.pacing import REGULAR_DAY, DayClock, SpendPlan, day_clock, day_fraction
 
 # seconds; resolves 0.25 ms to 50 ms
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -199,7 +199,8 @@ def campaign_gauges(engine: Any) -> dict[str, tuple]:
         value = p.value_today if today else 0
         budget_today = p.budget_today if today and p.budget_today else budget
         # the plan the worker's pacer follows (traffic-shaped), published with today's state; else the flat plan
-        share = p.plan_share if today and p.plan_share is not None else plan_fraction(camp.hours, frac)
+        share = p.plan_share if today and p.plan_share is not None else plan_fraction(camp.hours, frac,
+                                                                                       day_clock(camp.timezone, day))
         out[cid] = (1 if cid in live else 0, budget / 1e6, share * budget_today / 1e6, spend / 1e6,
                     p.impressions_today if today else 0, p.clicks_today if today else 0, value / 1e6,
                     (value - spend) / spend if spend else 0.0, max(budget_today - spend, 0) / 1e6,
@@ -207,17 +208,20 @@ def campaign_gauges(engine: Any) -> dict[str, tuple]:
     return out
 
 
-_PLANS: dict[frozenset[int], SpendPlan] = {}
+_PLANS: dict[tuple[frozenset[int], DayClock], SpendPlan] = {}
 
 
-def plan_fraction(hours: frozenset[int], fraction_of_day: float) -> float:
+def plan_fraction(hours: frozenset[int], fraction_of_day: float, clock: DayClock = REGULAR_DAY) -> float:
     """The flat plan (uniform over the allowed hours): fraction of the daily budget due by this time of day.
 
+    `clock` gives the day's wall-clock hours (a 23- or 25-hour day on a clock change; see `day_clock`).
     Shown until the worker publishes the plan its pacer follows with today's pacing state (`PacingState.plan_share`).
     """
-    plan = _PLANS.get(hours)
+    plan = _PLANS.get((hours, clock))
     if plan is None:
-        plan = _PLANS[hours] = SpendPlan(hours=hours)
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        plan = _PLANS[(hours, clock)] = SpendPlan(hours=hours, clock=clock)
     return plan.target(fraction_of_day)
 
 

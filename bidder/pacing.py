@@ -20,13 +20,20 @@ Choices, and why:
   expensive win moves lambda by cost / budget * gain, not by a huge ratio.
 - A proportional term on the cumulative deviation from plan damps drift
   (PI on spend); the integral is clamped to [0, log(1 + lam_max)] (anti-windup).
+- That deviation is measured from where the controller started (a campaign
+  created or resumed mid-day, a restarted worker) or the budget last changed,
+  against the budget then left spread over the plan then left.  Measured from
+  midnight, a campaign starting at 15:00 would read as hours behind a plan it
+  never followed and bid full value until it had caught up.
 
 Pure objects, no I/O; the streams side calls `update` with ledger totals.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,25 +80,81 @@ def day_fraction(timezone: str, now: float) -> tuple[str, float, int]:
 
 
 def conversion_rate(state: PacingState | None) -> float:
-    """The P(conversion | click) to price a CPA campaign with: the published one, else the prior."""
-    if state is None or not 0.0 < state.cvr <= 1.0:  # none published yet (or NaN): the prior
+    """The P(conversion | click) to price a CPA campaign with: the published one, else the prior.
+
+    A rate above 1 (more conversions than clicks) is priced at 1: falling back to the prior there would cut the
+    price twentyfold as the rate crossed 1.
+    """
+    if state is None or not state.cvr > 0.0:  # none published yet (or NaN): the prior
         return DEFAULT_CVR
-    return state.cvr
+    return min(state.cvr, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DayClock:
+    """The local wall-clock hour shown through each stretch of one local day, in shares of its real length.
+
+    Plans are keyed on wall-clock hours (dayparting and the forecast are), while the controller measures the day in
+    real time (`day_fraction`).  On the day clocks change, an hour is skipped or shown twice: reading the real share
+    x 24 as the hour would put the plan an hour off, so the plan walks the hours the day really shows.
+    """
+
+    pieces: tuple[tuple[float, int], ...]  # (share of the day where a stretch starts, its wall hour); ends at the next
+
+
+REGULAR_DAY = DayClock(tuple((h / HOURS, h) for h in range(HOURS)))
+
+
+@functools.lru_cache(maxsize=4096)
+def day_clock(timezone: str, day: str) -> DayClock:
+    """The wall-clock hours of `day` (ISO date) in `timezone`, midnight to midnight as `day_fraction` counts it."""
+    tz = ZoneInfo(timezone)
+    date = dt.date.fromisoformat(day)
+    start = int(dt.datetime.combine(date, dt.time(), tz).timestamp())
+    end = int(dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tz).timestamp())
+    if end - start == HOURS * 3600 and _offset(tz, start) == _offset(tz, end - 1):
+        return REGULAR_DAY
+    pieces, t = [], start
+    while t < end:
+        local = dt.datetime.fromtimestamp(t, tz)
+        hour_end = min(t + 3600 - local.minute * 60 - local.second, end)
+        pieces.append(((t - start) / (end - start), local.hour))
+        t = _first_change(tz, t, hour_end)
+    return DayClock(tuple(pieces))
+
+
+def _offset(tz: ZoneInfo, t: int) -> dt.timedelta | None:
+    return dt.datetime.fromtimestamp(t, tz).utcoffset()
+
+
+def _first_change(tz: ZoneInfo, t: int, limit: int) -> int:
+    """The first second in (t, limit] with another UTC offset than `t` (`limit` when none): where the clock jumps."""
+    before = _offset(tz, t)
+    if _offset(tz, limit - 1) == before:
+        return limit
+    lo, hi = t, limit - 1  # offset(lo) == before != offset(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _offset(tz, mid) == before else (lo, mid)
+    return hi
 
 
 class SpendPlan:
-    """Target cumulative fraction of the daily budget spent by each local time of day.
+    """Target cumulative fraction of the daily budget spent by each point of the local day.
 
-    Spend is planned in proportion to expected traffic: 24 hourly weights
-    (uniform by default), zero outside the campaign's dayparting hours, linear
+    Spend is planned in proportion to expected traffic: 24 weights per wall-clock
+    hour (uniform by default), zero outside the campaign's dayparting hours, linear
     within an hour.  Buying evenly over the *opportunities* rather than over
     the clock is what keeps the marginal price of the budget flat all day.
+    `clock` (`day_clock`) lays the hours on the real day: on a day of 23 or 25
+    hours an hour is left out or planned twice, and the whole budget is still due
+    by midnight.
     """
 
-    __slots__ = ("hours", "weights", "_cum")
+    __slots__ = ("hours", "weights", "clock", "_starts", "_ends", "_share", "_cum")
 
     def __init__(self, hours: frozenset[int] | set[int] | Sequence[int] = frozenset(),
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None, clock: DayClock = REGULAR_DAY) -> None:
         if weights is not None and (len(weights) != HOURS or any(w < 0 or w != w for w in weights)):
             raise ValueError("an hourly forecast needs 24 non-negative weights")
         self.hours = frozenset(hours)
@@ -101,22 +164,27 @@ class SpendPlan:
         if sum(w) <= 0:  # a forecast of no traffic in every allowed hour: fall back to uniform over them
             w = [1.0 if ok else 0.0 for ok in allowed]
         total = sum(w)
-        self.weights = tuple(x / total for x in w)
+        self.weights = tuple(x / total for x in w)  # per wall-clock hour
+        self.clock = clock
+        self._starts = tuple(start for start, _ in clock.pieces)
+        self._ends = (*self._starts[1:], 1.0)
+        mass = [self.weights[h] * (e - s) * HOURS for (s, h), e in zip(clock.pieces, self._ends, strict=True)]
+        day_total = sum(mass)  # 0 only when no allowed hour occurs on this day (one skipped by the clock change)
+        self._share = tuple(m / day_total if day_total > 0 else 0.0 for m in mass)
         cum = [0.0]
-        for x in self.weights:
+        for x in self._share:
             cum.append(min(cum[-1] + x, 1.0))  # float sums may overshoot 1 by an ulp
-        cum[-1] = 1.0
         self._cum = tuple(cum)
 
     def target(self, fraction_of_day: float) -> float:
-        """Fraction of the daily budget the plan has spent by this point of the local day (0..1)."""
+        """Fraction of the daily budget the plan has spent by this share of the local day's real length (0..1)."""
         if fraction_of_day <= 0.0:
             return 0.0
         if fraction_of_day >= 1.0:
             return 1.0
-        x = fraction_of_day * HOURS
-        h = int(x)
-        return min(self._cum[h] + self.weights[h] * (x - h), 1.0)
+        i = bisect.bisect_right(self._starts, fraction_of_day) - 1
+        start, end = self._starts[i], self._ends[i]
+        return min(self._cum[i] + self._share[i] * (fraction_of_day - start) / (end - start), 1.0)
 
 
 class PacingController:
@@ -147,6 +215,8 @@ class PacingController:
         self.u_int = min(max(math.log1p(max(lam, 0.0)), 0.0), self.u_max)
         self.u = self.u_int
         self._last: tuple[float, int] | None = None  # (plan fraction, spent) at the previous step
+        self._base: tuple[float, float] | None = None  # (plan fraction, share of budget spent) the plan restarts at
+        self._budget: int | None = None  # the budget of the previous step
         self._u_sum = self._u_weight = 0.0  # u over the day, weighted by plan progress (for next_day)
 
     @property
@@ -174,14 +244,45 @@ class PacingController:
             self._step(p - p_prev, 1.0 - p_prev, spent - spent_prev, budget - spent_prev, budget)
         self._last = (p, spent)
         if budget > 0:
-            ahead = spent / budget - p
-            self.u = min(max(self.u_int + self.kp * ahead / max(1.0 - p, self.tail), 0.0), self.u_max)
+            if self._base is None or budget != self._budget:
+                self._rebase(p, spent, budget)
+            due = self.due(p)
+            ahead = spent / budget - due
+            self.u = min(max(self.u_int + self.kp * ahead / max(1.0 - due, self.tail), 0.0), self.u_max)
+        self._budget = budget
         if exhausted:
             self.u = self.u_max
         elif p_step > 0.0:
             self._u_sum += self.u * p_step
             self._u_weight += p_step
         return PacingState(self.campaign, self.day, self.lam, spent, budget, exhausted)
+
+    def hold(self, spent: int, budget: int) -> PacingState:
+        """The state of a campaign that may not bid now (paused, outside its flight), without a control step.
+
+        Its spend says nothing about the price of budget, so lambda keeps its last value, and the next `update`
+        starts over from that point: the budget left is then paced over the plan left, not chased to the old curve.
+        """
+        self._last = self._base = None
+        exhausted = budget <= 0 or spent >= budget
+        if exhausted:
+            self.u = self.u_max
+        return PacingState(self.campaign, self.day, self.lam, spent, budget, exhausted)
+
+    def due(self, plan: float) -> float:
+        """Share of the budget due when the day's plan is at `plan`: since the controller started or the budget
+        last changed, the budget then left spread over the plan then left."""
+        if self._base is None:
+            return plan
+        p0, f0 = self._base
+        if p0 >= 1.0:
+            return f0
+        return f0 + (1.0 - f0) * max(plan - p0, 0.0) / (1.0 - p0)
+
+    def _rebase(self, plan: float, spent: int, budget: int) -> None:
+        """Start the plan over here: a controller that starts mid-day, or sees its budget change, has no gap to
+        close from what was planned before (the proportional term would otherwise rush to the old curve)."""
+        self._base = (plan, min(spent / budget, 1.0))
 
     def _step(self, dp: float, plan_left: float, spent_step: int, budget_left: int, budget: int) -> None:
         """Projected gradient step on the integral part; no step when the plan did not move (dayparting)."""

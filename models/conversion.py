@@ -7,7 +7,9 @@ posterior per campaign: the attributed conversions over the attributed clicks,
 shrunk towards a prior rate that a campaign with few clicks cannot yet move.
 
 Pure object, no I/O: the streams side feeds it the ledger's clicks and
-conversions and publishes the rate with each pacing state.
+post-click conversions (those attribution matched to a bid with a click: a
+view-through or unmatched conversion says nothing about what a click is worth)
+and publishes the rate with each pacing state.
 """
 
 from __future__ import annotations

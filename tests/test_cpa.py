@@ -10,11 +10,11 @@ import pytest
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.openrtb import parse_request
-from bidder.pacing import PacingState
+from bidder.pacing import PacingState, conversion_rate
 from models.conversion import DEFAULT_CVR
 from models.snapshot import ModelSnapshot
 from streams.ledger import SpendLedger
-from streams.processor import Campaigns, Pacer
+from streams.processor import Campaigns, DeliveryProcessor, Pacer
 from tests.helpers import body, campaign, request
 
 NOW = 1_780_000_000.0
@@ -56,7 +56,80 @@ def test_pacer_publishes_the_campaigns_conversion_rate() -> None:
     ts = int(NOW * 1000)
     for i in range(200):
         ledger.apply("clicks", {"id": f"k{i}", "ts": ts, "campaign": "c1", "bid_id": f"b{i}"})
-    for i in range(40):
-        ledger.apply("conversions", {"id": f"v{i}", "ts": ts, "campaign": "c1", "bid_id": f"b{i}", "value": 1})
+    for i in range(40):  # post-click: attribution matched each to a bid with a click
+        ledger.apply("conversions", {"id": f"v{i}", "ts": ts, "campaign": "c1", "bid_id": f"b{i}", "value": 1},
+                     post_click=1)
+    for i in range(30):  # not attributed to a click: they count in the ledger, not in the rate
+        ledger.apply("conversions", {"id": f"w{i}", "ts": ts, "campaign": "c1", "bid_id": f"x{i}", "value": 1})
     (state,) = Pacer(camps).update(NOW, ledger)
     assert state.cvr == pytest.approx((40 + 20 * DEFAULT_CVR) / (200 + 20))
+    assert ledger.day_totals("c1", state.day)["conversions"] == 70
+
+
+def cpa_processor() -> tuple[Campaigns, DeliveryProcessor]:
+    camps = Campaigns()
+    camp = parse_campaign(campaign(goal={"type": "cpa", "value_per_conversion": 40.0, "max_bid_cpm": 20.0}))
+    camps.by_id[camp.id] = camp
+    return camps, DeliveryProcessor(camps, {}, {}, {})
+
+
+def served(proc: DeliveryProcessor, i: int, ts: int) -> None:
+    proc.handle("bids", {"id": f"bid:{i}", "ts": ts, "bid_id": f"b{i}", "campaign": "c1", "creative": "cr1",
+                         "features": [1]})
+    proc.handle("impressions", {"id": f"imp:{i}", "ts": ts + 1000, "bid_id": f"b{i}", "campaign": "c1",
+                                "creative": "cr1"})
+
+
+def click(proc: DeliveryProcessor, i: int, ts: int) -> None:
+    proc.handle("clicks", {"id": f"click:{i}", "ts": ts, "bid_id": f"b{i}", "campaign": "c1", "creative": "cr1"})
+
+
+def convert(proc: DeliveryProcessor, cid: str, bid_id: str, ts: int) -> None:
+    proc.handle("conversions", {"id": f"conv:{cid}", "ts": ts, "bid_id": bid_id, "campaign": "c1", "value": 1})
+
+
+def test_only_post_click_conversions_move_the_rate() -> None:
+    """View-through conversions (no click) and orphans (unknown bid) once priced clicks at 0.59 instead of 0.05."""
+    camps, proc = cpa_processor()
+    ts = int(NOW * 1000)
+    for i in range(1000):
+        served(proc, i, ts)
+        if i < 100:
+            click(proc, i, ts + 2000)
+    for i in [*range(5), *range(100, 145)]:  # 5 after a click, 45 view-through
+        convert(proc, str(i), f"b{i}", ts + 60_000)
+    for i in range(20):
+        convert(proc, f"x{i}", f"nope{i}", ts + 60_000)  # orphans
+    (state,) = Pacer(camps).update(NOW + 120, proc.ledger)
+    assert state.cvr == pytest.approx((5 + 20 * DEFAULT_CVR) / (100 + 20))
+    totals = proc.ledger.day_totals("c1", state.day)
+    assert (totals["conversions"], totals["value"]) == (70, 70)  # every conversion still counts in the ROI
+
+
+def test_a_conversion_read_before_its_click_counts_once_the_click_comes() -> None:
+    """Topics interleave: a conversion may be read before the click it followed; the click then books it."""
+    camps, proc = cpa_processor()
+    ts = int(NOW * 1000)
+    for i in range(10):
+        served(proc, i, ts)
+    for i in range(4):
+        convert(proc, str(i), f"b{i}", ts + 60_000)  # their clicks are still unread
+    convert(proc, "0b", "b0", ts + 70_000)  # a second conversion of the same click
+    for i in range(10):
+        click(proc, i, ts + 2000)
+    click(proc, 0, ts + 2000)  # the same click again (by id): books nothing more
+    proc.handle("clicks", {"id": "click:0-second", "ts": ts + 3000, "bid_id": "b0", "campaign": "c1",
+                           "creative": "cr1"})  # another click of the bid: its conversions are booked already
+    convert(proc, "0", "b0", ts + 60_000)  # a conversion re-sent
+    convert(proc, "9", "b9", ts + 80_000)  # after its click
+    (state,) = Pacer(camps).update(NOW + 120, proc.ledger)
+    assert proc.ledger.day_totals("c1", state.day)["post_click_conversions"] == 6
+    assert state.cvr == pytest.approx((6 + 20 * DEFAULT_CVR) / (11 + 20))
+
+
+@pytest.mark.parametrize(("cvr", "priced"), [(0.99, 0.99), (1.01, 1.0), (3.0, 1.0), (0.0, DEFAULT_CVR),
+                                             (math.nan, DEFAULT_CVR), (-0.5, DEFAULT_CVR)])
+def test_conversion_rate_above_one_is_priced_at_one(cvr: float, priced: float) -> None:
+    """Falling back to the prior above 1 priced 0.99 at 0.99 and 1.01 at 0.05."""
+    assert conversion_rate(PacingState("c1", "2026-05-28", cvr=cvr)) == pytest.approx(priced)
+    assert conversion_rate(None) == DEFAULT_CVR

@@ -117,3 +117,28 @@ def test_a_backlog_of_old_days_builds_the_history_in_event_time() -> None:
         f.observe_counter("b1", DAY0 + day * 86400 + 7 * 3600, 1000 * day + 500)
     assert f.days == 2 and f.utc_weights() is not None
     assert max(range(24), key=lambda h: f.utc_weights()[h]) == 6
+
+
+def test_a_day_followed_by_a_gap_still_counts() -> None:
+    """A day closed by a request two days later was replaced by zeros: the whole observed day was dropped."""
+    f = TrafficForecast(min_share=0.0)
+    day_of_traffic(f, 0, [1] * 18 + [10] * 6)
+    f.observe(DAY0 + 2 * 86400 + 10, 1)  # nothing at all on day 1 (a worker down), then day 2 begins
+    assert f.days == 1 and f.ready()
+    w = f.utc_weights()
+    assert w is not None and w[20] == pytest.approx(10 * w[3])
+    day_of_traffic(f, 2, [1] * 24)
+    f.observe(DAY0 + 3 * 86400, 0)
+    assert f.days == 2  # the empty day in between folded nothing
+
+
+def test_each_local_hour_takes_the_offset_in_force_at_its_start() -> None:
+    """On the day New York's clocks go back (2026-11-01, 06:00 UTC), local hours before the change are UTC-4."""
+    f = TrafficForecast(min_share=0.0)
+    per_hour = [0] * 24
+    per_hour[4] = 10  # 00:00 EDT
+    per_hour[18] = 30  # 13:00 EST
+    day_of_traffic(f, 0, per_hour)
+    f.observe(DAY0 + 86400, 0)
+    w = f.local_weights("America/New_York", "2026-11-01")
+    assert w is not None and w[0] == pytest.approx(0.25) and w[13] == pytest.approx(0.75)

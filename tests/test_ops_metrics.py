@@ -154,10 +154,15 @@ def test_the_plan_gauge_is_the_plan_the_workers_pacer_follows() -> None:
         forecast.observe(yesterday + hour * 3600 + 10, rate * 1000)
     campaigns = Campaigns()
     campaigns.by_id.update(eng.index.campaigns)
-    [state] = Pacer(campaigns, forecast).update(NOW, None)
+    pacer = Pacer(campaigns, forecast)
+    [state] = pacer.update(NOW, None)
     frac = (NOW % 86400) / 86400
-    assert state.plan_share == forecast.plan("UTC", today, frozenset(), NOW).target(frac)
-    assert abs(state.plan_share - plan_fraction(frozenset(), frac)) > 0.05  # the flat plan is another one
+    assert state.plan_share == 0.0  # a pacer that starts mid-day owes nothing of what was planned before it
+    [state] = pacer.update(NOW + 3600, None)
+    plan = forecast.plan("UTC", today, frozenset(), NOW)
+    p0, p1 = plan.target(frac), plan.target(frac + 1 / 24)
+    assert math.isclose(state.plan_share, (p1 - p0) / (1 - p0), rel_tol=1e-9)  # the rest of the plan, from its start
+    assert abs(state.plan_share - plan_fraction(frozenset(), frac + 1 / 24)) > 0.05  # the flat plan is another one
     eng.set_pacing(_pacing_state(orjson.loads(orjson.dumps(pacing_doc(state)))))  # as a bidder reads the topic
     m = scrape(app)
     assert math.isclose(value(m, "streambid_campaign_plan_spend_today", campaign="c1"), state.plan_share * 80.0,
@@ -489,3 +494,16 @@ def test_consumer_lag_is_high_watermark_minus_committed() -> None:
     committed = {TP("t", 0): 100, TP("t", 1): 40, TP("revoked", 0): 1}  # ("new", 0): nothing committed yet
     assert consumer_lag(FakeConsumer(high, committed)) == {("t", 0): 20, ("t", 1): 0}
     assert consumer_lag(SimpleNamespace()) == {}  # a consumer that is not started yet
+
+
+def test_the_flat_plan_gauge_follows_the_wall_clock_on_days_the_clocks_change() -> None:
+    """Dayparted 9-17 in New York: half the budget is due at 13:00 local on the 23- and 25-hour days too."""
+    from zoneinfo import ZoneInfo
+
+    from bidder.pacing import day_clock, day_fraction
+
+    for day in ("2026-03-08", "2026-11-01", "2026-06-01"):
+        t = dt.datetime.fromisoformat(f"{day}T13:00").replace(tzinfo=ZoneInfo("America/New_York")).timestamp()
+        _, frac, _ = day_fraction("America/New_York", t)
+        share = plan_fraction(frozenset(range(9, 17)), frac, day_clock("America/New_York", day))
+        assert math.isclose(share, 0.5, abs_tol=1e-9), day
