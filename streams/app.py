@@ -5,7 +5,8 @@
                      -> labelled examples topic
     learner agent    examples -> River CTR learner -> model topic (snapshot, every second when changed)
     config agent     campaign config topic -> validate -> dead letter on rejection
-    pacing timer     totals of local campaigns -> pacing controller -> pacing topic
+    pacing timer     totals of local campaigns -> pacing controller -> pacing topic (read back at startup:
+                     a restarted worker's controllers start from the lambda last published that day)
 
 Anything that fails validation goes to the dead-letter topic with its reason;
 the agents keep consuming.  The delivery and learner agents take their records a fetch at a time
@@ -25,11 +26,13 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
 from bidder.campaigns import Campaign, ConfigError, config_campaign
 from bidder.clock import from_env as clock_from_env
 from bidder.forecast import TrafficForecast
+from bidder.pacing import MAX_LAMBDA, PacingState
 from streams import leases, topics
 from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
@@ -53,6 +56,11 @@ GC_THRESHOLDS = (20_000, 20, 20)
 LOG_STARTS_TIMEOUT_S = 10.0  # a question to the broker about where partitions begin gives up after this
 CHECKPOINT_S = 60.0  # wall seconds between learner checkpoints (while it learns): what a restart may relearn
 FETCH_MAX = 5000  # records one fetch hands the handlers: the changelog is written once per fetch
+# The last published pacing states, read back at startup: from the end of the pacing topic, as far as the start of
+# the longest local day still running (a day of 25 hours that began at UTC+14), at most this many records.
+PACING_BACK_MS = 26 * 3_600_000
+PACING_TAIL_MAX = 200_000
+PACING_READ_TIMEOUT_S = 20.0  # past this the pacer starts without them (from lambda 0), as it would with no topic
 
 
 class StatusBoard:
@@ -446,8 +454,33 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             weights = forecast.utc_weights(now)
             board.doc["forecast"] = {"days": forecast.days, "utc_weights": [round(w, 5) for w in weights] if weights else None}
 
+    primed = [False, False]  # the last published pacing states are read back; the tables are recovered
+
+    @app.task
+    async def read_back_pacing() -> None:
+        """Each campaign's controller starts from its last published lambda of the day, not from 0: a worker
+        restarted mid-day would otherwise bid as if budget cost nothing, and run ahead of plan for hours."""
+        try:
+            docs = await asyncio.wait_for(last_pacing_docs(bootstrap, topics.PACING.name, set(campaigns.by_id),
+                                                           int(time.time() * 1000) - PACING_BACK_MS),
+                                          PACING_READ_TIMEOUT_S)
+        except Exception as e:  # no topic yet, or the broker away: start from 0 as before
+            log.warning("last pacing states not read back (%s); controllers start from lambda 0", e)
+            docs = {}
+        states = [st for st in map(pacing_state, docs.values()) if st is not None]
+        for state in states:
+            pacer.remember(state)
+        log.info("read back the last pacing state of %d campaigns", len(states))
+        primed[0] = True
+
+    @app.on_rebalance_complete.connect
+    async def tables_recovered(app: faust.App, **kwargs: Any) -> None:
+        primed[1] = True
+
     @app.timer(interval=pace_s)
     async def pace() -> None:
+        if not all(primed):  # a controller stepped before then would start from 0, or on spend not yet recovered
+            return
         now = clock()
         local = {k.split("|", 1)[0] for k in totals}
         for state in pacer.update(now, delivery.ledger):
@@ -481,6 +514,69 @@ def pacing_doc(state: Any) -> dict[str, Any]:
         "plan_share": getattr(state, "plan_share", None),  # the plan the pacer follows: what bidders show as the plan
         "ts": int(time.time() * 1000),  # publication time: the bidders' pacing age counts from it, across restarts
     }
+
+
+def pacing_state(doc: Any) -> PacingState | None:
+    """The state a pacing record publishes, or None for one that is not usable (a reader must never fail on what
+    is on a topic)."""
+    if not isinstance(doc, dict):
+        return None
+    campaign, day, lam, exhausted = doc.get("campaign"), doc.get("day"), doc.get("lam"), doc.get("exhausted")
+    if type(campaign) is not str or type(day) is not str or type(exhausted) is not bool:
+        return None
+    if type(lam) not in (int, float) or not 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
+        return None
+    return PacingState(campaign=campaign, day=day, lam=float(lam), exhausted=exhausted)
+
+
+def newest_by_campaign(values: Sequence[bytes | None], wanted: set[str], found: dict[str, Any]) -> None:
+    """Add to `found` the newest pacing document of each campaign of `wanted` not in it yet; `values` in log order."""
+    for value in reversed(values):
+        try:
+            doc = orjson.loads(value) if value else None
+        except orjson.JSONDecodeError:
+            continue
+        cid = doc.get("campaign") if isinstance(doc, dict) else None
+        if type(cid) is str and cid in wanted and cid not in found:
+            found[cid] = doc
+
+
+async def last_pacing_docs(bootstrap: str, topic: str, wanted: set[str], since_ms: int) -> dict[str, Any]:
+    """The newest pacing document of each campaign of `wanted` on `topic` (partition 0), read back from its end.
+
+    Every worker publishes each campaign it paces at every step, so the last records hold the newest state of
+    every campaign paced lately.  Windows grow back from the end until all of `wanted` are found, the records
+    are older than `since_ms` (no state of a day still running is), or PACING_TAIL_MAX records were read: the
+    topic is compacted, but only in closed segments, so reading it whole could mean millions of records.
+    """
+    tp = TopicPartition(topic, 0)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    try:
+        c.assign([tp])
+        end = (await c.end_offsets([tp]))[tp]
+        since = (await c.offsets_for_times({tp: since_ms}))[tp]
+        floor = max(since.offset if since is not None else end, end - PACING_TAIL_MAX)
+        found: dict[str, Any] = {}
+        stop, window = end, max(4 * len(wanted), 1000)
+        while stop > floor and not wanted <= found.keys():
+            start = max(floor, stop - window)
+            newest_by_campaign(await read_range(c, tp, start, stop), wanted, found)
+            stop, window = start, window * 4
+        return found
+    finally:
+        await c.stop()
+
+
+async def read_range(c: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int) -> list[bytes | None]:
+    """Values at offsets [start, stop) of the assigned `tp` (fewer where compaction removed records)."""
+    c.seek(tp, start)
+    values: list[bytes | None] = []
+    while await c.position(tp) < stop:
+        for msg in (await c.getmany(tp, timeout_ms=1000, max_records=10_000)).get(tp, []):
+            if msg.offset < stop:
+                values.append(msg.value)
+    return values
 
 
 def status_doc(app_id: str, ready: bool, owned: frozenset[int], positions: dict[tuple[str, int], int], totals: TableView,

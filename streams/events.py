@@ -92,7 +92,7 @@ def _sane(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
             raise EventError("bad_value", f"feature ids must lie in 0..{HASH_MASK}")
     if kind == "examples" and raw["label"] not in (0, 1):
         raise EventError("bad_value", "label must be 0 or 1")
-    if kind == "billing":
+    if kind == "billing":  # the only day the ledger reads: other events count on their campaign's date at `ts`
         _check_day(raw["day"], ts)
     return raw
 

@@ -18,15 +18,18 @@ import orjson
 
 from bidder.campaigns import Campaign
 from bidder.forecast import TrafficForecast
-from bidder.pacing import PacingController, PacingState, SpendPlan, day_fraction
+from bidder.pacing import PacingController, PacingState, SpendPlan, day_clock, day_fraction
 from models.conversion import ConversionRates
 from models.learner import CTRLearner, encode_state
 from streams.attribution import Attribution, Example
-from streams.ledger import SpendLedger, empty_totals
+from streams.ledger import POST_CLICK, SpendLedger, empty_totals
 
 Emit = Callable[[str, str, dict[str, Any]], None]  # (topic kind, key, event)
 ATTRIBUTION_KINDS = frozenset({"bids", "impressions", "clicks", "conversions"})
 LEDGER_KINDS = frozenset({"billing", "impressions", "clicks", "conversions", "wins", "losses"})
+# Marks on a bid's attribution entry: the ids of its conversions read before any click of it, and the click that
+# booked them as post-click (once, by that click's id, so a replayed click books them again only if it counts again)
+HELD_CONVERSIONS, HELD_BOOKED_BY = "cv", "cvk"
 
 
 class Campaigns:
@@ -73,6 +76,7 @@ class DeliveryProcessor:
     def handle(self, kind: str, event: dict[str, Any], position: tuple[str, int] | None = None) -> list[Example]:
         """Apply one validated event; returns the training examples it completes."""
         examples: list[Example] = []
+        post_click = 0
         if kind in ATTRIBUTION_KINDS:
             if kind == "bids":
                 outcome, ex = self.attribution.on_bid(event)
@@ -86,13 +90,45 @@ class DeliveryProcessor:
                 outcome, ex = self.attribution.on_click(event)
                 if ex is not None:
                     examples.append(ex)
+                post_click = self._book_held_conversions(event)
             else:
                 outcome = self.attribution.on_conversion(event)
+                post_click = self._post_click(event, outcome)
             key = f"{kind}:{outcome}"
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
-        if kind in LEDGER_KINDS and not self.ledger.apply(kind, event, position):
+        if kind in LEDGER_KINDS and not self.ledger.apply(kind, event, position, post_click):
             self.outcomes[f"{kind}:duplicate_event"] = self.outcomes.get(f"{kind}:duplicate_event", 0) + 1
         return examples
+
+    def _post_click(self, event: dict[str, Any], outcome: str) -> int:
+        """1 when this conversion counts towards P(conversion | click) now: attribution matched it to a bid that
+        has a click.  One whose bid has no click yet (view-through, or its click still unread: topics interleave)
+        is held on the bid's entry, and booked by the bid's click if one comes."""
+        bid_id = event["bid_id"]
+        entry = self.attribution.pending.get(bid_id) if outcome == "matched" else None
+        if entry is None:
+            return 0  # orphan or late: not attributed
+        held = entry.get(HELD_CONVERSIONS) or []
+        if event["id"] in held:
+            return 0  # read before: still held, or booked by its click
+        if entry["clk"] is not None:
+            return 1
+        self.attribution.pending[bid_id] = {**entry, HELD_CONVERSIONS: [*held, event["id"]]}
+        return 0
+
+    def _book_held_conversions(self, event: dict[str, Any]) -> int:
+        """How many conversions of the click's bid were read before it, for the first click of the bid to book."""
+        bid_id = event["bid_id"]
+        entry = self.attribution.pending.get(bid_id)
+        held = entry.get(HELD_CONVERSIONS) if entry is not None else None
+        if not held:
+            return 0
+        booked_by = entry.get(HELD_BOOKED_BY)
+        if booked_by is None:
+            self.attribution.pending[bid_id] = {**entry, HELD_BOOKED_BY: event["id"]}
+        elif booked_by != event["id"]:
+            return 0  # another click of the bid booked them
+        return len(held)
 
     def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
                limit: int | None = None) -> list[Example]:
@@ -120,13 +156,16 @@ class Pacer:
 
     With a traffic forecast, each day's plan follows the expected requests per local hour; the plan is fixed
     when the campaign's day starts, so the target never jumps within a day.  A campaign with a lifetime budget
-    is paced on what that total leaves of its daily budget, and stops once the total is spent.
+    is paced on what that total leaves of its daily budget, and stops once the total is spent.  A paused campaign,
+    or one outside its flight dates, keeps its lambda; when it may bid again, its controller paces what is left.
     """
 
     def __init__(self, campaigns: Campaigns, forecast: TrafficForecast | None = None) -> None:
         self.campaigns = campaigns
         self.forecast = forecast
         self.controllers: dict[str, PacingController] = {}
+        # a campaign's last published (day, lambda), for a controller started anew on that day
+        self.known_lambda: dict[str, tuple[str, float]] = {}
         self.conversions = ConversionRates()
         self._before: dict[str, int] = {}  # spend on the days before today, per campaign with a lifetime budget
         self._before_days: dict[str, str] = {}  # the "today" each of those sums stops at
@@ -155,8 +194,29 @@ class Pacer:
 
     def plan(self, camp: Campaign, day: str, now: float) -> SpendPlan:
         if self.forecast is None:
-            return SpendPlan(hours=camp.hours)
+            return SpendPlan(hours=camp.hours, clock=day_clock(camp.timezone, day))
         return self.forecast.plan(camp.timezone, day, camp.hours, now)
+
+    def remember(self, state: PacingState) -> None:
+        """A pacing state published before (e.g. read back from the pacing topic after a restart): a controller
+        this pacer starts for that campaign on the state's day starts from its lambda, not from 0.  A state of
+        another day is no guide (the end of a day says little about the next: see `PacingController.next_day`),
+        nor is an exhausted one (its lambda is the maximum, whatever the price of budget was)."""
+        if state.campaign not in self.controllers and not state.exhausted:
+            self.known_lambda[state.campaign] = (state.day, state.lam)
+
+    def controller(self, camp: Campaign, day: str, now: float) -> PacingController:
+        """`camp`'s controller for `day`: a new day starts from yesterday's price of budget, a new controller from
+        the campaign's last known one (else 0)."""
+        ctl = self.controllers.get(camp.id)
+        if ctl is None:
+            known_day, lam = self.known_lambda.pop(camp.id, (day, 0.0))
+            ctl = PacingController(day=day, plan=self.plan(camp, day, now), campaign=camp.id,
+                                   lam=lam if known_day == day else 0.0, kp=PACING_KP, tail=PACING_TAIL)
+        elif ctl.day != day:
+            ctl = ctl.next_day(day, self.plan(camp, day, now))
+        self.controllers[camp.id] = ctl
+        return ctl
 
     def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
         out = []
@@ -166,22 +226,27 @@ class Pacer:
         for camp in camps:
             day, frac, _ = when[camp.id]
             totals = ledger.day_totals(camp.id, day) if ledger is not None else empty_totals()
-            ctl = self.controllers.get(camp.id)
-            if ctl is None:
-                ctl = self.controllers[camp.id] = PacingController(day=day, plan=self.plan(camp, day, now), kp=PACING_KP,
-                                                                   tail=PACING_TAIL)
-            elif ctl.day != day:  # a new day starts from yesterday's price of budget, not from zero
-                ctl = self.controllers[camp.id] = ctl.next_day(day, self.plan(camp, day, now))
-            state = ctl.update(frac, totals["spend"], self.budget_today(camp, day, ledger))
+            ctl = self.controller(camp, day, now)
+            budget = self.budget_today(camp, day, ledger)
+            if may_bid_on(camp, day):
+                state = ctl.update(frac, totals["spend"], budget)
+            else:
+                state = ctl.hold(totals["spend"], budget)
             state.campaign = camp.id
             state.impressions_today = totals["billed"]
             state.clicks_today = totals["clicks"]
             state.value_today = totals["value"]
-            self.conversions.update_day(camp.id, day, totals["clicks"], totals["conversions"])
+            self.conversions.update_day(camp.id, day, totals["clicks"], totals.get(POST_CLICK, 0))
             state.cvr = self.conversions.rate(camp.id)
-            state.plan_share = ctl.plan.target(frac)  # the plan this step followed, for the bidders' plan gauge
+            # the plan the controller follows, for the bidders' plan gauge: from where it started or the budget changed
+            state.plan_share = ctl.due(ctl.plan.target(frac))
             out.append(state)
         return out
+
+
+def may_bid_on(camp: Campaign, day: str) -> bool:
+    """True when `camp` is active and `day` (its local ISO date) lies in its flight; dayparting is the plan's."""
+    return camp.active and camp.start.isoformat() <= day <= camp.end.isoformat()
 
 
 class RecentIds:

@@ -206,7 +206,8 @@ def offline_totals(records: list[tuple[str, int, int, bytes]], zones: dict[str, 
         if kind not in LEDGER_KINDS or ev["campaign"] not in zones or ev["id"] in seen:
             continue
         seen.add(ev["id"])
-        key = f"{ev['campaign']}|{ev.get('day') or local_day(zones[ev['campaign']], ev['ts'])}"
+        day = ev.get("day") if kind == "billing" else None  # only a bill's day is read; the rest count on their ts
+        key = f"{ev['campaign']}|{day or local_day(zones[ev['campaign']], ev['ts'])}"
         t = out.setdefault(key, dict.fromkeys(FIELDS, 0))
         if kind == "billing":
             t["spend"] += ev["cost"]

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from models.learner import CTRLearner
 from models.snapshot import ModelSnapshot
 from streams.checkpoints import frame, read_latest
 from streams.events import make_event
+from streams.ledger import FIELDS
 from tests.helpers import campaign
 from tests.streams_support import (
     DELIVERY_KINDS,
@@ -380,3 +381,56 @@ async def delete_records(bootstrap: str, tp: TopicPartition, end: int) -> None:
         assert low[tp] == end  # the log now starts at its end: nothing left to read
     finally:
         await admin.close()
+
+
+def test_events_read_again_after_a_time_zone_change_are_counted_once(procs: Procs) -> None:
+    """Counted under a UTC campaign's date, read again by the same group once the campaign has moved to New York
+    (its offsets rewound): each event stays counted once, on the day it was counted on."""
+    camp, app_id = f"{procs.prefix}-tz", f"{procs.prefix}-w"
+    path = procs.tmp / "tz.json"
+
+    def publish(tz: str) -> None:
+        path.write_bytes(orjson.dumps([campaign(id=camp, flight={"start": "2020-01-01", "end": "2099-12-31",
+                                                                 "timezone": tz},
+                                                goal={"type": "cpc", "value_per_click": 1.5, "max_bid_cpm": 20.0})]))
+        out = procs.cli("campaign", "set", str(path))
+        assert out.returncode == 0, out.stderr
+
+    publish("UTC")
+    one_am = int(time.time() * 1000) // 86_400_000 * 86_400_000 + 3_600_000  # today 01:00 UTC: yesterday in New York
+    records = []
+    for i in range(10):
+        for kind in ("impressions", "clicks"):
+            ev = make_event(kind, f"{kind}:{procs.prefix}-b{i}", one_am + i, bid_id=f"{procs.prefix}-b{i}",
+                            campaign=camp, creative="cr1")
+            records.append((topic(procs.prefix, kind), camp, orjson.dumps(ev)))
+    asyncio.run(produce(procs.bootstrap, records))
+    want = {f"{camp}|{local_day('UTC', one_am)}": {**dict.fromkeys(FIELDS, 0), "impressions": 10, "clicks": 10,
+                                                  "value": 10 * 1_500_000}}
+    w1, port1 = procs.worker("worker-1", app_id)
+    names = delivery_names(procs.prefix)
+    wait_for(lambda: caught_up(procs.bootstrap, app_id, names), 60, "worker 1 to commit every event", every=0.5)
+    wait_for(lambda: summed_totals([worker_status(port1) or {"totals": {}}], {camp}) == want, 20, "the UTC totals")
+    w1.send_signal(signal.SIGTERM)
+    w1.wait(30)
+    publish("America/New_York")
+    asyncio.run(rewind(procs.bootstrap, app_id, names))
+    _, port2 = procs.worker("worker-2", app_id)
+    wait_for(lambda: caught_up(procs.bootstrap, app_id, names), 60, "worker 2 to commit every event again", every=0.5)
+    wait_for(lambda: (worker_status(port2) or {}).get("ready"), 20, "worker 2 to be ready")
+    time.sleep(2.0)  # anything counted twice has had time to show
+    st = worker_status(port2)
+    assert summed_totals([st], {camp}) == want
+    assert st["outcomes"].get("impressions:duplicate_event") == st["outcomes"].get("clicks:duplicate_event") == 10
+
+
+async def rewind(bootstrap: str, group: str, names: list[str], partitions: int = 4) -> None:
+    """Set `group`'s committed offsets on every partition of `names` back to 0 (the group must have no members)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(n, p) for n in names for p in range(partitions)]
+        c.assign(tps)
+        await c.commit(dict.fromkeys(tps, 0))
+    finally:
+        await c.stop()

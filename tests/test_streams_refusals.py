@@ -53,12 +53,20 @@ def test_bad_events_are_dead_lettered_and_the_worker_counts_on(procs: Procs) -> 
     records = [(billing, camp, orjson.dumps(bill(1)))]
     records += [(t, k, orjson.dumps(e)) for t, k, e in bad.values()]
     records += [(billing, camp, orjson.dumps(huge)), (billing, camp, orjson.dumps(bill(6)))]
+    # a day named by an event other than a bill is not read: each counts on its campaign's date at its time
+    odd_days = ("1999-01-01", "garbage", 20991231, "2030-01-01", "x")
+    records += [(imps, camp, orjson.dumps(make_event("impressions", f"imp:d{i}", now, bid_id=f"d{i}", campaign=camp,
+                                                     creative="cr1", day=d))) for i, d in enumerate(odd_days)]
+    records.append((topic(procs.prefix, "clicks"), camp, orjson.dumps(make_event(
+        "clicks", "click:d0", now, bid_id="d0", campaign=camp, creative="cr1", day="2030-01-01"))))
     asyncio.run(produce(procs.bootstrap, records))
 
-    def spend() -> int:
-        return (worker_status(port) or {}).get("totals", {}).get(f"{camp}|{day}", {}).get("spend", -1)
+    def today() -> dict:
+        return (worker_status(port) or {}).get("totals", {}).get(f"{camp}|{day}", {})
 
-    wait_for(lambda: spend() == 1_000 + 6_000, 30, "the two good bills, and only them, to be counted")
+    wait_for(lambda: today().get("spend") == 1_000 + 6_000, 30, "the two good bills, and only them, to be counted")
+    wait_for(lambda: (today().get("impressions"), today().get("clicks")) == (len(odd_days), 1), 30,
+             "the impressions and the click that name odd days, counted today")
     dead = topic(procs.prefix, "deadletter")
     for reason, (_, _, ev) in bad.items():
         rec = asyncio.run(find_record(procs.bootstrap, dead, lambda r, i=ev["id"]: i in r.get("payload", "")))

@@ -8,14 +8,18 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
+from bidder.campaigns import parse_campaign
+from bidder.pacing import PacingState
 from streams import topics
+from streams.app import newest_by_campaign, pacing_doc, pacing_state
 from streams.attribution import Attribution
 from streams.checkpoints import assemble, frame
 from streams.events import make_event
 from streams.kafka_io import EventProducer
 from streams.ledger import SpendLedger
-from streams.processor import Learner, RecentIds, checkpoint_offsets
+from streams.processor import Campaigns, Learner, Pacer, RecentIds, checkpoint_offsets
 from streams.tables import Outbox, TableView
+from tests.helpers import campaign
 
 MIN = 60_000
 
@@ -343,3 +347,54 @@ def test_a_learner_checkpoint_carries_the_offsets_it_covers_and_restores_the_lea
     for bad in (b"", b"{}", b"[1]\n", b'{"offsets": {"0": 3}}', b'{"offsets": {"x": 1}}\nzz'):
         with pytest.raises(ValueError, match="not a learner checkpoint"):
             Learner().restore(bad)
+
+
+# -- pacing read back at startup: a restarted worker's controllers start from the last published lambda ----------
+
+PACING_NOON = 1_780_315_200.0  # 2026-06-01 12:00 UTC
+
+
+def pacer_with(*ids: str) -> tuple[Pacer, SpendLedger]:
+    camps = Campaigns()
+    for cid in ids:
+        camps.by_id[cid] = parse_campaign(campaign(id=cid, budget={"daily": 100.0, "total": 0}))
+    return Pacer(camps), SpendLedger({}, {}, camps.day_of, camps.click_value)
+
+
+def published(cid: str, day: str, lam: float, exhausted: bool = False) -> bytes:
+    state = PacingState(cid, day, lam=lam, spent_today=5, budget_today=100_000_000, exhausted=exhausted)
+    state.campaign = cid
+    return orjson.dumps(pacing_doc(state))
+
+
+def test_the_newest_pacing_record_of_each_campaign_is_taken() -> None:
+    values = [published("a", "2026-06-01", 1.0), published("b", "2026-06-01", 2.0), None, b"{not json",
+              b"[1]", published("a", "2026-06-01", 3.0), published("z", "2026-06-01", 9.0)]
+    found: dict = {}
+    newest_by_campaign(values, {"a", "b", "c"}, found)
+    assert {cid: doc["lam"] for cid, doc in found.items()} == {"a": 3.0, "b": 2.0}
+    newest_by_campaign([published("b", "2026-06-01", 7.0)], {"a", "b", "c"}, found)  # an older window
+    assert found["b"]["lam"] == 2.0
+
+
+@pytest.mark.parametrize("doc", [{"campaign": "a", "day": "2026-06-01", "lam": float("nan"), "exhausted": False},
+                                 {"campaign": "a", "day": "2026-06-01", "lam": 101.0, "exhausted": False},
+                                 {"campaign": "a", "day": "2026-06-01", "lam": 1.0, "exhausted": "false"},
+                                 {"campaign": "a", "day": 20260601, "lam": 1.0, "exhausted": False},
+                                 {"campaign": "a", "day": "2026-06-01", "lam": True, "exhausted": False}, [], None])
+def test_a_pacing_record_no_controller_could_start_from_is_passed_over(doc: object) -> None:
+    assert pacing_state(doc) is None
+
+
+def test_a_restarted_pacer_starts_from_todays_last_published_lambda() -> None:
+    pacer, ledger = pacer_with("today", "yesterday", "exhausted", "unknown")
+    docs = {"today": published("today", "2026-06-01", 4.5), "yesterday": published("yesterday", "2026-05-31", 6.0),
+            "exhausted": published("exhausted", "2026-06-01", 100.0, exhausted=True)}
+    for doc in docs.values():
+        state = pacing_state(orjson.loads(doc))
+        assert state is not None
+        pacer.remember(state)
+    lam = {st.campaign: st.lam for st in pacer.update(PACING_NOON, ledger)}
+    assert lam["today"] == pytest.approx(4.5)
+    assert lam["yesterday"] == lam["exhausted"] == lam["unknown"] == 0.0  # no guide to today: from 0, as before
+    assert pacer.update(PACING_NOON + 1, ledger)[0].lam == pytest.approx(4.5, rel=0.01)  # and goes on from there
