@@ -46,6 +46,16 @@ class ConversionRates:
         self.conversions[campaign] = self.conversions.get(campaign, 0) + max(conversions - v0, 0)
         self._seen[campaign] = (day, max(clicks, c0), max(conversions, v0))
 
+    def knows(self, campaign: str) -> bool:
+        """Whether any day of `campaign` was folded in yet."""
+        return campaign in self._seen
+
+    def add_earlier(self, campaign: str, clicks: int, conversions: int) -> None:
+        """Fold in the days before the first one `update_day` will see (once, when the rate starts: a restarted
+        worker's ledger still holds them, its memory does not)."""
+        self.clicks[campaign] = self.clicks.get(campaign, 0) + max(clicks, 0)
+        self.conversions[campaign] = self.conversions.get(campaign, 0) + max(conversions, 0)
+
     def rate(self, campaign: str) -> float:
         """P(conversion | click) for `campaign`: (conversions + s * prior) / (clicks + s)."""
         p = self.prior

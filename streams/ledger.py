@@ -167,6 +167,17 @@ class SpendLedger:
                 out[campaign] += t.get("spend", 0)
         return out
 
+    def clicks_before(self, campaign: str, day: str) -> tuple[int, int]:
+        """`campaign`'s clicks and post-click conversions on the days before `day` (what a conversion rate that
+        starts now, after a restart or a partition move, has not seen)."""
+        clicks = conversions = 0
+        prefix = f"{campaign}|"
+        for key, t in list(self.totals.items()):
+            if key.startswith(prefix) and key[len(prefix):] < day:  # ISO dates order as text
+                clicks += t.get("clicks", 0)
+                conversions += t.get(POST_CLICK, 0)
+        return clicks, conversions
+
     def campaign_totals(self, campaign: str) -> dict[str, int]:
         """All days summed (the adapter's local partitions only, on Kafka)."""
         out = empty_totals()

@@ -236,6 +236,8 @@ class Pacer:
             state.impressions_today = totals["billed"]
             state.clicks_today = totals["clicks"]
             state.value_today = totals["value"]
+            if not self.conversions.knows(camp.id) and ledger is not None:  # started now: the earlier days count too
+                self.conversions.add_earlier(camp.id, *ledger.clicks_before(camp.id, day))
             self.conversions.update_day(camp.id, day, totals["clicks"], totals.get(POST_CLICK, 0))
             state.cvr = self.conversions.rate(camp.id)
             # the plan the controller follows, for the bidders' plan gauge: from where it started or the budget changed

@@ -133,3 +133,25 @@ def test_conversion_rate_above_one_is_priced_at_one(cvr: float, priced: float) -
     """Falling back to the prior above 1 priced 0.99 at 0.99 and 1.01 at 0.05."""
     assert conversion_rate(PacingState("c1", "2026-05-28", cvr=cvr)) == pytest.approx(priced)
     assert conversion_rate(None) == DEFAULT_CVR
+
+
+def test_a_pacer_started_after_a_restart_learns_the_rate_from_every_day_in_the_ledger() -> None:
+    """The rate is accumulated across days; a restarted worker's memory starts empty, but its ledger (recovered from
+    the changelog) still holds the earlier days, and they count once, not again each day."""
+    camps = Campaigns()
+    camp = parse_campaign(campaign(goal={"type": "cpa", "value_per_conversion": 40.0}))
+    camps.by_id[camp.id] = camp
+    ledger = SpendLedger({}, {}, camps.day_of, camps.click_value)
+    for days_ago, clicks, conversions in ((2, 100, 10), (1, 100, 30), (0, 50, 5)):
+        ts = int((NOW - days_ago * 86400) * 1000)
+        for i in range(clicks):
+            ledger.apply("clicks", {"id": f"k{days_ago}-{i}", "ts": ts, "campaign": "c1", "bid_id": f"b{days_ago}-{i}"})
+        for i in range(conversions):
+            ledger.apply("conversions", {"id": f"v{days_ago}-{i}", "ts": ts, "campaign": "c1",
+                                         "bid_id": f"b{days_ago}-{i}", "value": 1}, post_click=1)
+    pacer = Pacer(camps)  # a worker that starts today
+    (state,) = pacer.update(NOW, ledger)
+    expected = (45 + 20 * DEFAULT_CVR) / (250 + 20)
+    assert state.cvr == pytest.approx(expected)
+    (state,) = pacer.update(NOW + 60, ledger)  # the next step adds nothing of the earlier days again
+    assert state.cvr == pytest.approx(expected)
