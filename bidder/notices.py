@@ -51,12 +51,16 @@ class Notice:
         return f"{self.kind}:{self.bid_id}"
 
 
-def _tail(bid_id: str, campaign: str, creative: str, bid_cpm: int, expires: int, exchange: str, bidder: str,
-          user: str, test: bool = False) -> bytes:
-    # each text field as it is quoted in the URL, where "|" is "%7C": no field can spill into the next, so moving a
-    # "|" (or the test mark) from one field to another changes the signed text
-    tail = (f"{_once(bid_id)}|{_q(campaign)}|{_q(creative)}|{bid_cpm}|{expires}|{_q(exchange)}|{_q(bidder)}"
-            f"|{_once(user)}")
+def _quoted(bid_id: str, campaign: str, creative: str, exchange: str, bidder: str, user: str) -> tuple[str, ...]:
+    """The text fields as the URL carries them (b, c, r, e, n, u), where "|" is "%7C"."""
+    return _once(bid_id), _q(campaign), _q(creative), _q(exchange), _q(bidder), _once(user)
+
+
+def _tail(quoted: tuple[str, ...], bid_cpm: int, expires: int, test: bool = False) -> bytes:
+    """The signed text.  Its text fields are URL-quoted (`_quoted`), so none can hold the "|" between fields:
+    moving a "|" (or the test mark) from one field to another changes what is signed."""
+    b, c, r, e, n, u = quoted
+    tail = f"{b}|{c}|{r}|{bid_cpm}|{expires}|{e}|{n}|{u}"
     return (tail + "|test" if test else tail).encode()  # signed: a test notice cannot pass for a billable one
 
 
@@ -103,9 +107,10 @@ def notice_urls(
     bidder: str, user: str = "", test: bool = False,
 ) -> tuple[str, str, str]:
     """The win, billing and loss URLs of one bid (nurl, burl, lurl); the exchange substitutes the macros."""
-    tags = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, test))
-    query = (f"?b={_once(bid_id)}&c={_q(campaign)}&r={_q(creative)}&v={bid_cpm}&x={expires}&e={_q(exchange)}"
-             f"&n={_q(bidder)}&u={_once(user)}{'&t=1' if test else ''}&s=")
+    quoted = _quoted(bid_id, campaign, creative, exchange, bidder, user)
+    tags = _tags(secret, _tail(quoted, bid_cpm, expires, test))
+    b, c, r, e, n, u = quoted
+    query = f"?b={b}&c={c}&r={r}&v={bid_cpm}&x={expires}&e={e}&n={n}&u={u}{'&t=1' if test else ''}&s="
     return (f"{base}/notice/win{query}{tags[0:24]}&{MACROS['win']}",
             f"{base}/notice/bill{query}{tags[24:48]}&{MACROS['bill']}",
             f"{base}/notice/loss{query}{tags[48:72]}&{MACROS['loss']}")
@@ -148,7 +153,8 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
         test = {"": False, "1": True}[p.get("t", "")]
     except (KeyError, ValueError):
         raise NoticeError("malformed") from None
-    expected = _tags(secret, _tail(bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, test))[_SLICE[kind]]
+    quoted = _quoted(bid_id, campaign, creative, exchange, bidder, user)
+    expected = _tags(secret, _tail(quoted, bid_cpm, expires, test))[_SLICE[kind]]
     # as bytes: compare_digest refuses a str with non-ASCII characters (a forged `s=%C3%A9…`) with a TypeError
     if not hmac.compare_digest(expected.encode(), sig.encode()):
         raise NoticeError("bad_signature")
