@@ -36,6 +36,11 @@ class Example:
                           features=self.features, label=self.label)
 
 
+# Marks on a bid's entry: the ids of its conversions read before any click of it, and the click that booked them as
+# post-click (once, by that click's id, so a replayed click books them again only if it counts again)
+HELD_CONVERSIONS, HELD_BOOKED_BY = "cv", "cvk"
+
+
 class Attribution:
     """Joins bids, impressions, clicks and conversions by bid id; state in a mapping the adapter owns."""
 
@@ -134,6 +139,36 @@ class Attribution:
         if ev["ts"] - (entry["t"] if entry["imp"] is None else entry["imp"]) > self.conversion_window_ms:
             return "late"
         return "matched"
+
+    def post_click(self, event: dict[str, Any], outcome: str) -> int:
+        """1 when this conversion counts towards P(conversion | click) now: attribution matched it to a bid that
+        has a click.  One whose bid has no click yet (view-through, or its click still unread: topics interleave)
+        is held on the bid's entry, and booked by the bid's click if one comes."""
+        bid_id = event["bid_id"]
+        entry = self.pending.get(bid_id) if outcome == "matched" else None
+        if entry is None:
+            return 0  # orphan or late: not attributed
+        held = entry.get(HELD_CONVERSIONS) or []
+        if event["id"] in held:
+            return 0  # read before: still held, or booked by its click
+        if entry["clk"] is not None:
+            return 1
+        self.pending[bid_id] = {**entry, HELD_CONVERSIONS: [*held, event["id"]]}
+        return 0
+
+    def book_held_conversions(self, event: dict[str, Any]) -> int:
+        """How many conversions of the click's bid were read before it, for the first click of the bid to book."""
+        bid_id = event["bid_id"]
+        entry = self.pending.get(bid_id)
+        held = entry.get(HELD_CONVERSIONS) if entry is not None else None
+        if not held:
+            return 0
+        booked_by = entry.get(HELD_BOOKED_BY)
+        if booked_by is None:
+            self.pending[bid_id] = {**entry, HELD_BOOKED_BY: event["id"]}
+        elif booked_by != event["id"]:
+            return 0  # another click of the bid booked them
+        return len(held)
 
     def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
                limit: int | None = None) -> tuple[list[Example], int]:

@@ -27,9 +27,6 @@ from streams.ledger import POST_CLICK, SpendLedger, empty_totals
 Emit = Callable[[str, str, dict[str, Any]], None]  # (topic kind, key, event)
 ATTRIBUTION_KINDS = frozenset({"bids", "impressions", "clicks", "conversions"})
 LEDGER_KINDS = frozenset({"billing", "impressions", "clicks", "conversions", "wins", "losses"})
-# Marks on a bid's attribution entry: the ids of its conversions read before any click of it, and the click that
-# booked them as post-click (once, by that click's id, so a replayed click books them again only if it counts again)
-HELD_CONVERSIONS, HELD_BOOKED_BY = "cv", "cvk"
 
 
 class Campaigns:
@@ -90,45 +87,15 @@ class DeliveryProcessor:
                 outcome, ex = self.attribution.on_click(event)
                 if ex is not None:
                     examples.append(ex)
-                post_click = self._book_held_conversions(event)
+                post_click = self.attribution.book_held_conversions(event)
             else:
                 outcome = self.attribution.on_conversion(event)
-                post_click = self._post_click(event, outcome)
+                post_click = self.attribution.post_click(event, outcome)
             key = f"{kind}:{outcome}"
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
         if kind in LEDGER_KINDS and not self.ledger.apply(kind, event, position, post_click):
             self.outcomes[f"{kind}:duplicate_event"] = self.outcomes.get(f"{kind}:duplicate_event", 0) + 1
         return examples
-
-    def _post_click(self, event: dict[str, Any], outcome: str) -> int:
-        """1 when this conversion counts towards P(conversion | click) now: attribution matched it to a bid that
-        has a click.  One whose bid has no click yet (view-through, or its click still unread: topics interleave)
-        is held on the bid's entry, and booked by the bid's click if one comes."""
-        bid_id = event["bid_id"]
-        entry = self.attribution.pending.get(bid_id) if outcome == "matched" else None
-        if entry is None:
-            return 0  # orphan or late: not attributed
-        held = entry.get(HELD_CONVERSIONS) or []
-        if event["id"] in held:
-            return 0  # read before: still held, or booked by its click
-        if entry["clk"] is not None:
-            return 1
-        self.attribution.pending[bid_id] = {**entry, HELD_CONVERSIONS: [*held, event["id"]]}
-        return 0
-
-    def _book_held_conversions(self, event: dict[str, Any]) -> int:
-        """How many conversions of the click's bid were read before it, for the first click of the bid to book."""
-        bid_id = event["bid_id"]
-        entry = self.attribution.pending.get(bid_id)
-        held = entry.get(HELD_CONVERSIONS) if entry is not None else None
-        if not held:
-            return 0
-        booked_by = entry.get(HELD_BOOKED_BY)
-        if booked_by is None:
-            self.attribution.pending[bid_id] = {**entry, HELD_BOOKED_BY: event["id"]}
-        elif booked_by != event["id"]:
-            return 0  # another click of the bid booked them
-        return len(held)
 
     def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
                limit: int | None = None) -> list[Example]:
