@@ -101,14 +101,6 @@ class _Held:
     full: frozenset[str] = frozenset()
 
 
-@dataclass(slots=True)
-class Pending:
-    """A bid we answered, remembered until its notices arrive or it expires (for price and user)."""
-
-    campaign: str
-    price_micros: int  # per impression
-
-
 class BidEngine:
     """Holds the snapshots and does the matching, scoring and pricing for each request."""
 
