@@ -22,6 +22,7 @@ test: $(STAMP)
 	bash deploy/kafka-local/kafka.sh fetch
 	bash deploy/prometheus/ensure-prometheus.sh
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -rs --durations=10
 
 # the bid path's benchmarks (about two minutes, both cores; see the README), never part of `make test`
@@ -31,6 +32,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 kafka-start:
 	bash deploy/kafka-local/kafka.sh start

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -422,7 +423,7 @@ def parse_campaign(doc: Any) -> Campaign:
     check(lambda: _no_unknown(doc, ""))
     for part in ("budget", "flight", "goal", "frequency_cap"):
         if isinstance(doc.get(part), dict):
-            check(lambda part=part: _no_unknown(doc[part], part + "."))
+            check(partial(_no_unknown, doc[part], part + "."))
     cid = check(lambda: _campaign_id(doc), "")
     currency = check(lambda: _choice(doc, "currency", "USD", CURRENCIES,
                                      f"is not supported; use one of {', '.join(sorted(CURRENCIES))}"), "USD")
@@ -599,14 +600,16 @@ def parse_campaigns(docs: list[Any]) -> list[Campaign]:
 
     Campaign ids must be unique: of two with one id, one would silently replace the other.
     """
-    out, problems, first = [], [], {}
+    out: list[Campaign] = []
+    problems: list[str] = []
+    first: dict[str, int] = {}
     for i, doc in enumerate(docs):
-        cid = doc.get("id") if isinstance(doc, dict) else None
-        named = isinstance(cid, str) and ID.fullmatch(cid) is not None
-        name = f"campaigns[{i}]" + (f" ({cid})" if named else "")
-        if named and cid in first:
+        raw_id = doc.get("id") if isinstance(doc, dict) else None
+        cid = raw_id if isinstance(raw_id, str) and ID.fullmatch(raw_id) else None
+        name = f"campaigns[{i}]" + (f" ({cid})" if cid else "")
+        if cid and cid in first:
             problems.append(f"{name}.id: {cid!r} is already the id of campaigns[{first[cid]}]")
-        elif named:
+        elif cid:
             first[cid] = i
         try:
             camp = parse_campaign(doc)

@@ -66,9 +66,9 @@ class LeaseClient:
         return out
 
     def request_doc(self, campaign: str, day: str, lease: BudgetLease | None, wall_now: float) -> dict[str, Any]:
-        current = lease is not None and lease.day == day
+        current = lease if lease is not None and lease.day == day else None
         return {"v": 1, "bidder": self.engine.cfg.bidder_id, "campaign": campaign, "day": day,
-                "granted": lease.granted_micros if current else 0, "spent": lease.spent_micros if current else 0,
+                "granted": current.granted_micros if current else 0, "spent": current.spent_micros if current else 0,
                 "frac": self.frac, "ts": wall_now}
 
     def apply(self, doc: dict[str, Any], engine_now: float) -> bool:
@@ -77,8 +77,8 @@ class LeaseClient:
         if doc.get("bidder") != engine.cfg.bidder_id:
             return False
         cid, day, granted = doc.get("campaign"), doc.get("day"), doc.get("granted")
-        camp = engine.index.campaigns.get(cid)
-        if camp is None or type(granted) is not int or day != engine.campaign_day(camp, engine_now):
+        camp = engine.index.campaigns.get(cid) if type(cid) is str else None
+        if cid is None or camp is None or type(granted) is not int or day != engine.campaign_day(camp, engine_now):
             self.ignored += 1  # a campaign gone since, or a grant for a day over (a new day starts a new lease)
             return False
         if granted > camp.daily_budget:  # no granter gives one bidder more than the day's budget: a bad message

@@ -310,7 +310,8 @@ def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list
                        ("campaign", "exchange"), [(k, micros / 1e6) for k, micros in m["spend"].items()]))
     fams.append(Family("streambid_bids_pctr", "counter", "Sum of the predicted CTR of the bids answered (divide by bids "
                        "for the mean)", ("campaign", "exchange"), [(k, v) for k, v in m["pctr"].items()]))
-    restricted, capped = [], []
+    restricted: list[tuple[tuple[str, ...], float]] = []
+    capped: list[tuple[tuple[str, ...], float]] = []
     for key, n in m["engine"].items():
         kind, _, what = key.partition(":")
         if kind == "restricted":

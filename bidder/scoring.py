@@ -138,10 +138,11 @@ class SlotConstants:
         """A per-slot array that depends only on each slot's creative name: gathered from the previous constants'
         memo (0: domain shifts, 1: hour ids) where it has one, computed for the creatives it did not have."""
         n = len(self.creative_names)
-        old = self._previous[memo].get(key) if self._previous is not None else None
-        if old is None:
+        previous = self._previous
+        old = previous[memo].get(key) if previous is not None else None
+        if previous is None or old is None:
             return compute(np.arange(n))
-        _, _, src, kept, fresh = self._previous
+        _, _, src, kept, fresh = previous
         out = np.empty(n, dtype=old.dtype)
         out[kept] = old[src]
         if len(fresh):

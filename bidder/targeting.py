@@ -404,7 +404,6 @@ class CampaignIndex:
             if not m:
                 return Eligible(reason=DEAL)
         capped: dict[str, int] = {}
-        slots = None
         if m & self._capped:
             if user:
                 m, capped = self._within_caps(m, user, frequency, hour, day)
@@ -418,8 +417,7 @@ class CampaignIndex:
                 m &= ~self._campaign_bits.get(cid, 0)
             if not m:
                 return Eligible(reason=FREQUENCY_CAP, capped=capped)
-        if slots is None:
-            slots = self.indices(m)
+        slots = self.indices(m)
         if not deals:
             return Eligible(slots, floor, {}, capped=capped, bits=m)
         floors = np.full(len(slots), floor, dtype=np.int64)

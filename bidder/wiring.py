@@ -211,6 +211,7 @@ async def _start_leases(opts: ServeOptions, engine: BidEngine, leases: LeaseClie
         if key == mine:  # every bidder reads every grant; parse only our own
             leases.apply(orjson.loads(value), engine.clock())
 
+    assert opts.broker is not None, "leases are started only with a broker"
     grants = StateFollower(opts.broker, {topics.LEASE_GRANTS.name: on_grant}, from_end=True)
     await grants.start()
 

@@ -110,7 +110,7 @@ def _is_loopback(host: str, port: int) -> bool:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         return False
-    addrs = {info[4][0] for info in infos}
+    addrs = {str(info[4][0]) for info in infos}
     return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
@@ -251,7 +251,8 @@ class _Conn(asyncio.Protocol):
 
 def _dechunk(buf: bytes) -> tuple[bytes, int] | None:
     """(body, bytes consumed) of a complete chunked body at the start of `buf`, or None if incomplete."""
-    pos, parts = 0, []
+    pos = 0
+    parts: list[bytes] = []
     while True:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:

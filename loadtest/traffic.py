@@ -545,7 +545,7 @@ class RequestFactory:
 
     def _source(self, req: dict[str, Any]) -> dict[str, Any]:
         rng = self.rng
-        pub = (req.get("site") or req.get("app"))["publisher"]["id"]
+        pub = (req.get("site") or req["app"])["publisher"]["id"]
         nodes = [{"asi": "exchange-one.com", "sid": pub, "hp": 1}]
         if rng.random() < 0.3:
             nodes.insert(0, {"asi": "reseller-net.com", "sid": f"r-{rng.randint(1, 99)}", "hp": 1})

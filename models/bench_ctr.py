@@ -52,7 +52,7 @@ class Example:
 
 
 def log_loss(preds: Iterable[float], labels: Iterable[int]) -> float:
-    total = n = 0
+    total, n = 0.0, 0
     for p, y in zip(preds, labels, strict=True):
         p = min(max(p, EPS), 1.0 - EPS)
         total -= math.log(p) if y else math.log(1.0 - p)
@@ -207,7 +207,7 @@ def _excess_pct(preds: array, truth: array) -> float:
 
 def _expected_log_loss(preds: Iterable[float], truth: Iterable[float]) -> float:
     """Mean log loss expected under the true probabilities (less noisy than against sampled labels)."""
-    total = n = 0
+    total, n = 0.0, 0
     for p, q in zip(preds, truth, strict=True):
         p = min(max(p, EPS), 1.0 - EPS)
         total -= q * math.log(p) + (1.0 - q) * math.log(1.0 - p)
@@ -442,7 +442,7 @@ def check_targets(ipinyou: dict | None, synthetic: dict | None) -> list[dict]:
     out = []
     if ipinyou:
         by = {r["learner"]: r for r in ipinyou["rows"]}
-        ours, const, vw = by.get("streambid"), by.get("constant"), by.get("vowpalwabbit")
+        ours, const, vw = by["streambid"], by["constant"], by.get("vowpalwabbit")
         out.append({"target": "ipinyou logloss < constant", "met": ours["logloss"] < const["logloss"]})
         if vw:
             out.append({"target": "ipinyou logloss <= VW", "met": ours["logloss"] <= vw["logloss"]})

@@ -8,7 +8,7 @@ names from the hashing module's reverse map when the name was seen recently.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from models.calibration import sigmoid
 from models.features import feature_name
@@ -24,7 +24,7 @@ def explain_prediction(
     base = snapshot.base_score(req_feats)
     pctr = snapshot.predict(base, cand_feats, campaign, creative)
     model_logit = base
-    contributions = []
+    contributions: list[dict[str, Any]] = []
     for fid in dict.fromkeys((*req_feats, *cand_feats)):
         w = snapshot.weights.get(fid, 0.0)
         if fid in cand_feats:

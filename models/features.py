@@ -198,7 +198,8 @@ def request_features(req: BidRequest, imp: Imp, exchange: str, hour: int, weekda
     return ids if len(set(ids)) == len(ids) else tuple(dict.fromkeys(ids))
 
 
-def candidate_features(req_feats: tuple[int, ...], hour: int, domain: str, campaign_id: str, creative_id: str) -> tuple[int, ...]:
+def candidate_features(req_feats: tuple[int, ...], hour: int | str, domain: str, campaign_id: str,
+                       creative_id: str) -> tuple[int, ...]:
     """Hashed ids of the features that depend on the candidate creative.
 
     The crosses let the model learn that a creative does well on one site or at

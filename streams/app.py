@@ -116,7 +116,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     pace_s = min(tick_s, max(clock.wall_seconds(300.0), 0.1))
     campaigns = Campaigns()
     campaigns.by_id.update(known or {})
-    json_schema = faust.Schema(key_serializer="json", value_serializer="json")
+    json_schema: faust.Schema = faust.Schema(key_serializer="json", value_serializer="json")
     # Every table is partitioned like the events that write it (by campaign); see streams.tables for how the
     # tick writes to them outside stream iteration and why iteration sees only the owned partitions.
     totals, seen, pending = (TableView(app.Table(name, schema=json_schema, partitions=partitions))
@@ -357,7 +357,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     forgotten_at = [time.time()]
     reassigned = [False]
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust's hint omits coroutine receivers
     async def forget_positions(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
         """A partition that comes back resumes from its committed offset, not from where this worker left it."""
         for tp in revoked:
@@ -398,7 +398,8 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         rebalance stops the slicing, and the next tick closes the rest under the new assignment.
         """
         def now_of(bid_id: str) -> int:
-            return reached.get(pending.partition_of(bid_id), 0)
+            partition = pending.partition_of(bid_id)
+            return reached.get(partition, 0) if partition is not None else 0
 
         while True:
             outbox.at(None)  # outside any event: each key is written to its own partition
@@ -473,7 +474,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         log.info("read back the last pacing state of %d campaigns", len(states))
         primed[0] = True
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # as above
     async def tables_recovered(app: faust.App, **kwargs: Any) -> None:
         primed[1] = True
 
@@ -524,7 +525,7 @@ def pacing_state(doc: Any) -> PacingState | None:
     campaign, day, lam, exhausted = doc.get("campaign"), doc.get("day"), doc.get("lam"), doc.get("exhausted")
     if type(campaign) is not str or type(day) is not str or type(exhausted) is not bool:
         return None
-    if type(lam) not in (int, float) or not 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
+    if not (type(lam) is int or type(lam) is float) or not 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
         return None
     return PacingState(campaign=campaign, day=day, lam=float(lam), exhausted=exhausted)
 

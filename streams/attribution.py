@@ -161,7 +161,7 @@ class Attribution:
         bid_id = event["bid_id"]
         entry = self.pending.get(bid_id)
         held = entry.get(HELD_CONVERSIONS) if entry is not None else None
-        if not held:
+        if entry is None or not held:
             return 0
         booked_by = entry.get(HELD_BOOKED_BY)
         if booked_by is None:

@@ -15,7 +15,7 @@ rebalance waits for it as it waits for an agent's event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import monotonic
 from typing import Any
 
@@ -102,7 +102,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self.log.warning("seek back to committed offsets failed mid-rebalance (the next assignment seeks again): %r",
                              e)
 
-    async def _dispatch(self, records: dict[TP, list[Any]], active: set[TP] | None,
+    async def _dispatch(self, records: Mapping[TP, list[Any]], active: set[TP] | None,
                         handlers: dict[str, Handler]) -> None:
         generation = self.app.consumer_generation_id
         batches: dict[str, list[Any]] = {}
@@ -151,7 +151,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     async def _handle(self, handler: Handler, batch: list[Any], offsets: dict[TP, list[int]]) -> None:
         marker = InFlight(len(batch))
-        self._unacked_messages.add(marker)
+        self._unacked_messages.add(marker)  # type: ignore[arg-type]  # Faust only counts the set's members
         try:
             await handler(batch)
             now = monotonic()
@@ -162,7 +162,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 inbound[tp] = now  # Faust's livelock check: this partition's events are being processed
             marker.acked = True
         finally:
-            self._unacked_messages.discard(marker)
+            self._unacked_messages.discard(marker)  # type: ignore[arg-type]
             notify(self._waiting_for_ack)
 
     def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:

@@ -288,7 +288,7 @@ def _measure(worker: subprocess.Popen, port: int, work: Workload, ends: dict[tup
                   end="", file=sys.stderr, flush=True)
         if lag == 0 and caught_up is None:
             caught_up = now
-        if lag == 0 and learned >= work.examples:
+        if lag == 0 and learned >= work.examples and caught_up is not None:
             # from the worker's own clocks: its first event to the status snapshot that shows everything done
             seconds, cpu = now, doc["cpu_s"] - first["cpu_s"]
             spend = sum(t["spend"] for k, t in doc.get("totals", {}).items() if k.startswith(prefix))

@@ -257,7 +257,7 @@ async def read_config_log(broker: str) -> list[ConfigEntry]:
         c.assign([tp])
         end = (await c.end_offsets([tp]))[tp]
         await c.seek_to_beginning(tp)
-        out = []
+        out: list[ConfigEntry] = []
         while await c.position(tp) < end:
             batch = await c.getmany(tp, timeout_ms=1000)
             out.extend(config_entry(msg.key, msg.value) for msg in batch.get(tp, []))

@@ -108,8 +108,10 @@ def _check_day(day: str, ts: int) -> None:
         raise EventError("bad_value", f"day {day[:32]!r} is not the local date of ts")
 
 
-_FAST = {kind: tuple((name, (int, float) if typ is float else (typ,)) for name, typ in fields.items())
-         for kind, fields in _REQUIRED.items()}
+_FAST: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
+    kind: tuple((name, (int, float) if typ is float else typ if isinstance(typ, tuple) else (typ,))
+                for name, typ in fields.items())
+    for kind, fields in _REQUIRED.items()}
 _MONEY = ("price", "cost", "value")
 
 

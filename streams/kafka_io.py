@@ -379,7 +379,8 @@ class EventProducer:
             self._replay = self.replay_path.open("rb")
             if self._progress_path.exists():
                 self._replay.seek(int(self._progress_path.read_text() or 0))
-        offsets, lines = [], []
+        offsets: list[int] = []
+        lines: list[bytes] = []
         while len(lines) < self.batch:
             offsets.append(self._replay.tell())
             line = self._replay.readline()

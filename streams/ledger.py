@@ -95,7 +95,7 @@ class SpendLedger:
                 if prev is None:
                     self.seen[eid] = [event["ts"], position[0], position[1], absorbed]
                 return False
-        t = dict(current) if current is not None else empty_totals()
+        t: dict[str, Any] = dict(current) if current is not None else empty_totals()
         if not self._add(kind, event, t):
             return False
         if post_click:

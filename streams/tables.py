@@ -134,13 +134,13 @@ class Outbox:
                 else:
                     groups.setdefault((topic, partition), []).append((dumps(key), dumps(value)))
         records, self.records = self.records, []
-        for topic, key, value, partition in records:
-            groups.setdefault((topic, partition), []).append((key, value))
+        for record_topic, record_key, record_value, record_partition in records:
+            groups.setdefault((record_topic, record_partition), []).append((record_key, record_value))
         for (topic, partition), items in groups.items():
             batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+            for raw_key, raw_value in items:
+                if batch.append(key=raw_key, value=raw_value, timestamp=None) is None:  # full: send it, start another
                     await producer.send_batch(batch, topic, partition=partition)
                     batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
+                    batch.append(key=raw_key, value=raw_value, timestamp=None)
             await producer.send_batch(batch, topic, partition=partition)
