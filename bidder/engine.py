@@ -476,24 +476,27 @@ class BidEngine:
 
     # -- notices ------------------------------------------------------------------
 
-    def notice(self, kind: str, query: str, relay: Callable[[Notice], bool] | None = None) -> str:
+    def notice(self, kind: str, query: str, relay: Callable[[Notice], bool] | None = None,
+               remembered: bool = False) -> str:
         """Verify and record a win/bill/loss notice; returns the outcome ('ok' or a rejection reason).
 
         `relay` is given when sibling workers share the port (bidder.wiring): a valid, unreplayed notice signed for
         another bidder id is offered to it first, and `relay(n)` True means its owner took it (it answers, counts and
         charges it, with its own replay memory and lease): here it is only remembered as seen, and the outcome is
         'relayed'.  One the owner cannot take (gone) is handled here, without touching this engine's leases: the
-        bid's reservation was in the sibling's.
+        bid's reservation was in the sibling's.  `remembered`: a relayed notice whose owner went away before taking
+        it, back to be handled here; its replay check was done when it landed.
         """
         now = self.clock()
         try:
             n = verify_notice(self.cfg.secret, kind, query, now)
         except NoticeError as e:
             return e.reason
-        if n.event_id in self._seen_notices:
-            return "replayed"
-        self._seen_notices[n.event_id] = n.expires
-        heapq.heappush(self._seen_expiry, (n.expires, n.event_id))
+        if not remembered:
+            if n.event_id in self._seen_notices:
+                return "replayed"
+            self._seen_notices[n.event_id] = n.expires
+            heapq.heappush(self._seen_expiry, (n.expires, n.event_id))
         # signed for another bidder id: a sibling worker's bid, or one of an earlier run of this process; either way
         # its reservation is not in this engine's leases, and charging them for it would withhold budget
         foreign = n.bidder != self.cfg.bidder_id

@@ -53,6 +53,8 @@ MAX_BODY = 256 * 1024
 MAX_INFLATED = 1024 * 1024
 MAX_HEAD = 16 * 1024  # request line + headers
 MAX_PIPELINED = 32  # requests one connection gets decided per read; the rest of a pipelined burst is shed
+MAX_RENDERED = 2  # /metrics or /status pages one connection gets rendered per read (each costs milliseconds)
+MAX_GZIP_MEMBERS = 16  # gzip members in one body: an exchange sends one; thousands of empty ones only cost CPU
 REQUEST_TIMEOUT_S = 10.0  # a request whose bytes stop coming for this long loses its connection
 IDLE_TIMEOUT_S = 60.0  # a keep-alive connection without a request for this long is closed: idle ones must not use up fds
 DEADLINE_RESERVE_S = 0.002  # a request with less time left than this gets a 204 without being decided
@@ -66,7 +68,8 @@ _204 = b"HTTP/1.1 204 No Content\r\nx-openrtb-version: 2.6\r\nx-nobid-reason: %s
 _200 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nContent-Length: %d\r\n\r\n"
 _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: b"405 Method Not Allowed",
-           408: b"408 Request Timeout", 413: b"413 Payload Too Large", 431: b"431 Request Header Fields Too Large"}
+           408: b"408 Request Timeout", 413: b"413 Payload Too Large", 431: b"431 Request Header Fields Too Large",
+           501: b"501 Not Implemented", 503: b"503 Service Unavailable"}
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz")
@@ -77,12 +80,14 @@ def inflate(body: bytes) -> bytes:
     """gunzip with a hard cap, so a gzip bomb costs at most MAX_INFLATED bytes of memory.
 
     Every member is inflated, as gzip itself does (RFC 1952 allows several, and zero padding between them);
-    the cap holds for all of them together.
+    the cap holds for all of them together, and at most MAX_GZIP_MEMBERS are read.
     """
     out: list[bytes] = []
     room = MAX_INFLATED
     rest = body
     while True:
+        if len(out) == MAX_GZIP_MEMBERS:
+            raise BadRequest("bad_gzip", f"body has more than {MAX_GZIP_MEMBERS} gzip members")
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             part = d.decompress(rest, room + 1)  # a max_length of 0 would mean no limit
@@ -100,9 +105,10 @@ def inflate(body: bytes) -> bytes:
 
 
 def supported_version(value: bytes) -> bool:
-    """x-openrtb-version values this bidder answers: any 2.x (2.5 and 2.6 are read; 2.x is backward compatible)."""
+    """x-openrtb-version values this bidder answers: any 2.x (2.5 and 2.6 are read; 2.x is backward compatible).
+    The header sent twice is a list (RFC 9110 5.3), which names no one version."""
     v = value.strip()
-    return v == b"2" or v.startswith(b"2.")
+    return (v == b"2" or v.startswith(b"2.")) and b"," not in v
 
 
 def origin_form(target: bytes) -> bytes:
@@ -197,14 +203,18 @@ class BidApp:
         self.sweeper: asyncio.Future | None = None
         self._last_internal_log = 0.0
 
-    def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"") -> bytes:
+    def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"",
+            arrived: float = 0.0) -> bytes:
         """One bid request to raw HTTP response bytes; never raises for bad input.
 
-        Before parsing, only `shed_after` can shed: the request's own budget is not known yet, and another
-        request's could be far shorter.  Once parsed, its own budget sets how long it may have waited.
+        `started`: when its first bytes arrived, where the deadline counts from.  `arrived`: when its last bytes
+        did (0: with the first), where waiting in this worker counts from; a body the client sent late (after a
+        100 Continue, or over a slow link) waited for the client, not for us.  Before parsing, only `shed_after`
+        can shed: the request's own budget is not known yet, and another request's could be far shorter.  Once
+        parsed, its own budget sets how long it may have waited.
         """
         stats = self.stats
-        if time.perf_counter() - started > self.shed_after_s:
+        if time.perf_counter() - max(started, arrived) > self.shed_after_s:
             return self.shed(exchange)
         try:
             if version and not supported_version(version):
@@ -315,6 +325,8 @@ def not_allowed(allow: bytes, body: bytes = b'{"error":"method_not_allowed"}') -
 
 
 _405_BID = not_allowed(b"POST", b'{"error":"method_not_allowed","detail":"bid requests are POSTed"}')
+_BUSY = response(503, b'{"error":"busy","detail":"too many requests pipelined in one read; send them again"}')
+_NO_CODING = response(501, b'{"error":"bad_encoding","detail":"Transfer-Encoding must be chunked alone"}')
 
 
 def head_of(out: bytes) -> bytes:
@@ -327,7 +339,7 @@ class BidProtocol(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
                  "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
-                 "coding", "upgrade_body")
+                 "coding", "upgrade_body", "rendered", "paused", "in_trailer")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -339,6 +351,8 @@ class BidProtocol(asyncio.Protocol):
         self.seen = time.perf_counter()  # the last read, for the idle timeout
         self.dead = False
         self.budget = MAX_PIPELINED
+        self.rendered = MAX_RENDERED
+        self.paused = 0.0  # perf_counter when the client stopped reading its answers; 0 while it reads
         self._reset()
 
     def _reset(self) -> None:
@@ -355,6 +369,7 @@ class BidProtocol(asyncio.Protocol):
         self.length = b""  # Content-Length and Transfer-Encoding as sent: an ignored upgrade restates them
         self.coding = b""
         self.upgrade_body = False
+        self.in_trailer = False  # past the head: trailer fields are never merged into it (RFC 9110 6.5.1)
 
     # -- transport events ---------------------------------------------------------------
 
@@ -367,11 +382,14 @@ class BidProtocol(asyncio.Protocol):
         self.app.connections.discard(self)
 
     def pause_writing(self) -> None:
-        """The client is not reading its answers: stop reading its requests until it catches up."""
+        """The client is not reading its answers: stop reading its requests until it catches up (the sweeper
+        hangs up on one that does not within REQUEST_TIMEOUT_S)."""
+        self.paused = time.perf_counter()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.paused = 0.0
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -385,6 +403,7 @@ class BidProtocol(asyncio.Protocol):
             self.last_read = now
         self.seen = now
         self.budget = MAX_PIPELINED
+        self.rendered = MAX_RENDERED
         try:
             while True:
                 try:
@@ -441,9 +460,9 @@ class BidProtocol(asyncio.Protocol):
         t.write(out)
         if t.can_write_eof():
             t.write_eof()
-            asyncio.get_running_loop().call_later(LINGER_S, t.close)
+            asyncio.get_running_loop().call_later(LINGER_S, hang_up, t)
         else:
-            t.close()
+            hang_up(t)
 
     # -- parser callbacks -----------------------------------------------------------------
 
@@ -463,9 +482,12 @@ class BidProtocol(asyncio.Protocol):
         if self.head > MAX_HEAD:
             self._close(431, b'{"error":"header_too_large"}')
             return
+        if self.in_trailer:
+            return
         n = len(name)
-        if n == 16 and name.lower() == b"content-encoding":
-            self.encoding = value.strip().lower()
+        if n == 16 and name.lower() == b"content-encoding":  # sent twice, the codings form one list (RFC 9110 5.3)
+            coding = value.strip().lower()
+            self.encoding = self.encoding + b", " + coding if self.encoding else coding
             self.gz = self.encoding == b"gzip"
         elif n == 14 and name.lower() == b"content-length":
             self.length = value
@@ -476,13 +498,14 @@ class BidProtocol(asyncio.Protocol):
         elif n == 17:
             lower = name.lower()
             if lower == b"x-openrtb-version":
-                self.version = value
+                self.version = self.version + b", " + value if self.version else value
             elif lower == b"transfer-encoding":
-                self.coding = value
+                self.coding = self.coding + b", " + value if self.coding else value
         elif n == 6 and name.lower() == b"expect":
             self.expect = value.strip().lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self.in_trailer = True
         if self.dead:
             return
         if self.url[:1] != b"/":  # absolute-form (RFC 9112 3.2.2): every server must take it; route by its path
@@ -534,18 +557,25 @@ class BidProtocol(asyncio.Protocol):
     def _route(self) -> bytes:
         url = self.url
         method = self.parser.get_method()
+        self.budget -= 1  # one connection pipelining a burst (of anything) must not hold the worker
         if bid_path(url):
             if method != b"POST":
                 return head_of(_405_BID) if method == b"HEAD" else _405_BID
             exchange = exchange_name(url.split(b"?", 1)[0])
-            self.budget -= 1
-            if self.budget < 0:  # one connection pipelining a burst must not hold the worker
+            if self.budget < 0:
                 return self.app.shed(exchange)
+            if self.coding and self.coding.strip().lower() != b"chunked":  # httptools has read it as chunked
+                self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
+                return _NO_CODING
             if self.encoding and not self.gz and self.encoding != b"identity":
                 self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
                 return response(400, b'{"error":"bad_encoding","detail":"Content-Encoding must be gzip or identity"}')
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            return self.app.bid(body, self.gz, exchange, self.started, self.version)
+            return self.app.bid(body, self.gz, exchange, self.started, self.version, self.read_floor)
+        if self.budget < 0:
+            return _BUSY
+        if self.coding and self.coding.strip().lower() != b"chunked":
+            return _NO_CODING
         out = self._resource(url, method)
         return head_of(out) if method == b"HEAD" else out
 
@@ -562,11 +592,21 @@ class BidProtocol(asyncio.Protocol):
             return response(404, b'{"error":"not_found"}')
         if method != b"GET" and method != b"HEAD":
             return not_allowed(b"GET, HEAD")
-        if path == "/metrics":
-            return self.app.metrics()
-        if path == "/status":
-            return self.app.status()
-        return response(200, b'{"ok":true}')
+        if path == "/healthz":
+            return response(200, b'{"ok":true}')
+        self.rendered -= 1
+        if self.rendered < 0:  # each page costs milliseconds: a burst of them must not hold the worker
+            return _BUSY
+        return self.app.metrics() if path == "/metrics" else self.app.status()
+
+
+def hang_up(t: asyncio.BaseTransport) -> None:
+    """Close a connection now.  close() would first wait to write what is buffered, forever if the client has
+    stopped reading; abort() drops that."""
+    if isinstance(t, asyncio.WriteTransport) and t.get_write_buffer_size():
+        t.abort()
+    else:
+        t.close()
 
 
 def gzip_body(body: bytes) -> bytes:
@@ -584,11 +624,15 @@ async def sweep_stalled(app: BidApp, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
         now = time.perf_counter()
         for proto in list(app.connections):
-            if proto.receiving:
+            if proto.paused:  # not reading its answers: a 408 would only join them in the buffer
+                if now - proto.paused > REQUEST_TIMEOUT_S and proto.transport is not None:
+                    proto.dead = True
+                    hang_up(proto.transport)
+            elif proto.receiving:
                 if now - proto.receiving > REQUEST_TIMEOUT_S:
                     proto._close(408, b'{"error":"request_timeout"}')
             elif now - proto.seen > IDLE_TIMEOUT_S and proto.transport is not None:
-                proto.transport.close()
+                hang_up(proto.transport)
 
 
 def settle_heap(app: BidApp) -> None:

@@ -25,6 +25,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     producer = follower = grants = relay = billed = None
     tasks: list[asyncio.Task] = []
     if opts.relay_dir is not None:  # N > 1 workers: each one's notices are counted by the worker whose bid it is
-        relay = NoticeRelay(opts.relay_dir, engine.cfg.bidder_id, app.notice)  # a sibling's handover: as if it landed here
+        relay = NoticeRelay(opts.relay_dir, engine.cfg.bidder_id, app.notice,  # a sibling's handover: as if it landed here
+                            orphan=_orphan(app))
         relay.start(asyncio.get_running_loop())
         app.notice = _relaying(app, relay)  # type: ignore[method-assign]
     leases = LeaseClient(engine, opts.lease_frac) if opts.leases else None
@@ -169,7 +171,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         doc: dict[str, Any] = {}
         if relay is not None:
             doc["notice_relay"] = {"forwarded": relay.forwarded, "received": relay.received,
-                                   "unreachable": relay.unreachable}
+                                   "unreachable": relay.unreachable, "waited": relay.waited}
         if producer is None:
             return doc
         doc["events"] = {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
@@ -256,6 +258,18 @@ def _relaying(app: BidApp, relay: NoticeRelay) -> Any:
         return response(400, orjson.dumps({"error": outcome}))
 
     return notice
+
+
+def _orphan(app: BidApp) -> Callable[[str, str], None]:
+    """A notice that waited for a sibling's full mailbox until the sibling went away: handled here after all, as
+    one whose sibling was gone when it landed (its replay check was done then; it was answered 200 then)."""
+    engine, stats = app.engine, app.stats
+
+    def orphan(kind: str, query: str) -> None:
+        outcome = engine.notice(kind, query, remembered=True)
+        stats.notices[(kind if kind in KINDS else "unknown", outcome)] += 1
+
+    return orphan
 
 
 def _child(opts: ServeOptions, index: int) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import math
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -497,3 +498,99 @@ async def test_an_http_1_0_expectation_of_100_continue_is_ignored(stack: Stack) 
     out = await asyncio.wait_for(r.read(), 5)  # HTTP/1.0 without keep-alive: answered, then closed
     w.close()
     assert statuses(out) == [200] and b'"seatbid"' in out
+
+
+async def test_a_client_that_stops_reading_its_answers_is_hung_up_on(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers piling up unread hold kernel and worker memory: the connection is dropped, not closed politely
+    (a close would wait for the unread answers to be written, forever)."""
+    monkeypatch.setattr(server_mod, "REQUEST_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT_S", 0.3)
+    sweeper = asyncio.ensure_future(sweep_stalled(stack.app, interval=0.05))
+    loop = asyncio.get_running_loop()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        await loop.sock_connect(client, ("127.0.0.1", stack.port))
+        pages = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * server_mod.MAX_RENDERED
+        for _ in range(400):  # never read: the answers fill the client's window, the server's buffers, then pause it
+            await loop.sock_sendall(client, pages)
+            await asyncio.sleep(0.005)
+            for p in stack.app.connections:
+                if p.transport is not None:
+                    p.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            if any(p.paused for p in stack.app.connections):
+                break
+        assert any(p.paused for p in stack.app.connections)  # the worker stopped reading it
+        for _ in range(60):
+            if not stack.app.connections:
+                break
+            await asyncio.sleep(0.05)
+        assert not stack.app.connections  # gone, with its unread answers
+    finally:
+        client.close()
+        sweeper.cancel()
+
+
+async def test_a_pipelined_burst_of_pages_is_bounded_per_read(stack: Stack) -> None:
+    """Each /metrics or /status page costs milliseconds: one read gets MAX_RENDERED of them rendered, and any
+    request past MAX_PIPELINED a 503, so one connection cannot hold the worker."""
+    page = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(page * 6)
+    await w.drain()
+    got = [split(await asyncio.wait_for(read_response(r), 5))[0] for _ in range(6)]
+    assert got.count(200) in (server_mod.MAX_RENDERED, 2 * server_mod.MAX_RENDERED)  # one read, or split in two
+    assert set(got) == {200, 503}
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    n = MAX_PIPELINED + 8
+    w.write(health * n)
+    await w.drain()
+    got = [split(await asyncio.wait_for(read_response(r), 5))[0] for _ in range(n)]
+    assert got.count(200) >= MAX_PIPELINED - 2 and got.count(503) == n - got.count(200)
+    w.close()
+
+
+async def test_a_body_sent_after_100_continue_is_not_shed_for_the_clients_wait(stack: Stack) -> None:
+    """The wait for a client's late body is the client's: shedding counts from its last bytes, the deadline
+    from its first."""
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    slow = orjson.loads(BANNER) | {"tmax": 1000}
+    data = orjson.dumps(slow)
+    w.write(b"POST /bid/ex12 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(data))
+    await w.drain()
+    assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 100 Continue")
+    await asyncio.sleep(stack.app.shed_after_s + 0.05)  # longer than a queued request may wait unparsed
+    w.write(data)
+    status, headers, _ = split(await asyncio.wait_for(read_response(r), 5))
+    w.close()
+    assert status == 200, headers
+    assert stack.app.stats.shed == 0
+
+
+async def test_gzip_bodies_of_too_many_members_are_refused(stack: Stack) -> None:
+    many = gzip.compress(b"") * (server_mod.MAX_GZIP_MEMBERS + 1)
+    status, _, out = await stack.post("/bid/ex11", many, {"Content-Encoding": "gzip"})
+    assert status == 400 and orjson.loads(out)["error"] == "bad_gzip"
+    half = len(BANNER) // 2
+    fine = gzip.compress(BANNER[:half]) + gzip.compress(b"") * (server_mod.MAX_GZIP_MEMBERS - 2) + gzip.compress(BANNER[half:])
+    assert (await stack.post("/bid/ex11", fine, {"Content-Encoding": "gzip"}))[0] == 200
+
+
+async def test_repeated_fields_form_a_list_and_trailers_are_not_headers(stack: Stack) -> None:
+    def post(head: bytes, data: bytes = BANNER) -> bytes:
+        tail = b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
+        return b"POST /bid/ex13 HTTP/1.1\r\nHost: x\r\n" + head + tail + data
+
+    out = await stack.raw(post(b"Content-Encoding: br\r\nContent-Encoding: gzip\r\n", gzip.compress(BANNER)), True)
+    assert split(out)[0] == 400 and orjson.loads(split(out)[2])["error"] == "bad_encoding"
+    for a, b in ((b"3.0", b"2.6"), (b"2.6", b"3.0")):
+        out = await stack.raw(post(b"x-openrtb-version: %s\r\nx-openrtb-version: %s\r\n" % (a, b)), True)
+        assert split(out)[0] == 400 and orjson.loads(split(out)[2])["error"] == "unsupported_version"
+    size = b"%x" % len(BANNER)
+    chunked = (b"POST /bid/ex13 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               + size + b"\r\n" + BANNER + b"\r\n0\r\nContent-Encoding: gzip\r\nx-openrtb-version: 3.0\r\n\r\n")
+    assert split(await stack.raw(chunked, True))[0] == 200  # the trailer fields change nothing
+    coded = chunked.replace(b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked")
+    out = await stack.raw(coded, True)
+    assert split(out)[0] == 501

@@ -25,7 +25,7 @@ from bidder.metrics import BidderStats
 from bidder.notice_relay import NoticeRelay, notice_bidder
 from bidder.openrtb import parse_request
 from bidder.server import BidApp
-from bidder.wiring import _relaying
+from bidder.wiring import _orphan, _relaying
 from models.snapshot import ModelSnapshot
 from streams.leases import REQUEST_TTL_S, LeaseDesk, min_slice
 from streams.leases import parse_request as parse_lease_request
@@ -293,3 +293,75 @@ def test_a_relay_refuses_ids_that_cannot_name_a_socket(tmp_path: Path) -> None:
         NoticeRelay(tmp_path, "../x", lambda *a: None)
     r = NoticeRelay(tmp_path, "bA", lambda *a: None)
     assert not r.forward("bB", "bill", "b=x&n=bB")  # not started
+
+
+def test_a_burst_of_notices_waits_for_room_in_a_siblings_mailbox(tmp_path: Path) -> None:
+    """A sibling's mailbox holds a handful of datagrams: a burst larger than that waits, in order, and every notice
+    reaches its owner (none is handled where it landed, where a replay at the owner would be charged again)."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        got: list[tuple[str, str]] = []
+        owner = NoticeRelay(tmp_path, "bA", lambda kind, query: got.append((kind, query)))
+        lander = NoticeRelay(tmp_path, "bB", lambda *a: None)
+        owner.start(loop)
+        lander.start(loop)
+        sent = [("bill", f"b=x-{i}&n=bA") for i in range(300)]
+        assert all(lander.forward("bA", kind, query) for kind, query in sent)  # in one loop pass: the owner reads none
+        assert lander.waited > 0 and lander.unreachable == 0
+        for _ in range(200):
+            if len(got) == len(sent):
+                break
+            await asyncio.sleep(0.01)
+        assert got == sent
+        assert lander.forwarded == len(sent) and owner.received == len(sent)
+        owner.close()
+        lander.close()
+
+    asyncio.run(run())
+
+
+def test_notices_waiting_for_a_sibling_that_goes_away_are_handled_where_they_landed(tmp_path: Path) -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        here: list[tuple[str, str]] = []
+        owner = NoticeRelay(tmp_path, "bA", lambda *a: None)
+        lander = NoticeRelay(tmp_path, "bB", lambda *a: None, orphan=lambda kind, query: here.append((kind, query)))
+        owner.start(loop)
+        lander.start(loop)
+        sent = [("loss", f"b=y-{i}&n=bA") for i in range(100)]
+        for kind, query in sent:
+            lander.forward("bA", kind, query)
+        waiting = lander.waited
+        assert waiting > 0
+        owner.close()  # before its loop ever read: the mailbox and what it held are gone
+        for _ in range(100):
+            if len(here) == waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert here == sent[-waiting:]  # the ones still waiting, in order
+        assert lander.unreachable == waiting
+        assert not lander.forward("bA", "loss", "b=z&n=bA")  # gone: handled here at once
+        lander.close()
+
+    asyncio.run(run())
+
+
+def test_an_orphaned_notice_is_charged_once_where_it_landed() -> None:
+    """A notice that waited for a sibling which then went away comes back to the worker where it landed: it is
+    counted and sent on there once (its replay check was done on landing), without touching that worker's lease."""
+    clock = Clock(NOW)
+    events: list = []
+    owner, lander = engine(clock, "bA"), engine(clock, "bB", events)
+    for n, e in (("bA", owner), ("bB", lander)):
+        LeaseClient(e, 0.05).apply(grant(n, SLICE), NOW)
+    won = bid(owner)
+    assert won is not None
+    q = urlsplit(won["burl"].replace("${AUCTION_PRICE}", "2.0")).query
+    assert lander.notice("bill", q, relay=lambda n: True) == "relayed"
+    app = BidApp(lander, BidderStats())
+    _orphan(app)("bill", q)
+    assert app.stats.notices[("bill", "ok")] == 1
+    assert [(k, ev["bidder"], ev["cost"]) for k, ev in events if k == "billing"] == [("billing", "bA", 2_000)]
+    assert lander.leases[CAMP.id].spent_micros == 0
+    assert lander.notice("bill", q) == "replayed"
