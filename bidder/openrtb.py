@@ -334,7 +334,8 @@ def _privacy(req: dict, user: dict) -> Privacy:
         return Privacy()  # no signal at all
     regs = _obj(req, "regs", "")
     rext = _obj(regs, "ext", "regs.")
-    # each field at its 2.6 place, else where 2.5 put it (under ext); null counts as absent
+    # each field at its 2.6 place, else where 2.5 put it (under ext): null, and for strings and lists empty, count as
+    # absent, so an exchange that fills both places but leaves the 2.6 one blank is still read
     gdpr, gdpr_path = regs.get("gdpr"), "regs.gdpr"
     if gdpr is None:
         gdpr, gdpr_path = rext.get("gdpr", 0), "regs.ext.gdpr"
@@ -342,27 +343,27 @@ def _privacy(req: dict, user: dict) -> Privacy:
         if type(gdpr) not in (bool, float) or gdpr not in (0, 1):
             raise BadRequest("bad_type", f"{gdpr_path} must be 0 or 1")
         gdpr = int(gdpr)
-    consent = user.get("consent")
-    if consent is None:
-        consent = _obj(user, "ext", "user.").get("consent") or ""
+    consent, consent_path = user.get("consent"), "user.consent"
+    if consent is None or consent == "":
+        consent, consent_path = _obj(user, "ext", "user.").get("consent") or "", "user.ext.consent"
     if type(consent) is not str:
-        raise BadRequest("bad_type", "user.consent must be a string")
-    usp = regs.get("us_privacy")
-    if usp is None:
-        usp = rext.get("us_privacy") or ""
+        raise BadRequest("bad_type", f"{consent_path} must be a string")
+    usp, usp_path = regs.get("us_privacy"), "regs.us_privacy"
+    if usp is None or usp == "":
+        usp, usp_path = rext.get("us_privacy") or "", "regs.ext.us_privacy"
     if type(usp) is not str:
-        raise BadRequest("bad_type", "regs.us_privacy must be a string")
-    # a field present but null counts as absent: then its 2.5 place under ext still speaks
-    has_gpp = regs.get("gpp") is not None or regs.get("gpp_sid") is not None
-    gpp_src, gpp_path = (regs, "regs.") if has_gpp else (rext, "regs.ext.")
+        raise BadRequest("bad_type", f"{usp_path} must be a string")
+    # gpp and gpp_sid each on its own: a gpp at the 2.6 place with its gpp_sid still under ext is read whole
+    gpp = _str(regs, "gpp", "regs.") or _str(rext, "gpp", "regs.ext.")
+    gpp_sid = _ints(regs, "gpp_sid", "regs.") or _ints(rext, "gpp_sid", "regs.ext.")
     return Privacy(
         coppa=(_flag(regs, "coppa", "regs.", True) if regs.get("coppa") is not None
                else _flag(rext, "coppa", "regs.ext.", True)),
         gdpr=gdpr not in (0, None),  # a value not defined yet: GDPR is taken to apply
         consent=consent,
         us_privacy=usp,
-        gpp=_str(gpp_src, "gpp", gpp_path) if gpp_src else "",
-        gpp_sid=_ints(gpp_src, "gpp_sid", gpp_path) if gpp_src else (),
+        gpp=gpp,
+        gpp_sid=gpp_sid,
     )
 
 

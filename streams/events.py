@@ -9,8 +9,8 @@ event may touch state; what fails it goes to the dead-letter topic.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
-import zlib
 from typing import Any
 
 import orjson
@@ -155,11 +155,80 @@ def _check(kind: str, raw: Any) -> dict[str, Any]:
     return _sane(kind, raw)
 
 
+# What a dead letter keeps of a rejected event: the fields every event has and those its kind requires.  Others (an
+# upstream tracker's ip, user_id or ifa, say) are named but not kept: raw user ids and IPs reach no topic.  A known
+# field holding something nested, or a string longer than any id, is dropped too: it could hide anything.
+_DEAD_COMMON = ("v", "type", "id", "ts")
+# A rejected config message keeps its action and time, and the campaign it sets by its id alone (what is wrong with
+# the document is in the reason; the operator who sent it is not kept).
+_DEAD_CONFIG_KIND, _DEAD_CONFIG = "campaigns", ("campaign", "action", "at")
+_DEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # a field name listed as dropped; others are only counted
+_DEAD_MAX_STR, _DEAD_MAX_LIST, _DEAD_MAX_NAMES = 256, 4096, 32
+
+
 def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int) -> dict[str, Any]:
-    """The dead-letter record for a rejected message (the raw payload kept as text for inspection)."""
+    """The dead-letter record for a rejected message: enough to find the message and its producer's mistake, no raw id.
+
+    A JSON object keeps its known fields (`payload`, as JSON text) and names the others (`dropped`); anything else
+    (bad JSON, another top-level type) is kept as its length and a short hash (`payload_bytes`, `payload_sha256`)."""
+    raw = _payload_bytes(payload)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    record = {"v": SCHEMA_VERSION, "id": f"dlq:{topic}:{ts_ms}:{digest}", "ts": ts_ms, "topic": topic, "reason": reason}
+    doc = _json_object(payload, raw)
+    if doc is None:
+        return {**record, "payload_bytes": len(raw), "payload_sha256": digest}
+    kept, dropped = _known_fields(topic_kind(topic), doc)
+    names = [n for n in dropped if isinstance(n, str) and _DEAD_NAME.fullmatch(n)][:_DEAD_MAX_NAMES]
+    record.update(payload=orjson.dumps(kept).decode(), dropped=sorted(names))
+    if len(names) < len(dropped):
+        record["dropped_unlisted"] = len(dropped) - len(names)  # names that could themselves be data, or too many
+    return record
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    """The message as it arrived, or as JSON when it came as a value (the in-process bus hands over dicts)."""
     if isinstance(payload, bytes | bytearray | memoryview):
-        text = bytes(payload).decode("utf-8", "replace")
-    else:
-        text = orjson.dumps(payload, default=str).decode()
-    return {"v": SCHEMA_VERSION, "id": f"dlq:{topic}:{ts_ms}:{zlib.crc32(text.encode()):08x}", "ts": ts_ms, "topic": topic,
-            "reason": reason, "payload": text[:65536]}
+        return bytes(payload)
+    try:
+        return orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, say
+        return repr(payload).encode()
+
+
+def _json_object(payload: Any, raw: bytes) -> dict[Any, Any] | None:
+    """The message as a JSON object, or None when it is not one."""
+    if isinstance(payload, dict):
+        return payload
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _known_fields(kind: str, doc: dict[Any, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The fields of `doc` its kind's schema knows, with plain values; and the keys of all the others."""
+    names: tuple[str, ...] = _DEAD_COMMON + tuple(_REQUIRED.get(kind, ()))
+    if kind == _DEAD_CONFIG_KIND:
+        names += _DEAD_CONFIG
+        if isinstance(doc.get("campaign"), dict):
+            doc = {**doc, "campaign": doc["campaign"].get("id")}
+    kept = {name: doc[name] for name in names if name in doc and _plain(doc[name])}
+    return kept, [key for key in doc if key not in kept]
+
+
+def _plain(value: Any) -> bool:
+    """A JSON scalar (a string no longer than an id could be), or a list of them."""
+    if isinstance(value, list):
+        return len(value) <= _DEAD_MAX_LIST and all(_scalar(v) for v in value)
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= _DEAD_MAX_STR
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64  # what JSON text from orjson can hold
+    return value is None or isinstance(value, float)

@@ -65,7 +65,8 @@ LEASE_REQUESTS = TopicSpec(f"{PREFIX}.lease-requests", "campaign id",
                            "lease request: bidder id, campaign, day, its grant and spend so far", retention_ms=DAY_MS)
 LEASE_GRANTS = TopicSpec(f"{PREFIX}.lease-grants", "bidder id",
                          "lease grant: bidder id, campaign, day, cumulative micros granted", partitions=1, retention_ms=DAY_MS)
-DEADLETTER = TopicSpec(f"{PREFIX}.deadletter", "source topic", "rejected message: topic, reason, raw payload", partitions=1,
+DEADLETTER = TopicSpec(f"{PREFIX}.deadletter", "source topic",
+                       "rejected message: topic, reason, known fields and the names of the others", partitions=1,
                        retention_ms=30 * DAY_MS)
 
 ALL = (BIDS, WINS, BILLING, LOSSES, IMPRESSIONS, CLICKS, CONVERSIONS, EXAMPLES, CAMPAIGNS, MODEL, LEARNER, PACING, LEASE_REQUESTS,

@@ -57,7 +57,7 @@ RESTRICTING = {
     "gdpr": {"gdpr": 1},
     "gdpr_weak_consent": {"gdpr": 1},  # consent without purposes 3 and 4
     "us_privacy": {"us_privacy": "1YYN"},
-    "gpp_us": {"gpp": "DBABLA~BVQqAAAAAgA.QA", "gpp_sid": [7]},
+    "gpp_us": {"gpp": "DBABLA~CFQVAAAAAABA.QA", "gpp_sid": [7]},  # usnat: opted out of sale, sharing, targeting
     "ext_2_5": {"ext": {"gdpr": 1}},
 }
 

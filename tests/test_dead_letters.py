@@ -1,0 +1,71 @@
+"""Dead letters keep what finds a rejected message and its producer's mistake, never a raw user id or IP."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+import pytest
+
+from streams.events import dead_letter, make_event
+
+TS = 1_767_268_800_000  # 2026-01-01 12:00 UTC
+RAW = {"ip": "198.51.100.211", "user_id": "CNRYuid5501x", "ifa": "6D92078A-8246-4BA4-AE5B-76104861E7DC"}
+
+
+def text(record: dict) -> str:
+    return orjson.dumps(record).decode()
+
+
+@pytest.mark.parametrize("as_bytes", [True, False])  # the worker hands over bytes, the in-process bus a dict
+def test_an_upstream_trackers_ids_are_named_not_kept(as_bytes: bool) -> None:
+    click = {**make_event("clicks", "click:dlq-1", TS, bid_id="b1", campaign="open", creative="cr1"), "ts": "late",
+             **RAW, "device": {"ip": RAW["ip"]}}
+    record = dead_letter("streambid.clicks", "bad_type", orjson.dumps(click) if as_bytes else click, TS)
+    for value in RAW.values():
+        assert value not in text(record)
+    kept = orjson.loads(record["payload"])
+    assert kept == {"v": 1, "type": "clicks", "id": "click:dlq-1", "ts": "late", "bid_id": "b1", "campaign": "open"}
+    assert record["dropped"] == ["creative", "device", "ifa", "ip", "user_id"]  # names only; creative is not required
+    assert (record["topic"], record["reason"], record["ts"]) == ("streambid.clicks", "bad_type", TS)
+    assert "click:dlq-1" in record["payload"]  # what operators (and the Kafka tests) find a dead letter by
+
+
+def test_a_known_field_that_could_hide_anything_is_dropped() -> None:
+    bill = make_event("billing", "bill:1", TS, bid_id="b1", campaign={"user": RAW["user_id"]}, cost=5, day="x" * 300)
+    record = dead_letter("billing", "bad_type", bill, TS)
+    assert RAW["user_id"] not in text(record) and "x" * 300 not in text(record)
+    assert record["dropped"] == ["campaign", "day"] and orjson.loads(record["payload"])["cost"] == 5
+    odd_names = {**make_event("wins", "win:1", TS, bid_id="b", campaign="c", price=1), RAW["ip"]: 1, "x" * 80: 2}
+    record = dead_letter("wins", "bad_value", odd_names, TS)
+    assert RAW["ip"] not in text(record) and record["dropped"] == [] and record["dropped_unlisted"] == 2
+
+
+@pytest.mark.parametrize("payload", [b"{this is not an event", b'["198.51.100.211"]', b'"CNRYuid5501x"', b"\xff\xfe", b""])
+def test_a_payload_that_is_not_an_object_is_kept_as_its_length_and_a_hash(payload: bytes) -> None:
+    record = dead_letter("streambid.clicks", "bad_json", payload, TS)
+    assert "payload" not in record and "dropped" not in record
+    assert record["payload_bytes"] == len(payload)
+    assert record["payload_sha256"] == hashlib.sha256(payload).hexdigest()[:16]
+    for value in RAW.values():
+        assert value not in text(record)
+    if payload:
+        assert payload.decode("utf-8", "replace") not in text(record)
+
+
+def test_a_rejected_config_message_names_its_campaign() -> None:
+    message = {"campaign": {"id": "camp-7", "budget": {"daily": -5}, "note": RAW["user_id"]}, "action": "set",
+               "by": "someone-else", "at": "2026-01-01T00:00:00+00:00"}
+    record = dead_letter("streambid.campaigns", "invalid_config: budget.daily: must be >= 0", orjson.dumps(message), TS)
+    assert orjson.loads(record["payload"]) == {"campaign": "camp-7", "action": "set", "at": "2026-01-01T00:00:00+00:00"}
+    assert "camp-7" in record["payload"] and record["dropped"] == ["by"]
+    assert RAW["user_id"] not in text(record) and "someone-else" not in text(record)
+
+
+def test_dead_letter_ids_tell_messages_apart() -> None:
+    a = dead_letter("streambid.clicks", "bad_json", b"{a", TS)
+    b = dead_letter("streambid.clicks", "bad_json", b"{b", TS)
+    assert a["id"] != b["id"] and a["id"] == dead_letter("streambid.clicks", "bad_json", b"{a", TS)["id"]
+    assert a["id"].startswith(f"dlq:streambid.clicks:{TS}:")
+    big = dead_letter("clicks", "bad_type", {"v": 1, "id": "c", "ts": 2**70}, TS)  # beyond what JSON text carries here
+    assert orjson.loads(big["payload"]) == {"v": 1, "id": "c"} and big["dropped"] == ["ts"]
