@@ -260,13 +260,24 @@ def _sextets(text: str) -> _Bits | None:
     return _Bits(value, 6 * len(text)) if text else None
 
 
+@lru_cache(maxsize=512)
+def _gpp_eu(gpp: str, gpp_sid: tuple[int, ...]) -> tuple[bool, str]:
+    """What a GPP string says of the EU: whether its TCF v2 section applies (named in gpp_sid, or listed by the
+    header when gpp_sid is empty), and that section, which is a TCF consent string itself ('' if absent)."""
+    sections = _gpp_sections(gpp) if len(gpp) <= _GPP_MAX_LENGTH else None
+    consent = (sections or {}).get(_GPP_TCF_EU, "")
+    return (_GPP_TCF_EU in gpp_sid if gpp_sid else bool(consent)), consent
+
+
 def restriction(privacy: Privacy, vendor: int = 0) -> str:
     """'' when user-level data may be used, else the reason: coppa, gdpr or us_optout.
 
     `vendor`: our TCF Global Vendor List id; 0 checks the purposes only (for a bidder without one)."""
     if privacy.coppa:
         return "coppa"
-    if (privacy.gdpr or _GPP_TCF_EU in privacy.gpp_sid) and not tcf_grants(privacy.consent, vendor=vendor):
+    eu_applies, eu_consent = _gpp_eu(privacy.gpp, privacy.gpp_sid) if privacy.gpp else (False, "")
+    if ((privacy.gdpr or eu_applies or _GPP_TCF_EU in privacy.gpp_sid)
+            and not tcf_grants(privacy.consent or eu_consent, vendor=vendor)):
         return "gdpr"
     if us_opt_out(privacy):
         return "us_optout"

@@ -409,3 +409,15 @@ def test_a_wrong_type_at_either_place_names_that_place() -> None:
         with pytest.raises(BadRequest) as e:
             parsed(regs, user)
         assert e.value.reason == "bad_type" and e.value.detail.startswith(where + " must be"), e.value.detail
+
+
+def test_the_gpp_eu_section_applies_gdpr_and_carries_its_consent() -> None:
+    """GPP's section 2 is a TCF v2 consent string: listed by the header without a gpp_sid, it makes GDPR apply, and
+    it is the consent read when user.consent is empty."""
+    granted, refused = tcf_string({1, 3, 4}), tcf_string({1})
+    assert restriction(Privacy(gpp=gpp({2: refused}))) == "gdpr"  # no gpp_sid: the header says section 2 is there
+    assert restriction(Privacy(gpp=gpp({2: granted}))) == ""
+    assert restriction(Privacy(gdpr=True, gpp=gpp({2: granted}), gpp_sid=(2,))) == ""  # consent from the section
+    assert restriction(Privacy(gdpr=True, gpp=gpp({2: refused}), gpp_sid=(2,))) == "gdpr"
+    assert restriction(Privacy(gdpr=True, consent=granted, gpp=gpp({2: refused}), gpp_sid=(2,))) == ""  # user.consent first
+    assert restriction(Privacy(gpp=gpp({2: refused, 7: us_section(7)}), gpp_sid=(7,))) == ""  # only section 7 applies
