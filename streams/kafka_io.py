@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner
@@ -92,19 +93,35 @@ async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int,
 
 Record = tuple[str, bytes, bytes]  # (topic, key, value)
 MAX_REMEMBERED_KEYS = 100_000  # keys are campaign ids; past this many, partitions are computed each time
+SPILL_AFTER_S = 0.25  # a batch unacknowledged this long is written down: a crash must not lose what was answered
+# What the broker refuses in a record itself: sending it again changes nothing.  Any other failure (a partition
+# without a leader while a broker stops, a timeout, a sequence gap the idempotent producer cannot get past) says
+# nothing about the record, which is sent again by a fresh producer.
+_REFUSED_FOR_GOOD = tuple(getattr(kafka_errors, name) for name in (
+    "MessageSizeTooLargeError", "RecordTooLargeError", "RecordListTooLargeError", "InvalidTopicError",
+    "TopicAuthorizationFailedError", "CorruptRecordException", "UnsupportedForMessageFormatError",
+) if hasattr(kafka_errors, name))
+
+
+def refused_for_good(error: BaseException) -> bool:
+    """True when the broker refused the record itself (too large, say); False when it may take it if sent again."""
+    return isinstance(error, _REFUSED_FOR_GOOD)
 
 
 class EventProducer:
     """Bounded, batched, spill-to-disk event producer; `emit` never blocks or raises.
 
     One batch at a time goes to an idempotent Kafka producer, which retries it until the broker takes it, with
-    sequence numbers that make a retry land once.  When a batch is not acknowledged within the request timeout
-    the broker counts as unreachable: that batch is also written down (`<spill>.inflight`), and everything
-    emitted meanwhile goes to the spill file instead of piling up in memory.  Once the batch is acknowledged
-    the broker is back: the in-flight copy is deleted, and the spill file is replayed, oldest first, before
-    anything newer.  So within a process every event reaches the topic once and in order; after a crash or a
-    stop in mid-outage, what is on disk is replayed at the next start and events that might have made it
-    already are sent again (consumers count event ids once).
+    sequence numbers that make a retry land once.  A batch not acknowledged within SPILL_AFTER_S is written down
+    (`<spill>.inflight`), and everything emitted meanwhile goes to the spill file instead of waiting in memory,
+    so a crash loses no event that has waited that long.  Not acknowledged within the request timeout, the
+    broker counts as unreachable.  Once the batch is acknowledged the in-flight copy is deleted, and the spill
+    file is replayed, oldest first, before anything newer.  A batch the producer gives up on (a stopping broker's
+    partitions without a leader, a timeout) goes back to the front of the spill file and a fresh producer sends
+    it; only a record the broker refuses itself (too large, say) is dropped, and counted in `failed`.  So within
+    a process every event reaches the topic once and in order; after a crash or a stop in mid-outage, what is
+    on disk is replayed at the next start and events that might have made it already are sent again (consumers
+    count event ids once).
     """
 
     def __init__(self, bootstrap: str, spill_path: Path, max_buffer: int = 100_000, linger_s: float = 0.05,
@@ -344,29 +361,51 @@ class EventProducer:
         _, pending = await asyncio.wait(futures, timeout=max(self.linger_s, 0.05))
         loop = asyncio.get_running_loop()
         if pending:
-            if self.connected and loop.time() - self._inflight_at > self.request_timeout_s:
+            waited = loop.time() - self._inflight_at
+            if self.connected and waited > self.request_timeout_s:
                 self._lost(f"no acknowledgement in {self.request_timeout_s:.1f}s")
-            if not self.connected:
+            if waited > SPILL_AFTER_S or not self.connected:
                 if not self._inflight_written and self._replay is None:
                     self._write(self.inflight_path, self._encode([r for r, _ in self._inflight]), append=False)
                     self._inflight_written = True
                     self.spilled += len(self._inflight)
                 self._spill(self._take(len(self.buffer)))
             return
-        failed = [r for r, f in self._inflight if f.exception() is not None]
-        for _, f in self._inflight:
-            if f.exception() is not None:
-                log.error("kafka refused an event for good: %s", f.exception())
-        acked = len(self._inflight) - len(failed)
+        errors = [(r, f.exception()) for r, f in self._inflight]
+        refused = [e for _, e in errors if e is not None and refused_for_good(e)]
+        again = [(r, e) for r, e in errors if e is not None and not refused_for_good(e)]
+        if refused:
+            log.error("kafka refused %d event(s) for good: %s", len(refused), refused[0])
+        acked = len(self._inflight) - len(refused) - len(again)
         self.sent += acked
-        self.failed += len(failed)
+        self.failed += len(refused)
         self._inflight = []
+        if again:
+            await self._send_again([r for r, _ in again], type(again[0][1]).__name__)
+            return
         self._back()
         if self._inflight_written:
             self.inflight_path.unlink(missing_ok=True)
         if self._replay is not None:
             self.replayed += acked
             self._write(self._progress_path, str(self._replay_end).encode(), append=False)
+
+    async def _send_again(self, records: list[Record], why: str) -> None:
+        """The producer gave up on `records`: back to disk, in front of anything spilled since, and a fresh producer
+        (a batch given up on leaves a gap in the old one's sequence numbers, which it would never get past)."""
+        if self._replay is not None:  # a replayed chunk goes again from its last mark; what made it goes twice
+            self._replay.close()
+            self._replay = None
+        else:
+            self._unspill(records)
+        if self._inflight_written:
+            self.inflight_path.unlink(missing_ok=True)
+            self._inflight_written = False
+        self._lost(why)
+        if self._producer is not None:
+            await self._stop_quietly(self._producer, wait_s=1.0)
+            self._producer = None
+        await asyncio.sleep(self.retry_s)
 
     async def _replay_next(self) -> bool:
         """Queue the next chunk of what an outage left on disk; False when there is none."""

@@ -314,6 +314,118 @@ async def test_events_not_queued_when_a_send_fails_or_the_sender_stops_wait_on_d
     assert on_disk == [e for e in events if e not in queued]  # in the order they were emitted
 
 
+class Broker:
+    """What the topic holds, and the producers the event producer opened against it; each producer settles its
+    batches by `settle(producer number, records)`: None acknowledges, an exception fails them, "hang" never answers."""
+
+    def __init__(self, settle) -> None:
+        self.settle, self.topic, self.producers = settle, [], 0
+
+    def producer(self) -> SettlingKafka:
+        self.producers += 1
+        return SettlingKafka(self, self.producers)
+
+
+class SettlingKafka:
+    def __init__(self, broker: Broker, number: int) -> None:
+        self.broker, self.number, self.stopped = broker, number, False
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBuilder:
+        return FakeBuilder(room=1000)
+
+    async def send_batch(self, builder: FakeBuilder, topic: str, *, partition: int) -> asyncio.Future:
+        return self._future(builder.records)
+
+    async def send(self, topic: str, value: bytes, *, key: bytes) -> asyncio.Future:
+        return self._future([(key, value)])
+
+    def _future(self, records: list) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        outcome = self.broker.settle(self.number, records)
+        if outcome is None:
+            self.broker.topic.extend(v for _, v in records)
+            future.set_result(None)
+        elif outcome != "hang":
+            future.set_exception(outcome)
+        return future
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def sent_ids(values: list[bytes]) -> list[str]:
+    return [orjson.loads(v)["id"] for v in values]
+
+
+async def run_producer(tmp_path, broker: Broker, events: int, until, timeout: float = 5.0) -> EventProducer:
+    producer = EventProducer("127.0.0.1:1", tmp_path / "spill.jsonl", linger_s=0.01, retry_s=0.01)
+
+    async def connect() -> SettlingKafka:
+        return broker.producer()
+
+    producer._connect = connect  # type: ignore[method-assign]
+    await producer.start()
+    for i in range(events):
+        producer.emit("impressions", "c1", {"id": f"e{i}"})
+        if i % 10 == 9:
+            await asyncio.sleep(0.005)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not until(producer) and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    assert producer._task is not None
+    producer._task.cancel()
+    return producer
+
+
+async def test_batches_a_stopping_broker_gives_up_on_are_sent_again_by_a_fresh_producer(tmp_path) -> None:
+    """A broker that stops leaves its partitions without a leader, and the producer fails the batches it holds with
+    a retriable error; with idempotence, every later batch then fails on the gap in sequence numbers.  None of them
+    is lost: they go back to disk, a fresh producer sends them, and each event reaches the topic once, in order."""
+    from aiokafka.errors import LeaderNotAvailableError, OutOfOrderSequenceNumber
+
+    def settle(number: int, records: list) -> object:
+        if number == 1 and broker.calls >= 3:  # the first producer: three batches in, the broker stops
+            return LeaderNotAvailableError() if broker.calls < 5 else OutOfOrderSequenceNumber()
+        return None
+
+    broker = Broker(settle)
+    broker.calls = 0  # type: ignore[attr-defined]
+    original = broker.settle
+
+    def counting(number: int, records: list) -> object:
+        broker.calls += 1  # type: ignore[attr-defined]
+        return original(number, records)
+
+    broker.settle = counting
+    producer = await run_producer(tmp_path, broker, 200, lambda p: len(broker.topic) >= 200 and not p.on_disk())
+    assert sent_ids(broker.topic) == [f"e{i}" for i in range(200)]
+    assert producer.failed == 0 and broker.producers >= 2 and producer.on_disk() == []
+
+
+async def test_a_record_the_broker_refuses_itself_is_dropped_and_counted(tmp_path) -> None:
+    """Too large for the broker: sending it again would change nothing, so it is counted in `failed`, not resent."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    broker = Broker(lambda number, records: MessageSizeTooLargeError())
+    producer = await run_producer(tmp_path, broker, 4, lambda p: p.failed >= 4)
+    assert producer.failed == 4 and broker.topic == [] and broker.producers == 1 and producer.on_disk() == []
+
+
+async def test_a_batch_unacknowledged_for_a_moment_is_already_on_disk(tmp_path) -> None:
+    """Before the request timeout declares the broker gone, a batch (and what was emitted since) that has waited
+    SPILL_AFTER_S is written down: a crash then must not lose events whose notices were answered."""
+    from streams.kafka_io import SPILL_AFTER_S
+
+    broker = Broker(lambda n, r: "hang")
+    producer = await run_producer(tmp_path, broker, 30, lambda p: len(p.on_disk()) >= 30, timeout=SPILL_AFTER_S + 2)
+    assert sorted(sent_ids([v for _, _, v in producer.on_disk()]), key=lambda x: int(x[1:])) == [f"e{i}" for i in range(30)]
+    assert producer.connected  # still within the request timeout: not yet counted as an outage
+
+
 def test_a_checkpoint_in_parts_is_read_back_whole_and_a_half_written_one_is_passed_over() -> None:
     data = bytes(range(256)) * 41  # 10,496 bytes: 11 parts of 1,000
     first = frame(1, data, part_bytes=1000)
