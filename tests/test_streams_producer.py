@@ -160,9 +160,10 @@ async def test_outage_spills_to_disk_and_replays_exactly_once_in_order(kafka_boo
 
         await proxy.close()  # outage: refused and cut
         worst = emit(300)
+        # on disk after SPILL_AFTER_S; counted as an outage after the request timeout
         await until(lambda: len(producer.on_disk()) == 300 and not producer.buffer, 20, "the events to reach the disk")
         assert worst < 0.005, f"emit blocked for {worst * 1000:.1f} ms during the outage"
-        assert not producer.connected
+        await until(lambda: not producer.connected, 10, "the outage to be noticed")
         assert [orjson.loads(v)["id"] for _, _, v in producer.on_disk()] == emitted[200:500]
         emit(5000)  # still down: these queue behind the others on disk
         await until(lambda: len(producer.on_disk()) == 5300 and not producer.buffer, 10, "the later events to reach the disk")
