@@ -18,8 +18,10 @@ reservation) lives, so a notice is counted and charged once per host.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing as mp
+import os
 import shutil
 import signal
 import sys
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -121,9 +123,9 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     leases = LeaseClient(engine, opts.lease_frac) if opts.leases else None
     if opts.broker:
         from streams import topics
-        from streams.kafka_io import EventProducer, StateFollower, ensure_topics
+        from streams.kafka_io import EventProducer, StateFollower
 
-        await ensure_topics(opts.broker)
+        await _ensure_topics_if_reachable(opts.broker)
         producer = EventProducer(opts.broker, opts.spill_dir / f"spill-{index}.jsonl")
         sink_holder[0] = producer.emit
         await producer.start()
@@ -175,7 +177,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         if producer is None:
             return doc
         doc["events"] = {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
-                         "replayed": producer.replayed}
+                         "replayed": producer.replayed, "failed": producer.failed, "kafka_connected": producer.connected}
         doc["state_messages"] = follower.applied if follower else 0
         if leases is not None:
             doc["leases"] = leases.status()
@@ -193,11 +195,48 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         task.cancel()
     if relay:
         relay.close()
-    for f in (follower, grants, billed):
-        if f:
+    try:
+        await _stop_followers(follower, grants, billed)
+    finally:
+        if producer:  # whatever happened above: this is where unsent events go to disk
+            await producer.stop()
+
+
+async def _stop_followers(*followers: Any) -> None:
+    """Stop the state followers.  Closing a consumer whose broker is gone can raise a CancelledError of aiokafka's
+    own (a fetch it cancelled), not ours: that one must not cut the worker's graceful stop short."""
+    for f in followers:
+        if f is None:
+            continue
+        try:
             await f.stop()
-    if producer:
-        await producer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the worker itself is being cancelled
+                raise
+            log.warning("a state follower did not close cleanly (the broker is gone)")
+
+
+TOPICS_TIMEOUT_S = 10.0  # a worker waits this long at most for the broker to confirm the topics
+
+
+async def _ensure_topics_if_reachable(broker: str) -> None:
+    """Create the topics when the broker answers.  A worker restarted in a broker outage serves on without: the
+    supervisor created them at start, and the producer keeps events on disk until the broker is back."""
+    from aiokafka.errors import KafkaError
+
+    from streams.kafka_io import ensure_topics
+
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # the one warning below says it, not a line per connection attempt
+    try:
+        await asyncio.wait_for(ensure_topics(broker), TOPICS_TIMEOUT_S)
+    except (KafkaError, OSError) as e:  # TimeoutError is an OSError
+        log.warning("cannot reach the Kafka broker at %s to check the topics (%s); serving on while the "
+                    "state followers and the event producer retry", broker, type(e).__name__)
+    finally:
+        client_log.setLevel(level)
 
 
 async def _start_leases(opts: ServeOptions, engine: BidEngine, leases: LeaseClient, producer: Any,
@@ -272,9 +311,14 @@ def _orphan(app: BidApp) -> Callable[[str, str], None]:
     return orphan
 
 
-def _child(opts: ServeOptions, index: int) -> None:
+def _child(opts: ServeOptions, index: int, supervisor: int | None = None) -> None:
+    """One worker process; forked by `supervisor` (its pid), it stops with it."""
     import uvloop
 
+    if supervisor is not None:
+        _default_signals()
+        if not _stop_with_parent(supervisor):
+            return
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
     try:
         uvloop.run(run_worker(opts, index))
@@ -282,8 +326,29 @@ def _child(opts: ServeOptions, index: int) -> None:
         pass
 
 
+def _default_signals() -> None:
+    """A restarted worker is forked from the supervisor after it set its own handlers: until the worker's loop sets
+    its graceful ones, SIGTERM must stop it and Ctrl-C interrupt it, as in a worker of the first start."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _stop_with_parent(supervisor: int) -> bool:
+    """Have the kernel send SIGTERM (the worker's graceful stop) when the supervisor dies, so a supervisor killed
+    with SIGKILL leaves no worker holding the port; False if the supervisor died before that took hold."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl to be had: a worker outlives a killed supervisor, as elsewhere
+            pass
+    return os.getppid() == supervisor
+
+
 def serve(opts: ServeOptions) -> int:
-    """Run `opts.workers` processes sharing the port (SO_REUSEPORT); restart any that die."""
+    """Run `opts.workers` processes sharing the port (SO_REUSEPORT); restart any that die, for as long as it takes."""
     clock_from_env()  # a malformed STREAMBID_TIME_WARP stops here, once, instead of in every restarted worker
     if opts.workers <= 1:
         _child(opts, 0)
@@ -291,62 +356,122 @@ def serve(opts: ServeOptions) -> int:
     opts.metrics_dir = make_pool_dir()  # every worker's /metrics answers for all of them
     opts.relay_dir = Path(tempfile.mkdtemp(prefix="streambid-relay-"))  # each worker's notice mailbox (private: 0700)
     metrics = PoolRenderer(opts.metrics_dir, opts.workers)
-    ctx = mp.get_context("fork")
-    procs = {i: ctx.Process(target=_child, args=(opts, i), daemon=True) for i in range(opts.workers)}
-    for p in procs.values():
-        p.start()
-    stopping = False
+    workers = Workers(_spawner(opts), opts.workers, retire=metrics.retire)
 
     def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
+        workers.stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    restarts = Restarts()
-    code = 0
-    while not stopping:
+    while not workers.stopping:
         time.sleep(0.2)
-        metrics.tick(p.pid for p in procs.values() if p.pid)
-        for i, p in list(procs.items()):
-            if p.is_alive() or stopping:
-                continue
-            metrics.retire(p.pid)
-            wait = restarts.after_exit(i, time.monotonic())
-            if wait is None:
-                print(f"streambid: worker {i} (pid {p.pid}) exited with {p.exitcode} {RESTARTS_WITHIN} times within "
-                      f"{RESTARTS_WINDOW_S:.0f} s; stopping (its log above says why)", file=sys.stderr)
-                stopping, code = True, 1
-                break
-            print(f"streambid: worker {i} (pid {p.pid}) exited with {p.exitcode}; restarting in {wait:.1f} s",
-                  file=sys.stderr)
-            time.sleep(wait)
-            procs[i] = ctx.Process(target=_child, args=(opts, i), daemon=True)
-            procs[i].start()
-    for p in procs.values():
-        if p.is_alive():  # a Ctrl-C in the terminal reached the workers too: some may be gone already
-            p.terminate()
-    for p in procs.values():
-        p.join(10)
+        metrics.tick(workers.pids())
+        workers.step(time.monotonic())
+    workers.stop()
     remove_pool_dir(opts.metrics_dir)
     if opts.relay_dir is not None:
         shutil.rmtree(opts.relay_dir, ignore_errors=True)
-    return code
+    return 0
 
 
-RESTARTS_WITHIN, RESTARTS_WINDOW_S = 5, 30.0  # a worker dying this often is failing at start, not crashing by chance
+class Proc(Protocol):
+    """What the supervisor uses of a worker process (a multiprocessing.Process)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def terminate(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+def _spawner(opts: ServeOptions) -> Callable[[int], Proc]:
+    """Starts worker `index` as a forked child of this process, which it follows in death."""
+    ctx = mp.get_context("fork")
+    supervisor = os.getpid()
+
+    def spawn(index: int) -> Proc:
+        p = ctx.Process(target=_child, args=(opts, index, supervisor), daemon=True)
+        p.start()
+        return p
+
+    return spawn
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+class Workers:
+    """The supervisor's worker processes.  One that exits is started again once Restarts' wait is over; the wait
+    never holds up the loop (metrics, signals, the other workers), and one worker's failures never stop the others:
+    in a broker outage they keep bidding on their last state and lease."""
+
+    def __init__(self, spawn: Callable[[int], Proc], n: int, retire: Callable[[int | None], None] = lambda pid: None,
+                 say: Callable[[str], None] = _say) -> None:
+        self.spawn, self.retire, self.say = spawn, retire, say
+        self.restarts = Restarts()
+        self.procs = {i: spawn(i) for i in range(n)}
+        self.due: dict[int, float] = {}  # worker index -> when it is started again
+        self.stopping = False  # set from a signal handler: checked between workers
+
+    def pids(self) -> list[int]:
+        """The running workers' pids."""
+        return [pid for i, p in self.procs.items() if (pid := p.pid) and i not in self.due]
+
+    def step(self, now: float) -> None:
+        """Notice the workers that exited and start those whose wait is over; returns at once."""
+        for i, p in self.procs.items():
+            if self.stopping:
+                return
+            if i not in self.due and not p.is_alive():
+                self._exited(i, p, now)
+        for i, at in list(self.due.items()):
+            if self.stopping:
+                return
+            if now >= at:
+                del self.due[i]
+                self.procs[i] = self.spawn(i)
+
+    def _exited(self, index: int, p: Proc, now: float) -> None:
+        self.retire(p.pid)
+        wait = self.restarts.after_exit(index, now)
+        self.due[index] = now + wait
+        self.say(f"streambid: worker {index} (pid {p.pid}) exited with {p.exitcode}; restarting in {wait:.1f} s")
+
+    def stop(self) -> None:
+        """Stop every running worker and wait for it (a Ctrl-C in the terminal may have stopped some already)."""
+        self.stopping = True
+        running = [p for i, p in self.procs.items() if i not in self.due and p.is_alive()]
+        for p in running:
+            p.terminate()
+        for p in running:
+            p.join(10)
+
+
+RESTART_FIRST_S, RESTART_MAX_S = 0.5, 30.0  # the wait before restarting a worker that keeps exiting: doubling, capped
+RESTART_STEADY_S = 60.0  # a worker that ran this long before it exited crashed by chance: restarted at once
 
 
 class Restarts:
-    """When to restart a worker that exited: at once the first time, then after a doubling wait; None (give up)
-    once one worker has exited RESTARTS_WITHIN times within RESTARTS_WINDOW_S."""
+    """How long to wait before restarting a worker that exited: at once after a steady run (a crash by chance), else
+    a wait doubling from RESTART_FIRST_S up to RESTART_MAX_S.  A worker failing at start (a broker outage, a full
+    disk) is restarted for as long as it takes, with one log line per attempt, not a flood."""
 
     def __init__(self) -> None:
-        self.exits: dict[int, list[float]] = {}
+        self.quick: dict[int, int] = {}  # worker -> exits in a row soon after its start
+        self.started: dict[int, float] = {}  # worker -> when it was started again
 
-    def after_exit(self, worker: int, now: float) -> float | None:
-        recent = [t for t in self.exits.get(worker, []) if now - t < RESTARTS_WINDOW_S] + [now]
-        self.exits[worker] = recent
-        if len(recent) >= RESTARTS_WITHIN:
-            return None
-        return 0.0 if len(recent) == 1 else min(0.25 * 2 ** (len(recent) - 2), 4.0)
+    def after_exit(self, worker: int, now: float) -> float:
+        started = self.started.get(worker)
+        steady = started is None or now - started >= RESTART_STEADY_S
+        quick = 0 if steady else min(self.quick.get(worker, 0) + 1, 32)  # bounded: 2 ** n stays a float
+        self.quick[worker] = quick
+        wait = 0.0 if quick == 0 else min(RESTART_FIRST_S * 2 ** (quick - 1), RESTART_MAX_S)
+        self.started[worker] = now + wait
+        return wait

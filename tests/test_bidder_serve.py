@@ -272,14 +272,3 @@ def test_ctrl_c_in_the_terminal_stops_every_worker_cleanly() -> None:
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
         again.listen()
-
-
-def test_a_worker_that_keeps_dying_is_given_up_on_after_backing_off() -> None:
-    from bidder.wiring import RESTARTS_WITHIN, Restarts
-
-    r = Restarts()
-    waits = [r.after_exit(0, t) for t in range(RESTARTS_WITHIN)]
-    assert waits[0] == 0.0 and all(b > a for a, b in zip(waits[1:-1], waits[2:-1], strict=False)) and waits[-1] is None
-    assert Restarts().after_exit(1, 0.0) == 0.0 and r.after_exit(2, 0.0) == 0.0  # per worker
-    late = Restarts()
-    assert all(late.after_exit(0, t * 100.0) == 0.0 for t in range(10))  # exits far apart: each restarted at once
