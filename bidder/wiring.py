@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -320,10 +321,37 @@ def _child(opts: ServeOptions, index: int, supervisor: int | None = None) -> Non
         if not _stop_with_parent(supervisor):
             return
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
+    logging.getLogger("aiokafka").addFilter(OncePer(CLIENT_LOG_EVERY_S))
     try:
         uvloop.run(run_worker(opts, index))
     except KeyboardInterrupt:  # a terminal's Ctrl-C reaches every worker, one still starting too: a quiet exit
         pass
+
+
+CLIENT_LOG_EVERY_S = 30.0  # the Kafka client's complaints: each kind once per this long
+
+
+class OncePer(logging.Filter):
+    """Lets each kind of message (its logger and format string) through once per `seconds`, and says how many of
+    that kind it held back: in a broker outage the Kafka client logs every failed connection, several a second."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.seconds, self.clock = seconds, clock
+        self.last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = (record.name, str(record.msg)), self.clock()
+        shown, held = self.last.get(key, (-math.inf, 0))
+        if now - shown < self.seconds:
+            self.last[key] = (shown, held + 1)
+            return False
+        if len(self.last) > 1000:  # kinds are format strings, few; a bound all the same
+            self.last.clear()
+        self.last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {now - shown:.0f}s)"
+        return True
 
 
 def _default_signals() -> None:

@@ -222,3 +222,28 @@ def test_workers_started_while_the_broker_is_down_serve_and_are_not_restarted(tm
         assert text.count("to check the topics") == 2, text  # one warning per worker
     finally:
         _stop(proc)
+
+
+def test_the_kafka_clients_complaints_are_let_through_once_per_kind_and_period() -> None:
+    """In a broker outage the client logs each failed connection; a worker's log gets one line per kind per period,
+    which says how many it held back."""
+    import logging
+
+    from bidder.wiring import OncePer
+
+    now = [0.0]
+    f = OncePer(30.0, clock=lambda: now[0])
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, msg, args, None)
+
+    shown = []
+    for i in range(240):
+        now[0] = i * 0.25  # four a second for a minute
+        r = record("Unable connect to node with id %s: %s", 1, "refused")
+        if f.filter(r):
+            shown.append(r.getMessage())
+    assert len(shown) == 2
+    assert shown[0] == "Unable connect to node with id 1: refused"
+    assert shown[1].endswith("(and 119 more like it in the last 30s)")
+    assert f.filter(record("another kind of message"))  # each kind has its own allowance
