@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import getpass
 import logging
@@ -11,7 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,15 @@ def broker_of(args: argparse.Namespace) -> str:
 
 T = TypeVar("T")
 BROKER_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)"
+TIMEOUT_HELP = ("how long the broker has to acknowledge everything sent; past it the command stops, lists which "
+                "campaigns were published and which were not, and exits 1 (default: %(default)s)")
+DEFAULT_TIMEOUT_S = 30.0
+CLOSE_S = 1.0  # how long a run that stops short waits for each step of closing the producer
+SHOWN_IDS = 20  # campaign ids listed in a report before "... and N more"
+
+
+def add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=positive(float), default=DEFAULT_TIMEOUT_S, metavar="SECONDS", help=TIMEOUT_HELP)
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -71,17 +81,21 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
     s = camp.add_parser("set", help="validate a campaign file and publish every campaign in it",
                         description="Validate each campaign (schema, budgets, flight, currency, targeting, creatives) "
-                                    "and publish it to the config topic; nothing is published if any campaign is invalid.")
+                                    "and publish it to the config topic; nothing is published if any campaign is invalid. "
+                                    "A run that stops short (--timeout, a failed delivery, Ctrl-C) lists which campaigns "
+                                    "were published and which were not; running it again with the same file is safe.")
     s.add_argument("file", type=Path, help="JSON or YAML: one campaign, a list, or {\"campaigns\": [...]}; "
                                            "- reads it from standard input")
     s.add_argument("--broker", help=BROKER_HELP)
     s.add_argument("--dry-run", action="store_true", help="validate only")
+    add_timeout(s)
     s.set_defaults(func=cmd_set)
     p = camp.add_parser("pause", help="pause a campaign (bidders stop bidding on it within a second)",
                         description="Publish the campaign's version in force with status paused: bidders stop bidding on "
                                     "it within a second; budget, targeting and creatives stay as they are.")
     p.add_argument("id", help="campaign id (see `streambid campaign show`)")
     p.add_argument("--broker", help=BROKER_HELP)
+    add_timeout(p)
     p.set_defaults(func=cmd_pause)
     r = camp.add_parser("resume", help="resume a paused campaign (bidders bid on it again within a second, "
                                        "within its flight, dayparting and budget)",
@@ -89,6 +103,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                     "again within a second, within its flight, dayparting and budget.")
     r.add_argument("id", help="campaign id (see `streambid campaign show`)")
     r.add_argument("--broker", help=BROKER_HELP)
+    add_timeout(r)
     r.set_defaults(func=cmd_resume)
     sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history",
                          description="Read the config topic: the version in force of each campaign (the last valid "
@@ -198,19 +213,129 @@ def change_record(doc: dict[str, Any], action: str) -> bytes:
     return orjson.dumps({"campaign": doc, "action": action, "by": who, "at": dt.datetime.now(dt.UTC).isoformat()})
 
 
-async def _produce(broker: str, records: list[tuple[str, bytes]]) -> None:
+@dataclass(slots=True)
+class Publication:
+    """What one run handed the producer and what the broker acknowledged: what to tell when the run stops short."""
+
+    ids: list[str]  # the campaign of each record, in the order sent
+    acks: list[asyncio.Future[Any]] = field(default_factory=list)  # one per record handed to the producer
+    problem: str = ""  # why deliveries failed, when they did
+
+    def split(self) -> tuple[list[str], list[str]]:
+        """(confirmed, not confirmed) campaign ids, in file order."""
+        ok = [i < len(self.acks) and _acknowledged(self.acks[i]) for i in range(len(self.ids))]
+        return [c for i, c in enumerate(self.ids) if ok[i]], [c for i, c in enumerate(self.ids) if not ok[i]]
+
+
+def _acknowledged(ack: asyncio.Future[Any]) -> bool:
+    return ack.done() and not ack.cancelled() and ack.exception() is None
+
+
+async def _produce(broker: str, records: list[tuple[str, bytes]], pub: Publication | None = None,
+                   timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    """Hand every record to the producer, then wait for all acknowledgements together, everything within `timeout`
+    seconds: the idempotent producer retries without end, so a broker that is gone would otherwise hang the command.
+    Fails as an unreachable broker only while nothing has been handed over; after that `pub` tells what happened
+    (without `pub`, a KafkaError does)."""
+    from aiokafka.errors import KafkaError
+
+    own = pub is None
+    pub = pub or Publication([key for key, _ in records])
+    await _deliver(broker, records, pub, timeout)
+    if own and pub.split()[1]:
+        raise KafkaError(pub.problem)
+
+
+async def _deliver(broker: str, records: list[tuple[str, bytes]], pub: Publication, timeout: float) -> None:
+    """`_produce` into `pub`: every acknowledgement, or the failure that came first, stays there for the report."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
 
     from streams.kafka_io import ensure_topics
 
-    await ensure_topics(broker)
-    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
+    producer: Any = None
     try:
-        await producer.start()
-        for key, value in records:
-            await producer.send_and_wait(topics.CAMPAIGNS.name, value, key=key.encode())
+        async with asyncio.timeout(timeout):
+            await ensure_topics(broker)
+            producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=True)
+            await producer.start()
+            for key, value in records:
+                pub.acks.append(await producer.send(topics.CAMPAIGNS.name, value, key=key.encode()))
+            if pub.acks:
+                await asyncio.wait(pub.acks)
+    except TimeoutError:
+        if not pub.acks:
+            raise KafkaTimeoutError(f"no answer within {timeout:g} s") from None
+        pub.problem = f"the Kafka broker at {broker} did not acknowledge every campaign within {timeout:g} s (--timeout)"
+    except (KafkaError, OSError) as e:
+        if not pub.acks:
+            raise
+        pub.problem = f"the Kafka broker at {broker} failed: {_error_text(e)}"
     finally:
-        await producer.stop()
+        if producer is not None:
+            await _close(producer, pending=not all(a.done() for a in pub.acks))
+    failed = [exc for a in pub.acks if a.done() and not a.cancelled() and (exc := a.exception()) is not None]
+    if failed and not pub.problem:
+        pub.problem = f"the broker did not take {len(failed)} campaign(s): {_error_text(failed[0])}"
+
+
+def _error_text(e: BaseException) -> str:
+    """The error with its name: some of aiokafka's errors print it, some print nothing at all."""
+    text, name = str(e), type(e).__name__
+    if name in text:
+        return text
+    return f"{name}: {text}" if text else name
+
+
+async def _close(producer: Any, pending: bool) -> None:
+    """Close the producer; with deliveries still pending, at once and without them.
+
+    aiokafka's `stop()` first delivers every queued batch, however long a broker that is gone takes, and there is no
+    abort; but `stop()` goes straight on to closing once the sender task has ended.  So the sender is cancelled first
+    (a request in flight may hold it until its own timeout, hence the bound), and no record goes out after the user
+    was told it was not published."""
+    if pending:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer._sender.close(), CLOSE_S)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), CLOSE_S)
+
+
+def _publish(args: argparse.Namespace, records: list[tuple[str, bytes]], rerun: str) -> int | None:
+    """Publish `records`; None once every one is acknowledged, else the exit status after saying which campaigns are
+    published and which are not (a failure before any record was sent is the unreachable broker's message)."""
+    pub = Publication([key for key, _ in records])
+    try:
+        on_broker(args, _produce(broker_of(args), records, pub, args.timeout))
+    except KeyboardInterrupt:
+        if not pub.acks:
+            print("streambid: interrupted; nothing was published", file=sys.stderr)
+        else:
+            print(publish_report(pub, "interrupted", rerun), file=sys.stderr)
+        return 130
+    if pub.split()[1]:
+        print(publish_report(pub, pub.problem or "stopped", rerun), file=sys.stderr)
+        return 1
+    return None
+
+
+def publish_report(pub: Publication, why: str, rerun: str) -> str:
+    """Which campaigns are on the config topic and which may not be, and that running the command again is safe."""
+    done, missing = pub.split()
+    return (f"streambid: {why}\n"
+            f"  published ({len(done)} of {len(pub.ids)}): {_some(done)}\n"
+            f"  NOT confirmed ({len(missing)} of {len(pub.ids)}; each may or may not have reached the topic): "
+            f"{_some(missing)}\n"
+            f"Running {rerun} again is safe: the config topic is keyed by campaign id and bidders and workers keep "
+            "the last version of each, so a campaign published twice is in force once, as published.")
+
+
+def _some(ids: list[str], shown: int = SHOWN_IDS) -> str:
+    """The first `shown` ids, then how many more: a 1,500-campaign file must not bury the message."""
+    if not ids:
+        return "none"
+    more = f" ... and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
 
 
 @dataclass(slots=True)
@@ -288,7 +413,10 @@ def cmd_set(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"{len(camps)} campaign(s) valid: {', '.join(c.id for c in camps)}")
         return 0
-    on_broker(args, _produce(broker_of(args), [(c.id, change_record(c.to_doc(), "set")) for c in camps]))
+    code = _publish(args, [(c.id, change_record(c.to_doc(), "set")) for c in camps],
+                    "`streambid campaign set` with the same file")
+    if code is not None:
+        return code
     print(f"published {len(camps)} campaign(s): {', '.join(c.id for c in camps)}")
     return 0
 
@@ -317,7 +445,9 @@ def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
         print(f"{args.id} is already {status}; nothing published")
         return 0
     doc = dict(current.campaign.to_doc(), status=status, version=current.campaign.version)
-    on_broker(args, _produce(broker, [(args.id, change_record(doc, action))]))
+    code = _publish(args, [(args.id, change_record(doc, action))], f"`streambid campaign {action} {args.id}`")
+    if code is not None:
+        return code
     print(f"{'paused' if status == 'paused' else 'resumed'} {args.id}")
     return 0
 

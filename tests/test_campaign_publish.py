@@ -1,0 +1,183 @@
+"""`campaign set` against a broker that stops answering: every campaign is sent at once and acknowledged under one
+deadline, and a run that stops short (failed deliveries, the deadline, Ctrl-C) says which campaigns are published and
+which are not, promptly, with no traceback.
+
+A fake stands in for aiokafka's producer: `send` hands back a delivery future that each test settles its own way,
+and `stop()` waits for every pending delivery unless the sender was closed first, as aiokafka's does.  It has no
+`send_and_wait`: a round trip per campaign is what made a large file hang on a broker that had gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+import orjson
+import pytest
+from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
+
+import streams.kafka_io
+from bidder.cli import main
+from streams import topics
+from tests.helpers import campaign
+
+Settle = Callable[[int, asyncio.Future], None]  # (record index, its delivery future)
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeProducer:
+    """Records what is sent; `settle` decides each delivery; `stop()` hangs on pending ones while the sender lives."""
+
+    settle: Settle = staticmethod(lambda i, fut: fut.set_result(None))
+    made: list[FakeProducer] = []
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        self.sent: list[tuple[str, str]] = []
+        self.acks: list[asyncio.Future] = []
+        self._sender = FakeSender()
+        self.stopped = False
+        FakeProducer.made.append(self)
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, key.decode()))
+        self.acks.append(fut)
+        type(self).settle(len(self.acks) - 1, fut)
+        return fut
+
+    async def stop(self) -> None:
+        pending = [a for a in self.acks if not a.done()]
+        if pending and not self._sender.closed:
+            await asyncio.wait(pending)  # aiokafka delivers every queued batch first: forever, with the broker gone
+        self.stopped = True
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeProducer]]:
+    async def no_topics(broker: str) -> None:
+        pass
+
+    FakeProducer.made = []
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", FakeProducer)
+    monkeypatch.setattr(streams.kafka_io, "ensure_topics", no_topics)
+    yield FakeProducer
+
+
+def campaign_file(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    ids = [f"camp{i:03d}" for i in range(n)]
+    path = tmp_path / "campaigns.json"
+    path.write_bytes(orjson.dumps([campaign(id=cid) for cid in ids]))
+    return path, ids
+
+
+def run(capsys: pytest.CaptureFixture[str], path: Path, *flags: str) -> tuple[int, str, str, float]:
+    t0 = time.monotonic()
+    code = main(["campaign", "set", str(path), "--broker", "fake:9092", *flags])
+    out, err = capsys.readouterr()
+    return code, out, err, time.monotonic() - t0
+
+
+def listed(err: str, label: str) -> list[str]:
+    """The ids on the report line that starts with `label` (without the "... and N more" tail)."""
+    line = next(x for x in err.splitlines() if x.strip().startswith(label))
+    return re.findall(r"camp\d{3}", line)
+
+
+def test_every_campaign_sent_at_once_and_acknowledged_is_a_success(fake: type[FakeProducer], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path, ids = campaign_file(tmp_path, 25)
+    code, out, err, _ = run(capsys, path)
+    assert code == 0, err
+    assert out.strip() == f"published 25 campaign(s): {', '.join(ids)}" and err == ""
+    [producer] = fake.made
+    assert producer.sent == [(topics.CAMPAIGNS.name, cid) for cid in ids]  # keyed by campaign id, in file order
+    assert producer.config["enable_idempotence"] and producer.config["acks"] == "all" and producer.stopped
+
+
+def test_failed_deliveries_name_the_published_and_the_unconfirmed_campaigns(
+        fake: type[FakeProducer], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def settle(i: int, fut: asyncio.Future) -> None:
+        if i in (2, 4):
+            fut.set_exception(RequestTimedOutError())
+        else:
+            fut.set_result(None)
+
+    monkeypatch.setattr(FakeProducer, "settle", staticmethod(settle))
+    path, ids = campaign_file(tmp_path, 6)
+    code, out, err, _ = run(capsys, path)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "RequestTimedOutError" in err and "did not take 2 campaign(s)" in err, err
+    assert listed(err, "published (4 of 6)") == ["camp000", "camp001", "camp003", "camp005"], err
+    assert listed(err, "NOT confirmed (2 of 6") == ["camp002", "camp004"], err
+    assert "`streambid campaign set` with the same file again is safe" in err
+
+
+def test_the_deadline_ends_the_wait_at_once_with_a_partial_report(
+        fake: type[FakeProducer], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def settle(i: int, fut: asyncio.Future) -> None:
+        if i < 10:
+            fut.set_result(None)  # the rest are never acknowledged: the broker is gone
+
+    monkeypatch.setattr(FakeProducer, "settle", staticmethod(settle))
+    path, ids = campaign_file(tmp_path, 45)
+    code, out, err, elapsed = run(capsys, path, "--timeout", "0.5")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert elapsed < 0.5 + 2.0, f"took {elapsed:.1f} s"
+    assert "within 0.5 s (--timeout)" in err, err
+    assert listed(err, "published (10 of 45)") == ids[:10], err
+    assert listed(err, "NOT confirmed (35 of 45") == ids[10:30] and "... and 15 more" in err, err
+    [producer] = fake.made
+    assert producer._sender.closed and producer.stopped  # closed without the pending batches: nothing goes out later
+
+
+def test_ctrl_c_during_the_wait_exits_130_with_a_partial_report(
+        fake: type[FakeProducer], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def settle(i: int, fut: asyncio.Future) -> None:
+        if i < 3:
+            fut.set_result(None)
+        if i == 4:
+            asyncio.get_running_loop().call_later(0.2, signal.raise_signal, signal.SIGINT)
+
+    monkeypatch.setattr(FakeProducer, "settle", staticmethod(settle))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whoever started pytest
+    try:
+        path, ids = campaign_file(tmp_path, 5)
+        code, out, err, elapsed = run(capsys, path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and out == "" and "Traceback" not in err
+    assert elapsed < 2.0 + 2.0, f"took {elapsed:.1f} s"
+    assert err.startswith("streambid: interrupted"), err
+    assert listed(err, "published (3 of 5)") == ids[:3], err
+    assert listed(err, "NOT confirmed (2 of 5") == ids[3:], err
+
+
+def test_a_broker_unreachable_from_the_start_keeps_its_message(
+        fake: type[FakeProducer], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def unreachable(self: FakeProducer, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+        raise KafkaConnectionError("Unable to bootstrap from [('fake', 9092)]")
+
+    monkeypatch.setattr(FakeProducer, "send", unreachable)
+    path, _ = campaign_file(tmp_path, 3)
+    with pytest.raises(SystemExit) as ended:
+        run(capsys, path)
+    message = str(ended.value.code)
+    assert "cannot reach the Kafka broker at fake:9092" in message and "kafka.sh start" in message
+    assert "published" not in message and "NOT confirmed" not in capsys.readouterr().err
