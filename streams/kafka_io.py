@@ -503,6 +503,7 @@ class StateFollower:
         self.since = since
         self.applied = 0
         self.errors = 0
+        self.lost = False  # cut off from the broker now: said once when it happens and once when it ends
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -519,6 +520,9 @@ class StateFollower:
                 await c.start()
                 if self.since is not None:
                     await self._seek_since(c, self.since())
+                if self.lost:
+                    log.warning("state follower reached kafka again")
+                    self.lost = False
                 async for msg in c:
                     try:
                         self.handlers[msg.topic](msg.key or b"", msg.value or b"")
@@ -529,7 +533,9 @@ class StateFollower:
             except asyncio.CancelledError:
                 raise
             except (KafkaError, OSError) as e:
-                log.warning("state follower lost kafka (%s); bidding on last state, retrying", type(e).__name__)
+                if not self.lost:  # retried every second: one line per outage, not one per try
+                    log.warning("state follower lost kafka (%s); bidding on last state, retrying", type(e).__name__)
+                    self.lost = True
                 await self._close()
                 await asyncio.sleep(1.0)
 

@@ -510,3 +510,22 @@ def test_a_restarted_pacer_starts_from_todays_last_published_lambda() -> None:
     assert lam["today"] == pytest.approx(4.5)
     assert lam["yesterday"] == lam["exhausted"] == lam["unknown"] == 0.0  # no guide to today: from 0, as before
     assert pacer.update(PACING_NOON + 1, ledger)[0].lam == pytest.approx(4.5, rel=0.01)  # and goes on from there
+
+
+async def test_a_state_follower_cut_off_from_kafka_says_so_once(caplog) -> None:
+    """It retries every second; an outage is one warning, not one a second."""
+    import logging
+    import socket
+
+    from streams.kafka_io import StateFollower
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    follower = StateFollower(f"127.0.0.1:{port}", {topics.CAMPAIGNS.name: lambda k, v: None})
+    with caplog.at_level(logging.WARNING, logger="streambid.kafka"):
+        await follower.start()
+        await asyncio.sleep(2.6)  # three tries
+        await follower.stop()
+    lost = [r for r in caplog.records if "state follower lost kafka" in r.getMessage()]
+    assert len(lost) == 1 and follower.lost
