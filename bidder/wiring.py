@@ -204,18 +204,9 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
 
 
 async def _stop_followers(*followers: Any) -> None:
-    """Stop the state followers.  Closing a consumer whose broker is gone can raise a CancelledError of aiokafka's
-    own (a fetch it cancelled), not ours: that one must not cut the worker's graceful stop short."""
     for f in followers:
-        if f is None:
-            continue
-        try:
+        if f is not None:
             await f.stop()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # the worker itself is being cancelled
-                raise
-            log.warning("a state follower did not close cleanly (the broker is gone)")
 
 
 TOPICS_TIMEOUT_S = 10.0  # a worker waits this long at most for the broker to confirm the topics

@@ -555,10 +555,16 @@ class StateFollower:
             c.seek(tp, ends[tp] if at is None else at.offset)  # none that recent: from the end as it was
 
     async def _close(self) -> None:
+        """Best effort on a broken connection.  A consumer whose broker is gone can raise a CancelledError of its
+        own (a fetch it cancelled) from stop(): that one must not cut its caller's shutdown short; ours goes on."""
         if self._consumer is not None:
             try:
                 await self._consumer.stop()
-            except Exception:  # best effort on a broken connection
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except Exception:
                 pass
             self._consumer = None
 

@@ -529,3 +529,30 @@ async def test_a_state_follower_cut_off_from_kafka_says_so_once(caplog) -> None:
         await follower.stop()
     lost = [r for r in caplog.records if "state follower lost kafka" in r.getMessage()]
     assert len(lost) == 1 and follower.lost
+
+
+async def test_a_followers_consumer_that_raises_its_own_cancellation_on_stop_does_not_cut_a_shutdown_short() -> None:
+    """aiokafka's consumer, stopped with its broker gone, can raise a CancelledError of a fetch it cancelled; the
+    caller's shutdown (which writes unsent events to disk next) must go on.  A cancellation of the caller still
+    goes through."""
+    from streams.kafka_io import StateFollower
+
+    class Consumer:
+        async def stop(self) -> None:
+            raise asyncio.CancelledError()
+
+    follower = StateFollower("127.0.0.1:1", {})
+    follower._consumer = Consumer()  # type: ignore[assignment]
+    await follower.stop()  # no error
+    assert follower._consumer is None
+
+    class Slow:
+        async def stop(self) -> None:
+            await asyncio.sleep(10)
+
+    follower._consumer = Slow()  # type: ignore[assignment]
+    task = asyncio.ensure_future(follower.stop())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
