@@ -564,7 +564,7 @@ class BidProtocol(asyncio.Protocol):
             exchange = exchange_name(url.split(b"?", 1)[0])
             if self.budget < 0:
                 return self.app.shed(exchange)
-            if self.coding and self.coding.strip().lower() != b"chunked":  # httptools has read it as chunked
+            if self._coding_refused():
                 self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
                 return _NO_CODING
             if self.encoding and not self.gz and self.encoding != b"identity":
@@ -574,10 +574,14 @@ class BidProtocol(asyncio.Protocol):
             return self.app.bid(body, self.gz, exchange, self.started, self.version, self.read_floor)
         if self.budget < 0:
             return _BUSY
-        if self.coding and self.coding.strip().lower() != b"chunked":
+        if self._coding_refused():
             return _NO_CODING
         out = self._resource(url, method)
         return head_of(out) if method == b"HEAD" else out
+
+    def _coding_refused(self) -> bool:
+        """A transfer coding besides chunked: httptools has read the body as chunked alone, so it is not the body."""
+        return bool(self.coding) and self.coding.strip().lower() != b"chunked"
 
     def _resource(self, url: bytes, method: bytes) -> bytes:
         """Every path but the bid endpoints.  A HEAD gets the whole GET answer here; `_route` cuts its content."""
