@@ -16,6 +16,7 @@ import orjson
 
 from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positive
 from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
+from streams.events import env_salt
 
 # where a snapshot file comes from: the workers publish models only to the model topic
 MODEL_SOURCES = ("one saved by `streambid model export --out FILE` (the model the workers last published) or by "
@@ -110,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     here = f"http://{_url_host(args.host)}:{port}"
     opts = ServeOptions(
         host=args.host, port=port, workers=args.workers, campaigns=campaigns, broker=broker,
-        secret=(secret or "streambid-dev-secret").encode(), salt=os.environ.get("STREAMBID_SALT", "streambid").encode(),
+        secret=(secret or "streambid-dev-secret").encode(), salt=env_salt(),
         network_ms=args.network_ms, notice_base=args.notice_base or here,
         model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
         tcf_vendor=args.tcf_vendor_id,

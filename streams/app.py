@@ -36,7 +36,7 @@ from bidder.pacing import MAX_LAMBDA, PacingState
 from streams import leases, topics
 from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
-from streams.events import EventError, check_event, dead_letter, topic_kind
+from streams.events import EventError, check_event, dead_letter, env_salt, topic_kind
 from streams.kafka_io import StateFollower, log_start_offsets, read_event_ids, read_values
 from streams.ledger import FIELDS
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer, checkpoint_offsets
@@ -150,12 +150,13 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     kinds = {t.name: topic_kind(t.name) for t in DELIVERY}
     sources: dict[tuple[str, int], str] = {}  # (topic, partition) -> "topic:partition", the ledger's watermark key
     newest = [0]  # the latest delivery event time this worker has read: ids are forgotten SEEN_TTL_S before it
+    salt = env_salt()  # keys the hash a dead letter keeps of a payload it cannot read
 
     async def reject(source: str, reason: str, payload: Any) -> None:
         stats.deadletters[(topic_kind(source), reason)] += 1  # labelled like streambid_events_consumed_total
         log.warning("dead-lettered a message from %s: %s", source, reason)
         await deadletter_topic.send(key=source.encode(), value=orjson.dumps(dead_letter(source, reason, payload,
-                                                                                       int(time.time() * 1000))))
+                                                                                       int(time.time() * 1000), salt)))
 
     def send_example(ex: Any, ts_ms: int) -> None:
         outbox.send(topics.EXAMPLES.name, ex.campaign.encode(), orjson.dumps(ex.to_event(ts_ms)), 0)  # one partition

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import re
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 from models.features import HASH_MASK
 
 SCHEMA_VERSION = 1
+DEFAULT_SALT = b"streambid"  # what STREAMBID_SALT falls back to (serve warns when it is not set)
 
 # required fields (name -> type) per topic suffix, beyond id/ts/v
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -166,23 +168,36 @@ _DEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # a field name listed
 _DEAD_MAX_STR, _DEAD_MAX_LIST, _DEAD_MAX_NAMES = 256, 4096, 32
 
 
-def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int) -> dict[str, Any]:
+def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int, salt: bytes = DEFAULT_SALT) -> dict[str, Any]:
     """The dead-letter record for a rejected message: enough to find the message and its producer's mistake, no raw id.
 
     A JSON object keeps its known fields (`payload`, as JSON text) and names the others (`dropped`); anything else
-    (bad JSON, another top-level type) is kept as its length and a short hash (`payload_bytes`, `payload_sha256`)."""
+    (bad JSON, another top-level type) is kept as its length and a short keyed hash (`payload_bytes`, `payload_hash`).
+    `salt` is the deployment's STREAMBID_SALT, the key user ids are hashed with."""
     raw = _payload_bytes(payload)
-    digest = hashlib.sha256(raw).hexdigest()[:16]
+    digest = payload_hash(raw, salt)
     record = {"v": SCHEMA_VERSION, "id": f"dlq:{topic}:{ts_ms}:{digest}", "ts": ts_ms, "topic": topic, "reason": reason}
     doc = _json_object(payload, raw)
     if doc is None:
-        return {**record, "payload_bytes": len(raw), "payload_sha256": digest}
+        return {**record, "payload_bytes": len(raw), "payload_hash": digest}
     kept, dropped = _known_fields(topic_kind(topic), doc)
     names = [n for n in dropped if isinstance(n, str) and _DEAD_NAME.fullmatch(n)][:_DEAD_MAX_NAMES]
     record.update(payload=orjson.dumps(kept).decode(), dropped=sorted(names))
     if len(names) < len(dropped):
         record["dropped_unlisted"] = len(dropped) - len(names)  # names that could themselves be data, or too many
     return record
+
+
+def payload_hash(raw: bytes, salt: bytes = DEFAULT_SALT) -> str:
+    """A rejected payload's short hash, keyed with the salt: it still matches the producer's own copy of the message,
+    but a payload that is nothing but a user id or an IP cannot be found by hashing guesses without the salt."""
+    key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()  # BLAKE2b keys are at most 64 bytes
+    return hashlib.blake2b(raw, key=key, digest_size=8).hexdigest()
+
+
+def env_salt() -> bytes:
+    """The deployment's salt for hashing user ids (STREAMBID_SALT), shared by bidders and workers."""
+    return os.environ.get("STREAMBID_SALT", "").encode() or DEFAULT_SALT
 
 
 def _payload_bytes(payload: Any) -> bytes:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import orjson
 import pytest
 
-from streams.events import dead_letter, make_event
+from streams.events import dead_letter, make_event, payload_hash
 
 TS = 1_767_268_800_000  # 2026-01-01 12:00 UTC
 RAW = {"ip": "198.51.100.211", "user_id": "CNRYuid5501x", "ifa": "6D92078A-8246-4BA4-AE5B-76104861E7DC"}
@@ -46,7 +44,7 @@ def test_a_payload_that_is_not_an_object_is_kept_as_its_length_and_a_hash(payloa
     record = dead_letter("streambid.clicks", "bad_json", payload, TS)
     assert "payload" not in record and "dropped" not in record
     assert record["payload_bytes"] == len(payload)
-    assert record["payload_sha256"] == hashlib.sha256(payload).hexdigest()[:16]
+    assert record["payload_hash"] == payload_hash(payload) != payload_hash(payload, b"another deployment's salt")
     for value in RAW.values():
         assert value not in text(record)
     if payload:
