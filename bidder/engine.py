@@ -16,7 +16,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -279,6 +279,8 @@ class BidEngine:
                 chosen.append(pick)
                 if held is not None:
                     self._hold(held, pick[1], pick[3], user, now)
+                    if len(req.cur) > 1:  # one answer, one currency: the first pick's; later impressions bid in it
+                        req = replace(req, cur=(pick[1].currency,))
         if not chosen:
             return Outcome(204, reason=STAGES[best_reason])
         if time.perf_counter() + RESPOND_PER_BID_S * len(chosen) > deadline:  # signing many bids takes time too

@@ -76,6 +76,24 @@ def test_blocks_and_currency_and_seat() -> None:
     assert bid(e, request()).status == 200
 
 
+def test_a_multi_impression_answer_keeps_one_currency_and_still_bids_on_every_impression() -> None:
+    """The first pick sets the answer's currency; a later impression whose best bid is in another currency takes
+    the best one in the answer's currency rather than going unbid."""
+    both = parse_campaign(campaign(id="usd", creatives=[
+        {"id": "a", "type": "banner", "w": 300, "h": 250, "cat": ["IAB3-1"], "adm": "<img>"},
+        {"id": "b", "type": "banner", "w": 728, "h": 90, "cat": ["IAB3-1"], "adm": "<img>"}]))
+    dearer = parse_campaign(campaign(
+        id="eur", currency="EUR", goal={"type": "cpc", "value_per_click": 8.0, "max_bid_cpm": 80.0},
+        creatives=[{"id": "w", "type": "banner", "w": 728, "h": 90, "cat": ["IAB3-1"], "adm": "<img>"}]))
+    doc = request(cur=["USD", "EUR"], imp=[{"id": "1", "banner": {"w": 300, "h": 250}},
+                                           {"id": "2", "banner": {"w": 728, "h": 90}}])
+    alone = orjson.loads(bid(engine([dearer]), request(cur=["USD", "EUR"], imp=doc["imp"][1:])).body)
+    assert alone["cur"] == "EUR"  # on its own, the second impression goes to the EUR campaign
+    out = orjson.loads(bid(engine([both, dearer]), doc).body)
+    assert out["cur"] == "USD"
+    assert sorted((b["impid"], b["cid"]) for b in out["seatbid"][0]["bid"]) == [("1", "usd"), ("2", "usd")]
+
+
 def test_size_must_fit() -> None:
     e = engine([parse_campaign(campaign())])
     doc = request()
