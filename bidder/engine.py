@@ -126,6 +126,7 @@ class BidEngine:
         self._live: frozenset[str] = frozenset()
         self._live_slot: int | None = None  # the UTC quarter hour `_live` was computed for; None: recompute
         self._refreshed = -1.0
+        self._due = -1.0  # when `_refresh` must run next: a second after the last, or at the next quarter hour if sooner
         self._seen_notices: dict[str, float] = {}  # event id -> when its URL expires (replays refused until then)
         self._seen_expiry: list[tuple[float, str]] = []  # (expiry, event id), a heap: expiries differ (imp.exp)
         self._counted_bills: OrderedDict[str, None] = OrderedDict()  # billing event ids already in the caps
@@ -189,7 +190,7 @@ class BidEngine:
     def _stale(self) -> None:
         """The live set no longer holds: recompute it before the next bid."""
         self._live_slot = None
-        self._refreshed = -1.0
+        self._refreshed = self._due = -1.0
 
     def grant(self, campaign: str, day: str, granted_micros: int) -> None:
         """A budget lease grant for this bidder: its cumulative allowance for `campaign` on `day`."""
@@ -218,6 +219,9 @@ class BidEngine:
                     self._shading[cur] = landscape.frozen_copy()
             self._new_prices.clear()
         self._refreshed = now
+        # the live set changes at quarter hours (dayparting, flights, local midnights): the first bid past one
+        # must not see the set of the quarter hour before
+        self._due = min(now + 1.0, (slot + 1) * LIVE_SLOT_S)
         seen, expiry = self._seen_notices, self._seen_expiry
         while expiry and expiry[0][0] < now:
             seen.pop(heapq.heappop(expiry)[1], None)
@@ -238,7 +242,7 @@ class BidEngine:
     def live(self) -> frozenset[str]:
         """Ids of the campaigns that may bid right now."""
         now = self.clock()
-        if now - self._refreshed >= 1.0 or now < self._refreshed:
+        if now >= self._due or now < self._refreshed:
             self._refresh(now)
         return self._live
 
@@ -253,7 +257,7 @@ class BidEngine:
         now = self.clock()
         if not req.test:  # the bid log carries it: the streams side learns the traffic per hour from it
             self.requests_seen += 1
-        if now - self._refreshed >= 1.0 or now < self._refreshed:
+        if now >= self._due or now < self._refreshed:
             self._refresh(now)
         restricted = restriction(req.privacy, self.cfg.tcf_vendor)
         if restricted:  # metrics: privacy-restricted requests by reason

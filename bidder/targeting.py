@@ -445,13 +445,17 @@ class CampaignIndex:
             deals[s] = d
         if not keep:
             return keep, deals, DEAL
+        # a deal whose floor is in another currency than the campaign's cannot be bid on: the campaign sits out, or
+        # where an open auction runs beside the deals (and it is not deal-only) bids there without the deal
+        for s, d in list(deals.items()):
+            camp = self.slots[s][0]
+            if d[1] and d[2] != camp.currency:
+                del deals[s]
+                if imp.private_auction or camp.targeting.deal_only:
+                    keep &= ~(1 << s)
         # floor currency: a deal's floor is in the deal's currency, the rest in the impression's
-        with_deal = _bits_of(deals)
         if floor:
-            keep &= self._currency.get(imp.floorcur, 0) | with_deal
-        for s, d in deals.items():
-            if d[1] and d[2] != self.slots[s][0].currency:
-                keep &= ~(1 << s)
+            keep &= self._currency.get(imp.floorcur, 0) | _bits_of(deals)
         if not keep:
             return keep, deals, CURRENCY
         return keep, deals, 0
@@ -485,7 +489,7 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
     """The deal this campaign may bid on in `imp`: (id, floor, currency, auction type); None when none applies.
 
     Of several, the lowest floor in the campaign's currency (the cheapest way in); with none in its currency, the
-    first, which the currency check then refuses by name.
+    first, which the caller cannot bid on (it refuses the campaign by name, or lets it bid in the open auction).
     """
     wanted = camp.targeting.deals
     if not wanted:

@@ -27,6 +27,11 @@ from models.prior import ClickCounts, CreativeKey, PriorConfig
 
 FORMAT = 1
 _CLIP = 30.0
+# No learner makes a logit term this large (scores are clipped at ±30): a snapshot holding one is refused.  Bounding
+# the terms also bounds float rounding: the bid path sums them in another order than `predict`, and with terms up to
+# this size the two sums differ by far less than the price bound's margin (bidder.scoring), where terms of 1e17 that
+# cancel would differ by whole units.
+MAX_TERM = 1e4
 
 
 class ModelSnapshot:
@@ -168,6 +173,8 @@ class ModelSnapshot:
             numbers = [*ws, d["bias"], a, b, d["logit_shift"]]
             if not all(type(x) in (int, float) and math.isfinite(x) for x in numbers):
                 raise ValueError("a weight, the bias, the calibration or the logit shift is not a finite number")
+            if not all(-MAX_TERM <= x <= MAX_TERM for x in numbers):
+                raise ValueError(f"a weight, the bias, the calibration or the logit shift is beyond ±{MAX_TERM:g}")
             return cls(
                 version=int(d["version"]),
                 weights={i: float(w) for i, w in zip(ids, ws, strict=True)},

@@ -113,6 +113,23 @@ def test_deal_floor_applies_before_imp_floor() -> None:
     assert bid(e, doc).reason == "below_floor"
 
 
+@pytest.mark.parametrize(("private", "deal_only", "bids"), [(0, False, True), (1, False, False), (0, True, False)])
+def test_a_deal_floored_in_another_currency_leaves_the_open_auction_open(private: int, deal_only: bool,
+                                                                          bids: bool) -> None:
+    """A USD campaign cannot bid on a deal floored in EUR.  Where an open auction runs beside the deal, it bids there
+    (at the impression's USD floor, with no dealid) unless it is deal-only; in a private auction it sits out."""
+    camp = parse_campaign(campaign(targeting={"countries": ["USA"], "deals": ["d"], "deal_only": deal_only}))
+    doc = request(cur=["USD", "EUR"])
+    doc["imp"][0].update(bidfloor=0.5, pmp={"private_auction": private,
+                                            "deals": [{"id": "d", "bidfloor": 1.0, "bidfloorcur": "EUR"}]})
+    out = bid(engine([camp]), doc)
+    if not bids:
+        assert out.status == 204 and out.reason == "currency"
+        return
+    b = orjson.loads(out.body)["seatbid"][0]["bid"][0]
+    assert out.status == 200 and "dealid" not in b and b["price"] >= 0.5 and orjson.loads(out.body)["cur"] == "USD"
+
+
 def test_of_several_deals_a_campaign_bids_on_the_cheapest_in_its_currency() -> None:
     camp = parse_campaign(campaign(targeting={"countries": ["USA"], "deals": ["dear", "cheap", "euro"]}))
     doc = request()
@@ -217,6 +234,22 @@ def test_live_set_follows_dayparting_at_quarter_hours_and_budget_at_once(monkeyp
     assert bid(e, request()).status == 200
     clock[0] = opens + 3600.0  # 11:15 local, outside the daypart
     assert bid(e, request()).reason == "not_live"
+
+
+def test_the_first_request_past_a_quarter_hour_sees_that_quarter_hours_live_set() -> None:
+    """The once-a-second refresh must not carry the previous quarter hour's live set into a new one: a request a
+    few tenths of a second past the hour goes to the campaign whose daypart starts then, never the one that ended."""
+    hour = NOW // 3600 * 3600
+    before = dt.datetime.fromtimestamp(hour - 1, dt.UTC).hour
+    camps = [parse_campaign(campaign(id="ends", dayparting=[before])),
+             parse_campaign(campaign(id="starts", dayparting=[(before + 1) % 24]))]
+    clock = [hour - 0.2]
+    e = BidEngine(EngineConfig(secret=b"s", explore_below=0), camps, ModelSnapshot.empty(), sink=lambda *a: None,
+                  clock=lambda: clock[0])
+    for t, expected in ((hour - 0.2, "ends"), (hour + 0.3, "starts"), (hour + 0.79, "starts"), (hour + 1.5, "starts")):
+        clock[0] = t
+        out = bid(e, request())
+        assert out.status == 200 and orjson.loads(out.body)["seatbid"][0]["bid"][0]["cid"] == expected, t - hour
 
 
 def test_prepare_builds_what_a_campaign_change_invalidates_before_the_next_request() -> None:

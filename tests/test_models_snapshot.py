@@ -99,6 +99,8 @@ def test_corrupt_bytes_are_rejected() -> None:
         ({"bias": float("nan")}, "finite"),
         ({"weights": ["inf"], "ids": [7]}, "finite"),
         ({"calibration": [float("inf"), 0.0]}, "finite"),
+        ({"bias": 1e17, "weights": [-1e17], "ids": [7]}, "beyond"),  # cancelling giants: rounding beats the bound's margin
+        ({"logit_shift": -2e4}, "beyond"),
         ({"counts": {"config": {}, "clicks": 5, "impressions": 2, "campaigns": [], "creatives": []}}, "clicks"),
         ({"counts": {"config": {"prior_ctr": 0}, "clicks": 0, "impressions": 0, "campaigns": [], "creatives": []}},
          "prior_ctr"),
