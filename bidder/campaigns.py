@@ -60,6 +60,7 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.problems: list[str] = []  # every problem of the document, when validation collected several
 
 
 class CampaignsError(ConfigError):
@@ -441,7 +442,7 @@ def parse_campaign(doc: Any) -> Campaign:
     if problems:
         first = problems[0]
         err = ConfigError(first.field, first.message)
-        err.problems = [f"{e.field}: {e.message}" for e in problems]  # type: ignore[attr-defined]
+        err.problems = [f"{e.field}: {e.message}" for e in problems]
         raise err
     return Campaign(
         id=cid, advertiser=advertiser, currency=currency, status=status, daily_budget=daily, total_budget=total,

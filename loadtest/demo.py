@@ -58,11 +58,12 @@ class DemoRun:
 class FlatPacer(Pacer):
     """A baseline's pacing: lambda stays 0 (full value) until the day's budget is spent."""
 
-    def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
+    def update(self, now: float, ledger: SpendLedger | None) -> list[PacingState]:
         out = []
         for camp in self.campaigns.by_id.values():
             day = self.campaigns.fraction_of_day(camp, now)[0]
-            spent, budget = ledger.day_totals(camp.id, day)["spend"], self.budget_today(camp, day, ledger)
+            spent = ledger.day_totals(camp.id, day)["spend"] if ledger is not None else 0
+            budget = self.budget_today(camp, day, ledger)
             out.append(PacingState(camp.id, day, 0.0, spent, budget, spent >= budget))
         return out
 

@@ -29,7 +29,7 @@ def frame(checkpoint_id: int, data: bytes, part_bytes: int = PART_BYTES) -> list
             for i, chunk in enumerate(chunks)]
 
 
-def assemble(values: Iterable[bytes]) -> tuple[int, bytes] | None:
+def assemble(values: Iterable[bytes | None]) -> tuple[int, bytes] | None:
     """(id, data) of the newest complete checkpoint among record values in log order, or None.
 
     Values that are not checkpoint parts are ignored: a reader must never fail on what is on a topic.

@@ -185,7 +185,7 @@ class Pacer:
         self.controllers[camp.id] = ctl
         return ctl
 
-    def update(self, now: float, ledger: SpendLedger) -> list[PacingState]:
+    def update(self, now: float, ledger: SpendLedger | None) -> list[PacingState]:
         out = []
         camps = list(self.campaigns.by_id.values())
         when = {c.id: self.campaigns.fraction_of_day(c, now) for c in camps}

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -134,8 +134,15 @@ def worker_status(port: int) -> dict | None:
     return get_json(f"http://127.0.0.1:{port}/status")
 
 
-async def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None:
-    """Send (topic, key, value) records in order, waiting for every acknowledgement."""
+def live_worker_status(port: int) -> dict:
+    """The worker's /status, which it must answer."""
+    st = worker_status(port)
+    assert st is not None, f"the worker on port {port} does not answer /status"
+    return st
+
+
+async def produce(bootstrap: str, records: Sequence[tuple[str, str, bytes | None]]) -> None:
+    """Send (topic, key, value) records in order, waiting for every acknowledgement; a None value is a tombstone."""
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await p.start()
     try:
@@ -154,7 +161,7 @@ async def read_all(bootstrap: str, names: list[str], partitions: int = 4) -> lis
         c.assign(tps)
         ends = await c.end_offsets(tps)
         await c.seek_to_beginning(*tps)
-        out = []
+        out: list[tuple[str, int, int, bytes]] = []
         left = {tp for tp in tps if ends[tp] > 0}
         while left:
             for tp, msgs in (await c.getmany(*left, timeout_ms=500)).items():

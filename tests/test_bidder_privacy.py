@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -52,7 +53,7 @@ def bid_and_notify(app: BidApp, doc: dict) -> tuple[bytes, dict | None]:
     return out, bid
 
 
-RESTRICTING = {
+RESTRICTING: dict[str, dict[str, Any]] = {
     "coppa": {"coppa": 1},
     "gdpr": {"gdpr": 1},
     "gdpr_weak_consent": {"gdpr": 1},  # consent without purposes 3 and 4

@@ -191,4 +191,5 @@ def test_every_problem_of_a_campaign_is_listed_in_one_pass() -> None:
         assert any(line.startswith(f"campaigns[1] (c1).{field}:") for line in lines), (field, lines)
     with pytest.raises(ConfigError) as one:
         parse_campaign(bad)
+    # parse_campaign sets `problems` on a plain ConfigError, which does not declare it (bidder/campaigns.py:444)
     assert one.value.field == "budget.totl" and len(one.value.problems) == 4

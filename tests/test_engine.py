@@ -217,9 +217,14 @@ def test_live_set_follows_dayparting_at_quarter_hours_and_budget_at_once(monkeyp
     e = BidEngine(EngineConfig(secret=b"s", explore_below=0), [camp], ModelSnapshot.empty(), sink=lambda *a: None,
                   clock=lambda: clock[0])
     assert bid(e, request()).reason == "not_live"
-    walks = []
+    walks: list[dt.datetime] = []
     in_flight = Campaign.in_flight
-    monkeypatch.setattr(Campaign, "in_flight", lambda self, utc: walks.append(utc) or in_flight(self, utc))
+
+    def counted_in_flight(self: Campaign, utc: dt.datetime) -> bool:
+        walks.append(utc)
+        return in_flight(self, utc)
+
+    monkeypatch.setattr(Campaign, "in_flight", counted_in_flight)
     clock[0] = opens + 0.5
     assert bid(e, request()).status == 200
     assert len(walks) == 1
@@ -260,6 +265,7 @@ def test_prepare_builds_what_a_campaign_change_invalidates_before_the_next_reque
     e.upsert_campaign(parse_campaign(campaign(id="c2", status="paused")))
     e.prepare()
     prepared = e._tables
+    assert prepared is not None
     assert prepared is not first and prepared.index is e.index and e.index._built
     assert e.live() == frozenset({"c1"})
     assert bid(e, request()).status == 200

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -19,7 +22,7 @@ GOOD = {"v": 1, "id": "ev:1", "ts": TS, "bid_id": "b", "campaign": "c", "creativ
         "features": [1, 2], "cost": 2, "day": "2026-01-01", "value": 4, "label": 1}
 
 
-def outcome(fn, kind: str, raw: object) -> object:
+def outcome(fn: Callable[[str, Any], dict[str, Any]], kind: str, raw: object) -> tuple[object, ...]:
     try:
         return ("ok", fn(kind, raw))
     except EventError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bidder import lease_client
-from bidder.campaigns import parse_campaign
+from bidder.campaigns import Campaign, parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.lease import LEDGER
 from bidder.lease_client import LeaseClient
@@ -39,9 +40,16 @@ CAMP = parse_campaign(campaign(budget={"daily": BUDGET / 1e6, "total": 1.0},
 SLICE = 4 * 2_500  # the campaign's min slice: 4 impressions at its max bid
 
 
-def req(bidder: str, granted: int = 0, spent: int = 0, day: str = DAY, frac: float = 0.05, ts: float = NOW) -> dict:
+def req(bidder: str, granted: int = 0, spent: int = 0, day: str = DAY, frac: float = 0.05, ts: float = NOW) -> dict[str, Any]:
     return {"v": 1, "bidder": bidder, "campaign": CAMP.id, "day": day, "granted": granted, "spent": spent, "frac": frac,
             "ts": ts}
+
+
+def answered(desk: LeaseDesk, doc: dict[str, Any], camp: Campaign | None, ledger_spend: int) -> dict[str, Any]:
+    """The desk's grant for a request it must answer now (a known campaign, today's, fresh, not held back)."""
+    g = desk.answer(doc, camp, ledger_spend, NOW)
+    assert g is not None, doc
+    return g
 
 
 # -- the worker's desk ----------------------------------------------------------------
@@ -55,27 +63,27 @@ def test_slices_are_topped_up_and_never_commit_past_the_budget() -> None:
     desk = LeaseDesk()
     a = desk.answer(req("a"), CAMP, 0, NOW)
     assert a is not None and a["granted"] == SLICE and a["bidder"] == "a" and a["day"] == DAY
-    assert desk.answer(req("a", granted=SLICE), CAMP, 0, NOW)["granted"] == SLICE  # unspent: nothing more
+    assert answered(desk, req("a", granted=SLICE), CAMP, 0)["granted"] == SLICE  # unspent: nothing more
     # a spends most of it: topped up to one slice again
-    assert desk.answer(req("a", granted=SLICE, spent=8_000), CAMP, 8_000, NOW)["granted"] == 8_000 + SLICE
+    assert answered(desk, req("a", granted=SLICE, spent=8_000), CAMP, 8_000)["granted"] == 8_000 + SLICE
     granted = {"a": 8_000 + SLICE}
     spent = {"a": 8_000}
     for _ in range(40):  # two bidders spend everything they are given
         for b in ("a", "b"):
-            g = desk.answer(req(b, granted.get(b, 0), spent.get(b, 0)), CAMP, sum(spent.values()), NOW)
+            g = answered(desk, req(b, granted.get(b, 0), spent.get(b, 0)), CAMP, sum(spent.values()))
             granted[b] = g["granted"]
             spent[b] = granted[b]
     assert sum(granted.values()) == BUDGET
-    assert desk.answer(req("c"), CAMP, BUDGET, NOW)["granted"] == 0  # nothing left for a newcomer
+    assert answered(desk, req("c"), CAMP, BUDGET)["granted"] == 0  # nothing left for a newcomer
 
 
 def test_spend_only_the_ledger_knows_comes_off_the_pool() -> None:
     desk = LeaseDesk()
     desk.answer(req("a"), CAMP, 0, NOW)
     # 85,000 billed that no bidder reports (bidders restarted under new ids), and a holds a slice: 5,000 left
-    g = desk.answer(req("b"), CAMP, 85_000, NOW)
+    g = answered(desk, req("b"), CAMP, 85_000)
     assert g["granted"] == BUDGET - 85_000 - SLICE
-    assert desk.answer(req("c"), CAMP, 85_000, NOW)["granted"] == 0
+    assert answered(desk, req("c"), CAMP, 85_000)["granted"] == 0
     assert desk.granters[CAMP.id]._accounts[LEDGER].billed == 85_000
 
 
@@ -84,9 +92,9 @@ def test_a_worker_that_takes_over_learns_what_bidders_hold_from_their_requests()
     for b in ("a", "b"):
         before.answer(req(b), CAMP, 0, NOW)
     after = LeaseDesk()  # restarted: knows nothing; the ledger has 2,000 billed, reported by a
-    g = after.answer(req("a", granted=SLICE, spent=2_000), CAMP, 2_000, NOW)
+    g = answered(after, req("a", granted=SLICE, spent=2_000), CAMP, 2_000)
     assert g["granted"] == 2_000 + SLICE  # topped up from what a reported, not granted afresh
-    g = after.answer(req("b", granted=SLICE, spent=0), CAMP, 2_000, NOW)
+    g = answered(after, req("b", granted=SLICE, spent=0), CAMP, 2_000)
     assert g["granted"] == SLICE
     acc = after.granters[CAMP.id]
     assert acc.committed == before.granters[CAMP.id].committed + 2_000
@@ -97,7 +105,7 @@ def test_a_worker_just_given_the_campaign_only_listens_until_bidders_have_report
     assert desk.answer(req("a", granted=60_000, spent=10_000), CAMP, 10_000, NOW, hold=True) is None
     assert desk.answer(req("b", granted=30_000, spent=0), CAMP, 10_000, NOW, hold=True) is None
     # after the hold: a and b still hold 50,000 + 30,000 unspent; only 10,000 is left for c
-    assert desk.answer(req("c"), CAMP, 10_000, NOW)["granted"] == BUDGET - 60_000 - 30_000
+    assert answered(desk, req("c"), CAMP, 10_000)["granted"] == BUDGET - 60_000 - 30_000
     assert desk.counts["held"] == 2
     desk.drop([CAMP.id])  # the campaign moved to another worker
     assert CAMP.id not in desk.granters and CAMP.id not in desk.days
@@ -109,7 +117,7 @@ def test_requests_for_a_day_over_or_too_old_get_no_answer() -> None:
     assert desk.answer(req("a", day="2026-05-27"), CAMP, 0, NOW) is None
     assert desk.answer(req("a", ts=NOW - REQUEST_TTL_S - 1), CAMP, 0, NOW) is None
     assert desk.answer(req("a"), None, 0, NOW) is None
-    nxt = desk.answer(req("a", day="2026-05-29"), CAMP, 0, NOW)  # a new day: a new budget
+    nxt = answered(desk, req("a", day="2026-05-29"), CAMP, 0)  # a new day: a new budget
     assert nxt["granted"] == SLICE and desk.days[CAMP.id] == "2026-05-29"
     assert desk.counts == {"granted": 2, "past_day": 1, "stale": 1, "unknown_campaign": 1}
 
@@ -119,7 +127,7 @@ def test_a_budget_cut_mid_day_holds_back_later_grants() -> None:
     desk.answer(req("a"), CAMP, 0, NOW)
     cut = parse_campaign({**campaign(budget={"daily": 0.005, "total": 1.0}),
                           "goal": {"type": "cpc", "value_per_click": 1000.0, "max_bid_cpm": 2.5}})
-    assert desk.answer(req("b"), cut, 0, NOW)["granted"] == 0  # a already holds more than the new budget
+    assert answered(desk, req("b"), cut, 0)["granted"] == 0  # a already holds more than the new budget
 
 
 def test_malformed_requests_are_refused() -> None:
@@ -146,7 +154,7 @@ def test_honest_bidders_are_never_granted_more_than_the_budget(steps: list, frac
         spent[b] = min(spent.get(b, 0) + spend, granted.get(b, 0))
         if ledger_catches_up:
             ledger = sum(spent.values())
-        g = desk.answer(req(b, granted.get(b, 0), spent[b], frac=frac), CAMP, ledger, NOW)
+        g = answered(desk, req(b, granted.get(b, 0), spent[b], frac=frac), CAMP, ledger)
         assert g["granted"] >= granted.get(b, 0)
         granted[b] = g["granted"]
         assert sum(granted.values()) <= BUDGET
@@ -208,6 +216,7 @@ def test_a_lease_below_half_a_slice_asks_for_more_and_a_full_one_only_reports() 
     client.apply(grant("bA", SLICE), NOW)
     assert client.due(0.5, NOW) == []  # full
     b = bid(e)
+    assert b is not None
     price = round(b["price"] * 1e6) // 1000
     assert e.leases[CAMP.id].reserved_micros == price == 2_500
     e.leases[CAMP.id].settle(b["id"], price)
@@ -251,10 +260,11 @@ def test_a_sibling_bids_notices_settle_its_own_lease(tmp_path: Path) -> None:
         relays = {n: NoticeRelay(tmp_path, n, apps[n].notice) for n in engines}  # a handover: as if it landed there
         for n, r in relays.items():
             r.start(loop)
-            apps[n].notice = _relaying(apps[n], r)
+            apps[n].notice = _relaying(apps[n], r)  # type: ignore[method-assign]  # as bidder.wiring does
         for n in engines:
             LeaseClient(engines[n], 0.05).apply(grant(n, SLICE), NOW)
         won, lost = bid(engines["bA"]), bid(engines["bA"])
+        assert won is not None and lost is not None
         assert engines["bA"].leases[CAMP.id].reserved_micros == 5_000
 
         def query(b: dict, kind: str) -> str:
@@ -281,6 +291,7 @@ def test_a_sibling_bids_notices_settle_its_own_lease(tmp_path: Path) -> None:
         # a sibling gone (restarted under a new id): nothing to settle, the notice still counts
         relays["bA"].close()
         again = bid(engines["bA"])
+        assert again is not None
         assert b'"ok":true' in apps["bB"].notice("loss", query(again, "lurl"))
         assert relays["bB"].unreachable == 1 and engines["bB"].leases[CAMP.id].reserved_micros == 0
         relays["bB"].close()

@@ -74,7 +74,11 @@ class TinyServer:
         if delay and self.block:
             time.sleep(delay)
         elif delay:
-            self.loop.call_later(delay, lambda: transport.is_closing() or transport.write(response))
+            def late() -> None:
+                if not transport.is_closing():
+                    transport.write(response)
+
+            self.loop.call_later(delay, late)
             return
         transport.write(response)
 

@@ -6,6 +6,9 @@ tests only check its decisions on reports built here.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import orjson
 import pytest
 
@@ -26,30 +29,30 @@ def _report(scheduled: int, statuses: dict[int, int], reasons: dict[str, int] | 
     return r
 
 
-def test_clean_run_is_sustained():
+def test_clean_run_is_sustained() -> None:
     ok, why = sustained(_report(10_000, {200: 6000, 204: 4000}, {"no_match": 4000}))
     assert ok and why == ""
 
 
-def test_shed_answers_do_not_count_as_decisions():
+def test_shed_answers_do_not_count_as_decisions() -> None:
     r = _report(10_000, {200: 5000, 204: 5000}, {"overload": 3000, "no_match": 2000})
     assert ok_answers(r) == 7000
     ok, why = sustained(r)
     assert not ok and "shed" in why
 
 
-def test_timeouts_late_answers_and_errors_fail_a_probe():
+def test_timeouts_late_answers_and_errors_fail_a_probe() -> None:
     assert not sustained(_report(10_000, {200: 9000}, not_sent=1000))[0]
     assert not sustained(_report(10_000, {200: 10_000}, late=500))[0]
     assert not sustained(_report(10_000, {200: 9000, 500: 1000}))[0]
 
 
-def test_up_to_one_percent_lost_is_tolerated():
+def test_up_to_one_percent_lost_is_tolerated() -> None:
     assert sustained(_report(10_000, {200: 9900}, not_sent=100))[0]
     assert not sustained(_report(10_000, {200: 9899}, not_sent=101))[0]
 
 
-def test_max_sustained_steps_down_then_bisects():
+def test_max_sustained_steps_down_then_bisects() -> None:
     tried: list[float] = []
 
     def capacity_4300(rate: float) -> bool:
@@ -64,7 +67,7 @@ def test_max_sustained_steps_down_then_bisects():
     assert best == 0 and failed_at == pytest.approx(10_000 * 0.7**11)
 
 
-def test_campaign_file_is_valid_for_the_bidder(tmp_path):
+def test_campaign_file_is_valid_for_the_bidder(tmp_path: Path) -> None:
     from bidder.campaigns import load_campaigns
 
     path = bench_campaigns(tmp_path, 50, seed=4)
@@ -72,14 +75,15 @@ def test_campaign_file_is_valid_for_the_bidder(tmp_path):
     assert len(orjson.loads(path.read_bytes())["campaigns"]) == 50
 
 
-def test_bench_table_shows_both_servers_and_the_targets():
+def test_bench_table_shows_both_servers_and_the_targets() -> None:
     def server(name: str, rps: int, p99: float, late: int) -> dict:
-        half = {"rate": rps // 2, "p50_ms": 0.1, "p99_ms": p99, "p99.9_ms": p99 * 2, "max_ms": p99 * 3}
+        half: dict[str, float | dict[str, float]] = {"rate": rps // 2, "p50_ms": 0.1, "p99_ms": p99, "p99.9_ms": p99 * 2,
+                                                     "max_ms": p99 * 3}
         half |= {"past_deadline": late, "timeouts": 0, "bid_rate": 0.2, "generator_lag_ms": {"p99": 0.02}}
         sat = {"closed_loop_rps": rps + 100, "server_cpu": 0.97, "generator_cpu": 0.8, "cpu_us_per_answer": 1e6 / rps}
         return {"name": name, "max_rps": rps, "half_load": half, "saturation": sat, "png": f"out/{name}.png"}
 
-    result = {
+    result: dict[str, Any] = {
         "connections": 64,
         "tmax_ms": 100,
         "campaigns": 1000,
@@ -103,7 +107,8 @@ def test_bench_table_shows_both_servers_and_the_targets():
     assert len(reliability_warnings(result["servers"], load_at_start=3.0)) == 3
 
 
-def test_bench_model_knows_the_popular_creatives_and_still_explores_the_rest(tmp_path, monkeypatch):
+def test_bench_model_knows_the_popular_creatives_and_still_explores_the_rest(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The bidder is benchmarked with a trained model: most impressions go to creatives past the exploration
     threshold, whose scores differ, while creatives that rarely match stay exploring."""
     import loadtest.bench_bidder as bb

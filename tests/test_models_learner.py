@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -145,7 +147,7 @@ def test_a_captured_state_is_a_copy_the_learner_can_learn_on_from_while_it_is_en
     assert encode_state(captured) == at_capture != learner.state_bytes()
 
 
-def _state_with(learner: CTRLearner, change: callable) -> bytes:
+def _state_with(learner: CTRLearner, change: Callable[[dict[str, Any]], object]) -> bytes:
     captured = learner.capture_state()
     change(captured)
     return encode_state(captured)
@@ -163,7 +165,8 @@ def _state_with(learner: CTRLearner, change: callable) -> bytes:
         (lambda s: s["counts"]["campaigns"].append(["x", 3, 1]), "clicks"),
     ],
 )
-def test_a_learner_state_no_learner_could_reach_is_refused(change: callable, problem: str) -> None:
+def test_a_learner_state_no_learner_could_reach_is_refused(change: Callable[[dict[str, Any]], object],
+                                                            problem: str) -> None:
     """A worker taking such a checkpoint over would learn nothing again, or publish models no bidder can read."""
     good = CTRLearner()
     good.learn_one([1, 2, 5], True, "c", "r")

@@ -51,10 +51,10 @@ def ids(response: dict[str, Any]) -> list[int]:
     return [a["id"] for a in response["assets"]]
 
 
-TITLE = {"id": 1, "title": {"text": "Make your home greener"}}  # 22 characters
-MAIN = {"id": 2, "img": {"url": "https://cdn.example/main.jpg", "w": 1200, "h": 628, "type": IMG_MAIN}}
-ICON = {"id": 3, "img": {"url": "https://cdn.example/icon.png", "w": 80, "h": 80, "type": IMG_ICON}}
-BRAND = {"id": 4, "data": {"value": "Green Home", "type": DATA_SPONSORED}}  # 10 characters
+TITLE: dict[str, Any] = {"id": 1, "title": {"text": "Make your home greener"}}  # 22 characters
+MAIN: dict[str, Any] = {"id": 2, "img": {"url": "https://cdn.example/main.jpg", "w": 1200, "h": 628, "type": IMG_MAIN}}
+ICON: dict[str, Any] = {"id": 3, "img": {"url": "https://cdn.example/icon.png", "w": 80, "h": 80, "type": IMG_ICON}}
+BRAND: dict[str, Any] = {"id": 4, "data": {"value": "Green Home", "type": DATA_SPONSORED}}  # 10 characters
 
 
 # --- the shipped example pair ---------------------------------------------------------------------------------------
@@ -239,7 +239,8 @@ def test_a_request_object_where_the_string_belongs_is_read() -> None:
 
 def test_an_asset_kind_not_defined_yet_is_tolerated_and_never_filled() -> None:
     optional = parse_native_request(req({"id": 1, "required": 1, "title": {"len": 90}}, {"id": 2, "event": {}}))
-    assert ids(orjson.loads(native_adm(parse_native_creative(creative(TITLE)), optional))) == [1]
+    adm = native_adm(parse_native_creative(creative(TITLE)), optional)
+    assert adm is not None and ids(orjson.loads(adm)) == [1]
     required = parse_native_request(req({"id": 1, "required": 1, "title": {"len": 90}},
                                         {"id": 2, "required": 1, "event": {}}))
     assert native_adm(parse_native_creative(creative(TITLE)), required) is None
@@ -393,7 +394,7 @@ def request_assets(draw: st.DrawFn) -> list[dict[str, Any]]:
 @st.composite
 def creative_assets(draw: st.DrawFn) -> list[dict[str, Any]]:
     ids_ = draw(st.lists(st.integers(0, 40), min_size=1, max_size=4, unique=True))
-    out = []
+    out: list[dict[str, Any]] = []
     for i in ids_:
         kind = draw(st.sampled_from(KINDS))
         text = st.text(st.characters(codec="utf-8"), max_size=12)

@@ -28,6 +28,7 @@ GRAFANA = DEPLOY / "grafana"
 
 def load_builder():
     spec = importlib.util.spec_from_file_location("build_dashboards", GRAFANA / "build_dashboards.py")
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)

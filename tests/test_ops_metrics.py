@@ -155,10 +155,12 @@ def test_the_plan_gauge_is_the_plan_the_workers_pacer_follows() -> None:
     campaigns = Campaigns()
     campaigns.by_id.update(eng.index.campaigns)
     pacer = Pacer(campaigns, forecast)
+    # no ledger: a pacer without one paces on no spend (Pacer.update checks for None, though its annotation does not)
     [state] = pacer.update(NOW, None)
     frac = (NOW % 86400) / 86400
     assert state.plan_share == 0.0  # a pacer that starts mid-day owes nothing of what was planned before it
     [state] = pacer.update(NOW + 3600, None)
+    assert state.plan_share is not None
     plan = forecast.plan("UTC", today, frozenset(), NOW)
     p0, p1 = plan.target(frac), plan.target(frac + 1 / 24)
     assert math.isclose(state.plan_share, (p1 - p0) / (1 - p0), rel_tol=1e-9)  # the rest of the plan, from its start
@@ -222,6 +224,7 @@ def pool_app(root: Path, pid: int) -> BidApp:
 
 def publish(app: BidApp, now: float | None = None) -> None:
     """What each worker's once-a-second loop does."""
+    assert app.stats.pool is not None
     app.stats.pool.publish(worker_doc(app.stats, app.engine, time.time() if now is None else now))
 
 

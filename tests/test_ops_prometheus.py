@@ -102,7 +102,8 @@ def test_every_ratio_rule_reads_raw_counters_in_one_query() -> None:
 
 def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
     alerts = {r["alert"] for doc in rule_docs() for g in doc["groups"] for r in g["rules"] if "alert" in r}
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for path in (PROM / "tests").glob("*.yml"):
         for case in yaml.safe_load(path.read_text())["tests"]:
             for t in case.get("alert_rule_test", []):
@@ -361,7 +362,9 @@ def dashboard_expressions() -> list[tuple[str, str]]:
                 assert "$" not in expr, f"{path.name} / {p['title']}: unknown variable in {expr}"
                 out.append((f"{path.stem} / {p['title']}", expr))
         for var in doc["templating"]["list"]:
-            metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"]).groups()
+            found = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"])
+            assert found is not None, f"{path.name}: variable {var['name']} is not label_values(metric, label)"
+            metric, label = found.groups()
             out.append((f"{path.stem} / variable {var['name']}", f"count by ({label}) ({metric})"))
     return out
 

@@ -416,4 +416,5 @@ def test_a_new_controller_starts_from_the_campaigns_last_known_lambda() -> None:
     (state,) = pacer.update(UTC_DAY + 15 * 3600, SpendLedger({}, {}, camps.day_of, camps.click_value))
     assert state.lam == pytest.approx(2.5)
     pacer.remember(PacingState("c1", "2026-06-01", lam=9.0))  # its controller runs: nothing to take over
+    # no ledger: Pacer.update checks for None, though its annotation does not
     assert pacer.update(UTC_DAY + 15 * 3600 + 300, None)[0].lam < 9.0

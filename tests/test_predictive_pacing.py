@@ -141,8 +141,9 @@ def test_spends_the_budget_and_nears_hindsight_even_when_the_market_is_dearer_th
 
 def test_constructor_rejects_nonsense() -> None:
     land = WinRateModel({1: 1})
-    for kwargs in ({"max_bid_cpm": 0}, {"max_bid_cpm": 1, "prior_auctions": -1}, {"max_bid_cpm": 1, "lam_max": 0}):
+    for make in (lambda: PredictivePacer(land, max_bid_cpm=0), lambda: PredictivePacer(land, max_bid_cpm=1, prior_auctions=-1),
+                 lambda: PredictivePacer(land, max_bid_cpm=1, lam_max=0)):
         with pytest.raises(ValueError):
-            PredictivePacer(land, **kwargs)
+            make()
     with pytest.raises(ValueError):
         ValueSketch(0.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Set as AbstractSet
 
 import pytest
 
@@ -72,7 +73,7 @@ def tcf_with_vendors(purposes: set[int], vendors: set[int], ranged: bool,
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def vendor_section(vendors: set[int], ranged: bool) -> list[str]:
+def vendor_section(vendors: AbstractSet[int], ranged: bool) -> list[str]:
     """MaxVendorId, IsRangeEncoding, then a bit field or one single-id range entry per vendor."""
     top = max(vendors, default=0)
     bits = list(format(top, "016b")) + ["1" if ranged else "0"]

@@ -22,9 +22,9 @@ DAY = "2026-05-28"  # NOW's day in UTC
 GOOD = {"campaign": "c1", "day": DAY, "lam": 0.5, "spent_today": 0, "budget_today": 1_000_000, "exhausted": False}
 
 
-def engine(**cfg: object) -> BidEngine:
+def engine(lease_slice: int = 0) -> BidEngine:
     camps = [parse_campaign(campaign(id="c1")), parse_campaign(campaign(id="c2"))]
-    return BidEngine(EngineConfig(secret=b"s", explore_below=0, **cfg), camps, ModelSnapshot.empty(),
+    return BidEngine(EngineConfig(secret=b"s", explore_below=0, lease_slice=lease_slice), camps, ModelSnapshot.empty(),
                      sink=lambda *a: None, clock=lambda: NOW)
 
 

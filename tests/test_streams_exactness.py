@@ -33,6 +33,7 @@ from tests.streams_support import (
     caught_up,
     committed,
     end_offsets,
+    live_worker_status,
     local_day,
     offline_totals,
     own_procs,
@@ -153,8 +154,8 @@ def assert_exact(procs: Procs, app_id: str, ports: list[int], zones: dict[str, s
     assert want and sum(t["spend"] for t in want.values()) > 0
 
     def reports() -> list[dict] | None:
-        sts = [worker_status(p) for p in ports]
-        if not all(s and s["ready"] for s in sts):
+        sts = [s for s in (worker_status(p) for p in ports) if s and s["ready"]]
+        if len(sts) != len(ports):
             return None
         owned = [set(s["partitions"]) for s in sts]
         if sum(len(o) for o in owned) != 4 or set().union(*owned) != {0, 1, 2, 3}:
@@ -170,7 +171,7 @@ def assert_exact(procs: Procs, app_id: str, ports: list[int], zones: dict[str, s
     days = {k.split("|")[1] for k in want}
     assert len(days) >= 2, "local days must matter: the stream straddles a midnight"
     time.sleep(2.0)  # nothing is counted late either
-    assert summed_totals([worker_status(p) for p in ports], set(zones)) == want
+    assert summed_totals([live_worker_status(p) for p in ports], set(zones)) == want
     return statuses
 
 
@@ -261,7 +262,7 @@ def test_learner_never_learns_a_bid_twice_across_a_restart(procs: Procs) -> None
 
     wait_for(lambda: sum(held(port2).values()) >= 11, 60, "the restarted learner to learn the new example")
     time.sleep(3.0)  # time for anything wrongly produced or learned to show
-    st = worker_status(port2)
+    st = live_worker_status(port2)
     assert held(port2) == {"0": 7, "1": 4}, st["learner"]  # the 10 bids once each, and the new example
     assert st["learner"]["duplicates"] >= 2
     assert st["outcomes"].get("clicks:late") == 1 and st["produced"]["examples"] == 0
@@ -299,7 +300,7 @@ def test_a_restarted_learner_resumes_from_its_checkpoint_and_publishes_the_model
     send(batches[2])
     _, port2 = procs.worker("worker-2", app_id, "--checkpoint-every", "3600")
     wait_for(lambda: labels(port2) == 650, 60, "worker 2 to hold all 650 examples")
-    restored = worker_status(port2)["learner"]["checkpoint"]["restored"]
+    restored = live_worker_status(port2)["learner"]["checkpoint"]["restored"]
     assert restored["offset"] == covered < 500 and restored["id"] == written["id"]
 
     reference = CTRLearner()
@@ -419,7 +420,7 @@ def test_events_read_again_after_a_time_zone_change_are_counted_once(procs: Proc
     wait_for(lambda: caught_up(procs.bootstrap, app_id, names), 60, "worker 2 to commit every event again", every=0.5)
     wait_for(lambda: (worker_status(port2) or {}).get("ready"), 20, "worker 2 to be ready")
     time.sleep(2.0)  # anything counted twice has had time to show
-    st = worker_status(port2)
+    st = live_worker_status(port2)
     assert summed_totals([st], {camp}) == want
     assert st["outcomes"].get("impressions:duplicate_event") == st["outcomes"].get("clicks:duplicate_event") == 10
 

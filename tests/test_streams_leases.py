@@ -173,10 +173,10 @@ def test_two_bidders_share_one_budget_and_stop_together(stack: dict) -> None:
     for b in bidders:
         ex.settle_all(b)
     spent = sum(b.spent for b in bidders)
+    assert exhausted_at is not None, f"the budget was never spent: {spent} of {budget}"
     print(f"\nbudget {budget} micros, billed {spent}, max slice {max_slice}, max cost {max_cost}; per bidder: "
           + ", ".join(f"{b.bids} bids {b.spent} micros, last bid {b.last_bid_at - exhausted_at:+.2f}s, 204s {b.reasons}"
                       for b in bidders))
-    assert exhausted_at is not None, f"the budget was never spent: {spent} of {budget}"
     assert all(b.bids > 0 and b.spent > 0 for b in bidders), "both bidders spent from the one budget"
     # The stated bound: one lease slice plus the bids in flight.  Here nothing is lost or reclaimed, so the
     # leases alone keep spend within the budget itself.
@@ -223,6 +223,7 @@ def test_a_bidder_cut_off_from_the_streams_side_stops_when_its_lease_is_spent(st
     spent_after_loss = b.spent - spent_before
     print(f"\ngranted {before['granted']}, spent at the loss {before['spent']}, spent after it {spent_after_loss}, "
           f"lease after {after}, 204s {b.reasons}")
+    assert after is not None, "the bidder still shows its lease"
     assert after["granted"] == before["granted"], "no grant came from a dead worker"
     assert 0 < spent_after_loss <= before["granted"] - before["spent"]
     assert after["spent"] <= after["granted"]

@@ -52,8 +52,11 @@ def test_a_restarted_worker_starts_each_controller_from_todays_last_published_la
         bill = make_event("billing", f"bill:{procs.prefix}-{n}", now, bid_id=f"{procs.prefix}-{n}", campaign=camp,
                           cost=BUDGET * 6 // 100, day=local_day("UTC", now))
         asyncio.run(produce(procs.bootstrap, [(billing, camp, orjson.dumps(bill))]))
-        wait_for(lambda n=n: any(d["spent_today"] == n * BUDGET * 6 // 100 for d in pacing_records(procs, camp)), 30,
-                 f"a pacing step on bill {n}")
+
+        def stepped(n: int = n) -> bool:
+            return any(d["spent_today"] == n * BUDGET * 6 // 100 for d in pacing_records(procs, camp))
+
+        wait_for(stepped, 30, f"a pacing step on bill {n}")
     time.sleep(1.5)  # a step after the last bill too
     w1.send_signal(signal.SIGTERM)
     w1.wait(30)

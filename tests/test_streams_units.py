@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -111,7 +113,7 @@ def test_windows_close_in_slices_earliest_first_and_each_once() -> None:
 
 
 def test_entries_filled_from_elsewhere_are_indexed() -> None:
-    recovered = {"b7": {"c": "c1", "r": "cr1", "f": [7], "t": 0, "imp": 0, "clk": None, "done": 0},
+    recovered: dict[str, dict[str, Any]] = {"b7": {"c": "c1", "r": "cr1", "f": [7], "t": 0, "imp": 0, "clk": None, "done": 0},
                  "b8": {"c": "c1", "r": "cr1", "f": None, "t": 0, "imp": 0, "clk": None, "done": 0}}
     a = Attribution(dict(recovered), click_window_ms=30 * MIN)
     negatives, orphans = a.expire(31 * MIN)
@@ -166,7 +168,8 @@ class _Table:
 
 class _Batch:
     def __init__(self, cap: int) -> None:
-        self.cap, self.records = cap, []
+        self.cap = cap
+        self.records: list[tuple[bytes, bytes | None]] = []
 
     def append(self, key: bytes, value: bytes | None, timestamp: None) -> object | None:
         if len(self.records) >= self.cap:
@@ -177,7 +180,8 @@ class _Batch:
 
 class _Producer:
     def __init__(self, cap: int) -> None:
-        self.cap, self.sent = cap, []
+        self.cap = cap
+        self.sent: list[tuple[str, int, list[tuple[bytes, bytes | None]]]] = []
 
     def create_batch(self) -> _Batch:
         return _Batch(self.cap)
@@ -263,7 +267,8 @@ class FakeBuilder:
     """Stands in for aiokafka's BatchBuilder: takes `room` records, then says it is full (None)."""
 
     def __init__(self, room: int) -> None:
-        self.room, self.records = room, []
+        self.room = room
+        self.records: list[tuple[bytes, bytes]] = []
 
     def append(self, *, key: bytes, value: bytes, timestamp: None) -> object | None:
         if len(self.records) >= self.room:
@@ -276,7 +281,8 @@ class FakeKafka:
     """The producer calls the event producer makes, with a send that fails (or hangs) from the `fail_at`-th batch."""
 
     def __init__(self, fail_at: int, hang: bool = False) -> None:
-        self.fail_at, self.hang, self.sent = fail_at, hang, []
+        self.fail_at, self.hang = fail_at, hang
+        self.sent: list[tuple[str, int, list[tuple[bytes, bytes]]]] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1, 2, 3}
@@ -314,12 +320,18 @@ async def test_events_not_queued_when_a_send_fails_or_the_sender_stops_wait_on_d
     assert on_disk == [e for e in events if e not in queued]  # in the order they were emitted
 
 
+Records = list[tuple[bytes, bytes]]
+Settle = Callable[[int, Records], BaseException | Literal["hang"] | None]
+
+
 class Broker:
     """What the topic holds, and the producers the event producer opened against it; each producer settles its
     batches by `settle(producer number, records)`: None acknowledges, an exception fails them, "hang" never answers."""
 
-    def __init__(self, settle) -> None:
-        self.settle, self.topic, self.producers = settle, [], 0
+    def __init__(self, settle: Settle) -> None:
+        self.settle, self.producers = settle, 0
+        self.topic: list[bytes] = []
+        self.calls = 0  # batches settled, for a test that counts them
 
     def producer(self) -> SettlingKafka:
         self.producers += 1
@@ -342,7 +354,7 @@ class SettlingKafka:
     async def send(self, topic: str, value: bytes, *, key: bytes) -> asyncio.Future:
         return self._future([(key, value)])
 
-    def _future(self, records: list) -> asyncio.Future:
+    def _future(self, records: Records) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         outcome = self.broker.settle(self.number, records)
         if outcome is None:
@@ -387,17 +399,17 @@ async def test_batches_a_stopping_broker_gives_up_on_are_sent_again_by_a_fresh_p
     is lost: they go back to disk, a fresh producer sends them, and each event reaches the topic once, in order."""
     from aiokafka.errors import LeaderNotAvailableError, OutOfOrderSequenceNumber
 
-    def settle(number: int, records: list) -> object:
+    def settle(number: int, records: Records) -> BaseException | None:
         if number == 1 and broker.calls >= 3:  # the first producer: three batches in, the broker stops
             return LeaderNotAvailableError() if broker.calls < 5 else OutOfOrderSequenceNumber()
         return None
 
     broker = Broker(settle)
-    broker.calls = 0  # type: ignore[attr-defined]
+    broker.calls = 0
     original = broker.settle
 
-    def counting(number: int, records: list) -> object:
-        broker.calls += 1  # type: ignore[attr-defined]
+    def counting(number: int, records: Records) -> BaseException | Literal["hang"] | None:
+        broker.calls += 1
         return original(number, records)
 
     broker.settle = counting
@@ -434,6 +446,7 @@ def test_a_checkpoint_in_parts_is_read_back_whole_and_a_half_written_one_is_pass
     newer = frame(2, data[::-1], part_bytes=1000)
     # a writer that died after 4 parts: the complete older checkpoint stays in force; foreign values are ignored
     log = [v for _, v in first] + [b"junk", b"", None] + [v for _, v in newer[:4]]
+    # the None is a tombstone: assemble skips it, though its parameter is typed Iterable[bytes]
     assert assemble(log) == (1, data)
     assert assemble(log + [v for _, v in newer[4:]]) == (2, data[::-1])
     assert assemble([b"junk"]) is None and assemble([]) is None
