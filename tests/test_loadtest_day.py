@@ -38,7 +38,8 @@ def test_a_short_day_through_the_real_stack_keeps_the_books(kafka_bootstrap: str
     assert run["notices"].get("bill:200", 0) == sum(stats.bills_ok.values()) > 0
 
     checks = doc["invariants"]
-    assert checks["ledger_equals_billed"], checks["ledger_mismatch"]
+    assert checks["ledger_equals_billed"], (checks["ledger_mismatch"], run["ledger_complete"], run["ledger_wait_s"],
+                                            [(r["campaign"], r["spend_micros"], r["billed_micros"]) for r in rows.values()])
     assert checks["counted_once"], checks["count_mismatch"]
     assert checks["no_overspend"], checks["overspent"]
     assert checks["regret_in_0_1"]
