@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -150,8 +150,13 @@ class BidEngine:
                 self.count_billed(event)
 
     def upsert_campaign(self, campaign: Campaign) -> None:
+        self.upsert_campaigns([campaign])
+
+    def upsert_campaigns(self, campaigns: Iterable[Campaign]) -> None:
+        """Add or replace campaigns by id, in one index rebuild (a rebuild walks every campaign)."""
         camps = dict(self.index.campaigns)
-        camps[campaign.id] = campaign
+        for campaign in campaigns:
+            camps[campaign.id] = campaign
         self.set_campaigns(list(camps.values()))
 
     def set_model(self, model: ModelSnapshot) -> None:

@@ -52,11 +52,14 @@ class LeaseClient:
     def due(self, wall_now: float, engine_now: float) -> list[dict[str, Any]]:
         """The requests to send now (at most one per campaign), for every campaign that may bid."""
         engine, out = self.engine, []
+        days: dict[str, str] = {}  # time zone -> its day now: thousands of campaigns share a few zones
         for cid in engine.live():
             camp = engine.index.campaigns.get(cid)
             if camp is None:
                 continue
-            day = engine.campaign_day(camp, engine_now)
+            day = days.get(camp.timezone)
+            if day is None:
+                day = days[camp.timezone] = engine.campaign_day(camp, engine_now)
             lease = engine.leases.get(cid)
             since = wall_now - self.asked.get(cid, -math.inf)
             if since >= KEEPALIVE_S or (since >= ASK_EVERY_S and self.needs(lease, day, cid)):

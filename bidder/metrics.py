@@ -190,8 +190,12 @@ def campaign_gauges(engine: Any) -> dict[str, tuple]:
     sim = engine.clock()
     live = engine.live()
     out = {}
+    zones: dict[str, tuple[str, float, int]] = {}  # time zone -> day_fraction now: thousands of campaigns share a few
     for cid, camp in list(engine.index.campaigns.items()):
-        day, frac, _ = day_fraction(camp.timezone, sim)
+        now = zones.get(camp.timezone)
+        if now is None:
+            now = zones[camp.timezone] = day_fraction(camp.timezone, sim)
+        day, frac, _ = now
         budget = camp.daily_budget
         p = engine.pacing.get(cid)
         today = p is not None and p.day == day

@@ -642,6 +642,9 @@ async def sweep_stalled(app: BidApp, interval: float = 1.0) -> None:
 def settle_heap(app: BidApp) -> None:
     """Build the engine's lazy structures now, then move everything alive into the permanent GC generation.
 
+    Whatever is left lazy is paid by the first requests: with thousands of exploring creatives, filling their pools
+    of Thompson draws alone takes longer than a request's deadline.
+
     A full collection walks every object; with campaigns, index and model in the heap that is tens of
     milliseconds, a pause every request arriving meanwhile would pay.  Frozen objects are never walked.
     """
@@ -651,9 +654,10 @@ def settle_heap(app: BidApp) -> None:
     scoring = getattr(engine, "_scoring", None)
     if scoring is not None:
         tables = scoring()
-        warm = getattr(tables, "warm", None)
-        if warm is not None:
-            warm()
+        for build in ("warm", "fill_draws"):  # hour and domain columns; every exploring creative's pool of draws
+            step = getattr(tables, build, None)
+            if step is not None:
+                step()
     gc.collect()
     gc.freeze()
 

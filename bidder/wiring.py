@@ -79,6 +79,39 @@ class ServeOptions:
         return bool(self.broker) and self.lease_frac > 0
 
 
+class CampaignChanges:
+    """Campaign messages from the config topic, applied to the engine together once the follower's fetch is read.
+
+    A change rebuilds the whole index, so a fetch of thousands of changes (a start, a bulk edit) must cost one
+    rebuild, not one per message: the follower applies a fetch without yielding, and the changes are applied (and
+    the engine prepared) by one callback after it.  A message that sets no valid campaign is skipped: the worker
+    dead-letters it, and the previous valid config stays in force.
+    """
+
+    def __init__(self, engine: BidEngine, call_soon: Callable[[Callable[[], None]], object]) -> None:
+        self.engine = engine
+        self.call_soon = call_soon
+        self.pending: dict[str, Campaign] = {}  # by id: a later message for the same campaign replaces an earlier one
+        self.scheduled = False
+
+    def on_config(self, key: bytes, value: bytes | None) -> None:
+        try:
+            camp = config_campaign(value)
+        except ConfigError:
+            return
+        self.pending[camp.id] = camp
+        if not self.scheduled:
+            self.scheduled = True
+            self.call_soon(self.apply)
+
+    def apply(self) -> None:
+        self.scheduled = False
+        if self.pending:
+            self.engine.upsert_campaigns(list(self.pending.values()))
+            self.pending.clear()
+        self.engine.prepare()
+
+
 def _pacing_state(doc: dict) -> PacingState:
     """A pacing message as the engine takes it; ValueError (the message is skipped) for one it must not apply."""
     lam, exhausted = doc["lam"], doc["exhausted"]
@@ -131,21 +164,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         sink_holder[0] = producer.emit
         await producer.start()
 
-        loop = asyncio.get_running_loop()
-        preparing = [False]
-
-        def prepare() -> None:
-            preparing[0] = False
-            engine.prepare()
-
-        def on_config(key: bytes, value: bytes | None) -> None:
-            try:
-                engine.upsert_campaign(config_campaign(value))
-            except ConfigError:
-                return  # rejected by the worker too; the previous valid config stays in force
-            if not preparing[0]:  # once after a run of changes (the follower applies a fetch without yielding)
-                preparing[0] = True
-                loop.call_soon(prepare)
+        changes = CampaignChanges(engine, asyncio.get_running_loop().call_soon)
 
         def on_model(key: bytes, value: bytes) -> None:
             engine.set_model(ModelSnapshot.from_bytes(value))
@@ -153,7 +172,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         def on_pacing(key: bytes, value: bytes) -> None:
             engine.set_pacing(_pacing_state(orjson.loads(value)))
 
-        follower = StateFollower(opts.broker, {topics.CAMPAIGNS.name: on_config, topics.MODEL.name: on_model,
+        follower = StateFollower(opts.broker, {topics.CAMPAIGNS.name: changes.on_config, topics.MODEL.name: on_model,
                                                topics.PACING.name: on_pacing})
         await follower.start()
 

@@ -411,13 +411,13 @@ def cmd_set(args: argparse.Namespace) -> int:
         print(campaign_file_error(args.file, e, "Nothing was published"), file=sys.stderr)
         return 2
     if args.dry_run:
-        print(f"{len(camps)} campaign(s) valid: {', '.join(c.id for c in camps)}")
+        print(f"{len(camps)} campaign(s) valid: {_some([c.id for c in camps])}")
         return 0
     code = _publish(args, [(c.id, change_record(c.to_doc(), "set")) for c in camps],
                     "`streambid campaign set` with the same file")
     if code is not None:
         return code
-    print(f"published {len(camps)} campaign(s): {', '.join(c.id for c in camps)}")
+    print(f"published {len(camps)} campaign(s): {_some([c.id for c in camps])}")
     return 0
 
 

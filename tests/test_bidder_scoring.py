@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import random
 import zlib
 
@@ -10,13 +12,17 @@ import pytest
 
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
+from bidder.metrics import BidderStats
+from bidder.openrtb import parse_request
 from bidder.pacing import PacingState
 from bidder.scoring import POOL, SlotConstants, SlotTables
+from bidder.server import BidApp, settle_heap
 from bidder.targeting import CampaignIndex
 from loadtest.campaign_gen import make_campaigns
 from models.features import HASH_MASK, candidate_features, crc_shifter, cross_prefix_crc, hash_cross, hash_feature
 from models.prior import ClickCounts, PriorConfig
 from models.snapshot import ModelSnapshot
+from tests.helpers import body, campaign, request
 
 DOMAINS = ["news.example", "a.io", "com.game.puzzle", "été.example", "x" * 300, ""]
 
@@ -148,3 +154,22 @@ def test_pooled_draws_follow_each_posterior_and_are_used_once() -> None:
     assert np.corrcoef(draws[1:, 1], draws[:-1, 1])[0, 1] == pytest.approx(0.0, abs=0.05)
     assert np.corrcoef(draws[POOL:, 2], draws[:-POOL, 2])[0, 1] == pytest.approx(0.0, abs=0.05)
 
+
+
+def test_a_settled_heap_has_every_exploring_pool_filled_before_the_first_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With thousands of exploring creatives, filling their pools takes longer than a deadline: a worker fills them
+    before it serves, so no request pays for it."""
+    camps = [parse_campaign(campaign(id=f"c{i}")) for i in range(20)]
+    engine = BidEngine(EngineConfig(secret=b"s", explore_below=200), camps, ModelSnapshot.empty(), sink=lambda *a: None)
+    try:
+        settle_heap(BidApp(engine, BidderStats()))
+    finally:
+        gc.unfreeze()
+    tables = engine._scoring()
+    assert tables.any_explore
+
+    def refill(self: SlotTables) -> None:
+        raise AssertionError("a request refilled the draw pools")
+
+    monkeypatch.setattr(SlotTables, "_refill", refill)
+    assert engine.bid(parse_request(body(request())), "x", math.inf).status == 200
