@@ -155,6 +155,7 @@ class CampaignIndex:
         self._blocks = _members({x for c in cr.cats for x in (c, c.split("-", 1)[0])} for _, cr in self.slots)
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
+        self._deal_targets = _members(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
         self.caps = {c.id: (c.freq_per_hour, c.freq_per_day) for c in camps if c.freq_per_hour or c.freq_per_day}
         self._capped = _bits_of(i for i, c in enumerate(camps) if c.id in self.caps)
         self._live_key: object = None
@@ -272,6 +273,14 @@ class CampaignIndex:
         else:
             out = self._kind.get("video", 0)
         return self._mime_bits(out, mimes)
+
+    def live_changed(self, old: frozenset[str], new: frozenset[str], campaign: str, on: bool) -> None:
+        """The live set `old` became `new` by adding (`on`) or removing one campaign: its slots alone are moved in
+        the cached set, where `live_bits` would walk every slot."""
+        if self._built and old is self._live_key:
+            bits = self._campaign_bits.get(campaign, 0)
+            self._live_bits = self._live_bits | bits if on else self._live_bits & ~bits
+            self._live_key = new
 
     def live_bits(self, live: frozenset[str]) -> int:
         """Slots of campaigns in `live`; cached while the engine keeps the same live set."""
@@ -434,25 +443,33 @@ class CampaignIndex:
         """Apply deal rules to an impression that offers deals; slot -> deal for those that bid on one."""
         deals: dict[int, Deal] = {}
         keep = m & self._has_deals if imp.private_auction else m & (~self._deal_only | self._has_deals)
-        candidates = m & self._has_deals
-        for s in (self.indices(candidates).tolist() if candidates else ()):
+        # only campaigns targeting a deal on offer have their deals read one by one; the others have none here
+        targeting = m & self._has_deals
+        offered = targeting & self._union(self._deal_targets, (d.id for d in imp.deals))
+        elsewhere = targeting & ~offered
+        if elsewhere:  # the open auction for them, unless it is private or they are deal-only
+            keep &= ~(elsewhere if imp.private_auction else elsewhere & self._deal_only)
+        no_deal: list[int] = []  # slots ruled out, removed together (each removal copies the whole set)
+        foreign: list[tuple[int, Deal]] = []
+        for s in (self.indices(offered).tolist() if offered else ()):
             camp = self.slots[s][0]
             d = deal_for(camp, imp, seat)
             if d is None:
                 if camp.targeting.deal_only or imp.private_auction:
-                    keep &= ~(1 << s)
-                continue
-            deals[s] = d
+                    no_deal.append(s)
+            elif d[1] and d[2] != camp.currency:
+                foreign.append((s, d))
+            else:
+                deals[s] = d
+        if no_deal:
+            keep &= ~_bits_of(no_deal)
         if not keep:
             return keep, deals, DEAL
-        # a deal whose floor is in another currency than the campaign's cannot be bid on: the campaign sits out, or
-        # where an open auction runs beside the deals (and it is not deal-only) bids there without the deal
-        for s, d in list(deals.items()):
-            camp = self.slots[s][0]
-            if d[1] and d[2] != camp.currency:
-                del deals[s]
-                if imp.private_auction or camp.targeting.deal_only:
-                    keep &= ~(1 << s)
+        # a deal floored in another currency than the campaign's cannot be bid on: the campaign sits out, or where an
+        # open auction runs beside the deals (and it is not deal-only) bids there without the deal
+        out = [s for s, _ in foreign if imp.private_auction or self.slots[s][0].targeting.deal_only]
+        if out:
+            keep &= ~_bits_of(out)
         # floor currency: a deal's floor is in the deal's currency, the rest in the impression's
         if floor:
             keep &= self._currency.get(imp.floorcur, 0) | _bits_of(deals)

@@ -257,6 +257,34 @@ def test_the_first_request_past_a_quarter_hour_sees_that_quarter_hours_live_set(
         assert out.status == 200 and orjson.loads(out.body)["seatbid"][0]["bid"][0]["cid"] == expected, t - hour
 
 
+def test_a_budget_running_out_moves_its_campaign_alone_out_of_the_live_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recomputing the live set walks every campaign: a budget that runs out (or comes back) moves its campaign
+    alone, and leaves the set and its slots exactly as a full recompute would."""
+    camps = [parse_campaign(campaign(id=f"c{i}")) for i in range(30)]
+    e = engine(camps)
+    assert bid(e, request()).status == 200
+    walks: list[str] = []
+    in_flight = Campaign.in_flight
+
+    def counted_in_flight(self: Campaign, utc: dt.datetime) -> bool:
+        walks.append(self.id)
+        return in_flight(self, utc)
+
+    monkeypatch.setattr(Campaign, "in_flight", counted_in_flight)
+    day = e.campaign_day(camps[0], NOW)
+    for exhausted in (True, False):
+        for i in range(29):  # every budget but c29's runs out (then comes back)
+            e.set_pacing(PacingState(campaign=f"c{i}", day=day, exhausted=exhausted))
+        out = bid(e, request())
+        assert orjson.loads(out.body)["seatbid"][0]["bid"][0]["cid"] == "c29" if exhausted else out.status == 200
+        assert walks == [f"c{i}" for i in range(29)]  # each change looked at its own campaign, the bid at none
+        walks.clear()
+        assert e.live() == e._live_campaigns(NOW)  # the same set as a full walk
+        index = e.index
+        assert index.live_bits(e.live()) == sum(1 << s for s, cid in enumerate(index.slot_campaign) if cid in e.live())
+        walks.clear()
+
+
 def test_prepare_builds_what_a_campaign_change_invalidates_before_the_next_request() -> None:
     e = engine([parse_campaign(campaign()), parse_campaign(campaign(id="c2"))], explore_below=200)
     e.rng = random.Random(3)  # the draw pools come from it: a seeded run, where no draw prices under the floor
