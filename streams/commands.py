@@ -369,8 +369,12 @@ def config_entry(key: bytes | None, value: bytes | None) -> ConfigEntry:
         return ConfigEntry(name, record, None, str(e))
 
 
-async def read_config_log(broker: str) -> list[ConfigEntry]:
-    """Every message on the config topic, oldest first; none when the topic does not exist yet."""
+async def read_config_log(broker: str, only: str | None = None) -> list[ConfigEntry]:
+    """Every message on the config topic, oldest first; none when the topic does not exist yet.
+
+    With `only`, the messages about that campaign: validating every campaign of a big account takes many seconds,
+    and pausing one must not wait for them.  A message is about it when keyed by its id or when its value names it.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     c = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, auto_offset_reset="earliest")
@@ -385,10 +389,19 @@ async def read_config_log(broker: str) -> list[ConfigEntry]:
         out: list[ConfigEntry] = []
         while await c.position(tp) < end:
             batch = await c.getmany(tp, timeout_ms=1000)
-            out.extend(config_entry(msg.key, msg.value) for msg in batch.get(tp, []))
+            out.extend(config_entry(msg.key, msg.value) for msg in batch.get(tp, []) if _about(msg.key, msg.value, only))
         return out
     finally:
         await c.stop()
+
+
+def _about(key: bytes | None, value: bytes | None, campaign: str | None) -> bool:
+    """Whether a config message may concern `campaign` (None: every campaign)."""
+    if campaign is None:
+        return True
+    if key == campaign.encode():
+        return True
+    return value is not None and orjson.dumps(campaign) in value
 
 
 def on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T]) -> T:
@@ -437,7 +450,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
     """Publish the campaign's current version with `status`: the rest of it (budget, targeting) stays as it is."""
     broker = broker_of(args)
-    current = latest_configs(on_broker(args, read_config_log(broker))).get(args.id)
+    current = latest_configs(on_broker(args, read_config_log(broker, only=args.id))).get(args.id)
     if current is None or current.campaign is None:
         print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
         return 2
@@ -453,7 +466,7 @@ def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    log = on_broker(args, read_config_log(broker_of(args)))
+    log = on_broker(args, read_config_log(broker_of(args), only=args.id or None))
     if args.history:
         return _show_history([e for e in log if not args.id or e.campaign_id == args.id], args.json)
     current = latest_configs(log)

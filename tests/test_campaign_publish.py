@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
 import streams.kafka_io
 from bidder.cli import main
 from streams import topics
+from streams.commands import _about
 from tests.helpers import campaign
 
 Settle = Callable[[int, asyncio.Future], None]  # (record index, its delivery future)
@@ -182,3 +183,14 @@ def test_a_broker_unreachable_from_the_start_keeps_its_message(
     message = str(ended.value.code)
     assert "cannot reach the Kafka broker at fake:9092" in message and "kafka.sh start" in message
     assert "published" not in message and "NOT confirmed" not in capsys.readouterr().err
+
+
+def test_pause_and_show_of_one_campaign_read_only_the_messages_about_it() -> None:
+    """Validating every campaign of a big account takes seconds: pause, resume and show ID skip the messages that
+    are neither keyed by the campaign nor name it, and keep every one that may set it."""
+    mine = orjson.dumps({"campaign": {"id": "c1"}})
+    assert _about(b"c1", mine, "c1") and _about(b"", mine, "c1")  # keyed by it, or naming it under another key
+    assert _about(b"c1", None, "c1")  # a tombstone keyed by it
+    assert not _about(b"c10", orjson.dumps({"campaign": {"id": "c10"}}), "c1")  # a prefix is another campaign
+    assert not _about(None, None, "c1")
+    assert _about(b"c10", orjson.dumps({"campaign": {"id": "c10"}}), None)  # no id: every message
