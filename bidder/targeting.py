@@ -63,7 +63,12 @@ def _bits_of(indices: Iterable[int]) -> int:
 
 
 class _Dimension:
-    """One targeting dimension: per value, the slots that may serve there (targeting it, or not targeting at all)."""
+    """One targeting dimension: per value, the slots that may serve there (targeting it, or not targeting at all).
+
+    A value few campaigns target (one of thousands of domains) is kept as its own slots only, shifted down to the
+    first: a set as wide as every slot for each of a million values would take gigabytes.  The slots that target
+    nothing are added back when it is read.
+    """
 
     __slots__ = ("any", "by_value")
 
@@ -73,17 +78,23 @@ class _Dimension:
             for v in t:
                 members.setdefault(v, []).append(i)
         self.any = _bits_of(i for i, t in enumerate(targets) if not t)
-        self.by_value: dict[object, int] = {v: self.any | _bits_of(idx) for v, idx in members.items()}
+        wide = len(targets) // 4
+        self.by_value: dict[object, int | tuple[int, int]] = {}
+        for v, idx in members.items():
+            low = idx[0]  # ascending
+            self.by_value[v] = (low, _bits_of(i - low for i in idx)) if idx[-1] - low < wide else self.any | _bits_of(idx)
 
     def one(self, value: object) -> int:
-        return self.by_value.get(value, self.any)
+        bits = self.by_value.get(value, self.any)
+        return bits if isinstance(bits, int) else self.any | (bits[1] << bits[0])
 
     def any_of(self, values: Iterable[object]) -> int:
         """Slots that may serve where at least one of `values` holds (content categories: any match)."""
         out = self.any
         get = self.by_value.get
         for v in values:
-            out |= get(v, 0)
+            bits = get(v, 0)
+            out |= bits if isinstance(bits, int) else bits[1] << bits[0]
         return out
 
 

@@ -26,7 +26,7 @@ from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import ALPHA, BETA, SlotTables
-from bidder.targeting import STAGES, CampaignIndex, deal_for, fits_imp, matches
+from bidder.targeting import STAGES, CampaignIndex, _Dimension, deal_for, fits_imp, matches
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import RequestFactory
 from models.features import candidate_features, hash_feature, request_features
@@ -317,3 +317,23 @@ def test_exploration_table_follows_the_model_counts(explore_below: int) -> None:
 def test_index_and_engine_name_the_stages_alike() -> None:
     """The index reports stages by number; the engine turns them into the no-bid reason an exchange sees."""
     assert STAGES == engine_mod.STAGES
+
+
+def test_a_targeting_dimension_keeps_rare_values_compact_and_reads_them_as_every_other() -> None:
+    """A million rare values (domains) each as wide as every slot would take gigabytes: a rare value keeps only its
+    own slots, and reads back exactly as the plain set would, the untargeted slots included."""
+    rng = random.Random(5)
+    shared = [f"big{i}.example" for i in range(5)]  # sites many campaigns target, spread over every slot
+    # a campaign's creatives are neighbouring slots: its own long list of domains is targeted there alone
+    targets = [frozenset({f"own{i // 4}.example", f"own{i // 4 + 1}.example", rng.choice(shared)})
+               if rng.random() < 0.8 else frozenset() for i in range(3000)]
+    dim = _Dimension(targets)
+    untargeted = {i for i, t in enumerate(targets) if not t}
+    values = {v for t in targets for v in t}
+    for v in [*values, "nowhere"]:
+        plain = {i for i, t in enumerate(targets) if v in t} | untargeted
+        assert dim.one(v) == sum(1 << i for i in plain), v
+    pair = {"own7.example", shared[0]}
+    assert dim.any_of(pair) == sum(1 << i for i, t in enumerate(targets) if not t or t & pair)
+    assert all(isinstance(dim.by_value[v], int) for v in shared)
+    assert all(isinstance(dim.by_value[v], tuple) for v in values - set(shared))  # the rare ones are kept compact
