@@ -59,6 +59,9 @@ class BudgetLease:
         self.reserved_micros += price_micros
         if expires != math.inf:
             heapq.heappush(self._expiry, (expires, bid_id))
+            if len(self._expiry) > 2 * len(self._held) + 1024:  # billed and lost bids leave their entries behind
+                self._expiry = [e for e in self._expiry if e[1] in self._held]
+                heapq.heapify(self._expiry)
 
     def settle(self, bid_id: str, cost_micros: int) -> bool:
         """Billing: the cost counts as spent; the reservation is freed.  False if none was held (late or unknown bid)."""

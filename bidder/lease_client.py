@@ -18,6 +18,9 @@ from typing import Any, Protocol
 from bidder.lease import BudgetLease
 
 ASK_EVERY_S = 0.25  # at most one request per campaign this often while its lease is short (a lost one is asked again)
+# ...and, while its requests go unanswered, half as often after each: a worker that fell behind (a restart, a stall)
+# must be able to catch up, where requests at the full rate from every bidder would outrun it for good
+ASK_BACKOFF_MAX_S = 5.0
 KEEPALIVE_S = 5.0  # a campaign's state is reported this often even when its lease is full (a worker taking over waits for it)
 
 
@@ -38,6 +41,7 @@ class LeaseClient:
         self.engine = engine
         self.frac = frac  # share of the campaign's remaining daily budget asked for as one slice
         self.asked: dict[str, float] = {}  # campaign -> wall time of the last request
+        self.wait: dict[str, float] = {}  # campaign -> seconds before asking again while short (doubles unanswered)
         self.slices: dict[str, int] = {}  # campaign -> slice size the granter last reported
         self.requests = 0
         self.grants = 0
@@ -62,8 +66,11 @@ class LeaseClient:
                 day = days[camp.timezone] = engine.campaign_day(camp, engine_now)
             lease = engine.leases.get(cid)
             since = wall_now - self.asked.get(cid, -math.inf)
-            if since >= KEEPALIVE_S or (since >= ASK_EVERY_S and self.needs(lease, day, cid)):
+            wait = self.wait.get(cid, ASK_EVERY_S)
+            if since >= KEEPALIVE_S or (since >= wait and self.needs(lease, day, cid)):
                 self.asked[cid] = wall_now
+                # asked again after ASK_EVERY_S, then ever more slowly until a grant answers
+                self.wait[cid] = min(wait * 2.0, ASK_BACKOFF_MAX_S) if cid in self.wait else ASK_EVERY_S
                 out.append(self.request_doc(cid, day, lease, wall_now))
         self.requests += len(out)
         return out
@@ -88,6 +95,7 @@ class LeaseClient:
             self.ignored += 1
             return False
         engine.grant(cid, day, granted)
+        self.wait.pop(cid, None)  # answered: the next short lease is asked for at the full rate
         if isinstance(doc.get("slice"), int):
             self.slices[cid] = doc["slice"]
         self.grants += 1

@@ -64,8 +64,12 @@ def shade_first_price(v: int, floor_cpm: int, landscape: WinRateModel) -> int:
     best, best_surplus = v, (v - lo) * landscape.win_rate(lo)
     if best_surplus > 0.0:
         best = lo
-    for b, p_win in landscape.win_steps(lo, v):
-        surplus = (v - b) * p_win
-        if surplus > best_surplus:
-            best, best_surplus = b, surplus
+    # every price point at once (a landscape holds thousands): the first of the largest surpluses, as a walk in
+    # ascending order keeping only a strictly larger one would find
+    points, rates = landscape.step_arrays(lo, v)
+    if len(points):
+        surplus = (v - points) * rates
+        k = int(surplus.argmax())
+        if surplus[k] > best_surplus:
+            best = int(points[k])
     return best

@@ -230,3 +230,18 @@ def test_the_budget_is_actually_spent_when_bidders_keep_asking(seed: int) -> Non
     day, g = play_day(seed, bidders=4, budget=200_000, min_slice=2_000, frac=0.1, steps=3000,
                       p_lost=0.0, p_reclaim=0.0, p_cut=0.0, ttl=40, max_delay=20)
     assert 0.9 * g.budget <= day.spend <= g.budget
+
+
+def test_settled_and_released_bids_do_not_pile_up_in_the_expiry_queue() -> None:
+    """Each bid queues its expiry, and billing or a loss frees it long before: the queue must shrink back, or a
+    bidder keeps every bid of the notice lifetime (hours) in memory."""
+    lease = BudgetLease(day="2026-05-28", granted_micros=10**12)
+    for i in range(50_000):
+        lease.reserve(f"b{i}", 1_000, expires=1e9 + i)
+        if i % 2:
+            lease.settle(f"b{i}", 900)
+        else:
+            lease.release(f"b{i}")
+    lease.reserve("open", 1_000, expires=1e9)  # one bid still out, and its expiry still frees it
+    assert len(lease._expiry) <= 2 * 1 + 1024 + 1
+    assert lease.expire(1e9 + 1) == 1 and lease.reserved_micros == 0

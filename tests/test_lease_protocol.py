@@ -198,6 +198,21 @@ def test_no_lease_no_bid_and_a_request_goes_out_at_once() -> None:
     assert len(client.due(100.0 + lease_client.ASK_EVERY_S, NOW)) == 1  # no grant came: ask again
 
 
+def test_unanswered_lease_requests_back_off_and_a_grant_restores_the_full_rate() -> None:
+    """A worker that fell behind (restarted, stalled) must be able to catch up: while no grant comes, a bidder asks
+    for each campaign half as often after every request (up to once in ASK_BACKOFF_MAX_S), never at the full rate."""
+    e = engine(Clock(NOW))
+    client = LeaseClient(e, 0.05)
+    asked = [t / 100 for t in range(0, 3001, 5) if client.due(100.0 + t / 100, NOW)]  # 30 s, polled every 50 ms
+    assert asked[:6] == [0.0, 0.25, 0.75, 1.75, 3.75, 7.75]
+    assert len(asked) == 10 and all(b - a == pytest.approx(lease_client.ASK_BACKOFF_MAX_S)
+                                    for a, b in zip(asked[5:-1], asked[6:], strict=True))
+    assert client.apply(grant("bA", 500), NOW)  # answered: a short lease is asked for at the full rate again
+    e.leases[CAMP.id].reserve("b1", 500)  # and spent
+    t = 130.0
+    assert client.due(t, NOW) and not client.due(t + 0.2, NOW) and client.due(t + lease_client.ASK_EVERY_S, NOW)
+
+
 def test_grants_for_this_bidder_and_today_only() -> None:
     e = engine(Clock(NOW))
     client = LeaseClient(e, 0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -109,3 +110,26 @@ def test_a_shaded_bid_meets_the_market_price_it_was_shaded_to() -> None:
     land = WinRateModel.from_prices([-(-1_234_567 // PRICE_STEP) * PRICE_STEP] * 300)
     assert shade_first_price(5 * MICROS, 500_000, land) >= 1_234_567
     assert shade_first_price(MICROS, 0, WinRateModel.from_prices([0] * 300)) >= 1  # a market price of 0: still a bid
+
+
+def test_shading_over_arrays_picks_what_a_walk_over_every_price_point_picks() -> None:
+    """Shading reads the landscape's price points as arrays: the same bid as walking them one by one, ties to the
+    lowest, on landscapes of thousands of points with repeated prices and fractional weights."""
+
+    def walked(v: int, floor: int, land: WinRateModel) -> int:
+        lo = max(floor, 1)
+        best, best_surplus = v, (v - lo) * land.win_rate(lo)
+        if best_surplus > 0.0:
+            best = lo
+        for b, p_win in land.win_steps(lo, v):
+            if (v - b) * p_win > best_surplus:
+                best, best_surplus = b, (v - b) * p_win
+        return best
+
+    rng = random.Random(11)
+    for size in (1, 5, 300, 3000):
+        land = WinRateModel({rng.randrange(0, 20 * MICROS, 10_000 if size > 5 else 1): rng.choice([1.0, 0.5, 3.0])
+                             for _ in range(size)})
+        for _ in range(300):
+            v, floor = rng.randrange(1, 25 * MICROS), rng.choice([0, rng.randrange(0, 10 * MICROS)])
+            assert shade_first_price(v, floor, land) == walked(v, floor, land), (size, v, floor)
