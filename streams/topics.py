@@ -53,12 +53,15 @@ CONVERSIONS = TopicSpec(f"{PREFIX}.conversions", "campaign id", "conversion: bid
 EXAMPLES = TopicSpec(f"{PREFIX}.examples", "campaign id", "labelled training example: features, label", partitions=1)
 CAMPAIGNS = TopicSpec(f"{PREFIX}.campaigns", "campaign id", "campaign document + who/when (history kept 90 days)", partitions=1,
                       compacted=True, history_ms=90 * DAY_MS)
-MODEL = TopicSpec(f"{PREFIX}.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True)
+# the model and pacing topics take a new record every few seconds: without a segment roll, compaction never sees a
+# closed segment, and a restarted bidder would read (and apply) days of superseded snapshots before the newest
+MODEL = TopicSpec(f"{PREFIX}.model", "model name", "model snapshot (zlib+orjson)", partitions=1, compacted=True,
+                  segment_ms=3_600_000)
 LEARNER = TopicSpec(f"{PREFIX}.learner", "checkpoint part", "learner checkpoint: exact training state and the examples "
                     "offset it covers, in parts", partitions=1, compacted=True,
                     segment_ms=3_600_000)
 PACING = TopicSpec(f"{PREFIX}.pacing", "campaign id", "pacing state: lambda, spend today, budget, exhausted", partitions=1,
-                   compacted=True)
+                   compacted=True, segment_ms=3_600_000)
 # Budget leases (streams/leases.py): requests are keyed by campaign and partitioned like the delivery topics, so the
 # worker that owns a campaign's spend answers them; grants are keyed by bidder id, and every bidder reads them all.
 LEASE_REQUESTS = TopicSpec(f"{PREFIX}.lease-requests", "campaign id",

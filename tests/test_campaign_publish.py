@@ -194,3 +194,10 @@ def test_pause_and_show_of_one_campaign_read_only_the_messages_about_it() -> Non
     assert not _about(b"c10", orjson.dumps({"campaign": {"id": "c10"}}), "c1")  # a prefix is another campaign
     assert not _about(None, None, "c1")
     assert _about(b"c10", orjson.dumps({"campaign": {"id": "c10"}}), None)  # no id: every message
+
+
+def test_state_topics_written_every_few_seconds_roll_segments_so_compaction_keeps_up() -> None:
+    """Compaction only reads closed segments: a model or pacing topic that never rolls keeps every superseded
+    snapshot, and a restarted bidder reads (and applies) all of them before the newest."""
+    for spec in (topics.MODEL, topics.PACING, topics.LEARNER):
+        assert spec.config["cleanup.policy"] == "compact" and int(spec.config["segment.ms"]) <= 3_600_000, spec.name
