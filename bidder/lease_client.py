@@ -67,11 +67,15 @@ class LeaseClient:
             lease = engine.leases.get(cid)
             since = wall_now - self.asked.get(cid, -math.inf)
             wait = self.wait.get(cid, ASK_EVERY_S)
-            if since >= KEEPALIVE_S or (since >= wait and self.needs(lease, day, cid)):
-                self.asked[cid] = wall_now
-                # asked again after ASK_EVERY_S, then ever more slowly until a grant answers
+            if since >= wait and self.needs(lease, day, cid):
+                # short: asked again after ASK_EVERY_S, then ever more slowly until a grant answers
                 self.wait[cid] = min(wait * 2.0, ASK_BACKOFF_MAX_S) if cid in self.wait else ASK_EVERY_S
-                out.append(self.request_doc(cid, day, lease, wall_now))
+            elif since >= KEEPALIVE_S:
+                self.wait.pop(cid, None)  # a report of a full lease: the next short one is asked for at once
+            else:
+                continue
+            self.asked[cid] = wall_now
+            out.append(self.request_doc(cid, day, lease, wall_now))
         self.requests += len(out)
         return out
 

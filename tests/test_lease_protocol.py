@@ -391,3 +391,14 @@ def test_an_orphaned_notice_is_charged_once_where_it_landed() -> None:
     assert [(k, ev["bidder"], ev["cost"]) for k, ev in events if k == "billing"] == [("billing", "bA", 2_000)]
     assert lander.leases[CAMP.id].spent_micros == 0
     assert lander.notice("bill", q) == "replayed"
+
+
+def test_reports_of_a_full_lease_do_not_slow_the_request_for_the_next_top_up() -> None:
+    e = engine(Clock(NOW))
+    client = LeaseClient(e, 0.05)
+    full = CAMP.daily_budget
+    assert client.due(100.0, NOW) and client.apply(grant("bA", full), NOW)  # asked, and answered: a full lease
+    reports = [t for t in (102.0, 105.0, 107.0, 110.0, 115.0) if client.due(t, NOW)]
+    assert reports == [105.0, 110.0, 115.0]  # a full lease is only reported, every KEEPALIVE_S
+    e.leases[CAMP.id].reserve("big", full - 1)  # then nearly all of it is out in bids: short
+    assert client.due(115.0 + lease_client.ASK_EVERY_S, NOW)  # asked for at once, not after a backed-off wait
