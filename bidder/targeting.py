@@ -461,7 +461,7 @@ class CampaignIndex:
         if elsewhere:  # the open auction for them, unless it is private or they are deal-only
             keep &= ~(elsewhere if imp.private_auction else elsewhere & self._deal_only)
         no_deal: list[int] = []  # slots ruled out, removed together (each removal copies the whole set)
-        foreign: list[tuple[int, Deal]] = []
+        foreign: list[int] = []  # slots whose only deal here is floored in another currency than the campaign's
         for s in (self.indices(offered).tolist() if offered else ()):
             camp = self.slots[s][0]
             d = deal_for(camp, imp, seat)
@@ -469,7 +469,7 @@ class CampaignIndex:
                 if camp.targeting.deal_only or imp.private_auction:
                     no_deal.append(s)
             elif d[1] and d[2] != camp.currency:
-                foreign.append((s, d))
+                foreign.append(s)
             else:
                 deals[s] = d
         if no_deal:
@@ -478,7 +478,7 @@ class CampaignIndex:
             return keep, deals, DEAL
         # a deal floored in another currency than the campaign's cannot be bid on: the campaign sits out, or where an
         # open auction runs beside the deals (and it is not deal-only) bids there without the deal
-        out = [s for s, _ in foreign if imp.private_auction or self.slots[s][0].targeting.deal_only]
+        out = [s for s in foreign if imp.private_auction or self.slots[s][0].targeting.deal_only]
         if out:
             keep &= ~_bits_of(out)
         # floor currency: a deal's floor is in the deal's currency, the rest in the impression's
