@@ -43,7 +43,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
     s = top.add_parser("serve", help="answer OpenRTB bid requests over HTTP",
                        description="Serve POST /bid/<exchange> (OpenRTB 2.6; 2.5 accepted), signed notices at "
-                                   "/notice/{win,bill,loss}, /metrics, /status and /healthz.")
+                                   "/notice/{win,bill,loss}, /metrics, /status, /healthz (liveness) and /readyz "
+                                   "(readiness).")
     s.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     s.add_argument("--port", type=port_or_zero, default=8080, help="listen port, 1-65535, or 0 for any free one (default: "
                                                            "%(default)s)")
@@ -79,6 +80,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "(default: %(default)s)")
     s.add_argument("--spill-dir", type=Path, default=Path(".streambid-spill"),
                    help="where events wait while Kafka is unreachable (default: %(default)s)")
+    s.add_argument("--warmup-s", type=non_negative(float), default=60.0, metavar="SECONDS",
+                   help="with a broker, a worker answers 204 (x-nobid-reason: warming) and /readyz 503 until it has "
+                        "read the campaign, model, pacing and billing topics up to where they ended when it started; "
+                        "after this many seconds it bids on what it has read (default: %(default)s)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -115,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         network_ms=args.network_ms, notice_base=args.notice_base or here,
         model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
         tcf_vendor=args.tcf_vendor_id,
-        shed_ms=args.shed_ms, lease_frac=args.lease_slice,
+        shed_ms=args.shed_ms, lease_frac=args.lease_slice, warmup_s=args.warmup_s,
     )
     print(f"streambid: {serving_line(len(campaigns), f'{here}/bid', args.workers, broker)}", file=sys.stderr)
     return serve(opts)

@@ -9,9 +9,10 @@ second per core every microsecond of overhead shows.  Routes:
     GET|POST /notice/{win,bill,loss}?…  signed notices -> 200 | 400 reason (a POST's body is read and ignored)
     GET  /metrics                   Prometheus text
     GET  /status                    JSON: model version, campaigns, pacing
-    GET  /healthz                   200 when serving
+    GET  /healthz                   200 when serving (liveness)
+    GET  /readyz                    200 once bidding; 503 while the worker still reads its state topics (readiness)
 
-HEAD on /metrics, /status and /healthz gets GET's status and headers; HEAD elsewhere is refused (a HEAD must be
+HEAD on /metrics, /status, /healthz and /readyz gets GET's status and headers; HEAD elsewhere is refused (a HEAD must be
 safe, and a notice is not), and an answer to a HEAD never has content.  Every 405 says in `Allow` what the
 path takes.
 
@@ -72,7 +73,7 @@ _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: 
            501: b"501 Not Implemented", 503: b"503 Service Unavailable"}
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
-_GET_PATHS = ("/metrics", "/status", "/healthz")
+_GET_PATHS = ("/metrics", "/status", "/healthz", "/readyz")
 _HEAD_NOTICE = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, POST\r\nx-openrtb-version: 2.6\r\n\r\n"
 
 
@@ -202,6 +203,7 @@ class BidApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sweeper: asyncio.Future | None = None
         self._last_internal_log = 0.0
+        self.warming: tuple[str, ...] = ()  # what this worker still reads before it bids (bidder.wiring.Warmup)
 
     def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"",
             arrived: float = 0.0) -> bytes:
@@ -225,6 +227,9 @@ class BidApp:
         except BadRequest as e:
             stats.requests[(exchange, "error", e.reason)] += 1
             return response(400, orjson.dumps({"error": e.reason, "detail": e.detail}))
+        if self.warming:
+            stats.requests[(exchange, "nobid", "warming")] += 1
+            return _204 % b"warming"
         budget = req.tmax / 1000.0 - self.network_s
         deadline = started + budget
         now = time.perf_counter()
@@ -598,6 +603,10 @@ class BidProtocol(asyncio.Protocol):
             return not_allowed(b"GET, HEAD")
         if path == "/healthz":
             return response(200, b'{"ok":true}')
+        if path == "/readyz":
+            if self.app.warming:
+                return response(503, orjson.dumps({"ready": False, "reading": self.app.warming}))
+            return response(200, b'{"ready":true}')
         self.rendered -= 1
         if self.rendered < 0:  # each page costs milliseconds: a burst of them must not hold the worker
             return _BUSY

@@ -70,6 +70,7 @@ class ServeOptions:
     lease_frac: float = 0.0  # with a broker: bid on budget leases, each slice this share of the remaining daily budget
     relay_dir: Path | None = None  # set by serve() for N > 1 workers: their notice mailboxes
     lease_poll_s: float = 0.1  # how often each worker checks whether a lease needs topping up
+    warmup_s: float = 60.0  # with a broker: longest a worker waits to read the state topics before it bids anyway
 
     def __post_init__(self) -> None:
         self.notice_base = self.notice_base.rstrip("/")  # "https://x/" would sign URLs for "https://x//notice/…"
@@ -80,19 +81,19 @@ class ServeOptions:
 
 
 class CampaignChanges:
-    """Campaign messages from the config topic, applied to the engine together once the follower's fetch is read.
+    """Campaign messages from the config topic, applied to the engine together after each batch the follower reads.
 
-    A change rebuilds the whole index, so a fetch of thousands of changes (a start, a bulk edit) must cost one
-    rebuild, not one per message: the follower applies a fetch without yielding, and the changes are applied (and
-    the engine prepared) by one callback after it.  A message that sets no valid campaign is skipped: the worker
-    dead-letters it, and the previous valid config stays in force.
+    A change rebuilds the whole index, so a batch of thousands of changes (a start, a bulk edit) must cost one
+    rebuild, not one per message: `on_config` only collects, and the follower calls `apply` once the batch is
+    handed over.  While the follower catches up (`hold`) they wait for `release`, so a start is one rebuild
+    however many batches it reads.  A message that sets no valid campaign is skipped: the worker dead-letters it,
+    and the previous valid config stays in force.
     """
 
-    def __init__(self, engine: BidEngine, call_soon: Callable[[Callable[[], None]], object]) -> None:
+    def __init__(self, engine: BidEngine) -> None:
         self.engine = engine
-        self.call_soon = call_soon
         self.pending: dict[str, Campaign] = {}  # by id: a later message for the same campaign replaces an earlier one
-        self.scheduled = False
+        self.held = False
 
     def on_config(self, key: bytes, value: bytes | None) -> None:
         try:
@@ -100,16 +101,97 @@ class CampaignChanges:
         except ConfigError:
             return
         self.pending[camp.id] = camp
-        if not self.scheduled:
-            self.scheduled = True
-            self.call_soon(self.apply)
 
     def apply(self) -> None:
-        self.scheduled = False
-        if self.pending:
+        """The changes collected so far, in one rebuild (and the engine prepared), unless held."""
+        if self.pending and not self.held:
             self.engine.upsert_campaigns(list(self.pending.values()))
             self.pending.clear()
-        self.engine.prepare()
+            self.engine.prepare()
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.apply()
+
+
+class StateUpdates:
+    """Model snapshots and pacing states from their topics, as the engine takes them.
+
+    While the follower catches up (`hold`), only the last valid one of each is kept and `release` applies them:
+    a restarted bidder reads every snapshot the topic still holds, and each would build its scoring tables (tens
+    of milliseconds) only to be replaced by the next.  After that each is applied as it comes.  An unreadable
+    one raises (the follower counts and logs it) and the previous one stays.
+    """
+
+    def __init__(self, engine: BidEngine) -> None:
+        self.engine = engine
+        self.held = False
+        self.model: ModelSnapshot | None = None
+        self.pacing: dict[str, PacingState] = {}
+
+    def on_model(self, key: bytes, value: bytes) -> None:
+        model = ModelSnapshot.from_bytes(value)
+        if self.held:
+            self.model = model
+        else:
+            self.engine.set_model(model)
+
+    def on_pacing(self, key: bytes, value: bytes) -> None:
+        state = _pacing_state(orjson.loads(value))
+        if self.held:
+            self.pacing[state.campaign] = state
+        else:
+            self.engine.set_pacing(state)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        pacing, self.pacing = self.pacing, {}
+        for state in pacing.values():
+            self.engine.set_pacing(state)
+        model, self.model = self.model, None
+        if model is not None:
+            try:
+                self.engine.set_model(model)
+            except Exception as e:  # tables that cannot be built: the model in force stays
+                log.warning("model snapshot refused: %s", e)
+
+
+class Warmup:
+    """Whether a worker bids yet.  With a broker, not before its followers have read the state topics up to where
+    they ended when it started: on half-read state it would bid for paused campaigns, on an old model, and past
+    frequency caps whose billed impressions it has not counted yet.  Until then bid requests get a fast 204
+    ("warming") and /readyz a 503.  After `limit_s` it bids on what it has, and says so in the log.
+    """
+
+    def __init__(self, app: BidApp, parts: tuple[str, ...], on_expire: Callable[[], None] = lambda: None,
+                 name: str = "worker") -> None:
+        self.app = app
+        self.name = name
+        self.on_expire = on_expire  # what was held back for the end of the reading is applied then
+        self.waiting = dict.fromkeys(parts)
+        self.started = time.monotonic()
+        app.warming = tuple(self.waiting)
+
+    def done(self, part: str) -> None:
+        if part in self.waiting:
+            del self.waiting[part]
+            self.app.warming = tuple(self.waiting)
+            if not self.waiting:
+                _say(f"streambid: {self.name} read its state topics in {time.monotonic() - self.started:.1f} s: bidding")
+
+    def expire(self) -> None:
+        if self.waiting:
+            log.warning("%s still reading %s after %.0f s: bidding on the state read so far (frequency caps may "
+                        "undercount until it is read)", self.name, ", ".join(self.waiting), time.monotonic() - self.started)
+            self.waiting.clear()
+            self.app.warming = ()
+            self.on_expire()
 
 
 def _pacing_state(doc: dict) -> PacingState:
@@ -164,16 +246,26 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         sink_holder[0] = producer.emit
         await producer.start()
 
-        changes = CampaignChanges(engine, asyncio.get_running_loop().call_soon)
+        changes, updates = CampaignChanges(engine), StateUpdates(engine)
 
-        def on_model(key: bytes, value: bytes) -> None:
-            engine.set_model(ModelSnapshot.from_bytes(value))
+        def behind() -> None:
+            changes.hold()
+            updates.hold()
 
-        def on_pacing(key: bytes, value: bytes) -> None:
-            engine.set_pacing(_pacing_state(orjson.loads(value)))
+        def release() -> None:
+            changes.release()
+            updates.release()
 
-        follower = StateFollower(opts.broker, {topics.CAMPAIGNS.name: changes.on_config, topics.MODEL.name: on_model,
-                                               topics.PACING.name: on_pacing})
+        def caught_up() -> None:
+            release()
+            warmup.done("state")
+
+        warmup = Warmup(app, ("state", "billing"), on_expire=release, name=f"worker {index}")
+        asyncio.get_running_loop().call_later(opts.warmup_s, warmup.expire)
+
+        follower = StateFollower(opts.broker, {topics.CAMPAIGNS.name: changes.on_config, topics.MODEL.name: updates.on_model,
+                                               topics.PACING.name: updates.on_pacing},
+                                 on_behind=behind, on_caught_up=caught_up, after_batch=changes.apply)
         await follower.start()
 
         def on_billed(key: bytes, value: bytes) -> None:
@@ -183,7 +275,8 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         # frequency caps count every bidder's billed impressions sent since the UTC day began (the longest cap is a
         # day; records are stamped when sent): a restarted bidder takes back its counts, and those billed meanwhile
         billed = StateFollower(opts.broker, {topics.BILLING.name: on_billed},
-                               since=lambda: int(time.time() // 86_400) * 86_400_000)
+                               since=lambda: int(time.time() // 86_400) * 86_400_000,
+                               on_caught_up=lambda: warmup.done("billing"))
         await billed.start()
         if leases is not None:
             grants = await _start_leases(opts, engine, leases, producer, tasks)
@@ -199,6 +292,8 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         doc["events"] = {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
                          "replayed": producer.replayed, "failed": producer.failed, "kafka_connected": producer.connected}
         doc["state_messages"] = follower.applied if follower else 0
+        doc["warming"] = list(app.warming)
+        doc["behind"] = {"state": follower.behind if follower else None, "billing": billed.behind if billed else None}
         if leases is not None:
             doc["leases"] = leases.status()
             doc["lease_messages"] = {"requests": leases.requests, "grants": leases.grants, "ignored": leases.ignored}

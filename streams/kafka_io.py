@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -493,17 +494,34 @@ class StateFollower:
     older grants are never for it); after a lost connection it resumes from the end again.
     `since`: from the first record stamped at or after `since()` (epoch ms), and from there again after a lost
     connection, so its handlers must take a record twice (billed impressions for the caps: since the day began).
+
+    Catching up: on each (re)connection it notes where every partition ends and calls `on_behind`, then
+    `on_caught_up` once it has handed over everything up to there, so a bidder can hold back what is costly to
+    apply one message at a time (index rebuilds, model tables) and not bid on half-read state.  It yields to the
+    event loop every `YIELD_S` of handing over: records already fetched come back without a pause, and a backlog
+    of thousands must not hold the bid path.  `after_batch` runs once each batch is handed over, for what is
+    cheaper applied together (a bulk edit of campaigns: one index rebuild).
     """
 
+    BATCH = 2000  # messages asked for at once (a bulk edit of campaigns is one batch, so one rebuild)
+    YIELD_S = 0.005  # longest run of handlers between two turns of the event loop (one handler may run longer)
+
     def __init__(self, bootstrap: str, handlers: dict[str, Callable[[bytes, bytes], None]], from_end: bool = False,
-                 since: Callable[[], int] | None = None) -> None:
+                 since: Callable[[], int] | None = None, on_behind: Callable[[], None] | None = None,
+                 on_caught_up: Callable[[], None] | None = None, after_batch: Callable[[], None] | None = None) -> None:
         self.bootstrap = bootstrap
         self.handlers = handlers
         self.from_end = from_end
         self.since = since
+        self.on_behind = on_behind
+        self.on_caught_up = on_caught_up
+        self.after_batch = after_batch
         self.applied = 0
         self.errors = 0
+        self.caught_up = False  # this connection has handed over every message there was when it began
+        self.behind: int | None = None  # messages left to that point (None: not known yet)
         self.lost = False  # cut off from the broker now: said once when it happens and once when it ends
+        self._ends: dict[TopicPartition, int] = {}
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -518,18 +536,28 @@ class StateFollower:
                                                       enable_auto_commit=False, fetch_max_wait_ms=100,
                                                       auto_offset_reset="latest" if self.from_end else "earliest")
                 await c.start()
+                self._behind()
                 if self.since is not None:
                     await self._seek_since(c, self.since())
                 if self.lost:
                     log.warning("state follower reached kafka again")
                     self.lost = False
-                async for msg in c:
-                    try:
-                        self.handlers[msg.topic](msg.key or b"", msg.value or b"")
-                        self.applied += 1
-                    except Exception as e:  # a bad state message must not stop the follower
-                        self.errors += 1
-                        log.warning("ignored message on %s: %s", msg.topic, e)
+                await self._note_ends(c)
+                await self._check_caught_up(c)
+                while True:
+                    batch = await c.getmany(timeout_ms=1000, max_records=self.BATCH)
+                    turn = time.perf_counter()
+                    for msgs in batch.values():
+                        for msg in msgs:
+                            self._hand_over(msg.topic, msg.key or b"", msg.value or b"")
+                            if time.perf_counter() - turn > self.YIELD_S:
+                                await asyncio.sleep(0)
+                                turn = time.perf_counter()
+                    if batch and self.after_batch is not None:
+                        self._after_batch(self.after_batch)
+                    if not self.caught_up:
+                        await self._check_caught_up(c)
+                    await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except (KafkaError, OSError) as e:
@@ -539,14 +567,55 @@ class StateFollower:
                 await self._close()
                 await asyncio.sleep(1.0)
 
-    async def _seek_since(self, c: AIOKafkaConsumer, since_ms: int) -> None:
-        """Move every partition of the topics to its first record stamped at or after `since_ms`."""
+    def _hand_over(self, topic: str, key: bytes, value: bytes) -> None:
+        try:
+            self.handlers[topic](key, value)
+            self.applied += 1
+        except Exception as e:  # a bad state message must not stop the follower
+            self.errors += 1
+            log.warning("ignored message on %s: %s", topic, e)
+
+    def _after_batch(self, hook: Callable[[], None]) -> None:
+        try:
+            hook()
+        except Exception:  # one bad apply must not stop the follower; the next batch tries again
+            self.errors += 1
+            log.exception("applying a batch of state messages")
+
+    def _behind(self) -> None:
+        self.caught_up, self.behind, self._ends = False, None, {}
+        if self.on_behind is not None:
+            self.on_behind()
+
+    async def _note_ends(self, c: AIOKafkaConsumer) -> None:
+        """Where every partition ends now: catching up means reaching these (from the end: nothing to catch up)."""
+        if self.from_end:
+            return
+        await self._wait_assigned(c)
+        tps = sorted(c.assignment())
+        self._ends = await c.end_offsets(tps)
+
+    async def _check_caught_up(self, c: AIOKafkaConsumer) -> None:
+        behind = 0
+        for tp, end in self._ends.items():
+            behind += max(end - await c.position(tp), 0)
+        self.behind = behind
+        if behind == 0:
+            self.caught_up = True
+            if self.on_caught_up is not None:
+                self.on_caught_up()
+
+    @staticmethod
+    async def _wait_assigned(c: AIOKafkaConsumer) -> None:
         for _ in range(200):  # without a group, every partition is assigned once the topics' metadata is in
             if c.assignment():
-                break
+                return
             await asyncio.sleep(0.05)
-        else:
-            raise KafkaError("no partitions of the followed topics were assigned within 10 s")
+        raise KafkaError("no partitions of the followed topics were assigned within 10 s")
+
+    async def _seek_since(self, c: AIOKafkaConsumer, since_ms: int) -> None:
+        """Move every partition of the topics to its first record stamped at or after `since_ms`."""
+        await self._wait_assigned(c)
         tps = sorted(c.assignment())
         ends = await c.end_offsets(tps)  # asked first: a record sent meanwhile is at or past these
         found = await c.offsets_for_times(dict.fromkeys(tps, since_ms))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import orjson
 import pytest
 
@@ -25,18 +23,17 @@ def test_a_fetch_of_changes_is_one_rebuild_and_the_last_message_per_campaign_win
         set_campaigns(camps)
 
     monkeypatch.setattr(engine, "set_campaigns", counted)
-    soon: list[Callable[[], None]] = []
-    changes = CampaignChanges(engine, soon.append)
-    for i in range(300):  # a start, or a bulk edit: one fetch of many messages
+    changes = CampaignChanges(engine)
+    for i in range(300):  # a start, or a bulk edit: one batch of many messages
         changes.on_config(b"c%d" % i, orjson.dumps({"campaign": campaign(id=f"c{i}")}))
     changes.on_config(b"c7", orjson.dumps({"campaign": campaign(id="c7", status="paused")}))  # a later edit wins
     changes.on_config(b"c8", None)  # a tombstone sets nothing
     changes.on_config(b"c9", b"{not json")
-    assert rebuilds == [] and len(soon) == 1  # nothing rebuilt while the fetch is read; one callback after it
-    soon.pop()()
+    assert rebuilds == []  # nothing rebuilt while the batch is read; once after it
+    changes.apply()
     assert rebuilds == [301]
     assert set(engine.index.campaigns) == {"kept"} | {f"c{i}" for i in range(300)}
     assert engine.index.campaigns["c7"].status == "paused" and engine.index.campaigns["c8"].status == "active"
     changes.on_config(b"c1", orjson.dumps({"campaign": campaign(id="c1", status="paused")}))
-    soon.pop()()  # the next change is a new rebuild of its own
+    changes.apply()  # the next change is a new rebuild of its own
     assert rebuilds == [301, 301] and engine.index.campaigns["c1"].status == "paused"
