@@ -30,7 +30,7 @@ from bidder.lease import BudgetLease
 from bidder.notices import Notice, NoticeError, notice_urls, verify_notice
 from bidder.openrtb import AUCTION_FIRST_PRICE, BidRequest, Imp
 from bidder.pacing import PacingState, conversion_rate
-from bidder.pricing import bid_price, impression_value_cpm
+from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import SlotTables
 from bidder.targeting import CampaignIndex, Eligible
@@ -99,6 +99,19 @@ class _Held:
     micros: dict[str, int] = field(default_factory=dict)
     shown: dict[str, int] = field(default_factory=dict)
     full: frozenset[str] = frozenset()
+
+
+def _shaded_alike(req: BidRequest, el: Eligible) -> bool:
+    """Whether every candidate is priced by the same first-price shading: one floor, no deal (so no deal's own
+    auction type), and one currency (so one landscape).  Then the shaded price never falls as the paced value rises
+    (`bidder.pricing.shade_first_price`): no candidate whose paced value is at most the best's can outbid it.
+
+    The index lets a candidate bid only in a currency the request allows, and on a floored impression (no deal
+    taken) only in the floor's currency: either pins one currency.
+    """
+    floors = el.floors
+    return (req.at == AUCTION_FIRST_PRICE and not el.deals and isinstance(floors, int)
+            and (len(req.cur) <= 1 or floors > 0))
 
 
 class BidEngine:
@@ -333,7 +346,8 @@ class BidEngine:
 
         The index returns the creatives that pass every rule (targeting, blocks, deals, currency, caps); they are
         scored together (bidder.scoring), then priced one by one with the canonical pricing functions in descending
-        order of an upper bound on their price, stopping once no bound left can beat the best price found.
+        order of an upper bound on their paced value, stopping once no bound left can beat the best price found, or
+        (when shading prices them all alike, `_shaded_alike`) the best's paced value.
         """
         index = self.index
         el = self._eligible(req, imp, user, now, held.full if held is not None else _NONE_FULL)
@@ -361,12 +375,15 @@ class BidEngine:
             bound[bound < least] = -1  # below its deal's floor: out
             low = 0
         shading = self._shading
-        best, best_price, reason = None, 0, _RANK["below_floor"]
+        alike = _shaded_alike(req, el) if shading else False
+        best, best_price, best_value, reason = None, 0, 0, _RANK["below_floor"]
         while True:
             j = int(bound.argmax())
             top = bound[j]
             if top <= best_price or top < low:
                 break  # nobody left can beat the best price (or, with one floor for all, clear the floor)
+            if top <= best_value:
+                break  # shaded alike: a paced value up to the best's shades to no more than the best price
             bound[j] = -1
             camp, cr = index.slots[slots[j]]
             deal = el.deals.get(j) if el.deals else None
@@ -381,8 +398,10 @@ class BidEngine:
             else:
                 p = float(pctr[j])
             pcvr = p * conversion_rate(pace) if camp.goal == "cpa" else 0.0
-            price = bid_price(impression_value_cpm(p, camp, pcvr), lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE,
-                              shading.get(camp.currency) if shading else None, fixed_price=at == AUCTION_FIXED_PRICE)
+            value = impression_value_cpm(p, camp, pcvr)
+            landscape = shading.get(camp.currency) if shading else None
+            price = bid_price(value, lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE, landscape,
+                              fixed_price=at == AUCTION_FIXED_PRICE)
             if not price:
                 continue
             if not self._lease_allows(camp.id, price // 1000 + (held.micros.get(camp.id, 0) if held else 0)):
@@ -390,6 +409,10 @@ class BidEngine:
                 continue
             if price > best_price:
                 best_price = price
+                if alike and landscape is not None:  # the paced value bid_price shaded
+                    v = paced_value(value, lam, camp.max_bid_cpm)
+                    if v < landscape.monotone_below:
+                        best_value = v
                 best = (camp, cr, price, deal[0] if deal else "", p, lam, floor, cand, int(slots[j]))
         if best is None:
             return None, reason

@@ -17,6 +17,7 @@ worth considering when maximising (v - b) * P(win | b).  Pure object, no I/O.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -30,7 +31,8 @@ class WinRateModel:
     tables are rebuilt lazily on the next query.
     """
 
-    __slots__ = ("_counts", "_points", "_cum_n", "_cum_cost", "_total", "_dirty", "_point_array", "_rate_array")
+    __slots__ = ("_counts", "_points", "_cum_n", "_cum_cost", "_total", "_dirty", "_point_array", "_rate_array",
+                 "_monotone_below")
 
     def __init__(self, counts: Mapping[int, float] | None = None) -> None:
         self._counts: dict[int, float] = {}
@@ -41,6 +43,7 @@ class WinRateModel:
         self._dirty = True
         self._point_array = np.zeros(0, dtype=np.int64)
         self._rate_array = np.zeros(0)
+        self._monotone_below = math.inf
         for price, n in (counts or {}).items():
             self.add(price, n)
 
@@ -90,7 +93,21 @@ class WinRateModel:
         # the same win rates as arrays, for shading: the same float division, element by element
         self._point_array = np.array(self._points, dtype=np.int64)
         self._rate_array = np.array(cum_n, dtype=np.float64) / n if n else np.zeros(0)
+        steps = np.diff(self._rate_array, prepend=0.0)
+        self._monotone_below = float(steps.min()) * 2.0**50 if len(steps) else math.inf
         self._dirty = False
+
+    @property
+    def monotone_below(self) -> float:
+        """Paced values (CPM micros) under which first-price shading never bids less for a higher value.
+
+        Exactly, the lowest maximiser of (v - b) * P(win | b) never falls as v rises.  In floats, one micro more
+        of v raises a higher price point's surplus over a lower one's by at least the smallest win-rate step; while
+        that step exceeds a surplus's rounding (at most v * 2^-52) the two keep their order, past it they can round
+        to a tie that goes to the lower bid.  2^-50 leaves room for the rounding of the steps themselves.
+        """
+        self._build()
+        return self._monotone_below
 
     def win_rate(self, bid_cpm: int) -> float:
         """P(market price <= bid): the chance this bid wins."""

@@ -59,6 +59,8 @@ def shade_first_price(v: int, floor_cpm: int, landscape: WinRateModel) -> int:
 
     P(win | b) only steps up at observed market prices, and between steps a
     lower bid has more surplus, so the optimum is the floor or a price point.
+    Of several optima it takes the lowest, which never falls as the floor rises
+    nor, under `landscape.monotone_below`, as v rises: the engine prunes on that.
     """
     lo = max(floor_cpm, 1)  # a bid is at least one micro: 0 means no bid
     best, best_surplus = v, (v - lo) * landscape.win_rate(lo)
