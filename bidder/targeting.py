@@ -1,15 +1,15 @@
 """The targeting index: from an impression to the creatives that may serve it.
 
-Every creative of an active campaign is a *slot*.  For each targeting
+Every creative of a campaign, paused or not, is a *slot*.  For each targeting
 dimension the index holds, per value, the set of slots that may serve there
 (the campaigns that target the value plus those that do not target the
 dimension at all), as a Python int whose bit i is slot i: ANDing two sets of a
 few thousand slots costs tens of nanoseconds.  A request ANDs one set per
 dimension, so its cost hardly grows with the number of campaigns, and what
-comes out has passed every static rule: media and size, country, region, city,
-device, OS, domain, content category, live, currency, blocks, deals and
-frequency caps.  Only then are the surviving slots turned into an index array
-for scoring (`bidder.scoring`).
+comes out has passed every static rule: media and size, country, active,
+region, city, device, OS, domain, content category, live, currency, blocks,
+deals and frequency caps.  Only then are the surviving slots turned into an
+index array for scoring (`bidder.scoring`).
 
 `fits`, `matches` and `deal_for` stay the plain statement of the rules, one
 candidate at a time; the arrays are built from the same campaign fields and a
@@ -120,12 +120,21 @@ class Eligible:
 
 
 class CampaignIndex:
-    """Immutable index over active campaigns; rebuilt and swapped whole when config changes."""
+    """Index over every campaign, paused ones too, so that pausing or resuming a campaign renumbers no slot.
+
+    A new version of a campaign that differs only in fields the index does not read (status, budgets, flight) is
+    swapped in place (`swap`); any other config change builds a new index, which replaces this one whole.
+    """
 
     def __init__(self, campaigns: Iterable[Campaign]) -> None:
         self.campaigns: dict[str, Campaign] = {c.id: c for c in campaigns}
-        self.slots: list[Candidate] = [(c, cr) for c in self.campaigns.values() if c.active for cr in c.creatives]
+        self.slots: list[Candidate] = [(c, cr) for c in self.campaigns.values() for cr in c.creatives]
         self.n = len(self.slots)
+        self._first: dict[str, int] = {}  # campaign -> its first slot: a campaign's slots are consecutive
+        at = 0
+        for c in self.campaigns.values():
+            self._first[c.id] = at
+            at += len(c.creatives)
         self._nbytes = (self.n + 7) // 8 or 1
         self._built = False  # the sets are built on first use: a burst of config changes rebuilds nothing
 
@@ -139,6 +148,7 @@ class CampaignIndex:
             by_campaign.setdefault(cid, []).append(i)
         self._campaign_slots = {k: np.array(v, dtype=np.intp) for k, v in by_campaign.items()}
         self._campaign_bits = {k: _bits_of(v) for k, v in by_campaign.items()}
+        self._active = _bits_of(i for i, c in enumerate(camps) if c.active)
         self._media = _members(_size_keys(cr.kind, cr.w, cr.h) for _, cr in self.slots)
         self._kind = _members((cr.kind,) for _, cr in self.slots)
         self._country = _Dimension([t.countries for t in ts])
@@ -179,6 +189,17 @@ class CampaignIndex:
     def __len__(self) -> int:
         return len(self.campaigns)
 
+    def swap(self, campaign: Campaign) -> None:
+        """Put `campaign` in place of its version here, from which it differs only in fields the index does not
+        read (status, budgets, flight): its slots keep their numbers, and only the set of active slots moves."""
+        at = self._first[campaign.id]
+        for k, cr in enumerate(campaign.creatives):
+            self.slots[at + k] = (campaign, cr)
+        self.campaigns[campaign.id] = campaign
+        if self._built:
+            bits = self._campaign_bits.get(campaign.id, 0)
+            self._active = self._active | bits if campaign.active else self._active & ~bits
+
     def indices(self, bits: int) -> np.ndarray:
         """The slot numbers in a set of slots, ascending."""
         raw = np.frombuffer(bits.to_bytes(self._nbytes, "little"), dtype=np.uint8)
@@ -187,10 +208,11 @@ class CampaignIndex:
     # -- plain candidate lists (for tools and tests) -------------------------------------
 
     def candidates(self, imp: Imp, country: str) -> list[Candidate]:
-        """Creatives whose kind, size and country fit the impression (before the finer checks)."""
+        """Creatives of active campaigns whose kind, size and country fit the impression (before the finer checks)."""
         if not self._built:
             self._build()
-        return [self.slots[i] for i in self.indices(self._media_bits(imp) & self._country.one(country)).tolist()]
+        return [self.slots[i] for i in
+                self.indices(self._media_bits(imp) & self._country.one(country) & self._active).tolist()]
 
     def slots_of(self, campaign: str) -> np.ndarray:
         if not self._built:
@@ -389,7 +411,7 @@ class CampaignIndex:
         if not self._built:
             self._build()
         country, live_m, cur_m, targeting, not_adv, not_cat, app_blocked = self._request_bits(req, live)
-        m = self._media_bits(imp) & country
+        m = self._media_bits(imp) & country & self._active  # a paused campaign's slots match nothing
         if not m:
             return Eligible(reason=NO_MATCH)
         m &= live_m

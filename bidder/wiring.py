@@ -83,11 +83,11 @@ class ServeOptions:
 class CampaignChanges:
     """Campaign messages from the config topic, applied to the engine together after each batch the follower reads.
 
-    A change rebuilds the whole index, so a batch of thousands of changes (a start, a bulk edit) must cost one
-    rebuild, not one per message: `on_config` only collects, and the follower calls `apply` once the batch is
-    handed over.  While the follower catches up (`hold`) they wait for `release`, so a start is one rebuild
-    however many batches it reads.  A message that sets no valid campaign is skipped: the worker dead-letters it,
-    and the previous valid config stays in force.
+    A change other than a pause, resume or budget rebuilds the whole index, so a batch of thousands of changes (a
+    start, a bulk edit) must cost one rebuild, not one per message: `on_config` only collects, and the follower
+    calls `apply` once the batch is handed over.  While the follower catches up (`hold`) they wait for `release`,
+    so a start is one rebuild however many batches it reads.  A message that sets no valid campaign is skipped:
+    the worker dead-letters it, and the previous valid config stays in force.
     """
 
     def __init__(self, engine: BidEngine) -> None:

@@ -34,6 +34,9 @@ def test_a_fetch_of_changes_is_one_rebuild_and_the_last_message_per_campaign_win
     assert rebuilds == [301]
     assert set(engine.index.campaigns) == {"kept"} | {f"c{i}" for i in range(300)}
     assert engine.index.campaigns["c7"].status == "paused" and engine.index.campaigns["c8"].status == "active"
-    changes.on_config(b"c1", orjson.dumps({"campaign": campaign(id="c1", status="paused")}))
+    changes.on_config(b"c1", orjson.dumps({"campaign": campaign(id="c1", targeting={"countries": ["FRA"]})}))
     changes.apply()  # the next change is a new rebuild of its own
+    assert rebuilds == [301, 301] and engine.index.campaigns["c1"].targeting.countries == {"FRA"}
+    changes.on_config(b"c1", orjson.dumps({"campaign": campaign(id="c1", status="paused", targeting={"countries": ["FRA"]})}))
+    changes.apply()  # a pause alone is swapped into the index in place
     assert rebuilds == [301, 301] and engine.index.campaigns["c1"].status == "paused"

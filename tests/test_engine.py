@@ -290,7 +290,8 @@ def test_prepare_builds_what_a_campaign_change_invalidates_before_the_next_reque
     e.rng = random.Random(3)  # the draw pools come from it: a seeded run, where no draw prices under the floor
     assert bid(e, request()).status == 200
     first = e._tables
-    e.upsert_campaign(parse_campaign(campaign(id="c2", status="paused")))
+    # a targeting change: the index is rebuilt (a pause alone is swapped into it in place)
+    e.upsert_campaign(parse_campaign(campaign(id="c2", status="paused", targeting={"countries": ["FRA"]})))
     e.prepare()
     prepared = e._tables
     assert prepared is not None
