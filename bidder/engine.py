@@ -47,7 +47,6 @@ _RANK = {r: i for i, r in enumerate(STAGES)}
 AUCTION_FIXED_PRICE = 3  # deal.at = 3: the deal's bidfloor is the agreed price
 MIN_LANDSCAPE = 200  # market prices needed before first-price bids are shaded
 LANDSCAPE_REBUILD_S = 60.0  # how often the shading landscape takes in new market prices
-LANDSCAPE_HALF_LIFE_S = 3600.0  # the weight of a market price halves every hour: shading follows the day's market
 PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the landscape's size
 # Every time zone in use is a whole number of quarter hours off UTC, so a campaign's local date and hour (its flight
 # and dayparting) can only change at a UTC quarter hour: the live set is recomputed then, and when campaigns change.
@@ -259,13 +258,8 @@ class BidEngine:
         for lease in self.leases.values():
             lease.expire(now)  # a bid whose notice never came stops holding budget once its URL has expired
         if self._new_prices and now - self._shading_at >= LANDSCAPE_REBUILD_S:
-            # fold in the market prices seen since the last rebuild; rebuilding per notice would cost the bid path.
-            # What was seen before weighs less the older it is (a half-life of LANDSCAPE_HALF_LIFE_S).
-            since, self._shading_at = self._shading_at, now
-            if since > -math.inf:
-                factor = 0.5 ** ((now - since) / LANDSCAPE_HALF_LIFE_S)
-                for landscape in self.landscapes.values():
-                    landscape.decay(max(factor, 1e-300))
+            # fold in the market prices seen since the last rebuild; rebuilding per notice would cost the bid path
+            self._shading_at = now
             for cur, prices in self._new_prices.items():
                 landscape = self.landscapes.setdefault(cur, WinRateModel())
                 for price in prices:

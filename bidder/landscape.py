@@ -67,17 +67,6 @@ class WinRateModel:
         self._counts[price_cpm] = self._counts.get(price_cpm, 0.0) + weight
         self._dirty = True
 
-    def decay(self, factor: float, drop_below: float = 1 / 16) -> None:
-        """Weigh every price seen so far by `factor` (0 < factor <= 1): the market moves over the day, and a price
-        from last night says less about now than one from the last hour.  A price whose weight falls under
-        `drop_below` is forgotten, so the landscape stays as small as the recent market (and its smallest win-rate
-        step, which bounds where shading may prune, stays put instead of shrinking with every price ever seen)."""
-        if not 0.0 < factor <= 1.0:
-            raise ValueError("a decay factor lies in (0, 1]")
-        if factor < 1.0:
-            self._counts = {p: w * factor for p, w in self._counts.items() if w * factor >= drop_below}
-            self._dirty = True
-
     def frozen_copy(self) -> WinRateModel:
         """A copy with its tables built, for the bid path to read while this one keeps learning."""
         copy = WinRateModel(self._counts)

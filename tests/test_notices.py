@@ -184,26 +184,3 @@ def test_first_price_bids_are_shaded_on_market_prices_of_their_own_currency_and_
     first["cur"], first["imp"][0]["bidfloorcur"] = ["EUR"], "EUR"
     unshaded = orjson.loads(e.bid(parse_request(body(first)), "x", math.inf).body)["seatbid"][0]["bid"][0]["price"]
     assert unshaded == value  # no EUR market prices: the paced value, not a USD-shaded price
-
-
-def test_the_shading_landscape_halves_the_weight_of_market_prices_every_hour() -> None:
-    """The market moves over the day: a price seen an hour ago counts half as much as one seen now."""
-    clock = [NOW]
-    e = BidEngine(EngineConfig(secret=SECRET, explore_below=0), [parse_campaign(campaign())], ModelSnapshot.empty(),
-                  sink=lambda *a: None, clock=lambda: clock[0])
-
-    def losses(n: int, min_to_win: str) -> None:
-        for _ in range(n):
-            lurl = _bid(e)["lurl"].replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", min_to_win)
-            assert e.notice("loss", urlsplit(lurl).query) == "ok"
-
-    losses(200, "1.00")
-    clock[0] += 61
-    _bid(e)  # the first request past the minute folds them in
-    clock[0] += 3600
-    losses(100, "2.00")
-    clock[0] += 1
-    _bid(e)
-    land = e.landscapes["USD"]
-    assert land.observations == pytest.approx(200 * 0.5 ** (3601 / 3600) + 100, rel=1e-9)
-    assert land.win_rate(1_000_000) == pytest.approx(200 * 0.5 ** (3601 / 3600) / land.observations, rel=1e-9)

@@ -48,16 +48,3 @@ def test_win_steps_pair_each_price_point_with_its_win_rate() -> None:
     land = WinRateModel.from_prices([10, 20, 20, 40, 50])
     assert land.win_steps(15, 45) == [(20, 0.6), (40, 0.8)]
     assert all(land.win_rate(p) == w for p, w in land.win_steps(0, 100))
-
-
-def test_decay_weighs_old_prices_less_and_forgets_the_faint_ones() -> None:
-    land = WinRateModel({10: 8.0, 20: 1.0, 30: 0.1})
-    land.decay(0.5)
-    assert land.price_points(0, 100) == [10, 20]  # 0.05 fell under 1/16
-    assert land.observations == pytest.approx(4.5)
-    assert land.win_rate(10) == pytest.approx(4.0 / 4.5)
-    land.decay(1.0)
-    assert land.observations == pytest.approx(4.5)  # 1: nothing changes
-    for bad in (0.0, -0.5, 1.5, float("nan")):
-        with pytest.raises(ValueError):
-            land.decay(bad)
