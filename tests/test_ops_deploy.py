@@ -258,3 +258,20 @@ def test_docker_compose_config_accepts_the_stack() -> None:
         missing = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config"],
                                  capture_output=True, text=True, env={k: v for k, v in env.items() if k != var}, timeout=60)
         assert missing.returncode != 0 and var in missing.stderr
+
+
+def test_kafka_sh_will_not_start_a_broker_it_could_not_write_down(tmp_path: Path) -> None:
+    """A state path it cannot write (here a directory) is refused before any broker starts: a broker whose pid is
+    not in the state file could never be stopped by `kafka.sh stop`."""
+    java_home = tmp_path / "jdk"
+    (java_home / "bin").mkdir(parents=True)
+    java = java_home / "bin" / "java"
+    java.write_text("#!/bin/sh\necho started >> \"$(dirname \"$0\")/runs\"\n")
+    java.chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    out = subprocess.run(["bash", str(DEPLOY / "kafka-local" / "kafka.sh"), "start"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "JAVA_HOME": str(java_home), "STREAMBID_KAFKA_STATE": str(state)})
+    assert out.returncode == 1 and "cannot write the state file" in out.stderr, out.stderr
+    assert not (java_home / "bin" / "runs").exists()  # java never ran

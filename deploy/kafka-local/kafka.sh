@@ -154,6 +154,12 @@ cmd_start() {
     return 0
   fi
   if [[ -f "$STATE" ]]; then cmd_stop; fi  # stale state: clean leftovers
+  # a broker whose pid cannot be written down could never be stopped by this script: check before starting one
+  if [[ -e "$STATE" && ! -f "$STATE" ]] || ! mkdir -p "$(dirname "$STATE")" 2>/dev/null \
+      || ! ( : >>"$STATE" ) 2>/dev/null; then
+    log "cannot write the state file $STATE: set STREAMBID_KAFKA_STATE to a file path you can write"
+    exit 1
+  fi
 
   cmd_fetch
   local t0 workdir port cport pid bootstrap
