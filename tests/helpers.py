@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 import subprocess
 import sys
 import urllib.error
@@ -12,6 +13,10 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+
+from models.features import hash_feature
+from models.prior import ClickCounts
+from models.snapshot import ModelSnapshot
 
 CAMPAIGN: dict[str, Any] = {
     "id": "c1",
@@ -94,3 +99,17 @@ def http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def varied_model(docs: list[dict], rng: random.Random) -> ModelSnapshot:
+    """Campaign and creative weights, so values differ; half the creatives trained, the rest explored."""
+    weights: dict[int, float] = {}
+    counts = ClickCounts()
+    for d in docs:
+        weights[hash_feature("campaign", d["id"])] = rng.gauss(0, 1.2)
+        for cr in d["creatives"]:
+            weights[hash_feature("creative", f"{d['id']}/{cr['id']}")] = rng.gauss(0, 0.8)
+            if rng.random() < 0.5:
+                for k in range(300):
+                    counts.add(d["id"], cr["id"], clicked=k % rng.randint(30, 400) == 0)
+    return ModelSnapshot(1, weights, -4.5, counts)

@@ -20,10 +20,8 @@ from bidder.openrtb import BadRequest, parse_request
 from bidder.pacing import PacingState
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import MARKET_DEALS, RequestFactory
-from models.features import hash_feature
-from models.prior import ClickCounts
 from models.snapshot import ModelSnapshot
-from tests.helpers import body, campaign, request
+from tests.helpers import body, campaign, request, varied_model
 from tests.test_bidder_index import MeanDraws
 
 NOW = 1_780_000_000.0
@@ -134,20 +132,6 @@ def test_a_change_to_what_the_index_or_the_scoring_reads_rebuilds(edit: dict[str
 # -- differential: a bidder changed through the fast path against one built from scratch ----------------------------
 
 
-def _model(docs: list[dict], rng: random.Random) -> ModelSnapshot:
-    """Campaign and creative weights, so values differ; half the creatives trained, the rest explored."""
-    weights: dict[int, float] = {}
-    counts = ClickCounts()
-    for d in docs:
-        weights[hash_feature("campaign", d["id"])] = rng.gauss(0, 1.2)
-        for cr in d["creatives"]:
-            weights[hash_feature("creative", f"{d['id']}/{cr['id']}")] = rng.gauss(0, 0.8)
-            if rng.random() < 0.5:
-                for k in range(300):
-                    counts.add(d["id"], cr["id"], clicked=k % rng.randint(30, 400) == 0)
-    return ModelSnapshot(1, weights, -4.5, counts)
-
-
 def _docs(seed: int) -> list[dict]:
     rng = random.Random(seed)
     docs = make_campaigns(50, seed)
@@ -239,7 +223,7 @@ def _engine(camps: list[Campaign], model: ModelSnapshot) -> BidEngine:
 def test_changes_through_the_fast_path_bid_as_a_bidder_built_from_scratch(seed: int) -> None:
     rng = random.Random(seed)
     docs = _docs(seed)
-    model = _model(docs, rng)
+    model = varied_model(docs, rng)
     e = _engine([parse_campaign(d) for d in docs], model)
     day = e.campaign_day(None, NOW)
     grants = {d["id"]: 10**12 if rng.random() < 0.8 else rng.randint(0, 3000) for d in docs}  # some too small to bid

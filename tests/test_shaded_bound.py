@@ -22,10 +22,8 @@ from bidder.pacing import PacingState
 from bidder.pricing import bid_price, shade_first_price
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import MARKET_DEALS, RequestFactory
-from models.features import hash_feature
-from models.prior import ClickCounts
 from models.snapshot import ModelSnapshot
-from tests.helpers import body, campaign, request
+from tests.helpers import body, campaign, request, varied_model
 
 NOW = 1_780_000_000.0
 CURRENCIES = ("USD", "EUR", "GBP", "JPY")  # no landscape in JPY: its first-price bids are not shaded
@@ -90,20 +88,6 @@ def _landscape(rng: random.Random) -> WinRateModel:
     return WinRateModel.from_prices(int(rng.lognormvariate(13.8, 0.9)) for _ in range(1000))
 
 
-def _model(docs: list[dict], rng: random.Random) -> ModelSnapshot:
-    """Campaign and creative weights, so values differ; half the creatives trained, the rest explored."""
-    weights: dict[int, float] = {}
-    counts = ClickCounts()
-    for d in docs:
-        weights[hash_feature("campaign", d["id"])] = rng.gauss(0, 1.2)
-        for cr in d["creatives"]:
-            weights[hash_feature("creative", f"{d['id']}/{cr['id']}")] = rng.gauss(0, 0.8)
-            if rng.random() < 0.5:
-                for k in range(300):
-                    counts.add(d["id"], cr["id"], clicked=k % rng.randint(30, 400) == 0)
-    return ModelSnapshot(1, weights, -4.5, counts)
-
-
 def _world(seed: int) -> BidEngine:
     """Campaigns in four currencies, with deals, CPA goals, pacing and some leases too small for their best bid."""
     rng = random.Random(seed)
@@ -114,7 +98,7 @@ def _world(seed: int) -> BidEngine:
             d["targeting"]["deals"] = sorted(rng.sample(MARKET_DEALS, rng.randint(1, 3)))
             d["targeting"]["deal_only"] = rng.random() < 0.3
     camps = [parse_campaign(d) for d in docs]
-    e = BidEngine(EngineConfig(secret=b"s", explore_below=200, lease_slice=1), camps, _model(docs, rng),
+    e = BidEngine(EngineConfig(secret=b"s", explore_below=200, lease_slice=1), camps, varied_model(docs, rng),
                   sink=lambda *a: None, clock=lambda: NOW, rng=random.Random(seed))
     day = e.campaign_day(None, NOW)
     for c in camps:
