@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,24 +121,27 @@ class CampaignChanges:
 class StateUpdates:
     """Model snapshots and pacing states from their topics, as the engine takes them.
 
-    While the follower catches up (`hold`), only the last valid one of each is kept and `release` applies them:
-    a restarted bidder reads every snapshot the topic still holds, and each would build its scoring tables (tens
-    of milliseconds) only to be replaced by the next.  After that each is applied as it comes.  An unreadable
-    one raises (the follower counts and logs it) and the previous one stays.
+    While the follower catches up (`hold`), only the last ones are kept and `release` applies them: a restarted
+    bidder reads every snapshot the topic still holds (one a second, for up to an hour), and parsing each (about
+    7 ms) and building its scoring tables (tens of milliseconds) would only be replaced by the next.  The last
+    `MODEL_FALLBACKS` snapshots are kept unparsed and tried newest first, so an unreadable last one falls back to
+    the one before.  After that each is applied as it comes; an unreadable one raises (the follower counts and
+    logs it) and the previous one stays.
     """
+
+    MODEL_FALLBACKS = 3
 
     def __init__(self, engine: BidEngine) -> None:
         self.engine = engine
         self.held = False
-        self.model: ModelSnapshot | None = None
+        self.models: deque[bytes] = deque(maxlen=self.MODEL_FALLBACKS)
         self.pacing: dict[str, PacingState] = {}
 
     def on_model(self, key: bytes, value: bytes) -> None:
-        model = ModelSnapshot.from_bytes(value)
         if self.held:
-            self.model = model
+            self.models.append(value)
         else:
-            self.engine.set_model(model)
+            self.engine.set_model(ModelSnapshot.from_bytes(value))
 
     def on_pacing(self, key: bytes, value: bytes) -> None:
         state = _pacing_state(orjson.loads(value))
@@ -154,14 +158,14 @@ class StateUpdates:
         pacing, self.pacing = self.pacing, {}
         for state in pacing.values():
             self.engine.set_pacing(state)
-        model, self.model = self.model, None
-        if model is not None:
+        models = list(self.models)
+        self.models.clear()
+        for raw in reversed(models):
             try:
-                self.engine.set_model(model)
-            except Exception as e:  # tables that cannot be built: the model in force stays
+                self.engine.set_model(ModelSnapshot.from_bytes(raw))
+                return
+            except Exception as e:  # unreadable, or tables that cannot be built: the one before, if any
                 log.warning("model snapshot refused: %s", e)
-
-
 class Warmup:
     """Whether a worker bids yet.  With a broker, not before its followers have read the state topics up to where
     they ended when it started: on half-read state it would bid for paused campaigns, on an old model, and past

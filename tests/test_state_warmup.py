@@ -72,7 +72,7 @@ def test_held_campaign_changes_wait_for_release_and_are_one_rebuild(monkeypatch:
     assert rebuilds == [300]  # nothing new: no rebuild
 
 
-def test_held_model_and_pacing_keep_only_the_last_valid_one_each(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_held_model_and_pacing_apply_only_the_last_one_each(monkeypatch: pytest.MonkeyPatch) -> None:
     e = engine(campaign(id="a"), campaign(id="b"))
     swaps: list[int] = []
     set_model = e.set_model
@@ -82,22 +82,43 @@ def test_held_model_and_pacing_keep_only_the_last_valid_one_each(monkeypatch: py
         set_model(m)
 
     monkeypatch.setattr(e, "set_model", counted)
+    parsed: list[bytes] = []
+    from_bytes = ModelSnapshot.from_bytes
+
+    def parse(raw: bytes) -> ModelSnapshot:
+        parsed.append(raw)
+        return from_bytes(raw)
+
+    monkeypatch.setattr(ModelSnapshot, "from_bytes", parse)
     updates = StateUpdates(e)
     updates.hold()
     for v in range(1, 41):
         updates.on_model(b"ctr", snapshot(v))
-    with pytest.raises(ValueError):
-        updates.on_model(b"ctr", b"not a snapshot")  # the follower counts it; the last valid one stays
     for lam in (0.5, 1.5, 2.5):
         updates.on_pacing(b"a", pacing("a", lam))
     updates.on_pacing(b"b", pacing("b", 0.25))
-    assert swaps == [] and e.model.version == 0 and "a" not in e.pacing
+    assert swaps == [] and parsed == [] and e.model.version == 0 and "a" not in e.pacing
     updates.release()
-    assert swaps == [40] and e.model.version == 40
+    assert swaps == [40] and len(parsed) == 1 and e.model.version == 40  # one snapshot parsed, one set of tables
     assert e.pacing["a"].lam == 2.5 and e.pacing["b"].lam == 0.25
     updates.on_model(b"ctr", snapshot(41))  # caught up: each is applied as it comes
     updates.on_pacing(b"a", pacing("a", 3.0))
     assert swaps == [40, 41] and e.pacing["a"].lam == 3.0
+    with pytest.raises(ValueError):
+        updates.on_model(b"ctr", b"not a snapshot")  # the follower counts it; the model in force stays
+    assert e.model.version == 41
+
+
+def test_an_unreadable_last_snapshot_falls_back_to_the_one_before(caplog: pytest.LogCaptureFixture) -> None:
+    e = engine(campaign(id="a"))
+    updates = StateUpdates(e)
+    updates.hold()
+    for v in (1, 2, 3):
+        updates.on_model(b"ctr", snapshot(v))
+    updates.on_model(b"ctr", b"not a snapshot")
+    updates.release()
+    assert e.model.version == 3
+    assert any("model snapshot refused" in r.getMessage() for r in caplog.records)
 
 
 def test_a_warming_worker_answers_204_warming_until_every_part_is_read() -> None:
