@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,16 @@ def varied_model(docs: list[dict], rng: random.Random) -> ModelSnapshot:
                 for k in range(300):
                     counts.add(d["id"], cr["id"], clicked=k % rng.randint(30, 400) == 0)
     return ModelSnapshot(1, weights, -4.5, counts)
+
+
+def record_calls(monkeypatch: Any, owner: Any, name: str, note: Callable[..., Any]) -> list:
+    """Wrap `owner.name` so each call is still made and `note(*args)` is appended to the returned list first."""
+    calls: list = []
+    real = getattr(owner, name)
+
+    def wrapped(*args: Any) -> Any:
+        calls.append(note(*args))
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return calls

@@ -5,24 +5,17 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bidder.campaigns import Campaign, parse_campaign
+from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.wiring import CampaignChanges
 from models.snapshot import ModelSnapshot
-from tests.helpers import campaign
+from tests.helpers import campaign, record_calls
 
 
 def test_a_fetch_of_changes_is_one_rebuild_and_the_last_message_per_campaign_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = BidEngine(EngineConfig(secret=b"s"), [parse_campaign(campaign(id="kept"))], ModelSnapshot.empty(),
                        sink=lambda *a: None)
-    rebuilds: list[int] = []
-    set_campaigns = engine.set_campaigns
-
-    def counted(camps: list[Campaign]) -> None:
-        rebuilds.append(len(camps))
-        set_campaigns(camps)
-
-    monkeypatch.setattr(engine, "set_campaigns", counted)
+    rebuilds = record_calls(monkeypatch, engine, "set_campaigns", len)
     changes = CampaignChanges(engine)
     for i in range(300):  # a start, or a bulk edit: one batch of many messages
         changes.on_config(b"c%d" % i, orjson.dumps({"campaign": campaign(id=f"c{i}")}))

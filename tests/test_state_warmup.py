@@ -18,14 +18,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bidder.campaigns import Campaign, parse_campaign
+from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.metrics import BidderStats
 from bidder.server import BidApp, start_server
 from bidder.wiring import CampaignChanges, StateUpdates, Warmup
 from models.snapshot import ModelSnapshot
 from tests.conftest import free_port
-from tests.helpers import body, campaign, request
+from tests.helpers import body, campaign, record_calls, request
 from tests.streams_support import create_topics, get_json, http_get, produce, topic, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,14 +51,7 @@ def pacing(camp: str, lam: float) -> bytes:
 
 def test_held_campaign_changes_wait_for_release_and_are_one_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
     e = engine(campaign(id="kept"))
-    rebuilds: list[int] = []
-    upsert = e.upsert_campaigns
-
-    def counted(camps: list[Campaign]) -> None:
-        rebuilds.append(len(camps))
-        upsert(camps)
-
-    monkeypatch.setattr(e, "upsert_campaigns", counted)
+    rebuilds = record_calls(monkeypatch, e, "upsert_campaigns", len)
     changes = CampaignChanges(e)
     changes.hold()
     for batch in range(3):  # a restart reads the topic in several batches
@@ -74,22 +67,8 @@ def test_held_campaign_changes_wait_for_release_and_are_one_rebuild(monkeypatch:
 
 def test_held_model_and_pacing_apply_only_the_last_one_each(monkeypatch: pytest.MonkeyPatch) -> None:
     e = engine(campaign(id="a"), campaign(id="b"))
-    swaps: list[int] = []
-    set_model = e.set_model
-
-    def counted(m: ModelSnapshot) -> None:
-        swaps.append(m.version)
-        set_model(m)
-
-    monkeypatch.setattr(e, "set_model", counted)
-    parsed: list[bytes] = []
-    from_bytes = ModelSnapshot.from_bytes
-
-    def parse(raw: bytes) -> ModelSnapshot:
-        parsed.append(raw)
-        return from_bytes(raw)
-
-    monkeypatch.setattr(ModelSnapshot, "from_bytes", parse)
+    swaps = record_calls(monkeypatch, e, "set_model", lambda m: m.version)
+    parsed = record_calls(monkeypatch, ModelSnapshot, "from_bytes", lambda raw: raw)
     updates = StateUpdates(e)
     updates.hold()
     for v in range(1, 41):
