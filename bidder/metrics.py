@@ -16,7 +16,8 @@ milliseconds, which a serving process cannot spend between bids.  So:
 
 Counters therefore never go down (no false resets in Prometheus) and every
 worker answers the same.  A single process (`--workers 1`) renders its own
-text when scraped.
+text when scraped, in slices between bids (`bidder.slices`): a scrape never
+holds a bid request for longer than one slice.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from bidder.pacing import REGULAR_DAY, DayClock, SpendPlan, day_clock, day_fraction
+from bidder.slices import STEP_ITEMS, Steps, drain, run_sliced
 
 # seconds; resolves 0.25 ms to 50 ms
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
@@ -167,8 +169,14 @@ def _fold(counts: dict, pos: int, keep: dict[str, None] | set[str]) -> None:
 
 def worker_doc(stats: BidderStats, engine: Any, now: float) -> dict[str, Any]:
     """This process's counters and its view of the campaigns: plain values only (marshal-able)."""
+    return drain(worker_doc_steps(stats, engine, now))
+
+
+def worker_doc_steps(stats: BidderStats, engine: Any, now: float) -> Steps[dict[str, Any]]:
+    """`worker_doc` in steps: the counters are copied at once (C-level dict copies, consistent with each other),
+    the per-campaign view a few hundred campaigns at a time."""
     stats.watch(engine, now)
-    return {
+    doc = {
         "pid": os.getpid(), "ts": now,
         "requests": dict(stats.requests), "notices": dict(stats.notices), "delivery": dict(stats.delivery),
         "spend": dict(stats.spend), "pctr": dict(stats.pctr), "engine": dict(getattr(engine, "counters", {})),
@@ -178,8 +186,10 @@ def worker_doc(stats: BidderStats, engine: Any, now: float) -> dict[str, Any]:
                   for cid, lease in list(getattr(engine, "leases", {}).items())},
         "model": (getattr(engine.model, "version", 0), stats.model_swapped),
         "pacing_seen": {cid: ts for cid, (_, ts) in stats._pacing_seen.items()},
-        "campaigns": campaign_gauges(engine),
     }
+    yield
+    doc["campaigns"] = yield from campaign_gauges_steps(engine)
+    return doc
 
 
 def campaign_gauges(engine: Any) -> dict[str, tuple]:
@@ -187,11 +197,18 @@ def campaign_gauges(engine: Any) -> dict[str, tuple]:
 
     Days and plans follow the engine's clock (simulated under a time warp).
     """
+    return drain(campaign_gauges_steps(engine))
+
+
+def campaign_gauges_steps(engine: Any, step: int = STEP_ITEMS) -> Steps[dict[str, tuple]]:
+    """`campaign_gauges`, pausing after every `step` campaigns."""
     sim = engine.clock()
     live = engine.live()
     out = {}
     zones: dict[str, tuple[str, float, int]] = {}  # time zone -> day_fraction now: thousands of campaigns share a few
-    for cid, camp in list(engine.index.campaigns.items()):
+    for i, (cid, camp) in enumerate(list(engine.index.campaigns.items()), 1):
+        if not i % step:
+            yield
         now = zones.get(camp.timezone)
         if now is None:
             now = zones[camp.timezone] = day_fraction(camp.timezone, sim)
@@ -287,6 +304,11 @@ class Family:
 
 def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list[Family]:
     """Every bidder metric from a merged document."""
+    return drain(families_steps(m, now, alive, configured))
+
+
+def families_steps(m: dict[str, Any], now: float, alive: int, configured: int) -> Steps[list[Family]]:
+    """`families`, pausing between the large ones and within the per-campaign counters."""
     fams = [
         Family("streambid_bid_requests", "counter", "Bid requests by exchange, outcome (bid, nobid, error) and reason",
                ("exchange", "outcome", "reason"), [(k, n) for k, n in m["requests"].items()]),
@@ -305,11 +327,14 @@ def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list
     fams.append(Family("streambid_load_shed", "counter", "Requests answered 204 at once because the worker was overloaded",
                        samples=[((), m["shed"])]))
     per_kind: dict[str, list] = {kind: [] for kind in DELIVERY}
-    for (kind, camp, ex), n in m["delivery"].items():
+    for i, ((kind, camp, ex), n) in enumerate(list(m["delivery"].items()), 1):
+        if not i % STEP_ITEMS:
+            yield
         if kind in per_kind:
             per_kind[kind].append(((camp, ex), n))
     for kind, (name, doc) in DELIVERY.items():
         fams.append(Family(name, "counter", f"{doc}, per campaign and exchange", ("campaign", "exchange"), per_kind[kind]))
+    yield
     fams.append(Family("streambid_billed_spend", "counter", "Cost of the billing notices accepted, currency units",
                        ("campaign", "exchange"), [(k, micros / 1e6) for k, micros in m["spend"].items()]))
     fams.append(Family("streambid_bids_pctr", "counter", "Sum of the predicted CTR of the bids answered (divide by bids "
@@ -341,6 +366,7 @@ def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list
                        "currency units", ("campaign",), [((cid,), (g - s - r) / 1e6) for cid, (g, s, r) in m["lease"].items()]))
     camps = m["campaigns"]
     for i, (name, doc) in enumerate(CAMPAIGN_GAUGES):
+        yield
         fams.append(Family(name, "gauge", doc, ("campaign",), [((cid, ), vals[i]) for cid, vals in camps.items()]))
     fams.append(Family("streambid_campaign_pacing_age_seconds", "gauge", "Seconds since the worker published the "
                        "campaign's pacing state the bidder holds (since it arrived, if the state has no publication "
@@ -349,55 +375,94 @@ def families(m: dict[str, Any], now: float, alive: int, configured: int) -> list
     return fams
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+_ESCAPED: dict[object, str] = {}  # label value -> as written: campaign and exchange ids repeat from scrape to scrape
+MAX_ESCAPED = 200_000
+
+
+def _label(value: object) -> str:
+    """A label value escaped for the text format (backslash, newline, double quote)."""
+    text = _ESCAPED.get(value)
+    if text is None:
+        if len(_ESCAPED) >= MAX_ESCAPED:
+            _ESCAPED.clear()
+        text = _ESCAPED[value] = str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return text
 
 
 def _number(v: float) -> str:
-    if isinstance(v, int):
+    if type(v) is int:
         return str(v)
+    if v - v == 0:  # finite
+        return repr(v)
     if v != v:
         return "NaN"
-    if v in (math.inf, -math.inf):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(v)
+    return "+Inf" if v > 0 else "-Inf"
 
 
 def render(fams: list[Family]) -> bytes:
     """The Prometheus text exposition format (0.0.4)."""
-    out: list[str] = []
+    return drain(render_steps(fams))
+
+
+def render_steps(fams: list[Family], step: int = STEP_ITEMS) -> Steps[bytes]:
+    """`render`, pausing every `step` series.  The one- and two-label families (nearly all series) are written
+    by a template per family, each label value escaped once per process."""
+    parts: list[str] = []
     for f in fams:
         name = f.name + "_total" if f.kind == "counter" else f.name
-        out.append(f"# HELP {name} {f.help}\n# TYPE {name} {f.kind}")
+        parts.append(f"# HELP {name} {f.help}\n# TYPE {name} {f.kind}\n")
         if f.kind == "histogram":
-            out.extend(f'{name}_bucket{{le="{le}"}} {_number(n)}' for le, n in f.buckets)
-            out.append(f"{name}_count {_number(f.buckets[-1][1])}\n{name}_sum {_number(f.total)}")
+            parts.extend(f'{name}_bucket{{le="{le}"}} {_number(n)}\n' for le, n in f.buckets)
+            parts.append(f"{name}_count {_number(f.buckets[-1][1])}\n{name}_sum {_number(f.total)}\n")
             continue
-        for values, v in f.samples:
-            if values:
-                labels = ",".join(f'{k}="{_escape(str(x))}"' for k, x in zip(f.labels, values, strict=True))
-                out.append(f"{name}{{{labels}}} {_number(v)}")
-            else:
-                out.append(f"{name} {_number(v)}")
-    out.append("")
-    return "\n".join(out).encode()
+        samples, labels = f.samples, f.labels
+        if not labels:
+            parts.extend(f"{name} {_number(v)}\n" for _, v in samples)
+            continue
+        for i in range(0, len(samples), step):
+            parts.append(_series(name, labels, samples[i:i + step]))
+            yield
+    return "".join(parts).encode()
+
+
+def _series(name: str, labels: tuple[str, ...], samples: list[tuple[tuple[str, ...], float]]) -> str:
+    if len(labels) == 1:
+        head = f'{name}{{{labels[0]}="'
+        return "".join([f'{head}{_label(x[0])}"}} {_number(v)}\n' for x, v in samples])
+    if len(labels) == 2:
+        head, mid = f'{name}{{{labels[0]}="', f'",{labels[1]}="'
+        return "".join([f'{head}{_label(x[0])}{mid}{_label(x[1])}"}} {_number(v)}\n' for x, v in samples])
+    heads = [f'{k}="' for k in labels]
+    return "".join([f"{name}{{" + '",'.join([h + _label(x) for h, x in zip(heads, xs, strict=True)]) + f'"}} {_number(v)}\n'
+                    for xs, v in samples])
 
 
 def exposition(stats: BidderStats, engine: Any) -> bytes:
     """What GET /metrics answers: the pool's text when there is one, else this process rendered now."""
+    return drain(exposition_steps(stats, engine))
+
+
+def exposition_steps(stats: BidderStats, engine: Any) -> Steps[bytes]:
+    """`exposition` in steps, for a serving process to render between bids (`bidder.slices.run_sliced`)."""
     if stats.pool is not None:
         text = stats.pool.rendered()
         if text is not None:
             return text
     now = time.time()
-    return render(families(own_doc(stats, engine, now), now, 1, stats.workers))
+    doc = yield from own_doc_steps(stats, engine, now)
+    fams = yield from families_steps(doc, now, 1, stats.workers)
+    return (yield from render_steps(fams))
 
 
 def own_doc(stats: BidderStats, engine: Any, now: float) -> dict[str, Any]:
     """This process alone, as exposed: its exchange labels capped now, not only at the next once-a-second fold."""
-    m = merge([worker_doc(stats, engine, now)])
-    cap_exchanges(m, stats.exchanges)
-    return m
+    return drain(own_doc_steps(stats, engine, now))
+
+
+def own_doc_steps(stats: BidderStats, engine: Any, now: float) -> Steps[dict[str, Any]]:
+    doc = yield from worker_doc_steps(stats, engine, now)  # its counters are copies: capped in place
+    cap_exchanges(doc, stats.exchanges)
+    return doc
 
 
 class BidderCollector(Collector):
@@ -527,8 +592,9 @@ def start_publishing(stats: BidderStats, engine: Any, pool_dir: Path | None, wor
 async def publish_loop(stats: BidderStats, engine: Any, interval: float = 1.0) -> None:
     """Once a second: fold excess exchange labels, note snapshot swaps, share this worker's counters.
 
-    The document is taken and encoded on the loop (consistent, about a millisecond); the file is written
-    from a thread, so the disk never holds up a bid.
+    The document is taken on the loop in slices between bids (`bidder.slices`: the per-campaign view of
+    thousands of campaigns takes tens of milliseconds) and encoded there (marshal, about a millisecond); the
+    file is written from a thread, so the disk never holds up a bid.
     """
     loop = asyncio.get_running_loop()
     while True:
@@ -537,6 +603,7 @@ async def publish_loop(stats: BidderStats, engine: Any, interval: float = 1.0) -
         stats.fold_exchanges()
         pool = stats.pool
         if pool is not None:
-            await loop.run_in_executor(None, pool.write, pool.encode(worker_doc(stats, engine, now)))
+            doc = await run_sliced(worker_doc_steps(stats, engine, now))
+            await loop.run_in_executor(None, pool.write, pool.encode(doc))
         else:
             stats.watch(engine, now)

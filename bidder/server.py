@@ -44,9 +44,10 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from bidder.engine import BidEngine
-from bidder.metrics import CONTENT_TYPE, BidderCollector, BidderStats, exposition
+from bidder.metrics import CONTENT_TYPE, BidderCollector, BidderStats, exposition, exposition_steps
 from bidder.notices import KINDS
 from bidder.openrtb import BadRequest, parse_request
+from bidder.slices import run_sliced
 
 log = logging.getLogger("streambid.server")
 
@@ -204,6 +205,7 @@ class BidApp:
         self.sweeper: asyncio.Future | None = None
         self._last_internal_log = 0.0
         self.warming: tuple[str, ...] = ()  # what this worker still reads before it bids (bidder.wiring.Warmup)
+        self._page: asyncio.Future[bytes] | None = None  # the /metrics text being rendered between bids
 
     def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"",
             arrived: float = 0.0) -> bytes:
@@ -302,7 +304,16 @@ class BidApp:
         return response(400, orjson.dumps({"error": outcome}))
 
     def metrics(self) -> bytes:
-        return response(200, exposition(self.stats, self.engine), CONTENT_TYPE)  # rendered off the bid path
+        """The /metrics answer rendered at once (where no loop serves bids: tests driving protocols by hand)."""
+        return response(200, exposition(self.stats, self.engine), CONTENT_TYPE)
+
+    def metrics_page(self) -> asyncio.Future[bytes]:
+        """The /metrics text, rendered in slices between bids (with thousands of campaigns it takes tens of
+        milliseconds, longer than a request may wait).  Scrapes arriving meanwhile share the render under way."""
+        page = self._page
+        if page is None or page.done():
+            page = self._page = asyncio.ensure_future(run_sliced(exposition_steps(self.stats, self.engine)))
+        return page
 
     def status(self) -> bytes:
         e = self.engine
@@ -331,6 +342,8 @@ def not_allowed(allow: bytes, body: bytes = b'{"error":"method_not_allowed"}') -
 
 _405_BID = not_allowed(b"POST", b'{"error":"method_not_allowed","detail":"bid requests are POSTed"}')
 _BUSY = response(503, b'{"error":"busy","detail":"too many requests pipelined in one read; send them again"}')
+# from _resource: the answer is the /metrics page, rendered between bids (BidApp.metrics_page); a unique object
+_LATER = bytes(bytearray(b"later"))
 _NO_CODING = response(501, b'{"error":"bad_encoding","detail":"Transfer-Encoding must be chunked alone"}')
 
 
@@ -344,7 +357,7 @@ class BidProtocol(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
                  "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
-                 "coding", "upgrade_body", "rendered", "paused", "in_trailer")
+                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -358,6 +371,7 @@ class BidProtocol(asyncio.Protocol):
         self.budget = MAX_PIPELINED
         self.rendered = MAX_RENDERED
         self.paused = 0.0  # perf_counter when the client stopped reading its answers; 0 while it reads
+        self.held: list[tuple[bytes, bool, bool]] | None = None  # (answer, close, HEAD) behind a page being rendered
         self._reset()
 
     def _reset(self) -> None:
@@ -395,7 +409,7 @@ class BidProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = 0.0
-        if self.transport is not None and not self.transport.is_closing():
+        if self.held is None and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -457,11 +471,14 @@ class BidProtocol(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        if self.app.outbox:  # answers to earlier requests go first
-            self.app.flush()
         out = response(status, body)
         if self.url and self.parser.get_method() == b"HEAD":  # url is set once this message's method is known
             out = head_of(out)
+        if self.held is not None:  # an earlier request's page is still being rendered: this answer follows it
+            self.held.append((out, True, False))
+            return
+        if self.app.outbox:  # answers to earlier requests go first
+            self.app.flush()
         t.write(out)
         if t.can_write_eof():
             t.write_eof()
@@ -557,7 +574,38 @@ class BidProtocol(asyncio.Protocol):
             out = self.app.internal_error(exchange_name(self.url.split(b"?", 1)[0]) if bid_path(self.url) else None, e)
             if parser.get_method() == b"HEAD":
                 out = head_of(out)
-        self.app.send(transport, out, close)
+        if self.held is not None:
+            self.held.append((out, close, parser.get_method() == b"HEAD"))
+        elif out is _LATER:
+            self._hold(self.app.metrics_page(), close, parser.get_method() == b"HEAD")
+        else:
+            self.app.send(transport, out, close)
+
+    def _hold(self, page: asyncio.Future[bytes], close: bool, head: bool) -> None:
+        """Answer with `page` once it is rendered; until then read nothing more from this connection, and queue
+        the answers to what it has already sent behind the page, in order (a page among them is the same text)."""
+        self.held = []
+        if self.transport is not None:
+            self.transport.pause_reading()
+        page.add_done_callback(lambda done: self._release(done, close, head))
+
+    def _release(self, page: asyncio.Future[bytes], close: bool, head: bool) -> None:
+        held, self.held = self.held or [], None
+        t = self.transport
+        if t is None or t.is_closing() or page.cancelled():  # cancelled: the worker is stopping
+            return
+        try:
+            out = response(200, page.result(), CONTENT_TYPE)
+        except Exception as e:  # as in on_message_complete: a bug in rendering must not kill the connection
+            out = self.app.internal_error(None, e)
+        self.app.send(t, head_of(out) if head else out, close)
+        for answer, hang, cut in held:
+            if answer is _LATER:
+                answer = head_of(out) if cut else out
+            self.app.send(t, answer, hang)
+            close = close or hang
+        if not close and not self.paused and not t.is_closing():
+            t.resume_reading()
 
     def _route(self) -> bytes:
         url = self.url
@@ -567,7 +615,7 @@ class BidProtocol(asyncio.Protocol):
             if method != b"POST":
                 return head_of(_405_BID) if method == b"HEAD" else _405_BID
             exchange = exchange_name(url.split(b"?", 1)[0])
-            if self.budget < 0:
+            if self.budget < 0 or self.held is not None:  # behind a page: its answer could only go out late
                 return self.app.shed(exchange)
             if self._coding_refused():
                 self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
@@ -582,7 +630,7 @@ class BidProtocol(asyncio.Protocol):
         if self._coding_refused():
             return _NO_CODING
         out = self._resource(url, method)
-        return head_of(out) if method == b"HEAD" else out
+        return head_of(out) if method == b"HEAD" and out is not _LATER else out
 
     def _coding_refused(self) -> bool:
         """A transfer coding besides chunked: httptools has read the body as chunked alone, so it is not the body."""
@@ -610,7 +658,9 @@ class BidProtocol(asyncio.Protocol):
         self.rendered -= 1
         if self.rendered < 0:  # each page costs milliseconds: a burst of them must not hold the worker
             return _BUSY
-        return self.app.metrics() if path == "/metrics" else self.app.status()
+        if path == "/status":
+            return self.app.status()
+        return _LATER if self.app.loop is not None else self.app.metrics()
 
 
 def hang_up(t: asyncio.BaseTransport) -> None:

@@ -1,0 +1,220 @@
+"""/metrics rendered in slices between bids: the same text, pauses inside it, and a scrape never holding a bid."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+import bidder.server as server_mod
+from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.metrics import BidderStats, Family, exposition_steps, families, render, render_steps
+from bidder.slices import STEP_ITEMS, Steps, drain, run_sliced
+from models.snapshot import ModelSnapshot
+from tests.conftest import free_port
+from tests.helpers import body, campaign, request
+from tests.test_bidder_http import read_response, split
+from tests.test_ops_metrics import NOW, parse
+
+CAMPAIGNS = 600
+
+
+def counting(n: int) -> Steps[int]:
+    for _ in range(n):
+        yield
+    return n
+
+
+def test_drain_runs_the_steps_to_their_result() -> None:
+    assert drain(counting(5)) == 5 and drain(counting(0)) == 0
+
+
+async def test_run_sliced_lets_other_tasks_in_only_between_slices() -> None:
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    before = len(ticks)
+    assert await run_sliced(counting(50), slice_s=0.0) == 50
+    between = len(ticks) - before
+    before = len(ticks)
+    assert await run_sliced(counting(50), slice_s=60.0) == 50
+    at_once = len(ticks) - before
+    task.cancel()
+    assert between >= 50 and at_once == 0
+
+
+def many_app() -> server_mod.BidApp:
+    docs = [campaign(id=f"c{i:04d}", advertiser=f"adv{i}.example") for i in range(CAMPAIGNS)]
+    stats = BidderStats()
+    engine = BidEngine(EngineConfig(secret=b"s", explore_below=0), [parse_campaign(d) for d in docs],
+                       ModelSnapshot.empty(), sink=stats.tap(lambda k, key, ev: None), clock=lambda: NOW)
+    app = server_mod.BidApp(engine, stats)
+    for i in range(20):
+        app.bid(body(request(id=f"r{i}")), False, f"ex{i % 3}", time.perf_counter())
+    return app
+
+
+def without_ages(text: bytes) -> dict:
+    return {k: v for k, v in parse(text).items() if not k[0].endswith("_age_seconds")}
+
+
+def test_the_sliced_page_is_the_page_and_pauses_within_the_campaigns() -> None:
+    app = many_app()
+    steps = exposition_steps(app.stats, app.engine)
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            text = done.value
+            break
+    assert without_ages(text) == without_ages(app.metrics().partition(b"\r\n\r\n")[2])
+    assert sum(1 for line in text.splitlines() if line.startswith(b"streambid_campaign_budget_daily{")) == CAMPAIGNS
+    # eleven per-campaign gauges, each written STEP_ITEMS series at a time, and the campaign view taken in steps too
+    per_family = -(-CAMPAIGNS // STEP_ITEMS)
+    assert pauses >= 11 * per_family + CAMPAIGNS // STEP_ITEMS
+
+
+def test_render_is_the_same_whatever_the_step() -> None:
+    odd = 'a"b\\c\nd'
+    fams = [Family("x", "counter", "help", ("a", "b"), [((f"v{i}", odd), i) for i in range(10)]),
+            Family("y", "gauge", "h", ("a", "b", "c"), [(("1", "2", odd), 0.5), (("3", "4", "5"), float("inf"))]),
+            Family("z", "gauge", "h", ("l",), [((str(i),), -float("inf")) for i in range(7)])]
+    text = render(fams)
+    assert all(drain(render_steps(fams, step)) == text for step in (1, 3, 10, 100))
+    m = parse(text)
+    assert m[("x_total", frozenset({("a", "v3"), ("b", odd)}))] == 3
+    assert m[("y", frozenset({("a", "3"), ("b", "4"), ("c", "5")}))] == float("inf")
+    assert m[("z", frozenset({("l", "6")}))] == -float("inf")
+
+
+def test_families_in_steps_are_the_families() -> None:
+    app = many_app()
+    doc = drain(exposition_steps(app.stats, app.engine))
+    again = render(families(*_doc_args(app)))
+    assert without_ages(doc) == without_ages(again)
+
+
+def _doc_args(app: server_mod.BidApp) -> tuple:
+    from bidder.metrics import own_doc
+    now = time.time()
+    return own_doc(app.stats, app.engine, now), now, 1, app.stats.workers
+
+
+@pytest.fixture()
+async def many() -> object:
+    app = many_app()
+    port = free_port()
+    srv = await server_mod.start_server(app, "127.0.0.1", port)
+    try:
+        yield app, port
+    finally:
+        srv.close()
+        if app.sweeper:
+            app.sweeper.cancel()
+
+
+def each_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render with a pause after every step, so a page takes many loop turns however fast the machine is."""
+    monkeypatch.setattr(server_mod, "run_sliced", lambda steps: run_sliced(steps, slice_s=0.0))
+
+
+async def begun(app: server_mod.BidApp) -> None:
+    """Wait until the worker has begun rendering a page (at most 5 s)."""
+    give_up = time.monotonic() + 5
+    while app._page is None and time.monotonic() < give_up:
+        await asyncio.sleep(0.001)
+    assert app._page is not None, "no page is being rendered"
+
+
+BID = b"POST /bid/exA HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+PAGE = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_a_bid_is_answered_while_a_page_is_rendered(many: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, port = many
+    each_step(monkeypatch)
+    bid = body(request(id="during"))
+    ra, wa = await asyncio.open_connection("127.0.0.1", port)
+    rb, wb = await asyncio.open_connection("127.0.0.1", port)
+    wa.write(PAGE)
+    await wa.drain()
+    await begun(app)
+    wb.write(BID % (len(bid), bid))
+    await wb.drain()
+    order: list[str] = []
+
+    async def read(name: str, r: asyncio.StreamReader) -> bytes:
+        raw = await asyncio.wait_for(read_response(r), 10)
+        order.append(name)
+        return raw
+
+    page, answer = await asyncio.gather(read("page", ra), read("bid", rb))
+    wa.close()
+    wb.close()
+    assert order == ["bid", "page"]
+    assert split(answer)[0] == 200 and orjson.loads(split(answer)[2])["id"] == "during"
+    status, headers, text = split(page)
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert text.count(b"\nstreambid_campaign_budget_daily{") == CAMPAIGNS
+
+
+async def test_requests_behind_a_page_on_its_connection_keep_their_order(many: tuple,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelined behind a page: a bid is shed at once (its answer could only leave after the page), the rest are
+    answered as usual, a second page (here a HEAD) from the first's render.  All in the order they were asked."""
+    app, port = many
+    each_step(monkeypatch)
+    bid = body(request(id="behind"))
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(PAGE + BID % (len(bid), bid) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await w.drain()
+    raw = await asyncio.wait_for(r.read(), 10)
+    w.close()
+    answers = [split(b"HTTP/1.1 " + part) for part in raw.split(b"HTTP/1.1 ")[1:]]
+    assert [status for status, _, _ in answers] == [200, 204, 200, 200]
+    assert answers[1][1]["x-nobid-reason"] == "overload" and answers[2][2] == b'{"ok":true}'
+    page, head = answers[0], answers[3]
+    assert page[2].count(b"\nstreambid_campaign_budget_daily{") == CAMPAIGNS
+    assert head[2] == b"" and head[1]["content-length"] == str(len(page[2]))  # the same render, without content
+    assert app.stats.shed == 1
+
+
+async def test_a_client_gone_before_its_page_breaks_nothing(many: tuple, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    app, port = many
+    each_step(monkeypatch)
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(PAGE)
+    await w.drain()
+    await begun(app)
+    w.transport.abort()
+    await app._page
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(PAGE)
+    await w.drain()
+    status, _, text = split(await asyncio.wait_for(read_response(r), 10))
+    w.close()
+    assert status == 200 and text.count(b"\nstreambid_campaign_budget_daily{") == CAMPAIGNS
+    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_scrapes_during_a_render_share_it(many: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, _ = many
+    each_step(monkeypatch)
+    first, second = app.metrics_page(), app.metrics_page()
+    assert first is second
+    text = await first
+    third = app.metrics_page()
+    assert third is not first and without_ages(await third) == without_ages(text)
