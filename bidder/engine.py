@@ -163,7 +163,11 @@ class BidEngine:
     # -- snapshot swaps (called by adapters) ----------------------------------
 
     def set_campaigns(self, campaigns: list[Campaign]) -> None:
-        self.index = CampaignIndex(campaigns)
+        self.install_index(CampaignIndex(campaigns))
+
+    def install_index(self, index: CampaignIndex) -> None:
+        """Bid with `index` from now on (built or not: an unbuilt one builds on first use)."""
+        self.index = index
         self._stale()
         for cid in [c for c in self._unknown_bills if c in self.index.campaigns]:  # arrived: their events count now
             waiting = self._unknown_bills.pop(cid)
@@ -179,16 +183,25 @@ class BidEngine:
         (a pause, a resume, a budget), each campaign is swapped into the index in place and moved alone into or
         out of the live set; otherwise all of them in one index rebuild, which walks every campaign and is followed
         by new scoring tables: hundreds of milliseconds with thousands of campaigns."""
+        staged = self.stage_campaigns(campaigns)
+        if staged is not None:
+            self.install_index(staged)
+
+    def stage_campaigns(self, campaigns: Iterable[Campaign]) -> CampaignIndex | None:
+        """`upsert_campaigns` in two halves, for a server to build the new index between bids: a change to fields
+        only the live set and the leases read is applied now (None); otherwise the index of every campaign with
+        the changes, not yet built nor installed (`CampaignIndex.build_steps`, then `install_index`).  Changes
+        staged later must start from the installed one: until then they wait."""
         changed = {c.id: c for c in campaigns}
         current = self.index.campaigns
         if all(cid in current and _live_only_change(current[cid], c) for cid, c in changed.items()):
             for campaign in changed.values():
                 self.index.swap(campaign)
                 self._recheck_live(campaign.id)
-            return
+            return None
         camps = dict(current)
         camps.update(changed)
-        self.set_campaigns(list(camps.values()))
+        return CampaignIndex(list(camps.values()))
 
     def set_model(self, model: ModelSnapshot) -> None:
         """Builds the new model's scoring tables now, once a bidder is scoring: a swap is milliseconds of work, and

@@ -28,6 +28,7 @@ from bidder.campaigns import Campaign, Creative
 from bidder.frequency import FrequencyStore
 from bidder.native import NativeRequest, native_adm, native_fills
 from bidder.openrtb import BidRequest, Imp, Media
+from bidder.slices import Steps, drain
 
 Candidate = tuple[Campaign, Creative]
 Deal = tuple[str, float, str, "int | None"]
@@ -139,7 +140,11 @@ class CampaignIndex:
         self._built = False  # the sets are built on first use: a burst of config changes rebuilds nothing
 
     def _build(self) -> None:
-        self._built = True
+        drain(self.build_steps())
+
+    def build_steps(self) -> Steps[None]:
+        """Build the sets, in steps: a serving process builds a new index between bids (`bidder.slices`) before
+        it replaces the one it bids with, so thousands of campaigns cost no request a long pause."""
         camps = [c for c, _ in self.slots]
         ts = [c.targeting for c in camps]
         self.slot_campaign = [c.id for c in camps]
@@ -147,25 +152,41 @@ class CampaignIndex:
         for i, cid in enumerate(self.slot_campaign):
             by_campaign.setdefault(cid, []).append(i)
         self._campaign_slots = {k: np.array(v, dtype=np.intp) for k, v in by_campaign.items()}
+        yield
         self._campaign_bits = {k: _bits_of(v) for k, v in by_campaign.items()}
+        yield
         self._active = _bits_of(i for i, c in enumerate(camps) if c.active)
+        yield
         self._media = _members(_size_keys(cr.kind, cr.w, cr.h) for _, cr in self.slots)
+        yield
         self._kind = _members((cr.kind,) for _, cr in self.slots)
+        yield
         self._country = _Dimension([t.countries for t in ts])
+        yield
         self._region = _Dimension([t.regions for t in ts])
+        yield
         self._city = _Dimension([t.cities for t in ts])
+        yield
         self._device = _Dimension([t.device_types for t in ts])
+        yield
         self._os = _Dimension([t.os for t in ts])
+        yield
         self._domain = _Dimension([t.domains for t in ts])
+        yield
         self._category = _Dimension([t.categories for t in ts])
+        yield
         self._currency = _members((c.currency,) for c in camps)
+        yield
         self._advertiser = _members((c.advertiser.lower(),) for c in camps)  # badv is read in lower case
+        yield
         player = [cr.kind in ("video", "audio") for _, cr in self.slots]
         self._mime = _members(cr.mimes if v else () for v, (_, cr) in zip(player, self.slots, strict=True))
         self._any_mime = _bits_of(i for i, (v, (_, cr)) in enumerate(zip(player, self.slots, strict=True))
                                   if not v or not cr.mimes)
+        yield
         self._video_mime_bits: dict[tuple[str, ...], int] = {}
         self._of_kind = {k: [i for i, (_, cr) in enumerate(self.slots) if cr.kind == k] for k in ("video", "audio", "native")}
+        yield
         self._play_bits: dict[tuple, int] = {}
         self._natives: dict[str, int] = {}  # native request key -> the native slots that can answer it
         self._native_fills: dict[tuple[int, str], tuple] = {}  # (slot, request key) -> which asset fills which
@@ -174,9 +195,11 @@ class CampaignIndex:
         self._all = (1 << self.n) - 1
         # a blocked IAB1 blocks IAB1 and IAB1-2: each creative category is listed under itself and its parent
         self._blocks = _members({x for c in cr.cats for x in (c, c.split("-", 1)[0])} for _, cr in self.slots)
+        yield
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
         self._deal_targets = _members(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
+        yield
         self.caps = {c.id: (c.freq_per_hour, c.freq_per_day) for c in camps if c.freq_per_hour or c.freq_per_day}
         self._capped = _bits_of(i for i, c in enumerate(camps) if c.id in self.caps)
         self._live_key: object = None
@@ -185,6 +208,7 @@ class CampaignIndex:
         self._req_bits: dict[tuple, int] = {}
         self._counts_memo: dict[int, dict[str, int]] = {}
         self._blocked: dict[tuple[int, frozenset[str]], int] = {}
+        self._built = True
 
     def __len__(self) -> int:
         return len(self.campaigns)

@@ -45,6 +45,8 @@ from bidder.notice_relay import NoticeRelay
 from bidder.notices import KINDS, Notice
 from bidder.pacing import MAX_LAMBDA, PacingState
 from bidder.server import BidApp, response, start_server
+from bidder.slices import run_sliced
+from bidder.targeting import CampaignIndex
 from models.snapshot import ModelSnapshot
 
 log = logging.getLogger("streambid.serve")
@@ -89,12 +91,17 @@ class CampaignChanges:
     calls `apply` once the batch is handed over.  While the follower catches up (`hold`) they wait for `release`,
     so a start is one rebuild however many batches it reads.  A message that sets no valid campaign is skipped:
     the worker dead-letters it, and the previous valid config stays in force.
+
+    Serving, a rebuild builds the new index between bids (`bidder.slices`) while the worker bids with the old
+    one, and installs it when done: with thousands of campaigns the build takes a hundred milliseconds and more,
+    longer than a request may wait.  Changes arriving meanwhile wait for it, then go in the next.
     """
 
     def __init__(self, engine: BidEngine) -> None:
         self.engine = engine
         self.pending: dict[str, Campaign] = {}  # by id: a later message for the same campaign replaces an earlier one
         self.held = False
+        self.building: asyncio.Task | None = None  # the index being built between bids
 
     def on_config(self, key: bytes, value: bytes | None) -> None:
         try:
@@ -103,19 +110,48 @@ class CampaignChanges:
             return
         self.pending[camp.id] = camp
 
-    def apply(self) -> None:
-        """The changes collected so far, in one rebuild (and the engine prepared), unless held."""
-        if self.pending and not self.held:
-            self.engine.upsert_campaigns(list(self.pending.values()))
-            self.pending.clear()
+    def apply(self, at_once: bool = False) -> None:
+        """The changes collected so far, in one rebuild (and the engine prepared), unless held or one is under way.
+
+        `at_once`, or with no event loop running: built here and now rather than between bids."""
+        if not self.pending or self.held or self.building is not None:
+            return
+        staged = self.engine.stage_campaigns(list(self.pending.values()))
+        self.pending.clear()
+        if staged is None:  # a pause, resume or budget: applied in place
             self.engine.prepare()
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            at_once = True
+        if at_once:
+            self._install(staged)
+        else:
+            self.building = asyncio.ensure_future(self._build(staged))
+
+    async def _build(self, staged: CampaignIndex) -> None:
+        try:
+            await run_sliced(staged.build_steps())
+            self._install(staged)
+        except Exception:  # a bug must not stop the worker following its config: the old campaigns stay in force
+            log.exception("building the campaign index failed; bidding on the previous campaigns")
+        finally:
+            self.building = None
+        self.apply()  # what arrived while it was built
+
+    def _install(self, staged: CampaignIndex) -> None:
+        self.engine.install_index(staged)
+        self.engine.prepare()
 
     def hold(self) -> None:
         self.held = True
 
     def release(self) -> None:
+        """Caught up: apply what was held, at once (the worker answers `warming` until this returns, so it never
+        bids on an index still being built)."""
         self.held = False
-        self.apply()
+        self.apply(at_once=True)
 
 
 class StateUpdates:

@@ -51,7 +51,7 @@ def pacing(camp: str, lam: float) -> bytes:
 
 def test_held_campaign_changes_wait_for_release_and_are_one_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
     e = engine(campaign(id="kept"))
-    rebuilds = record_calls(monkeypatch, e, "upsert_campaigns", len)
+    rebuilds = record_calls(monkeypatch, e, "stage_campaigns", len)
     changes = CampaignChanges(e)
     changes.hold()
     for batch in range(3):  # a restart reads the topic in several batches
