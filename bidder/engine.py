@@ -33,6 +33,7 @@ from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import SlotTables
+from bidder.slices import Steps
 from bidder.targeting import CampaignIndex, Eligible
 from models.features import candidate_features, request_features
 from models.snapshot import ModelSnapshot
@@ -165,15 +166,42 @@ class BidEngine:
     def set_campaigns(self, campaigns: list[Campaign]) -> None:
         self.install_index(CampaignIndex(campaigns))
 
-    def install_index(self, index: CampaignIndex) -> None:
-        """Bid with `index` from now on (built or not: an unbuilt one builds on first use)."""
+    def install_index(self, index: CampaignIndex, tables: SlotTables | None = None) -> None:
+        """Bid with `index` from now on (built or not: an unbuilt one builds on first use), and with `tables`, its
+        scoring tables built aside (`tables_steps`), unless the model changed meanwhile."""
         self.index = index
         self._stale()
+        if tables is not None and tables.index is index and tables.model is self.model:
+            self._take(tables)
         for cid in [c for c in self._unknown_bills if c in self.index.campaigns]:  # arrived: their events count now
             waiting = self._unknown_bills.pop(cid)
             self._unknown_count -= len(waiting)
             for event in waiting:
                 self.count_billed(event)
+
+    def tables_steps(self, index: CampaignIndex | None = None, model: ModelSnapshot | None = None) -> Steps[SlotTables]:
+        """Scoring tables for `index` and `model` (by default the engine's own), built aside in steps with their
+        draws, for a server to build between bids; `install_index` or `install_model` then bids with them."""
+        return SlotTables.build_steps(index or self.index, model or self.model, self.cfg.explore_below, self.pacing,
+                                      self.rng, self._tables)
+
+    def install_model(self, tables: SlotTables) -> None:
+        """Bid with the model `tables` were built for, and with them.  If the index changed meanwhile they are
+        the old index's: the model's tables are built again, now (`set_model`)."""
+        if tables.index is self.index and tables.explore_below == self.cfg.explore_below:
+            self.model = tables.model
+            self._take(tables)
+        else:
+            self.set_model(tables.model)
+
+    def _take(self, tables: SlotTables) -> None:
+        consts = tables.consts
+        if self._tables is None or consts is not self._tables.consts:  # built aside: fold in the pacing since
+            seen = consts.paced
+            for cid, state in list(self.pacing.items()):
+                if seen.get(cid) is not state:
+                    consts.set_campaign_pacing(state)
+        self._tables = tables
 
     def upsert_campaign(self, campaign: Campaign) -> None:
         self.upsert_campaigns([campaign])

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bidder.pacing import PacingState, conversion_rate
+from bidder.slices import STEP_ITEMS, Steps, drain
 from bidder.targeting import CampaignIndex
 from models.conversion import DEFAULT_CVR
 from models.features import HASH_MASK, crc_shifter, cross_prefix_crc, hash_cross, hash_feature
@@ -46,6 +47,7 @@ _MIN_SHAPE = 1e-9  # Beta shapes are floored here, as models.exploration.thompso
 _ROUNDING = 1.0 + 1e-9  # covers float rounding (and numpy's exp against math.exp), so the bound is never a hair under
 _CLIP = 30.0  # as ModelSnapshot.predict
 _LONGEST_DOMAIN = 256  # longer domains (bytes) get their cross ids one by one
+STEP_SLOTS = STEP_ITEMS  # slots between two pauses of a build in steps
 POOL = 64  # Thompson draws kept ready per exploring slot
 ALPHA, BETA = range(2)  # columns of SlotTables.table
 
@@ -59,11 +61,24 @@ class SlotConstants:
     """
 
     __slots__ = ("index", "unit", "per_conversion", "max_bid", "scale", "ceiling", "campaign_fids", "creative_fids",
-                 "creative_names", "domain_crc", "_domain_shift", "_hour_fids", "_previous")
+                 "creative_names", "domain_crc", "_domain_shift", "_hour_fids", "_previous", "paced")
 
     def __init__(self, index: CampaignIndex, pacing: dict[str, PacingState], previous: SlotConstants | None = None) -> None:
         """`previous`: the constants of the index this one replaces.  A campaign change keeps most creatives, and
         their per-hour and per-domain-length ids are then a gather from it rather than a hash per creative."""
+        drain(self._build_steps(index, pacing, previous))
+
+    @classmethod
+    def build_steps(cls, index: CampaignIndex, pacing: dict[str, PacingState],
+                    previous: SlotConstants | None = None) -> Steps[SlotConstants]:
+        """The constants in steps, for a server to build between bids.  The pacing states are those of when
+        it began (`paced`): the caller folds in those that arrived since."""
+        consts = cls.__new__(cls)
+        yield from consts._build_steps(index, pacing, previous)
+        return consts
+
+    def _build_steps(self, index: CampaignIndex, pacing: dict[str, PacingState],
+                     previous: SlotConstants | None) -> Steps[None]:
         self.index = index
         slots = index.slots
         n = len(slots)
@@ -76,12 +91,18 @@ class SlotConstants:
         self.max_bid = np.fromiter((c.max_bid_cpm for c in camps), dtype=np.float64, count=n)
         self.scale = np.zeros(n)
         self.ceiling = np.zeros(n)
-        self.set_pacing(pacing)
+        yield
+        self.paced = dict(pacing)
+        self.set_pacing(self.paced)
+        yield
         names = self.creative_names = [f"{c.id}/{cr.id}" for c, cr in slots]  # as models.features.candidate_features
         self.campaign_fids = np.fromiter((hash_feature("campaign", c.id) for c in camps), dtype=np.intp, count=n)
+        yield
         self.creative_fids = np.fromiter((hash_feature("creative", name) for name in names), dtype=np.intp, count=n)
+        yield
         self.domain_crc = np.fromiter((cross_prefix_crc("creative", name, "domain") for name in names), dtype=np.uint32,
                                       count=n)
+        yield
         self._domain_shift: dict[int, np.ndarray] = {}  # domain length -> per slot prefix CRC carried over that many bytes
         self._hour_fids: dict[int, np.ndarray] = {}  # hour -> per slot creative x hour feature id
         self._previous: tuple | None = None
@@ -158,27 +179,49 @@ class SlotTables:
 
     __slots__ = ("index", "model", "explore_below", "consts", "table", "explore", "explore_bits", "any_explore", "gen",
                  "weights", "_fixed", "_neg_lam", "_neg_off", "_by_hour", "_pool", "_next", "_row_start", "_calls")
+    consts: SlotConstants
 
     def __init__(self, index: CampaignIndex, model: ModelSnapshot, explore_below: int, pacing: dict[str, PacingState],
                  rng: random.Random, previous: SlotTables | None = None) -> None:
         """`previous`: the tables these replace; over the same index its constants are kept, `pacing` already in them."""
+        drain(self._build_steps(index, model, explore_below, pacing, rng, previous))
+
+    @classmethod
+    def build_steps(cls, index: CampaignIndex, model: ModelSnapshot, explore_below: int, pacing: dict[str, PacingState],
+                    rng: random.Random, previous: SlotTables | None = None) -> Steps[SlotTables]:
+        """The tables in steps, their draws filled: for a server to build between bids, then swap in whole
+        (a model swap, a new index).  Over a new index the constants hold the pacing states of when it began
+        (`SlotConstants.paced`): whoever swaps the tables in folds in those that arrived since."""
+        tables = cls.__new__(cls)
+        yield from tables._build_steps(index, model, explore_below, pacing, rng, previous)
+        yield from tables._refill_steps()
+        return tables
+
+    def _build_steps(self, index: CampaignIndex, model: ModelSnapshot, explore_below: int,
+                     pacing: dict[str, PacingState], rng: random.Random, previous: SlotTables | None) -> Steps[None]:
         self.index, self.model, self.explore_below = index, model, explore_below
-        if previous is None:
-            self.consts = SlotConstants(index, pacing)
+        consts: SlotConstants
+        if previous is not None and previous.index is index:
+            consts = previous.consts
         else:
-            self.consts = previous.consts if previous.index is index else SlotConstants(index, pacing, previous.consts)
+            consts = yield from SlotConstants.build_steps(index, pacing, previous.consts if previous else None)
+        self.consts = consts
         n = index.n
+        slots = index.slots
         table = self.table = np.ones((n, 2))  # the exploration posterior: ALPHA, BETA
+        self.explore = np.zeros(n, dtype=bool)
         if explore_below > 0:
-            self.explore = np.fromiter((model.creative_impressions(c.id, cr.id) < explore_below for c, cr in index.slots),
-                                       dtype=bool, count=n)
-        else:
-            self.explore = np.zeros(n, dtype=bool)
+            for lo in range(0, n, STEP_SLOTS):
+                hi = min(lo + STEP_SLOTS, n)
+                self.explore[lo:hi] = np.fromiter((model.creative_impressions(c.id, cr.id) < explore_below
+                                                   for c, cr in slots[lo:hi]), dtype=bool, count=hi - lo)
+                yield
         rows = np.flatnonzero(self.explore)
-        if len(rows):
-            slots = index.slots
-            shapes = [model.creative_beta(slots[i][0].id, slots[i][1].id) for i in rows.tolist()]
-            table[rows] = np.maximum(np.array(shapes, dtype=np.float64), _MIN_SHAPE)
+        for lo in range(0, len(rows), STEP_SLOTS):
+            part = rows[lo:lo + STEP_SLOTS]
+            shapes = [model.creative_beta(slots[i][0].id, slots[i][1].id) for i in part.tolist()]
+            table[part] = np.maximum(np.array(shapes, dtype=np.float64), _MIN_SHAPE)
+            yield
         self.any_explore = bool(self.explore.any())
         self.explore_bits = int.from_bytes(np.packbits(self.explore, bitorder="little").tobytes(), "little")
         self.gen = np.random.default_rng(rng.getrandbits(64))
@@ -186,7 +229,9 @@ class SlotTables:
         self._row_start = np.arange(n, dtype=np.intp) * POOL
         self._next = self._row_start + POOL  # per slot, the position of its next unused draw; the row's end: none left
         self._calls = POOL // 2  # so the first call fills every exploring slot's pool
+        yield
         self._model_columns(model)
+        yield
 
     @property
     def scale(self) -> np.ndarray:
@@ -299,11 +344,18 @@ class SlotTables:
             self._refill()
 
     def _refill(self) -> None:
+        drain(self._refill_steps(len(self._next)))
+
+    def _refill_steps(self, step: int = STEP_SLOTS) -> Steps[None]:
+        """`_refill` a few hundred slots at a time: the draws come from the generator in the same order."""
         self._calls = 0
         rows = np.flatnonzero(self.explore & (self._next - self._row_start >= POOL // 2))
-        fresh = self._beta(np.repeat(self.table[rows], POOL, axis=0))
-        self._pool.reshape(-1, POOL)[rows] = fresh.reshape(len(rows), POOL)
-        self._next[rows] = self._row_start[rows]
+        for lo in range(0, len(rows), step):
+            part = rows[lo:lo + step]
+            fresh = self._beta(np.repeat(self.table[part], POOL, axis=0))
+            self._pool.reshape(-1, POOL)[part] = fresh.reshape(len(part), POOL)
+            self._next[part] = self._row_start[part]
+            yield
 
     def explore_all(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pCTR, price bound) per slot when every one of them explores: one gather, pooled draws, one bound."""

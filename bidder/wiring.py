@@ -133,7 +133,9 @@ class CampaignChanges:
     async def _build(self, staged: CampaignIndex) -> None:
         try:
             await run_sliced(staged.build_steps())
-            self._install(staged)
+            tables = await run_sliced(self.engine.tables_steps(index=staged))
+            self.engine.install_index(staged, tables)
+            self.engine.prepare()  # the live set; the tables too, if a model came meanwhile
         except Exception:  # a bug must not stop the worker following its config: the old campaigns stay in force
             log.exception("building the campaign index failed; bidding on the previous campaigns")
         finally:
@@ -163,6 +165,10 @@ class StateUpdates:
     `MODEL_FALLBACKS` snapshots are kept unparsed and tried newest first, so an unreadable last one falls back to
     the one before.  After that each is applied as it comes; an unreadable one raises (the follower counts and
     logs it) and the previous one stays.
+
+    Serving, a model's scoring tables are built between bids (`bidder.slices`: tens of milliseconds with
+    thousands of creatives, once a second or so) while the worker bids with the previous model, which it keeps
+    if they cannot be built.  Models arriving meanwhile: the last one is built next.
     """
 
     MODEL_FALLBACKS = 3
@@ -172,12 +178,32 @@ class StateUpdates:
         self.held = False
         self.models: deque[bytes] = deque(maxlen=self.MODEL_FALLBACKS)
         self.pacing: dict[str, PacingState] = {}
+        self.next_model: ModelSnapshot | None = None
+        self.building: asyncio.Task | None = None  # the tables of a model being built between bids
 
     def on_model(self, key: bytes, value: bytes) -> None:
         if self.held:
             self.models.append(value)
-        else:
-            self.engine.set_model(ModelSnapshot.from_bytes(value))
+            return
+        model = ModelSnapshot.from_bytes(value)  # unreadable: raises, the follower counts and logs it
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.engine.set_model(model)
+            return
+        self.next_model = model
+        if self.building is None:
+            self.building = asyncio.ensure_future(self._build_models())
+
+    async def _build_models(self) -> None:
+        while self.next_model is not None:
+            model, self.next_model = self.next_model, None
+            try:
+                tables = await run_sliced(self.engine.tables_steps(model=model))
+                self.engine.install_model(tables)
+            except Exception as e:  # tables that cannot be built: the model in force stays
+                log.warning("model snapshot refused: %s", e)
+        self.building = None
 
     def on_pacing(self, key: bytes, value: bytes) -> None:
         state = _pacing_state(orjson.loads(value))
@@ -191,6 +217,9 @@ class StateUpdates:
 
     def release(self) -> None:
         self.held = False
+        if self.building is not None:  # a model read before the hold: the held ones are newer
+            self.building.cancel()
+            self.building, self.next_model = None, None
         pacing, self.pacing = self.pacing, {}
         for state in pacing.values():
             self.engine.set_pacing(state)

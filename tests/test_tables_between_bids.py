@@ -1,0 +1,174 @@
+"""Scoring tables built aside in steps (a model swap, a new index): the same tables, pacing that came meanwhile
+folded in, and a serving worker bidding with the previous model until the new one's tables are ready."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+import pytest
+
+from bidder import wiring
+from bidder.campaigns import parse_campaign
+from bidder.engine import BidEngine, EngineConfig
+from bidder.pacing import PacingState
+from bidder.scoring import STEP_SLOTS, SlotTables
+from bidder.slices import drain, run_sliced
+from bidder.wiring import StateUpdates
+from models.snapshot import ModelSnapshot
+from tests.helpers import campaign, varied_model
+
+N = 300
+
+
+def docs() -> list[dict]:
+    out = []
+    for i in range(N):
+        creatives = [{"id": f"cr{k}", "w": 300, "h": 250, "adm": "<a/>"} for k in range(1 + i % 3)]
+        out.append(campaign(id=f"c{i:03d}", creatives=creatives))
+    return out
+
+
+def make_engine(seed: int = 7) -> tuple[BidEngine, list[dict]]:
+    d = docs()
+    engine = BidEngine(EngineConfig(secret=b"s", explore_below=200), [parse_campaign(x) for x in d],
+                       varied_model(d, random.Random(seed)), sink=lambda *a: None, rng=random.Random(1))
+    engine.prepare()
+    return engine, d
+
+
+def model(d: list[dict], version: int) -> ModelSnapshot:
+    m = varied_model(d, random.Random(version))
+    m.version = version
+    return m
+
+
+def tables_of(engine: BidEngine) -> SlotTables:
+    assert engine._tables is not None
+    return engine._tables
+
+
+ARRAYS = ("table", "explore", "_fixed", "_neg_lam", "_neg_off", "_pool", "_next")
+
+
+def test_tables_in_steps_are_the_tables_at_once() -> None:
+    engine, d = make_engine()
+    m = model(d, 2)
+    at_once = SlotTables(engine.index, m, 200, engine.pacing, random.Random(5), engine._tables)
+    at_once.fill_draws()
+    steps, pauses = SlotTables.build_steps(engine.index, m, 200, engine.pacing, random.Random(5), engine._tables), 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            in_steps = done.value
+            break
+    for name in ARRAYS:
+        assert np.array_equal(getattr(at_once, name), getattr(in_steps, name)), name
+    assert in_steps.consts is tables_of(engine).consts  # same index: the constants are shared, not rebuilt
+    assert 0 < at_once.explore.sum() < engine.index.n  # some creatives explore, some are trained
+    assert pauses >= engine.index.n // STEP_SLOTS
+
+
+def test_a_new_index_folds_in_the_pacing_that_came_while_its_tables_were_built() -> None:
+    engine, _ = make_engine()
+    engine.set_pacing(PacingState(campaign="c005", day="2026-12-07", lam=0.5, spent_today=0, budget_today=10**9,
+                                  exhausted=False))
+    staged = engine.stage_campaigns([parse_campaign(campaign(id="new", targeting={"countries": ["FRA"]}))])
+    assert staged is not None
+    drain(staged.build_steps())
+    steps = engine.tables_steps(index=staged)
+    for _ in range(3):
+        next(steps)  # the constants have read the pacing states by now
+    late = PacingState(campaign="c005", day="2026-12-07", lam=3.0, spent_today=0, budget_today=10**9, exhausted=False)
+    engine.set_pacing(late)
+    tables = drain(steps)
+    engine.install_index(staged, tables)
+    assert engine._tables is tables
+    fresh = SlotTables(staged, engine.model, 200, engine.pacing, random.Random(1))
+    slots = staged.slots_of("c005")
+    assert np.array_equal(tables.consts.scale[slots], fresh.consts.scale[slots])
+    assert np.array_equal(tables.consts.scale, fresh.consts.scale)
+
+
+def test_a_model_arriving_after_the_index_changed_is_built_again_for_the_new_one() -> None:
+    engine, d = make_engine()
+    tables = drain(engine.tables_steps(model=model(d, 3)))
+    engine.upsert_campaigns([parse_campaign(campaign(id="extra"))])
+    engine.install_model(tables)
+    assert engine.model is tables.model and engine._tables is not tables
+    assert tables_of(engine).index is engine.index and tables_of(engine).model is engine.model
+
+
+async def wait_built(updates: StateUpdates) -> int:
+    give_up, turns = time.monotonic() + 10, 0
+    while updates.building is not None and time.monotonic() < give_up:
+        turns += 1
+        await asyncio.sleep(0)
+    assert updates.building is None, "the model was never built"
+    return turns
+
+
+async def test_a_serving_worker_bids_with_the_old_model_until_the_new_tables_are_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wiring, "run_sliced", lambda steps: run_sliced(steps, slice_s=0.0))  # a pause at every step
+    engine, d = make_engine()
+    old = engine.model
+    versions = []
+    real = engine.install_model
+
+    def noted(tables: SlotTables) -> None:
+        versions.append(tables.model.version)
+        real(tables)
+
+    engine.install_model = noted  # type: ignore[method-assign]
+    updates = StateUpdates(engine)
+    updates.on_model(b"ctr", model(d, 2).to_bytes())
+    assert engine.model is old and updates.building is not None  # built between bids, not now
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert engine.model is old and updates.building is not None  # still building: bids go on with the old model
+    updates.on_model(b"ctr", model(d, 3).to_bytes())  # two more while it builds: only the last is built next
+    updates.on_model(b"ctr", model(d, 4).to_bytes())
+    assert await wait_built(updates) >= 2
+    assert versions == [2, 4] and engine.model.version == 4
+    assert tables_of(engine).model is engine.model and tables_of(engine).index is engine.index
+
+
+async def test_a_model_whose_tables_fail_leaves_the_one_in_force(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    engine, d = make_engine()
+    old = engine.model
+    real = engine.tables_steps
+
+    def broken(**kw: object) -> object:
+        yield
+        raise ValueError("bad tables")
+
+    monkeypatch.setattr(engine, "tables_steps", broken)
+    updates = StateUpdates(engine)
+    updates.on_model(b"ctr", model(d, 2).to_bytes())
+    await wait_built(updates)
+    assert engine.model is old and "model snapshot refused: bad tables" in caplog.text
+    monkeypatch.setattr(engine, "tables_steps", real)
+    updates.on_model(b"ctr", model(d, 3).to_bytes())
+    await wait_built(updates)
+    assert engine.model.version == 3
+
+
+async def test_catching_up_drops_a_model_still_being_built() -> None:
+    """A reconnect holds updates while a model read before it is still being built: the held ones are newer,
+    so release applies the last of them and the one in flight is never installed."""
+    engine, d = make_engine()
+    updates = StateUpdates(engine)
+    updates.on_model(b"ctr", model(d, 2).to_bytes())
+    updates.hold()
+    updates.on_model(b"ctr", model(d, 5).to_bytes())
+    updates.release()
+    assert engine.model.version == 5
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert engine.model.version == 5 and updates.building is None
