@@ -230,8 +230,7 @@ class SlotTables:
         self._next = self._row_start + POOL  # per slot, the position of its next unused draw; the row's end: none left
         self._calls = POOL // 2  # so the first call fills every exploring slot's pool
         yield
-        self._model_columns(model)
-        yield
+        yield from self._model_columns(model)
 
     @property
     def scale(self) -> np.ndarray:
@@ -248,16 +247,20 @@ class SlotTables:
     def set_campaign_pacing(self, state: PacingState) -> None:
         self.consts.set_campaign_pacing(state)
 
-    def _model_columns(self, model: ModelSnapshot) -> None:
+    def _model_columns(self, model: ModelSnapshot) -> Steps[None]:
         """Per slot, what ModelSnapshot.predict looks up per candidate, folded into as few columns as possible."""
         slots = self.index.slots
         n = len(slots)
         consts = self.consts
         self.weights = w = model.dense_weights()
+        yield
         self._fixed = w[consts.campaign_fids] + w[consts.creative_fids]
         # predict: s = a * (lam * z + offset) + c, clipped, then 1 / (1 + exp(-s)); kept here as -s = neg_lam * z + neg_off
         a, c = model.calibration
-        blends = [model.blend_for(cp.id, cr.id) for cp, cr in slots]
+        blends: list[tuple[float, float]] = []
+        for lo in range(0, n, STEP_SLOTS * 4):
+            blends.extend(model.blend_for(cp.id, cr.id) for cp, cr in slots[lo:lo + STEP_SLOTS * 4])
+            yield
         self._neg_lam = -a * np.fromiter((b[0] for b in blends), dtype=np.float64, count=n)
         self._neg_off = -(a * np.fromiter((b[1] for b in blends), dtype=np.float64, count=n) + c)
         self._by_hour: dict[int, np.ndarray] = {}  # hour -> per slot fixed weights + its creative x hour weight

@@ -166,9 +166,10 @@ class StateUpdates:
     the one before.  After that each is applied as it comes; an unreadable one raises (the follower counts and
     logs it) and the previous one stays.
 
-    Serving, a model's scoring tables are built between bids (`bidder.slices`: tens of milliseconds with
-    thousands of creatives, once a second or so) while the worker bids with the previous model, which it keeps
-    if they cannot be built.  Models arriving meanwhile: the last one is built next.
+    Serving, a model is decoded and its scoring tables built between bids (`bidder.slices`: tens of
+    milliseconds with thousands of creatives, once a second or so) while the worker bids with the previous
+    model, which it keeps if the new one cannot be read or its tables built.  Of the models arriving meanwhile,
+    the last one is taken next.
     """
 
     MODEL_FALLBACKS = 3
@@ -178,30 +179,32 @@ class StateUpdates:
         self.held = False
         self.models: deque[bytes] = deque(maxlen=self.MODEL_FALLBACKS)
         self.pacing: dict[str, PacingState] = {}
-        self.next_model: ModelSnapshot | None = None
+        self.next_model: bytes | None = None
+        self.refused = 0  # models not taken while serving: unreadable, or tables that cannot be built
         self.building: asyncio.Task | None = None  # the tables of a model being built between bids
 
     def on_model(self, key: bytes, value: bytes) -> None:
         if self.held:
             self.models.append(value)
             return
-        model = ModelSnapshot.from_bytes(value)  # unreadable: raises, the follower counts and logs it
         try:
             asyncio.get_running_loop()
-        except RuntimeError:
-            self.engine.set_model(model)
+        except RuntimeError:  # unreadable: raises, the follower counts and logs it
+            self.engine.set_model(ModelSnapshot.from_bytes(value))
             return
-        self.next_model = model
+        self.next_model = value
         if self.building is None:
             self.building = asyncio.ensure_future(self._build_models())
 
     async def _build_models(self) -> None:
         while self.next_model is not None:
-            model, self.next_model = self.next_model, None
+            raw, self.next_model = self.next_model, None
             try:
+                model = await run_sliced(ModelSnapshot.from_bytes_steps(raw))
                 tables = await run_sliced(self.engine.tables_steps(model=model))
                 self.engine.install_model(tables)
-            except Exception as e:  # tables that cannot be built: the model in force stays
+            except Exception as e:  # unreadable, or tables that cannot be built: the model in force stays
+                self.refused += 1
                 log.warning("model snapshot refused: %s", e)
         self.building = None
 
@@ -298,7 +301,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
                        clock=clock_from_env())
     app = BidApp(engine, stats, worker=str(index), shed_after_ms=opts.shed_ms)
     start_publishing(stats, engine, opts.metrics_dir, opts.workers)
-    producer = follower = grants = relay = billed = None
+    producer = follower = grants = relay = billed = updates = None
     tasks: list[asyncio.Task] = []
     if opts.relay_dir is not None:  # N > 1 workers: each one's notices are counted by the worker whose bid it is
         relay = NoticeRelay(opts.relay_dir, engine.cfg.bidder_id, app.notice,  # a sibling's handover: as if it landed here
@@ -361,6 +364,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         doc["events"] = {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
                          "replayed": producer.replayed, "failed": producer.failed, "kafka_connected": producer.connected}
         doc["state_messages"] = follower.applied if follower else 0
+        doc["models_refused"] = updates.refused if updates else 0  # unreadable, or tables that could not be built
         doc["warming"] = list(app.warming)
         doc["behind"] = {"state": follower.behind if follower else None, "billing": billed.behind if billed else None}
         if leases is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from bidder.slices import Steps, drain
 from models.calibration import logit
 
 CreativeKey = tuple[str, str]  # (campaign id, creative id): creative ids are unique only within a campaign
@@ -40,6 +41,8 @@ class PriorConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+DECODE_STEP = 1024  # items between two pauses of a decode in steps (a few milliseconds at most)
 
 class ClickCounts:
     """Clicks and impressions, globally, per campaign and per (campaign, creative)."""
@@ -99,12 +102,18 @@ class ClickCounts:
     def blends(self) -> dict[CreativeKey, tuple[float, float]]:
         """`blend` of every creative counted, with the global and campaign rates computed once rather than once per
         creative (a model snapshot needs them all each time it is loaded).  The same arithmetic, so the same bits."""
+        return drain(self.blends_steps())
+
+    def blends_steps(self, step: int = DECODE_STEP) -> Steps[dict[CreativeKey, tuple[float, float]]]:
+        """`blends`, pausing every `step` creatives."""
         cfg = self.config
         g = self.global_rate()
         k, strength, blend_imps = cfg.campaign_strength, cfg.creative_strength, cfg.blend_impressions
         rates: dict[str, float] = {}
         out: dict[CreativeKey, tuple[float, float]] = {}
-        for key, (clicks, imps) in self.creatives.items():
+        for i, (key, (clicks, imps)) in enumerate(list(self.creatives.items()), 1):
+            if not i % step:
+                yield
             m = rates.get(key[0])
             if m is None:
                 c_clicks, c_imps = self.campaigns.get(key[0], (0, 0))
@@ -128,10 +137,22 @@ class ClickCounts:
     @classmethod
     def from_dict(cls, d: dict) -> ClickCounts:
         """ValueError for counts no learner could have made (clicks above impressions, negatives, non-integers)."""
+        return drain(cls.from_dict_steps(d))
+
+    @classmethod
+    def from_dict_steps(cls, d: dict, step: int = DECODE_STEP) -> Steps[ClickCounts]:
+        """`from_dict`, pausing every `step` campaigns or creatives (`models.snapshot.ModelSnapshot.from_bytes_steps`)."""
         counts = cls(PriorConfig(**d["config"]))
         counts.clicks, counts.impressions = _clicks_and_impressions(d["clicks"], d["impressions"])
-        counts.campaigns = {str(k): list(_clicks_and_impressions(c, i)) for k, c, i in d["campaigns"]}
-        counts.creatives = {(str(k), str(r)): list(_clicks_and_impressions(c, i)) for k, r, c, i in d["creatives"]}
+        rows = d["campaigns"]
+        for lo in range(0, len(rows), step):
+            counts.campaigns.update((str(k), list(_clicks_and_impressions(c, i))) for k, c, i in rows[lo:lo + step])
+            yield
+        rows = d["creatives"]
+        for lo in range(0, len(rows), step):
+            counts.creatives.update(((str(k), str(r)), list(_clicks_and_impressions(c, i)))
+                                    for k, r, c, i in rows[lo:lo + step])
+            yield
         return counts
 
     def copy(self) -> ClickCounts:

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from bidder.slices import Steps, drain
 from models.calibration import logit
 from models.features import HASH_MASK
-from models.prior import ClickCounts, CreativeKey, PriorConfig
+from models.prior import DECODE_STEP, ClickCounts, CreativeKey, PriorConfig
 
 FORMAT = 1
 _CLIP = 30.0
@@ -49,7 +50,9 @@ class ModelSnapshot:
         calibration: tuple[float, float] = (1.0, 0.0),
         logit_shift: float = 0.0,
         n_seen: int = 0,
+        blends: dict[CreativeKey, tuple[float, float]] | None = None,
     ) -> None:
+        """`blends`: `counts.blends()`, when the caller has them already (`from_dict_steps` computes them in steps)."""
         self.version = version
         self.n_seen = n_seen
         self.weights = weights
@@ -57,7 +60,7 @@ class ModelSnapshot:
         self.counts = counts
         self.calibration = calibration
         self.logit_shift = logit_shift  # the learner's fixed offset: logit(prior CTR) + log(negative rate)
-        self._blend: dict[CreativeKey, tuple[float, float]] = counts.blends()
+        self._blend: dict[CreativeKey, tuple[float, float]] = counts.blends() if blends is None else blends
         self._campaign_blend = {c: (0.0, logit(counts.campaign_rate(c))) for c in counts.campaigns}
         self._default_blend = (0.0, logit(counts.global_rate()))
         self._dense: np.ndarray | None = None
@@ -161,28 +164,40 @@ class ModelSnapshot:
     def from_dict(cls, d: dict) -> ModelSnapshot:
         """ValueError naming the problem for a snapshot a bidder must not score with: a foreign format, feature ids
         outside the hash space, a number that is not finite, impossible counts."""
+        return drain(cls.from_dict_steps(d))
+
+    @classmethod
+    def from_dict_steps(cls, d: dict, step: int = DECODE_STEP) -> Steps[ModelSnapshot]:
+        """`from_dict`, pausing every `step` weights or counts: with thousands of campaigns a model takes tens of
+        milliseconds to check and build, and a bidder decodes one about every second, between bids."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ValueError(f"unsupported model snapshot format {d.get('format') if isinstance(d, dict) else d!r}")
         try:
             ids, ws = d["ids"], d["weights"]
             if len(ids) != len(ws):
                 raise ValueError("mismatched ids and weights")
-            if not all(type(i) is int and 0 <= i <= HASH_MASK for i in ids):
-                raise ValueError(f"a feature id outside 0..{HASH_MASK}")
             a, b = d["calibration"]
-            numbers = [*ws, d["bias"], a, b, d["logit_shift"]]
-            if not all(type(x) in (int, float) and math.isfinite(x) for x in numbers):
-                raise ValueError("a weight, the bias, the calibration or the logit shift is not a finite number")
-            if not all(-MAX_TERM <= x <= MAX_TERM for x in numbers):
-                raise ValueError(f"a weight, the bias, the calibration or the logit shift is beyond ±{MAX_TERM:g}")
+            others = [d["bias"], a, b, d["logit_shift"]]
+            weights: dict[int, float] = {}
+            for lo in range(0, len(ids), step):
+                part_ids, part_ws = ids[lo:lo + step], ws[lo:lo + step]
+                if not all(type(i) is int and 0 <= i <= HASH_MASK for i in part_ids):
+                    raise ValueError(f"a feature id outside 0..{HASH_MASK}")
+                _check_numbers(part_ws)
+                weights.update(zip(part_ids, map(float, part_ws), strict=True))
+                yield
+            _check_numbers(others)
+            counts = yield from ClickCounts.from_dict_steps(d["counts"], step)
+            blends = yield from counts.blends_steps(step)
             return cls(
                 version=int(d["version"]),
-                weights={i: float(w) for i, w in zip(ids, ws, strict=True)},
+                weights=weights,
                 bias=float(d["bias"]),
-                counts=ClickCounts.from_dict(d["counts"]),
+                counts=counts,
                 calibration=(float(a), float(b)),
                 logit_shift=float(d["logit_shift"]),
                 n_seen=int(d["n_seen"]),
+                blends=blends,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not a usable model snapshot: {e}") from None
@@ -192,11 +207,17 @@ class ModelSnapshot:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelSnapshot:
+        return drain(cls.from_bytes_steps(data))
+
+    @classmethod
+    def from_bytes_steps(cls, data: bytes) -> Steps[ModelSnapshot]:
+        """`from_bytes` in steps (`bidder.slices`); the decompression and the JSON parse are one step."""
         try:
             doc = orjson.loads(zlib.decompress(data))
         except (zlib.error, orjson.JSONDecodeError) as e:
             raise ValueError(f"not a model snapshot (zlib-compressed JSON): {e}") from None
-        return cls.from_dict(doc)
+        yield
+        return (yield from cls.from_dict_steps(doc))
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename) so a reader never loads half a model."""
@@ -212,3 +233,10 @@ class ModelSnapshot:
     def __repr__(self) -> str:
         return f"ModelSnapshot(version={self.version}, n_seen={self.n_seen}, weights={len(self.weights)})"
 
+
+def _check_numbers(xs: Sequence[object]) -> None:
+    """Every weight and term a bidder adds up: a finite number within ±MAX_TERM."""
+    if not all(type(x) in (int, float) and math.isfinite(x) for x in xs):  # type: ignore[arg-type]
+        raise ValueError("a weight, the bias, the calibration or the logit shift is not a finite number")
+    if not all(-MAX_TERM <= x <= MAX_TERM for x in xs):  # type: ignore[operator]
+        raise ValueError(f"a weight, the bias, the calibration or the logit shift is beyond ±{MAX_TERM:g}")

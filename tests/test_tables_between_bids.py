@@ -17,6 +17,7 @@ from bidder.pacing import PacingState
 from bidder.scoring import STEP_SLOTS, SlotTables
 from bidder.slices import drain, run_sliced
 from bidder.wiring import StateUpdates
+from models.prior import DECODE_STEP
 from models.snapshot import ModelSnapshot
 from tests.helpers import campaign, varied_model
 
@@ -172,3 +173,51 @@ async def test_catching_up_drops_a_model_still_being_built() -> None:
     for _ in range(200):
         await asyncio.sleep(0)
     assert engine.model.version == 5 and updates.building is None
+
+
+def test_a_model_decoded_in_steps_is_the_model() -> None:
+    _, d = make_engine()
+    m = model(d, 6)
+    raw = m.to_bytes()
+    steps, pauses = ModelSnapshot.from_bytes_steps(raw), 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            decoded = done.value
+            break
+    assert decoded.to_dict() == ModelSnapshot.from_bytes(raw).to_dict() == m.to_dict()
+    doc = m.to_dict()
+    assert pauses >= 1 + len(doc["ids"]) // DECODE_STEP + 2 * (len(doc["counts"]["creatives"]) // DECODE_STEP)
+    small = list(ModelSnapshot.from_dict_steps(doc, step=10))
+    assert len(small) >= len(doc["ids"]) // 10  # the step bounds the work between two pauses
+
+
+@pytest.mark.parametrize("change", [{"weights": "last"}, {"ids": "last"}, {"counts": "creative"}])
+def test_a_bad_model_decoded_in_steps_is_refused_as_at_once(change: dict) -> None:
+    _, d = make_engine()
+    doc = model(d, 6).to_dict()
+    if "weights" in change:
+        doc["weights"][-1] = float("inf")
+    elif "ids" in change:
+        doc["ids"][-1] = -5
+    else:
+        doc["counts"]["creatives"][-1][2] = 10**9  # clicks above impressions
+    with pytest.raises(ValueError) as at_once:
+        ModelSnapshot.from_dict(doc)
+    with pytest.raises(ValueError) as in_steps:
+        drain(ModelSnapshot.from_dict_steps(doc, step=7))
+    assert str(at_once.value) == str(in_steps.value) and "not a usable model snapshot" in str(in_steps.value)
+
+
+async def test_an_unreadable_model_is_counted_and_the_one_in_force_stays(caplog: pytest.LogCaptureFixture) -> None:
+    engine, d = make_engine()
+    old = engine.model
+    updates = StateUpdates(engine)
+    updates.on_model(b"ctr", b"not a snapshot")  # decoded between bids: nothing raised here
+    await wait_built(updates)
+    assert engine.model is old and updates.refused == 1 and "model snapshot refused" in caplog.text
+    updates.on_model(b"ctr", model(d, 7).to_bytes())
+    await wait_built(updates)
+    assert engine.model.version == 7 and updates.refused == 1
