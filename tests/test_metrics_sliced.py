@@ -218,3 +218,18 @@ async def test_scrapes_during_a_render_share_it(many: tuple, monkeypatch: pytest
     text = await first
     third = app.metrics_page()
     assert third is not first and without_ages(await third) == without_ages(text)
+
+
+async def test_bad_http_behind_a_page_is_answered_after_it(many: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection cannot be trusted past bad HTTP: its 400 goes out after the page it follows, then it closes."""
+    _, port = many
+    each_step(monkeypatch)
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(PAGE + b"BREW /coffee HTCPCP/1.0\r\n\r\n")
+    await w.drain()
+    raw = await asyncio.wait_for(r.read(), 10)  # read to the hang-up
+    w.close()
+    answers = [split(b"HTTP/1.1 " + part) for part in raw.split(b"HTTP/1.1 ")[1:]]
+    assert [status for status, _, _ in answers] == [200, 400]
+    assert answers[0][2].count(b"\nstreambid_campaign_budget_daily{") == CAMPAIGNS
+    assert answers[1][2] == b'{"error":"bad_http"}'
