@@ -179,11 +179,14 @@ class BidEngine:
             for event in waiting:
                 self.count_billed(event)
 
-    def tables_steps(self, index: CampaignIndex | None = None, model: ModelSnapshot | None = None) -> Steps[SlotTables]:
+    def tables_steps(self, index: CampaignIndex | None = None, model: ModelSnapshot | None = None,
+                     previous: SlotTables | None = None) -> Steps[SlotTables]:
         """Scoring tables for `index` and `model` (by default the engine's own), built aside in steps with their
-        draws, for a server to build between bids; `install_index` or `install_model` then bids with them."""
+        draws, for a server to build between bids; `install_index` or `install_model` then bids with them.
+        Tables over the same index as `previous` (by default the engine's) keep its constants: only the model's
+        weights are gathered."""
         return SlotTables.build_steps(index or self.index, model or self.model, self.cfg.explore_below, self.pacing,
-                                      self.rng, self._tables)
+                                      self.rng, previous or self._tables)
 
     def install_model(self, tables: SlotTables) -> None:
         """Bid with the model `tables` were built for, and with them.  If the index changed meanwhile they are

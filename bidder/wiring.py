@@ -51,6 +51,10 @@ from models.snapshot import ModelSnapshot
 
 log = logging.getLogger("streambid.serve")
 
+# tables built between bids that a swap meanwhile made stale (a model during a campaign change, or an index during a
+# model swap) are gathered again between bids this many times; then the engine builds them at once when installing
+CATCH_UP_BUILDS = 3
+
 
 @dataclass(slots=True)
 class ServeOptions:
@@ -94,7 +98,8 @@ class CampaignChanges:
 
     Serving, a rebuild builds the new index between bids (`bidder.slices`) while the worker bids with the old
     one, and installs it when done: with thousands of campaigns the build takes a hundred milliseconds and more,
-    longer than a request may wait.  Changes arriving meanwhile wait for it, then go in the next.
+    longer than a request may wait.  Changes arriving meanwhile wait for it, then go in the next.  A model
+    installed meanwhile is gathered into the new index's tables between bids too (`CATCH_UP_BUILDS`).
     """
 
     def __init__(self, engine: BidEngine) -> None:
@@ -133,8 +138,14 @@ class CampaignChanges:
     async def _build(self, staged: CampaignIndex) -> None:
         try:
             await run_sliced(staged.build_steps())
-            tables = await run_sliced(self.engine.tables_steps(index=staged))
-            self.engine.install_index(staged, tables)
+            engine = self.engine
+            tables = await run_sliced(engine.tables_steps(index=staged))
+            for _ in range(CATCH_UP_BUILDS):
+                if tables.model is engine.model:
+                    break
+                # a model came while they were built: the same constants with its weights, again between bids
+                tables = await run_sliced(engine.tables_steps(index=staged, previous=tables))
+            engine.install_index(staged, tables)
             self.engine.prepare()  # the live set; the tables too, if a model came meanwhile
         except Exception:  # a bug must not stop the worker following its config: the old campaigns stay in force
             log.exception("building the campaign index failed; bidding on the previous campaigns")
@@ -169,7 +180,7 @@ class StateUpdates:
     Serving, a model is decoded and its scoring tables built between bids (`bidder.slices`: tens of
     milliseconds with thousands of creatives, once a second or so) while the worker bids with the previous
     model, which it keeps if the new one cannot be read or its tables built.  Of the models arriving meanwhile,
-    the last one is taken next.
+    the last one is taken next.  A campaign change installed meanwhile is caught up with between bids too.
     """
 
     MODEL_FALLBACKS = 3
@@ -202,6 +213,11 @@ class StateUpdates:
             try:
                 model = await run_sliced(ModelSnapshot.from_bytes_steps(raw))
                 tables = await run_sliced(self.engine.tables_steps(model=model))
+                for _ in range(CATCH_UP_BUILDS):
+                    if tables.index is self.engine.index:
+                        break
+                    # a campaign change was installed meanwhile: this model's weights over its constants
+                    tables = await run_sliced(self.engine.tables_steps(model=model))
                 self.engine.install_model(tables)
             except Exception as e:  # unreadable, or tables that cannot be built: the model in force stays
                 self.refused += 1

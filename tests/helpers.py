@@ -117,13 +117,13 @@ def varied_model(docs: list[dict], rng: random.Random) -> ModelSnapshot:
 
 
 def record_calls(monkeypatch: Any, owner: Any, name: str, note: Callable[..., Any]) -> list:
-    """Wrap `owner.name` so each call is still made and `note(*args)` is appended to the returned list first."""
+    """Wrap `owner.name` so each call is still made and `note(*args, **kw)` is appended to the returned list first."""
     calls: list = []
     real = getattr(owner, name)
 
-    def wrapped(*args: Any) -> Any:
-        calls.append(note(*args))
-        return real(*args)
+    def wrapped(*args: Any, **kw: Any) -> Any:
+        calls.append(note(*args, **kw))
+        return real(*args, **kw)
 
     monkeypatch.setattr(owner, name, wrapped)
     return calls

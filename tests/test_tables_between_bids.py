@@ -8,6 +8,7 @@ import random
 import time
 
 import numpy as np
+import orjson
 import pytest
 
 from bidder import wiring
@@ -19,7 +20,7 @@ from bidder.slices import drain, run_sliced
 from bidder.wiring import StateUpdates
 from models.prior import DECODE_STEP
 from models.snapshot import ModelSnapshot
-from tests.helpers import campaign, varied_model
+from tests.helpers import campaign, record_calls, varied_model
 
 N = 300
 
@@ -137,6 +138,72 @@ async def test_a_serving_worker_bids_with_the_old_model_until_the_new_tables_are
     assert await wait_built(updates) >= 2
     assert versions == [2, 4] and engine.model.version == 4
     assert tables_of(engine).model is engine.model and tables_of(engine).index is engine.index
+
+
+def built_at_once(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every SlotTables built at once, in one go on the event loop (tables built in steps do not call __init__)."""
+    calls: list = []
+    real = SlotTables.__init__
+
+    def counted(self: SlotTables, *args: object, **kw: object) -> None:
+        calls.append(args[0])
+        real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SlotTables, "__init__", counted)
+    return calls
+
+
+async def turns_until(done: object, what: str) -> None:
+    give_up = time.monotonic() + 10
+    while not done() and time.monotonic() < give_up:  # type: ignore[operator]
+        await asyncio.sleep(0)
+    assert done(), what  # type: ignore[operator]
+
+
+async def test_a_model_installed_during_a_campaign_change_is_gathered_between_bids_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wiring, "run_sliced", lambda steps: run_sliced(steps, slice_s=0.0))
+    engine, d = make_engine()
+    at_once = built_at_once(monkeypatch)
+    changes = wiring.CampaignChanges(engine)
+    builds = record_calls(monkeypatch, engine, "tables_steps", lambda **kw: kw)
+    changes.on_config(b"c001", orjson.dumps({"campaign": campaign(id="c001", targeting={"countries": ["FRA"]})}))
+    changes.apply()
+    await turns_until(lambda: builds, "the new index's tables were never begun")
+    await asyncio.sleep(0)
+    assert changes.building is not None  # into the tables of the new index, with the model in force then
+    newer = model(d, 8)
+    engine.install_model(drain(engine.tables_steps(model=newer)))  # a model swap finishes meanwhile
+    assert engine.model is newer
+    await turns_until(lambda: changes.building is None, "the change was never installed")
+    assert engine.index.campaigns["c001"].targeting.countries == {"FRA"}
+    assert tables_of(engine).index is engine.index and tables_of(engine).model is newer
+    assert at_once == []  # neither the new index's tables nor the model's were built in one go
+    ours = [kw for kw in builds if "index" in kw]  # the change's builds, not the test's own model swap
+    assert len(ours) == 2 and ours[1]["previous"].index is engine.index  # the second kept the constants
+    fresh = SlotTables(engine.index, newer, 200, engine.pacing, random.Random(1))
+    assert np.array_equal(tables_of(engine).explore, fresh.explore)
+    assert np.array_equal(tables_of(engine).consts.creative_fids, fresh.consts.creative_fids)
+
+
+async def test_a_campaign_change_installed_during_a_model_swap_is_gathered_between_bids_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wiring, "run_sliced", lambda steps: run_sliced(steps, slice_s=0.0))
+    engine, d = make_engine()
+    updates = StateUpdates(engine)
+    builds = record_calls(monkeypatch, engine, "tables_steps", lambda **kw: kw)
+    updates.on_model(b"ctr", model(d, 9).to_bytes())
+    await turns_until(lambda: builds, "the model's tables were never begun")
+    await asyncio.sleep(0)
+    assert updates.building is not None and engine.model.version != 9  # into its tables over the old index
+    engine.upsert_campaigns([parse_campaign(campaign(id="extra"))])  # installed (and its tables built) meanwhile
+    engine.prepare()
+    at_once = built_at_once(monkeypatch)
+    await wait_built(updates)
+    assert engine.model.version == 9 and "extra" in engine.index.campaigns
+    assert tables_of(engine).index is engine.index and tables_of(engine).model is engine.model
+    assert at_once == [] and len(builds) == 2
+    assert tables_of(engine).explore[engine.index.slots_of("extra")].all()  # the new campaign, scored by this model
 
 
 async def test_a_model_whose_tables_fail_leaves_the_one_in_force(monkeypatch: pytest.MonkeyPatch,
