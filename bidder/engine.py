@@ -112,16 +112,20 @@ def _live_only_change(old: Campaign, new: Campaign) -> bool:
 
 
 def _shaded_alike(req: BidRequest, el: Eligible) -> bool:
-    """Whether every candidate is priced by the same first-price shading: one floor, no deal (so no deal's own
-    auction type), and one currency (so one landscape).  Then the shaded price never falls as the paced value rises
-    (`bidder.pricing.shade_first_price`): no candidate whose paced value is at most the best's can outbid it.
+    """Whether every candidate is priced by the same first-price shading: first price for all (the request's
+    auction, and each deal's own when it states one) and one currency (so one landscape).  Then the shaded price
+    never falls as the paced value or the floor rises (`bidder.pricing.shade_first_price`): no candidate whose paced
+    value and floor are both at most the best's can outbid it.
 
     The index lets a candidate bid only in a currency the request allows, and on a floored impression (no deal
     taken) only in the floor's currency: either pins one currency.
     """
+    if req.at != AUCTION_FIRST_PRICE:
+        return False
+    if el.deals:
+        return len(req.cur) <= 1 and all(not d[3] or d[3] == AUCTION_FIRST_PRICE for d in el.deals.values())
     floors = el.floors
-    return (req.at == AUCTION_FIRST_PRICE and not el.deals and isinstance(floors, int)
-            and (len(req.cur) <= 1 or floors > 0))
+    return len(req.cur) <= 1 or (isinstance(floors, int) and floors > 0)
 
 
 class BidEngine:
@@ -475,7 +479,10 @@ class BidEngine:
                 if alike and landscape is not None:  # the paced value bid_price shaded
                     v = paced_value(value, lam, camp.max_bid_cpm)
                     if v < landscape.monotone_below:
-                        best_value = v
+                        if isinstance(floors, int):
+                            best_value = v
+                        else:  # a higher floor can shade to more: only those with no higher floor are outbid
+                            bound[(bound <= v) & (floors <= floor)] = -1
                 best = (camp, cr, price, deal[0] if deal else "", p, lam, floor, cand, int(slots[j]))
         if best is None:
             return None, reason
