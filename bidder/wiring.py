@@ -146,7 +146,7 @@ class CampaignChanges:
                 # a model came while they were built: the same constants with its weights, again between bids
                 tables = await run_sliced(engine.tables_steps(index=staged, previous=tables))
             engine.install_index(staged, tables)
-            self.engine.prepare()  # the live set; the tables too, if a model came meanwhile
+            engine.prepare()  # the live set; the tables too, if models kept coming
         except Exception:  # a bug must not stop the worker following its config: the old campaigns stay in force
             log.exception("building the campaign index failed; bidding on the previous campaigns")
         finally:
