@@ -30,7 +30,7 @@ from bidder.lease import BudgetLease
 from bidder.notices import Notice, NoticeError, notice_urls, verify_notice
 from bidder.openrtb import AUCTION_FIRST_PRICE, BidRequest, Imp
 from bidder.pacing import PacingState, conversion_rate
-from bidder.pricing import bid_price, impression_value_cpm, paced_value
+from bidder.pricing import bid_price, impression_value_cpm, paced_value, shade_first_price
 from bidder.privacy import restriction
 from bidder.scoring import SlotTables
 from bidder.slices import Steps
@@ -111,21 +111,37 @@ def _live_only_change(old: Campaign, new: Campaign) -> bool:
     return replace(new, **{f: getattr(old, f) for f in LIVE_ONLY_FIELDS}) == old
 
 
-def _shaded_alike(req: BidRequest, el: Eligible) -> bool:
-    """Whether every candidate is priced by the same first-price shading: first price for all (the request's
-    auction, and each deal's own when it states one) and one currency (so one landscape).  Then the shaded price
-    never falls as the paced value or the floor rises (`bidder.pricing.shade_first_price`): no candidate whose paced
-    value and floor are both at most the best's can outbid it.
+def _one_currency(req: BidRequest, el: Eligible) -> bool:
+    """Whether every candidate bids in one currency, so one landscape shades them all.
 
     The index lets a candidate bid only in a currency the request allows, and on a floored impression (no deal
     taken) only in the floor's currency: either pins one currency.
     """
-    if req.at != AUCTION_FIRST_PRICE:
-        return False
-    if el.deals:
-        return len(req.cur) <= 1 and all(not d[3] or d[3] == AUCTION_FIRST_PRICE for d in el.deals.values())
-    floors = el.floors
-    return len(req.cur) <= 1 or (isinstance(floors, int) and floors > 0)
+    return len(req.cur) <= 1 or (not el.deals and isinstance(el.floors, int) and el.floors > 0)
+
+
+def _shaded_alike(req: BidRequest, el: Eligible) -> bool:
+    """Whether every candidate is priced by the same first-price shading: first price for all (the request's
+    auction, and each deal's own when it states one) and one currency.  Then the shaded price never falls as the
+    paced value or the floor rises (`bidder.pricing.shade_first_price`): no candidate whose paced value and floor
+    are both at most the best's can outbid it."""
+    return (req.at == AUCTION_FIRST_PRICE and _one_currency(req, el)
+            and all(not d[3] or d[3] == AUCTION_FIRST_PRICE for d in el.deals.values()))
+
+
+def _first_priced(req: BidRequest, el: Eligible, n: int) -> np.ndarray:
+    """Per candidate, whether it is priced in a first-price auction: its deal's own type, else the request's."""
+    first = np.full(n, req.at == AUCTION_FIRST_PRICE)
+    for pos, d in el.deals.items():
+        if d[3]:
+            first[pos] = d[3] == AUCTION_FIRST_PRICE
+    return first
+
+
+def _shades_below(top: float, floor: int, price: int, landscape: WinRateModel) -> bool:
+    """Whether a first-priced candidate whose paced value is at most `top` bids no more than `price` on `floor`:
+    shading never bids less for a higher value (below `monotone_below`), so its bound's shaded price caps it."""
+    return top < landscape.monotone_below and (top < floor or shade_first_price(int(top), floor, landscape) <= price)
 
 
 class BidEngine:
@@ -443,6 +459,8 @@ class BidEngine:
             low = 0
         shading = self._shading
         alike = _shaded_alike(req, el) if shading else False
+        one_currency = bool(shading) and _one_currency(req, el)
+        first: np.ndarray | None = None  # per candidate, first-priced or not: built when first needed
         best, best_price, best_value, reason = None, 0, 0, _RANK["below_floor"]
         while True:
             j = int(bound.argmax())
@@ -458,6 +476,14 @@ class BidEngine:
             pace = self.pacing.get(camp.id)
             lam = pace.lam if pace is not None else 0.0
             at = deal[3] if deal and deal[3] else req.at
+            if best is not None and at == AUCTION_FIRST_PRICE and shading:
+                land = shading.get(camp.currency)
+                if land is not None and _shades_below(top, floor, best_price, land):
+                    if one_currency:  # and so does every first-priced candidate left on this floor, bounded lower
+                        if first is None:
+                            first = _first_priced(req, el, len(slots))
+                        bound[(bound <= top) & (floors == floor) & first] = -1
+                    continue
             cand = None
             if req_feats and (explore is None or not explore[j]):  # the price takes the model's own pCTR; the array's ordered
                 cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)

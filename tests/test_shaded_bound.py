@@ -168,6 +168,7 @@ def _compare(monkeypatch: pytest.MonkeyPatch, seed: int, requests: Iterator[byte
         before = priced[0]
         with monkeypatch.context() as m:
             m.setattr(bidder.engine, "_shaded_alike", lambda *a: False)
+            m.setattr(bidder.engine, "_shades_below", lambda *a: False)
             want = _bids(unpruned.bid(req, "x", math.inf))
         row[1] += priced[0] - before
         assert got == want, raw
@@ -182,6 +183,10 @@ def test_the_engine_picks_what_pricing_every_candidate_would_and_prices_fewer(mo
     n_pruned, n_unpruned, shaded = (a + b for a, b in zip(out["open"], out["deals"], strict=True))
     assert shaded > 300  # many first-price bids were shaded and compared
     assert n_pruned < 0.6 * n_unpruned, (n_pruned, n_unpruned)
+    # deals of every auction type side by side: a best that outbids a first-priced candidate's shaded bound prunes it
+    # (0.14-0.19 of the candidates here; 0.35-0.50 pruning only candidates shaded alike)
+    pruned, unpruned, _ = out["deals"]
+    assert pruned < 0.3 * unpruned, (pruned, unpruned)
 
 
 @pytest.mark.parametrize("seed", [3, 4])
@@ -248,3 +253,26 @@ def test_a_lease_refused_best_does_not_prune() -> None:
     e.grant("rich", day, 1)
     e.grant("poor", day, 10**9)
     assert _pick(e, request(at=1))[0][1] == "poor"
+
+
+def test_a_best_above_a_shaded_bound_prunes_every_candidate_on_that_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed-price deal beside first-price open bidders (so no common shading): once a best price is at least what
+    the top open bidder's bound shades to on the impression's floor, no open bidder left is priced; the deal is."""
+    priced = [0]
+
+    def counted(*args, **kwargs) -> int:
+        priced[0] += 1
+        return bid_price(*args, **kwargs)
+
+    monkeypatch.setattr(bidder.engine, "bid_price", counted)
+    land = WinRateModel.from_prices(range(100_000, 5_000_001, 10_000))
+    camps = [campaign(id=f"open{i:02d}", goal={"type": "cpc", "value_per_click": 100_000, "max_bid_cpm": 4.0})
+             for i in range(20)]
+    camps.append(campaign(id="deal", goal={"type": "cpc", "value_per_click": 100_000, "max_bid_cpm": 3.0},
+                          targeting={"countries": ["USA"], "deals": ["d1"]}))
+    doc = request(at=1)
+    doc["imp"][0]["bidfloor"] = 1.02
+    doc["imp"][0]["pmp"] = {"private_auction": 0, "deals": [{"id": "d1", "bidfloor": 2.24, "bidfloorcur": "USD", "at": 3}]}
+    assert shade_first_price(4_000_000, 1_020_000, land) < 2_240_000  # an open bidder's best shades under the deal
+    assert _pick(_engine(camps, land), doc)[0][1:] == ("deal", "cr1", 2.24, "d1")
+    assert priced[0] == 2  # the first open bidder and the deal, not the other nineteen
