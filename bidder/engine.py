@@ -476,14 +476,14 @@ class BidEngine:
             pace = self.pacing.get(camp.id)
             lam = pace.lam if pace is not None else 0.0
             at = deal[3] if deal and deal[3] else req.at
-            if best is not None and at == AUCTION_FIRST_PRICE and shading:
-                land = shading.get(camp.currency)
-                if land is not None and _shades_below(top, floor, best_price, land):
-                    if one_currency:  # and so does every first-priced candidate left on this floor, bounded lower
-                        if first is None:
-                            first = _first_priced(req, el, len(slots))
-                        bound[(bound <= top) & (floors == floor) & first] = -1
-                    continue
+            landscape = shading.get(camp.currency) if shading else None
+            if (best is not None and at == AUCTION_FIRST_PRICE and landscape is not None
+                    and _shades_below(top, floor, best_price, landscape)):
+                if one_currency:  # and so does every first-priced candidate left on this floor, bounded lower
+                    if first is None:
+                        first = _first_priced(req, el, len(slots))
+                    bound[(bound <= top) & (floors == floor) & first] = -1
+                continue
             cand = None
             if req_feats and (explore is None or not explore[j]):  # the price takes the model's own pCTR; the array's ordered
                 cand = candidate_features(req_feats, hour, req.domain, camp.id, cr.id)
@@ -492,7 +492,6 @@ class BidEngine:
                 p = float(pctr[j])
             pcvr = p * conversion_rate(pace) if camp.goal == "cpa" else 0.0
             value = impression_value_cpm(p, camp, pcvr)
-            landscape = shading.get(camp.currency) if shading else None
             price = bid_price(value, lam, camp.max_bid_cpm, floor, at == AUCTION_FIRST_PRICE, landscape,
                               fixed_price=at == AUCTION_FIXED_PRICE)
             if not price:
