@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from bidder.campaigns import Campaign, Creative
-from bidder.frequency import FrequencyStore
+from bidder.frequency import FrequencyStore, cap_buckets
 from bidder.landscape import WinRateModel
 from bidder.lease import BudgetLease
 from bidder.notices import Notice, NoticeError, notice_urls, verify_notice
@@ -419,8 +419,8 @@ class BidEngine:
         held.micros[camp.id] = held.micros.get(camp.id, 0) + price // 1000
         if camp.freq_per_hour or camp.freq_per_day:
             n = held.shown[camp.id] = held.shown.get(camp.id, 0) + 1
-            if n >= self.frequency.room(user, camp.id, camp.freq_per_hour, camp.freq_per_day, int(now // 3600),
-                                        int(now // 86400)):
+            if n >= self.frequency.room(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
+                                        *cap_buckets(camp.timezone, now)):
                 held.full = held.full | {camp.id}
 
     def _best_for_imp(self, req: BidRequest, imp: Imp, exchange: str, user: str, hour: int, weekday: int,
@@ -521,8 +521,7 @@ class BidEngine:
 
     def _eligible(self, req: BidRequest, imp: Imp, user: str, now: float, full: frozenset[str] = frozenset()) -> Eligible:
         """The creatives the index lets bid on `imp` (every rule checked), with the frequency-capped ones counted."""
-        el = self.index.eligible(req, imp, self._live, self.cfg.seat, user, self.frequency, int(now // 3600),
-                                 int(now // 86400), full)
+        el = self.index.eligible(req, imp, self._live, self.cfg.seat, user, self.frequency, now, full)
         for cid, n in el.capped.items():  # metrics: candidates dropped by the cap, per campaign
             key = "frequency_cap:" + cid
             self.counters[key] = self.counters.get(key, 0) + n
@@ -681,8 +680,8 @@ class BidEngine:
     def count_billed(self, event: dict[str, Any]) -> bool:
         """One billed impression from the billing topic, whichever bidder took its notice, toward the user's caps.
 
-        Counted once per event id (a spilled batch can be sent again), in the hour and day of the event's own time,
-        so every bidder puts it in the same buckets.  An event of a campaign not known yet is kept (a bounded
+        Counted once per event id (a spilled batch can be sent again), in the campaign's hour and day at the event's
+        own time, so every bidder puts it in the same buckets.  An event of a campaign not known yet is kept (a bounded
         number) until the campaigns change.  Returns whether it counted.
         """
         eid, user, campaign, ts = event.get("id"), event.get("user"), event.get("campaign"), event.get("ts")
@@ -700,7 +699,7 @@ class BidEngine:
         self._counted_bills[eid] = None
         if len(self._counted_bills) > COUNTED_BILLS:
             self._counted_bills.popitem(last=False)
-        self.frequency.record(user, campaign, ts // 3_600_000, ts // 86_400_000)
+        self.frequency.record(user, campaign, *cap_buckets(camp.timezone, ts // 1000))
         return True
 
     def _bill(self, n: Notice, camp: Campaign | None, now: float, ts_ms: int, settle: bool = True) -> None:
@@ -711,7 +710,7 @@ class BidEngine:
         if lease is not None:
             lease.settle(n.bid_id, cost)
         if n.user and camp is not None and (camp.freq_per_hour or camp.freq_per_day) and not self.cfg.shared_frequency:
-            self.frequency.record(n.user, n.campaign, int(now // 3600), int(now // 86400))
+            self.frequency.record(n.user, n.campaign, *cap_buckets(camp.timezone, now))
         self.sink("billing", n.campaign, make_event("billing", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                     creative=n.creative, cost=cost, day=self.campaign_day(camp, now),
                                                     exchange=n.exchange, bidder=n.bidder, user=n.user))

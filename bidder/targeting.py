@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bidder.campaigns import Campaign, Creative
-from bidder.frequency import FrequencyStore
+from bidder.frequency import FrequencyStore, cap_clock
 from bidder.native import NativeRequest, native_adm, native_fills
 from bidder.openrtb import BidRequest, Imp, Media
 from bidder.slices import Steps, drain
@@ -200,7 +200,7 @@ class CampaignIndex:
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
         self._deal_targets = _members(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
         yield
-        self.caps = {c.id: (c.freq_per_hour, c.freq_per_day) for c in camps if c.freq_per_hour or c.freq_per_day}
+        self.caps = {c.id: (c.freq_per_hour, c.freq_per_day, c.timezone) for c in camps if c.freq_per_hour or c.freq_per_day}
         self._capped = _bits_of(i for i, c in enumerate(camps) if c.id in self.caps)
         self._live_key: object = None
         self._live_bits = 0
@@ -426,11 +426,11 @@ class CampaignIndex:
         return out
 
     def eligible(self, req: BidRequest, imp: Imp, live: frozenset[str], seat: str, user: str,
-                 frequency: FrequencyStore, hour: int, day: int, full: frozenset[str] = frozenset()) -> Eligible:
+                 frequency: FrequencyStore, now: float, full: frozenset[str] = frozenset()) -> Eligible:
         """The slots that may bid on `imp`, each with its floor and deal, or the furthest stage any candidate reached.
 
-        `hour` and `day` are absolute bucket numbers for the frequency counts; `full` names the campaigns whose
-        cap this request's earlier impressions have used up.
+        `now` (Unix seconds) places the frequency counts in each campaign's hour and day; `full` names the campaigns
+        whose cap this request's earlier impressions have used up.
         """
         if not self._built:
             self._build()
@@ -472,7 +472,7 @@ class CampaignIndex:
         capped: dict[str, int] = {}
         if m & self._capped:
             if user:
-                m, capped = self._within_caps(m, user, frequency, hour, day)
+                m, capped = self._within_caps(m, user, frequency, now)
             else:  # no usable user id: no capped campaign can keep its cap
                 capped = self._per_campaign(m & self._capped)
                 m &= ~self._capped
@@ -534,10 +534,10 @@ class CampaignIndex:
             return keep, deals, CURRENCY
         return keep, deals, 0
 
-    def _within_caps(self, m: int, user: str, frequency: FrequencyStore, hour: int, day: int) -> tuple[int, dict[str, int]]:
+    def _within_caps(self, m: int, user: str, frequency: FrequencyStore, now: float) -> tuple[int, dict[str, int]]:
         """Drop the capped campaigns this user has seen enough of."""
         drop = 0
-        for cid in frequency.exhausted(user, self.caps, hour, day):
+        for cid in frequency.exhausted(user, self.caps, cap_clock(now)):
             drop |= self._campaign_bits[cid]
         drop &= m
         if not drop:

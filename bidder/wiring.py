@@ -39,6 +39,7 @@ import orjson
 from bidder.campaigns import Campaign, ConfigError, config_campaign
 from bidder.clock import from_env as clock_from_env
 from bidder.engine import BidEngine, EngineConfig
+from bidder.frequency import counted_since
 from bidder.lease_client import LeaseClient
 from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool_dir, start_publishing
 from bidder.notice_relay import NoticeRelay
@@ -360,10 +361,11 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
             if engine.may_cap(key.decode(errors="replace")):  # keyed by campaign: uncapped ones are never parsed
                 engine.count_billed(orjson.loads(value))
 
-        # frequency caps count every bidder's billed impressions sent since the UTC day began (the longest cap is a
-        # day; records are stamped when sent): a restarted bidder takes back its counts, and those billed meanwhile
+        # frequency caps count every bidder's billed impressions sent since the current day began in every time zone
+        # (the longest cap is a campaign's day; records are stamped when sent): a restarted bidder takes back its
+        # counts, and those billed meanwhile
         billed = StateFollower(opts.broker, {topics.BILLING.name: on_billed},
-                               since=lambda: int(time.time() // 86_400) * 86_400_000,
+                               since=lambda: int(counted_since(time.time()) * 1000),
                                on_caught_up=lambda: warmup.done("billing"))
         await billed.start()
         if leases is not None:

@@ -482,7 +482,7 @@ def train_bench_model(docs: list[dict[str, Any]], seed: int, path: Path) -> Path
             continue
         hour = rng.randrange(24)
         for imp in req.imps:
-            el = engine.index.eligible(req, imp, live, engine.cfg.seat, req.user_key, engine.frequency, 0, 0)
+            el = engine.index.eligible(req, imp, live, engine.cfg.seat, req.user_key, engine.frequency, 0.0)
             slots = el.slots.tolist()
             if not slots:
                 continue

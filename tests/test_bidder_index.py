@@ -20,7 +20,7 @@ import pytest
 from bidder import engine as engine_mod
 from bidder.campaigns import Campaign, parse_campaign
 from bidder.engine import BidEngine, EngineConfig
-from bidder.frequency import FrequencyStore
+from bidder.frequency import FrequencyStore, cap_buckets
 from bidder.openrtb import AUCTION_FIRST_PRICE, hash_id, parse_request
 from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
@@ -97,8 +97,8 @@ def reference_price(e: BidEngine, req, imp, exchange: str, user: str, hour: int,
         if camp.id not in live:
             continue
         if camp.freq_per_hour or camp.freq_per_day:
-            if not user or e.frequency.room(user, camp.id, camp.freq_per_hour, camp.freq_per_day, int(NOW // 3600),
-                                            int(NOW // 86400)) <= (shown or {}).get(camp.id, 0):
+            if not user or e.frequency.room(user, camp.id, camp.freq_per_hour, camp.freq_per_day,
+                                            *cap_buckets(camp.timezone, NOW)) <= (shown or {}).get(camp.id, 0):
                 continue
         feats = request_features(req, imp, exchange, hour, weekday)
         pctr = e.model.predict(e.model.base_score(feats), candidate_features(feats, hour, req.domain, camp.id, cr.id),
@@ -131,7 +131,7 @@ def test_engine_picks_the_same_best_price_as_the_plain_rules(explore_below: int,
     for u in users[:15]:  # some users have hit some caps
         for c in rng.sample([c for c in camps if c.freq_per_hour or c.freq_per_day], 40):
             for _ in range(rng.randint(1, 25)):
-                e.frequency.record(hash_id(e.cfg.salt, u), c.id, int(NOW // 3600), int(NOW // 86400))
+                e.frequency.record(hash_id(e.cfg.salt, u), c.id, *cap_buckets(c.timezone, NOW))
     factory = RequestFactory(5, tmax_ms=100)
     bids = nobids = 0
     for i in range(1500):
@@ -176,7 +176,7 @@ def test_index_returns_exactly_the_creatives_the_rules_allow() -> None:
             doc["badv"] = [a.upper() for a in doc.get("badv", [])] + [camps[k % len(camps)].advertiser.upper()]
         req = parse_request(orjson.dumps(doc))
         for imp in req.imps:
-            el = index.eligible(req, imp, live, SEAT, req.user_key, store, 0, 0)
+            el = index.eligible(req, imp, live, SEAT, req.user_key, store, 0.0)
             got = {(index.slots[s][0].id, index.slots[s][1].id) for s in el.slots.tolist()}
             want = {(camp.id, cr.id) for camp, cr, _, _ in reference_candidates(camps, req, imp)
                     if req.user_key or not (camp.freq_per_hour or camp.freq_per_day)}
@@ -204,7 +204,7 @@ def test_video_creatives_fit_the_player_by_size_and_mime_type() -> None:
     ]
     for player, want in cases:
         req = parse_request(body(request(imp=[{"id": "1", "video": player}])))
-        el = index.eligible(req, req.imps[0], frozenset({"v"}), SEAT, "", FrequencyStore(), 0, 0)
+        el = index.eligible(req, req.imps[0], frozenset({"v"}), SEAT, "", FrequencyStore(), 0.0)
         assert {index.slots[s][1].id for s in el.slots.tolist()} == want, player
         assert {cr.id for _, cr, _, _ in reference_candidates(camps, req, req.imps[0])} == want, player
 
@@ -220,7 +220,7 @@ def test_a_multi_format_impression_takes_a_creative_of_any_of_its_media() -> Non
     imp = {"id": "1", "banner": {"w": 300, "h": 250}, "video": {"w": 640, "h": 360, "mimes": ["video/mp4"]}}
     req = parse_request(body(request(imp=[imp])))
     assert [m.kind for m in req.imps[0].formats()] == ["banner", "video"]
-    el = index.eligible(req, req.imps[0], frozenset({"m"}), SEAT, "", FrequencyStore(), 0, 0)
+    el = index.eligible(req, req.imps[0], frozenset({"m"}), SEAT, "", FrequencyStore(), 0.0)
     assert {index.slots[s][1].id for s in el.slots.tolist()} == {"b300", "vid"}
     assert {cr.id for _, cr, _, _ in reference_candidates(camps, req, req.imps[0])} == {"b300", "vid"}
     out = BidEngine(EngineConfig(secret=b"s", explore_below=0), camps, ModelSnapshot.empty(), sink=lambda *a: None,
@@ -244,7 +244,7 @@ def test_candidate_counts_stay_small_with_thousands_of_campaigns() -> None:
     live = frozenset(c.id for c in camps)
     for country in countries[:5]:
         req = parse_request(body(request(device={"geo": {"country": country}})))
-        el = index.eligible(req, req.imps[0], live, SEAT, req.user_key, FrequencyStore(), 0, 0)
+        el = index.eligible(req, req.imps[0], live, SEAT, req.user_key, FrequencyStore(), 0.0)
         assert len(el.slots) == 25  # exactly the campaigns for this country and 300x250
         assert {index.slots[s][0].targeting.countries for s in el.slots.tolist()} == {frozenset({country})}
         assert len(index.candidates(req.imps[0], country)) == 25
