@@ -52,6 +52,7 @@ PRICE_STEP = 10_000  # market prices are kept to a cent of CPM, which bounds the
 # Every time zone in use is a whole number of quarter hours off UTC, so a campaign's local date and hour (its flight
 # and dayparting) can only change at a UTC quarter hour: the live set is recomputed then, and when campaigns change.
 LIVE_SLOT_S = 900
+LIVE_STEP = 256  # campaigns checked between two pauses of a live set computed aside (`live_steps`)
 UNKNOWN_BILLS = 100_000  # billing events kept for campaigns not known yet
 RESPOND_PER_BID_S = 0.00005  # writing one bid of the answer (notice URLs, event), with room on a slow core
 COUNTED_BILLS = 200_000  # billing event ids remembered against a second count (a spill replay's window, many times over)
@@ -94,6 +95,16 @@ class Outcome:
 
 
 _NONE_FULL: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSet:
+    """The campaigns of an index that may bid, computed aside (`BidEngine.live_steps`): good for the quarter hour
+    `slot`, while no campaign's liveness has moved since (`changes`)."""
+
+    campaigns: frozenset[str]
+    slot: int
+    changes: int
 
 
 @dataclass(slots=True)
@@ -168,6 +179,7 @@ class BidEngine:
         self._seq = itertools.count(1)
         self._live: frozenset[str] = frozenset()
         self._live_slot: int | None = None  # the UTC quarter hour `_live` was computed for; None: recompute
+        self._live_changes = 0  # moves of one campaign into or out of the live set, or of the whole set being stale
         self._refreshed = -1.0
         self._due = -1.0  # when `_refresh` must run next: a second after the last, or at the next quarter hour if sooner
         self._seen_notices: dict[str, float] = {}  # event id -> when its URL expires (replays refused until then)
@@ -186,11 +198,17 @@ class BidEngine:
     def set_campaigns(self, campaigns: list[Campaign]) -> None:
         self.install_index(CampaignIndex(campaigns))
 
-    def install_index(self, index: CampaignIndex, tables: SlotTables | None = None) -> None:
+    def install_index(self, index: CampaignIndex, tables: SlotTables | None = None, live: LiveSet | None = None) -> None:
         """Bid with `index` from now on (built or not: an unbuilt one builds on first use), and with `tables`, its
-        scoring tables built aside (`tables_steps`), unless the model changed meanwhile."""
+        scoring tables built aside (`tables_steps`), unless the model changed meanwhile; and with `live`, its live
+        set computed aside (`live_steps`), unless that went stale meanwhile."""
         self.index = index
-        self._stale()
+        self._fragments_of, self._fragments = index, {}
+        if live is not None and live.changes == self._live_changes and live.slot == int(self.clock() // LIVE_SLOT_S):
+            self._live, self._live_slot = live.campaigns, live.slot
+            self._due = -1.0  # the rest of `_refresh` runs before the next bid; the live set holds
+        else:
+            self._stale()
         if tables is not None and tables.index is index and tables.model is self.model:
             self._take(tables)
         for cid in [c for c in self._unknown_bills if c in self.index.campaigns]:  # arrived: their events count now
@@ -292,6 +310,7 @@ class BidEngine:
         of the live set.  Recomputing the set walks every campaign and every slot, and with thousands of campaigns
         the request that finds the set stale would pay tens of milliseconds for it, once for every campaign whose
         budget runs out in a day."""
+        self._live_changes += 1  # a live set being computed aside may have read it before
         if self._live_slot is None:
             return  # the whole set is recomputed before the next request anyway
         camp = self.index.campaigns.get(campaign)
@@ -302,6 +321,7 @@ class BidEngine:
 
     def _stale(self) -> None:
         """The live set no longer holds: recompute it before the next bid."""
+        self._live_changes += 1
         self._live_slot = None
         self._refreshed = self._due = -1.0
 
@@ -352,6 +372,19 @@ class BidEngine:
                 continue
             live.add(c.id)
         return frozenset(live)
+
+    def live_steps(self, index: CampaignIndex) -> Steps[LiveSet]:
+        """The live set of `index` (built), and its slots, computed aside in steps for `install_index`: a server
+        computes them between bids, where the request after the install would walk thousands of campaigns."""
+        now, changes = self.clock(), self._live_changes
+        camps = list(index.campaigns.values())
+        live: set[str] = set()
+        for lo in range(0, len(camps), LIVE_STEP):
+            live |= self._live_campaigns(now, camps[lo:lo + LIVE_STEP])
+            yield
+        campaigns = frozenset(live)
+        index.live_bits(campaigns)  # remembered there for this very set
+        return LiveSet(campaigns, int(now // LIVE_SLOT_S), changes)
 
     def live(self) -> frozenset[str]:
         """Ids of the campaigns that may bid right now."""

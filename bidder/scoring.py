@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,16 @@ _LONGEST_DOMAIN = 256  # longer domains (bytes) get their cross ids one by one
 STEP_SLOTS = STEP_ITEMS  # slots between two pauses of a build in steps
 POOL = 64  # Thompson draws kept ready per exploring slot
 ALPHA, BETA = range(2)  # columns of SlotTables.table
+
+
+def _filled_steps(n: int, dtype: type, values: Callable[[int, int], Iterable[Any]]) -> Steps[np.ndarray]:
+    """An array of `n` items, `values(lo, hi)` giving those of slots lo..hi, filled a few STEP_SLOTS at a time."""
+    out: np.ndarray = np.empty(n, dtype=dtype)
+    for lo in range(0, n, STEP_SLOTS * 4):
+        hi = min(lo + STEP_SLOTS * 4, n)
+        out[lo:hi] = np.fromiter(values(lo, hi), dtype=dtype, count=hi - lo)
+        yield
+    return out
 
 
 class SlotConstants:
@@ -86,6 +97,7 @@ class SlotConstants:
         # impression_value_cpm: cpc goals are worth pCTR x value per click, cpa goals pCTR x P(conversion | click)
         # x value per conversion, with the conversion rate the pacing state carries (set_pacing)
         self.unit = np.fromiter((c.value_per_click if c.goal == "cpc" else 0.0 for c in camps), dtype=np.float64, count=n)
+        yield
         self.per_conversion = np.fromiter((c.value_per_conversion if c.goal == "cpa" else 0.0 for c in camps),
                                           dtype=np.float64, count=n)
         self.max_bid = np.fromiter((c.max_bid_cpm for c in camps), dtype=np.float64, count=n)
@@ -93,16 +105,18 @@ class SlotConstants:
         self.ceiling = np.zeros(n)
         yield
         self.paced = dict(pacing)
-        self.set_pacing(self.paced)
-        yield
-        names = self.creative_names = [f"{c.id}/{cr.id}" for c, cr in slots]  # as models.features.candidate_features
-        self.campaign_fids = np.fromiter((hash_feature("campaign", c.id) for c in camps), dtype=np.intp, count=n)
-        yield
-        self.creative_fids = np.fromiter((hash_feature("creative", name) for name in names), dtype=np.intp, count=n)
-        yield
-        self.domain_crc = np.fromiter((cross_prefix_crc("creative", name, "domain") for name in names), dtype=np.uint32,
-                                      count=n)
-        yield
+        yield from self._pacing_steps(self.paced)
+        names: list[str] = []
+        for lo in range(0, n, STEP_SLOTS * 4):
+            names.extend(f"{c.id}/{cr.id}" for c, cr in slots[lo:lo + STEP_SLOTS * 4])  # as candidate_features names
+            yield
+        self.creative_names = names
+        self.campaign_fids = yield from _filled_steps(n, np.intp, lambda lo, hi: (
+            hash_feature("campaign", c.id) for c in camps[lo:hi]))
+        self.creative_fids = yield from _filled_steps(n, np.intp, lambda lo, hi: (
+            hash_feature("creative", name) for name in names[lo:hi]))
+        self.domain_crc = yield from _filled_steps(n, np.uint32, lambda lo, hi: (
+            cross_prefix_crc("creative", name, "domain") for name in names[lo:hi]))
         self._domain_shift: dict[int, np.ndarray] = {}  # domain length -> per slot prefix CRC carried over that many bytes
         self._hour_fids: dict[int, np.ndarray] = {}  # hour -> per slot creative x hour feature id
         self._previous: tuple | None = None
@@ -114,14 +128,22 @@ class SlotConstants:
 
     def set_pacing(self, pacing: dict[str, PacingState]) -> None:
         """Fold each campaign's pacing lambda (negative counts as 0, as in paced_value) into the per-slot scale."""
+        drain(self._pacing_steps(pacing))
+
+    def _pacing_steps(self, pacing: dict[str, PacingState]) -> Steps[None]:
+        """`set_pacing`, pausing every STEP_SLOTS campaigns (one state each, with thousands of campaigns); the
+        scale changes at the end, in one go."""
         lam = np.zeros(len(self.unit))
         cvr = np.full(len(self.unit), DEFAULT_CVR)
-        for cid, state in list(pacing.items()):
-            idx = self.index.slots_of(cid)
-            if len(idx) and not math.isnan(state.lam):
-                lam[idx] = max(state.lam, 0.0)
-            if len(idx):
-                cvr[idx] = conversion_rate(state)
+        states = list(pacing.items())
+        for lo in range(0, len(states), STEP_SLOTS):
+            for cid, state in states[lo:lo + STEP_SLOTS]:
+                idx = self.index.slots_of(cid)
+                if len(idx) and not math.isnan(state.lam):
+                    lam[idx] = max(state.lam, 0.0)
+                if len(idx):
+                    cvr[idx] = conversion_rate(state)
+            yield
         self.scale[:] = (self.unit + self.per_conversion * cvr) * 1000.0 / (1.0 + lam) * _ROUNDING
         # the bound at pCTR = 1: no draw or prediction gives more
         np.minimum(self.scale, self.max_bid, out=self.ceiling)

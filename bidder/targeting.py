@@ -19,8 +19,10 @@ test checks that both give the same answer on generated traffic.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import TypeVar
 
 import numpy as np
 
@@ -37,9 +39,13 @@ Deal = tuple[str, float, str, "int | None"]
 STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_advertiser", "blocked_category", "blocked_app",
           "deal", "frequency_cap", "below_floor", "budget")
 REQUEST_BITS_CACHE = 8192  # targeting sets remembered (per distinct place, device and site)
+STEP_SLOTS = 2048  # slots walked between two pauses of an index build (bidder.slices)
+STEP_SETS = 128  # slot sets made between two pauses of an index build
 MEDIA_RULES_CACHE = 256  # player rules, native requests and language lists remembered (each recurs per placement)
 NO_MATCH, NOT_LIVE, CURRENCY, TARGETING, BLOCKED_ADV, BLOCKED_CAT, BLOCKED_APP, DEAL, FREQUENCY_CAP = 0, 1, 2, 4, 5, 6, 7, 8, 9
 _EMPTY = np.zeros(0, dtype=np.intp)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def _size_keys(kind: str, w: int, h: int) -> list[tuple[str, int, int]]:
@@ -63,6 +69,20 @@ def _bits_of(indices: Iterable[int]) -> int:
     return int.from_bytes(np.packbits(members, bitorder="little").tobytes(), "little")
 
 
+def _slots_of_keys(keys_of_slot: Iterable[Iterable[object]]) -> Steps[dict[object, list[int]]]:
+    """Per key, the slots that carry it, ascending; pausing every STEP_SLOTS slots."""
+    lists: dict[object, list[int]] = {}
+    slots = iter(keys_of_slot)
+    start = 0
+    while chunk := list(islice(slots, STEP_SLOTS)):
+        for i, keys in enumerate(chunk, start):
+            for k in keys:
+                lists.setdefault(k, []).append(i)
+        start += len(chunk)
+        yield
+    return lists
+
+
 class _Dimension:
     """One targeting dimension: per value, the slots that may serve there (targeting it, or not targeting at all).
 
@@ -73,17 +93,22 @@ class _Dimension:
 
     __slots__ = ("any", "by_value")
 
-    def __init__(self, targets: list[frozenset]) -> None:
-        members: dict[object, list[int]] = {}
-        for i, t in enumerate(targets):
-            for v in t:
-                members.setdefault(v, []).append(i)
-        self.any = _bits_of(i for i, t in enumerate(targets) if not t)
+    def __init__(self, any_value: int, by_value: dict[object, int | tuple[int, int]]) -> None:
+        self.any = any_value  # the slots that target nothing in this dimension
+        self.by_value = by_value
+
+    @staticmethod
+    def steps(targets: list[frozenset]) -> Steps[_Dimension]:
+        """The dimension of each slot's `targets`, built in steps of STEP_SLOTS slots walked or STEP_SETS sets made."""
+        members = yield from _slots_of_keys(targets)
+        any_value = _bits_of(i for i, t in enumerate(targets) if not t)
+        yield
         wide = len(targets) // 4
-        self.by_value: dict[object, int | tuple[int, int]] = {}
-        for v, idx in members.items():
+        def values(idx: list[int]) -> int | tuple[int, int]:
             low = idx[0]  # ascending
-            self.by_value[v] = (low, _bits_of(i - low for i in idx)) if idx[-1] - low < wide else self.any | _bits_of(idx)
+            return (low, _bits_of(i - low for i in idx)) if idx[-1] - low < wide else any_value | _bits_of(idx)
+
+        return _Dimension(any_value, (yield from _sets_steps(members, values)))
 
     def one(self, value: object) -> int:
         bits = self.by_value.get(value, self.any)
@@ -99,13 +124,21 @@ class _Dimension:
         return out
 
 
-def _members(keys_of_slot: Iterable[Iterable[object]]) -> dict[object, int]:
-    """Per key, the set of slots that carry it."""
-    lists: dict[object, list[int]] = {}
-    for i, keys in enumerate(keys_of_slot):
-        for k in keys:
-            lists.setdefault(k, []).append(i)
-    return {k: _bits_of(idx) for k, idx in lists.items()}
+def _members_steps(keys_of_slot: Iterable[Iterable[object]]) -> Steps[dict[object, int]]:
+    """Per key, the set of slots that carry it; pausing every STEP_SLOTS slots walked or STEP_SETS sets made."""
+    lists = yield from _slots_of_keys(keys_of_slot)
+    return (yield from _sets_steps(lists, _bits_of))
+
+
+def _sets_steps(lists: dict[K, list[int]], make: Callable[[list[int]], V]) -> Steps[dict[K, V]]:
+    """`make` of each list, pausing every STEP_SETS."""
+    out: dict[K, V] = {}
+    items = list(lists.items())
+    for lo in range(0, len(items), STEP_SETS):
+        for k, idx in items[lo:lo + STEP_SETS]:
+            out[k] = make(idx)
+        yield
+    return out
 
 
 @dataclass(slots=True)
@@ -148,39 +181,24 @@ class CampaignIndex:
         camps = [c for c, _ in self.slots]
         ts = [c.targeting for c in camps]
         self.slot_campaign = [c.id for c in camps]
-        by_campaign: dict[str, list[int]] = {}
-        for i, cid in enumerate(self.slot_campaign):
-            by_campaign.setdefault(cid, []).append(i)
-        self._campaign_slots = {k: np.array(v, dtype=np.intp) for k, v in by_campaign.items()}
-        yield
-        self._campaign_bits = {k: _bits_of(v) for k, v in by_campaign.items()}
-        yield
+        by_campaign = yield from _slots_of_keys((cid,) for cid in self.slot_campaign)
+        self._campaign_slots = yield from _sets_steps(by_campaign, lambda v: np.array(v, dtype=np.intp))
+        self._campaign_bits = yield from _sets_steps(by_campaign, _bits_of)
         self._active = _bits_of(i for i, c in enumerate(camps) if c.active)
         yield
-        self._media = _members(_size_keys(cr.kind, cr.w, cr.h) for _, cr in self.slots)
-        yield
-        self._kind = _members((cr.kind,) for _, cr in self.slots)
-        yield
-        self._country = _Dimension([t.countries for t in ts])
-        yield
-        self._region = _Dimension([t.regions for t in ts])
-        yield
-        self._city = _Dimension([t.cities for t in ts])
-        yield
-        self._device = _Dimension([t.device_types for t in ts])
-        yield
-        self._os = _Dimension([t.os for t in ts])
-        yield
-        self._domain = _Dimension([t.domains for t in ts])
-        yield
-        self._category = _Dimension([t.categories for t in ts])
-        yield
-        self._currency = _members((c.currency,) for c in camps)
-        yield
-        self._advertiser = _members((c.advertiser.lower(),) for c in camps)  # badv is read in lower case
-        yield
+        self._media = yield from _members_steps(_size_keys(cr.kind, cr.w, cr.h) for _, cr in self.slots)
+        self._kind = yield from _members_steps((cr.kind,) for _, cr in self.slots)
+        self._country = yield from _Dimension.steps([t.countries for t in ts])
+        self._region = yield from _Dimension.steps([t.regions for t in ts])
+        self._city = yield from _Dimension.steps([t.cities for t in ts])
+        self._device = yield from _Dimension.steps([t.device_types for t in ts])
+        self._os = yield from _Dimension.steps([t.os for t in ts])
+        self._domain = yield from _Dimension.steps([t.domains for t in ts])
+        self._category = yield from _Dimension.steps([t.categories for t in ts])
+        self._currency = yield from _members_steps((c.currency,) for c in camps)
+        self._advertiser = yield from _members_steps((c.advertiser.lower(),) for c in camps)  # badv is read in lower case
         player = [cr.kind in ("video", "audio") for _, cr in self.slots]
-        self._mime = _members(cr.mimes if v else () for v, (_, cr) in zip(player, self.slots, strict=True))
+        self._mime = yield from _members_steps(cr.mimes if v else () for v, (_, cr) in zip(player, self.slots, strict=True))
         self._any_mime = _bits_of(i for i, (v, (_, cr)) in enumerate(zip(player, self.slots, strict=True))
                                   if not v or not cr.mimes)
         yield
@@ -194,13 +212,15 @@ class CampaignIndex:
         self._lang_bits: dict[frozenset[str], int] = {}
         self._all = (1 << self.n) - 1
         # a blocked IAB1 blocks IAB1 and IAB1-2: each creative category is listed under itself and its parent
-        self._blocks = _members({x for c in cr.cats for x in (c, c.split("-", 1)[0])} for _, cr in self.slots)
-        yield
+        self._blocks = yield from _members_steps({x for c in cr.cats for x in (c, c.split("-", 1)[0])}
+                                                 for _, cr in self.slots)
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
-        self._deal_targets = _members(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
+        yield
+        self._deal_targets = yield from _members_steps(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
         yield
         self.caps = {c.id: (c.freq_per_hour, c.freq_per_day, c.timezone) for c in camps if c.freq_per_hour or c.freq_per_day}
+        yield
         self._capped = _bits_of(i for i, c in enumerate(camps) if c.id in self.caps)
         self._live_key: object = None
         self._live_bits = 0

@@ -140,14 +140,18 @@ class CampaignChanges:
         try:
             await run_sliced(staged.build_steps())
             engine = self.engine
+            live = await run_sliced(engine.live_steps(staged))
             tables = await run_sliced(engine.tables_steps(index=staged))
             for _ in range(CATCH_UP_BUILDS):
                 if tables.model is engine.model:
                     break
                 # a model came while they were built: the same constants with its weights, again between bids
                 tables = await run_sliced(engine.tables_steps(index=staged, previous=tables))
-            engine.install_index(staged, tables)
-            engine.prepare()  # the live set; the tables too, if models kept coming
+            retired = (engine.index, engine._tables)
+            engine.install_index(staged, tables, live)
+            engine.prepare()  # the tables, if models kept coming; the live set, if it went stale meanwhile
+            await asyncio.sleep(0)
+            del retired  # freeing thousands of campaigns' sets takes milliseconds: in a turn of its own
         except Exception:  # a bug must not stop the worker following its config: the old campaigns stay in force
             log.exception("building the campaign index failed; bidding on the previous campaigns")
         finally:

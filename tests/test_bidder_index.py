@@ -26,6 +26,7 @@ from bidder.pacing import PacingState, conversion_rate
 from bidder.pricing import bid_price, impression_value_cpm, paced_value
 from bidder.privacy import restriction
 from bidder.scoring import ALPHA, BETA, SlotTables
+from bidder.slices import drain
 from bidder.targeting import STAGES, CampaignIndex, _Dimension, deal_for, fits_imp, matches
 from loadtest.campaign_gen import make_campaigns
 from loadtest.traffic import RequestFactory
@@ -327,7 +328,7 @@ def test_a_targeting_dimension_keeps_rare_values_compact_and_reads_them_as_every
     # a campaign's creatives are neighbouring slots: its own long list of domains is targeted there alone
     targets = [frozenset({f"own{i // 4}.example", f"own{i // 4 + 1}.example", rng.choice(shared)})
                if rng.random() < 0.8 else frozenset() for i in range(3000)]
-    dim = _Dimension(targets)
+    dim = drain(_Dimension.steps(targets))
     untargeted = {i for i, t in enumerate(targets) if not t}
     values = {v for t in targets for v in t}
     for v in [*values, "nowhere"]:

@@ -11,6 +11,8 @@ import pytest
 
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
+from bidder.pacing import PacingState
+from bidder.slices import drain
 from bidder.wiring import CampaignChanges
 from models.snapshot import ModelSnapshot
 from tests.helpers import campaign, record_calls
@@ -64,6 +66,29 @@ def test_an_index_builds_in_steps_that_end_built() -> None:
     assert pauses >= 15 and index._built and len(index.slots_of("c3")) == 1
 
 
+def test_no_step_of_an_index_build_grows_with_the_campaigns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With thousands of campaigns (each with its own domains), no step makes more than STEP_SETS slot sets: each is
+    a short hold of the event loop whatever the number of campaigns and targeted values."""
+    from bidder import targeting
+    from loadtest.campaign_gen import make_campaigns
+
+    bits_of, made = targeting._bits_of, [0]
+
+    def counted(indices):  # type: ignore[no-untyped-def]
+        made[0] += 1
+        return bits_of(indices)
+
+    monkeypatch.setattr(targeting, "_bits_of", counted)
+    index = targeting.CampaignIndex([parse_campaign(d) for d in make_campaigns(3000, seed=2)])
+    per_step = []
+    for _ in index.build_steps():
+        per_step.append(made[0])
+        made[0] = 0
+    assert index._built and len(index.campaigns) == 3000
+    assert sum(per_step) > 20 * targeting.STEP_SETS  # thousands of sets in all (one per campaign, per domain, ...)
+    assert max(per_step) <= targeting.STEP_SETS + 4, max(per_step)  # a few whole-index sets besides
+
+
 async def test_serving_a_rebuild_is_built_between_bids_and_changes_meanwhile_follow_it() -> None:
     engine = BidEngine(EngineConfig(secret=b"s"), [parse_campaign(campaign(id=f"c{i}")) for i in range(200)],
                        ModelSnapshot.empty(), sink=lambda *a: None)
@@ -107,3 +132,61 @@ async def test_a_failed_build_keeps_the_campaigns_in_force(monkeypatch: pytest.M
     changes.apply()
     await settled(changes)
     assert set(engine.index.campaigns) == {"a", "b"}
+
+
+async def test_the_live_set_of_a_new_index_is_computed_between_bids_not_by_the_next_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bidder.engine import BidEngine as Engine
+
+    engine = BidEngine(EngineConfig(secret=b"s"), [parse_campaign(campaign(id=f"c{i}")) for i in range(3000)],
+                       ModelSnapshot.empty(), sink=lambda *a: None)
+    engine.prepare()
+    whole = record_calls(monkeypatch, Engine, "_live_campaigns", lambda self, now, campaigns=None: campaigns is None)
+    changes = CampaignChanges(engine)
+    changes.on_config(b"c1", change(campaign(id="c1", targeting={"countries": ["FRA"]})))
+    changes.on_config(b"n1", change(campaign(id="n1")))
+    changes.apply()
+    await settled(changes)
+    assert whole and not any(whole)  # only ever a part of the campaigns at a time
+    assert len(engine.live()) == 3001 and engine.index.live_bits(engine.live()) == (1 << len(engine.index.slots)) - 1
+    assert not any(whole)  # and the first request finds it made
+
+
+def test_a_live_set_computed_aside_that_went_stale_is_computed_again_at_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_780_000_000.0 - 1_780_000_000.0 % 900 + 600]  # five minutes before a quarter hour
+    camps = [parse_campaign(campaign(id=f"c{i}")) for i in range(5)]
+    engine = BidEngine(EngineConfig(secret=b"s"), camps, ModelSnapshot.empty(), sink=lambda *a: None,
+                       clock=lambda: now[0])
+    engine.prepare()
+    day = engine.campaign_day(camps[0], now[0])
+
+    def aside(country: str) -> tuple:
+        """A campaign change's index and its live set, built aside."""
+        staged = engine.stage_campaigns([parse_campaign(campaign(id="c1", targeting={"countries": [country]}))])
+        assert staged is not None
+        drain(staged.build_steps())
+        return staged, drain(engine.live_steps(staged))
+
+    # a budget running out after the set was computed: that campaign must not bid on the new index
+    staged, live = aside("FRA")
+    assert "c3" in live.campaigns
+    engine.set_pacing(PacingState(campaign="c3", day=day, exhausted=True))
+    engine.install_index(staged, live=live)
+    engine.prepare()
+    assert "c3" not in engine.live() and len(engine.live()) == 4
+
+    # a quarter hour turning meanwhile: the set of the one before is not taken
+    engine.set_pacing(PacingState(campaign="c3", day=day, exhausted=False))
+    staged, live = aside("DEU")
+    now[0] += 400
+    calls = record_calls(monkeypatch, engine, "_live_campaigns", lambda t, campaigns=None: campaigns)
+    engine.install_index(staged, live=live)
+    engine.prepare()
+    assert calls == [None] and len(engine.live()) == 5  # computed again, whole, for the new quarter hour
+
+    # and one still good is taken as it is
+    staged, live = aside("ITA")
+    calls.clear()
+    engine.install_index(staged, live=live)
+    engine.prepare()
+    assert calls == [] and engine.live() is live.campaigns
