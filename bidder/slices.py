@@ -18,7 +18,7 @@ from typing import TypeVar
 T = TypeVar("T")
 Steps = Generator[None, None, T]  # yields where it may pause; returns the result
 
-SLICE_S = 0.002  # the longest a slice runs before the loop gets a turn (one step may overrun it)
+SLICE_S = 0.002  # the longest a slice runs before the loop gets a turn (a single step may overrun it)
 STEP_ITEMS = 256  # items between two pauses in a loop over campaigns or series: well under a millisecond
 
 
@@ -32,13 +32,19 @@ def drain(steps: Steps[T]) -> T:
 
 
 async def run_sliced(steps: Steps[T], slice_s: float = SLICE_S) -> T:
-    """Run `steps` on the running event loop, yielding to it after every `slice_s` of work."""
+    """Run `steps` on the running event loop, giving it a turn before a step that would take the slice past
+    `slice_s`: one as long as the longest of the slice so far.  Stopping only once past it would make a slice
+    of 2 ms and steps of 1.9 ms hold the loop 3.9 ms."""
     started = time.perf_counter()
+    longest = 0.0
     while True:
+        before = time.perf_counter()
         try:
             next(steps)
         except StopIteration as done:
             return done.value
-        if time.perf_counter() - started >= slice_s:
+        now = time.perf_counter()
+        longest = max(longest, now - before)
+        if now - started + longest >= slice_s:
             await asyncio.sleep(0)
-            started = time.perf_counter()
+            started, longest = time.perf_counter(), 0.0

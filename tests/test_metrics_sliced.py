@@ -52,6 +52,29 @@ async def test_run_sliced_lets_other_tasks_in_only_between_slices() -> None:
     assert between >= 50 and at_once == 0
 
 
+async def test_a_slice_gives_the_loop_a_turn_before_a_step_that_would_take_it_past_its_length() -> None:
+    """Steps of 3 ms in slices of 5 ms: one step per turn (a slice of two would hold the loop 6 ms)."""
+    ticks: list[int] = []
+
+    def slow(n: int) -> Steps[int]:
+        for _ in range(n):
+            time.sleep(0.003)
+            yield
+        return n
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    before = len(ticks)
+    assert await run_sliced(slow(6), slice_s=0.005) == 6
+    task.cancel()
+    assert len(ticks) - before >= 6  # a turn after every step
+
+
 def many_app() -> server_mod.BidApp:
     docs = [campaign(id=f"c{i:04d}", advertiser=f"adv{i}.example") for i in range(CAMPAIGNS)]
     stats = BidderStats()
