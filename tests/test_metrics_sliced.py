@@ -32,7 +32,8 @@ def test_drain_runs_the_steps_to_their_result() -> None:
     assert drain(counting(5)) == 5 and drain(counting(0)) == 0
 
 
-async def test_run_sliced_lets_other_tasks_in_only_between_slices() -> None:
+async def turns_during(steps: Steps[int], slice_s: float) -> tuple[int, int]:
+    """`run_sliced(steps)`'s result, and how many turns another task got while it ran."""
     ticks: list[int] = []
 
     async def ticker() -> None:
@@ -43,18 +44,19 @@ async def test_run_sliced_lets_other_tasks_in_only_between_slices() -> None:
     task = asyncio.ensure_future(ticker())
     await asyncio.sleep(0)
     before = len(ticks)
-    assert await run_sliced(counting(50), slice_s=0.0) == 50
-    between = len(ticks) - before
-    before = len(ticks)
-    assert await run_sliced(counting(50), slice_s=60.0) == 50
-    at_once = len(ticks) - before
+    result = await run_sliced(steps, slice_s=slice_s)
     task.cancel()
-    assert between >= 50 and at_once == 0
+    return result, len(ticks) - before
+
+
+async def test_run_sliced_lets_other_tasks_in_only_between_slices() -> None:
+    result, turns = await turns_during(counting(50), slice_s=0.0)
+    assert result == 50 and turns >= 50  # a turn after every step
+    assert await turns_during(counting(50), slice_s=60.0) == (50, 0)  # all in one slice
 
 
 async def test_a_slice_gives_the_loop_a_turn_before_a_step_that_would_take_it_past_its_length() -> None:
     """Steps of 3 ms in slices of 5 ms: one step per turn (a slice of two would hold the loop 6 ms)."""
-    ticks: list[int] = []
 
     def slow(n: int) -> Steps[int]:
         for _ in range(n):
@@ -62,17 +64,8 @@ async def test_a_slice_gives_the_loop_a_turn_before_a_step_that_would_take_it_pa
             yield
         return n
 
-    async def ticker() -> None:
-        while True:
-            ticks.append(1)
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(ticker())
-    await asyncio.sleep(0)
-    before = len(ticks)
-    assert await run_sliced(slow(6), slice_s=0.005) == 6
-    task.cancel()
-    assert len(ticks) - before >= 6  # a turn after every step
+    result, turns = await turns_during(slow(6), slice_s=0.005)
+    assert result == 6 and turns >= 6
 
 
 def many_app() -> server_mod.BidApp:
