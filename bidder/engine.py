@@ -254,13 +254,13 @@ class BidEngine:
         by new scoring tables: hundreds of milliseconds with thousands of campaigns."""
         staged = self.stage_campaigns(campaigns)
         if staged is not None:
-            self.install_index(staged)
+            self.install_index(CampaignIndex(staged))
 
-    def stage_campaigns(self, campaigns: Iterable[Campaign]) -> CampaignIndex | None:
+    def stage_campaigns(self, campaigns: Iterable[Campaign]) -> list[Campaign] | None:
         """`upsert_campaigns` in two halves, for a server to build the new index between bids: a change to fields
-        only the live set and the leases read is applied now (None); otherwise the index of every campaign with
-        the changes, not yet built nor installed (`CampaignIndex.build_steps`, then `install_index`).  Changes
-        staged later must start from the installed one: until then they wait."""
+        only the live set and the leases read is applied now (None); otherwise every campaign of the new index,
+        the changes in (`CampaignIndex.steps`, `build_steps`, then `install_index`).  Changes staged later must
+        start from the installed one: until then they wait."""
         changed = {c.id: c for c in campaigns}
         current = self.index.campaigns
         if all(cid in current and _live_only_change(current[cid], c) for cid, c in changed.items()):
@@ -270,7 +270,7 @@ class BidEngine:
             return None
         camps = dict(current)
         camps.update(changed)
-        return CampaignIndex(list(camps.values()))
+        return list(camps.values())
 
     def set_model(self, model: ModelSnapshot) -> None:
         """Builds the new model's scoring tables now, once a bidder is scoring: a swap is milliseconds of work, and

@@ -161,14 +161,27 @@ class CampaignIndex:
     """
 
     def __init__(self, campaigns: Iterable[Campaign]) -> None:
+        drain(self._slots_steps(campaigns))
+
+    @classmethod
+    def steps(cls, campaigns: Iterable[Campaign]) -> Steps[CampaignIndex]:
+        """The index of `campaigns`, its slots numbered in steps (thousands of campaigns take milliseconds), its sets
+        not built yet (`build_steps`)."""
+        index = cls.__new__(cls)
+        yield from index._slots_steps(campaigns)
+        return index
+
+    def _slots_steps(self, campaigns: Iterable[Campaign]) -> Steps[None]:
         self.campaigns: dict[str, Campaign] = {c.id: c for c in campaigns}
-        self.slots: list[Candidate] = [(c, cr) for c in self.campaigns.values() for cr in c.creatives]
-        self.n = len(self.slots)
-        self._first: dict[str, int] = {}  # campaign -> its first slot: a campaign's slots are consecutive
-        at = 0
-        for c in self.campaigns.values():
-            self._first[c.id] = at
-            at += len(c.creatives)
+        camps = list(self.campaigns.values())
+        slots: list[Candidate] = []
+        first: dict[str, int] = {}  # campaign -> its first slot: a campaign's slots are consecutive
+        for lo in range(0, len(camps), STEP_SETS * 4):
+            yield
+            for c in camps[lo:lo + STEP_SETS * 4]:
+                first[c.id] = len(slots)
+                slots.extend((c, cr) for cr in c.creatives)
+        self.slots, self._first, self.n = slots, first, len(slots)
         self._nbytes = (self.n + 7) // 8 or 1
         self._built = False  # the sets are built on first use: a burst of config changes rebuilds nothing
 

@@ -132,12 +132,13 @@ class CampaignChanges:
         except RuntimeError:
             at_once = True
         if at_once:
-            self._install(staged)
+            self._install(CampaignIndex(staged))
         else:
             self.building = asyncio.ensure_future(self._build(staged))
 
-    async def _build(self, staged: CampaignIndex) -> None:
+    async def _build(self, campaigns: list[Campaign]) -> None:
         try:
+            staged = await run_sliced(CampaignIndex.steps(campaigns))
             await run_sliced(staged.build_steps())
             engine = self.engine
             live = await run_sliced(engine.live_steps(staged))

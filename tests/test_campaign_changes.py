@@ -13,6 +13,7 @@ from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.pacing import PacingState
 from bidder.slices import drain
+from bidder.targeting import CampaignIndex
 from bidder.wiring import CampaignChanges
 from models.snapshot import ModelSnapshot
 from tests.helpers import campaign, record_calls
@@ -56,8 +57,6 @@ def change(doc: dict) -> bytes:
 
 
 def test_an_index_builds_in_steps_that_end_built() -> None:
-    from bidder.targeting import CampaignIndex
-
     index = CampaignIndex([parse_campaign(campaign(id=f"c{i}")) for i in range(50)])
     steps, pauses = index.build_steps(), 0
     for _ in steps:
@@ -79,7 +78,10 @@ def test_no_step_of_an_index_build_grows_with_the_campaigns(monkeypatch: pytest.
         return bits_of(indices)
 
     monkeypatch.setattr(targeting, "_bits_of", counted)
-    index = targeting.CampaignIndex([parse_campaign(d) for d in make_campaigns(3000, seed=2)])
+    camps = [parse_campaign(d) for d in make_campaigns(3000, seed=2)]
+    numbering = targeting.CampaignIndex.steps(camps)  # the slots of a change are numbered in steps too
+    assert sum(1 for _ in numbering) >= len(camps) // (targeting.STEP_SETS * 4)
+    index = targeting.CampaignIndex(camps)
     per_step = []
     for _ in index.build_steps():
         per_step.append(made[0])
@@ -110,8 +112,6 @@ async def test_serving_a_rebuild_is_built_between_bids_and_changes_meanwhile_fol
 
 async def test_a_failed_build_keeps_the_campaigns_in_force(monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    from bidder.targeting import CampaignIndex
-
     engine = BidEngine(EngineConfig(secret=b"s"), [parse_campaign(campaign(id="a"))], ModelSnapshot.empty(),
                        sink=lambda *a: None)
     old = engine.index
@@ -162,8 +162,9 @@ def test_a_live_set_computed_aside_that_went_stale_is_computed_again_at_install(
 
     def aside(country: str) -> tuple:
         """A campaign change's index and its live set, built aside."""
-        staged = engine.stage_campaigns([parse_campaign(campaign(id="c1", targeting={"countries": [country]}))])
-        assert staged is not None
+        camps = engine.stage_campaigns([parse_campaign(campaign(id="c1", targeting={"countries": [country]}))])
+        assert camps is not None
+        staged = drain(CampaignIndex.steps(camps))
         drain(staged.build_steps())
         return staged, drain(engine.live_steps(staged))
 

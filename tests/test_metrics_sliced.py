@@ -68,6 +68,37 @@ async def test_a_slice_gives_the_loop_a_turn_before_a_step_that_would_take_it_pa
     assert result == 6 and turns >= 6
 
 
+async def test_sliced_runs_take_turns_one_slice_per_pass_of_the_loop() -> None:
+    """A model build, a campaign change and a /metrics page at once: each pass of the loop runs one slice of one of
+    them, and none waits for another to finish."""
+    passes = [0]
+    ran: list[tuple[int, str]] = []
+
+    async def ticker() -> None:  # runs once per pass: numbers them
+        while True:
+            passes[0] += 1
+            await asyncio.sleep(0)
+
+    def work(name: str, n: int) -> Steps[int]:
+        for _ in range(n):
+            ran.append((passes[0], name))
+            yield
+        return n
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    results = await asyncio.gather(*(run_sliced(work(name, 20), slice_s=0.0) for name in "abc"))
+    task.cancel()
+    assert results == [20, 20, 20] and len(ran) == 60
+    by_pass: dict[int, set[str]] = {}
+    for at, name in ran:
+        by_pass.setdefault(at, set()).add(name)
+    assert all(len(names) == 1 for names in by_pass.values()), by_pass  # one slice per pass, in all
+    last = {name: max(i for i, (_, n) in enumerate(ran) if n == name) for name in "abc"}
+    first = {name: min(i for i, (_, n) in enumerate(ran) if n == name) for name in "abc"}
+    assert max(first.values()) < min(last.values())  # taking turns: none waited for another to finish
+
+
 def many_app() -> server_mod.BidApp:
     docs = [campaign(id=f"c{i:04d}", advertiser=f"adv{i}.example") for i in range(CAMPAIGNS)]
     stats = BidderStats()

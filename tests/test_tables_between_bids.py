@@ -17,6 +17,7 @@ from bidder.engine import BidEngine, EngineConfig
 from bidder.pacing import PacingState
 from bidder.scoring import STEP_SLOTS, SlotTables
 from bidder.slices import drain, run_sliced
+from bidder.targeting import CampaignIndex
 from bidder.wiring import StateUpdates
 from models.prior import DECODE_STEP
 from models.snapshot import ModelSnapshot
@@ -79,8 +80,9 @@ def test_a_new_index_folds_in_the_pacing_that_came_while_its_tables_were_built()
     engine, _ = make_engine()
     engine.set_pacing(PacingState(campaign="c005", day="2026-12-07", lam=0.5, spent_today=0, budget_today=10**9,
                                   exhausted=False))
-    staged = engine.stage_campaigns([parse_campaign(campaign(id="new", targeting={"countries": ["FRA"]}))])
-    assert staged is not None
+    camps = engine.stage_campaigns([parse_campaign(campaign(id="new", targeting={"countries": ["FRA"]}))])
+    assert camps is not None
+    staged = CampaignIndex(camps)
     drain(staged.build_steps())
     steps = engine.tables_steps(index=staged)
     for _ in range(3):
