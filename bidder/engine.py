@@ -179,7 +179,7 @@ class BidEngine:
         self._seq = itertools.count(1)
         self._live: frozenset[str] = frozenset()
         self._live_slot: int | None = None  # the UTC quarter hour `_live` was computed for; None: recompute
-        self._live_changes = 0  # moves of one campaign into or out of the live set, or of the whole set being stale
+        self._live_changes = 0  # one campaign's liveness rechecked, or the whole set gone stale: a count
         self._refreshed = -1.0
         self._due = -1.0  # when `_refresh` must run next: a second after the last, or at the next quarter hour if sooner
         self._seen_notices: dict[str, float] = {}  # event id -> when its URL expires (replays refused until then)
@@ -198,10 +198,15 @@ class BidEngine:
     def set_campaigns(self, campaigns: list[Campaign]) -> None:
         self.install_index(CampaignIndex(campaigns))
 
-    def install_index(self, index: CampaignIndex, tables: SlotTables | None = None, live: LiveSet | None = None) -> None:
+    def install_index(self, index: CampaignIndex, tables: SlotTables | None = None,
+                      live: LiveSet | None = None) -> tuple[CampaignIndex, SlotTables | None]:
         """Bid with `index` from now on (built or not: an unbuilt one builds on first use), and with `tables`, its
         scoring tables built aside (`tables_steps`), unless the model changed meanwhile; and with `live`, its live
-        set computed aside (`live_steps`), unless that went stale meanwhile."""
+        set computed aside (`live_steps`), unless that went stale meanwhile.
+
+        Returns the index and tables it replaces: a server holding them for a turn of the loop frees thousands of
+        campaigns' sets there, not in this one."""
+        retired = (self.index, self._tables)
         self.index = index
         self._fragments_of, self._fragments = index, {}
         if live is not None and live.changes == self._live_changes and live.slot == int(self.clock() // LIVE_SLOT_S):
@@ -216,6 +221,7 @@ class BidEngine:
             self._unknown_count -= len(waiting)
             for event in waiting:
                 self.count_billed(event)
+        return retired
 
     def tables_steps(self, index: CampaignIndex | None = None, model: ModelSnapshot | None = None,
                      previous: SlotTables | None = None) -> Steps[SlotTables]:

@@ -148,8 +148,7 @@ class CampaignChanges:
                     break
                 # a model came while they were built: the same constants with its weights, again between bids
                 tables = await run_sliced(engine.tables_steps(index=staged, previous=tables))
-            retired = (engine.index, engine._tables)
-            engine.install_index(staged, tables, live)
+            retired = engine.install_index(staged, tables, live)
             engine.prepare()  # the tables, if models kept coming; the live set, if it went stale meanwhile
             await asyncio.sleep(0)
             del retired  # freeing thousands of campaigns' sets takes milliseconds: in a turn of its own
