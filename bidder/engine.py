@@ -117,6 +117,14 @@ class _Held:
     full: frozenset[str] = frozenset()
 
 
+def _language(cr: Creative) -> dict[str, str]:
+    """The bid's statement of the creative's language, which lets an exchange check it against `wlang`/`wlangb`:
+    a bare ISO 639-1 code as `language`, anything finer (a region, a script) as BCP-47 `langb`, never both (2.6)."""
+    if not cr.lang:
+        return {}
+    return {"language": cr.lang} if len(cr.lang) == 2 else {"langb": cr.lang}
+
+
 def _live_only_change(old: Campaign, new: Campaign) -> bool:
     """Whether `new` differs from `old` in LIVE_ONLY_FIELDS alone."""
     return replace(new, **{f: getattr(old, f) for f in LIVE_ONLY_FIELDS}) == old
@@ -471,6 +479,8 @@ class BidEngine:
         order of an upper bound on their paced value, stopping once no bound left can beat the best price found, or
         (when shading prices them all alike, `_shaded_alike`) the best's paced value.
         """
+        if imp.multiplier != 1.0:  # sold by the multiple (DOOH): priced and billed per impression here, so never bid
+            return None, _RANK["targeting"]
         index = self.index
         el = self._eligible(req, imp, user, now, held.full if held is not None else _NONE_FULL)
         slots = el.slots
@@ -635,7 +645,7 @@ class BidEngine:
             if len(self._fragments) >= NATIVE_FRAGMENTS:
                 self._fragments.clear()
             fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
-                      "mtype": MTYPE[cr.kind], "adm": self.index.native(slot, native)}
+                      "mtype": MTYPE[cr.kind], "adm": self.index.native(slot, native), **_language(cr)}
             frag = self._fragments[key] = b"," + orjson.dumps(fields)[1:]
         return frag
 
@@ -648,7 +658,7 @@ class BidEngine:
         frag = self._fragments.get(key)
         if frag is None:
             fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
-                      "mtype": MTYPE[cr.kind], "adm": cr.adm}
+                      "mtype": MTYPE[cr.kind], "adm": cr.adm, **_language(cr)}
             if cr.w:
                 fields["w"], fields["h"] = cr.w, cr.h
             frag = self._fragments[key] = b"," + orjson.dumps(fields)[1:]

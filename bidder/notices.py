@@ -125,6 +125,11 @@ def notice_url(
     return urls[KINDS.index(kind)]
 
 
+ROUNDING_MICROS = 10_000
+"""How far a notice's price may exceed the bid and still be the bid: bids carry micros, and exchanges commonly write
+prices in cents of CPM, rounded up or to nearest.  The price charged is then the bid, never more."""
+
+
 def _price(raw: str) -> int | None:
     """A decimal CPM from a macro into micros; None when absent (empty or the macro left unsubstituted).
 
@@ -162,7 +167,9 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
         raise NoticeError("expired")
     price = _price(p.get("p", ""))
     if kind != "loss" and price is not None and price > bid_cpm and bid_cpm > 0:
-        raise NoticeError("price_above_bid")
+        if price - bid_cpm > ROUNDING_MICROS:
+            raise NoticeError("price_above_bid")
+        price = bid_cpm  # the bid (1.999999) as the exchange wrote it (2.00): charged what was bid
     loss = p.get("l", "")
     if loss and not loss.startswith("${") and not _loss_code(loss):
         raise NoticeError("malformed")

@@ -82,6 +82,7 @@ class Imp:
     instl: bool
     media: tuple[Media, ...] = ()  # every media object offered (a multi-format imp has several), `kind`'s first
     exp: int = 0  # seconds the exchange may take from the auction to the impression; 0: not stated
+    multiplier: float = 1.0  # billable impressions one purchase counts as (`qty.multiplier`, DOOH); 1: one
 
     @property
     def video_mimes(self) -> tuple[str, ...]:
@@ -294,7 +295,8 @@ def _deals(imp: dict, path: str, floor: float, floorcur: str) -> tuple[tuple[Dea
         if d.get("bidfloor") is None:
             deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp), wadomain))
             continue
-        deals.append(Deal(did, _num(d, "bidfloor", dp), _str(d, "bidfloorcur", dp, floorcur) or floorcur, at,
+        # a deal's currency does not inherit the impression's (2.6 section 3.2.12): stated, or USD
+        deals.append(Deal(did, _num(d, "bidfloor", dp), _str(d, "bidfloorcur", dp, "USD") or "USD", at,
                           _strs(d, "wseat", dp), wadomain))
     return tuple(deals), _flag(pmp, "private_auction", pp, True)  # an undefined value: the narrower reading
 
@@ -325,6 +327,7 @@ def _imp(raw: object, i: int) -> Imp:
         instl=_flag(raw, "instl", path),
         media=tuple(formats),
         exp=max(_int(raw, "exp", path), 0),
+        multiplier=_num(_obj(raw, "qty", path), "multiplier", path + "qty.", 1.0) if "qty" in raw else 1.0,
     )
 
 
@@ -365,6 +368,15 @@ def _privacy(req: dict, user: dict) -> Privacy:
         gpp=gpp,
         gpp_sid=gpp_sid,
     )
+
+
+def _device_id(device: dict) -> str:
+    """The advertising id, unless the device limits tracking (`lmt`; a value not defined yet limits too) or sends the
+    all-zero id a device gives when tracking is denied: that id is every such user at once, never one user."""
+    ifa = _str(device, "ifa", "device.")
+    if not ifa or not ifa.strip("0-") or _flag(device, "lmt", "device.", True):
+        return ""
+    return ifa
 
 
 def hash_id(salt: bytes, raw: str) -> str:
@@ -412,7 +424,7 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
         raise BadRequest("bad_value", "tmax must be non-negative")
     tmax = tmax or DEFAULT_TMAX_MS  # 0 gives no usable deadline: read it as "not stated"
     domain = (_str(src, "bundle", sp) or _str(src, "domain", sp)) if app else _str(src, "domain", sp)
-    uid = _str(user, "id", "user.") or _str(user, "buyeruid", "user.") or _str(device, "ifa", "device.")
+    uid = _str(user, "id", "user.") or _str(user, "buyeruid", "user.") or _device_id(device)
     source = _obj(req, "source", "")
     schain = _obj(source, "schain", "source.") or _obj(_obj(source, "ext", "source."), "schain", "source.ext.")
     parsed = tuple([_imp(x, i) for i, x in enumerate(imps)])

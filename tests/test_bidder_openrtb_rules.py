@@ -15,7 +15,7 @@ from bidder.campaigns import ConfigError, parse_campaign
 from bidder.engine import MAX_NOTICE_TTL_S, BidEngine, EngineConfig
 from bidder.frequency import FrequencyStore
 from bidder.notices import notice_urls
-from bidder.openrtb import parse_request
+from bidder.openrtb import BadRequest, parse_request
 from models.features import request_features
 from models.snapshot import ModelSnapshot
 from tests.helpers import body, campaign, request
@@ -127,6 +127,33 @@ def test_wlang_and_wlangb_allow_only_creatives_in_their_languages() -> None:
     assert bids(engine(campaign()), request())
     with pytest.raises(ConfigError, match="lang"):
         parse_campaign(lang("english language"))
+
+
+def test_a_bid_states_its_creative_language_for_the_exchange_to_check() -> None:
+    def lang(tag: str) -> dict:
+        return campaign(creatives=[{"id": "x", "type": "banner", "w": 300, "h": 250, "adm": "<a/>", "lang": tag}])
+
+    [b] = bids(engine(lang("en")), request(wlang=["en"]))
+    assert b["language"] == "en" and "langb" not in b  # ISO 639-1
+    [b] = bids(engine(lang("en-GB")), request(wlangb=["en"]))
+    assert b["langb"] == "en-gb" and "language" not in b  # finer than 639-1: BCP-47, and only one of the two
+    [b] = bids(engine(campaign()), request())
+    assert "language" not in b and "langb" not in b  # not stated: not claimed
+
+
+def test_an_impression_sold_by_the_multiple_is_not_bid() -> None:
+    """DOOH: one purchase of `qty.multiplier` 14.2 is billed as 14.2 impressions; prices, leases and spend here are
+    per impression, so such an impression is never bid (rather than bought at 1/14.2 of its cost)."""
+    def imp(**extra: object) -> dict:
+        return request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}, **extra}])
+
+    e = engine(campaign())
+    assert reason(e, imp(qty={"multiplier": 14.2, "sourcetype": 1})) == "targeting"
+    assert reason(e, imp(qty={"multiplier": 0.5})) == "targeting"
+    assert bids(e, imp(qty={"multiplier": 1}))
+    assert bids(e, imp(qty={"sourcetype": 1}))  # no multiplier stated: one impression
+    with pytest.raises(BadRequest, match="qty.multiplier"):
+        parse_request(body(imp(qty={"multiplier": "14"})))
 
 
 # -- when notices count ----------------------------------------------------------------------

@@ -67,6 +67,17 @@ def test_price_above_our_bid_is_refused() -> None:
         verify_notice(SECRET, "bill", _query(_url(), price="2.5"), now=1000)
 
 
+@pytest.mark.parametrize("kind", ["win", "bill"])
+def test_a_price_rounded_up_to_the_cent_is_the_bid(kind: str) -> None:
+    """A bid of 1.999999 comes back as 2.00 from an exchange that writes cents: that is the bid, charged as bid;
+    a price more than a cent above it is still refused."""
+    url = notice_url("http://b", SECRET, kind, "bid-1", "c1", "cr1", 1_999_999, 2000, "x", "b1", "u1")
+    assert verify_notice(SECRET, kind, _query(url, price="2.00"), now=1000).price_cpm == 1_999_999
+    assert verify_notice(SECRET, kind, _query(url, price="1.99"), now=1000).price_cpm == 1_990_000
+    with pytest.raises(NoticeError, match="price_above_bid"):
+        verify_notice(SECRET, kind, _query(url, price="2.011"), now=1000)
+
+
 # -- a clearing price of 0 is a price, not an absent one -----------------------------------
 
 

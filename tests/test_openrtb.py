@@ -84,8 +84,34 @@ def test_a_null_26_privacy_field_leaves_its_25_place_in_force(regs: dict) -> Non
 
 def test_a_deal_without_a_floor_keeps_the_impression_floor() -> None:
     imp = {"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 6.0, "bidfloorcur": "EUR",
-           "pmp": {"deals": [{"id": "open"}, {"id": "cheap", "bidfloor": 1.5}, {"id": "zero", "bidfloor": 0}]}}
+           "pmp": {"deals": [{"id": "open"}, {"id": "cheap", "bidfloor": 1.5}, {"id": "zero", "bidfloor": 0},
+                             {"id": "yen", "bidfloor": 500, "bidfloorcur": "JPY"}]}}
     deals = {d.id: d for d in parse_request(body(request(imp=[imp]))).imps[0].deals}
     assert (deals["open"].floor, deals["open"].cur) == (6.0, "EUR")
-    assert (deals["cheap"].floor, deals["cheap"].cur) == (1.5, "EUR")
     assert deals["zero"].floor == 0.0  # a floor stated as 0 is the deal's own
+    assert (deals["yen"].floor, deals["yen"].cur) == (500.0, "JPY")
+
+
+def test_a_deal_floor_without_a_currency_is_in_usd() -> None:
+    """2.6 section 3.2.12: Deal.bidfloorcur does not inherit from Imp.bidfloorcur; stated, or USD."""
+    imp = {"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 100.0, "bidfloorcur": "JPY",
+           "pmp": {"private_auction": 1, "deals": [{"id": "d1", "bidfloor": 5.0}]}}
+    deal = parse_request(body(request(imp=[imp]))).imps[0].deals[0]
+    assert (deal.floor, deal.cur) == (5.0, "USD")
+
+
+@pytest.mark.parametrize("device, keyed", [
+    ({"ifa": "6D92078A-8246-4BA4-AE5B-76104861E7DC"}, True),
+    ({"ifa": "6D92078A-8246-4BA4-AE5B-76104861E7DC", "lmt": 1}, False),  # tracking limited: no user from the device
+    ({"ifa": "6D92078A-8246-4BA4-AE5B-76104861E7DC", "lmt": 2}, False),  # a value not defined yet: the safe side
+    ({"ifa": "00000000-0000-0000-0000-000000000000"}, False),  # the id of every user who denied tracking
+])
+def test_the_device_id_keys_a_user_only_when_tracking_is_allowed(device: dict, keyed: bool) -> None:
+    doc = request(device={"devicetype": 4, **device})
+    doc.pop("user", None)
+    assert bool(parse_request(body(doc)).user_key) is keyed
+
+
+def test_a_user_id_keys_the_user_whatever_the_device_id() -> None:
+    doc = request(device={"ifa": "00000000-0000-0000-0000-000000000000", "lmt": 1}, user={"id": "u-42"})
+    assert parse_request(body(doc)).user_key == parse_request(body(request(user={"id": "u-42"}))).user_key != ""
