@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from bidder import vast
-from bidder.money import MICROS, is_whole_micros, to_micros
+from bidder.money import MICROS, AmountTooLarge, is_whole_micros, to_micros
 from bidder.money import to_text as money_text
 from bidder.native import NativeCreative, NativeError, native_adm, parse_native_creative
 from bidder.openrtb import Media
@@ -272,6 +272,8 @@ def _money(doc: dict, key: str, path: str, default: Any = ...) -> int:
     v = _get(doc, key, path, (int, float, str), default)
     try:
         micros = to_micros(v)
+    except AmountTooLarge:
+        raise ConfigError(path + key, f"must be at most {MAX_MONEY:,}") from None
     except ValueError:
         raise ConfigError(path + key, f"{v!r} is not an amount: write it like 250 or 2.75") from None
     if micros < 0:

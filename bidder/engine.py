@@ -11,8 +11,8 @@ import datetime as dt
 import heapq
 import itertools
 import math
-import os
 import random
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -45,6 +45,8 @@ MTYPE = {"banner": 1, "video": 2, "audio": 3, "native": 4}
 STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_advertiser", "blocked_category", "blocked_app",
           "deal", "frequency_cap", "below_floor", "budget")
 _RANK = {r: i for i, r in enumerate(STAGES)}
+# notice outcomes of a valid notice, answered 200: "won" is a loss notice whose reason says the bid won
+VALID_NOTICE = frozenset({"ok", "test", "won"})
 AUCTION_FIXED_PRICE = 3  # deal.at = 3: the deal's bidfloor is the agreed price
 MIN_LANDSCAPE = 200  # market prices needed before first-price bids are shaded
 LANDSCAPE_REBUILD_S = 60.0  # how often the shading landscape takes in new market prices
@@ -73,7 +75,9 @@ class EngineConfig:
     network_ms: int = 20  # allowance for the trip back to the exchange, taken off tmax
     notice_ttl_s: int = 3600
     restricted_policy: str = "context"  # "context": bid without user data; "nobid"
-    bidder_id: str = field(default_factory=lambda: f"b{os.getpid()}x{int(time.time()) % 100000}")
+    # 64 random bits: process ids repeat across containers (pid 1 in each) and restarts, and two bidders sharing an id
+    # would share bid ids (one's bills deduplicated away as the other's) and lease grants
+    bidder_id: str = field(default_factory=lambda: f"b{secrets.token_hex(8)}")
     explain_rate: float = 0.01
     bid_log_rate: float = 1.0
     lease_slice: int = 0  # micros; 0: no lease needed (single-process demo and tests), else wait for grants
@@ -705,6 +709,8 @@ class BidEngine:
                                                      bidder=n.bidder))
         elif kind == "bill":
             self._bill(n, camp, now, ts_ms, settle=not foreign)
+        elif not n.lost:  # "lost" with reason 0, Bid Won: the bill to come charges it, so its reservation stays
+            return "won"
         else:
             lease = None if foreign else self.leases.get(n.campaign)
             if lease is not None:

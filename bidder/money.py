@@ -11,7 +11,12 @@ from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
 # A decimal amount as a person writes it: no spaces, no digit separators, no "inf" or "nan"
-_DECIMAL = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+_DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")  # ASCII digits only: "١.٥" is no price
+LARGEST_DIGITS = 15  # an amount of 10**15 currency units or more is refused before it is multiplied out
+
+
+class AmountTooLarge(ValueError):
+    """A well-formed amount too large for any price or budget."""
 
 
 def to_micros(amount: float | int | str) -> int:
@@ -20,8 +25,11 @@ def to_micros(amount: float | int | str) -> int:
     if not _DECIMAL.fullmatch(text):
         raise ValueError(f"not a number: {amount!r}")
     try:
-        return int((Decimal(text) * MICROS).to_integral_value())
-    except (InvalidOperation, ValueError, OverflowError):
+        value = Decimal(text)
+        if value and value.adjusted() >= LARGEST_DIGITS:  # "1e999990" would take minutes to multiply out
+            raise AmountTooLarge(f"too large: {amount!r}")
+        return int((value * MICROS).to_integral_value())
+    except (InvalidOperation, OverflowError):
         raise ValueError(f"not a number: {amount!r}") from None
 
 

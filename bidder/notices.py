@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
+from bidder.money import to_micros
+
 KINDS = ("win", "bill", "loss")
 MACROS = {"win": "p=${AUCTION_PRICE}", "bill": "p=${AUCTION_PRICE}", "loss": "l=${AUCTION_LOSS}&m=${AUCTION_MIN_TO_WIN}"}
 
@@ -45,6 +47,7 @@ class Notice:
     loss_reason: int
     min_to_win_cpm: int | None  # micros; None when absent
     test: bool = False  # from a test auction (OpenRTB `test: 1`): not billable
+    lost: bool = True  # False for a loss notice whose reason is 0, "Bid Won" in OpenRTB's list of loss reasons
 
     @property
     def event_id(self) -> str:
@@ -125,6 +128,7 @@ def notice_url(
     return urls[KINDS.index(kind)]
 
 
+MAX_PRICE_MICROS = 10**12  # a CPM of a million or more is no price an auction clears at
 ROUNDING_MICROS = 10_000
 """How far a notice's price may exceed the bid and still be the bid: bids carry micros, and exchanges commonly write
 prices in cents of CPM, rounded up or to nearest.  The price charged is then the bid, never more."""
@@ -138,12 +142,12 @@ def _price(raw: str) -> int | None:
     if not raw or raw.startswith("${"):
         return None
     try:
-        value = float(raw)
+        micros = to_micros(raw)  # exactly, as every amount: "0.0039995" is 4000 micros, never 3999
     except ValueError:
         raise NoticeError("bad_price") from None
-    if not 0 <= value < 1e6 or value != value:
+    if not 0 <= micros < MAX_PRICE_MICROS:
         raise NoticeError("bad_price")
-    return round(value * 1_000_000)
+    return micros
 
 
 def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
@@ -176,4 +180,5 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
     return Notice(
         kind, bid_id, campaign, creative, bid_cpm, expires, exchange, bidder, user, price,
         int(loss) if _loss_code(loss) else 0, _price(p.get("m", "")), test,
+        kind != "loss" or not _loss_code(loss) or int(loss) != 0,
     )

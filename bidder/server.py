@@ -43,7 +43,7 @@ import httptools
 import orjson
 from prometheus_client import CollectorRegistry
 
-from bidder.engine import BidEngine
+from bidder.engine import VALID_NOTICE, BidEngine
 from bidder.metrics import CONTENT_TYPE, BidderCollector, BidderStats, exposition, exposition_steps
 from bidder.notices import KINDS
 from bidder.openrtb import BadRequest, parse_request
@@ -299,7 +299,7 @@ class BidApp:
     def notice(self, kind: str, query: str) -> bytes:
         outcome = self.engine.notice(kind, query)
         self.stats.notices[(kind if kind in KINDS else "unknown", outcome)] += 1
-        if outcome in ("ok", "test"):  # a test auction's notice is valid, only not billable
+        if outcome in VALID_NOTICE:  # a test auction's notice is valid, only not billable; "won" too
             return response(200, b'{"ok":true}')
         return response(400, orjson.dumps({"error": outcome}))
 

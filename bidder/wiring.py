@@ -38,7 +38,7 @@ import orjson
 
 from bidder.campaigns import Campaign, ConfigError, config_campaign
 from bidder.clock import from_env as clock_from_env
-from bidder.engine import BidEngine, EngineConfig
+from bidder.engine import VALID_NOTICE, BidEngine, EngineConfig
 from bidder.frequency import counted_since
 from bidder.lease_client import LeaseClient
 from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool_dir, start_publishing
@@ -493,7 +493,7 @@ def _relaying(app: BidApp, relay: NoticeRelay) -> Any:
         if outcome == "relayed":
             return _OK  # counted once, by the owner; not in this worker's metrics
         stats.notices[(kind if kind in KINDS else "unknown", outcome)] += 1  # as BidApp.notice
-        if outcome in ("ok", "test"):  # a test auction's notice is valid, only not billable
+        if outcome in VALID_NOTICE:  # a test auction's notice is valid, only not billable; "won" too
             return _OK
         return response(400, orjson.dumps({"error": outcome}))
 

@@ -182,6 +182,28 @@ def test_a_notice_signed_for_an_earlier_run_is_not_charged_to_this_runs_lease() 
     assert e.leases["c1"].spent_micros == 0
 
 
+def test_a_loss_notice_saying_the_bid_won_keeps_its_reservation() -> None:
+    """Loss reason 0 is "Bid Won": the bill that follows charges the reservation, so freeing it on the loss notice
+    would let another bid spend the same budget (and the bid would count as lost too)."""
+    events = Sink()
+    e = engine(campaign(), sink=events, lease_slice=1, bidder_id="b")
+    e.grant("c1", "2026-05-28", 1_000_000)
+    [b] = bids(e, request())
+    reserved = e.leases["c1"].reserved_micros
+    assert reserved > 0
+
+    def lurl(code: str) -> str:
+        return query(b["lurl"].replace("${AUCTION_LOSS}", code).replace("${AUCTION_MIN_TO_WIN}", ""))
+
+    assert e.notice("loss", lurl("0")) == "won"
+    assert e.leases["c1"].reserved_micros == reserved and "losses" not in events.kinds()
+    assert e.notice("bill", query(b["burl"], "1.0")) == "ok"
+    assert e.leases["c1"].spent_micros == 1000 and e.leases["c1"].reserved_micros == 0
+    [b] = bids(e, request())
+    assert e.notice("loss", lurl("102")) == "ok"  # a real loss frees it
+    assert e.leases["c1"].reserved_micros == 0
+
+
 # -- players ---------------------------------------------------------------------------------
 
 

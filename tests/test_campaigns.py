@@ -70,6 +70,8 @@ def test_money_is_integer_micros() -> None:
         ({"budget": {"daily": "Infinity"}}, "budget.daily"),
         ({"budget": {"daily": float("inf")}}, "budget.daily"),
         ({"budget": {"daily": "1e400"}}, "budget.daily"),
+        ({"budget": {"daily": "1e999990"}}, "budget.daily"),  # refused at once, not multiplied out for minutes
+        ({"budget": {"daily": "\u0661\u0660"}}, "budget.daily"),  # digits, but not ASCII ones
         ({"budget": {"daily": 1e300}}, "budget.daily"),
         ({"budget": {"daily": "5_000"}}, "budget.daily"),
         ({"budget": {"daily": " 5 "}}, "budget.daily"),

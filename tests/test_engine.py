@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -353,3 +354,11 @@ def test_a_floor_between_two_micros_is_met_not_rounded_under() -> None:
     doc["imp"][0]["pmp"] = {"deals": [{"id": "d", "bidfloor": 1.0000004, "at": 3}]}
     b = orjson.loads(bid(engine([camp]), doc).body)["seatbid"][0]["bid"][0]
     assert b["dealid"] == "d" and b["price"] == 1.000001  # a fixed-price deal: its floor, rounded up to the micro
+
+
+def test_every_bidder_gets_an_id_of_its_own() -> None:
+    """Bidders started together (in containers, each its pid 1, in the same second) must still differ: bid ids,
+    billing event ids and lease grants are keyed by the bidder id."""
+    ids = [EngineConfig(secret=b"s").bidder_id for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", i) for i in ids)  # it names the notice relay's socket

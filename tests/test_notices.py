@@ -67,6 +67,17 @@ def test_price_above_our_bid_is_refused() -> None:
         verify_notice(SECRET, "bill", _query(_url(), price="2.5"), now=1000)
 
 
+def test_a_notice_price_is_read_exactly() -> None:
+    assert verify_notice(SECRET, "bill", _query(_url(), price="0.0039995"), now=1000).price_cpm == 4000  # half-even
+    assert verify_notice(SECRET, "bill", _query(_url(), price="1.5E-3"), now=1000).price_cpm == 1500
+
+
+@pytest.mark.parametrize("price", ["1_000", " 2.5", "+1.5", "\u0661.\u0665", "1e999990", "-1", "nan", "inf"])
+def test_a_price_that_is_not_a_plain_decimal_is_refused(price: str) -> None:
+    with pytest.raises(NoticeError, match="bad_price"):
+        verify_notice(SECRET, "bill", _query(_url(), price=price), now=1000)
+
+
 @pytest.mark.parametrize("kind", ["win", "bill"])
 def test_a_price_rounded_up_to_the_cent_is_the_bid(kind: str) -> None:
     """A bid of 1.999999 comes back as 2.00 from an exchange that writes cents: that is the bid, charged as bid;
