@@ -87,6 +87,8 @@ class Creative:
     linearity: int = 0  # video: 1 linear, 2 non-linear; 0 unknown
     lang: str = ""  # the creative's language (BCP-47, lower case, e.g. "en" or "en-gb"); "" not stated
     native: NativeCreative | None = field(default=None, compare=False)  # a native creative's parsed response
+    # no plain-HTTP URL in its markup, so it may fill a secure impression (`imp.secure` 1); derived from `adm`
+    secure: bool = field(default=True, compare=False)
 
     def fits(self, media: Media) -> bool:
         """Whether the creative can fill this media object.
@@ -231,6 +233,7 @@ def _creative_doc(c: Creative) -> dict[str, Any]:
 
 
 _local: dict[tuple[str, dt.datetime], tuple[dt.date, int]] = {}
+_PLAIN_HTTP = re.compile(r"http:(//|\\/\\/)", re.IGNORECASE).search  # also as JSON writes it in a native adm: http:\/\/
 
 
 def _local_day_hour(timezone: str, now_utc: dt.datetime) -> tuple[dt.date, int]:
@@ -362,7 +365,8 @@ def _creative(raw: Any, i: int) -> Creative:
         except NativeError as e:
             raise ConfigError(path + "adm", f"{e} (a native creative's adm is a Native 1.2 response)") from None
     protocol, duration, linearity = _playback(raw, path, kind, adm)
-    return Creative(cid, kind, w, h, cats, adm, mimes, protocol, duration, linearity, lang, native)
+    return Creative(cid, kind, w, h, cats, adm, mimes, protocol, duration, linearity, lang, native,
+                    _PLAIN_HTTP(adm) is None)
 
 
 def _playback(raw: dict, path: str, kind: str, adm: str) -> tuple[int, int, int]:

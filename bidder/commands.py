@@ -18,6 +18,8 @@ from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positi
 from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
 from streams.events import env_salt
 
+# more processes than this only add memory (each holds its own engine and model): a typo of 100000 would fill it
+MAX_WORKERS = 8 * (os.cpu_count() or 1)
 # where a snapshot file comes from: the workers publish models only to the model topic
 MODEL_SOURCES = ("one saved by `streambid model export --out FILE` (the model the workers last published) or by "
                  "`streambid bench bidder` (out/bench-model-*.snap)")
@@ -48,8 +50,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     s.add_argument("--port", type=port_or_zero, default=8080, help="listen port, 1-65535, or 0 for any free one (default: "
                                                            "%(default)s)")
-    s.add_argument("--workers", type=positive(int), default=1,
-                   help="processes sharing the port via SO_REUSEPORT (default: 1)")
+    s.add_argument("--workers", type=positive(int, MAX_WORKERS), default=1,
+                   help=f"processes sharing the port via SO_REUSEPORT, one per core is the usual choice; at most "
+                        f"{MAX_WORKERS}, 8 per core here (default: 1)")
     s.add_argument("--campaigns", type=Path, help="JSON/YAML campaign file; with a broker the config topic is followed too")
     s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP; none: no events are sent)")
     s.add_argument("--no-kafka", action="store_true", help="ignore $KAFKA_BOOTSTRAP: serve from the campaign file only")

@@ -766,6 +766,9 @@ class BidEngine:
             lease.settle(n.bid_id, cost)
         if n.user and camp is not None and (camp.freq_per_hour or camp.freq_per_day) and not self.cfg.shared_frequency:
             self.frequency.record(n.user, n.campaign, *cap_buckets(camp.timezone, now))
+        # the campaign's local date; a bidder that does not know the campaign (still warming up) cannot tell it, and
+        # leaves it to the ledger, which dates the bill in the campaign's zone as it dates every other event
+        day = {"day": self.campaign_day(camp, now)} if camp is not None else {}
         self.sink("billing", n.campaign, make_event("billing", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
-                                                    creative=n.creative, cost=cost, day=self.campaign_day(camp, now),
-                                                    exchange=n.exchange, bidder=n.bidder, user=n.user))
+                                                    creative=n.creative, cost=cost, exchange=n.exchange,
+                                                    bidder=n.bidder, user=n.user, **day))

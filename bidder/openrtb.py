@@ -83,6 +83,7 @@ class Imp:
     media: tuple[Media, ...] = ()  # every media object offered (a multi-format imp has several), `kind`'s first
     exp: int = 0  # seconds the exchange may take from the auction to the impression; 0: not stated
     multiplier: float = 1.0  # billable impressions one purchase counts as (`qty.multiplier`, DOOH); 1: one
+    secure: bool = False  # the markup must load over HTTPS only
 
     @property
     def video_mimes(self) -> tuple[str, ...]:
@@ -325,6 +326,7 @@ def _imp(raw: object, i: int) -> Imp:
         tagid=_str(raw, "tagid", path),
         pos=_int(banner, "pos", path + "banner.") if type(banner) is dict else 0,
         instl=_flag(raw, "instl", path),
+        secure=_flag(raw, "secure", path, True) if "secure" in raw else False,  # unstated: plain HTTP may be assumed
         media=tuple(formats),
         exp=max(_int(raw, "exp", path), 0),
         multiplier=_num(_obj(raw, "qty", path), "multiplier", path + "qty.", 1.0) if "qty" in raw else 1.0,

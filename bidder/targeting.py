@@ -229,6 +229,7 @@ class CampaignIndex:
                                                  for _, cr in self.slots)
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
+        self._insecure = _bits_of(i for i, (_, cr) in enumerate(self.slots) if not cr.secure)
         yield
         self._deal_targets = yield from _members_steps(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
         yield
@@ -480,6 +481,8 @@ class CampaignIndex:
         if not m:
             return Eligible(reason=CURRENCY)
         m &= targeting
+        if imp.secure:
+            m &= ~self._insecure
         if not m:
             return Eligible(reason=TARGETING)
         if not_adv:
@@ -618,8 +621,9 @@ def floor_micros(floor: float) -> int:
 
 
 def fits_imp(cr: Creative, imp: Imp) -> bool:
-    """Whether the creative fits one of the media objects the impression offers (the plain rule, per candidate)."""
-    return any(cr.fits(media) for media in imp.formats())
+    """Whether the creative fits one of the media objects the impression offers (the plain rule, per candidate),
+    over HTTPS alone when the impression is secure."""
+    return (cr.secure or not imp.secure) and any(cr.fits(media) for media in imp.formats())
 
 
 def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:

@@ -46,6 +46,13 @@ class ConversionRates:
         self.conversions[campaign] = self.conversions.get(campaign, 0) + max(conversions - v0, 0)
         self._seen[campaign] = (day, max(clicks, c0), max(conversions, v0))
 
+    def forget(self, campaign: str) -> None:
+        """Drop what is known of `campaign` (it moved to another worker): if it comes back, it starts again from
+        the ledger, which by then holds what the other worker counted."""
+        self.clicks.pop(campaign, None)
+        self.conversions.pop(campaign, None)
+        self._seen.pop(campaign, None)
+
     def knows(self, campaign: str) -> bool:
         """Whether any day of `campaign` was folded in yet."""
         return campaign in self._seen

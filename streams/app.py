@@ -210,6 +210,10 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
                 observe_bid(ev)
             try:
                 examples = handle(kind, ev, (source, msg.offset))
+            except EventError as e:  # one that contradicts what the worker holds (its bid's campaign)
+                await reject(msg.topic, e.reason, msg.value)
+                tpkey = None
+                continue
             except Exception as e:  # a bug must cost one event (kept on the dead-letter topic), not the worker
                 log.exception("event %s from %s could not be applied", ev.get("id"), source)
                 await reject(msg.topic, f"internal: {type(e).__name__}", msg.value)
@@ -433,6 +437,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             reached = event_time(now_ms, owned)
             if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
                 forgotten_at[0] = time.time()
+                outbox.at(None)  # outside any event: each forgotten id is deleted on its own partition
                 delivery.ledger.forget_before(newest[0] - SEEN_TTL_S * 1000)
             stats.windows_close_at = min(reached.values())
             await close_windows(stats.windows_close_at, reached, owned, now_ms)
@@ -485,9 +490,32 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             return
         now = clock()
         local = {k.split("|", 1)[0] for k in totals}
-        for state in pacer.update(now, delivery.ledger):
-            if state.campaign in local:
-                await pacing_topic.send(key=state.campaign.encode(), value=orjson.dumps(pacing_doc(state)))
+        await follow_moves(local)
+        for state in pacer.update(now, delivery.ledger, only=local):
+            await pacing_topic.send(key=state.campaign.encode(), value=orjson.dumps(pacing_doc(state)))
+
+    paced: list[set[str] | None] = [None]  # the campaigns paced at the last step; None before the first
+
+    async def follow_moves(local: set[str]) -> None:
+        """Campaigns that left in a rebalance are forgotten; those that came start from their last published lambda
+        of the day, read back as at start (the first step's were, by `read_back_pacing`)."""
+        before, paced[0] = paced[0], set(local)
+        if before is None:
+            return
+        for cid in before - local:
+            pacer.forget(cid)
+        came = local - before
+        if not came:
+            return
+        try:
+            docs = await asyncio.wait_for(last_pacing_docs(bootstrap, topics.PACING.name, came,
+                                                           int(time.time() * 1000) - PACING_BACK_MS),
+                                          PACING_READ_TIMEOUT_S)
+        except Exception as e:  # the broker away: they start from lambda 0, as after a restart without it
+            log.warning("pacing states of %d campaigns new here not read back (%s)", len(came), e)
+            return
+        for state in filter(None, map(pacing_state, docs.values())):
+            pacer.remember(state)
 
     def apply_config(key: bytes, value: bytes | None) -> None:
         try:

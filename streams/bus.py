@@ -49,8 +49,14 @@ class EmbeddedBus:
         if kind == "bids":
             self.pacer.observe_bid(event)
         if kind == "billing" and event["id"] not in self.delivery.ledger.seen and event.get("bidder"):
-            self._granter(event["campaign"], event["day"]).bill(event["bidder"], event["cost"])
-        for ex in self.delivery.handle(kind, event):
+            day = event.get("day") or self.campaigns.day_of(event["campaign"], event["ts"])
+            self._granter(event["campaign"], day).bill(event["bidder"], event["cost"])
+        try:
+            examples = self.delivery.handle(kind, event)
+        except EventError as e:
+            self.deadletters.append(dead_letter(kind, e.reason, event, event["ts"]))
+            return
+        for ex in examples:
             self.learner.learn(ex.to_event(event["ts"]))
 
     def tick(self, now: float) -> None:

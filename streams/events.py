@@ -25,13 +25,17 @@ DEFAULT_SALT = b"streambid"  # what STREAMBID_SALT falls back to (serve warns wh
 _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "bids": {"bid_id": str, "campaign": str, "creative": str, "price": int, "pctr": float, "features": list},
     "wins": {"bid_id": str, "campaign": str, "price": int},
-    "billing": {"bid_id": str, "campaign": str, "cost": int, "day": str},
+    "billing": {"bid_id": str, "campaign": str, "cost": int},  # and `day`, when its bidder knew the campaign
     "losses": {"bid_id": str, "campaign": str},
     "impressions": {"bid_id": str, "campaign": str},
     "clicks": {"bid_id": str, "campaign": str},
     "conversions": {"bid_id": str, "campaign": str, "value": int},
     "examples": {"campaign": str, "creative": str, "features": list, "label": int},
 }
+
+
+# fields a kind may leave out, checked (and kept in a dead letter) when present
+_OPTIONAL: dict[str, tuple[str, ...]] = {"billing": ("day",)}
 
 
 class EventError(ValueError):
@@ -94,13 +98,15 @@ def _sane(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
             raise EventError("bad_value", f"feature ids must lie in 0..{HASH_MASK}")
     if kind == "examples" and raw["label"] not in (0, 1):
         raise EventError("bad_value", "label must be 0 or 1")
-    if kind == "billing":  # the only day the ledger reads: other events count on their campaign's date at `ts`
-        _check_day(raw["day"], ts)
+    if kind == "billing" and "day" in raw:  # the only day the ledger reads: other events count on their campaign's
+        _check_day(raw["day"], ts)  # date at `ts`, and so does a bill whose bidder did not know the campaign
     return raw
 
 
-def _check_day(day: str, ts: int) -> None:
+def _check_day(day: object, ts: int) -> None:
     """A billing day is the campaign's local date at the bill: at most a day off the date in UTC."""
+    if type(day) is not str:
+        raise EventError("bad_type", "day must be a string")
     try:
         local = dt.date.fromisoformat(day) if _DAY.fullmatch(day) else None
     except ValueError:
@@ -225,7 +231,7 @@ def _json_object(payload: Any, raw: bytes) -> dict[Any, Any] | None:
 
 def _known_fields(kind: str, doc: dict[Any, Any]) -> tuple[dict[str, Any], list[Any]]:
     """The fields of `doc` its kind's schema knows, with plain values; and the keys of all the others."""
-    names: tuple[str, ...] = _DEAD_COMMON + tuple(_REQUIRED.get(kind, ()))
+    names: tuple[str, ...] = _DEAD_COMMON + tuple(_REQUIRED.get(kind, ())) + _OPTIONAL.get(kind, ())
     if kind == _DEAD_CONFIG_KIND:
         names += _DEAD_CONFIG
         if isinstance(doc.get("campaign"), dict):

@@ -30,6 +30,7 @@ for the full bound, and the README's pacing section.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from typing import Any
@@ -46,6 +47,11 @@ MAX_FRAC = 0.5  # a bidder may not ask for more than half the remaining budget a
 REQUEST_TTL_S = 30.0  # wall seconds: an older request (a backlog after an outage) is not answered; bidders ask again
 HOLD_S = KEEPALIVE_S + 4 * ASK_EVERY_S  # after a partition is assigned: time for every bidder in contact to report
 _BIDDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}").fullmatch
+
+
+def _days_between(a: str, b: str) -> int:
+    return (dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days
 
 
 def min_slice(campaign: Campaign) -> int:
@@ -69,9 +75,16 @@ def parse_request(raw: bytes) -> dict[str, Any] | None:
             return None
     if not isinstance(doc.get("frac"), int | float) or not isinstance(doc.get("ts"), int | float):
         return None
-    if not _BIDDER_ID(doc["bidder"]):
-        return None
+    if not _BIDDER_ID(doc["bidder"]) or not _is_date(doc["day"]):
+        return None  # a day that is no date would become the campaign's latest day, and refuse every real one
     return doc
+
+
+def _is_date(text: str) -> bool:
+    try:
+        return _DATE(text) is not None and dt.date.fromisoformat(text) is not None
+    except ValueError:
+        return False
 
 
 class LeaseDesk:
@@ -96,8 +109,8 @@ class LeaseDesk:
         """The campaign's granter for `day` and its `budget` that day (micros; the lifetime total may leave less
         than the daily budget); None for a day older than one already granted on (a late request)."""
         current = self.days.get(campaign.id)
-        if current is not None and day < current:
-            return None
+        if current is not None and (day < current or _days_between(current, day) > 1):
+            return None  # late; or a day after tomorrow, which no clock near the campaign's midnight could be on
         g = self.granters.get(campaign.id)
         if g is None or current != day:
             g = self.granters[campaign.id] = LeaseGranter(budget, min_slice(campaign), frac)

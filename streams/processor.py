@@ -22,6 +22,7 @@ from bidder.pacing import PacingController, PacingState, SpendPlan, day_clock, d
 from models.conversion import ConversionRates
 from models.learner import CTRLearner, encode_state
 from streams.attribution import Attribution, Example
+from streams.events import EventError
 from streams.ledger import POST_CLICK, SpendLedger, empty_totals
 
 Emit = Callable[[str, str, dict[str, Any]], None]  # (topic kind, key, event)
@@ -75,6 +76,8 @@ class DeliveryProcessor:
         examples: list[Example] = []
         post_click = 0
         if kind in ATTRIBUTION_KINDS:
+            if kind != "bids":
+                self._check_campaign(event)
             if kind == "bids":
                 outcome, ex = self.attribution.on_bid(event)
                 if ex is not None:
@@ -96,6 +99,14 @@ class DeliveryProcessor:
         if kind in LEDGER_KINDS and not self.ledger.apply(kind, event, position, post_click):
             self.outcomes[f"{kind}:duplicate_event"] = self.outcomes.get(f"{kind}:duplicate_event", 0) + 1
         return examples
+
+    def _check_campaign(self, event: dict[str, Any]) -> None:
+        """An impression, click or conversion names its bid's campaign: one naming another would be counted there,
+        and its bid's example labelled by it, so it is refused (dead letter) before anything is applied."""
+        entry = self.attribution.pending.get(event["bid_id"])
+        if entry is not None and entry["f"] is not None and entry["c"] != event["campaign"]:
+            raise EventError("campaign_mismatch", f"bid {event['bid_id'][:64]} is campaign {entry['c']}'s, "
+                                                  f"not {event['campaign'][:64]}'s")
 
     def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
                limit: int | None = None) -> list[Example]:
@@ -185,9 +196,21 @@ class Pacer:
         self.controllers[camp.id] = ctl
         return ctl
 
-    def update(self, now: float, ledger: SpendLedger | None) -> list[PacingState]:
+    def forget(self, campaign: str) -> None:
+        """Drop `campaign`'s state (it moved to another worker): built from this worker's ledger, which no longer
+        sees its spend, it would be stale if the campaign came back; it then starts as after a restart."""
+        self.controllers.pop(campaign, None)
+        self.known_lambda.pop(campaign, None)
+        self.conversions.forget(campaign)
+        self._before.pop(campaign, None)
+        self._before_days.pop(campaign, None)
+
+    def update(self, now: float, ledger: SpendLedger | None, only: set[str] | None = None) -> list[PacingState]:
+        """Step every campaign's controller (or those of `only`: the campaigns whose spend this worker counts; a
+        controller stepped on spend it cannot see would run from zero spend, and its state outlive the campaign's
+        coming back here)."""
         out = []
-        camps = list(self.campaigns.by_id.values())
+        camps = [c for c in self.campaigns.by_id.values() if only is None or c.id in only]
         when = {c.id: self.campaigns.fraction_of_day(c, now) for c in camps}
         self._refresh_lifetime(now, {cid: w[0] for cid, w in when.items()}, ledger)
         for camp in camps:

@@ -84,11 +84,18 @@ class TableView(MutableMapping[str, Any]):
         partition = self._partition_for_write(key)
         self._partition[key] = partition
         self._data[key] = value
-        self.dirty[key] = partition
+        self._mark(key, partition)
 
     def __delitem__(self, key: str) -> None:
         partition = self._partition_for_write(key)
         del self._data[key]
+        self._mark(key, partition)
+
+    def _mark(self, key: str, partition: int) -> None:
+        """Queue the key's record at the place of its *last* write: a flush sends records in that order (and may
+        split them over several batches), and the ledger's replay relies on a partition's totals reaching the
+        changelog in the order they were written (`SpendLedger._absorbed_near`)."""
+        self.dirty.pop(key, None)
         self.dirty[key] = partition
 
 

@@ -18,7 +18,7 @@ from bidder.notices import notice_urls
 from bidder.openrtb import BadRequest, parse_request
 from models.features import request_features
 from models.snapshot import ModelSnapshot
-from tests.helpers import body, campaign, request
+from tests.helpers import NATIVE_ADM, body, campaign, request
 
 NOW = 1_780_000_000.0
 VAST40 = ('<VAST version="4.0"><Ad id="a"><InLine><AdSystem>s</AdSystem><AdTitle>t</AdTitle><Creatives><Creative>'
@@ -139,6 +139,25 @@ def test_a_bid_states_its_creative_language_for_the_exchange_to_check() -> None:
     assert b["langb"] == "en-gb" and "language" not in b  # finer than 639-1: BCP-47, and only one of the two
     [b] = bids(engine(campaign()), request())
     assert "language" not in b and "langb" not in b  # not stated: not claimed
+
+
+def test_a_secure_impression_takes_only_markup_without_plain_http() -> None:
+    def markup(adm: str) -> dict:
+        return campaign(creatives=[{"id": "x", "type": "banner", "w": 300, "h": 250, "adm": adm}])
+
+    plain = markup('<a href="https://shop.example/"><img src="http://cdn.shop.example/a.jpg"></a>')
+    safe = markup('<a href="https://shop.example/"><img src="https://cdn.shop.example/a.jpg"></a>')
+
+    def imp(**extra: object) -> dict:
+        return request(imp=[{"id": "1", "banner": {"w": 300, "h": 250}, **extra}])
+
+    assert reason(engine(plain), imp(secure=1)) == "targeting"
+    assert bids(engine(safe), imp(secure=1))
+    assert bids(engine(plain), imp(secure=0)) and bids(engine(plain), imp())  # unstated: plain HTTP may be assumed
+    assert reason(engine(plain), imp(secure=2)) == "targeting"  # a value not defined yet: the safe reading
+    adm = NATIVE_ADM.replace("https://", "http://").replace("/", "\\/")
+    native = parse_campaign(campaign(creatives=[{"id": "n", "type": "native", "adm": adm}]))
+    assert not native.creatives[0].secure  # JSON may write http:// as http:\/\/
 
 
 def test_an_impression_sold_by_the_multiple_is_not_bid() -> None:

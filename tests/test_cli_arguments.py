@@ -186,6 +186,14 @@ def test_serve_refuses_an_unreadable_model_naming_commands_that_write_one(tmp_pa
     assert "streambid model export" in " ".join(streambid("serve", "--help").stdout.split())
 
 
+def test_serve_refuses_more_workers_than_the_machine_can_use() -> None:
+    """A typo of 100000 started processes until memory ran out."""
+    from bidder.commands import MAX_WORKERS
+
+    refused(["serve", "--no-kafka", "--workers", "100000"], "--workers", f"maximum of {MAX_WORKERS}")
+    assert build_parser().parse_args(["serve", "--workers", str(MAX_WORKERS)]).workers == MAX_WORKERS
+
+
 def test_serve_says_it_follows_the_config_topic_instead_of_counting_no_campaigns() -> None:
     from bidder.commands import serving_line
 

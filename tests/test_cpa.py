@@ -155,3 +155,25 @@ def test_a_pacer_started_after_a_restart_learns_the_rate_from_every_day_in_the_l
     assert state.cvr == pytest.approx(expected)
     (state,) = pacer.update(NOW + 60, ledger)  # the next step adds nothing of the earlier days again
     assert state.cvr == pytest.approx(expected)
+
+
+def test_a_campaign_that_comes_to_a_worker_in_a_rebalance_is_paced_from_its_history() -> None:
+    """A worker long up paced every known campaign, its own or not: for one whose spend another worker counted it
+    held a conversion rate and a controller built on nothing, and kept them when the campaign came to it."""
+    camps = Campaigns()
+    camp = parse_campaign(campaign(goal={"type": "cpa", "value_per_conversion": 40.0}))
+    camps.by_id[camp.id] = camp
+    ledger = SpendLedger({}, {}, camps.day_of, camps.click_value)
+    yesterday = int(NOW * 1000) - 86_400_000
+    long_up = Pacer(camps)
+    assert long_up.update(NOW - 3600, ledger, only=set()) == [] and not long_up.controllers  # not its campaign yet
+    for i in range(2000):  # the history the other worker counted, in the ledger this worker now recovers
+        ledger.apply("clicks", {"id": f"k{i}", "ts": yesterday, "campaign": "c1", "bid_id": f"b{i}"})
+    for i in range(20):
+        ledger.apply("conversions", {"id": f"v{i}", "ts": yesterday, "campaign": "c1", "bid_id": f"b{i}", "value": 1},
+                     post_click=1)
+    (moved,) = long_up.update(NOW, ledger, only={"c1"})
+    (fresh,) = Pacer(camps).update(NOW, ledger)
+    assert moved.cvr == fresh.cvr == pytest.approx((20 + 20 * DEFAULT_CVR) / (2000 + 20))
+    long_up.forget("c1")  # it leaves again: nothing of it is kept for its next return
+    assert "c1" not in long_up.controllers and not long_up.conversions.knows("c1")

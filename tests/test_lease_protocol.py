@@ -122,6 +122,17 @@ def test_requests_for_a_day_over_or_too_old_get_no_answer() -> None:
     assert desk.counts == {"granted": 2, "past_day": 1, "stale": 1, "unknown_campaign": 1}
 
 
+def test_a_request_for_no_date_or_a_day_after_tomorrow_cannot_stop_the_grants() -> None:
+    """Taken as the campaign's latest day, either would refuse every bidder asking for the real one."""
+    assert parse_lease_request(orjson.dumps(req("a", day="x"))) is None
+    assert parse_lease_request(orjson.dumps(req("a", day="2026-02-31"))) is None
+    assert parse_lease_request(orjson.dumps(req("a"))) is not None
+    desk = LeaseDesk()
+    assert desk.answer(req("a"), CAMP, 0, NOW) is not None
+    assert desk.answer(req("b", day="2026-05-30"), CAMP, 0, NOW) is None
+    assert desk.answer(req("c"), CAMP, 0, NOW) is not None and desk.days[CAMP.id] == DAY
+
+
 def test_a_budget_cut_mid_day_holds_back_later_grants() -> None:
     desk = LeaseDesk()
     desk.answer(req("a"), CAMP, 0, NOW)

@@ -9,7 +9,10 @@ import orjson
 import pytest
 
 from bidder.campaigns import parse_campaign
-from streams.events import check_event, make_event
+from bidder.engine import BidEngine, EngineConfig
+from bidder.notices import notice_urls
+from models.snapshot import ModelSnapshot
+from streams.events import EventError, check_event, make_event
 from streams.ledger import SpendLedger
 from streams.processor import Campaigns, DeliveryProcessor
 from tests.helpers import campaign
@@ -232,3 +235,33 @@ def test_a_bill_counts_on_its_own_day() -> None:
     ev = make_event("billing", "bill:b1", ONE_AM_UTC, bid_id="b1", campaign="c1", cost=5, day="2026-03-10")
     assert lg.apply("billing", ev, ("billing:0", 0))
     assert set(lg.totals) == {"c1|2026-03-10"}  # the day its bidder settled it against
+
+
+def test_a_bill_from_a_bidder_that_did_not_know_the_campaign_counts_on_the_campaigns_local_day() -> None:
+    """A warming bidder cannot tell a Tokyo campaign's date: it leaves the day out, and the ledger, which knows the
+    campaign, dates the bill in Tokyo (20:26 UTC on 28 May is 29 May there), as it dates clicks and impressions."""
+    now = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+    events: list = []
+    warming = BidEngine(EngineConfig(secret=b"s", bidder_id="b"), [], ModelSnapshot.empty(),
+                        sink=lambda kind, key, ev: events.append(ev), clock=lambda: now)
+    burl = notice_urls("http://b", b"s", "b-1", "tok", "cr1", 2_000_000, int(now) + 60, "x", "b")[1]
+    assert warming.notice("bill", burl.split("?", 1)[1].replace("${AUCTION_PRICE}", "1.5")) == "ok"
+    [ev] = events
+    assert "day" not in ev
+    campaigns = Campaigns()
+    campaigns.by_id["tok"] = parse_campaign(campaign(id="tok", flight={"timezone": "Asia/Tokyo"}))
+    lg = SpendLedger({}, {}, day_of=campaigns.day_of, click_value=lambda c: 0)
+    assert lg.apply("billing", check_event("billing", ev))
+    assert lg.day_totals("tok", "2026-05-29")["spend"] == 1500 and lg.day_totals("tok", "2026-05-28")["spend"] == 0
+
+
+def test_a_click_naming_another_campaign_than_its_bid_is_refused_before_it_counts() -> None:
+    proc = processor()
+    proc.handle("bids", make_event("bids", "bid:b1", 1000, bid_id="b1", campaign="c1", creative="cr1", price=1,
+                                   pctr=0.1, features=[1]))
+    stray = make_event("clicks", "click:b1", 2000, bid_id="b1", campaign="c2")
+    with pytest.raises(EventError, match="campaign c1"):
+        proc.handle("clicks", stray)
+    assert not proc.ledger.totals and proc.attribution.pending["b1"]["clk"] is None  # nothing applied
+    proc.handle("clicks", make_event("clicks", "click:b1", 2000, bid_id="b1", campaign="c1"))
+    assert proc.ledger.day_totals("c1", "1970-01-01")["clicks"] == 1

@@ -212,6 +212,21 @@ def test_writes_land_in_their_partition_and_iteration_sees_only_owned_ones() -> 
     assert view["c1|d"] == {"spend": 5}  # reads by key are not restricted
 
 
+def test_records_reach_the_changelog_in_the_order_of_their_last_write() -> None:
+    """A crash between two batches of one flush must lose a suffix of the writes, never an earlier write whose key
+    was written again later: the ledger's replay takes a later day's totals as proof the earlier were written."""
+    producer = _Producer(cap=1)
+    view = TableView(_Table())
+    outbox = Outbox(_App(producer), (view,))
+    outbox.at(0)
+    view["c1|d1"] = {"n": 1}
+    view["c2|d1"] = {"n": 1}
+    view["c1|d1"] = {"n": 2}
+    asyncio.run(outbox.flush())
+    sent = [orjson.loads(k) for t, _, recs in producer.sent if t == "app-totals-changelog" for k, _ in recs]
+    assert sent == ["c2|d1", "c1|d1"]
+
+
 def test_the_outbox_sends_one_record_per_dirty_key_in_batches_per_partition() -> None:
     producer = _Producer(cap=2)
     view = TableView(_Table())
@@ -225,8 +240,9 @@ def test_the_outbox_sends_one_record_per_dirty_key_in_batches_per_partition() ->
     asyncio.run(outbox.flush())
     changelog = [(p, r) for t, p, recs in producer.sent if t == "app-totals-changelog" for r in recs]
     assert [p for p, _ in changelog] == [1, 1, 1]
-    assert [(orjson.loads(k), v and orjson.loads(v)) for _, (k, v) in changelog] == [("k0", None), ("k1", {"n": 1}),
-                                                                                      ("k2", {"n": 2})]
+    # in the order of each key's last write: k0's deletion came last
+    assert [(orjson.loads(k), v and orjson.loads(v)) for _, (k, v) in changelog] == [("k1", {"n": 1}), ("k2", {"n": 2}),
+                                                                                      ("k0", None)]
     assert [len(recs) for t, _, recs in producer.sent if t == "app-totals-changelog"] == [2, 1]  # a full batch, then one
     assert ("examples", 0, [(b"c1", b"{}")]) in producer.sent
     assert not view.dirty and view.partition_of("k0") is None
