@@ -10,6 +10,7 @@ replaced here by salted hashes: nothing downstream sees them.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -33,6 +34,27 @@ class BadRequest(ValueError):
         self.detail = detail
 
 
+class LengthFloors(NamedTuple):
+    """Floors by creative length (2.6 `durfloors`, or `mincpmpersec`) of a video or audio object or a deal."""
+
+    ranges: tuple[tuple[int, int, float], ...] = ()  # (mindur, maxdur, bidfloor); a bound of 0: unbounded
+    per_second: float = 0.0  # CPM per second of the creative
+
+    def floor(self, seconds: int, otherwise: float) -> float:
+        """The floor of a creative `seconds` long (0: not known), `otherwise` where these floors say nothing of
+        it.  Of overlapping ranges the highest applies; a length not known could be any, so the highest that
+        could apply does; per second, a length not known has no floor to bid at (inf)."""
+        if self.ranges:
+            hits = [f for lo, hi, f in self.ranges
+                    if not seconds or ((not lo or seconds >= lo) and (not hi or seconds <= hi))]
+            if not seconds:
+                return max([*hits, otherwise])
+            return max(hits) if hits else otherwise
+        if self.per_second:
+            return self.per_second * seconds if seconds else math.inf
+        return otherwise
+
+
 @dataclass(slots=True)
 class Deal:
     id: str
@@ -41,6 +63,8 @@ class Deal:
     at: int | None
     wseat: tuple[str, ...]
     wadomain: frozenset[str] = frozenset()  # advertiser domains allowed on the deal (lower case); empty: any
+    floors: LengthFloors | None = None  # the deal's floors by creative length, if it states them
+    stated: bool = True  # whether the deal states its own `bidfloor` (else it keeps the impression's)
 
 
 class Media(NamedTuple):
@@ -59,6 +83,7 @@ class Media(NamedTuple):
     rqddurs: tuple[int, ...] = ()
     linearity: int = 0
     native: NativeRequest | None = None
+    floors: LengthFloors | None = None  # video and audio: floors by creative length, if the object states them
 
     @property
     def plays(self) -> tuple:
@@ -84,6 +109,7 @@ class Imp:
     exp: int = 0  # seconds the exchange may take from the auction to the impression; 0: not stated
     multiplier: float = 1.0  # billable impressions one purchase counts as (`qty.multiplier`, DOOH); 1: one
     secure: bool = False  # the markup must load over HTTPS only
+    by_length: bool = False  # a media object or a deal states floors by creative length
 
     @property
     def video_mimes(self) -> tuple[str, ...]:
@@ -240,7 +266,27 @@ def _player(kind: str, obj: dict, p: str, sizes: tuple[tuple[int, int], ...] = (
     """A video or audio object: MIME types, protocols, durations (and for video, linearity)."""
     lo, hi = _int(obj, "minduration", p), _int(obj, "maxduration", p)
     return Media(kind, sizes, _strs(obj, "mimes", p), _ints(obj, "protocols", p), max(lo, 0), max(hi, 0),
-                 _ints(obj, "rqddurs", p), _int(obj, "linearity", p) if kind == "video" else 0)
+                 _ints(obj, "rqddurs", p), _int(obj, "linearity", p) if kind == "video" else 0,
+                 floors=_length_floors(obj, p))
+
+
+def _length_floors(obj: dict, path: str) -> LengthFloors | None:
+    """`durfloors` or `mincpmpersec` of a video, audio or deal object; None when it states neither."""
+    raw, per_second = obj.get("durfloors"), obj.get("mincpmpersec")
+    if raw is None and per_second is None:
+        return None
+    if raw is not None and type(raw) is not list:
+        raise BadRequest("bad_type", f"{path}durfloors must be an array")
+    per_second = _num(obj, "mincpmpersec", path)
+    if not raw and not per_second:
+        return None
+    ranges = []
+    for i, d in enumerate(raw or ()):
+        dp = f"{path}durfloors[{i}]."
+        if type(d) is not dict:
+            raise BadRequest("bad_type", f"{dp[:-1]} must be an object")
+        ranges.append((max(_int(d, "mindur", dp), 0), max(_int(d, "maxdur", dp), 0), _num(d, "bidfloor", dp)))
+    return LengthFloors(tuple(ranges), per_second)
 
 
 def _formats(imp: dict, path: str) -> list[Media]:
@@ -293,12 +339,17 @@ def _deals(imp: dict, path: str, floor: float, floorcur: str) -> tuple[tuple[Dea
         if at is not None and at not in (0, 1, 2, 3) and at < 500:  # undefined yet: first price, as for the request
             at = AUCTION_FIRST_PRICE
         wadomain = frozenset(a.lower() for a in _strs(d, "wadomain", dp))
+        by_length = _length_floors(d, dp)
+        if d.get("bidfloor") is None and by_length is not None:  # its floors are its own, in its own currency
+            deals.append(Deal(did, 0.0, _str(d, "bidfloorcur", dp, "USD") or "USD", at, _strs(d, "wseat", dp),
+                              wadomain, by_length, stated=False))
+            continue
         if d.get("bidfloor") is None:
-            deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp), wadomain))
+            deals.append(Deal(did, floor, floorcur, at, _strs(d, "wseat", dp), wadomain, stated=False))
             continue
         # a deal's currency does not inherit the impression's (2.6 section 3.2.12): stated, or USD
         deals.append(Deal(did, _num(d, "bidfloor", dp), _str(d, "bidfloorcur", dp, "USD") or "USD", at,
-                          _strs(d, "wseat", dp), wadomain))
+                          _strs(d, "wseat", dp), wadomain, by_length))
     return tuple(deals), _flag(pmp, "private_auction", pp, True)  # an undefined value: the narrower reading
 
 
@@ -330,6 +381,7 @@ def _imp(raw: object, i: int) -> Imp:
         media=tuple(formats),
         exp=max(_int(raw, "exp", path), 0),
         multiplier=_num(_obj(raw, "qty", path), "multiplier", path + "qty.", 1.0) if "qty" in raw else 1.0,
+        by_length=any(m.floors for m in formats) or any(d.floors for d in deals),
     )
 
 

@@ -38,6 +38,7 @@ Deal = tuple[str, float, str, "int | None"]
 # No-bid reasons, by how far a candidate got: the furthest one any candidate reached is the request's reason.
 STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_advertiser", "blocked_category", "blocked_app",
           "deal", "frequency_cap", "below_floor", "budget")
+NO_FLOOR_TO_BID = 1 << 62  # micros: a floor no bid reaches (a length the floors cannot price)
 REQUEST_BITS_CACHE = 8192  # targeting sets remembered (per distinct place, device and site)
 STEP_SLOTS = 2048  # slots walked between two pauses of an index build (bidder.slices)
 STEP_SETS = 128  # slot sets made between two pauses of an index build
@@ -476,7 +477,7 @@ class CampaignIndex:
         if not m:
             return Eligible(reason=NOT_LIVE)
         m &= cur_m
-        if imp.floor and not imp.deals:
+        if (imp.floor or imp.by_length) and not imp.deals:
             m &= self._currency.get(imp.floorcur, 0)
         if not m:
             return Eligible(reason=CURRENCY)
@@ -498,7 +499,7 @@ class CampaignIndex:
         floor = floor_micros(imp.floor)
         deals: dict[int, Deal] = {}
         if imp.deals:
-            m, deals, reason = self._with_deals(m, imp, seat, floor)
+            m, deals, reason = self._with_deals(m, imp, seat, floor or imp.by_length)
             if reason:
                 return Eligible(reason=reason)
         else:  # no deal on offer: deal-only campaigns sit out, and a private auction has no one to bid
@@ -521,7 +522,8 @@ class CampaignIndex:
                 return Eligible(reason=FREQUENCY_CAP, capped=capped)
         slots = self.indices(m)
         if not deals:
-            return Eligible(slots, floor, {}, capped=capped, bits=m)
+            floors_by = self._by_length(imp, slots, floor, {}) if imp.by_length else floor
+            return Eligible(slots, floors_by, {}, capped=capped, bits=m)
         floors = np.full(len(slots), floor, dtype=np.int64)
         at: dict[int, Deal] = {}
         pos = {s: p for p, s in enumerate(slots.tolist())}
@@ -530,7 +532,29 @@ class CampaignIndex:
             if p is not None:
                 at[p] = d
                 floors[p] = floor_micros(d[1])
+        if imp.by_length:
+            floors = self._by_length(imp, slots, floors, at)
         return Eligible(slots, floors, at, capped=capped, bits=m)
+
+    def _by_length(self, imp: Imp, slots: np.ndarray, floors: np.ndarray | int, at: dict[int, Deal]) -> np.ndarray:
+        """Each candidate's floor where the impression or its deal prices by creative length (2.6 section 7.11: a
+        deal's own floors first, then the video or audio object's, then the impression's)."""
+        out = np.full(len(slots), floors, dtype=np.int64) if isinstance(floors, int) else floors
+        by_media = {m.kind: m.floors for m in imp.media if m.floors is not None}
+        by_deal = {d.id: d for d in imp.deals}
+        for p, s in enumerate(slots.tolist()):
+            cr = self.slots[s][1]
+            taken = at.get(p)
+            deal = by_deal.get(taken[0]) if taken is not None else None
+            if deal is not None and deal.floors is not None:
+                otherwise = deal.floor if deal.stated else imp.floor if deal.cur == imp.floorcur else math.inf
+                f = deal.floors.floor(cr.duration, otherwise)
+            elif (deal is not None and deal.stated) or cr.kind not in by_media:
+                continue
+            else:
+                f = by_media[cr.kind].floor(cr.duration, imp.floor)
+            out[p] = NO_FLOOR_TO_BID if f == math.inf else min(floor_micros(f), NO_FLOOR_TO_BID)
+        return out
 
     def _with_deals(self, m: int, imp: Imp, seat: str, floor: int) -> tuple[int, dict[int, Deal], int]:
         """Apply deal rules to an impression that offers deals; slot -> deal for those that bid on one."""
@@ -609,7 +633,7 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
                and (not d.wadomain or adv in d.wadomain)]
     if not open_to:
         return None
-    payable = [d for d in open_to if not d.floor or d.cur == camp.currency]
+    payable = [d for d in open_to if not (d.floor or d.floors) or d.cur == camp.currency]
     d = min(payable, key=lambda x: x.floor) if payable else open_to[0]
     return d.id, d.floor, d.cur, d.at
 

@@ -254,6 +254,56 @@ def test_a_video_creative_must_meet_the_players_rules(player: dict, fits: bool) 
     assert bool(got) == fits
 
 
+def _fifteen_seconds(**goal: float) -> dict:
+    return campaign(creatives=[{"id": "v", "type": "video", "w": 640, "h": 480, "adm": VAST40}],
+                    goal={"type": "cpc", "value_per_click": 40.0, "max_bid_cpm": 20.0, **goal},
+                    targeting={"countries": ["USA"], "deals": ["d1"]})
+
+
+def _video(video: dict | None = None, **imp: object) -> dict:
+    return request(imp=[{"id": "1", "video": {"w": 640, "h": 480, **(video or {})}, "bidfloor": 0.5, **imp}])
+
+
+@pytest.mark.parametrize(("video", "floor"), [
+    ({"durfloors": [{"mindur": 1, "maxdur": 15, "bidfloor": 3.0}]}, 3.0),  # 15 s lies in 1-15
+    ({"durfloors": [{"mindur": 16, "bidfloor": 9.0}]}, 0.5),  # no range for 15 s: the impression's floor
+    ({"durfloors": [{"maxdur": 20, "bidfloor": 1.0}, {"mindur": 10, "bidfloor": 4.0}]}, 4.0),  # overlapping: highest
+    ({"durfloors": [{"maxdur": 30, "bidfloor": 0.1}]}, 0.1),  # it replaces the impression's floor, even lower
+    ({"mincpmpersec": 0.2}, 3.0),  # 15 s at 0.2 a second
+])
+def test_a_video_floor_by_creative_length_is_the_floor(video: dict, floor: float) -> None:
+    """2.6 section 7.11: the video object's floor guidance before the impression's; a creative whose length no
+    range covers keeps the impression's floor."""
+    e = engine(_fifteen_seconds(max_bid_cpm=round(floor - 0.01, 2)))
+    assert reason(e, _video(video)) == "below_floor"
+    [b] = bids(engine(_fifteen_seconds()), _video(video))
+    assert b["price"] >= floor
+
+
+def test_a_deal_floor_by_creative_length_comes_before_the_players() -> None:
+    deal = {"id": "d1", "durfloors": [{"maxdur": 30, "bidfloor": 12.0}]}
+    player = {"durfloors": [{"maxdur": 30, "bidfloor": 1.0}]}
+    doc = _video(player, pmp={"private_auction": 1, "deals": [deal]})
+    assert parse_request(body(doc)).imps[0].deals[0].cur == "USD"
+    assert reason(engine(_fifteen_seconds(max_bid_cpm=11.0)), doc) == "below_floor"
+    [b] = bids(engine(_fifteen_seconds()), doc)
+    assert b["dealid"] == "d1" and b["price"] >= 12.0
+    open_deal = _video(player, pmp={"private_auction": 1, "deals": [{"id": "d1"}]})  # no floor of its own
+    [b] = bids(engine(_fifteen_seconds()), open_deal)
+    assert b["dealid"] == "d1" and 1.0 <= b["price"]
+    unknown = campaign(creatives=[{"id": "v", "type": "video", "adm": "https://ads.example/vast.xml"}])
+    assert reason(engine(unknown), _video({"mincpmpersec": 0.01})) == "below_floor"  # no length: no price per second
+
+
+@pytest.mark.parametrize(("video", "field"), [({"durfloors": {}}, "imp[0].video.durfloors"),
+                                              ({"durfloors": [1]}, "imp[0].video.durfloors[0]"),
+                                              ({"durfloors": [{"bidfloor": "2"}]}, "imp[0].video.durfloors[0].bidfloor"),
+                                              ({"mincpmpersec": -1}, "imp[0].video.mincpmpersec")])
+def test_floors_by_length_that_cannot_be_read_are_a_400_naming_them(video: dict, field: str) -> None:
+    with pytest.raises(BadRequest, match=field.replace("[", "\\[").replace("]", "\\]").replace(".", "\\.")):
+        parse_request(body(_video(video)))
+
+
 def test_a_creative_may_state_what_its_markup_does_not() -> None:
     doc = campaign(creatives=[{"id": "v", "type": "video", "adm": "https://ads.example/vast.xml", "protocol": 8,
                                "duration": 20}])
