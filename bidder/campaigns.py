@@ -354,7 +354,7 @@ def _creative(raw: Any, i: int) -> Creative:
     if not adm:
         raise ConfigError(path + "adm", "is required: the ad markup or VAST/native document")
     cats = tuple(sorted(_str_set(raw, "cat", path, IAB_CAT)))
-    mimes = tuple(_str_set(raw, "mimes", path))
+    mimes = tuple(_str_set(raw, "mimes", path)) or (vast.mimes(adm) if kind in ("video", "audio") else ())
     lang = _get(raw, "lang", path, str, "").lower()
     if lang and not LANG.fullmatch(lang):
         raise ConfigError(path + "lang", f"{lang!r} is not a language tag (e.g. en or en-GB)")

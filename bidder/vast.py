@@ -1,4 +1,5 @@
-"""What a video or audio creative's VAST (or DAAST) markup says about it: protocol, duration and linearity.
+"""What a video or audio creative's VAST (or DAAST) markup says about it: protocol, duration, linearity and the
+MIME types of its media files.
 
 A player lists the protocols it takes and the ad lengths it allows (OpenRTB `video.protocols`, `minduration`,
 `maxduration`, `rqddurs`, `linearity`); a creative that is not known to meet them must not be bid.  The markup
@@ -37,6 +38,15 @@ def duration(adm: str) -> int:
     if m is None:
         return 0
     return math.ceil(int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)))
+
+
+_MEDIA_TYPE = re.compile(r"<MediaFile\b[^>]*?\btype\s*=\s*[\"']([^\"'\s]{1,100})[\"']", re.IGNORECASE)
+
+
+def mimes(adm: str) -> tuple[str, ...]:
+    """The MIME types of the ad's media files, in order, each once (lower case); () when the markup lists none
+    (a wrapper, or a VAST URL)."""
+    return tuple(dict.fromkeys(t.lower() for t in _MEDIA_TYPE.findall(adm)))
 
 
 def linearity(adm: str) -> int:

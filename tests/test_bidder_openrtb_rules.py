@@ -304,6 +304,15 @@ def test_floors_by_length_that_cannot_be_read_are_a_400_naming_them(video: dict,
         parse_request(body(_video(video)))
 
 
+def test_a_video_creative_without_mimes_plays_the_types_its_media_files_are() -> None:
+    webm = campaign(creatives=[{"id": "v", "type": "video", "adm": VAST40.replace("video/mp4", "video/webm")}])
+    assert parse_campaign(webm).creatives[0].mimes == ("video/webm",)
+    assert reason(engine(webm), request(imp=[{"id": "1", "video": {"mimes": ["video/mp4"]}}])) == "no_match"
+    assert bids(engine(webm), request(imp=[{"id": "1", "video": {"mimes": ["video/mp4", "video/webm"]}}]))
+    stated = campaign(creatives=[{"id": "v", "type": "video", "adm": VAST40, "mimes": ["video/ogg"]}])
+    assert parse_campaign(stated).creatives[0].mimes == ("video/ogg",)  # the campaign's word over the markup's
+
+
 def test_a_creative_may_state_what_its_markup_does_not() -> None:
     doc = campaign(creatives=[{"id": "v", "type": "video", "adm": "https://ads.example/vast.xml", "protocol": 8,
                                "duration": 20}])
