@@ -49,6 +49,7 @@ class NativeRequest:
     key: str
     ver: str
     assets: tuple[RequestAsset, ...]
+    wrapped: bool = False  # sent as {"native": {...}}, the form before Native 1.1: answered in that form too
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ class NativeCreative:
     """A creative's native response, checked once at campaign load.  Hashable on its adm and parsed assets."""
 
     adm: str
-    wrapped: bool  # the adm was {"native": {...}}: answers keep that form
+    wrapped: bool  # the adm was written {"native": {...}}; answers take the request's form
     assets: tuple[CreativeAsset, ...]
     response: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -99,6 +100,7 @@ def _parse_request_text(raw: str) -> NativeRequest:
         raise NativeError("native.request is not valid JSON") from None
     if type(doc) is not dict:
         raise NativeError("native.request is not a JSON object")
+    wrapped = "native" in doc and "assets" not in doc
     doc = _unwrap(doc)
     if doc is None:
         raise NativeError('native.request "native" wrapper is not an object')
@@ -108,7 +110,7 @@ def _parse_request_text(raw: str) -> NativeRequest:
     parsed = tuple(_request_asset(a, i) for i, a in enumerate(assets))
     _check_unique_ids(parsed, "native.request")
     ver = doc.get("ver")
-    return NativeRequest(key=raw, ver=ver if type(ver) is str else "", assets=parsed)
+    return NativeRequest(key=raw, ver=ver if type(ver) is str else "", assets=parsed, wrapped=wrapped)
 
 
 def _unwrap(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -264,7 +266,8 @@ def native_fills(creative: NativeCreative, request: NativeRequest) -> tuple[tupl
 def native_adm(creative: NativeCreative, request: NativeRequest,
                fills: tuple[tuple[int, int], ...] | None = None) -> str | None:
     """The adm answering `request`: the creative's assets that fill request assets, renumbered to those assets' ids,
-    in request order, with the creative's other response fields and wrapper style kept.
+    in request order, with the creative's other response fields.  Its root is the response object itself (Native
+    1.1 on), or a {"native": ...} wrapper when the request came so wrapped (the form of 1.0, which its reader expects).
 
     None when a required request asset cannot be filled (the exchange would drop the ad) or nothing can be filled.
     `fills` is `native_fills`'s answer, when the caller has it already.
@@ -276,7 +279,7 @@ def native_adm(creative: NativeCreative, request: NativeRequest,
     assets = [_renumbered(creative.assets[ci].body, request.assets[ri].id) for ri, ci in fills]
     response = {k: v for k, v in creative.response.items() if k != "assets"}
     response["assets"] = assets
-    return orjson.dumps({"native": response} if creative.wrapped else response).decode()
+    return orjson.dumps({"native": response} if request.wrapped else response).decode()
 
 
 def _renumbered(body: dict[str, Any], new_id: int) -> dict[str, Any]:

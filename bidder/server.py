@@ -34,6 +34,7 @@ import asyncio
 import gc
 import gzip
 import logging
+import os
 import re
 import time
 import zlib
@@ -319,6 +320,7 @@ class BidApp:
         e = self.engine
         doc = {
             "bidder": e.cfg.bidder_id,
+            "pid": os.getpid(),  # which worker process of the port answered
             "campaigns": len(e.index),
             "live": sorted(e.live()),
             "model": {"version": e.model.version, "examples": getattr(e.model, "n_seen", 0)},

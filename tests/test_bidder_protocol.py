@@ -103,7 +103,7 @@ def test_sizes_media_and_response_shape() -> None:
     assert resp["id"] == "req-1" and resp["cur"] == "USD" and set(by_imp) == {"a", "b", "c"}
     assert by_imp["b"]["mtype"] == 2 and (by_imp["b"]["w"], by_imp["b"]["h"]) == (640, 480)
     assert by_imp["c"]["mtype"] == 4 and "w" not in by_imp["c"]
-    assert [a["id"] for a in orjson.loads(by_imp["c"]["adm"])["native"]["assets"]] == [7]  # the request's asset id
+    assert [a["id"] for a in orjson.loads(by_imp["c"]["adm"])["assets"]] == [7]  # the request's asset id
     assert len({b["id"] for b in by_imp.values()}) == 3 and all(b["adomain"] == ["shop.example"] for b in by_imp.values())
 
 

@@ -98,16 +98,18 @@ def test_overload_is_shed_fast_and_nothing_is_answered_late(serve) -> None:
     assert http(f"{s.base}/bid/overload", RequestFactory(4).bodies(1)[0])[0] in (200, 204)
 
 
-def _bidder_ids(base: str, n: int, want: int = 0, within_s: float = 20.0) -> set[str]:
-    """Bidder ids answering on the port over `n` new connections (the kernel spreads them over the workers); with
-    `want`, keeps asking until that many answered or `within_s` passed (a worker may still be starting)."""
-    seen: set[str] = set()
+def _bidder_ids(base: str, n: int, want: int = 0, within_s: float = 20.0) -> dict[str, int]:
+    """Bidder id -> process id of the workers answering on the port over `n` new connections (the kernel spreads
+    them over the workers); with `want`, keeps asking until that many answered or `within_s` passed (a worker may
+    still be starting)."""
+    seen: dict[str, int] = {}
     end = time.time() + within_s
     asked = 0
     while asked < n or (len(seen) < want and time.time() < end):
         status, data = http(f"{base}/status")
         assert status == 200
-        seen.add(orjson.loads(data)["bidder"])
+        doc = orjson.loads(data)
+        seen[doc["bidder"]] = doc["pid"]
         asked += 1
     return seen
 
@@ -116,7 +118,7 @@ def test_workers_share_the_port_and_a_killed_one_is_replaced(serve) -> None:
     s = serve("--workers", "2", campaigns=50)
     ids = _bidder_ids(s.base, 60, want=2)
     assert len(ids) == 2  # both processes answer on the one port
-    victim = int(next(iter(ids))[1:].split("x")[0])  # bidder ids are b<pid>x<start>
+    victim_id, victim = next(iter(ids.items()))
     assert victim != s.proc.pid
     os.kill(victim, signal.SIGKILL)
     body = RequestFactory(5).bodies(1)[0]
@@ -134,7 +136,7 @@ def test_workers_share_the_port_and_a_killed_one_is_replaced(serve) -> None:
     deadline = time.time() + 15
     while time.time() < deadline:
         now = _bidder_ids(s.base, 30)
-        if len(now) == 2 and all(f"b{victim}x" not in i for i in now):
+        if len(now) == 2 and victim_id not in now and victim not in now.values():
             break
         time.sleep(0.3)
     else:

@@ -64,8 +64,8 @@ def test_iab_example_request_and_example_creative_fit() -> None:
     request = parse_native_request(example_request_text())
     out = native_adm(parse_native_creative(example_creative_adm()), request)
     assert out is not None
-    doc = orjson.loads(out)
-    assert set(doc) == {"native"}  # the creative's wrapper is kept
+    doc = {"native": orjson.loads(out)}
+    assert "assets" in doc["native"]  # a 1.2 request is answered with the response object at the root (1.2 section 5.1)
     got = ids(doc["native"])
     assert set(got) <= {a.id for a in request.assets}
     assert {a.id for a in request.assets if a.required} <= set(got)
@@ -255,19 +255,24 @@ def test_fits_checks_kind_first() -> None:
 # --- wrapper styles and kept fields ---------------------------------------------------------------------------------
 
 
+def test_the_answer_takes_the_requests_form_whatever_the_creatives() -> None:
+    """Before Native 1.1 the root was {"native": ...}; from 1.1 on it is the object itself: each reader expects the
+    form it sent, whichever form the marketer wrote the creative in."""
+    bare = {"ver": "1.2", "assets": [{"id": 1, "required": 1, "title": {"len": 90}}]}
+    for creative_wrapped in (True, False):
+        adm = creative({"id": 7, "title": {"text": "Hello"}}, wrap=creative_wrapped)
+        root = orjson.loads(native_adm(parse_native_creative(adm), parse_native_request(orjson.dumps(bare).decode())))
+        assert set(root) >= {"assets", "link"} and "native" not in root
+        old = orjson.dumps({"native": {**bare, "ver": "1.0"}}).decode()
+        wrapped = orjson.loads(native_adm(parse_native_creative(adm), parse_native_request(old)))
+        assert set(wrapped) == {"native"} and wrapped["native"]["assets"][0]["id"] == 1
+
+
 def test_wrapped_request_reads_like_a_bare_one() -> None:
     bare = {"ver": "1.1", "assets": [{"id": 1, "required": 1, "title": {"len": 40}}]}
     wrapped = parse_native_request(orjson.dumps({"native": bare}).decode())
     assert wrapped.assets == parse_native_request(orjson.dumps(bare).decode()).assets
     assert wrapped.ver == "1.1"
-
-
-@pytest.mark.parametrize("wrap", [False, True])
-def test_answer_keeps_the_creative_wrapper_style(wrap: bool) -> None:
-    out = native_adm(parse_native_creative(creative(TITLE, wrap=wrap)), parse_native_request(req({"id": 3, "title": {}})))
-    assert out is not None
-    doc = orjson.loads(out)
-    assert ("native" in doc) is wrap and ("assets" in doc) is not wrap
 
 
 def test_other_response_fields_are_kept() -> None:
@@ -440,7 +445,7 @@ def test_property_answers_are_valid_json_with_request_ids(
         assert best == 0
         return
     doc = orjson.loads(out)
-    response = doc["native"] if wrap_adm else doc
+    response = doc["native"] if wrap_req else doc  # the request's form
     got = ids(response)
     request_ids = [a.id for a in request.assets]
     assert set(got) <= set(request_ids) and len(got) == len(set(got))
