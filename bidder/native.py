@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from bidder import vast
+
 ASSET_KINDS = ("title", "img", "video", "data")
 REQUEST_CACHE_SIZE = 4096
 
@@ -40,6 +42,26 @@ class RequestAsset(NamedTuple):
     h: int | None = None
     wmin: int | None = None
     hmin: int | None = None
+    player: Player | None = None  # a video asset's rules
+
+
+class Player(NamedTuple):
+    """A native video asset's rules (Native 1.2 section 4.5), or what a creative's VAST tag says of the same."""
+
+    mimes: tuple[str, ...] = ()
+    minduration: int = 0
+    maxduration: int = 0
+    protocols: tuple[int, ...] = ()
+
+    def plays(self, ad: Player) -> bool:
+        """Whether an ad with `ad`'s MIME types, length (`maxduration`) and protocol (`protocols`) meets these rules;
+        what the ad's markup does not state does not meet a rule that asks for it."""
+        if self.mimes and ad.mimes and not set(self.mimes).intersection(ad.mimes):
+            return False
+        length = ad.maxduration
+        if (self.maxduration and not 0 < length <= self.maxduration) or (self.minduration and length < self.minduration):
+            return False
+        return not self.protocols or bool(set(self.protocols).intersection(ad.protocols))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +72,8 @@ class NativeRequest:
     ver: str
     assets: tuple[RequestAsset, ...]
     wrapped: bool = False  # sent as {"native": {...}}, the form before Native 1.1: answered in that form too
+    # event -> the tracking methods the request allows for it (`eventtrackers`); None: the request states none
+    trackers: dict[int, frozenset[int]] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +87,7 @@ class CreativeAsset:
     w: int | None = None
     h: int | None = None
     body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    player: Player | None = None  # a video asset: its VAST tag's MIME types, length (as maxduration) and protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +135,21 @@ def _parse_request_text(raw: str) -> NativeRequest:
     parsed = tuple(_request_asset(a, i) for i, a in enumerate(assets))
     _check_unique_ids(parsed, "native.request")
     ver = doc.get("ver")
-    return NativeRequest(key=raw, ver=ver if type(ver) is str else "", assets=parsed, wrapped=wrapped)
+    return NativeRequest(key=raw, ver=ver if type(ver) is str else "", assets=parsed, wrapped=wrapped,
+                         trackers=_tracking(doc.get("eventtrackers")))
+
+
+def _tracking(raw: object) -> dict[int, frozenset[int]] | None:
+    """What `eventtrackers` allows: event type -> methods.  Entries not readable are passed over (2.6 section 2.6:
+    tolerate); a list of none readable allows nothing."""
+    if type(raw) is not list:
+        return None
+    allowed: dict[int, frozenset[int]] = {}
+    for t in raw:
+        if type(t) is dict and type(t.get("event")) is int and type(t.get("methods")) is list:
+            methods = frozenset(m for m in t["methods"] if type(m) is int)
+            allowed[t["event"]] = allowed.get(t["event"], frozenset()) | methods
+    return allowed
 
 
 def _unwrap(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -148,6 +187,12 @@ def _request_asset(a: object, i: int) -> RequestAsset:
             _req_int(media, "wmin", i, kind),
             _req_int(media, "hmin", i, kind),
         )
+    if kind == "video":
+        mimes, protocols = media.get("mimes"), media.get("protocols")
+        return RequestAsset(aid, required, kind, player=Player(
+            tuple(m for m in mimes if type(m) is str) if type(mimes) is list else (),
+            max(_req_int(media, "minduration", i, kind) or 0, 0), max(_req_int(media, "maxduration", i, kind) or 0, 0),
+            tuple(p for p in protocols if type(p) is int) if type(protocols) is list else ()))
     return RequestAsset(aid, required, kind)
 
 
@@ -234,8 +279,10 @@ def _creative_asset(a: object, i: int) -> CreativeAsset:
         if (w is not None and w <= 0) or (h is not None and h <= 0):
             raise NativeError(f"{where} w and h must be positive pixel sizes")
         return CreativeAsset(aid, kind, type=_creative_int(media, "type", where), w=w, h=h, body=a)
-    _text(media, "vasttag", where, "the VAST XML document")
-    return CreativeAsset(aid, kind, body=a)
+    tag = _text(media, "vasttag", where, "the VAST XML document")
+    protocol = vast.protocol(tag)
+    ad = Player(vast.mimes(tag), 0, vast.duration(tag), (protocol,) if protocol else ())
+    return CreativeAsset(aid, kind, body=a, player=ad)
 
 
 def _text(media: dict[str, Any], name: str, where: str, meaning: str) -> str:
@@ -279,6 +326,14 @@ def native_adm(creative: NativeCreative, request: NativeRequest,
     assets = [_renumbered(creative.assets[ci].body, request.assets[ri].id) for ri, ci in fills]
     response = {k: v for k, v in creative.response.items() if k != "assets"}
     response["assets"] = assets
+    allowed = request.trackers
+    if allowed is not None and type(response.get("eventtrackers")) is list:  # only the methods the request allows
+        kept = [t for t in response["eventtrackers"]
+                if type(t) is dict and t.get("method") in allowed.get(t.get("event"), ())]  # type: ignore[arg-type]
+        if kept:
+            response["eventtrackers"] = kept
+        else:
+            del response["eventtrackers"]
     return orjson.dumps({"native": response} if request.wrapped else response).decode()
 
 
@@ -301,6 +356,8 @@ def fits(c: CreativeAsset, r: RequestAsset) -> bool:
         return False
     if r.max_len is not None and c.text_len is not None and c.text_len > r.max_len:
         return False
+    if r.player is not None:
+        return r.player.plays(c.player or Player())
     return c.kind != "img" or (_side_fits(c.w, r.w, r.wmin) and _side_fits(c.h, r.h, r.hmin))
 
 

@@ -459,3 +459,36 @@ def test_property_answers_are_valid_json_with_request_ids(
         original = c_assets[src]
         assert {k: v for k, v in asset.items() if k != "id"} == {k: v for k, v in original.items() if k != "id"}
         assert fits(made.assets[src], by_id[asset["id"]])
+
+
+def test_event_trackers_use_only_the_methods_the_request_allows() -> None:
+    """Native 1.2 section 5.8: the bidder must only respond with methods indicated as available in the request."""
+    trackers = [{"event": 1, "method": 1, "url": "https://t.example/img"},
+                {"event": 1, "method": 2, "url": "https://t.example/js.js"},
+                {"event": 2, "method": 1, "url": "https://t.example/mrc50"}]
+    adm = creative(TITLE, eventtrackers=trackers)
+    only_img = answer(adm, req({"id": 3, "title": {}}, eventtrackers=[{"event": 1, "methods": [1]}]))
+    assert only_img is not None and only_img["eventtrackers"] == trackers[:1]
+    none_fit = answer(adm, req({"id": 3, "title": {}}, eventtrackers=[{"event": 3, "methods": [1]}]))
+    assert none_fit is not None and "eventtrackers" not in none_fit
+    unstated = answer(adm, req({"id": 3, "title": {}}))
+    assert unstated is not None and unstated["eventtrackers"] == trackers  # the request says nothing: all kept
+
+
+def test_a_video_asset_is_filled_only_by_a_vast_tag_that_meets_its_rules() -> None:
+    """Native 1.2 section 4.5: mimes, minduration, maxduration and protocols of a video asset bind its answer."""
+    def tag(mime: str, length: str, version: str = "4.0") -> dict[str, Any]:
+        xml = (f'<VAST version="{version}"><Ad><InLine><Creatives><Creative><Linear><Duration>{length}</Duration>'
+               f'<MediaFiles><MediaFile type="{mime}">https://v.example/a</MediaFile></MediaFiles></Linear>'
+               '</Creative></Creatives></InLine></Ad></VAST>')
+        return {"id": 5, "video": {"vasttag": xml}}
+
+    asks = {"id": 9, "required": 1, "video": {"mimes": ["video/mp4"], "minduration": 5, "maxduration": 15,
+                                               "protocols": [2, 7]}}
+    fitting = answer(creative(tag("video/mp4", "00:00:15")), req(asks))
+    assert fitting is not None and ids(fitting) == [9]
+    assert answer(creative(tag("video/webm", "00:00:15")), req(asks)) is None  # a type the player cannot play
+    assert answer(creative(tag("video/mp4", "00:00:30")), req(asks)) is None  # too long
+    assert answer(creative(tag("video/mp4", "00:00:15", "3.0")), req(asks)) is None  # VAST 3.0: protocol 3
+    assert answer(creative({"id": 5, "video": {"vasttag": "https://v.example/vast.xml"}}), req(asks)) is None
+    assert answer(creative(tag("video/webm", "00:00:30")), req({"id": 9, "required": 1, "video": {}})) is not None
