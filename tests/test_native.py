@@ -261,10 +261,11 @@ def test_the_answer_takes_the_requests_form_whatever_the_creatives() -> None:
     bare = {"ver": "1.2", "assets": [{"id": 1, "required": 1, "title": {"len": 90}}]}
     for creative_wrapped in (True, False):
         adm = creative({"id": 7, "title": {"text": "Hello"}}, wrap=creative_wrapped)
-        root = orjson.loads(native_adm(parse_native_creative(adm), parse_native_request(orjson.dumps(bare).decode())))
+        root = orjson.loads(native_adm(parse_native_creative(adm), parse_native_request(orjson.dumps(bare).decode()))
+                            or "null")
         assert set(root) >= {"assets", "link"} and "native" not in root
         old = orjson.dumps({"native": {**bare, "ver": "1.0"}}).decode()
-        wrapped = orjson.loads(native_adm(parse_native_creative(adm), parse_native_request(old)))
+        wrapped = orjson.loads(native_adm(parse_native_creative(adm), parse_native_request(old)) or "null")
         assert set(wrapped) == {"native"} and wrapped["native"]["assets"][0]["id"] == 1
 
 
