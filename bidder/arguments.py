@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _number(kind: type, text: str) -> Any:
@@ -55,6 +57,34 @@ def port_or_zero(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port: use 1-65535, or 0")
     return port
+
+
+FILES_SPARE = 64  # open files a load generator needs beside its connections (the interpreter, logs, the target)
+
+
+def connections(text: str) -> int:
+    """An argparse `type=` for a count of connections: positive, and within the open-files limit (each connection
+    is a file; past the limit the run would fail to connect and report an empty load as if it were one)."""
+    value = positive(int)(text)
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit != resource.RLIM_INFINITY and value > limit - FILES_SPARE:
+        raise argparse.ArgumentTypeError(f"{value} connections need more open files than this shell allows "
+                                         f"({limit}, `ulimit -n`): give at most {max(limit - FILES_SPARE, 1)}, or "
+                                         f"raise the limit with `ulimit -n {value + FILES_SPARE}`")
+    return value
+
+
+def base_url(text: str) -> str:
+    """An argparse `type=` for a public base URL (`--notice-base`): http(s), a host, no query or fragment; the
+    notice paths are appended to it, so anything else would sign URLs no exchange can call."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL with a host, e.g. "
+                                         "https://bidder.example.com")
+    if parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(f"{text!r} has a query or fragment: give the base alone; the notice paths "
+                                         "and their signed query are appended to it")
+    return text
 
 
 def out_dir_problem(path: Path, flag: str = "--out") -> str | None:

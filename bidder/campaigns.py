@@ -178,6 +178,17 @@ class Campaign:
             return self.daily_budget
         return max(min(self.daily_budget, self.total_budget - spent_before_today), 0)
 
+    def idle_reason(self, now_utc: dt.datetime) -> str:
+        """Why this valid campaign will not bid now or later ('' when it may): a marketer should hear it when
+        setting it, not find it out from its empty delivery."""
+        if not self.active:
+            return "it is paused (status)"
+        if self.end < _local_day_hour(self.timezone, now_utc)[0]:
+            return f"its flight ended on {self.end.isoformat()} (flight.end)"
+        if not self.daily_budget:
+            return "its daily budget is 0 (budget.daily)"
+        return ""
+
     def in_flight(self, now_utc: dt.datetime) -> bool:
         """True when `now_utc` falls inside the flight dates and dayparting, in the campaign's zone."""
         day, hour = _local_day_hour(self.timezone, now_utc)
@@ -218,6 +229,13 @@ class Campaign:
                 _creative_doc(c) for c in self.creatives
             ],
         }
+
+
+def idle_warnings(campaigns: list[Campaign], now_utc: dt.datetime | None = None) -> list[str]:
+    """One line per campaign that will not bid, saying why."""
+    now_utc = now_utc or dt.datetime.now(dt.UTC)
+    return [f"warning: campaign {c.id} is valid but will not bid: {why}"
+            for c in campaigns if (why := c.idle_reason(now_utc))]
 
 
 def _creative_doc(c: Creative) -> dict[str, Any]:

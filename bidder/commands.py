@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
-from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positive
-from bidder.campaigns import ConfigError, campaign_file_error, load_campaigns
+from bidder.arguments import base_url, non_negative, out_dir_problem, port_or_zero, positive
+from bidder.campaigns import ConfigError, campaign_file_error, idle_warnings, load_campaigns
 from streams.events import env_salt
 
 # more processes than this only add memory (each holds its own engine and model): a typo of 100000 would fill it
@@ -61,7 +61,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "the model topic is followed too")
     s.add_argument("--network-ms", type=int, default=20,
                    help="round-trip allowance taken off tmax when computing the deadline (default: %(default)s)")
-    s.add_argument("--notice-base", help="public base URL for notice URLs (default: http://HOST:PORT)")
+    s.add_argument("--notice-base", type=base_url,
+                   help="public base URL for notice URLs, http:// or https:// (default: http://HOST:PORT)")
     s.add_argument("--shed-ms", type=float, default=60.0,
                    help="answer 204 (x-nobid-reason: overload) at once to a request that has already waited three "
                         "quarters of its deadline budget, or this many ms if less, when its turn comes, instead of "
@@ -98,14 +99,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(campaign_file_error(args.campaigns, e, "Nothing was served"), file=sys.stderr)
         return 2
+    for line in idle_warnings(campaigns):
+        print(f"streambid: {line}", file=sys.stderr)
     problem = _serve_problem(args)
     if problem:
         print(f"streambid: {problem}", file=sys.stderr)
         return 2
     broker = None if args.no_kafka else (args.broker or os.environ.get("KAFKA_BOOTSTRAP"))
     if not campaigns and not broker:
-        print("streambid: nothing to bid for: pass --campaigns FILE (e.g. deploy/campaigns.example.json) "
-              "or --broker to follow the config topic", file=sys.stderr)
+        follow = "" if args.no_kafka else " or --broker to follow the config topic"
+        print(f"streambid: nothing to bid for: pass --campaigns FILE (e.g. deploy/campaigns.example.json){follow}",
+              file=sys.stderr)
         return 2
     try:
         port = free_to_listen(args.host, args.port)

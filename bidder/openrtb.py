@@ -188,8 +188,13 @@ def _int(parent: dict, key: str, path: str, default: int = 0) -> int:
     if v is None:
         return default
     if type(v) is not int:
-        raise BadRequest("bad_type", f"{path}{key} must be an integer")
+        raise BadRequest("bad_type", f"{path}{key} must be an integer{_beyond_64_bits(v)}")
     return v
+
+
+def _beyond_64_bits(v: object) -> str:
+    """The reason a whole number in the JSON is still refused: JSON decoding reads one past 64 bits as a float."""
+    return " within 64 bits" if type(v) is float and abs(v) >= 2**63 else ""
 
 
 def _num(parent: dict, key: str, path: str, default: float = 0.0) -> float:
@@ -398,7 +403,7 @@ def _privacy(req: dict, user: dict) -> Privacy:
         gdpr, gdpr_path = rext.get("gdpr", 0), "regs.ext.gdpr"
     if type(gdpr) is not int and gdpr is not None:  # 2.5-era senders also write true/false or 1.0
         if type(gdpr) not in (bool, float) or gdpr not in (0, 1):
-            raise BadRequest("bad_type", f"{gdpr_path} must be 0 or 1")
+            raise BadRequest("bad_type", f"{gdpr_path} must be the integer 0 or 1")
         gdpr = int(gdpr)
     consent, consent_path = user.get("consent"), "user.consent"
     if consent is None or consent == "":

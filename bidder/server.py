@@ -433,7 +433,8 @@ class BidProtocol(asyncio.Protocol):
                 except httptools.HttpParserUpgrade as e:
                     data = self._ignore_upgrade(data[e.args[0]:])
         except httptools.HttpParserError:
-            self._close(400, b'{"error":"bad_http"}')
+            self._close(400, b'{"error":"bad_http","detail":"not a well-formed HTTP request (framing, headers '
+                             b'or a transfer coding other than chunked last)"}')
 
     def _ignore_upgrade(self, rest: bytes) -> bytes:
         """Go on in HTTP/1.1 where httptools stopped for an Upgrade (RFC 9110 lets a server ignore it); the rest to parse.

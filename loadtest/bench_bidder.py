@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -351,6 +352,8 @@ def bidder_cmd_problem(bidder_cmd: str) -> str | None:
         return f"--bidder-cmd {bidder_cmd!r}: {e}; double a literal brace ({{{{ }}}}) and close every quote"
     if not argv:
         return "--bidder-cmd is empty; give the command that serves the bidder on {port}"
+    if shutil.which(argv[0]) is None:
+        return f"--bidder-cmd {bidder_cmd!r}: no program {argv[0]!r} found; give a path to it or put it on PATH"
     return None
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bidder.arguments import non_negative, out_dir_problem, positive
+from bidder.arguments import connections, non_negative, out_dir_problem, positive
 
 RUN_DESCRIPTION = """\
 Play an exchange against a running bidder: send OpenRTB 2.6 bid requests on an
@@ -89,7 +89,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
         help="requests/s to offer (peak for ramp/step); 0: closed-loop saturation",
     )
     a("--duration", type=positive(float), required=True, metavar="S", help="seconds of load")
-    a("--connections", type=positive(int), default=64, metavar="C",
+    a("--connections", type=connections, default=64, metavar="C",
       help="keep-alive connections, one request in flight each (default 64)")
     a("--tmax", type=positive(int), default=100, metavar="MS",
       help="deadline in ms, also the tmax of generated requests (default 100)")
@@ -158,7 +158,7 @@ def _bench_inputs(a: Callable[..., Any]) -> None:
 
 def _bench_load(a: Callable[..., Any], pngs: str) -> None:
     """The options both bid-path benches take for the load they send and what they write."""
-    a("--connections", type=positive(int), default=64, metavar="C", help="keep-alive connections, in every phase (default 64)")
+    a("--connections", type=connections, default=64, metavar="C", help="keep-alive connections, in every phase (default 64)")
     a("--tmax", type=positive(int), default=100, metavar="MS", help="deadline in ms, also the requests' tmax (default 100)")
     a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
     a("--json", action="store_true", help="print one JSON document on stdout")

@@ -182,7 +182,14 @@ def ctr_sample_problem(data: Path) -> str | None:
             return f"cannot read {path}: {e.strerror or e}"
         if bad is not None:
             return f"{path} line {bad} is not `{form}`; fix or remove it"
+        if name != CTR_FILES[0] and not _has_example(path):  # nothing to learn from, or to score
+            return f"{path} holds no examples (an interrupted download?); give the directory of the iPinYou CTR sample"
     return None
+
+
+def _has_example(path: Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        return any(line.strip() for line in f)
 
 
 def _clean(v):

@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 import orjson
 
 from bidder.arguments import port_or_zero, positive
-from bidder.campaigns import Campaign, ConfigError, campaign_file_error, config_campaign, load_campaign_docs, parse_campaigns
+from bidder.campaigns import (
+    Campaign,
+    ConfigError,
+    campaign_file_error,
+    config_campaign,
+    idle_warnings,
+    load_campaign_docs,
+    parse_campaigns,
+)
 from bidder.money import to_text as money_text
 from streams import topics
 
@@ -423,6 +431,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     except ConfigError as e:  # every invalid campaign is reported, not just the first
         print(campaign_file_error(args.file, e, "Nothing was published"), file=sys.stderr)
         return 2
+    for line in idle_warnings(camps):
+        print(f"streambid: {line}", file=sys.stderr)
     if args.dry_run:
         print(f"{len(camps)} campaign(s) valid: {_some([c.id for c in camps])}")
         return 0

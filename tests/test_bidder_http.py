@@ -200,7 +200,7 @@ async def test_answers_written_at_the_end_of_a_pass_keep_their_order_and_hang_up
     ids = [orjson.loads(part)["seatbid"][0]["bid"][0]["impid"] for part in re.findall(rb'\{"id".*?\]\}\]\}', out)]
     assert len(ids) == 3
     out = await stack.raw(one * 2 + b"BREW /coffee HTCPCP/1.0\r\n\r\n", read_until_close=True)
-    assert re.findall(rb"HTTP/1\.1 (\d{3})", out) == [b"200", b"200", b"400"] and out.rstrip().endswith(b'{"error":"bad_http"}')
+    assert re.findall(rb"HTTP/1\.1 (\d{3})", out) == [b"200", b"200", b"400"] and b'{"error":"bad_http","detail":' in out
     assert not stack.app.outbox
 
 

@@ -17,6 +17,7 @@ from bidder.campaigns import (
     CampaignsError,
     ConfigError,
     config_campaign,
+    idle_warnings,
     load_campaign_docs,
     load_campaigns,
     parse_campaign,
@@ -195,3 +196,17 @@ def test_every_problem_of_a_campaign_is_listed_in_one_pass() -> None:
         parse_campaign(bad)
     # parse_campaign sets `problems` on a plain ConfigError, which does not declare it (bidder/campaigns.py:444)
     assert one.value.field == "budget.totl" and len(one.value.problems) == 4
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"status": "paused"}, "paused"),
+    ({"flight": {"start": "2019-01-01", "end": "2020-01-01"}}, "flight ended on 2020-01-01"),
+    ({"budget": {"daily": 0}}, "daily budget is 0"),
+])
+def test_a_valid_campaign_that_will_never_bid_is_named_with_its_reason(changes: dict, why: str) -> None:
+    now = dt.datetime(2026, 5, 28, 12, tzinfo=dt.UTC)
+    [line] = idle_warnings([parse_campaign(campaign(**changes))], now)
+    assert "c1" in line and why in line
+    assert idle_warnings([parse_campaign(campaign())], now) == []
+    later = parse_campaign(campaign(flight={"start": "2030-01-01", "end": "2030-12-31"}))
+    assert idle_warnings([later], now) == []  # starting later is a plan, not a mistake

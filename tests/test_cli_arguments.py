@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bidder.arguments import non_negative, out_dir_problem, port_or_zero, positive
+from bidder.arguments import base_url, connections, non_negative, out_dir_problem, port_or_zero, positive
 from bidder.cli import build_parser, main
 from loadtest.day_commands import MAX_REQUESTS
 from tests.conftest import ROOT
@@ -83,6 +83,24 @@ def test_validators_accept_and_bound() -> None:
     for bad in ("-1", "65536", "http"):
         with pytest.raises(argparse.ArgumentTypeError):
             port_or_zero(bad)
+
+
+def test_connections_past_the_open_files_limit_are_refused_before_the_run() -> None:
+    """Past the limit the run could not connect, and reported an empty load with exit status 0."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert connections("64") == 64
+    if limit != resource.RLIM_INFINITY:
+        refused(["loadtest", "run", *TARGET, "--connections", str(limit + 1)], "--connections", "ulimit -n")
+
+
+def test_notice_base_must_be_a_url_notices_can_reach() -> None:
+    assert base_url("https://bidder.example.com/rtb") == "https://bidder.example.com/rtb"
+    for bad in ("bidder.example.com", "ftp://x", "http://x/?a=b", "https://"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            base_url(bad)
+    refused(["serve", "--no-kafka", "--notice-base", "bidder.example.com"], "--notice-base", "https://")
 
 
 def test_out_dir_problem(tmp_path: Path) -> None:
@@ -246,8 +264,8 @@ def test_bench_bidder_and_stages_refuse_bad_flags_before_the_floor_phase(tmp_pat
         with pytest.raises(SystemExit) as e:
             main(["bench", *args])
         assert e.value.code == 2 and args[1] in capsys.readouterr().err
-    for cmd in ("echo {", "echo 'unclosed", " "):
-        assert main(["bench", "bidder", "--bidder-cmd", cmd]) == 2
+    for cmd in ("echo {", "echo 'unclosed", " ", "streambid-nonexistent --port {port}"):
+        assert main(["bench", "bidder", "--bidder-cmd", cmd]) == 2  # refused before the floor server's phase
         assert "--bidder-cmd" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
     assert main(["bench", "stages", "--out", str(tmp_path / "afile")]) == 2
@@ -284,6 +302,13 @@ def test_bench_ctr_sample_check_accepts_a_valid_sample(tmp_path: Path) -> None:
     from models.commands import ctr_sample_problem
 
     assert ctr_sample_problem(ctr_data(tmp_path / "ctr")) is None
+
+
+def test_bench_ctr_refuses_a_sample_with_no_examples(tmp_path: Path) -> None:
+    """Empty files (an interrupted download) ended in a traceback after the index was read."""
+    data = ctr_data(tmp_path / "ctr")
+    (data / "test.fm.txt").write_text("\n")
+    refused(["bench", "ctr", "--data", str(data), "--synthetic", "0", "--quiet"], "test.fm.txt", "no examples")
 
 
 # -- help --------------------------------------------------------------------------------------------------------
