@@ -58,11 +58,9 @@ class DemoRun:
 class FlatPacer(Pacer):
     """A baseline's pacing: lambda stays 0 (full value) until the day's budget is spent."""
 
-    def update(self, now: float, ledger: SpendLedger | None, only: set[str] | None = None) -> list[PacingState]:
+    def update(self, now: float, ledger: SpendLedger | None) -> list[PacingState]:
         out = []
         for camp in self.campaigns.by_id.values():
-            if only is not None and camp.id not in only:
-                continue
             day = self.campaigns.fraction_of_day(camp, now)[0]
             spent = ledger.day_totals(camp.id, day)["spend"] if ledger is not None else 0
             budget = self.budget_today(camp, day, ledger)

@@ -489,22 +489,26 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         if not all(primed):  # a controller stepped before then would start from 0, or on spend not yet recovered
             return
         now = clock()
+        await follow_moves()
         local = {k.split("|", 1)[0] for k in totals}
-        await follow_moves(local)
-        for state in pacer.update(now, delivery.ledger, only=local):
-            await pacing_topic.send(key=state.campaign.encode(), value=orjson.dumps(pacing_doc(state)))
+        for state in pacer.update(now, delivery.ledger):
+            if state.campaign in local:
+                await pacing_topic.send(key=state.campaign.encode(), value=orjson.dumps(pacing_doc(state)))
 
-    paced: list[set[str] | None] = [None]  # the campaigns paced at the last step; None before the first
+    paced_on: list[frozenset[int] | None] = [None]  # the partitions owned at the last step; None before the first
 
-    async def follow_moves(local: set[str]) -> None:
-        """Campaigns that left in a rebalance are forgotten; those that came start from their last published lambda
-        of the day, read back as at start (the first step's were, by `read_back_pacing`)."""
-        before, paced[0] = paced[0], set(local)
-        if before is None:
+    async def follow_moves() -> None:
+        """The campaigns of partitions this worker was just given start as after a restart: their state here was
+        stepped on a ledger that did not see their spend (conversion rate, controller, lifetime spend), so it is
+        forgotten, and their last published lambda of the day is read back (the first step's were, at start)."""
+        owned = owned_partitions()
+        if owned is None:  # a rebalance under way: the next step sees where it ended
             return
-        for cid in before - local:
+        before, paced_on[0] = paced_on[0], owned
+        gained = owned - before if before is not None else frozenset()
+        came = {k.split("|", 1)[0] for k in totals if totals.partition_of(k) in gained}
+        for cid in came:
             pacer.forget(cid)
-        came = local - before
         if not came:
             return
         try:

@@ -197,20 +197,17 @@ class Pacer:
         return ctl
 
     def forget(self, campaign: str) -> None:
-        """Drop `campaign`'s state (it moved to another worker): built from this worker's ledger, which no longer
-        sees its spend, it would be stale if the campaign came back; it then starts as after a restart."""
+        """Drop `campaign`'s state: stepped while another worker counted its spend, it was built on a ledger that
+        did not see it.  Given to this worker in a rebalance, the campaign then starts as after a restart."""
         self.controllers.pop(campaign, None)
         self.known_lambda.pop(campaign, None)
         self.conversions.forget(campaign)
         self._before.pop(campaign, None)
         self._before_days.pop(campaign, None)
 
-    def update(self, now: float, ledger: SpendLedger | None, only: set[str] | None = None) -> list[PacingState]:
-        """Step every campaign's controller (or those of `only`: the campaigns whose spend this worker counts; a
-        controller stepped on spend it cannot see would run from zero spend, and its state outlive the campaign's
-        coming back here)."""
+    def update(self, now: float, ledger: SpendLedger | None) -> list[PacingState]:
         out = []
-        camps = [c for c in self.campaigns.by_id.values() if only is None or c.id in only]
+        camps = list(self.campaigns.by_id.values())
         when = {c.id: self.campaigns.fraction_of_day(c, now) for c in camps}
         self._refresh_lifetime(now, {cid: w[0] for cid, w in when.items()}, ledger)
         for camp in camps:
