@@ -499,7 +499,7 @@ class CampaignIndex:
         floor = floor_micros(imp.floor)
         deals: dict[int, Deal] = {}
         if imp.deals:
-            m, deals, reason = self._with_deals(m, imp, seat, floor or imp.by_length)
+            m, deals, reason = self._with_deals(m, imp, seat, floor > 0 or imp.by_length)
             if reason:
                 return Eligible(reason=reason)
         else:  # no deal on offer: deal-only campaigns sit out, and a private auction has no one to bid
@@ -556,8 +556,9 @@ class CampaignIndex:
             out[p] = NO_FLOOR_TO_BID if f == math.inf else min(floor_micros(f), NO_FLOOR_TO_BID)
         return out
 
-    def _with_deals(self, m: int, imp: Imp, seat: str, floor: int) -> tuple[int, dict[int, Deal], int]:
-        """Apply deal rules to an impression that offers deals; slot -> deal for those that bid on one."""
+    def _with_deals(self, m: int, imp: Imp, seat: str, floored: bool) -> tuple[int, dict[int, Deal], int]:
+        """Apply deal rules to an impression that offers deals; slot -> deal for those that bid on one.  `floored`:
+        the impression itself has a floor (`bidfloor`, or floors by creative length), in its `bidfloorcur`."""
         deals: dict[int, Deal] = {}
         keep = m & self._has_deals if imp.private_auction else m & (~self._deal_only | self._has_deals)
         # only campaigns targeting a deal on offer have their deals read one by one; the others have none here
@@ -588,7 +589,7 @@ class CampaignIndex:
         if out:
             keep &= ~_bits_of(out)
         # floor currency: a deal's floor is in the deal's currency, the rest in the impression's
-        if floor:
+        if floored:
             keep &= self._currency.get(imp.floorcur, 0) | _bits_of(deals)
         if not keep:
             return keep, deals, CURRENCY
