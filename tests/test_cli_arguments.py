@@ -103,6 +103,17 @@ def test_notice_base_must_be_a_url_notices_can_reach() -> None:
     refused(["serve", "--no-kafka", "--notice-base", "bidder.example.com"], "--notice-base", "https://")
 
 
+def test_ctrl_c_while_the_commands_load_ends_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It printed a KeyboardInterrupt traceback when it came before the command started."""
+    import bidder.cli
+
+    def interrupted() -> argparse.ArgumentParser:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bidder.cli, "build_parser", interrupted)
+    assert bidder.cli.main(["campaign", "set", "--dry-run", "x.json"]) == 130
+
+
 def test_out_dir_problem(tmp_path: Path) -> None:
     assert out_dir_problem(tmp_path / "a" / "b") is None and (tmp_path / "a" / "b").is_dir()
     (tmp_path / "file").write_text("")
