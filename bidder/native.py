@@ -329,7 +329,7 @@ def native_adm(creative: NativeCreative, request: NativeRequest,
     allowed = request.trackers
     if allowed is not None and type(response.get("eventtrackers")) is list:  # only the methods the request allows
         kept = [t for t in response["eventtrackers"]
-                if type(t) is dict and t.get("method") in allowed.get(t.get("event"), ())]  # type: ignore[arg-type]
+                if type(t) is dict and t.get("method") in allowed.get(t.get("event", -1), ())]
         if kept:
             response["eventtrackers"] = kept
         else:
