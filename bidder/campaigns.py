@@ -270,6 +270,41 @@ def _local_day_hour(timezone: str, now_utc: dt.datetime) -> tuple[dt.date, int]:
 # -- validation ----------------------------------------------------------------
 
 
+class _Several(ConfigError):
+    """Several problems found in one read: each bad element of a list, each unknown field of an object."""
+
+    def __init__(self, each: list[ConfigError]) -> None:
+        super().__init__(each[0].field, each[0].message)
+        self.each = each
+
+
+def _raise_all(errors: list[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise _Several(errors)
+
+
+class _Problems:
+    """Every problem of one campaign document, so a marketer fixes them all in one pass, not one per run."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def check(self, read: Callable[[], Any], fallback: Any = None) -> Any:
+        """`read()`'s value; `fallback` once its problem(s) are noted."""
+        try:
+            return read()
+        except _Several as e:
+            self.found.extend(e.each)
+        except ConfigError as e:
+            self.found.append(e)
+        return fallback
+
+    def add(self, field: str, message: str) -> None:
+        self.found.append(ConfigError(field, message))
+
+
 def _get(doc: dict, key: str, path: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
     if key not in doc or doc[key] is None:
         if default is ...:
@@ -290,6 +325,8 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _money(doc: dict, key: str, path: str, default: Any = ...) -> int:
+    if isinstance(doc.get(key), bool):
+        raise ConfigError(path + key, "must be an amount like 250 or 2.75, not a boolean")
     v = _get(doc, key, path, (int, float, str), default)
     try:
         micros = to_micros(v)
@@ -306,15 +343,16 @@ def _money(doc: dict, key: str, path: str, default: Any = ...) -> int:
     return micros
 
 
-def _no_unknown(doc: dict, path: str) -> None:
-    """Refuse a field the schema does not have, suggesting the one that was probably meant."""
-    known = FIELDS[path]
+def _no_unknown(doc: dict, schema: str, where: str | None = None) -> None:
+    """Refuse every field the schema does not have, suggesting the one that was probably meant."""
+    known = FIELDS[schema]
+    errors = []
     for key in doc:
         if key not in known:
-            where = path.replace("[]", "") if path != "creatives[]." else path
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"the fields here are {', '.join(sorted(known))}"
-            raise ConfigError(f"{where}{key}", f"is not a campaign field; {hint}")
+            errors.append(ConfigError(f"{schema if where is None else where}{key}", f"is not a campaign field; {hint}"))
+    _raise_all(errors)
 
 
 def _date(doc: dict, key: str, path: str) -> dt.date:
@@ -330,102 +368,137 @@ def _date(doc: dict, key: str, path: str) -> dt.date:
 
 def _str_set(doc: dict, key: str, path: str, pattern: re.Pattern[str] | None = None) -> frozenset[str]:
     vals = _get(doc, key, path, list, [])
+    errors = []
     for i, v in enumerate(vals):
         if isinstance(v, bool):  # YAML reads unquoted yes/no/on/off as booleans
-            raise ConfigError(f"{path}{key}[{i}]", "must be a string, not a boolean (in YAML, quote values like NO or ON)")
-        if not isinstance(v, str) or not v:
-            raise ConfigError(f"{path}{key}[{i}]", "must be a non-empty string")
-        if pattern and not pattern.fullmatch(v):
-            raise ConfigError(f"{path}{key}[{i}]", f"{v!r} is not a valid value (expected e.g. IAB1 or IAB1-2)")
+            errors.append(ConfigError(f"{path}{key}[{i}]",
+                                      "must be a string, not a boolean (in YAML, quote values like NO or ON)"))
+        elif not isinstance(v, str) or not v:
+            errors.append(ConfigError(f"{path}{key}[{i}]", "must be a non-empty string"))
+        elif pattern and not pattern.fullmatch(v):
+            errors.append(ConfigError(f"{path}{key}[{i}]", f"{v!r} is not a valid value (expected e.g. IAB1 or IAB1-2)"))
+    _raise_all(errors)
     return frozenset(vals)
 
 
 def _int_set(doc: dict, key: str, path: str, lo: int, hi: int) -> frozenset[int]:
     vals = _get(doc, key, path, list, [])
+    errors = []
     for i, v in enumerate(vals):
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             hint = f" (in YAML, write {v.lstrip('0') or '0'}, not {v})" if isinstance(v, str) and v.isdigit() else ""
-            raise ConfigError(f"{path}{key}[{i}]", f"must be an integer from {lo} to {hi}{hint}")
+            errors.append(ConfigError(f"{path}{key}[{i}]", f"must be an integer from {lo} to {hi}{hint}"))
+    _raise_all(errors)
     return frozenset(vals)
 
 
-def _creative(raw: Any, i: int) -> Creative:
-    path = f"creatives[{i}]."
-    if not isinstance(raw, dict):
-        raise ConfigError(f"creatives[{i}]", "must be an object")
-    try:
-        _no_unknown(raw, "creatives[].")
-    except ConfigError as e:
-        raise ConfigError(path + e.field.removeprefix("creatives[]."), e.message) from None
-    cid = _get(raw, "id", path, str)
+def _id(doc: dict, path: str) -> str:
+    cid = _get(doc, "id", path, str)
     if not ID.fullmatch(cid):
         raise ConfigError(path + "id", "must be 1-64 letters, digits or _.:-")
-    kind = _get(raw, "type", path, str, "banner")
-    if kind not in KINDS:
-        raise ConfigError(path + "type", f"must be one of {', '.join(sorted(KINDS))}")
-    w, h = _get(raw, "w", path, int, 0), _get(raw, "h", path, int, 0)
+    return cid
+
+
+def _choice(doc: dict, key: str, path: str, default: str, allowed: frozenset[str], refusal: str) -> str:
+    value = _get(doc, key, path, str, default)
+    if value not in allowed:
+        raise ConfigError(path + key, f"{value!r} {refusal}" if refusal.startswith("is") else refusal)
+    return value
+
+
+def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
+    path = f"creatives[{i}]."
+    if not isinstance(raw, dict):
+        p.add(f"creatives[{i}]", "must be an object")
+        return None
+    before = len(p.found)
+    p.check(lambda: _no_unknown(raw, "creatives[].", path))
+    cid = p.check(lambda: _id(raw, path), "")
+    kind = p.check(lambda: _choice(raw, "type", path, "banner", KINDS, f"must be one of {', '.join(sorted(KINDS))}"))
+    w, h = p.check(lambda: _get(raw, "w", path, int, 0), 0), p.check(lambda: _get(raw, "h", path, int, 0), 0)
     if w < 0 or h < 0:
-        raise ConfigError(path + ("w" if w < 0 else "h"), "must be >= 0")
-    if kind == "banner" and (w <= 0 or h <= 0):
-        raise ConfigError(path + "w", "banner creatives need positive w and h")
-    adm = _get(raw, "adm", path, str, "")
-    if not adm:
-        raise ConfigError(path + "adm", "is required: the ad markup or VAST/native document")
-    cats = tuple(sorted(_str_set(raw, "cat", path, IAB_CAT)))
-    mimes = tuple(_str_set(raw, "mimes", path)) or (vast.mimes(adm) if kind in ("video", "audio") else ())
-    lang = _get(raw, "lang", path, str, "").lower()
-    if lang and not LANG.fullmatch(lang):
-        raise ConfigError(path + "lang", f"{lang!r} is not a language tag (e.g. en or en-GB)")
-    native = None
-    if kind == "native":
-        try:
-            native = parse_native_creative(adm)
-        except NativeError as e:
-            raise ConfigError(path + "adm", f"{e} (a native creative's adm is a Native 1.2 response)") from None
-    protocol, duration, linearity = _playback(raw, path, kind, adm)
+        p.add(path + ("w" if w < 0 else "h"), "must be >= 0")
+    elif kind == "banner" and (w <= 0 or h <= 0):
+        p.add(path + "w", "banner creatives need positive w and h")
+    adm = p.check(lambda: _get(raw, "adm", path, str, ""))
+    if adm == "":
+        p.add(path + "adm", "is required: the ad markup or VAST/native document")
+    cats = p.check(lambda: tuple(sorted(_str_set(raw, "cat", path, IAB_CAT))), ())
+    mimes = p.check(lambda: tuple(_str_set(raw, "mimes", path)), ())
+    lang = p.check(lambda: _lang(raw, path), "")
+    native = p.check(lambda: _native(adm, path)) if kind == "native" and adm else None
+    protocol, duration, linearity = _playback(raw, path, kind, adm or "", p)
+    if len(p.found) > before:
+        return None
+    mimes = mimes or (vast.mimes(adm) if kind in ("video", "audio") else ())
     return Creative(cid, kind, w, h, cats, adm, mimes, protocol, duration, linearity, lang, native,
                     _PLAIN_HTTP(adm) is None)
 
 
-def _playback(raw: dict, path: str, kind: str, adm: str) -> tuple[int, int, int]:
+def _lang(raw: dict, path: str) -> str:
+    lang = _get(raw, "lang", path, str, "").lower()
+    if lang and not LANG.fullmatch(lang):
+        raise ConfigError(path + "lang", f"{lang!r} is not a language tag (e.g. en or en-GB)")
+    return lang
+
+
+def _native(adm: str, path: str) -> NativeCreative:
+    try:
+        return parse_native_creative(adm)
+    except NativeError as e:
+        raise ConfigError(path + "adm", f"{e} (a native creative's adm is a Native 1.2 response)") from None
+
+
+def _playback(raw: dict, path: str, kind: str | None, adm: str, p: _Problems) -> tuple[int, int, int]:
     """(protocol, duration, linearity) of a video or audio creative: as the document states, else as its markup
     (a VAST URL as `adm` states nothing, so the campaign must, to bid where players ask)."""
     for key in ("protocol", "duration", "linearity"):
         if raw.get(key) is not None and kind not in (("video",) if key == "linearity" else ("video", "audio")):
-            raise ConfigError(path + key, f"is for {'video' if key == 'linearity' else 'video and audio'} creatives only")
+            p.add(path + key, f"is for {'video' if key == 'linearity' else 'video and audio'} creatives only")
     if kind not in ("video", "audio"):
         return 0, 0, 0
-    protocol = _get(raw, "protocol", path, int, 0) or vast.protocol(adm)
-    if not 0 <= protocol <= 100:
-        raise ConfigError(path + "protocol", "must be an OpenRTB protocol code (e.g. 7 for VAST 4.0)")
-    duration = _get(raw, "duration", path, int, 0) or vast.duration(adm)
-    if not 0 <= duration <= 86_400:
-        raise ConfigError(path + "duration", "must be the ad's length in seconds")
-    linearity = _get(raw, "linearity", path, int, 0) or (vast.linearity(adm) if kind == "video" else 0)
-    if linearity not in (0, 1, 2):
-        raise ConfigError(path + "linearity", "must be 1 (linear, in-stream) or 2 (non-linear, overlay)")
-    return protocol, duration, linearity
+    return (
+        p.check(lambda: _code(raw, "protocol", path, 100, partial(vast.protocol, adm),
+                              "must be an OpenRTB protocol code (e.g. 7 for VAST 4.0)"), 0),
+        p.check(lambda: _code(raw, "duration", path, 86_400, partial(vast.duration, adm),
+                              "must be the ad's length in seconds"), 0),
+        p.check(lambda: _code(raw, "linearity", path, 2, partial(vast.linearity, adm) if kind == "video" else int,
+                              "must be 1 (linear, in-stream) or 2 (non-linear, overlay)"), 0),
+    )
 
 
-def _targeting(doc: dict) -> Targeting:
-    raw = _get(doc, "targeting", "", dict, {})
-    p = "targeting."
-    _no_unknown(raw, p)
-    countries = _str_set(raw, "countries", p)
-    for c in countries:
-        if not COUNTRY.fullmatch(c):
-            raise ConfigError(p + "countries", f"{c!r} is not an ISO-3166-1 alpha-3 code (e.g. USA), as OpenRTB uses")
-    deals, deal_only = _str_set(raw, "deals", p), _get(raw, "deal_only", p, bool, False)
-    if deal_only and not deals:
-        raise ConfigError(p + "deal_only", "needs at least one id in targeting.deals: otherwise the campaign never bids")
+def _code(raw: dict, key: str, path: str, hi: int, from_markup: Callable[[], int], refusal: str) -> int:
+    """A playback code the document states, else the one its markup states (0: unknown)."""
+    value = _get(raw, key, path, int, 0) or from_markup()
+    if not 0 <= value <= hi:
+        raise ConfigError(path + key, refusal)
+    return value
+
+
+def _countries(raw: dict, path: str) -> frozenset[str]:
+    countries = _str_set(raw, "countries", path)
+    _raise_all([ConfigError(path + "countries", f"{c!r} is not an ISO-3166-1 alpha-3 code (e.g. USA), as OpenRTB uses")
+                for c in sorted(countries) if not COUNTRY.fullmatch(c)])
+    return countries
+
+
+def _targeting(doc: dict, p: _Problems) -> Targeting | None:
+    raw = p.check(lambda: _get(doc, "targeting", "", dict, {}))
+    if raw is None:
+        return None
+    path = "targeting."
+    p.check(lambda: _no_unknown(raw, path))
+    deals, deal_only = p.check(lambda: _str_set(raw, "deals", path)), p.check(lambda: _get(raw, "deal_only", path, bool, False))
+    if deal_only and deals == frozenset():
+        p.add(path + "deal_only", "needs at least one id in targeting.deals: otherwise the campaign never bids")
     return Targeting(
-        countries=countries,
-        regions=_str_set(raw, "regions", p),
-        cities=_str_set(raw, "cities", p),
-        device_types=_int_set(raw, "device_types", p, 1, 8),
-        os=frozenset(o.lower() for o in _str_set(raw, "os", p)),
-        domains=_str_set(raw, "domains", p),
-        categories=_str_set(raw, "categories", p, IAB_CAT),
+        countries=p.check(lambda: _countries(raw, path)),
+        regions=p.check(lambda: _str_set(raw, "regions", path)),
+        cities=p.check(lambda: _str_set(raw, "cities", path)),
+        device_types=p.check(lambda: _int_set(raw, "device_types", path, 1, 8)),
+        os=p.check(lambda: frozenset(o.lower() for o in _str_set(raw, "os", path))),
+        domains=p.check(lambda: _str_set(raw, "domains", path)),
+        categories=p.check(lambda: _str_set(raw, "categories", path, IAB_CAT)),
         deals=deals,
         deal_only=deal_only,
     )
@@ -433,41 +506,34 @@ def _targeting(doc: dict) -> Targeting:
 
 def parse_campaign(doc: Any) -> Campaign:
     """Validate one campaign document; raise ConfigError naming the first bad field, with `problems` listing every
-    bad field (a marketer fixes them all in one pass, not one per run)."""
+    problem (a marketer fixes them all in one pass, not one per run)."""
     if not isinstance(doc, dict):
         raise ConfigError("campaign", "must be an object")
-    problems: list[ConfigError] = []
-
-    def check(section: Callable[[], Any], fallback: Any = None) -> Any:
-        try:
-            return section()
-        except ConfigError as e:
-            problems.append(e)
-            return fallback
-
-    check(lambda: _no_unknown(doc, ""))
+    p = _Problems()
+    p.check(lambda: _no_unknown(doc, ""))
     for part in ("budget", "flight", "goal", "frequency_cap"):
         if isinstance(doc.get(part), dict):
-            check(partial(_no_unknown, doc[part], part + "."))
-    cid = check(lambda: _campaign_id(doc), "")
-    currency = check(lambda: _choice(doc, "currency", "USD", CURRENCIES,
-                                     f"is not supported; use one of {', '.join(sorted(CURRENCIES))}"), "USD")
-    status = check(lambda: _choice(doc, "status", "active", frozenset({"active", "paused"}),
-                                   "must be 'active' or 'paused'"), "active")
-    daily, total = check(lambda: _budget(doc), (0, 0))
-    start, end, tz = check(lambda: _flight(doc), (None, None, "UTC"))
-    gtype, vpc, vpa, max_bid = check(lambda: _goal(doc), ("cpc", 0, 0, 0))
-    per_hour, per_day = check(lambda: _frequency_cap(doc), (0, 0))
-    advertiser = check(lambda: _advertiser(doc), "")
-    creatives = check(lambda: _creatives(doc), ())
-    hours = check(lambda: _int_set(doc, "dayparting", "", 0, 23), frozenset())
-    targeting = check(lambda: _targeting(doc))
-    version = check(lambda: _get(doc, "version", "", int, 0), 0)
-    if problems:
-        first = problems[0]
+            p.check(partial(_no_unknown, doc[part], part + "."))
+    cid = p.check(lambda: _id(doc, ""))
+    currency = p.check(lambda: _choice(doc, "currency", "", "USD", CURRENCIES,
+                                       f"is not supported; use one of {', '.join(sorted(CURRENCIES))}"))
+    status = p.check(lambda: _choice(doc, "status", "", "active", frozenset({"active", "paused"}),
+                                     "must be 'active' or 'paused'"))
+    daily, total = _budget(doc, p)
+    start, end, tz = _flight(doc, p)
+    gtype, vpc, vpa, max_bid = _goal(doc, p)
+    per_hour, per_day = _frequency_cap(doc, p)
+    advertiser = p.check(lambda: _advertiser(doc))
+    creatives = _creatives(doc, p)
+    hours = p.check(lambda: _int_set(doc, "dayparting", "", 0, 23))
+    targeting = _targeting(doc, p)
+    version = p.check(lambda: _get(doc, "version", "", int, 0))
+    if p.found:
+        first = p.found[0]
         err = ConfigError(first.field, first.message)
-        err.problems = [f"{e.field}: {e.message}" for e in problems]
+        err.problems = [f"{e.field}: {e.message}" for e in p.found]
         raise err
+    assert targeting is not None and creatives is not None  # each is None only with a problem found
     return Campaign(
         id=cid, advertiser=advertiser, currency=currency, status=status, daily_budget=daily, total_budget=total,
         start=start, end=end, timezone=tz, hours=hours, goal=gtype, value_per_click=vpc, value_per_conversion=vpa,
@@ -476,68 +542,66 @@ def parse_campaign(doc: Any) -> Campaign:
     )
 
 
-def _campaign_id(doc: dict) -> str:
-    cid = _get(doc, "id", "", str)
-    if not ID.fullmatch(cid):
-        raise ConfigError("id", "must be 1-64 letters, digits or _.:-")
-    return cid
-
-
-def _choice(doc: dict, key: str, default: str, allowed: frozenset[str], refusal: str) -> str:
-    value = _get(doc, key, "", str, default)
-    if value not in allowed:
-        raise ConfigError(key, f"{value!r} {refusal}" if refusal.startswith("is") else refusal)
-    return value
-
-
-def _budget(doc: dict) -> tuple[int, int]:
-    budget = _get(doc, "budget", "", dict)
-    daily, total = _money(budget, "daily", "budget."), _money(budget, "total", "budget.", 0)
-    if total and total < daily:
-        raise ConfigError("budget.total", "must be >= budget.daily (or 0 for no total cap)")
+def _budget(doc: dict, p: _Problems) -> tuple[Any, Any]:
+    budget = p.check(lambda: _get(doc, "budget", "", dict))
+    if budget is None:
+        return None, None
+    daily = p.check(lambda: _money(budget, "daily", "budget."))
+    total = p.check(lambda: _money(budget, "total", "budget.", 0))
+    if daily is not None and total and total < daily:
+        p.add("budget.total", "must be >= budget.daily (or 0 for no total cap)")
     return daily, total
 
 
-def _flight(doc: dict) -> tuple[dt.date, dt.date, str]:
-    flight = _get(doc, "flight", "", dict, {})
-    start = _date(flight, "start", "flight.") if "start" in flight else dt.date(2000, 1, 1)
-    end = _date(flight, "end", "flight.") if "end" in flight else dt.date(2999, 12, 31)
-    if end < start:
-        raise ConfigError("flight.end", "must not be before flight.start")
+def _flight(doc: dict, p: _Problems) -> tuple[Any, Any, Any]:
+    flight = p.check(lambda: _get(doc, "flight", "", dict, {}), {})
+    start = p.check(lambda: _date(flight, "start", "flight.") if "start" in flight else dt.date(2000, 1, 1))
+    end = p.check(lambda: _date(flight, "end", "flight.") if "end" in flight else dt.date(2999, 12, 31))
+    if start and end and end < start:
+        p.add("flight.end", "must not be before flight.start")
+    return start, end, p.check(lambda: _zone(flight))
+
+
+def _zone(flight: dict) -> str:
     tz = _get(flight, "timezone", "flight.", str, "UTC")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a zone directory, such as "America"
         raise ConfigError("flight.timezone", f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
-    return start, end, tz
+    return tz
 
 
-def _goal(doc: dict) -> tuple[str, int, int, int]:
-    goal = _get(doc, "goal", "", dict)
-    gtype = _get(goal, "type", "goal.", str, "cpc")
-    if gtype not in GOALS:
-        raise ConfigError("goal.type", "must be 'cpc' or 'cpa'")
-    vpc = _money(goal, "value_per_click", "goal.", 0)
-    vpa = _money(goal, "value_per_conversion", "goal.", 0)
+def _goal(doc: dict, p: _Problems) -> tuple[Any, Any, Any, Any]:
+    goal = p.check(lambda: _get(doc, "goal", "", dict))
+    if goal is None:
+        return None, None, None, None
+    gtype = p.check(lambda: _choice(goal, "type", "goal.", "cpc", GOALS, "must be 'cpc' or 'cpa'"))
+    vpc = p.check(lambda: _money(goal, "value_per_click", "goal.", 0))
+    vpa = p.check(lambda: _money(goal, "value_per_conversion", "goal.", 0))
     if gtype == "cpc" and vpc == 0:
-        raise ConfigError("goal.value_per_click", "must be > 0 for a cpc goal")
+        p.add("goal.value_per_click", "must be > 0 for a cpc goal")
     if gtype == "cpa" and vpa == 0:
-        raise ConfigError("goal.value_per_conversion", "must be > 0 for a cpa goal")
-    max_bid = _money(goal, "max_bid_cpm", "goal.", 10)
-    if not max_bid:
-        raise ConfigError("goal.max_bid_cpm", "must be > 0: it is the highest CPM the campaign may bid")
+        p.add("goal.value_per_conversion", "must be > 0 for a cpa goal")
+    max_bid = p.check(lambda: _money(goal, "max_bid_cpm", "goal.", 10))
+    if max_bid == 0:
+        p.add("goal.max_bid_cpm", "must be > 0: it is the highest CPM the campaign may bid")
     return gtype, vpc, vpa, max_bid
 
 
-def _frequency_cap(doc: dict) -> tuple[int, int]:
-    cap = _get(doc, "frequency_cap", "", dict, {})
-    per_hour, per_day = _get(cap, "per_hour", "frequency_cap.", int, 0), _get(cap, "per_day", "frequency_cap.", int, 0)
-    for name, n in (("per_hour", per_hour), ("per_day", per_day)):
-        if n < 0:
-            raise ConfigError("frequency_cap." + name, "must be >= 0 (0 means no cap)")
-    if per_day and per_hour > per_day:
-        raise ConfigError("frequency_cap.per_hour", f"{per_hour} is more than per_day ({per_day}), which would hold first")
+def _frequency_cap(doc: dict, p: _Problems) -> tuple[Any, Any]:
+    cap = p.check(lambda: _get(doc, "frequency_cap", "", dict, {}), {})
+    per_hour = p.check(lambda: _count(cap, "per_hour"))
+    per_day = p.check(lambda: _count(cap, "per_day"))
+    if per_hour is not None and per_day and per_hour > per_day:
+        p.add("frequency_cap.per_hour", f"{per_hour} is more than per_day ({per_day}), which would hold first")
     return per_hour, per_day
+
+
+def _count(cap: dict, name: str) -> int:
+    n = _get(cap, name, "frequency_cap.", int, 0)
+    if n < 0:
+        raise ConfigError("frequency_cap." + name, "must be >= 0 (0 means no cap)")
+    return n
 
 
 def _advertiser(doc: dict) -> str:
@@ -547,14 +611,17 @@ def _advertiser(doc: dict) -> str:
     return advertiser
 
 
-def _creatives(doc: dict) -> tuple[Creative, ...]:
-    creatives_raw = _get(doc, "creatives", "", list)
+def _creatives(doc: dict, p: _Problems) -> tuple[Creative, ...] | None:
+    creatives_raw = p.check(lambda: _get(doc, "creatives", "", list))
+    if creatives_raw is None:
+        return None
     if not creatives_raw:
-        raise ConfigError("creatives", "needs at least one creative")
-    creatives = tuple(_creative(c, i) for i, c in enumerate(creatives_raw))
-    if len({c.id for c in creatives}) != len(creatives):
-        raise ConfigError("creatives", "creative ids must be unique within a campaign")
-    return creatives
+        p.add("creatives", "needs at least one creative")
+    creatives = [_creative(c, i, p) for i, c in enumerate(creatives_raw)]
+    ids = [c.id for c in creatives if c is not None]
+    if len(set(ids)) != len(ids):
+        p.add("creatives", "creative ids must be unique within a campaign")
+    return tuple(c for c in creatives if c is not None)
 
 
 def config_campaign(value: bytes | None) -> Campaign:

@@ -198,6 +198,34 @@ def test_every_problem_of_a_campaign_is_listed_in_one_pass() -> None:
     assert one.value.field == "budget.totl" and len(one.value.problems) == 4
 
 
+def test_every_problem_within_a_section_is_listed_too() -> None:
+    """Two bad amounts of one budget, two bad creatives, two unknown fields, two bad countries: all reported."""
+    bad = campaign(
+        budget={"daily": -1, "total": "ten"},
+        bugdet=1, colour="red",
+        creatives=[{"id": "!", "w": 300, "h": 250}, {"id": "ok", "type": "video", "adm": "x", "linearity": 7}],
+        targeting={"countries": ["us", "USA", "de"], "device_types": [0, 9], "deal_only": True},
+        frequency_cap={"per_hour": -1, "per_day": -1},
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_campaign(bad)
+    fields = [line.partition(":")[0] for line in e.value.problems]
+    assert fields == [
+        "bugdet", "colour", "budget.daily", "budget.total", "frequency_cap.per_hour", "frequency_cap.per_day",
+        "creatives[0].id", "creatives[0].adm", "creatives[1].linearity",
+        "targeting.deal_only", "targeting.countries", "targeting.countries",
+        "targeting.device_types[0]", "targeting.device_types[1]",
+    ], e.value.problems
+    assert "'de' is not an ISO-3166-1 alpha-3 code" in e.value.problems[10]
+    assert "'us' is not" in e.value.problems[11]
+
+
+def test_a_boolean_amount_is_named_as_such() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_campaign(campaign(budget={"daily": True}))
+    assert e.value.field == "budget.daily" and e.value.message == "must be an amount like 250 or 2.75, not a boolean"
+
+
 @pytest.mark.parametrize(("changes", "why"), [
     ({"status": "paused"}, "paused"),
     ({"flight": {"start": "2019-01-01", "end": "2020-01-01"}}, "flight ended on 2020-01-01"),
