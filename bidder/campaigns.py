@@ -669,6 +669,12 @@ def load_campaign_docs(path: Path) -> list[Any]:
 
 
 def _decode(text: bytes, yaml: bool) -> Any:
+    try:
+        if not (yaml and text[:2] in (b"\xff\xfe", b"\xfe\xff")):  # YAML also reads UTF-16 that starts with a BOM
+            text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = text.count(b"\n", 0, e.start) + 1
+        raise ConfigError("file", f"is not UTF-8 text (byte {e.start + 1}, line {line}); save it as UTF-8") from None
     if not yaml:
         try:
             return orjson.loads(text) if text.strip() else None

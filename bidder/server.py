@@ -556,7 +556,9 @@ class BidProtocol(asyncio.Protocol):
         """413 at once and hang up, rather than reading (and discarding) the rest of a huge body."""
         if bid_path(self.url):
             self.app.stats.requests[(exchange_name(self.url.split(b"?", 1)[0]), "error", "body_too_large")] += 1
-        self._close(413, b'{"error":"body_too_large","detail":"bid requests are limited to 256 KiB"}')
+            self._close(413, b'{"error":"body_too_large","detail":"bid requests are limited to 256 KiB"}')
+        else:
+            self._close(413, b'{"error":"body_too_large","detail":"request bodies are limited to 256 KiB"}')
 
     def on_message_complete(self) -> None:
         self.receiving = 0.0

@@ -159,6 +159,9 @@ async def test_huge_bodies_are_refused_without_being_read(stack: Stack) -> None:
     huge_header = b"POST /bid/ex3 HTTP/1.1\r\nX-Pad: " + b"a" * 40_000 + b"\r\n\r\n"
     assert split(await stack.raw(huge_header, read_until_close=True))[0] == 431
     assert metric(await stack.metrics(), "streambid_bid_requests_total", reason="body_too_large") == 2
+    notice = b"POST /notice/bill HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+    out = await stack.raw(notice, read_until_close=True)
+    assert split(out)[0] == 413 and b"request bodies are limited to 256 KiB" in out  # not "bid requests"
 
 
 async def test_expect_continue_and_bad_http(stack: Stack) -> None:

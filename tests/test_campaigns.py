@@ -130,7 +130,8 @@ def test_a_file_lists_every_problem_and_refuses_a_repeated_id() -> None:
         ("bad.yaml", b"a:\n  b: 1\n c: 2\n", "is not valid YAML"),
         ("tab.yaml", b"id: x\n\tbudget: 1\n", "is not valid YAML"),
         ("two.yaml", b"id: a\n---\nid: b\n", "is not valid YAML"),
-        ("latin1.yaml", "id: caf\u00e9".encode("latin-1"), "is not valid YAML"),
+        ("latin1.yaml", "id: x\nadvertiser: caf\u00e9".encode("latin-1"), "is not UTF-8 text (byte 22, line 2); save it as UTF-8"),
+        ("latin1.json", '{"id": "caf\u00e9"}'.encode("latin-1"), "is not UTF-8 text (byte 12, line 1); save it as UTF-8"),
         ("deep.yaml", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
         ("scalar.json", b"42", "must hold a campaign object"),
     ],
@@ -141,6 +142,12 @@ def test_an_unreadable_campaign_file_is_refused_as_a_file(tmp_path: Path, name: 
     with pytest.raises(ConfigError) as e:
         load_campaign_docs(path)
     assert e.value.field == "file" and message in e.value.message
+
+
+def test_a_utf16_yaml_file_with_its_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.yaml"
+    path.write_bytes("id: caf\u00e9\n".encode("utf-16"))
+    assert load_campaign_docs(path) == [{"id": "caf\u00e9"}]
 
 
 def test_missing_files_and_directories_are_refused_as_files(tmp_path: Path) -> None:
