@@ -93,7 +93,7 @@ def parse_target(url: str, allow_remote: bool = False) -> Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    if not allow_remote and not _is_loopback(host, port):
+    if not allow_remote and not _is_loopback(host, port, url):
         raise RemoteTargetRefused(
             f"refusing to load {host}: not a loopback address (127.0.0.0/8, ::1); pass --allow-remote for a host you run"
         )
@@ -101,7 +101,7 @@ def parse_target(url: str, allow_remote: bool = False) -> Target:
     return Target(host, port, path, f"http://{shown_host}:{port}{path}")
 
 
-def _is_loopback(host: str, port: int) -> bool:
+def _is_loopback(host: str, port: int, url: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -109,7 +109,8 @@ def _is_loopback(host: str, port: int) -> bool:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return False
+        raise ValueError(f"{url!r}: host {host!r} cannot be resolved; give the bidder's URL, "
+                         "e.g. http://127.0.0.1:8080/bid/ex1") from None
     addrs = {str(info[4][0]) for info in infos}
     return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 

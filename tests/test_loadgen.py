@@ -135,6 +135,13 @@ def test_non_loopback_targets_are_refused(url):
     assert parse_target(url, allow_remote=True).url.startswith("http://")
 
 
+def test_a_host_that_does_not_resolve_is_named_as_such():
+    """Not "pass --allow-remote": that would not help with a mistyped target."""
+    with pytest.raises(ValueError, match="host 'bidder.invalid' cannot be resolved; give the bidder's URL") as e:
+        parse_target("http://bidder.invalid:8080/bid/x")
+    assert not isinstance(e.value, RemoteTargetRefused)
+
+
 def test_https_is_refused():
     with pytest.raises(ValueError):
         parse_target("https://127.0.0.1/bid")
