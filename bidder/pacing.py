@@ -45,6 +45,18 @@ HOURS = 24
 MAX_LAMBDA = 100.0  # the highest price of budget: bids at 1% of value
 
 
+def read_lambda(lam: object) -> float | None:
+    """A published multiplier as a reader takes it, or None if it is not one (NaN, negative, too big, not a number).
+
+    A value a few ulps above MAX_LAMBDA is MAX_LAMBDA: older workers published expm1(log1p(100)) at the clamp.
+    """
+    if type(lam) is not int and type(lam) is not float:
+        return None
+    if 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
+        return float(lam)
+    return MAX_LAMBDA if MAX_LAMBDA < lam <= MAX_LAMBDA * (1 + 1e-12) else None
+
+
 @dataclass(slots=True)
 class PacingState:
     """What a bidder needs to know about one campaign's pacing, published by the streams side."""
@@ -211,6 +223,7 @@ class PacingController:
         self.day, self.campaign = day, campaign
         self.plan = plan or SpendPlan()
         self.gain, self.kp, self.max_step = gain, kp, max_step
+        self.lam_max = lam_max
         self.u_max = math.log1p(lam_max)
         self.u_int = min(max(math.log1p(max(lam, 0.0)), 0.0), self.u_max)
         self.u = self.u_int
@@ -221,7 +234,9 @@ class PacingController:
 
     @property
     def lam(self) -> float:
-        return math.expm1(self.u)
+        """exp(u) - 1, and exactly lam_max at the clamp: expm1(log1p(100)) is 100.00000000000003, which every
+        reader would refuse as beyond MAX_LAMBDA, so no bidder would hear of a spent budget."""
+        return self.lam_max if self.u >= self.u_max else min(math.expm1(self.u), self.lam_max)
 
     def next_day(self, day: str, plan: SpendPlan | None = None) -> PacingController:
         """A controller for a new day that starts from today's multiplier: yesterday's price of budget.
@@ -232,7 +247,7 @@ class PacingController:
         """
         u0 = self._u_sum / self._u_weight if self._u_weight > 0 else self.u_int
         return PacingController(day, plan or self.plan, self.campaign, math.expm1(u0), self.gain, self.kp,
-                                math.expm1(self.u_max), self.max_step, self.tail)
+                                self.lam_max, self.max_step, self.tail)
 
     def update(self, fraction_of_day: float, spent: int, budget: int) -> PacingState:
         """One control step: spend so far today (micros) against the plan at this time; returns the new state."""

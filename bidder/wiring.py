@@ -44,7 +44,7 @@ from bidder.lease_client import LeaseClient
 from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool_dir, start_publishing
 from bidder.notice_relay import NoticeRelay
 from bidder.notices import KINDS, Notice
-from bidder.pacing import MAX_LAMBDA, PacingState
+from bidder.pacing import MAX_LAMBDA, PacingState, read_lambda
 from bidder.server import BidApp, response, start_server
 from bidder.slices import run_sliced
 from bidder.targeting import CampaignIndex
@@ -289,9 +289,9 @@ class Warmup:
 
 def _pacing_state(doc: dict) -> PacingState:
     """A pacing message as the engine takes it; ValueError (the message is skipped) for one it must not apply."""
-    lam, exhausted = doc["lam"], doc["exhausted"]
-    if type(lam) not in (int, float) or not 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
-        raise ValueError(f"lam {lam!r} is not a multiplier in [0, {MAX_LAMBDA}]")
+    lam, exhausted = read_lambda(doc["lam"]), doc["exhausted"]
+    if lam is None:
+        raise ValueError(f"lam {doc['lam']!r} is not a multiplier in [0, {MAX_LAMBDA}]")
     if type(exhausted) is not bool:  # bool("false") is True: a string would stop the campaign
         raise ValueError(f"exhausted {exhausted!r} is not true or false")
     if type(doc["day"]) is not str or type(doc["campaign"]) is not str:

@@ -32,7 +32,7 @@ from faust.types import TP
 from bidder.campaigns import Campaign, ConfigError, config_campaign
 from bidder.clock import from_env as clock_from_env
 from bidder.forecast import TrafficForecast
-from bidder.pacing import MAX_LAMBDA, PacingState
+from bidder.pacing import PacingState, read_lambda
 from streams import leases, topics
 from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
@@ -558,9 +558,10 @@ def pacing_state(doc: Any) -> PacingState | None:
     campaign, day, lam, exhausted = doc.get("campaign"), doc.get("day"), doc.get("lam"), doc.get("exhausted")
     if type(campaign) is not str or type(day) is not str or type(exhausted) is not bool:
         return None
-    if not (type(lam) is int or type(lam) is float) or not 0.0 <= lam <= MAX_LAMBDA:  # NaN fails both comparisons
+    lam = read_lambda(lam)
+    if lam is None:
         return None
-    return PacingState(campaign=campaign, day=day, lam=float(lam), exhausted=exhausted)
+    return PacingState(campaign=campaign, day=day, lam=lam, exhausted=exhausted)
 
 
 def newest_by_campaign(values: Sequence[bytes | None], wanted: set[str], found: dict[str, Any]) -> None:

@@ -12,9 +12,10 @@ from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.lease_client import LeaseClient
 from bidder.openrtb import parse_request
-from bidder.pacing import PacingState
+from bidder.pacing import MAX_LAMBDA, PacingController, PacingState, read_lambda
 from bidder.wiring import _pacing_state
 from models.snapshot import ModelSnapshot
+from streams.app import pacing_doc, pacing_state
 from tests.helpers import body, campaign, request
 
 NOW = 1_780_000_000.0
@@ -43,6 +44,30 @@ def test_a_pacing_message_it_must_not_apply_is_refused(change: dict) -> None:
     assert _pacing_state(GOOD).lam == 0.5
     with pytest.raises(ValueError):
         _pacing_state({**GOOD, **change})
+
+
+def test_a_controller_at_its_clamp_publishes_a_lambda_every_reader_takes() -> None:
+    """expm1(log1p(100)) is 100.00000000000003: every bidder refused each exhausted or saturated state, so a spent
+    budget kept bidding wherever leases were off."""
+    ctl = PacingController(day=DAY, campaign="c1", kp=10.0, tail=0.25)
+    ctl.update(0.50, 400_000, 1_000_000)
+    saturated, exhausted = ctl.update(0.51, 950_000, 1_000_000), ctl.update(0.60, 1_000_000, 1_000_000)
+    for state in (saturated, exhausted):
+        doc = orjson.loads(orjson.dumps(pacing_doc(state)))  # as it travels on the pacing topic
+        assert doc["lam"] == MAX_LAMBDA
+        read_back = pacing_state(doc)  # the worker's own, after a restart
+        assert _pacing_state(doc).lam == MAX_LAMBDA and read_back is not None and read_back.lam == MAX_LAMBDA
+    e = engine()
+    assert "c1" in bids(e)
+    e.set_pacing(_pacing_state(orjson.loads(orjson.dumps(pacing_doc(exhausted)))))
+    assert "c1" not in bids(e) and "c1" not in e.live()
+
+
+@pytest.mark.parametrize(("lam", "read"), [(100.00000000000003, MAX_LAMBDA), (100.0, MAX_LAMBDA), (0, 0.0),
+                                           (100.001, None), (float("nan"), None), (-1e-300, None), (True, None)])
+def test_a_lambda_a_few_ulps_above_the_maximum_is_the_maximum(lam: object, read: float | None) -> None:
+    """What older workers published at the clamp still stops the campaign; anything further out is refused."""
+    assert read_lambda(lam) == read
 
 
 def test_an_exhausted_budget_of_another_day_does_not_stop_today() -> None:
