@@ -620,6 +620,8 @@ class BidEngine:
                                 exchange=exchange, price=price, pctr=pctr, features=list(req_feats + cand), at=req.at,
                                 floor=floor, lam=lam, restricted=restricted, user=user, bidder=bidder,
                                 reqs=self.requests_seen)
+                if imp.exp:  # the impression may come that late: attribution keeps the bid as long
+                    ev["exp"] = min(imp.exp, MAX_NOTICE_TTL_S)
                 if self.cfg.explain_rate and self.rng.random() < self.cfg.explain_rate:
                     ev["explain"] = self._explain(req_feats, cand, camp, cr, pctr, explored)
                 self.sink("bids", camp.id, ev)

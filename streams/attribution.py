@@ -18,7 +18,8 @@ from typing import Any
 
 CLICK_WINDOW_MS = 30 * 60 * 1000
 CONVERSION_WINDOW_MS = 7 * 24 * 3600 * 1000
-UNSERVED_TTL_MS = 10 * 60 * 1000  # a bid with no impression by then was lost or never rendered
+UNSERVED_TTL_MS = 10 * 60 * 1000  # a bid with no impression by then was lost or never rendered ...
+MAX_RENDER_MS = 4 * 3600 * 1000  # ... unless the exchange stated a later one (imp.exp, the bid event's `exp`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,12 @@ class Example:
 
         return make_event("examples", f"ex:{self.bid_id}", ts_ms, campaign=self.campaign, creative=self.creative,
                           features=self.features, label=self.label)
+
+
+def _render_ms(bid: dict[str, Any]) -> int:
+    """How long past UNSERVED_TTL_MS the bid's impression may still come, as its exchange stated (0: not longer)."""
+    exp = bid.get("exp")
+    return min(exp * 1000, MAX_RENDER_MS) if type(exp) is int and exp * 1000 > UNSERVED_TTL_MS else 0
 
 
 # Marks on a bid's entry: the ids of its conversions read before any click of it, and the click that booked them as
@@ -60,8 +67,8 @@ class Attribution:
         heapq.heapify(self._due)
 
     def _due_of(self, entry: dict[str, Any]) -> int:
-        if entry["f"] is None or entry["imp"] is None:
-            return entry["t"] + UNSERVED_TTL_MS  # early event without its bid, or a bid never served
+        if entry["f"] is None or entry["imp"] is None:  # early event without its bid, or a bid not served (yet)
+            return entry["t"] + max(UNSERVED_TTL_MS, entry.get("x", 0))
         if not entry["done"]:
             return entry["imp"] + self.click_window_ms  # the click window closes: a negative
         return entry["imp"] + self.conversion_window_ms  # labelled: forgotten after the conversion window
@@ -76,11 +83,15 @@ class Attribution:
         entry = self.pending.get(bid_id)
         if entry is not None and entry["f"] is not None:
             return "duplicate", None
+        render = _render_ms(ev)
         if entry is None:
-            self._put(bid_id, {"c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"],
-                                    "imp": None, "clk": None, "done": 0})
+            fresh = {"c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"], "imp": None,
+                     "clk": None, "done": 0}
+            self._put(bid_id, {**fresh, "x": render} if render else fresh)
             return "matched", None
         entry = {**entry, "c": ev["campaign"], "r": ev["creative"], "f": ev["features"], "t": ev["ts"]}
+        if render:
+            entry["x"] = render
         example = None
         if entry["clk"] is not None and not entry["done"]:
             if entry["clk"] - (entry["imp"] if entry["imp"] is not None else ev["ts"]) <= self.click_window_ms:

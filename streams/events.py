@@ -35,7 +35,8 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 # fields a kind may leave out, checked (and kept in a dead letter) when present
-_OPTIONAL: dict[str, tuple[str, ...]] = {"billing": ("day",)}
+_OPTIONAL: dict[str, tuple[str, ...]] = {"billing": ("day",), "bids": ("exp",)}
+MAX_EXP_S = 86_400  # a bid's `exp` (the seconds its impression may take to come, as the exchange stated) beyond a day
 
 
 class EventError(ValueError):
@@ -96,6 +97,8 @@ def _sane(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
             raise EventError("bad_type", "features must be integer feature ids")
         if not all(0 <= f <= HASH_MASK for f in features):  # the learner and the bidders' weight arrays hold no others
             raise EventError("bad_value", f"feature ids must lie in 0..{HASH_MASK}")
+    if kind == "bids" and "exp" in raw and (type(raw["exp"]) is not int or not 0 <= raw["exp"] <= MAX_EXP_S):
+        raise EventError("bad_value", f"exp must be whole seconds from 0 to {MAX_EXP_S}")
     if kind == "examples" and raw["label"] not in (0, 1):
         raise EventError("bad_value", "label must be 0 or 1")
     if kind == "billing" and "day" in raw:  # the only day the ledger reads: other events count on their campaign's

@@ -67,3 +67,30 @@ def test_a_click_read_before_its_impression_is_judged_from_the_impression() -> N
         labels = [x.label for x in got if x is not None]
         assert labels == [1], order
         assert a.expire(120 * MIN) == ([], 0), order  # labelled once: no negative after
+
+
+def test_a_bid_whose_exchange_stated_a_late_impression_is_kept_that_long() -> None:
+    """imp.exp of an hour (pre-cached video, app interstitials): the impression 40 minutes on still makes an example,
+    where a bid stating nothing is forgotten after ten minutes; no statement keeps a bid past four hours."""
+    a = Attribution({}, click_window_ms=30 * MIN)
+    a.on_bid({**bid(6), "exp": 3600})
+    a.on_bid(bid(7))
+    a.on_bid({**bid(8), "exp": 86_400})  # a day: held four hours at most
+    assert a.expire(39 * MIN) == ([], 0)
+    assert "b6" in a.pending and "b7" not in a.pending
+    assert a.on_impression(ev("impressions", 6, 40 * MIN)) == ("matched", None)
+    outcome, ex = a.on_click(ev("clicks", 6, 41 * MIN))
+    assert outcome == "matched" and ex is not None and ex.label == 1 and ex.features == [1, 2, 6]
+    a.expire(4 * 60 * MIN - 1)
+    assert "b8" in a.pending
+    a.expire(4 * 60 * MIN + 1)
+    assert "b8" not in a.pending
+
+
+def test_a_late_stated_bid_read_after_its_early_click_keeps_its_time() -> None:
+    a = Attribution({}, click_window_ms=30 * MIN)
+    assert a.on_click(ev("clicks", 9, 45 * MIN)) == ("early", None)  # read first: topics interleave
+    a.on_bid({**bid(9), "exp": 3600})
+    a.expire(20 * MIN)
+    assert a.pending["b9"]["f"] == [1, 2, 9]  # kept past ten minutes
+    assert a.on_impression(ev("impressions", 9, 44 * MIN))[1] is not None  # the click 1 min after it: a positive

@@ -18,6 +18,7 @@ from bidder.notices import notice_urls
 from bidder.openrtb import BadRequest, parse_request
 from models.features import request_features
 from models.snapshot import ModelSnapshot
+from streams.events import check_event
 from tests.helpers import NATIVE_ADM, body, campaign, request
 
 NOW = 1_780_000_000.0
@@ -189,6 +190,17 @@ def test_notices_are_accepted_as_long_as_the_impression_may_come(exp: int, life:
     [b] = bids(e, request(imp=[{**imps(1)[0], "exp": exp}]))
     now[0] += life + 1
     assert e.notice("bill", query(b["burl"])) == "expired"
+
+
+@pytest.mark.parametrize(("exp", "stated"), [(0, None), (600, 600), (10**9, MAX_NOTICE_TTL_S)])
+def test_the_bid_event_carries_how_late_the_exchange_said_the_impression_may_come(exp: int, stated: int | None) -> None:
+    """Attribution keeps the bid that long (past its ten minutes) to learn from a late impression."""
+    sink = Sink()
+    e = engine(campaign(), sink=sink)
+    bids(e, request(imp=[{**imps(1)[0], "exp": exp}]))
+    [(kind, ev)] = sink.events
+    assert kind == "bids" and ev.get("exp") == stated
+    assert check_event("bids", orjson.dumps(ev)) == ev
 
 
 def test_a_notice_signed_for_an_earlier_run_is_not_charged_to_this_runs_lease() -> None:

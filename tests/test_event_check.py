@@ -67,6 +67,9 @@ def test_well_formed_events_pass_and_bad_money_is_named() -> None:
         ("clicks", {"v": True}, "bad_version"),
         ("clicks", {"v": 1.0}, "bad_version"),
         ("clicks", {"type": "billing"}, "wrong_topic"),
+        ("bids", {"exp": -1}, "bad_value"),  # how late the impression may come: whole seconds, at most a day
+        ("bids", {"exp": 86_401}, "bad_value"),
+        ("bids", {"exp": 60.5}, "bad_value"),
     ],
 )
 def test_events_no_total_could_take_are_refused(kind: str, changes: dict, reason: str) -> None:
