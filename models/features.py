@@ -193,8 +193,8 @@ def request_features(req: BidRequest, imp: Imp, exchange: str, hour: int, weekda
         + _group(5, imp.sizes, lambda: tuple(h("size", f"{w}x{hh}") for w, hh in imp.sizes) if imp.sizes
                  else (h("size", "none"),))
     )
-    # two features hashed to one id are one feature to the learner (it reads a set): scored twice, the bid path
-    # would add its weight twice
+    # two request features hashed to one id are kept once (the bid path and the learner then agree, as they do for
+    # a candidate feature hashed onto a request feature's id: both count that one twice)
     return ids if len(set(ids)) == len(ids) else tuple(dict.fromkeys(ids))
 
 

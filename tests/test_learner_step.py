@@ -43,3 +43,15 @@ def test_written_out_step_equals_rivers(config: LearnerConfig) -> None:
     assert fast._model.intercept == ref._model.intercept
     assert fast.calibrator.to_dict() == ref.calibrator.to_dict()
     assert sum(1 for w in fast.weights().values() if w != 0.0) > 50  # the stream did move many weights
+
+
+def test_a_feature_id_met_twice_steps_as_rivers_with_its_count() -> None:
+    """A candidate feature hashed to a request feature's id: the bid path adds its weight twice, so the learner
+    counts it twice (x = 2), and the written-out step still equals River's update bit for bit."""
+    fast, ref = CTRLearner(), RiverStepLearner()
+    for feats, label, camp, cre in stream(11, 3000):
+        feats = [*feats, feats[2], feats[2]]  # met three times
+        assert fast.learn_one(feats, label, camp, cre) == ref.learn_one(feats, label, camp, cre)
+    assert dict(fast._optimizer.z) == dict(ref._optimizer.z) and dict(fast._optimizer.n) == dict(ref._optimizer.n)
+    assert fast._model._weights.to_dict() == ref._model._weights.to_dict()
+    assert CTRLearner._x([5, 7, 5, 5]) == {5: 3.0, 7: 1.0, **CTRLearner._x([])}

@@ -46,6 +46,18 @@ def test_snapshot_scores_like_the_learner() -> None:
         assert p == pytest.approx(learner.predict_one(req + cand, camp, cre), rel=1e-9)
 
 
+def test_a_candidate_feature_hashed_onto_a_request_feature_scores_as_it_was_trained() -> None:
+    """The bid path adds the shared id's weight twice (base score, then candidate): the learner counts it twice."""
+    learner, rng = CTRLearner(), random.Random(5)
+    req = (hash_feature("domain", "a.example"), hash_feature("hour", 4))
+    cand = (req[0], *candidate_features(req, 4, "a.example", "c1", "a")[1:])  # the campaign id collides
+    for _ in range(400):
+        learner.learn_one(req + cand, rng.random() < 0.2, "c1", "a")
+    snap = learner.snapshot()
+    assert snap.predict(snap.base_score(req), cand, "c1", "a") == pytest.approx(learner.predict_one(req + cand, "c1", "a"),
+                                                                                rel=1e-9)
+
+
 def test_bytes_round_trip_gives_identical_predictions() -> None:
     learner, cases = trained_learner()
     snap = learner.snapshot()
