@@ -61,8 +61,10 @@ class ModelSnapshot:
         self.calibration = calibration
         self.logit_shift = logit_shift  # the learner's fixed offset: logit(prior CTR) + log(negative rate)
         self._blend: dict[CreativeKey, tuple[float, float]] = counts.blends() if blends is None else blends
-        self._campaign_blend = {c: (0.0, logit(counts.campaign_rate(c))) for c in counts.campaigns}
-        self._default_blend = (0.0, logit(counts.global_rate()))
+        # a creative not counted yet: the prior alone, as `counts.blend` gives it (the model alone with blending off)
+        lam = 0.0 if counts.config.blend_impressions > 0 else 1.0
+        self._campaign_blend = {c: (lam, (1.0 - lam) * logit(counts.campaign_rate(c))) for c in counts.campaigns}
+        self._default_blend = (lam, (1.0 - lam) * logit(counts.global_rate()))
         self._dense: np.ndarray | None = None
 
     def dense_weights(self) -> np.ndarray:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from models.features import candidate_features, hash_feature
-from models.learner import CTRLearner
+from models.learner import CTRLearner, LearnerConfig
 from models.prior import ClickCounts, PriorConfig
 from models.snapshot import ModelSnapshot
 
@@ -56,6 +56,21 @@ def test_a_candidate_feature_hashed_onto_a_request_feature_scores_as_it_was_trai
     snap = learner.snapshot()
     assert snap.predict(snap.base_score(req), cand, "c1", "a") == pytest.approx(learner.predict_one(req + cand, "c1", "a"),
                                                                                 rel=1e-9)
+
+
+@pytest.mark.parametrize("blend_impressions", [100.0, 0.0])
+def test_a_creative_not_counted_yet_scores_like_the_learner_whatever_the_blending(blend_impressions: float) -> None:
+    """With blending off (0) the learner scores a new creative by the model alone: so must the bidders' snapshot."""
+    learner, rng = CTRLearner(LearnerConfig(prior=PriorConfig(blend_impressions=blend_impressions))), random.Random(8)
+    req = (hash_feature("domain", "a.example"), hash_feature("hour", 4))
+    for _ in range(2_000):
+        feats = req + candidate_features(req, 4, "a.example", "c1", "old")
+        learner.learn_one(feats, rng.random() < 0.15, "c1", "old")
+    snap = learner.snapshot()
+    for camp in ("c1", "c-new"):
+        cand = candidate_features(req, 4, "a.example", camp, "new")
+        assert snap.predict(snap.base_score(req), cand, camp, "new") == pytest.approx(
+            learner.predict_one(req + cand, camp, "new"), rel=1e-9)
 
 
 def test_bytes_round_trip_gives_identical_predictions() -> None:
