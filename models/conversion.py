@@ -35,16 +35,24 @@ class ConversionRates:
         self.prior = prior or ConversionPrior()
         self.clicks: dict[str, int] = {}
         self.conversions: dict[str, int] = {}
-        self._seen: dict[str, tuple[str, int, int]] = {}  # campaign -> (day, clicks, conversions) last folded in
+        # campaign -> {day: (clicks, conversions) folded in}, for its last two days: a day's totals still grow after
+        # the next day began (a worker catching up at midnight), and what they gain then must count as well
+        self._seen: dict[str, dict[str, tuple[int, int]]] = {}
 
     def update_day(self, campaign: str, day: str, clicks: int, conversions: int) -> None:
         """Fold in the ledger's running totals of `day`; only what grew since the last call of that day counts."""
-        seen_day, c0, v0 = self._seen.get(campaign, (day, 0, 0))
-        if seen_day != day:
-            c0 = v0 = 0  # a new day: its totals start from zero
+        days = self._seen.setdefault(campaign, {})
+        c0, v0 = days.get(day, (0, 0))  # a new day: its totals start from zero
         self.clicks[campaign] = self.clicks.get(campaign, 0) + max(clicks - c0, 0)
         self.conversions[campaign] = self.conversions.get(campaign, 0) + max(conversions - v0, 0)
-        self._seen[campaign] = (day, max(clicks, c0), max(conversions, v0))
+        days[day] = (max(clicks, c0), max(conversions, v0))
+        if len(days) > 2:
+            del days[min(days)]
+
+    def day_before(self, campaign: str, day: str) -> str | None:
+        """The day folded in before `day`, while its totals are still followed (for a day after it); else None."""
+        earlier = [d for d in self._seen.get(campaign, ()) if d < day]
+        return max(earlier) if earlier else None
 
     def forget(self, campaign: str) -> None:
         """Drop what is known of `campaign` (it moved to another worker): if it comes back, it starts again from

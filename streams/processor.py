@@ -225,6 +225,10 @@ class Pacer:
             state.value_today = totals["value"]
             if not self.conversions.knows(camp.id) and ledger is not None:  # started now: the earlier days count too
                 self.conversions.add_earlier(camp.id, *ledger.clicks_before(camp.id, day))
+            before = self.conversions.day_before(camp.id, day)
+            if before is not None and ledger is not None:  # yesterday's clicks read since its last step count too
+                late = ledger.day_totals(camp.id, before)
+                self.conversions.update_day(camp.id, before, late["clicks"], late.get(POST_CLICK, 0))
             self.conversions.update_day(camp.id, day, totals["clicks"], totals.get(POST_CLICK, 0))
             state.cvr = self.conversions.rate(camp.id)
             # the plan the controller follows, for the bidders' plan gauge: from where it started or the budget changed

@@ -27,3 +27,16 @@ def test_running_totals_of_a_day_count_once_and_days_add_up() -> None:
     r.update_day("c", "d2", 9, 0)  # the next day starts from zero
     assert r.clicks["c"] == 39 and r.conversions["c"] == 3
     assert r.rate("c") == pytest.approx(3 / 40)
+
+
+def test_the_day_before_is_followed_until_the_day_after() -> None:
+    """Yesterday's totals still grow after today began (events read late): they fold in until a newer day starts."""
+    r = ConversionRates(ConversionPrior(rate=0.0, strength=1))
+    r.update_day("c", "2026-01-01", 10, 1)
+    r.update_day("c", "2026-01-02", 4, 0)
+    assert r.day_before("c", "2026-01-02") == "2026-01-01"
+    r.update_day("c", "2026-01-01", 15, 2)  # five more clicks of the first day, read late
+    assert r.clicks["c"] == 19 and r.conversions["c"] == 2
+    r.update_day("c", "2026-01-03", 1, 0)
+    assert r.day_before("c", "2026-01-03") == "2026-01-02" and r.day_before("c", "2026-01-02") is None
+    assert r.day_before("other", "2026-01-03") is None

@@ -180,3 +180,32 @@ def test_a_campaign_that_comes_to_a_worker_in_a_rebalance_is_paced_from_its_hist
     assert "c1" not in long_up.controllers and not long_up.conversions.knows("c1")
     (moved,) = long_up.update(NOW, ledger)
     assert moved.cvr == pytest.approx(fresh.cvr)
+
+
+def test_clicks_of_yesterday_read_after_midnight_count_as_after_a_restart() -> None:
+    """A worker catching up at midnight adds yesterday's clicks to its totals after pacing moved on to today: a
+    running pacer must fold them in, or its conversion rate would differ from a restarted one's (here 3.5 times)."""
+    camps = Campaigns()
+    camp = parse_campaign(campaign(goal={"type": "cpa", "value_per_conversion": 40.0}))  # UTC
+    camps.by_id[camp.id] = camp
+    ledger = SpendLedger({}, {}, camps.day_of, camps.click_value)
+    midnight = (NOW // 86_400 + 1) * 86_400
+
+    def clicks(first: int, n: int, ts: float, converted: int) -> None:
+        for i in range(first, first + n):
+            ledger.apply("clicks", {"id": f"k{i}", "ts": int(ts * 1000), "campaign": "c1", "bid_id": f"b{i}"})
+            if i - first < converted:
+                ledger.apply("conversions", {"id": f"v{i}", "ts": int(ts * 1000) + 1, "campaign": "c1",
+                                             "bid_id": f"b{i}", "value": 1}, post_click=1)
+
+    running = Pacer(camps)
+    clicks(0, 100, midnight - 3600, converted=5)
+    running.update(midnight - 5, ledger)  # the last step of the day
+    running.update(midnight + 1, ledger)  # the first of the next
+    clicks(100, 300, midnight - 30, converted=0)  # read late: they count on the day they happened
+    clicks(400, 50, midnight + 5, converted=1)
+    (state,) = running.update(midnight + 10, ledger)
+    fresh = Pacer(camps)
+    (restarted,) = fresh.update(midnight + 10, ledger)
+    assert running.conversions.clicks["c1"] == fresh.conversions.clicks["c1"] == 450
+    assert state.cvr == pytest.approx(restarted.cvr) == pytest.approx((6 + 20 * DEFAULT_CVR) / (450 + 20))
