@@ -189,6 +189,10 @@ class Campaign:
             return "its daily budget is 0 (budget.daily)"
         return ""
 
+    def local_day(self, now: float) -> str:
+        """The campaign's date (ISO) at unix time `now`, in its time zone."""
+        return _local_day_hour(self.timezone, dt.datetime.fromtimestamp(now, dt.UTC))[0].isoformat()
+
     def in_flight(self, now_utc: dt.datetime) -> bool:
         """True when `now_utc` falls inside the flight dates and dayparting, in the campaign's zone."""
         day, hour = _local_day_hour(self.timezone, now_utc)

@@ -102,7 +102,7 @@ class LeaseDesk:
             self.days.pop(cid, None)
 
     def note(self, what: str) -> None:
-        """Count an outcome of a request (granted, held, stale, past_day, unknown_campaign, malformed)."""
+        """Count an outcome of a request (granted, held, stale, past_day, future_day, unknown_campaign, malformed)."""
         self.counts[what] = self.counts.get(what, 0) + 1
 
     def granter(self, campaign: Campaign, day: str, frac: float, budget: int) -> LeaseGranter | None:
@@ -131,6 +131,9 @@ class LeaseDesk:
             return None
         if now - req["ts"] > REQUEST_TTL_S:
             self.note("stale")
+            return None
+        if _days_between(campaign.local_day(now), req["day"]) > 1:  # even the first request of a campaign
+            self.note("future_day")  # (it would become the campaign's day, and refuse every real one until then)
             return None
         budget = campaign.daily_budget if budget is None else budget
         g = self.granter(campaign, req["day"], min(max(float(req["frac"]), 1e-6), MAX_FRAC), budget)

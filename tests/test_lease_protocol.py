@@ -122,6 +122,16 @@ def test_requests_for_a_day_over_or_too_old_get_no_answer() -> None:
     assert desk.counts == {"granted": 2, "past_day": 1, "stale": 1, "unknown_campaign": 1}
 
 
+def test_a_first_request_for_a_day_after_tomorrow_does_not_become_the_campaigns_day() -> None:
+    """Before any request set the campaign's day, a far-future date held every grant until that date came."""
+    desk = LeaseDesk()
+    assert desk.answer(req("a", day="2099-01-01"), CAMP, 0, NOW) is None
+    assert desk.answer(req("a", day="2026-05-30"), CAMP, 0, NOW) is None  # NOW is 2026-05-28 in the campaign's zone
+    assert desk.counts == {"future_day": 2} and CAMP.id not in desk.days
+    assert answered(desk, req("a"), CAMP, 0)["granted"] == SLICE
+    assert answered(desk, req("b", day="2026-05-29"), CAMP, 0)["day"] == "2026-05-29"  # tomorrow, near midnight
+
+
 def test_a_request_for_no_date_or_a_day_after_tomorrow_cannot_stop_the_grants() -> None:
     """Taken as the campaign's latest day, either would refuse every bidder asking for the real one."""
     assert parse_lease_request(orjson.dumps(req("a", day="x"))) is None
