@@ -66,10 +66,13 @@ CAMPAIGN_GAUGES = (
     ("streambid_campaign_impressions_today", "Billed impressions today"),
     ("streambid_campaign_clicks_today", "Clicks today"),
     ("streambid_campaign_value_today", "Value today (clicks x value per click + conversion value)"),
-    ("streambid_campaign_roi_today", "ROI today: (value - spend) / spend, from integer micros"),
+    ("streambid_campaign_roi_today", "ROI today: (value - spend) / spend, from integer micros; NaN while nothing was "
+     "spent (value then has no return to be measured against)"),
     ("streambid_campaign_budget_remaining", "Daily budget left, currency units"),
     ("streambid_campaign_pacing_lambda", "Pacing multiplier lambda (bid = value / (1 + lambda))"),
     ("streambid_campaign_pacing_exhausted", "1 when the streams side reports the daily budget spent"),
+    ("streambid_campaign_budget_today", "Today's budget: the daily budget, or less where the lifetime total leaves "
+     "less, currency units"),
 )
 
 
@@ -224,8 +227,8 @@ def campaign_gauges_steps(engine: Any, step: int = STEP_ITEMS) -> Steps[dict[str
                                                                                        day_clock(camp.timezone, day))
         out[cid] = (1 if cid in live else 0, budget / 1e6, share * budget_today / 1e6, spend / 1e6,
                     p.impressions_today if today else 0, p.clicks_today if today else 0, value / 1e6,
-                    (value - spend) / spend if spend else 0.0, max(budget_today - spend, 0) / 1e6,
-                    p.lam if p is not None else 0.0, 1 if today and p.exhausted else 0)
+                    (value - spend) / spend if spend else math.nan, max(budget_today - spend, 0) / 1e6,
+                    p.lam if p is not None else 0.0, 1 if today and p.exhausted else 0, budget_today / 1e6)
     return out
 
 

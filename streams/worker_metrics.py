@@ -189,12 +189,13 @@ class WorkerStats(Collector):
     def _business(self, snap: Snapshot) -> Iterator:
         fams = {f: CounterMetricFamily(name, f"{doc}, all days (ledger, each event counted once)", labels=["campaign"])
                 for f, (name, doc) in CAMPAIGN_COUNTERS.items()}
-        roi = GaugeMetricFamily("streambid_campaign_roi", "(value - spend) / spend over all days, from integer micros",
+        roi = GaugeMetricFamily("streambid_campaign_roi", "(value - spend) / spend over all days, from integer micros; "
+                                "NaN while nothing was spent",
                                 labels=["campaign"])
         for camp, t in snap.totals.items():
             for f, fam in fams.items():
                 fam.add_metric([camp], t[f] / 1e6 if f in ("spend", "value") else t[f])
-            roi.add_metric([camp], (t["value"] - t["spend"]) / t["spend"] if t["spend"] else 0.0)
+            roi.add_metric([camp], (t["value"] - t["spend"]) / t["spend"] if t["spend"] else math.nan)
         yield from fams.values()
         yield roi
 
