@@ -322,7 +322,8 @@ def families_steps(m: dict[str, Any], now: float, alive: int, configured: int) -
     for bound, n in zip(LATENCY_BUCKETS + (math.inf,), m["latency"], strict=True):
         acc += n
         buckets.append(("+Inf" if bound == math.inf else repr(bound), acc))
-    fams.append(Family("streambid_bid_latency_seconds", "histogram", "Time from request arrival to answer (parsed requests)",
+    fams.append(Family("streambid_bid_latency_seconds", "histogram", "Time from a bid request's arrival to its "
+                       "answer (bids and no-bids, load sheds included; not 400s)",
                        buckets=buckets, total=m["latency_sum"]))
     fams.append(Family("streambid_answers_past_deadline", "counter", "Answers (bids and no-bids) written after the "
                        "request deadline",

@@ -220,7 +220,7 @@ class BidApp:
         """
         stats = self.stats
         if time.perf_counter() - max(started, arrived) > self.shed_after_s:
-            return self.shed(exchange)
+            return self.shed(exchange, started)
         try:
             if version and not supported_version(version):
                 raise BadRequest("unsupported_version", "x-openrtb-version must be 2.x (2.5 and 2.6 are supported)")
@@ -232,17 +232,19 @@ class BidApp:
             return response(400, orjson.dumps({"error": e.reason, "detail": e.detail}))
         if self.warming:
             stats.requests[(exchange, "nobid", "warming")] += 1
+            stats.observe(time.perf_counter() - started)
             return _204 % b"warming"
         budget = req.tmax / 1000.0 - self.network_s
         deadline = started + budget
         now = time.perf_counter()
         if now + DEADLINE_RESERVE_S > deadline:
             stats.requests[(exchange, "nobid", "deadline")] += 1
+            stats.observe(now - started)
             if budget > 0 and now > deadline:
                 stats.past_deadline += 1
             return _204 % b"deadline"
         if now - started > max(budget * SHED_SHARE, MIN_SHED_S):
-            return self.shed(exchange)
+            return self.shed(exchange, started)
         out = self.engine.bid(req, exchange, deadline - RESPOND_RESERVE_S)
         end = time.perf_counter()
         stats.observe(end - started)
@@ -276,10 +278,15 @@ class BidApp:
                     transport.close()
         self.clock.busy_until(time.perf_counter())  # the writes were loop work too: input waited through them
 
-    def shed(self, exchange: str) -> bytes:
-        """The immediate no-bid for a request that cannot be decided now (overload)."""
+    def shed(self, exchange: str, started: float) -> bytes:
+        """The immediate no-bid for a request that cannot be decided now (overload).
+
+        Its time is observed like every answer's: the slowest answers are the ones that waited, and a latency
+        SLO that left them out would read well exactly while the exchange sees timeouts.
+        """
         self.stats.shed += 1
         self.stats.requests[(exchange, "nobid", "overload")] += 1
+        self.stats.observe(time.perf_counter() - started)
         return _204 % b"overload"
 
     def internal_error(self, exchange: str | None, e: Exception) -> bytes:
@@ -621,7 +628,7 @@ class BidProtocol(asyncio.Protocol):
                 return head_of(_405_BID) if method == b"HEAD" else _405_BID
             exchange = exchange_name(url.split(b"?", 1)[0])
             if self.budget < 0 or self.held is not None:  # behind a page: its answer could only go out late
-                return self.app.shed(exchange)
+                return self.app.shed(exchange, self.started)
             if self._coding_refused():
                 self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
                 return _NO_CODING

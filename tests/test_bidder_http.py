@@ -279,6 +279,8 @@ def test_old_requests_are_shed_and_near_deadline_ones_get_a_fast_no_bid(monkeypa
     assert b"x-nobid-reason: deadline" in app.bid(body(request(tmax=15)), False, "x", time.perf_counter())
     assert app.stats.shed == 1 and app.stats.past_deadline == 0
     assert app.stats.requests[("x", "nobid", "deadline")] == 2 and app.stats.requests[("x", "bid", "")] == 2
+    # every answer is in the latency histogram, the shed one too: the SLO would read well just while requests wait
+    assert sum(app.stats.latency) == 5 and app.stats.latency_sum >= 0.035 + 0.020 + 0.020
 
 
 class _Loop:
