@@ -179,10 +179,11 @@ class WorkerStats(Collector):
                                     "while a backlog is read, and should not grow otherwise",
                                     value=max(time.time() - closing / 1000.0, 0.0))
         written = self.checkpoint.get("written")
+        # from the start until the first write: a worker that can never write one must still show its age growing
+        yield GaugeMetricFamily("streambid_learner_checkpoint_age_seconds", "Seconds since this worker last wrote a "
+                                "learner checkpoint, or started (what a restart would relearn from the examples topic)",
+                                value=time.time() - (written["at"] if written else self.started))
         if written:
-            yield GaugeMetricFamily("streambid_learner_checkpoint_age_seconds", "Seconds since this worker last wrote a "
-                                    "learner checkpoint (what a restart would relearn from the examples topic)",
-                                    value=time.time() - written["at"])
             yield GaugeMetricFamily("streambid_learner_checkpoint_bytes", "Size of the last learner checkpoint",
                                     value=written["bytes"])
 

@@ -492,6 +492,24 @@ def test_campaign_counters_and_roi_come_from_the_ledger_totals() -> None:
     assert value(m, "streambid_attribution_total", kind="any", outcome="orphan") == 1
 
 
+def test_the_checkpoint_age_grows_from_the_start_until_a_checkpoint_is_written() -> None:
+    """Absent until the first write, the age could not raise StreambidLearnerCheckpointStale for a worker that never
+    manages to write one."""
+    stats = WorkerStats()
+    stats.started -= 2000  # a worker up for 2,000 s that never wrote a checkpoint
+    stats.bind(SimpleNamespace(outcomes={}), None, None, {})
+    stats.refresh()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(stats)
+    m = scrape(reg)
+    assert value(m, "streambid_learner_checkpoint_age_seconds") >= 2000
+    assert ("streambid_learner_checkpoint_bytes", frozenset()) not in m
+    stats.checkpoint["written"] = {"id": 1, "bytes": 512, "offsets": {}, "at": time.time() - 5}
+    m = scrape(reg)
+    assert 5 <= value(m, "streambid_learner_checkpoint_age_seconds") < 60
+    assert value(m, "streambid_learner_checkpoint_bytes") == 512
+
+
 class TP(NamedTuple):
     topic: str
     partition: int
