@@ -63,6 +63,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     w.add_argument("--metrics-port", type=port_or_zero, default=9102,
                    help="port of Prometheus /metrics and of /status (JSON: owned partitions, offsets reached, totals per "
                         "campaign and day); 0 to disable (default: %(default)s)")
+    w.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
+                   help="address /metrics and /status listen on; 0.0.0.0 for a Prometheus on another host or "
+                        "container (default: %(default)s, this machine only)")
     w.add_argument("--click-window", type=float, default=1800.0, help="click attribution window, seconds (default: 1800)")
     w.add_argument("--checkpoint-every", type=positive(float), default=60.0, metavar="SECONDS",
                    help="how often the learner's exact state goes to the learner topic while it learns; a restarted "
@@ -137,10 +140,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         registry = CollectorRegistry(auto_describe=False)
         try:
-            serve_http(args.metrics_port, registry, board)
+            serve_http(args.metrics_port, registry, board, args.metrics_host)
         except OSError as e:
-            print(f"streambid worker: --metrics-port {args.metrics_port}: cannot listen on 127.0.0.1 ({e.strerror or e}); "
-                  "give a free port, or 0 to run without /metrics and /status", file=sys.stderr)
+            print(f"streambid worker: --metrics-port {args.metrics_port}: cannot listen on {args.metrics_host} "
+                  f"({e.strerror or e}); give a free port and an address of this machine, or --metrics-port 0 to run "
+                  "without /metrics and /status", file=sys.stderr)
             return 2
     broker = broker_of(args)
     on_broker(args, ensure_topics(broker))

@@ -203,6 +203,25 @@ def test_worker_refuses_a_metrics_port_in_use(capsys: pytest.CaptureFixture[str]
     assert err.startswith("streambid worker: --metrics-port " + port)
 
 
+def test_worker_metrics_listen_where_metrics_host_says(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Prometheus in another container scrapes the worker by name: /metrics must be able to leave loopback."""
+    assert main(["worker", "--broker", NOBODY, "--metrics-port", "19102", "--metrics-host", "192.0.2.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streambid worker: --metrics-port 19102: cannot listen on 192.0.2.1")
+    from prometheus_client import CollectorRegistry
+
+    from streams.app import StatusBoard
+    from streams.commands import serve_http
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        port = s.getsockname()[1]
+    serve_http(port, CollectorRegistry(auto_describe=False), StatusBoard(), "127.0.0.2")
+    with socket.create_connection(("127.0.0.2", port), timeout=5) as c:
+        c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        assert c.recv(64).startswith(b"HTTP/1.0 200")
+
+
 # -- serve and the model it starts from -------------------------------------------------------------------------
 
 

@@ -140,12 +140,17 @@ def test_compose_stack_is_complete_and_its_files_exist() -> None:
         for dep in svc.get("depends_on", []):
             assert dep in services, f"{name} depends on unknown service {dep}"
     assert "--workers" in services["bidder"]["command"]
-    # Prometheus scrapes the worker on loopback, so it must share the worker's network namespace
-    assert services["prometheus"]["network_mode"] == "service:worker"
+    # Prometheus scrapes the worker by name: sharing the worker's network namespace, it lost its network each time
+    # the worker container restarted (Docker does not re-attach containers that joined a namespace)
+    assert "network_mode" not in services["prometheus"] and "9090:9090" in services["prometheus"]["ports"]
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in prom["scrape_configs"]}
-    assert targets["streambid-worker"] == ["127.0.0.1:9102"] and targets["streambid-bidder"] == ["bidder:8080"]
-    assert "--metrics-port" in services["worker"]["command"] and "9102" in services["worker"]["command"]
+    assert targets["streambid-worker"] == ["worker:9102"] and targets["streambid-bidder"] == ["bidder:8080"]
+    worker = services["worker"]["command"]
+    assert worker[worker.index("--metrics-port") + 1] == "9102" and worker[worker.index("--metrics-host") + 1] == "0.0.0.0"
+    assert "ports" not in services["worker"]  # /status and /metrics stay inside the stack
+    ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [d["url"] for d in ds if d["type"] == "prometheus"] == ["http://prometheus:9090"]
 
 
 def test_compose_requires_the_secret_and_the_salt_and_the_readme_sets_both() -> None:
