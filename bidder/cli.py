@@ -58,10 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command's own parser that `args` went through: `streambid campaign set` for `campaign set FILE`."""
+    for dest in ("command", f"{getattr(args, 'command', '')}_command"):
+        name = getattr(args, dest, None)
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if name is None or sub is None:
+            break
+        parser = sub.choices[name]
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:  # Ctrl-C ends a command quietly, also while the commands' modules still load (the first ~0.3 s)
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named by the command they were given to, with its usage, not the top-level one
+            chosen(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

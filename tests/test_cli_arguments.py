@@ -193,6 +193,17 @@ def test_worker_refuses_bad_flags_before_the_broker(capsys: pytest.CaptureFixtur
         assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "usage"), [(["serve", "--bogus"], "usage: streambid serve "),
+                                           (["campaign", "set", "--bogus", "x.json"], "usage: streambid campaign set "),
+                                           (["--bogus"], "usage: streambid [-h]")])
+def test_an_unknown_option_is_named_with_the_usage_of_the_command_it_was_given_to(
+        argv: list[str], usage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and err.rstrip().endswith("unrecognized arguments: --bogus")
+
+
 def test_worker_refuses_a_metrics_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
