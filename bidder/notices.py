@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
+from bidder.keyed import blake2b_key
 from bidder.money import to_micros
 
 KINDS = ("win", "bill", "loss")
@@ -70,8 +71,7 @@ def _tail(quoted: tuple[str, ...], bid_cpm: int, expires: int, test: bool = Fals
 @lru_cache(maxsize=8)
 def _keyed(secret: bytes) -> hashlib.blake2b:
     """Keyed BLAKE2b-512 with the key block already absorbed; copied per bid (keys over 64 bytes are hashed first)."""
-    key = secret if len(secret) <= 64 else hashlib.blake2b(secret).digest()
-    return hashlib.blake2b(key=key, digest_size=64)
+    return hashlib.blake2b(key=blake2b_key(secret), digest_size=64)
 
 
 def _tags(secret: bytes, tail: bytes) -> str:

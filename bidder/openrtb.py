@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import orjson
 
+from bidder.keyed import blake2b_key
 from bidder.native import NativeError, NativeRequest, parse_native_request
 
 AUCTION_FIRST_PRICE = 1
@@ -447,8 +448,9 @@ def hash_id(salt: bytes, raw: str) -> str:
 
 @lru_cache(maxsize=8)
 def _keyed_id_hash(salt: bytes) -> hashlib.blake2b:
-    """The keyed hash with its key block absorbed, copied per id (same digest as keying it each time)."""
-    return hashlib.blake2b(key=salt, digest_size=8)
+    """The keyed hash with its key block absorbed, copied per id (same digest as keying it each time).  A salt over
+    64 bytes is hashed down first: keyed with it as it is, BLAKE2b refused every request that carried a user id."""
+    return hashlib.blake2b(key=blake2b_key(salt), digest_size=8)
 
 
 def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:

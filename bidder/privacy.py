@@ -69,7 +69,9 @@ def tcf_grants(consent: str, purposes: tuple[int, ...] = NEEDED_PURPOSES, vendor
     """True when a TCF v2 consent string grants every purpose in `purposes` and, when `vendor` (our Global Vendor
     List id) is given, consent to that vendor with no publisher restriction against it; False if unreadable."""
     core = consent.split(".", 1)[0]
-    if not core:
+    # base64url and nothing else: the decoder would skip any other character (and stop at '='), and read the
+    # consent hidden in a string no TCF decoder accepts
+    if not _BASE64URL.fullmatch(core) or len(core) % 4 == 1:
         return False
     try:
         raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
@@ -266,7 +268,8 @@ def _gpp_eu(gpp: str, gpp_sid: tuple[int, ...]) -> tuple[bool, str]:
     header when gpp_sid is empty), and that section, which is a TCF consent string itself ('' if absent)."""
     sections = _gpp_sections(gpp) if len(gpp) <= _GPP_MAX_LENGTH else None
     consent = (sections or {}).get(_GPP_TCF_EU, "")
-    return (_GPP_TCF_EU in gpp_sid if gpp_sid else bool(consent)), consent
+    # listed by the header, it applies even when its section is empty (no consent: restricted)
+    return (_GPP_TCF_EU in gpp_sid if gpp_sid else sections is not None and _GPP_TCF_EU in sections), consent
 
 
 def restriction(privacy: Privacy, vendor: int = 0) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from bidder.keyed import blake2b_key
 from models.features import HASH_MASK
 
 SCHEMA_VERSION = 1
@@ -173,7 +174,15 @@ _DEAD_COMMON = ("v", "type", "id", "ts")
 # A rejected config message keeps its action and time, and the campaign it sets by its id alone (what is wrong with
 # the document is in the reason; the operator who sent it is not kept).
 _DEAD_CONFIG_KIND, _DEAD_CONFIG = "campaigns", ("campaign", "action", "at")
-_DEAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # a field name listed as dropped; others are only counted
+# The names a dead letter lists as dropped: the fields of the events and of what trackers commonly send.  Any other
+# name is only counted: a tracker keying its payload by a device id or a user id would otherwise put it on a topic.
+_DEAD_NAMES = frozenset(
+    {name for fields in _REQUIRED.values() for name in fields} | {n for names in _OPTIONAL.values() for n in names}
+    | {"v", "type", "id", "ts", "campaign", "action", "at", "by", "exchange", "bidder", "user", "reason", "min_to_win",
+       "lam", "floor", "restricted", "reqs", "explain"}
+    | {"ip", "ipv6", "ua", "user_id", "userid", "uid", "buyeruid", "ifa", "idfa", "gaid", "adid", "device", "device_id",
+       "cookie", "email", "phone", "geo", "lat", "lon", "consent", "gdpr", "us_privacy", "gpp", "url", "referer",
+       "referrer", "domain", "site", "app", "bundle", "imp_id", "request_id", "auction_id", "timestamp", "time", "event"})
 _DEAD_MAX_STR, _DEAD_MAX_LIST, _DEAD_MAX_NAMES = 256, 4096, 32
 
 
@@ -190,7 +199,7 @@ def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int, salt: bytes =
     if doc is None:
         return {**record, "payload_bytes": len(raw), "payload_hash": digest}
     kept, dropped = _known_fields(topic_kind(topic), doc)
-    names = [n for n in dropped if isinstance(n, str) and _DEAD_NAME.fullmatch(n)][:_DEAD_MAX_NAMES]
+    names = [n for n in dropped if n in _DEAD_NAMES][:_DEAD_MAX_NAMES]
     record.update(payload=orjson.dumps(kept).decode(), dropped=sorted(names))
     if len(names) < len(dropped):
         record["dropped_unlisted"] = len(dropped) - len(names)  # names that could themselves be data, or too many
@@ -200,8 +209,7 @@ def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int, salt: bytes =
 def payload_hash(raw: bytes, salt: bytes = DEFAULT_SALT) -> str:
     """A rejected payload's short hash, keyed with the salt: it still matches the producer's own copy of the message,
     but a payload that is nothing but a user id or an IP cannot be found by hashing guesses without the salt."""
-    key = salt if len(salt) <= 64 else hashlib.blake2b(salt).digest()  # BLAKE2b keys are at most 64 bytes
-    return hashlib.blake2b(raw, key=key, digest_size=8).hexdigest()
+    return hashlib.blake2b(raw, key=blake2b_key(salt), digest_size=8).hexdigest()
 
 
 def env_salt() -> bytes:

@@ -39,6 +39,15 @@ def test_a_known_field_that_could_hide_anything_is_dropped() -> None:
     assert RAW["ip"] not in text(record) and record["dropped"] == [] and record["dropped_unlisted"] == 2
 
 
+def test_a_payload_keyed_by_a_device_or_user_id_lists_no_such_name() -> None:
+    """Names that look like field names may be ids themselves: only the schema's and trackers' usual names are listed."""
+    ifa, uid = "AEBE52E7-03EE-455A-B3C4-E57283966239", "u-4c1f9a0e7b2d"
+    imp = {**make_event("impressions", "imp:1", TS, bid_id="b", campaign="c"), "ts": "x", ifa: 1, uid: {"seen": 2}}
+    record = dead_letter("streambid.impressions", "bad_type", orjson.dumps(imp), TS)
+    assert ifa not in text(record) and uid not in text(record)
+    assert record["dropped"] == [] and record["dropped_unlisted"] == 2
+
+
 @pytest.mark.parametrize("payload", [b"{this is not an event", b'["198.51.100.211"]', b'"CNRYuid5501x"', b"\xff\xfe", b""])
 def test_a_payload_that_is_not_an_object_is_kept_as_its_length_and_a_hash(payload: bytes) -> None:
     record = dead_letter("streambid.clicks", "bad_json", payload, TS)

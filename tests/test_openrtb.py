@@ -25,6 +25,14 @@ def test_user_id_is_hashed_never_kept_raw() -> None:
     assert "203.0.113.7" not in repr(req)
 
 
+def test_a_salt_longer_than_a_blake2b_key_still_hashes_user_ids() -> None:
+    """`openssl rand -hex 64` is 128 bytes: keyed with it as it was, BLAKE2b refused every request with a user id."""
+    long_salt, other = b"ab" * 64, b"ab" * 63 + b"ac"
+    req = parse_request(body(request()), salt=long_salt)
+    assert req.user_key and "user-42" not in req.user_key
+    assert parse_request(body(request()), salt=other).user_key != req.user_key  # every byte of the salt counts
+
+
 @pytest.mark.parametrize(
     ("doc", "field"),
     [

@@ -422,3 +422,19 @@ def test_the_gpp_eu_section_applies_gdpr_and_carries_its_consent() -> None:
     assert restriction(Privacy(gdpr=True, gpp=gpp({2: refused}), gpp_sid=(2,))) == "gdpr"
     assert restriction(Privacy(gdpr=True, consent=granted, gpp=gpp({2: refused}), gpp_sid=(2,))) == ""  # user.consent first
     assert restriction(Privacy(gpp=gpp({2: refused, 7: us_section(7)}), gpp_sid=(7,))) == ""  # only section 7 applies
+
+
+@pytest.mark.parametrize("spoil", [lambda s: s[:10] + "!!!!" + s[10:], lambda s: s[:10] + "*%$" + s[10:],
+                                   lambda s: s[:8] + " " + s[8:], lambda s: s + "==<script>", lambda s: s + "AA"])
+def test_a_consent_string_that_is_not_base64url_is_no_consent(spoil) -> None:
+    """The decoder skipped characters outside the alphabet and stopped at '=': the consent inside counted."""
+    granted = tcf_string({1, 3, 4})
+    assert tcf_grants(granted) and restriction(Privacy(gdpr=True, consent=granted)) == ""
+    assert not tcf_grants(spoil(granted))
+    assert restriction(Privacy(gdpr=True, consent=spoil(granted))) == "gdpr"
+
+
+def test_a_gpp_header_listing_the_eu_section_applies_gdpr_even_when_the_section_is_empty() -> None:
+    assert restriction(Privacy(gpp=gpp({2: ""}))) == "gdpr"
+    assert restriction(Privacy(gpp=gpp({2: "", 7: us_section(7)}))) == "gdpr"
+    assert restriction(Privacy(gpp=gpp({7: us_section(7)}))) == ""  # not listed: GDPR does not apply
