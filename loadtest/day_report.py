@@ -97,7 +97,7 @@ def campaign_rows(o: DayOutcome) -> list[dict[str, Any]]:
             "regret": regret(sim.expected_clicks, opt.expected_clicks),
             "ecpc": spend / clicks / 1e6 if clicks else None,
             "value": value / 1e6,
-            "roi": (value - spend) / spend if spend else 0.0,
+            "roi": (value - spend) / spend if spend else None,  # none without spend: 0 would read as break-even
             "bids": sim.bids,
             "wins": sim.wins,
             "spend_micros": spend,
@@ -132,15 +132,17 @@ def invariants(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'campaign':<18} {'budget':>7} {'spend':>7} {'spent':>6} {'plan err':>8} {'imps':>6} {'clicks':>6} "
+    w = max([18, *(len(r["campaign"]) for r in rows)])
+    head = (f"{'campaign':<{w}} {'budget':>7} {'spend':>7} {'spent':>6} {'plan err':>8} {'imps':>6} {'clicks':>6} "
             f"{'conv':>4} {'exp.clk':>7} {'opt.clk':>7} {'regret':>6} {'eCPC':>6} {'ROI':>6} {'over':>6} {'bound':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ecpc = f"{r['ecpc']:.2f}" if r["ecpc"] is not None else "-"
+        roi = f"{r['roi']:.2f}" if r["roi"] is not None else "-"
         lines.append(
-            f"{r['campaign']:<18} {r['budget']:>7.2f} {r['spend']:>7.2f} {r['spend_pct']:>5.1f}% {r['plan_error_pct']:>7.1f}% "
+            f"{r['campaign']:<{w}} {r['budget']:>7.2f} {r['spend']:>7.2f} {r['spend_pct']:>5.1f}% {r['plan_error_pct']:>7.1f}% "
             f"{r['impressions']:>6,} {r['clicks']:>6,} {r['conversions']:>4,} {r['expected_clicks']:>7.2f} "
-            f"{r['optimal_clicks']:>7.2f} {r['regret']:>6.2f} {ecpc:>6} {r['roi']:>6.2f} "
+            f"{r['optimal_clicks']:>7.2f} {r['regret']:>6.2f} {ecpc:>6} {roi:>6} "
             f"{r['overspend_micros'] / 1e6:>6.3f} {r['overspend_bound_micros'] / 1e6:>6.3f}")
     return "\n".join(lines)
 

@@ -14,7 +14,6 @@ import math
 import multiprocessing
 import random
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -53,6 +52,7 @@ class DemoRun:
     campaigns: list[Campaign]
     baselines: dict[str, DayReport] = field(default_factory=dict)  # strategy -> the same day under it
     yesterday: DayReport | None = None
+    start: float = 0.0  # today's simulated midnight (UTC): the ledger's day of the tables, whenever they are printed
 
 
 class FlatPacer(Pacer):
@@ -161,7 +161,7 @@ def run_demo(requests: int = 60_000, seed: int = 7, campaigns_file: Path | None 
     else:
         report = stack.play(market, campaigns, requests, start, "today", progress)
     report.plan = lambda cid, frac: stack.bus.pacer.controllers[cid].plan.target(frac)
-    return DemoRun(report, stack.bus, stack.engine, campaigns, baselines, before)
+    return DemoRun(report, stack.bus, stack.engine, campaigns, baselines, before, start)
 
 
 BASELINES = ("asap", "fixed")
@@ -192,7 +192,7 @@ class _InlineExecutor(Executor):
 def roi_rows(run: DemoRun) -> list[dict[str, Any]]:
     """Per-campaign figures of today from the ledger (what the system counted), beside the simulator's truth."""
     rows = []
-    day = dt.datetime.fromtimestamp(time.time(), dt.UTC).date().isoformat()
+    day = dt.datetime.fromtimestamp(run.start, dt.UTC).date().isoformat()  # the day played, not the clock's
     for camp in run.campaigns:
         t = run.bus.delivery.ledger.day_totals(camp.id, day)
         sim = run.report.campaigns[camp.id]
@@ -207,7 +207,7 @@ def roi_rows(run: DemoRun) -> list[dict[str, Any]]:
             "expected_clicks": round(sim.expected_clicks, 1),
             "ecpc": spend / t["clicks"] / 1e6 if t["clicks"] else None,
             "value": value / 1e6,
-            "roi": (value - spend) / spend if spend else 0.0,
+            "roi": (value - spend) / spend if spend else None,  # none without spend: 0 would read as break-even
             "max_plan_error_pct": plan_error(camp, sim.curve, run.report.plan),
         })
     return rows
@@ -215,12 +215,24 @@ def roi_rows(run: DemoRun) -> list[dict[str, Any]]:
 
 def plan_error(camp: Campaign, curve: list[tuple[float, int]],
                plan: Callable[[str, float], float] | None = None) -> float:
-    """Largest gap between cumulative spend and the plan (the pacer's own, else uniform), in % of the daily budget."""
+    """Largest gap between cumulative spend and the plan (the pacer's own, else uniform) over the whole day, in % of
+    the daily budget.
+
+    Spend moves only at bills (`curve`: fraction of the day, spend so far), so it is compared with the plan just
+    before and just after each bill and at the day's end: a campaign that stops spending, or never starts, shows
+    its whole shortfall (measured only at bills, one that never spent scored a perfect 0).
+    """
+    budget = camp.daily_budget
+    if not budget:
+        return 0.0
     target = (lambda f: plan(camp.id, f)) if plan is not None else SpendPlan(hours=camp.hours).target
-    worst = 0.0
+    worst, before = 0.0, 0
     for frac, spent in curve:
-        worst = max(worst, abs(spent - target(frac) * camp.daily_budget) / camp.daily_budget)
-    return round(100.0 * worst, 2)
+        due = target(frac) * budget
+        worst = max(worst, abs(before - due), abs(spent - due))
+        before = spent
+    worst = max(worst, abs(before - target(1.0) * budget))
+    return round(100.0 * worst / budget, 2)
 
 
 def spent_out_at(camp: Campaign, curve: list[tuple[float, int]], share: float = 0.99) -> float | None:
@@ -251,26 +263,34 @@ def comparison_rows(run: DemoRun) -> list[dict[str, Any]]:
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'campaign':<14} {'strategy':<7} {'spent%':>7} {'imps':>7} {'clicks':>6} {'exp.clk':>7} "
+    w = _id_width(rows)
+    head = (f"{'campaign':<{w}} {'strategy':<7} {'spent%':>7} {'imps':>7} {'clicks':>6} {'exp.clk':>7} "
             f"{'eCPC(exp)':>9} {'plan gap%':>9} {'99% spent at':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ecpc = f"{r['ecpc_expected']:.3f}" if r["ecpc_expected"] is not None else "-"
         out = f"{r['spent_out_hour']:.1f} h" if r["spent_out_hour"] is not None else "never"
-        lines.append(f"{r['campaign']:<14} {r['strategy']:<7} {r['spend_pct']:>6.1f}% {r['impressions']:>7,} "
+        lines.append(f"{r['campaign']:<{w}} {r['strategy']:<7} {r['spend_pct']:>6.1f}% {r['impressions']:>7,} "
                      f"{r['clicks']:>6,} {r['expected_clicks']:>7.1f} {ecpc:>9} {r['max_plan_gap_pct']:>9.2f} {out:>12}")
     return "\n".join(lines)
 
 
+def _id_width(rows: list[dict[str, Any]], least: int = 14) -> int:
+    """The campaign column's width: its longest id, so the figures stay under their headers."""
+    return max([least, *(len(r["campaign"]) for r in rows)])
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'campaign':<14} {'budget':>8} {'spend':>8} {'spent%':>7} {'imps':>7} {'clicks':>6} {'exp.clk':>7} " \
+    w = _id_width(rows)
+    head = f"{'campaign':<{w}} {'budget':>8} {'spend':>8} {'spent%':>7} {'imps':>7} {'clicks':>6} {'exp.clk':>7} " \
            f"{'eCPC':>7} {'value':>8} {'ROI':>7} {'plan err%':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ecpc = f"{r['ecpc']:.3f}" if r["ecpc"] is not None else "-"
-        lines.append(f"{r['campaign']:<14} {r['budget']:>8.2f} {r['spend']:>8.2f} {r['spend_pct']:>6.1f}% "
+        roi = f"{r['roi']:.2f}" if r["roi"] is not None else "-"
+        lines.append(f"{r['campaign']:<{w}} {r['budget']:>8.2f} {r['spend']:>8.2f} {r['spend_pct']:>6.1f}% "
                      f"{r['impressions']:>7,} {r['clicks']:>6,} {r['expected_clicks']:>7.1f} {ecpc:>7} "
-                     f"{r['value']:>8.2f} {r['roi']:>7.2f} {r['max_plan_error_pct']:>9.2f}")
+                     f"{r['value']:>8.2f} {roi:>7} {r['max_plan_error_pct']:>9.2f}")
     return "\n".join(lines)
 
 
@@ -305,7 +325,7 @@ def plot_day(run: DemoRun, rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_ylabel("cumulative spend")
         ax.legend(fontsize=7, loc="upper left")
     ax = flat[len(run.campaigns)]
-    ax.bar([r["campaign"] for r in rows], [r["roi"] for r in rows], color="tab:green")
+    ax.bar([r["campaign"] for r in rows], [r["roi"] or 0.0 for r in rows], color="tab:green")  # no spend: no bar
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("ROI = (value - spend) / spend")
     ax.set_title("ROI per campaign, paced")

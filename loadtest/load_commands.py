@@ -23,6 +23,10 @@ Only the given URL is ever sent traffic.  The target must be on this machine
 (loopback: 127.0.0.0/8 or ::1) unless --allow-remote is given; use that only for
 a host you run.
 
+Exit status: 0 when the bidder answered, 1 when it could not be reached or
+answered none of the requests (the report is printed all the same), 2 for bad
+arguments.
+
 examples:
   streambid loadtest run --target http://127.0.0.1:8080/bid/test --rate 2000 --duration 30
   streambid loadtest run --target :8080/bid/test --rate 5000 --duration 60 --profile ramp --json
@@ -243,6 +247,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
         print(f"\nlatency over time: {png}")
+    if not report.answered:  # a dead or hung bidder must fail a script, not pass it with an empty report
+        print(f"streambid loadtest run: {report.target} answered none of the {report.scheduled:,} requests; is the "
+              "bidder running, and is --target its bid URL?", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -310,7 +310,8 @@ class _Run:
         self.lat = array("d")
         self.lat_at = array("d")  # intended send time of each answered request
         self.lag = array("d")  # how far behind schedule each scheduler pass started
-        self.lost_at = array("d")  # intended send time of each request that got no answer
+        self.lost_at = array("d")  # intended send time of each request not sent in time or never answered
+        self.err_at = array("d")  # ... and of each lost with its connection (a timeout is not the same trouble)
         self.scheduled = self.sent = self.answered = self.late = self.bids = 0
         self.not_sent = self.no_answer = self.conn_errors = 0
         self.statuses: dict[int, int] = {}
@@ -358,7 +359,7 @@ class _Run:
         if conn.busy:
             conn.busy = False
             self.conn_errors += 1
-            self.lost_at.append(conn.intended)
+            self.err_at.append(conn.intended)
         if conn in self.free:
             self.free.remove(conn)
         if conn in self.conns:
@@ -586,9 +587,9 @@ class _Run:
         nbins = max(1, int(np.ceil(self.duration / width)))
         lat = np.frombuffer(self.lat, dtype=np.float64) * 1000
         ans_bin = _bins(self.lat_at, self.start, width, nbins)
-        lost_bin = _bins(self.lost_at, self.start, width, nbins)
         answered = np.bincount(ans_bin, minlength=nbins)
-        lost = np.bincount(lost_bin, minlength=nbins)
+        lost = np.bincount(_bins(self.lost_at, self.start, width, nbins), minlength=nbins)
+        failed = np.bincount(_bins(self.err_at, self.start, width, nbins), minlength=nbins)
         order = np.argsort(ans_bin, kind="stable")
         lat_sorted = lat[order]
         bounds = np.searchsorted(ans_bin[order], np.arange(nbins + 1))
@@ -598,9 +599,10 @@ class _Run:
             chunk = lat_sorted[bounds[b] : bounds[b + 1]]
             row = {
                 "t": round(b * width, 3),
-                "offered": round(float(answered[b] + lost[b]) / span, 1),
+                "offered": round(float(answered[b] + lost[b] + failed[b]) / span, 1),
                 "answered": round(float(answered[b]) / span, 1),
-                "timeouts": round(float(lost[b]) / span, 1),
+                "timeouts": round(float(lost[b]) / span, 1),  # not sent within tmax, or never answered
+                "conn_errors": round(float(failed[b]) / span, 1),
                 "p50": 0.0,
                 "p99": 0.0,
                 "p99.9": 0.0,

@@ -201,6 +201,8 @@ def write_latency_png(report: LoadReport, path: str | Path) -> Path:
     ax2.plot(mid, [row["offered"] for row in tl], label="offered/s")
     ax2.plot(mid, [row["answered"] for row in tl], label="answered/s")
     ax2.plot(mid, [row["timeouts"] for row in tl], label="timeouts/s")
+    if any(row.get("conn_errors") for row in tl):
+        ax2.plot(mid, [row["conn_errors"] for row in tl], label="conn errors/s")
     ax2.set_ylabel("requests/s")
     ax2.set_xlabel("seconds since start (requests binned by intended send time)")
     ax2.grid(True, alpha=0.3)

@@ -10,22 +10,25 @@ from pathlib import Path
 
 import pytest
 
+from bidder.campaigns import parse_campaign
 from loadtest.demo import (
     LEASE_SLICE,
     comparison_rows,
     demo_campaigns_path,
     format_comparison,
     format_table,
+    plan_error,
     roi_rows,
     run_demo,
     spent_out_at,
 )
+from tests.helpers import campaign
 
 
 def test_demo_day_counts_money_exactly_and_never_overspends() -> None:
     run = run_demo(requests=6000, seed=3, progress=False, compare=False)
     rows = {r["campaign"]: r for r in roi_rows(run)}
-    day = dt.datetime.now(dt.UTC).date().isoformat()
+    day = dt.datetime.fromtimestamp(run.start, dt.UTC).date().isoformat()  # the day played
     assert set(rows) == {c.id for c in run.campaigns}
     for camp in run.campaigns:
         ledger = run.bus.delivery.ledger.day_totals(camp.id, day)
@@ -37,6 +40,27 @@ def test_demo_day_counts_money_exactly_and_never_overspends() -> None:
         assert ledger["spend"] > 0
     assert sum(run.bus.learner.labels.values()) > 0  # the learner saw labelled examples
     assert "campaign" in format_table(list(rows.values()))
+
+
+def test_the_plan_error_covers_the_whole_day_not_only_the_bills() -> None:
+    """Measured only at bills, a campaign that never spent scored a perfect 0, and one that stopped at 06:00 the gap
+    it had then; spend is a step, compared with the plan before and after each bill and at the day's end."""
+    camp = parse_campaign(campaign(budget={"daily": 100.0}))
+    budget = camp.daily_budget
+    assert plan_error(camp, []) == 100.0
+    assert plan_error(camp, [(0.25, budget // 4)]) == 75.0  # a quarter by 06:00, then nothing more
+    steady = [(i / 96, budget * i // 96) for i in range(1, 97)]
+    assert plan_error(camp, steady) == pytest.approx(100 / 96, abs=0.01)  # one step of the staircase at most
+    assert plan_error(camp, [(0.5, 0), (0.99, budget)]) == 99.0  # the gap just before the late bill counts
+
+
+def test_a_campaign_without_spend_has_no_roi_and_long_ids_keep_the_columns() -> None:
+    row = {"campaign": "a-campaign-id-of-thirty-chars", "budget": 9.0, "spend": 0.0, "spend_pct": 0.0,
+           "impressions": 0, "clicks": 0, "expected_clicks": 0.0, "ecpc": None, "value": 2.0, "roi": None,
+           "max_plan_error_pct": 100.0}
+    head, _, line = format_table([row, {**row, "campaign": "short"}]).splitlines()[:3]
+    assert line.split()[9] == "-"  # ROI: none, not 0.00 (break-even)
+    assert head.index("budget") + len("budget") == line.index("9.00") + len("9.00")
 
 
 def scaled_campaigns(tmp_path: Path, requests: int) -> Path:

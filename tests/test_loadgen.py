@@ -327,3 +327,70 @@ async def test_report_dict_text_and_png(tmp_path):
     assert "p99.9" in text and "no_match" in text and "150" in text
     png = write_latency_png(r, tmp_path / "lat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _server(mode: str) -> tuple[socket.socket, int]:
+    """A loopback server that never answers ("hole"), or ("drop") answers 204 on every second connection and hangs
+    up on the others as soon as a request arrives."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held: list[socket.socket] = []
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    def serve() -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            n += 1
+            if mode == "hole":
+                held.append(conn)  # kept open, never answered
+            elif n % 2:
+                conn.recv(65536)
+                conn.close()  # the request is lost with its connection
+            else:
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def test_a_run_the_bidder_answered_none_of_exits_1(tmp_path, capsys) -> None:
+    """A dead or hung bidder passed a script's `loadtest run` with status 0 and an empty report."""
+    from bidder.cli import main
+
+    srv, port = _server("hole")
+    try:
+        code = main(["loadtest", "run", "--target", f":{port}/bid/x", "--rate", "50", "--duration", "1", "--tmax", "50",
+                     "--connections", "4", "--no-progress", "--json", "--out", str(tmp_path)])
+    finally:
+        srv.close()
+    out, err = capsys.readouterr()
+    assert code == 1 and orjson.loads(out)["answered"] == 0 and "answered none of the 50 requests" in err
+
+
+def test_connection_errors_are_not_timeouts_in_the_timeline() -> None:
+    """Requests lost with their connection were drawn as "timeouts/s" while the report counted no timeout."""
+    async def go() -> LoadReport:
+        srv, port = _server("drop")
+        try:
+            return await run_load(f":{port}/bid/x", 100, 2.0, [b"{}"], connections=8, tmax_ms=200, progress=False)
+        finally:
+            srv.close()
+
+    report = asyncio.run(go())
+    assert report.conn_errors > 0 and report.answered > 0
+    rows = report.timeline
+    width = rows[1]["t"] - rows[0]["t"] if len(rows) > 1 else report.duration
+
+    def total(field: str) -> int:  # the rates back to counts: each bin spans `width`, the last maybe less
+        return round(sum(row[field] * min(width, report.duration - row["t"]) for row in rows))
+
+    assert total("timeouts") == report.timeouts and total("conn_errors") == report.conn_errors
