@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -115,6 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port = free_to_listen(args.host, args.port)
         if broker:
             _reach_broker(broker)
+            _held.append(_hold_spill_dir(args.spill_dir))
     except ValueError as e:
         print(f"streambid: {e}", file=sys.stderr)
         return 2
@@ -131,6 +133,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     print(f"streambid: {serving_line(len(campaigns), f'{here}/bid', args.workers, broker)}", file=sys.stderr)
     return serve(opts)
+
+
+_held: list[IO[str]] = []  # the spill directory's lock, open for as long as this serve runs
+
+
+def _hold_spill_dir(directory: Path) -> IO[str]:
+    """The spill directory, this bidder's alone (ValueError saying what to do when it is not)."""
+    from streams.kafka_io import SpillDirInUse, lock_spill_dir
+
+    try:
+        return lock_spill_dir(directory)
+    except SpillDirInUse as e:
+        raise ValueError(str(e)) from None
+    except OSError as e:
+        raise ValueError(f"--spill-dir {directory}: cannot be used ({e.strerror or e}); give a writable directory") from None
 
 
 def serving_line(n_campaigns: int, url: str, workers: int, broker: str | None) -> str:

@@ -384,7 +384,8 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         if producer is None:
             return doc
         doc["events"] = {"sent": producer.sent, "buffered": len(producer.buffer), "spilled": producer.spilled,
-                         "replayed": producer.replayed, "failed": producer.failed, "kafka_connected": producer.connected}
+                         "replayed": producer.replayed, "failed": producer.failed, "set_aside": producer.set_aside,
+                         "kafka_connected": producer.connected, "sender_running": producer.running}
         doc["state_messages"] = follower.applied if follower else 0
         doc["models_refused"] = updates.refused if updates else 0  # unreadable, or tables that could not be built
         doc["warming"] = list(app.warming)

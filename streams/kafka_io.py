@@ -10,6 +10,7 @@ the beginning and applies each message to the engine's snapshots.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -95,6 +96,8 @@ async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int,
 Record = tuple[str, bytes, bytes]  # (topic, key, value)
 MAX_REMEMBERED_KEYS = 100_000  # keys are campaign ids; past this many, partitions are computed each time
 SPILL_AFTER_S = 0.25  # a batch unacknowledged this long is written down: a crash must not lose what was answered
+HELD_WHEN_DISK_FAILS = 4  # times max_buffer held in memory while the spill file cannot be written; older are dropped
+DISK_LOG_EVERY_S = 30.0  # a spill disk that keeps failing is logged once per this long
 # What the broker refuses in a record itself: sending it again changes nothing.  Any other failure (a partition
 # without a leader while a broker stops, a timeout, a sequence gap the idempotent producer cannot get past) says
 # nothing about the record, which is sent again by a fresh producer.
@@ -102,6 +105,34 @@ _REFUSED_FOR_GOOD = tuple(getattr(kafka_errors, name) for name in (
     "MessageSizeTooLargeError", "RecordTooLargeError", "RecordListTooLargeError", "InvalidTopicError",
     "TopicAuthorizationFailedError", "CorruptRecordException", "UnsupportedForMessageFormatError",
 ) if hasattr(kafka_errors, name))
+
+
+class SpillDirInUse(RuntimeError):
+    """Another running `streambid serve` holds the spill directory."""
+
+
+def lock_spill_dir(directory: Path) -> IO[str]:
+    """Hold `directory` for this process and the workers it forks, for as long as the returned file stays open.
+
+    Two bidders sharing one spill directory replayed each other's files (sending billing events twice) and
+    overwrote each other's in-flight copies.  Raises SpillDirInUse naming the holder's pid; OSError when the
+    directory cannot be made.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    f = (directory / "serve.lock").open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise SpillDirInUse(f"--spill-dir {directory} is in use by another streambid serve (pid {holder}); give each "
+                            "bidder its own --spill-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def refused_for_good(error: BaseException) -> bool:
@@ -138,7 +169,10 @@ class EventProducer:
         self.sent = 0
         self.spilled = 0
         self.replayed = 0
-        self.failed = 0  # refused by Kafka for good (e.g. too large): logged, not retried
+        self.failed = 0  # refused by Kafka for good (e.g. too large), or dropped when neither broker nor disk took it
+        self.set_aside = 0  # unreadable spill lines (a write cut short by a crash or a full disk), moved to .corrupt
+        self._spill_retry_at = -math.inf  # monotonic time before which the bid path does not try a failing disk again
+        self._disk_logged_at = -math.inf
         self.connected = False
         self._warned = False
         self._producer: AIOKafkaProducer | None = None
@@ -167,6 +201,15 @@ class EventProducer:
         return self.spill_path.with_name(self.spill_path.name + ".replay.done")
 
     @property
+    def corrupt_path(self) -> Path:
+        return self.spill_path.with_name(self.spill_path.name + ".corrupt")
+
+    @property
+    def running(self) -> bool:
+        """Whether the sender task is alive (it retries every failure; False only after a stop)."""
+        return self._task is not None and not self._task.done()
+
+    @property
     def in_flight(self) -> int:
         return len(self._inflight)
 
@@ -176,8 +219,8 @@ class EventProducer:
         if self.replay_path.exists():
             data = self.replay_path.read_bytes()
             start = int(self._progress_path.read_text() or 0) if self._progress_path.exists() else 0
-            out += self._decode(data[start:])
-        return out + self._read(self.spill_path)
+            out += self._decode(data[start:], set_aside=False)
+        return out + self._decode(self.spill_path.read_bytes(), set_aside=False) if self.spill_path.exists() else out
 
     # -- the bid path ----------------------------------------------------------------------
 
@@ -185,7 +228,16 @@ class EventProducer:
         """The engine's sink: O(1), no I/O unless the buffer overflows (then the oldest half goes to disk)."""
         self.buffer.append((topic_for(kind), key.encode(), orjson.dumps(event)))
         if len(self.buffer) > self.max_buffer:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """The oldest half to disk; while the disk refuses, memory holds up to HELD_WHEN_DISK_FAILS times the bound
+        (tried again each retry_s, not on every event), then the oldest are dropped and counted in `failed`."""
+        if time.monotonic() >= self._spill_retry_at:
             self._spill(self._take(len(self.buffer) // 2), sync=False)
+        while len(self.buffer) > self.max_buffer * HELD_WHEN_DISK_FAILS:
+            self.buffer.popleft()
+            self.failed += 1
 
     def _take(self, n: int) -> list[Record]:
         return [self.buffer.popleft() for _ in range(min(n, len(self.buffer)))]
@@ -197,24 +249,75 @@ class EventProducer:
         return b"".join(orjson.dumps([t, k.decode(), v.decode()]) + b"\n" for t, k, v in batch)
 
     @staticmethod
-    def _decode(data: bytes) -> list[Record]:
-        return [(t, k.encode(), v.encode()) for t, k, v in map(orjson.loads, filter(None, data.splitlines()))]
+    def _record(line: bytes) -> Record | None:
+        """The record a spill line holds; None for a line that is not one (cut short by a crash or a full disk)."""
+        try:
+            t, k, v = orjson.loads(line)
+            return t, k.encode(), v.encode()
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+            return None
+
+    def _decode(self, data: bytes, set_aside: bool = True) -> list[Record]:
+        """The records of `data`'s lines; unreadable lines are set aside (`_set_aside`), never allowed to stop the
+        sender: one torn line used to end it for good, and every restart read the same file."""
+        out, bad = [], []
+        for line in data.splitlines():
+            if line.strip():
+                record = self._record(line)
+                if record is None:
+                    bad.append(line)
+                else:
+                    out.append(record)
+        if bad and set_aside:
+            self._set_aside(bad)
+        return out
+
+    def _set_aside(self, lines: list[bytes]) -> None:
+        self.set_aside += len(lines)
+        try:
+            self._write(self.corrupt_path, b"".join(line + b"\n" for line in lines), append=True)
+        except OSError:
+            pass
+        log.error("%d unreadable line(s) in the spill files (a write cut short by a crash or a full disk); kept in %s, "
+                  "not sent", len(lines), self.corrupt_path)
 
     def _read(self, path: Path) -> list[Record]:
         return self._decode(path.read_bytes()) if path.exists() else []
 
-    def _write(self, path: Path, data: bytes, append: bool, sync: bool = True) -> None:
+    @staticmethod
+    def _write(path: Path, data: bytes, append: bool, sync: bool = True) -> None:
+        """Write or append `data`.  An append starts on a line of its own (a crash may have cut the last line
+        short), and one that fails (disk full) is taken back, so the file never keeps half a record."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab" if append else "wb") as f:
-            f.write(data)
-            f.flush()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+        size = os.fstat(fd).st_size if append else 0
+        try:
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if sync:
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        except OSError:
+            if append:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+            raise
+        finally:
+            os.close(fd)
 
     def _spill(self, batch: list[Record], sync: bool = True) -> None:
-        """Append to the spill file (fsync'd off the bid path: an outage must not lose what it spilled)."""
+        """Append to the spill file (fsync'd off the bid path: an outage must not lose what it spilled); a disk
+        that refuses puts the batch back in front of memory (`_disk_failed`)."""
         if batch:
-            self._write(self.spill_path, self._encode(batch), append=True, sync=sync)
+            try:
+                self._write(self.spill_path, self._encode(batch), append=True, sync=sync)
+            except OSError as e:
+                self._disk_failed(batch, e)
+                return
             self.spilled += len(batch)
 
     def _unspill(self, batch: list[Record]) -> None:
@@ -222,9 +325,25 @@ class EventProducer:
         if batch:
             later = self.spill_path.read_bytes() if self.spill_path.exists() else b""
             tmp = self.spill_path.with_name(self.spill_path.name + ".tmp")
-            self._write(tmp, self._encode(batch) + later, append=False)
-            tmp.replace(self.spill_path)
+            try:
+                self._write(tmp, self._encode(batch) + later, append=False)
+                tmp.replace(self.spill_path)
+            except OSError as e:
+                self._disk_failed(batch, e)
+                return
             self.spilled += len(batch)
+
+    def _disk_failed(self, batch: list[Record], error: OSError) -> None:
+        """The spill disk refused `batch` (full, or not writable): it goes back in front of memory, which holds it
+        until the broker or the disk takes it (up to HELD_WHEN_DISK_FAILS times the buffer's bound)."""
+        self.buffer.extendleft(reversed(batch))
+        now = time.monotonic()
+        self._spill_retry_at = now + self.retry_s
+        if now - self._disk_logged_at >= DISK_LOG_EVERY_S:
+            self._disk_logged_at = now
+            log.error("cannot write the spill file %s (%s); %d event(s) held in memory until Kafka or the disk takes "
+                      "them, %d dropped so far: free disk space, or give --spill-dir a writable disk",
+                      self.spill_path, error.strerror or error, len(self.buffer), self.failed)
 
     # -- the sender ------------------------------------------------------------------------------
 
@@ -266,6 +385,11 @@ class EventProducer:
                 raise
             except (KafkaError, OSError) as e:  # no broker to start with, or a send that could not even be queued
                 self._lost(type(e).__name__)
+                self._spill(self._take(len(self.buffer)))
+                await asyncio.sleep(self.retry_s)
+            except Exception as e:  # a bug must not end the sender: events would wait in memory and on disk for good
+                log.error("event sender: unexpected %s (%s); retrying in %.1fs", type(e).__name__, e, self.retry_s,
+                          exc_info=e)
                 self._spill(self._take(len(self.buffer)))
                 await asyncio.sleep(self.retry_s)
 
@@ -420,25 +544,30 @@ class EventProducer:
             if self._progress_path.exists():
                 self._replay.seek(int(self._progress_path.read_text() or 0))
         offsets: list[int] = []
-        lines: list[bytes] = []
-        while len(lines) < self.batch:
-            offsets.append(self._replay.tell())
+        records: list[Record] = []
+        bad: list[bytes] = []
+        while len(records) < self.batch:
+            at = self._replay.tell()
             line = self._replay.readline()
             if not line:
-                offsets.pop()
                 break
             if line.strip():
-                lines.append(line)
-            else:
-                offsets.pop()
-        if not lines:
+                record = self._record(line)
+                if record is None:
+                    bad.append(line.rstrip(b"\n"))
+                else:
+                    offsets.append(at)
+                    records.append(record)
+        if bad:
+            self._set_aside(bad)
+        if not records:
             self._replay.close()
             self._replay = None
             self.replay_path.unlink()
             self._progress_path.unlink(missing_ok=True)
             return await self._replay_next()  # a spill file written meanwhile is next
         self._replay_end = self._replay.tell()
-        await self._enqueue(self._decode(b"".join(lines)), replay_offsets=offsets)
+        await self._enqueue(records, replay_offsets=offsets)
         return True
 
     @staticmethod

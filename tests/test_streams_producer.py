@@ -9,6 +9,8 @@ live ones, which is what an unreachable broker looks like to the client.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import struct
 import time
 import uuid
@@ -22,8 +24,8 @@ from aiokafka.protocol import metadata
 
 from streams import topics
 from streams.events import make_event
-from streams.kafka_io import EventProducer, ensure_topics
-from tests.conftest import free_port
+from streams.kafka_io import EventProducer, SpillDirInUse, ensure_topics, lock_spill_dir
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.kafka
 METADATA = 3  # Kafka API key
@@ -264,3 +266,78 @@ async def test_events_of_many_keys_land_once_where_send_would_put_them_in_order(
     for k in keys:
         assert [i for _, i in landed[k]] == emitted[k]  # once each, in emit order
         assert {p for p, _ in landed[k]} == {partitioner(k.encode(), parts, parts)}
+
+
+async def test_a_line_cut_short_in_the_spill_files_is_set_aside_and_the_rest_is_sent(kafka_bootstrap: str,
+                                                                                    tmp_path: Path) -> None:
+    """A crash or a full disk mid-write leaves half a line: decoding it ended the sender for good, and every restart
+    read the same file, so nothing was ever sent again."""
+    await ensure_topics(kafka_bootstrap)
+    run = uuid.uuid4().hex[:8]
+    key = f"spill-{run}"
+    spill = tmp_path / "events.jsonl"
+    whole = [impression(run, i) for i in range(4)]
+
+    def line(ev: dict) -> bytes:
+        return orjson.dumps([topics.IMPRESSIONS.name, key, orjson.dumps(ev).decode()]) + b"\n"
+
+    inflight = spill.with_name(spill.name + ".inflight")
+    inflight.write_bytes(line(whole[0]) + line(whole[1])[:25])  # torn by a crash
+    spill.write_bytes(line(whole[2]) + b'["not", "a record"]\n' + line(whole[3])[:40])
+    producer = EventProducer(kafka_bootstrap, spill, request_timeout_ms=2000, retry_s=0.2)
+    producer._write(spill, line(impression(run, 4)), append=True)  # appended after the torn tail: a line of its own
+    await producer.start()
+    try:
+        producer.emit("impressions", key, impression(run, 5))
+        await until(lambda: producer.sent == 4 and not producer.on_disk(), 30, "the readable events to be sent")
+        assert producer.running and producer.set_aside == 3
+    finally:
+        await producer.stop()
+    assert await ids_on_topic(kafka_bootstrap, key, f"imp:{run}-") == [f"imp:{run}-{i}" for i in (0, 2, 4, 5)]
+    assert len(producer.corrupt_path.read_bytes().splitlines()) == 3
+
+
+def test_a_spill_disk_that_refuses_keeps_the_events_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk during an outage: the events taken from memory for the spill file were gone, uncounted, and the
+    partial write left a torn line.  Now they go back in front of memory (bounded), and the file keeps no half line."""
+    spill = tmp_path / "events.jsonl"
+    producer = EventProducer("127.0.0.1:1", spill, max_buffer=10, retry_s=60.0)
+    producer._spill([("t", b"k", b"kept")])
+    real_write = os.write
+
+    def full(fd: int, data) -> int:
+        real_write(fd, bytes(data)[:7])  # a few bytes land, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    for i in range(11):
+        producer.emit("impressions", "k", {"id": f"e{i}"})
+    assert len(producer.buffer) == 11 and producer.spilled == 1 and producer.failed == 0  # none lost
+    for i in range(11, 60):  # the bid path does not try the disk again on every event...
+        producer.emit("impressions", "k", {"id": f"e{i}"})
+    assert len(producer.buffer) == 40 and producer.failed == 20  # ...and past 4x its bound drops the oldest, counted
+    assert [orjson.loads(v)["id"] for _, _, v in producer.buffer][:2] == ["e20", "e21"]
+    monkeypatch.setattr(os, "write", real_write)
+    assert spill.read_bytes().count(b"\n") == 1 and producer._decode(spill.read_bytes()) == [("t", b"k", b"kept")]
+
+
+def test_a_spill_dir_is_one_bidders(tmp_path: Path) -> None:
+    held = lock_spill_dir(tmp_path / "spill")
+    with pytest.raises(SpillDirInUse, match=f"in use by another streambid serve \\(pid {os.getpid()}\\)"):
+        lock_spill_dir(tmp_path / "spill")
+    held.close()  # the holder stopped
+    lock_spill_dir(tmp_path / "spill").close()
+
+
+def test_serve_refuses_a_spill_dir_another_bidder_holds(kafka_bootstrap: str, tmp_path: Path, capsys) -> None:
+    """Two bidders on one spill directory replayed each other's files: 46 of 98 billing events went out twice."""
+    from bidder.cli import main
+
+    held = lock_spill_dir(tmp_path / "spill")
+    try:
+        code = main(["serve", "--broker", kafka_bootstrap, "--port", str(free_port()), "--spill-dir",
+                     str(tmp_path / "spill"), "--campaigns", str(ROOT / "deploy" / "campaigns.example.json")])
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "is in use by another streambid serve" in err and "give each bidder its own --spill-dir" in err
