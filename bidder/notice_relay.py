@@ -180,13 +180,23 @@ class NoticeRelay:
         sibling.sock.close()
 
     def close(self) -> None:
-        for owner in list(self._siblings):
+        """Stop relaying, losing no notice the exchange was answered 200 for: those still waiting for a sibling's
+        mailbox are handled here (`orphan`), and those already in this worker's mailbox are handled before it
+        closes.  Both used to be dropped: a stopping worker lost the bills of a burst."""
+        for owner, sibling in list(self._siblings.items()):
+            waiting = list(sibling.waiting)
+            sibling.waiting.clear()
             self._drop(owner)
+            for _, kind, query in waiting:
+                self.unreachable += 1
+                if self.orphan is not None:
+                    self.orphan(kind, query)
         if self._sock is None:
             return
+        self.path(self.bidder_id).unlink(missing_ok=True)  # siblings that look for it now handle our notices
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
+        self._drain()
         self._sock.close()
         self._sock = None
-        self.path(self.bidder_id).unlink(missing_ok=True)

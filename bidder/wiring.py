@@ -522,7 +522,7 @@ def _child(opts: ServeOptions, index: int, supervisor: int | None = None) -> Non
         if not _stop_with_parent(supervisor):
             return
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s worker-{index} %(levelname)s %(message)s")
-    logging.getLogger("aiokafka").addFilter(OncePer(CLIENT_LOG_EVERY_S))
+    throttle_client_log()
     try:
         uvloop.run(run_worker(opts, index))
     except KeyboardInterrupt:  # a terminal's Ctrl-C reaches every worker, one still starting too: a quiet exit
@@ -532,16 +532,26 @@ def _child(opts: ServeOptions, index: int, supervisor: int | None = None) -> Non
 CLIENT_LOG_EVERY_S = 30.0  # the Kafka client's complaints: each kind once per this long
 
 
+def throttle_client_log() -> None:
+    """The Kafka client's complaints through the root handlers once per kind and period.  On the `aiokafka` logger
+    itself the filter saw nothing: the client logs on child loggers (aiokafka.consumer.fetcher, ...), whose records
+    a parent logger's filters never see, so an outage wrote hundreds of lines a minute."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OncePer(CLIENT_LOG_EVERY_S, prefix="aiokafka"))
+
+
 class OncePer(logging.Filter):
     """Lets each kind of message (its logger and format string) through once per `seconds`, and says how many of
     that kind it held back: in a broker outage the Kafka client logs every failed connection, several a second."""
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, prefix: str = "") -> None:
         super().__init__()
-        self.seconds, self.clock = seconds, clock
+        self.seconds, self.clock, self.prefix = seconds, clock, prefix
         self.last: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):  # not the Kafka client's: let through as it is
+            return True
         key, now = (record.name, str(record.msg)), self.clock()
         shown, held = self.last.get(key, (-math.inf, 0))
         if now - shown < self.seconds:

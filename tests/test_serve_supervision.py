@@ -247,3 +247,27 @@ def test_the_kafka_clients_complaints_are_let_through_once_per_kind_and_period()
     assert shown[0] == "Unable connect to node with id 1: refused"
     assert shown[1].endswith("(and 119 more like it in the last 30s)")
     assert f.filter(record("another kind of message"))  # each kind has its own allowance
+
+
+def test_the_throttle_sees_what_the_client_logs_on_its_child_loggers() -> None:
+    """On the `aiokafka` logger the filter saw nothing the client logged (it logs on child loggers): 354 lines of one
+    kind in an 18 s outage."""
+    import io
+    import logging
+
+    from bidder.wiring import throttle_client_log
+
+    root = logging.getLogger()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    saved = root.handlers[:]
+    root.handlers = [handler]
+    try:
+        throttle_client_log()
+        for _ in range(100):
+            logging.getLogger("aiokafka.consumer.fetcher").error("Failed fetch messages from %s: %s", 1, "refused")
+            logging.getLogger("streambid.kafka").error("ours")
+    finally:
+        root.handlers = saved
+    lines = out.getvalue().splitlines()
+    assert lines.count("Failed fetch messages from 1: refused") == 1 and lines.count("ours") == 100
