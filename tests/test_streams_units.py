@@ -585,3 +585,21 @@ async def test_a_followers_consumer_that_raises_its_own_cancellation_on_stop_doe
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_broker_check_quiets_the_kafka_client_only_while_it_runs() -> None:
+    """Left at CRITICAL after the check, a worker's Kafka client logged nothing through a whole outage."""
+    import argparse
+    import logging
+
+    from streams.commands import on_broker
+
+    client = logging.getLogger("aiokafka")
+    seen: list[int] = []
+
+    async def work() -> int:
+        seen.append(client.level)
+        return 7
+
+    assert on_broker(argparse.Namespace(broker="127.0.0.1:9"), work()) == 7
+    assert seen == [logging.CRITICAL] and client.level == logging.NOTSET
