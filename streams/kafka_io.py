@@ -253,9 +253,11 @@ class EventProducer:
         """The record a spill line holds; None for a line that is not one (cut short by a crash or a full disk)."""
         try:
             t, k, v = orjson.loads(line)
-            return t, k.encode(), v.encode()
-        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+        except (orjson.JSONDecodeError, ValueError, TypeError):
             return None
+        if type(t) is not str or type(k) is not str or type(v) is not str:  # else one line would fail every send
+            return None
+        return t, k.encode(), v.encode()
 
     def _decode(self, data: bytes, set_aside: bool = True) -> list[Record]:
         """The records of `data`'s lines; unreadable lines are set aside (`_set_aside`), never allowed to stop the

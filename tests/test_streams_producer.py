@@ -283,18 +283,18 @@ async def test_a_line_cut_short_in_the_spill_files_is_set_aside_and_the_rest_is_
 
     inflight = spill.with_name(spill.name + ".inflight")
     inflight.write_bytes(line(whole[0]) + line(whole[1])[:25])  # torn by a crash
-    spill.write_bytes(line(whole[2]) + b'["not", "a record"]\n' + line(whole[3])[:40])
+    spill.write_bytes(line(whole[2]) + b'["not", "a record"]\n' + b'[1, "k", "v"]\n' + line(whole[3])[:40])
     producer = EventProducer(kafka_bootstrap, spill, request_timeout_ms=2000, retry_s=0.2)
     producer._write(spill, line(impression(run, 4)), append=True)  # appended after the torn tail: a line of its own
     await producer.start()
     try:
         producer.emit("impressions", key, impression(run, 5))
         await until(lambda: producer.sent == 4 and not producer.on_disk(), 30, "the readable events to be sent")
-        assert producer.running and producer.set_aside == 3
+        assert producer.running and producer.set_aside == 4
     finally:
         await producer.stop()
     assert await ids_on_topic(kafka_bootstrap, key, f"imp:{run}-") == [f"imp:{run}-{i}" for i in (0, 2, 4, 5)]
-    assert len(producer.corrupt_path.read_bytes().splitlines()) == 3
+    assert len(producer.corrupt_path.read_bytes().splitlines()) == 4
 
 
 def test_a_spill_disk_that_refuses_keeps_the_events_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
