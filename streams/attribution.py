@@ -38,7 +38,8 @@ class Example:
 
 
 def _render_ms(bid: dict[str, Any]) -> int:
-    """How long past UNSERVED_TTL_MS the bid's impression may still come, as its exchange stated (0: not longer)."""
+    """How long (ms) after the bid its impression may still come, as its exchange stated, at most MAX_RENDER_MS;
+    0 when that is no longer than UNSERVED_TTL_MS."""
     exp = bid.get("exp")
     return min(exp * 1000, MAX_RENDER_MS) if type(exp) is int and exp * 1000 > UNSERVED_TTL_MS else 0
 
