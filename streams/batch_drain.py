@@ -10,6 +10,10 @@ What stays Faust's: the consumer group and its assignment, table recovery, and t
 before it commits acknowledged offsets, so a handler that gives its writes to the producer before returning never has
 an offset committed ahead of them.  While a handler runs, its batch counts as an unacknowledged message, so a
 rebalance waits for it as it waits for an agent's event.
+
+Two corrections to Faust's bookkeeping of committed offsets keep a partition's commit from falling behind for good
+after a rebalance: a commit the broker refused is not recorded as done, and a seek to the committed offsets takes the
+broker's word for them, even where it holds none.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from time import monotonic
 from typing import Any
 
 import faust
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.futures import notify
@@ -87,6 +91,19 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def perform_seek(self) -> None:
+        """Seek every assigned partition to its committed offset, and take the broker's word for what is committed.
+
+        Faust's own seek leaves the committed offset it remembers for a partition the broker holds none for (never
+        committed in this group), so a value from an earlier assignment would survive it and hold back every
+        acknowledgement below it.
+        """
+        found = await self.seek_to_committed()
+        for tp, offset in found.items():
+            tp = ensure_TP(tp)
+            self._read_offset[tp] = offset if offset is not None and offset >= 0 else None
+            self._committed_offset[tp] = offset if offset is not None and offset > 0 else None
 
     async def _seek_back(self) -> None:
         """Seek to the committed offsets, as Faust's own fetch loop does when the flow is stopped.
@@ -164,6 +181,32 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         finally:
             self._unacked_messages.discard(marker)  # type: ignore[arg-type]
             notify(self._waiting_for_ack)
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        """Faust's commit, except that offsets the broker did not take are not remembered as committed.
+
+        Faust records the offsets as committed even when the commit failed because the group rebalanced meanwhile.
+        A partition that comes back to this worker with no offset committed on the broker then keeps that record:
+        the records below it, read again, are never acknowledged, and once nothing comes after them its commit
+        stays behind for good (consumer lag that never clears, and all of it read again at each restart).  Here
+        only a commit the broker took moves the record; the rebalance that follows a failed one seeks every
+        partition to what the broker holds, and its records are read, acknowledged and committed again.
+        """
+        if self.in_transaction:
+            return await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        assignment = self.assignment()
+        committable = {tp: offset for tp, offset in offsets.items() if tp in assignment}
+        if not committable:
+            return False
+        await self.app.producer.flush()  # the handlers' writes reach the broker before the offsets that cover them
+        if not await self._commit(committable):
+            self.log.info("commit of %d partitions refused (the group rebalanced meanwhile); they are read again from "
+                          "the offsets the broker holds", len(committable))
+            return False
+        self.app.tables.on_commit(committable)
+        self._committed_offset.update(committable)
+        self.app.monitor.on_tp_commit(committable)
+        return True
 
     def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
         """`Consumer.ack` for a batch of offsets of one partition: the next commit may include them."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,15 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+NOTABLE = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|generation|assigned|Revoking|Recovery|ready|[Cc]ommit")
+
+
+def log_digest(text: str, lines: int = 60, tail: int = 2500) -> str:
+    """The lines that tell a worker's story (warnings, rebalances, recovery, commits), then the raw tail."""
+    notable = [line[:300] for line in text.splitlines() if NOTABLE.search(line)]
+    return "\n".join(notable[-lines:]) + f"\n--- (last {tail} characters) ---\n" + text[-tail:]
+
+
 class Procs:
     """`streambid` processes of one test, on its topic prefix; logs in tmp, shown when the test ends."""
 
@@ -95,8 +105,10 @@ class Procs:
         return p
 
     def worker(self, name: str, app_id: str, *extra: str) -> tuple[subprocess.Popen, int]:
+        """A worker logging at info level: a failed test then shows its rebalances, recovery and commits."""
         port = free_port()
-        return self.start(name, "worker", "--app-id", app_id, "--metrics-port", str(port), *extra), port
+        level = () if "--loglevel" in extra else ("--loglevel", "info")
+        return self.start(name, "worker", "--app-id", app_id, "--metrics-port", str(port), *level, *extra), port
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run(STREAMBID + list(args), cwd=ROOT, env=self.env, capture_output=True, text=True,
@@ -115,7 +127,7 @@ class Procs:
         for name, _ in self.procs:
             path = self.tmp / f"{name}.log"
             if path.exists():
-                sys.stderr.write(f"--- {name} log (tail) ---\n{path.read_text(errors='replace')[-2500:]}\n")
+                sys.stderr.write(f"--- {name} log ---\n{log_digest(path.read_text(errors='replace'))}\n")
 
 
 @contextmanager
@@ -191,11 +203,17 @@ async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
         await admin.close()
 
 
-def caught_up(bootstrap: str, group: str, names: list[str], partitions: int = 4) -> bool:
-    """True once `group` has committed the end of every partition of `names` (so processed all of it)."""
+def lagging(bootstrap: str, group: str, names: list[str], partitions: int = 4) -> dict[str, tuple[int, int]]:
+    """The partitions of `names` whose end `group` has not committed yet: "topic/partition" -> (committed, end)."""
     ends = asyncio.run(end_offsets(bootstrap, names, partitions))
     done = asyncio.run(committed(bootstrap, group))
-    return all(done.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
+    return {f"{tp.topic}/{tp.partition}": (done.get(tp, -1), end) for tp, end in ends.items()
+            if end > 0 and done.get(tp, -1) < end}
+
+
+def caught_up(bootstrap: str, group: str, names: list[str], partitions: int = 4) -> bool:
+    """True once `group` has committed the end of every partition of `names` (so processed all of it)."""
+    return not lagging(bootstrap, group, names, partitions)
 
 
 def local_day(tz: str, ts_ms: int) -> str:

@@ -33,6 +33,7 @@ from tests.streams_support import (
     caught_up,
     committed,
     end_offsets,
+    lagging,
     live_worker_status,
     local_day,
     offline_totals,
@@ -146,10 +147,23 @@ def consumed(port: int) -> int:
     return sum(n for k, n in st.get("consumed", {}).items() if k in DELIVERY_KINDS)
 
 
+def worker_digests(ports: list[int]) -> list[dict | None]:
+    """What each worker says of itself, without its totals: readiness, partitions, events consumed and outcomes."""
+    out: list[dict | None] = []
+    for port in ports:
+        st = worker_status(port)
+        out.append(None if st is None else {k: v for k, v in st.items() if k != "totals"})
+    return out
+
+
 def assert_exact(procs: Procs, app_id: str, ports: list[int], zones: dict[str, str]) -> list[dict]:
     """Wait until the group has committed every event, then compare the workers' totals with the offline ones."""
     names = delivery_names(procs.prefix)
-    wait_for(lambda: caught_up(procs.bootstrap, app_id, names), 90, "the workers to commit every event", every=0.5)
+    try:
+        wait_for(lambda: caught_up(procs.bootstrap, app_id, names), 90, "the workers to commit every event", every=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nnot committed to the end (committed, end): "
+                             f"{lagging(procs.bootstrap, app_id, names)}\nworkers: {worker_digests(ports)}") from None
     want = expected_totals(procs, zones)
     assert want and sum(t["spend"] for t in want.values()) > 0
 

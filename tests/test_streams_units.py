@@ -279,6 +279,73 @@ def test_a_seek_back_that_loses_a_rebalance_race_is_logged_not_raised() -> None:
     assert c.seeks == 1 and len(c.log.warnings) == 1 and "No current assignment" in c.log.warnings[0]
 
 
+def test_a_commit_the_broker_refused_is_not_remembered_as_committed() -> None:
+    """A commit that fails because the group rebalanced meanwhile leaves the offsets where the broker has them, so
+    the records read again after the rebalance are acknowledged and committed; a commit that succeeds moves them."""
+    from faust.types import TP
+
+    from streams.batch_drain import BatchingApp, BatchingConsumer
+
+    async def run() -> tuple[list[str], dict[TP, int | None], dict[TP, int | None], bool, bool]:
+        app = BatchingApp("commit-probe", broker="kafka://127.0.0.1:1", web_enabled=False, store="memory://")
+        c = app.consumer
+        assert isinstance(c, BatchingConsumer)
+        tp = TP("t", 0)
+        calls: list[str] = []
+        answers = [False, True]
+
+        async def flush() -> None:
+            calls.append("flush")
+
+        async def commit(offsets: dict[TP, int]) -> bool:
+            calls.append(f"commit {offsets[tp]}")
+            return answers.pop(0)
+
+        c.assignment = lambda: {tp}  # type: ignore[method-assign]
+        app.producer.flush = flush  # type: ignore[method-assign]
+        c._commit = commit  # type: ignore[method-assign,assignment]
+        c._committed_offset[tp] = 10
+        c._ack_offsets(tp, list(range(10, 20)))
+        refused = await c.commit()
+        after_refusal = dict(c._committed_offset)
+        c._ack_offsets(tp, list(range(10, 25)))  # read again from the broker's offset after the rebalance
+        taken = await c.commit()
+        return calls, after_refusal, dict(c._committed_offset), refused, taken
+
+    calls, after_refusal, after_success, refused, taken = asyncio.run(run())
+    assert not refused and taken
+    assert list(after_refusal.values()) == [10]  # Faust alone would record 20 here, which the broker never took
+    assert list(after_success.values()) == [25]
+    assert calls == ["flush", "commit 20", "flush", "commit 25"]
+
+
+def test_a_seek_takes_the_brokers_word_for_what_is_committed() -> None:
+    """A partition the broker holds no offset for forgets any committed offset remembered from before the seek."""
+    from faust.types import TP
+
+    from streams.batch_drain import BatchingApp, BatchingConsumer
+
+    async def run() -> tuple[dict[TP, int | None], dict[TP, int | None], int | None]:
+        app = BatchingApp("seek-probe", broker="kafka://127.0.0.1:1", web_enabled=False, store="memory://")
+        c = app.consumer
+        assert isinstance(c, BatchingConsumer)
+        never, some = TP("t", 0), TP("t", 1)
+
+        async def seek_to_committed() -> dict[TP, int | None]:
+            return {never: None, some: 15}
+
+        c.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
+        c._committed_offset[never] = 20  # left from an assignment before a rebalance
+        await c.perform_seek()
+        c._ack_offsets(never, [0, 1, 2])  # read again from the start: acknowledged, so committed next
+        return dict(c._committed_offset), {tp: c._read_offset[tp] for tp in (never, some)}, c._new_offset(never)
+
+    committed, read, next_commit = asyncio.run(run())
+    assert committed == {TP("t", 0): None, TP("t", 1): 15}
+    assert read == {TP("t", 0): None, TP("t", 1): 15}
+    assert next_commit == 3
+
+
 class FakeBuilder:
     """Stands in for aiokafka's BatchBuilder: takes `room` records, then says it is full (None)."""
 
