@@ -206,10 +206,15 @@ def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int, salt: bytes =
     return record
 
 
+PAYLOAD_HASH_PERSON = b"streambid-dlq"  # BLAKE2b's personalization: this hash is never a user-id hash
+
+
 def payload_hash(raw: bytes, salt: bytes = DEFAULT_SALT) -> str:
     """A rejected payload's short hash, keyed with the salt: it still matches the producer's own copy of the message,
-    but a payload that is nothing but a user id or an IP cannot be found by hashing guesses without the salt."""
-    return hashlib.blake2b(raw, key=blake2b_key(salt), digest_size=8).hexdigest()
+    but a payload that is nothing but a user id or an IP cannot be found by hashing guesses without the salt.  Its own
+    personalization keeps it apart from the user-id hash made with the same salt: a payload that is a bare user id
+    does not hash to the `user` its events carry, so the dead-letter topic cannot tie that user to the payload."""
+    return hashlib.blake2b(raw, key=blake2b_key(salt), digest_size=8, person=PAYLOAD_HASH_PERSON).hexdigest()
 
 
 def env_salt() -> bytes:

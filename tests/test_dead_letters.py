@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from bidder.openrtb import hash_id
 from streams.events import dead_letter, make_event, payload_hash
 
 TS = 1_767_268_800_000  # 2026-01-01 12:00 UTC
@@ -76,3 +77,13 @@ def test_dead_letter_ids_tell_messages_apart() -> None:
     assert a["id"].startswith(f"dlq:streambid.clicks:{TS}:")
     big = dead_letter("clicks", "bad_type", {"v": 1, "id": "c", "ts": 2**70}, TS)  # beyond what JSON text carries here
     assert orjson.loads(big["payload"]) == {"v": 1, "id": "c"} and big["dropped"] == ["ts"]
+
+
+def test_a_payload_that_is_a_bare_user_id_does_not_hash_to_that_users_hash() -> None:
+    """Same salt, different purpose: the dead-letter hash of a bare id is not the `user` hash its events carry."""
+    salt = b"deployment salt"
+    uid = "u-4c1f9a0e7b2d"
+    record = dead_letter("streambid.clicks", "bad_json", uid.encode(), TS, salt=salt)
+    assert record["payload_hash"] == payload_hash(uid.encode(), salt)
+    assert record["payload_hash"] != hash_id(salt, uid)
+    assert len(record["payload_hash"]) == len(hash_id(salt, uid)) == 16
