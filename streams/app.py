@@ -38,7 +38,7 @@ from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
 from streams.events import EventError, check_event, dead_letter, env_salt, topic_kind
 from streams.kafka_io import StateFollower, log_start_offsets, read_event_ids, read_values
-from streams.ledger import FIELDS
+from streams.ledger import FIELDS, SpendLedger
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer, checkpoint_offsets
 from streams.tables import Outbox, TableView
 from streams.worker_metrics import WorkerStats
@@ -437,8 +437,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             reached = event_time(now_ms, owned)
             if time.time() - forgotten_at[0] >= FORGET_EVERY_S:
                 forgotten_at[0] = time.time()
-                outbox.at(None)  # outside any event: each forgotten id is deleted on its own partition
-                delivery.ledger.forget_before(newest[0] - SEEN_TTL_S * 1000)
+                forget_seen_ids(outbox, delivery.ledger, newest[0] - SEEN_TTL_S * 1000)
             stats.windows_close_at = min(reached.values())
             await close_windows(stats.windows_close_at, reached, owned, now_ms)
         else:
@@ -536,6 +535,14 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         await follower.start()
 
     return app, stats
+
+
+def forget_seen_ids(outbox: Outbox, ledger: SpendLedger, before_ms: int) -> int:
+    """Drop the event ids past the dedup horizon, outside any event: each deletion goes to its id's own changelog
+    partition.  Left on the partition of the last event processed, it would miss the partition whose next owner
+    recovers the id, and that owner would remember it for good."""
+    outbox.at(None)
+    return ledger.forget_before(before_ms)
 
 
 def pacing_doc(state: Any) -> dict[str, Any]:

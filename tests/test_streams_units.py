@@ -227,6 +227,29 @@ def test_records_reach_the_changelog_in_the_order_of_their_last_write() -> None:
     assert sent == ["c2|d1", "c1|d1"]
 
 
+def test_forgotten_event_ids_are_deleted_on_their_own_partitions() -> None:
+    """The dedup horizon runs in a timer, after events of other partitions: each id's tombstone must reach the
+    changelog partition its next owner recovers, not the partition of the last event processed."""
+    from streams.app import forget_seen_ids
+    from streams.ledger import SpendLedger
+
+    producer = _Producer(cap=10)
+    seen = TableView(_Table())
+    seen.owned = frozenset({0, 2})
+    outbox = Outbox(_App(producer), (seen,))
+    ledger = SpendLedger({}, seen, lambda campaign, ts: "2026-01-01", lambda campaign: 0)
+    for partition, eid, ts in ((0, "imp:a", 1_000), (2, "imp:b", 2_000), (2, "imp:c", 9_000)):
+        outbox.at(partition)  # as the agent does for each event
+        seen[eid] = [ts, "impressions", 0, None]
+    asyncio.run(outbox.flush())
+    producer.sent.clear()
+    assert forget_seen_ids(outbox, ledger, before_ms=5_000) == 2
+    asyncio.run(outbox.flush())
+    tombstones = {orjson.loads(k): p for t, p, recs in producer.sent for k, v in recs if v is None}
+    assert tombstones == {"imp:a": 0, "imp:b": 2}
+    assert "imp:c" in seen and "imp:a" not in seen
+
+
 def test_the_outbox_sends_one_record_per_dirty_key_in_batches_per_partition() -> None:
     producer = _Producer(cap=2)
     view = TableView(_Table())
