@@ -60,8 +60,17 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+STUCK_AFTER_S = 15.0  # a partition whose acknowledgements cannot be committed this long is read again
+STUCK_CHECK_EVERY_S = 5.0
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a fetch loop that gives handled topics their records a fetch at a time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._holes: dict[TP, tuple[int, float]] = {}  # partition -> (committed offset, since when it has a hole)
+        self._next_stuck_check = 0.0
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -72,6 +81,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         fetcher_should_stop = fetcher._stopped.is_set
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if monotonic() >= self._next_stuck_check:
+                    self._next_stuck_check = monotonic() + STUCK_CHECK_EVERY_S
+                    await self._read_again(self._stuck(monotonic(), handlers))
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)  # a fetch that returns at once must still let the loop breathe
@@ -91,6 +103,53 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _stuck(self, now: float, handled: Mapping[str, Any]) -> dict[TP, int]:
+        """Handled partitions whose acknowledgements have been unable to reach the commit for `STUCK_AFTER_S`, with
+        their committed offsets.
+
+        Faust commits a partition up to the first offset not acknowledged; when the lowest acknowledged offset lies
+        past the committed one and the records between will never be acknowledged (they were read before a seek and
+        skipped after it), the commit stays there for good: consumer lag that never clears, and everything after it
+        read again at the next restart.  Nothing does that in normal running, where a batch is acknowledged in
+        order from the committed offset on, so a hole that lasts is repaired by reading the partition again.
+        """
+        if not self.flow_active or self.app.rebalancing:
+            self._holes.clear()
+            return {}
+        stuck: dict[TP, int] = {}
+        holes: dict[TP, tuple[int, float]] = {}
+        for tp, acked in self._acked.items():
+            committed = self._committed_offset.get(tp)
+            if tp.topic not in handled or not acked or committed is None or min(acked) - committed <= 1:
+                continue
+            seen_at, since = self._holes.get(tp, (committed, now))
+            since = since if seen_at == committed else now
+            holes[tp] = (committed, since)
+            if now - since >= STUCK_AFTER_S:
+                stuck[tp] = committed
+        self._holes = {tp: hole for tp, hole in holes.items() if tp not in stuck}
+        return stuck
+
+    async def _read_again(self, stuck: Mapping[TP, int]) -> None:
+        """Forget what was acknowledged on `stuck` partitions and read them again from their committed offsets.
+
+        Read again, their events are counted once all the same (the ledger and attribution know the event ids, and
+        the learner the examples' offsets), and acknowledged in order, so the commit moves on.
+        """
+        if not stuck:
+            return
+        for tp, committed in stuck.items():
+            acked = self._acked.get(tp) or [committed]
+            self.log.warning("commit of %s held at offset %d: offsets acknowledged only from %d on; reading it again "
+                             "from %d", tp, committed, min(acked), committed)
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._gap.pop(tp, None)
+        try:
+            await self.seek_wait(dict(stuck))
+        except Exception as e:  # a rebalance took the partition meanwhile: its next owner reads it from there
+            self.log.warning("seek to read %d partitions again failed (a rebalance seeks them anyway): %r", len(stuck), e)
 
     async def perform_seek(self) -> None:
         """Seek every assigned partition to its committed offset, and take the broker's word for what is committed.

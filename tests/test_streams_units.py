@@ -369,6 +369,42 @@ def test_a_seek_takes_the_brokers_word_for_what_is_committed() -> None:
     assert next_commit == 3
 
 
+def test_a_partition_whose_commit_cannot_move_is_read_again_from_its_committed_offset() -> None:
+    """Acknowledgements that start past the committed offset, with nothing left to fill the hole, would hold the
+    commit there for good; after STUCK_AFTER_S the partition is read again, and its commit then moves."""
+    from faust.types import TP
+
+    from streams.batch_drain import STUCK_AFTER_S, BatchingApp, BatchingConsumer
+
+    async def run() -> tuple[list[dict], list[dict[TP, int]], int | None, int | None]:
+        app = BatchingApp("stuck-probe", broker="kafka://127.0.0.1:1", web_enabled=False, store="memory://")
+        c = app.consumer
+        assert isinstance(c, BatchingConsumer)
+        holed, healthy, other = TP("bids", 2), TP("bids", 0), TP("campaigns", 0)
+        seeks: list[dict[TP, int]] = []
+
+        async def seek_wait(offsets: dict[TP, int]) -> None:
+            seeks.append(offsets)
+
+        c.seek_wait = seek_wait  # type: ignore[method-assign,assignment]
+        for tp, committed in ((holed, 155), (healthy, 40), (other, 7)):
+            c._committed_offset[tp] = committed
+        c._ack_offsets(holed, list(range(300, 452)))  # 155..299 were read before a seek and skipped after it
+        c._ack_offsets(healthy, list(range(40, 90)))
+        c._ack_offsets(other, [20, 21])  # Faust's own path (not handled here) is left to Faust
+        handled = {"bids": object()}
+        found = [c._stuck(100.0, handled), c._stuck(100.0 + STUCK_AFTER_S - 1, handled),
+                 c._stuck(100.0 + STUCK_AFTER_S, handled)]
+        await c._read_again(found[-1])
+        c._ack_offsets(holed, list(range(155, 452)))  # read again from 155, in order
+        return found, seeks, c._new_offset(holed), c._new_offset(healthy)
+
+    found, seeks, holed_next, healthy_next = asyncio.run(run())
+    assert found == [{}, {}, {TP("bids", 2): 155}]
+    assert seeks == [{TP("bids", 2): 155}]
+    assert holed_next == 452 and healthy_next == 90
+
+
 class FakeBuilder:
     """Stands in for aiokafka's BatchBuilder: takes `room` records, then says it is full (None)."""
 
