@@ -366,7 +366,7 @@ class BidProtocol(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
                  "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
-                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held")
+                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -381,6 +381,7 @@ class BidProtocol(asyncio.Protocol):
         self.rendered = MAX_RENDERED
         self.paused = 0.0  # perf_counter when the client stopped reading its answers; 0 while it reads
         self.held: list[tuple[bytes, bool, bool]] | None = None  # (answer, close, HEAD) behind a page being rendered
+        self.head_read = 0  # bytes read while the head of the message being read was still incomplete
         self._reset()
 
     def _reset(self) -> None:
@@ -432,16 +433,33 @@ class BidProtocol(asyncio.Protocol):
         self.seen = now
         self.budget = MAX_PIPELINED
         self.rendered = MAX_RENDERED
+        message = self.receiving  # when the message being read began; 0 between messages
+        mid_head = message and not self.in_trailer  # a head begun in an earlier read and not yet complete
         try:
             while True:
                 try:
                     self.parser.feed_data(data)
-                    return
+                    break
                 except httptools.HttpParserUpgrade as e:
                     data = self._ignore_upgrade(data[e.args[0]:])
         except httptools.HttpParserError:
             self._close(400, b'{"error":"bad_http","detail":"not a well-formed HTTP request (framing, headers '
                              b'or a transfer coding other than chunked last)"}')
+            return
+        if self.receiving and not self.in_trailer and not self.dead:  # the read ended inside a head
+            self._count_head(len(data) if mid_head and self.receiving == message else 0)
+
+    def _count_head(self, n: int) -> None:
+        """Refuse a head that keeps coming without ending, as it arrives.
+
+        The parser hands over a header only once its line ends, and until then keeps growing a copy of it (at a
+        cost that grows with the square of its length), so the per-header check sees nothing of a line that never
+        ends.  Every read that leaves the head still incomplete was head, bar the first, which may also hold the
+        end of the message before: it is not counted, so at most one read passes unchecked.
+        """
+        self.head_read += n
+        if self.head_read > MAX_HEAD:
+            self._close(431, b'{"error":"header_too_large"}')
 
     def _ignore_upgrade(self, rest: bytes) -> bytes:
         """Go on in HTTP/1.1 where httptools stopped for an Upgrade (RFC 9110 lets a server ignore it); the rest to parse.
@@ -500,6 +518,7 @@ class BidProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self.head_read = 0
         self.receiving = time.perf_counter()
         self.started = self.read_floor
 
@@ -542,7 +561,11 @@ class BidProtocol(asyncio.Protocol):
             return
         if self.url[:1] != b"/":  # absolute-form (RFC 9112 3.2.2): every server must take it; route by its path
             self.url = origin_form(self.url)
-        if self.too_large:
+        if self.coding and self.parser.get_http_version() == "1.0":
+            # RFC 9112 6.1: an HTTP/1.0 peer knows no chunked coding, so the two ends may disagree where it ends
+            self._close(400, b'{"error":"bad_http","detail":"Transfer-Encoding in an HTTP/1.0 request: send '
+                             b'Content-Length, or HTTP/1.1"}')
+        elif self.too_large:
             self._too_large()
         elif self.expect and self.transport is not None and self.parser.get_http_version() != "1.0":
             # RFC 9110 10.1.1: an HTTP/1.0 client cannot read a 100, so its expectation is ignored
@@ -677,9 +700,12 @@ class BidProtocol(asyncio.Protocol):
 
 def hang_up(t: asyncio.BaseTransport) -> None:
     """Close a connection now.  close() would first wait to write what is buffered, forever if the client has
-    stopped reading; abort() drops that."""
-    if isinstance(t, asyncio.WriteTransport) and t.get_write_buffer_size():
-        t.abort()
+    stopped reading; abort() drops that.  Asked for by method, not by class: uvloop's transports have both
+    methods without deriving from asyncio.WriteTransport."""
+    buffered = getattr(t, "get_write_buffer_size", None)
+    abort = getattr(t, "abort", None)
+    if abort is not None and buffered is not None and buffered():
+        abort()
     else:
         t.close()
 

@@ -599,3 +599,72 @@ async def test_repeated_fields_form_a_list_and_trailers_are_not_headers(stack: S
     coded = chunked.replace(b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked")
     out = await stack.raw(coded, True)
     assert split(out)[0] == 501
+
+
+async def test_a_header_line_that_never_ends_is_refused_while_it_streams(stack: Stack) -> None:
+    """The parser hands over a header only once its line ends: the head limit must hold while the bytes arrive."""
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    answer = asyncio.create_task(r.read())  # done once the server has answered and closed its side
+    w.write(b"POST /bid/ex1 HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    sent = 0
+    try:
+        while sent < 4 * 1024 * 1024 and not answer.done():
+            w.write(b"a" * 8192)
+            await w.drain()
+            sent += 8192
+            await asyncio.sleep(0.002)  # separate reads on the server's side
+    except ConnectionError:
+        pass  # hung up on while still sending: what is asserted is what it answered first
+    out = await asyncio.wait_for(answer, 5)
+    w.close()
+    assert statuses(out) == [431] and b"header_too_large" in out
+    assert sent < 1024 * 1024  # refused long before the client stopped: the line has no end
+
+
+async def test_a_head_split_after_a_large_body_in_the_same_read_is_not_taken_for_a_long_head(stack: Stack) -> None:
+    """The read that begins a head may end the message before it: a large body there is not counted as head."""
+    payload = BANNER + b" " * (150_000 - len(BANNER))
+    first = f"POST /bid/ex1 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+    second = f"POST /bid/ex1 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BANNER)}\r\n\r\n".encode() + BANNER
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(first + second[:30])
+    await w.drain()
+    await asyncio.sleep(0.1)
+    w.write(second[30:])  # the rest of the head, in a read of its own
+    await w.drain()
+    answers = [split(await asyncio.wait_for(read_response(r), 5))[0] for _ in range(2)]
+    w.close()
+    assert answers[0] == 200 and answers[1] in (200, 204)  # 204 if the wait took it past its tmax; never 431
+
+
+async def test_transfer_encoding_in_an_http_1_0_request_is_faulty_framing(stack: Stack) -> None:
+    """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; 400, and the connection closes."""
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BANNER), BANNER)
+    raw = b"POST /bid/ex1 HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    out = await stack.raw(raw + b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n", read_until_close=True)
+    assert statuses(out) == [400] and b"HTTP/1.0" in out.split(b"\r\n\r\n", 1)[1]
+
+
+def test_hang_up_aborts_a_transport_with_unsent_output_whatever_its_class() -> None:
+    """uvloop's transports have abort() and get_write_buffer_size() without deriving from asyncio.WriteTransport;
+    close() would wait for a client that never reads."""
+    from bidder.server import hang_up
+
+    class Transport(asyncio.BaseTransport):  # like uvloop's: not an asyncio.WriteTransport
+        def __init__(self, buffered: int) -> None:
+            super().__init__()
+            self.buffered, self.calls = buffered, []  # type: ignore[var-annotated]
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+        def abort(self) -> None:
+            self.calls.append("abort")
+
+        def close(self) -> None:
+            self.calls.append("close")
+
+    stuck, drained = Transport(16_000_000), Transport(0)
+    hang_up(stuck)
+    hang_up(drained)
+    assert stuck.calls == ["abort"] and drained.calls == ["close"]
