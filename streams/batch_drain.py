@@ -108,20 +108,23 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         """Handled partitions whose acknowledgements have been unable to reach the commit for `STUCK_AFTER_S`, with
         their committed offsets.
 
-        Faust commits a partition up to the first offset not acknowledged; when the lowest acknowledged offset lies
-        past the committed one and the records between will never be acknowledged (they were read before a seek and
-        skipped after it), the commit stays there for good: consumer lag that never clears, and everything after it
-        read again at the next restart.  Nothing does that in normal running, where a batch is acknowledged in
-        order from the committed offset on, so a hole that lasts is repaired by reading the partition again.
+        Faust commits a partition up to the first offset not acknowledged.  When records past the committed offset
+        have been read but the acknowledgements that would move the commit are missing (the lowest lies past the
+        committed offset, or there are none left), the commit stays there for good: consumer lag that never
+        clears, and everything after it read again at the next restart.  Nothing does that in normal running,
+        where a batch is acknowledged in order from the committed offset on and committed within a second, so a
+        hole that lasts is repaired by reading the partition again.
         """
         if not self.flow_active or self.app.rebalancing:
             self._holes.clear()
             return {}
         stuck: dict[TP, int] = {}
         holes: dict[TP, tuple[int, float]] = {}
-        for tp, acked in self._acked.items():
-            committed = self._committed_offset.get(tp)
-            if tp.topic not in handled or not acked or committed is None or min(acked) - committed <= 1:
+        for tp in set(self._acked) | set(self._read_offset):
+            if tp.topic not in handled:
+                continue
+            committed, read, acked = self._committed_offset.get(tp), self._read_offset.get(tp), self._acked.get(tp)
+            if committed is None or not (min(acked) - committed > 1 if acked else read is not None and read > committed):
                 continue
             seen_at, since = self._holes.get(tp, (committed, now))
             since = since if seen_at == committed else now

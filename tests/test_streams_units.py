@@ -380,15 +380,17 @@ def test_a_partition_whose_commit_cannot_move_is_read_again_from_its_committed_o
         app = BatchingApp("stuck-probe", broker="kafka://127.0.0.1:1", web_enabled=False, store="memory://")
         c = app.consumer
         assert isinstance(c, BatchingConsumer)
-        holed, healthy, other = TP("bids", 2), TP("bids", 0), TP("campaigns", 0)
+        holed, healthy, other, emptied = TP("bids", 2), TP("bids", 0), TP("campaigns", 0), TP("bids", 3)
         seeks: list[dict[TP, int]] = []
 
         async def seek_wait(offsets: dict[TP, int]) -> None:
             seeks.append(offsets)
 
         c.seek_wait = seek_wait  # type: ignore[method-assign,assignment]
-        for tp, committed in ((holed, 155), (healthy, 40), (other, 7)):
+        for tp, committed in ((holed, 155), (healthy, 40), (other, 7), (emptied, 60)):
             c._committed_offset[tp] = committed
+        c._read_offset[emptied] = 99  # read up to 99, and no acknowledgement left that could move the commit
+        c._read_offset[healthy] = 89
         c._ack_offsets(holed, list(range(300, 452)))  # 155..299 were read before a seek and skipped after it
         c._ack_offsets(healthy, list(range(40, 90)))
         c._ack_offsets(other, [20, 21])  # Faust's own path (not handled here) is left to Faust
@@ -400,8 +402,8 @@ def test_a_partition_whose_commit_cannot_move_is_read_again_from_its_committed_o
         return found, seeks, c._new_offset(holed), c._new_offset(healthy)
 
     found, seeks, holed_next, healthy_next = asyncio.run(run())
-    assert found == [{}, {}, {TP("bids", 2): 155}]
-    assert seeks == [{TP("bids", 2): 155}]
+    assert found == [{}, {}, {TP("bids", 2): 155, TP("bids", 3): 60}]
+    assert seeks == [{TP("bids", 2): 155, TP("bids", 3): 60}]
     assert holed_next == 452 and healthy_next == 90
 
 
