@@ -229,7 +229,8 @@ class BidApp:
             req = parse_request(body, self.engine.cfg.salt)
         except BadRequest as e:
             stats.requests[(exchange, "error", e.reason)] += 1
-            return response(400, orjson.dumps({"error": e.reason, "detail": e.detail}))
+            status = 413 if e.reason == "body_too_large" else 400  # a gzip body too large once inflated, as when sent
+            return response(status, orjson.dumps({"error": e.reason, "detail": e.detail}))
         if self.warming:
             stats.requests[(exchange, "nobid", "warming")] += 1
             stats.observe(time.perf_counter() - started)

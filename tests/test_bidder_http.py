@@ -117,16 +117,16 @@ async def test_gzip_versions_and_encodings(stack: Stack) -> None:
     assert (await stack.post("/bid/ex1", gzip.compress(BANNER), {"Content-Encoding": "gzip"}))[0] == 200
     assert (await stack.post("/bid/ex1", BANNER, {"x-openrtb-version": "2.5"}))[0] == 200
     cases = [
-        (gzip.compress(BANNER)[:-20], {"Content-Encoding": "gzip"}, "bad_gzip"),
-        (gzip.compress(b" " * 3_000_000), {"Content-Encoding": "gzip"}, "body_too_large"),
-        (BANNER, {"Content-Encoding": "br"}, "bad_encoding"),
-        (BANNER, {"x-openrtb-version": "3.0"}, "unsupported_version"),
+        (gzip.compress(BANNER)[:-20], {"Content-Encoding": "gzip"}, "bad_gzip", 400),
+        (gzip.compress(b" " * 3_000_000), {"Content-Encoding": "gzip"}, "body_too_large", 413),  # too large inflated
+        (BANNER, {"Content-Encoding": "br"}, "bad_encoding", 400),
+        (BANNER, {"x-openrtb-version": "3.0"}, "unsupported_version", 400),
     ]
-    for data, headers, reason in cases:
+    for data, headers, reason, want in cases:
         status, _, out = await stack.post("/bid/ex1", data, headers)
-        assert status == 400 and orjson.loads(out)["error"] == reason
+        assert status == want and orjson.loads(out)["error"] == reason
     text = await stack.metrics()
-    for _, _, reason in cases:
+    for _, _, reason, _ in cases:
         assert metric(text, "streambid_bid_requests_total", outcome="error", reason=reason) == 1
 
 
@@ -407,7 +407,7 @@ async def test_gzip_bodies_of_several_members_are_inflated_under_one_cap(stack: 
     assert (await stack.post("/bid/ex11", two, {"Content-Encoding": "gzip"}))[0] == 200
     big = gzip.compress(b" " * 600_000)
     status, _, out = await stack.post("/bid/ex11", big + big, {"Content-Encoding": "gzip"})
-    assert status == 400 and orjson.loads(out)["error"] == "body_too_large"
+    assert status == 413 and orjson.loads(out)["error"] == "body_too_large"
     status, _, out = await stack.post("/bid/ex11", gzip.compress(BANNER) + b"junk", {"Content-Encoding": "gzip"})
     assert status == 400 and orjson.loads(out)["error"] == "bad_gzip"
 
