@@ -344,6 +344,11 @@ def response(status: int, body: bytes, ctype: bytes = b"application/json") -> by
             % (_STATUS[status], ctype, len(body))) + body
 
 
+def closing(out: bytes) -> bytes:
+    """`out` saying the connection closes after it (RFC 9112 9.6), so a pooled client does not send on it again."""
+    return out.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)
+
+
 def not_allowed(allow: bytes, body: bytes = b'{"error":"method_not_allowed"}') -> bytes:
     """A 405 naming in `Allow` the methods the path does take, as RFC 9110 15.5.6 requires."""
     return (b"HTTP/1.1 405 Method Not Allowed\r\nAllow: %s\r\nContent-Type: application/json\r\n"
@@ -500,7 +505,7 @@ class BidProtocol(asyncio.Protocol):
         t = self.transport
         if t is None or t.is_closing():
             return
-        out = response(status, body)
+        out = closing(response(status, body))
         if self.url and self.parser.get_method() == b"HEAD":  # url is set once this message's method is known
             out = head_of(out)
         if self.held is not None:  # an earlier request's page is still being rendered: this answer follows it

@@ -618,6 +618,7 @@ async def test_a_header_line_that_never_ends_is_refused_while_it_streams(stack: 
     out = await asyncio.wait_for(answer, 5)
     w.close()
     assert statuses(out) == [431] and b"header_too_large" in out
+    assert b"\r\nConnection: close\r\n" in out  # a pooled client must not send on it again (RFC 9112 9.6)
     assert sent < 1024 * 1024  # refused long before the client stopped: the line has no end
 
 
