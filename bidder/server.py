@@ -76,6 +76,7 @@ _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: 
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz", "/readyz")
+_CRLF = (13, 10)
 _HEAD_NOTICE = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, POST\r\nx-openrtb-version: 2.6\r\n\r\n"
 
 
@@ -436,7 +437,8 @@ class BidProtocol(asyncio.Protocol):
         self.read_floor = floor if floor > self.last_read else self.last_read
         if len(data) < READ_DRAINED:  # a short read emptied the socket: what comes next arrived after now
             self.last_read = now
-        self.seen = now
+        if data[0] not in _CRLF or data.strip(b"\r\n"):  # blank lines between requests are no activity (RFC 9112 2.2)
+            self.seen = now
         self.budget = MAX_PIPELINED
         self.rendered = MAX_RENDERED
         message = self.receiving  # when the message being read began; 0 between messages

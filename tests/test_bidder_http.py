@@ -388,6 +388,29 @@ async def test_idle_keep_alive_connections_are_closed(stack: Stack, monkeypatch:
         sweeper.cancel()
 
 
+async def test_blank_lines_do_not_keep_an_idle_connection_open(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9112 2.2 lets a server skip empty lines before a request; they are not a request, so not activity."""
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT_S", 0.3)
+    sweeper = asyncio.ensure_future(sweep_stalled(stack.app, interval=0.05))
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+        started = time.perf_counter()
+        closed = asyncio.ensure_future(r.read())
+        try:
+            while not closed.done() and time.perf_counter() - started < 3:
+                w.write(b"\r\n")
+                await asyncio.sleep(0.1)
+        except ConnectionError:
+            pass  # hung up on between two lines
+        await asyncio.wait({closed}, timeout=3)
+        gone_at = time.perf_counter() - started
+        assert closed.done() and (isinstance(closed.exception(), ConnectionError) or closed.result() == b"")
+        assert 0.25 <= gone_at < 2.5
+        w.close()
+    finally:
+        sweeper.cancel()
+
+
 async def test_only_the_documented_bid_paths_are_bid_endpoints(stack: Stack) -> None:
     for path in ("/bid", "/bid/ex10", "/openrtb2", "/openrtb2/ex10", "/bid/ex10?src=a"):
         assert (await stack.post(path, BANNER))[0] == 200, path
