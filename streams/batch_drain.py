@@ -60,8 +60,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-STUCK_AFTER_S = 15.0  # a partition whose acknowledgements cannot be committed this long is read again
-STUCK_CHECK_EVERY_S = 5.0
+STUCK_AFTER_S = 15.0  # a partition whose commit stays behind what was processed this long is read again
+STUCK_CHECK_EVERY_S = 5.0  # each check asks the broker for the committed offsets of the partitions processed
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
@@ -69,8 +69,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._holes: dict[TP, tuple[int, float]] = {}  # partition -> (committed offset, since when it has a hole)
-        self._next_stuck_check = 0.0
+        self._holes: dict[TP, tuple[int, float]] = {}  # partition -> (broker's committed offset, since when)
+        self._processed: dict[TP, int] = {}  # partition -> the last offset a handler processed
+        self._next_stuck_check = monotonic() + STUCK_CHECK_EVERY_S
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -82,8 +83,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 if monotonic() >= self._next_stuck_check:
+                    await self._check_commits(handlers)
                     self._next_stuck_check = monotonic() + STUCK_CHECK_EVERY_S
-                    await self._read_again(self._stuck(monotonic(), handlers))
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)  # a fetch that returns at once must still let the loop breathe
@@ -104,33 +105,48 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    def _stuck(self, now: float, handled: Mapping[str, Any]) -> dict[TP, int]:
-        """Handled partitions whose acknowledgements have been unable to reach the commit for `STUCK_AFTER_S`, with
-        their committed offsets.
-
-        Faust commits a partition up to the first offset not acknowledged.  When records past the committed offset
-        have been read but the acknowledgements that would move the commit are missing (the lowest lies past the
-        committed offset, or there are none left), the commit stays there for good: consumer lag that never
-        clears, and everything after it read again at the next restart.  Nothing does that in normal running,
-        where a batch is acknowledged in order from the committed offset on and committed within a second, so a
-        hole that lasts is repaired by reading the partition again.
-        """
+    async def _check_commits(self, handled: Mapping[str, Any]) -> None:
+        """Read again any handled partition whose commit has stopped behind what was processed (see `_stuck`)."""
         if not self.flow_active or self.app.rebalancing:
             self._holes.clear()
-            return {}
+            return
+        try:
+            assigned = self.assignment()
+            candidates = [tp for tp in list(self._processed) if tp.topic in handled and tp in assigned]
+            broker = await self._broker_committed(candidates)
+        except Exception as e:  # the broker away, or a rebalance under way: the next check looks again
+            self.log.info("committed offsets not checked (%r)", e)
+            return
+        await self._read_again(self._stuck(monotonic(), broker))
+
+    async def _broker_committed(self, tps: list[TP]) -> dict[TP, int | None]:
+        """What the broker holds as this group's committed offset of each of `tps` (None: nothing committed)."""
+        consumer = self._thread._ensure_consumer()
+        return {tp: await self._thread.call_thread(consumer.committed, tp) for tp in tps}
+
+    def _stuck(self, now: float, broker: Mapping[TP, int | None]) -> dict[TP, int]:
+        """The partitions whose committed offset on the broker has stayed at or below the last record processed
+        for `STUCK_AFTER_S`, with that committed offset.
+
+        Faust commits a partition up to the first offset not acknowledged.  If the acknowledgements that would move
+        the commit go missing (records read past the committed offset before a seek and skipped after it, or
+        offsets the worker takes as committed that the broker never took), the commit stays there for good:
+        consumer lag that never clears, and all of it read again at the next restart.  In normal running a
+        processed record is committed within a second, so a commit that lasts behind the records processed is
+        repaired by reading the partition again from it.
+        """
         stuck: dict[TP, int] = {}
         holes: dict[TP, tuple[int, float]] = {}
-        for tp in set(self._acked) | set(self._read_offset):
-            if tp.topic not in handled:
+        for tp, committed in broker.items():
+            processed = self._processed.get(tp)
+            at = committed or 0
+            if processed is None or processed < at:
                 continue
-            committed, read, acked = self._committed_offset.get(tp), self._read_offset.get(tp), self._acked.get(tp)
-            if committed is None or not (min(acked) - committed > 1 if acked else read is not None and read > committed):
-                continue
-            seen_at, since = self._holes.get(tp, (committed, now))
-            since = since if seen_at == committed else now
-            holes[tp] = (committed, since)
+            seen_at, since = self._holes.get(tp, (at, now))
+            since = since if seen_at == at else now
+            holes[tp] = (at, since)
             if now - since >= STUCK_AFTER_S:
-                stuck[tp] = committed
+                stuck[tp] = at
         self._holes = {tp: hole for tp, hole in holes.items() if tp not in stuck}
         return stuck
 
@@ -143,12 +159,16 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if not stuck:
             return
         for tp, committed in stuck.items():
-            acked = self._acked.get(tp) or [committed]
-            self.log.warning("commit of %s held at offset %d: offsets acknowledged only from %d on; reading it again "
-                             "from %d", tp, committed, min(acked), committed)
+            acked = self._acked.get(tp)
+            self.log.warning("commit of %s held at offset %d though offset %s was processed (committed here: %s, "
+                             "acknowledged: %s); reading it again from %d", tp, committed, self._processed.get(tp),
+                             self._committed_offset.get(tp), f"{min(acked)}..{max(acked)}" if acked else "none",
+                             committed)
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
             self._gap.pop(tp, None)
+            self._processed.pop(tp, None)
+            self._committed_offset[tp] = committed or None
         try:
             await self.seek_wait(dict(stuck))
         except Exception as e:  # a rebalance took the partition meanwhile: its next owner reads it from there
@@ -235,9 +255,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             await handler(batch)
             now = monotonic()
             inbound = self.app.monitor.stream_inbound_time
+            processed = self._processed
             for tp, offs in offsets.items():
                 self._ack_offsets(tp, offs)
                 self._read_offset[tp] = offs[-1]
+                processed[tp] = offs[-1]
                 inbound[tp] = now  # Faust's livelock check: this partition's events are being processed
             marker.acked = True
         finally:

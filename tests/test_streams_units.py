@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -369,42 +369,54 @@ def test_a_seek_takes_the_brokers_word_for_what_is_committed() -> None:
     assert next_commit == 3
 
 
-def test_a_partition_whose_commit_cannot_move_is_read_again_from_its_committed_offset() -> None:
-    """Acknowledgements that start past the committed offset, with nothing left to fill the hole, would hold the
-    commit there for good; after STUCK_AFTER_S the partition is read again, and its commit then moves."""
+def test_a_partition_whose_commit_stays_behind_what_was_processed_is_read_again() -> None:
+    """A committed offset on the broker that stays at or below the last record processed for STUCK_AFTER_S would
+    stay there for good; the partition is then read again from it, and its commit moves on."""
     from faust.types import TP
 
     from streams.batch_drain import STUCK_AFTER_S, BatchingApp, BatchingConsumer
 
-    async def run() -> tuple[list[dict], list[dict[TP, int]], int | None, int | None]:
+    holed, healthy, moving, other = TP("bids", 2), TP("bids", 0), TP("bids", 1), TP("campaigns", 0)
+
+    async def run() -> tuple[list[list[TP]], list[dict[TP, int]], list[dict[TP, int]], int | None, int | None]:
         app = BatchingApp("stuck-probe", broker="kafka://127.0.0.1:1", web_enabled=False, store="memory://")
         c = app.consumer
         assert isinstance(c, BatchingConsumer)
-        holed, healthy, other, emptied = TP("bids", 2), TP("bids", 0), TP("campaigns", 0), TP("bids", 3)
+        asked: list[list[TP]] = []
         seeks: list[dict[TP, int]] = []
+
+        async def broker_committed(tps: list[TP]) -> dict[TP, int | None]:
+            asked.append(sorted(tps))
+            return {tp: {holed: 155, healthy: 90, moving: 100}.get(tp) for tp in tps}
 
         async def seek_wait(offsets: dict[TP, int]) -> None:
             seeks.append(offsets)
 
+        async def handler(batch: Sequence[Any]) -> None:
+            pass
+
+        c._broker_committed = broker_committed  # type: ignore[method-assign]
         c.seek_wait = seek_wait  # type: ignore[method-assign,assignment]
-        for tp, committed in ((holed, 155), (healthy, 40), (other, 7), (emptied, 60)):
-            c._committed_offset[tp] = committed
-        c._read_offset[emptied] = 99  # read up to 99, and no acknowledgement left that could move the commit
-        c._read_offset[healthy] = 89
-        c._ack_offsets(holed, list(range(300, 452)))  # 155..299 were read before a seek and skipped after it
-        c._ack_offsets(healthy, list(range(40, 90)))
-        c._ack_offsets(other, [20, 21])  # Faust's own path (not handled here) is left to Faust
-        handled = {"bids": object()}
-        found = [c._stuck(100.0, handled), c._stuck(100.0 + STUCK_AFTER_S - 1, handled),
-                 c._stuck(100.0 + STUCK_AFTER_S, handled)]
+        c.assignment = lambda: {holed, healthy, moving, other}  # type: ignore[method-assign]
+        c._committed_offset[holed] = 452  # what the worker takes as committed; the broker never took it
+        await c._handle(handler, [None] * 152, {holed: list(range(300, 452))})
+        await c._handle(handler, [None] * 50, {healthy: list(range(40, 90))})
+        await c._handle(handler, [None] * 10, {moving: list(range(490, 500))})
+        c._processed[other] = 21  # Faust's own path (not a handled topic) is left to Faust
+        await c._check_commits({"bids": handler})  # asks the broker about the handled partitions only
+        c._holes.clear()  # that check ran on the real clock; the rest runs on a made-up one
+        found = [c._stuck(100.0, {holed: 155, healthy: 90, moving: 100}),
+                 c._stuck(100.0 + STUCK_AFTER_S - 1, {holed: 155, healthy: 90, moving: 200}),
+                 c._stuck(100.0 + STUCK_AFTER_S, {holed: 155, healthy: 90, moving: 300})]
         await c._read_again(found[-1])
         c._ack_offsets(holed, list(range(155, 452)))  # read again from 155, in order
-        return found, seeks, c._new_offset(holed), c._new_offset(healthy)
+        return asked, found, seeks, c._new_offset(holed), c._committed_offset[holed]
 
-    found, seeks, holed_next, healthy_next = asyncio.run(run())
-    assert found == [{}, {}, {TP("bids", 2): 155, TP("bids", 3): 60}]
-    assert seeks == [{TP("bids", 2): 155, TP("bids", 3): 60}]
-    assert holed_next == 452 and healthy_next == 90
+    asked, found, seeks, holed_next, holed_committed = asyncio.run(run())
+    assert asked == [sorted([holed, healthy, moving])]
+    assert found == [{}, {}, {holed: 155}]  # the moving commit is behind too, but it moves
+    assert seeks == [{holed: 155}]
+    assert holed_committed == 155 and holed_next == 452
 
 
 class FakeBuilder:
