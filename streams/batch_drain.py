@@ -13,7 +13,8 @@ rebalance waits for it as it waits for an agent's event.
 
 Two corrections to Faust's bookkeeping of committed offsets keep a partition's commit from falling behind for good
 after a rebalance: a commit the broker refused is not recorded as done, and a seek to the committed offsets takes the
-broker's word for them, even where it holds none.
+broker's word for them, even where it holds none.  Behind both, a check every few seconds compares the broker's
+committed offsets with what the handlers processed, and reads again a partition whose commit stays behind.
 """
 
 from __future__ import annotations
