@@ -72,11 +72,16 @@ _200 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nConten
 _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: b"405 Method Not Allowed",
            408: b"408 Request Timeout", 413: b"413 Payload Too Large", 431: b"431 Request Header Fields Too Large",
-           501: b"501 Not Implemented", 503: b"503 Service Unavailable"}
+           501: b"501 Not Implemented", 503: b"503 Service Unavailable", 505: b"505 HTTP Version Not Supported"}
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz", "/readyz")
 _CRLF = (13, 10)
+_BAD_HTTP = (b'{"error":"bad_http","detail":"not a well-formed HTTP request (framing, headers or a transfer coding '
+             b'other than chunked last)"}')
+_METHOD = re.compile(rb"[\r\n]*[-!#$%&'*+.^_`|~0-9A-Za-z]+ ")  # a method token (RFC 9110 5.6.2), after blank lines
+_BAD_VERSION = "Invalid HTTP version"  # httptools' message for a version it cannot parse
+_NO_VERSION = b'{"error":"http_version_not_supported","detail":"this server speaks HTTP/1.1 and HTTP/1.0"}'
 _HEAD_NOTICE = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, POST\r\nx-openrtb-version: 2.6\r\n\r\n"
 
 
@@ -373,7 +378,7 @@ class BidProtocol(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
                  "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
-                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read")
+                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read", "hosts")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -406,6 +411,7 @@ class BidProtocol(asyncio.Protocol):
         self.coding = b""
         self.upgrade_body = False
         self.in_trailer = False  # past the head: trailer fields are never merged into it (RFC 9110 6.5.1)
+        self.hosts = 0  # Host header lines: an HTTP/1.1 request must have one, and no request may have two
 
     # -- transport events ---------------------------------------------------------------
 
@@ -416,6 +422,17 @@ class BidProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.dead = True
         self.app.connections.discard(self)
+
+    def eof_received(self) -> bool:
+        """The client has sent all it will (a half-close): it is still owed the answers to what it sent, so the
+        connection closes after them, not now.  Closing now would drop a /metrics page still being rendered."""
+        if self.held is not None:
+            self.held.append((b"", True, False))
+            return True
+        if self.dead or self.transport is None:
+            return False
+        self.app.send(self.transport, b"", True)  # queued behind this pass's answers, in order
+        return True
 
     def pause_writing(self) -> None:
         """The client is not reading its answers: stop reading its requests until it catches up (the sweeper
@@ -450,9 +467,18 @@ class BidProtocol(asyncio.Protocol):
                     break
                 except httptools.HttpParserUpgrade as e:
                     data = self._ignore_upgrade(data[e.args[0]:])
-        except httptools.HttpParserError:
-            self._close(400, b'{"error":"bad_http","detail":"not a well-formed HTTP request (framing, headers '
-                             b'or a transfer coding other than chunked last)"}')
+        except httptools.HttpParserInvalidMethodError:
+            if not message and self.budget == MAX_PIPELINED and _METHOD.match(data):  # this read began the request
+                # RFC 9110 9.1: a well-formed method this server does not know (bytes that are no token are bad HTTP)
+                self._close(501, b'{"error":"method_not_implemented","detail":"this server takes GET, HEAD and POST"}')
+                return
+            self._close(400, _BAD_HTTP)
+            return
+        except httptools.HttpParserError as e:
+            if str(e) == _BAD_VERSION:  # HTTP/1.2, HTTP/3.0, ...: llhttp knows only 0.9, 1.0, 1.1 and 2.0
+                self._close(505, _NO_VERSION)
+                return
+            self._close(400, _BAD_HTTP)
             return
         if self.receiving and not self.in_trailer and not self.dead:  # the read ended inside a head
             self._count_head(len(data) if mid_head and self.receiving == message else 0)
@@ -481,7 +507,7 @@ class BidProtocol(asyncio.Protocol):
         if not self.upgrade_body:
             return rest
         method, close = self.parser.get_method(), not self.parser.should_keep_alive()
-        head = [b"%s %s HTTP/1.1" % (method, self.url)]
+        head = [b"%s %s HTTP/1.1" % (method, self.url), b"Host: restated"]  # its Host was checked; not used after
         for name, value in ((b"Content-Length", self.length), (b"Transfer-Encoding", self.coding),
                             (b"Content-Encoding", self.encoding), (b"x-openrtb-version", self.version)):
             if value:
@@ -562,6 +588,8 @@ class BidProtocol(asyncio.Protocol):
                 self.coding = self.coding + b", " + value if self.coding else value
         elif n == 6 and name.lower() == b"expect":
             self.expect = value.strip().lower() == b"100-continue"
+        elif n == 4 and name.lower() == b"host":
+            self.hosts += 1
 
     def on_headers_complete(self) -> None:
         self.in_trailer = True
@@ -569,17 +597,30 @@ class BidProtocol(asyncio.Protocol):
             return
         if self.url[:1] != b"/":  # absolute-form (RFC 9112 3.2.2): every server must take it; route by its path
             self.url = origin_form(self.url)
-        if self.coding and self.parser.get_http_version() == "1.0":
+        http = self.parser.get_http_version()
+        if http != "1.1" and http != "1.0":  # 0.9 and 2.0 parse, but neither is spoken here
+            self._close(505, _NO_VERSION)
+        elif self.hosts != 1 and (self.hosts or http == "1.1"):  # RFC 9112 3.2: a server MUST answer 400
+            self._bad_host()
+        elif self.coding and http == "1.0":
             # RFC 9112 6.1: an HTTP/1.0 peer knows no chunked coding, so the two ends may disagree where it ends
             self._close(400, b'{"error":"bad_http","detail":"Transfer-Encoding in an HTTP/1.0 request: send '
                              b'Content-Length, or HTTP/1.1"}')
         elif self.too_large:
             self._too_large()
-        elif self.expect and self.transport is not None and self.parser.get_http_version() != "1.0":
+        elif self.expect and self.transport is not None and http != "1.0":
             # RFC 9110 10.1.1: an HTTP/1.0 client cannot read a 100, so its expectation is ignored
             if self.app.outbox:
                 self.app.flush()
             self.transport.write(_100)
+
+    def _bad_host(self) -> None:
+        """400 and hang up: without exactly one Host the request's target is unclear (RFC 9112 3.2 asks for the
+        400); counted on the bid paths, where an exchange's client sending it would show in the error rate."""
+        if bid_path(self.url):
+            self.app.stats.requests[(exchange_name(self.url.split(b"?", 1)[0]), "error", "bad_host")] += 1
+        detail = b"two Host headers" if self.hosts else b"an HTTP/1.1 request must carry a Host header"
+        self._close(400, b'{"error":"bad_host","detail":"%s (RFC 9112 3.2)"}' % detail)
 
     def on_body(self, chunk: bytes) -> None:
         if self.dead:

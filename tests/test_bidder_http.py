@@ -172,11 +172,35 @@ async def test_expect_continue_and_bad_http(stack: Stack) -> None:
     w.write(BANNER)
     assert split(await asyncio.wait_for(read_response(r), 5))[0] == 200
     w.close()
-    out = await stack.raw(b"BREW /coffee HTCPCP/1.0\r\n\r\n", read_until_close=True)
+    out = await stack.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", read_until_close=True)
     assert split(out)[0] == 400 and b"bad_http" in out
     assert (await stack.post("/bid/ex4", BANNER))[0] == 200
     assert (await stack.get("/bid/ex4"))[0] == 405
     assert (await stack.get("/nothing"))[0] == 404
+
+
+async def test_unknown_methods_other_versions_and_host_get_the_rfc_answers(stack: Stack) -> None:
+    """RFC 9110 9.1 / 15.6.6 and RFC 9112 3.2: 501 for an unknown method, 505 for a version other than 1.x, 400 for
+    an HTTP/1.1 request without one Host; each closes the connection after its answer."""
+    cases = [
+        (b"BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n", 501, "method_not_implemented"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "bad_http"),  # TLS to a plain port: no method at all
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
+        (b"GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
+        (b"GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400, "bad_host"),
+        (b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", 400, "bad_host"),
+        (b"POST /bid/exH HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(BANNER), BANNER), 400, "bad_host"),
+    ]
+    for data, status, error in cases:
+        out = await stack.raw(data + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", read_until_close=True)
+        assert split(out)[0] == status and orjson.loads(split(out)[2])["error"] == error, data
+        assert split(out)[1].get("connection") == "close" and len(re.findall(rb"HTTP/1\.1 \d{3} [A-Z]", out)) == 1, data
+    assert metric(await stack.metrics(), "streambid_bid_requests_total", exchange="exH", reason="bad_host") == 1
+    # HTTP/1.0 needs no Host; a Host in a chunked body's trailer is not a second one
+    assert split(await stack.raw(b"GET /healthz HTTP/1.0\r\n\r\n", read_until_close=True))[0] == 200
+    chunked = b"POST /bid/exH HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\nHost: y\r\n\r\n"
+    assert split(await stack.raw(chunked % (len(BANNER), BANNER)))[0] == 200
 
 
 async def test_pipelined_bursts_are_answered_in_order_and_bounded(stack: Stack) -> None:
@@ -202,7 +226,7 @@ async def test_answers_written_at_the_end_of_a_pass_keep_their_order_and_hang_up
     assert out.endswith(b'{"ok":true}')
     ids = [orjson.loads(part)["seatbid"][0]["bid"][0]["impid"] for part in re.findall(rb'\{"id".*?\]\}\]\}', out)]
     assert len(ids) == 3
-    out = await stack.raw(one * 2 + b"BREW /coffee HTCPCP/1.0\r\n\r\n", read_until_close=True)
+    out = await stack.raw(one * 2 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", read_until_close=True)
     assert re.findall(rb"HTTP/1\.1 (\d{3})", out) == [b"200", b"200", b"400"] and b'{"error":"bad_http","detail":' in out
     assert not stack.app.outbox
 

@@ -144,6 +144,20 @@ def test_workers_share_the_port_and_a_killed_one_is_replaced(serve) -> None:
     assert s.proc.poll() is None
 
 
+def test_a_half_closed_connection_still_gets_its_answers_under_uvloop(serve) -> None:
+    """Requests, then the client's FIN in the same breath: uvloop can read both before the answers are written.
+    Each request is answered (a /metrics page rendered between bids included) before the server closes."""
+    s = serve(campaigns=50)
+    body = RequestFactory(6).bodies(1)[0]
+    one = b"POST /bid/f HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    for tail in (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" + one, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n"):
+        for _ in range(5):
+            out = _exchange(s.port, one * 3 + tail)
+            assert len(re.findall(rb"HTTP/1\.1 \d{3} ", out)) == 3 + tail.count(b" HTTP/1.1\r\n"), out[-300:]
+            assert b"streambid_bid_requests_total" in out or b"/metrics" not in tail
+    assert s.proc.poll() is None
+
+
 def _exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
         c.sendall(data)
@@ -174,25 +188,27 @@ def test_hostile_bytes_over_http_never_get_a_500_or_kill_the_server(serve) -> No
             junk = bytearray(body)
             for _ in range(rng.randint(1, 20)):
                 junk[rng.randrange(len(junk))] = rng.randrange(256)
-            data = b"POST /bid/f HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(junk), bytes(junk))
+            data = b"POST /bid/f HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(junk), bytes(junk))
         elif kind == 3:
-            data = b"POST /bid/f HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body) + 50, body)  # promises more
+            data = b"POST /bid/f HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body) + 50, body)  # promises more
         elif kind == 4:
             path = "".join(rng.choice("/abc%?&=./\\x\x00") for _ in range(rng.randint(1, 40)))
-            data = f"{rng.choice(['GET', 'POST', 'PUT', 'DELETE'])} /{path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode()
+            method = rng.choice(["GET", "POST", "PUT", "DELETE"])
+            data = f"{method} /{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
         elif kind == 5:
-            data = (b"POST /bid/f HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+            data = (b"POST /bid/f HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
         elif kind == 6:
             data = b"GET /notice/" + rng.choice([b"win", b"bill", b"loss", b"x"]) + b"?" + rng.randbytes(30).hex().encode() \
-                   + b" HTTP/1.1\r\n\r\n"
+                   + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         else:
-            data = b"POST /bid/f HTTP/1.1\r\nx-openrtb-version: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+            data = b"POST /bid/f HTTP/1.1\r\nHost: x\r\nx-openrtb-version: %s\r\nContent-Length: %d\r\n\r\n%s" % (
                 rng.choice([b"2.5", b"3.0", b"banana", b"2.6"]), len(body), body)
         out = _exchange(s.port, data, timeout=0.5 if kind == 3 else 3.0)
         for m in re.finditer(rb"HTTP/1.1 (\d{3})", out):
             statuses[int(m.group(1))] = statuses.get(int(m.group(1)), 0) + 1
     assert s.proc.poll() is None, s.log.read_text()
-    assert not [code for code in statuses if code >= 500], statuses
+    # 5xx only where RFC 9110 names one: 501 for a method token no one implements, 505 for an HTTP version not 1.x
+    assert not [code for code in statuses if code >= 500 and code not in (501, 505)], statuses
     assert statuses.get(400, 0) > 50 and statuses.get(200, 0) + statuses.get(204, 0) > 20
     assert http(f"{s.base}/healthz")[0] == 200 and http(f"{s.base}/bid/f", good[0])[0] in (200, 204)
     assert "Traceback" not in s.log.read_text()

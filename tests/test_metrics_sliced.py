@@ -273,7 +273,7 @@ async def test_bad_http_behind_a_page_is_answered_after_it(many: tuple, monkeypa
     _, port = many
     each_step(monkeypatch)
     r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(PAGE + b"BREW /coffee HTCPCP/1.0\r\n\r\n")
+    w.write(PAGE + b"GET /healthz HTTP/1.1\r\nNo colon here\r\n\r\n")
     await w.drain()
     raw = await asyncio.wait_for(r.read(), 10)  # read to the hang-up
     w.close()
