@@ -743,3 +743,44 @@ def test_the_broker_check_quiets_the_kafka_client_only_while_it_runs() -> None:
 
     assert on_broker(argparse.Namespace(broker="127.0.0.1:9"), work()) == 7
     assert seen == [logging.CRITICAL] and client.level == logging.NOTSET
+
+
+@pytest.mark.kafka
+async def test_the_commit_check_reads_every_partitions_committed_offset_in_one_request(kafka_bootstrap: str) -> None:
+    """The stuck-commit check asks the broker about all of a worker's partitions at once: the same answers as
+    aiokafka's one-partition `committed`, a partition never committed included, from requests for all of them."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from faust.types import TP
+
+    from streams.batch_drain import committed_offsets
+
+    name = f"commit-probe-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 3, 1)])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=name, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(name, p) for p in range(3)])
+        await consumer.commit({TopicPartition(name, 0): 5, TopicPartition(name, 1): 0})
+        asked: list[list] = []  # the partitions of each OffsetFetch sent (a retriable error sends it again)
+        fetch = consumer._coordinator._do_fetch_commit_offsets
+
+        async def counted(partitions: list) -> dict:
+            asked.append(sorted(partitions))
+            return await fetch(partitions)
+
+        consumer._coordinator._do_fetch_commit_offsets = counted
+        tps = [TP(name, p) for p in range(3)]
+        got = await committed_offsets(consumer, tps)
+        assert asked and all(each == sorted(tps) for each in asked), asked  # never one partition at a time
+        assert got == {TP(name, 0): 5, TP(name, 1): 0, TP(name, 2): None}
+        assert got == {tp: await consumer.committed(TopicPartition(*tp)) for tp in tps}
+    finally:
+        await consumer.stop()
