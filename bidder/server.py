@@ -355,6 +355,12 @@ def closing(out: bytes) -> bytes:
     return out.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)
 
 
+def kept_alive(out: bytes) -> bytes:
+    """`out` confirming that the connection stays open: an HTTP/1.0 client that asked for keep-alive closes it
+    otherwise (RFC 9112 9.3), and a benchmark such as `ab -k` would count every request as a new connection."""
+    return out.replace(b"\r\n", b"\r\nConnection: keep-alive\r\n", 1)
+
+
 def not_allowed(allow: bytes, body: bytes = b'{"error":"method_not_allowed"}') -> bytes:
     """A 405 naming in `Allow` the methods the path does take, as RFC 9110 15.5.6 requires."""
     return (b"HTTP/1.1 405 Method Not Allowed\r\nAllow: %s\r\nContent-Type: application/json\r\n"
@@ -378,7 +384,7 @@ class BidProtocol(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
                  "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
-                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read", "hosts")
+                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read", "hosts", "keep10")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -392,7 +398,8 @@ class BidProtocol(asyncio.Protocol):
         self.budget = MAX_PIPELINED
         self.rendered = MAX_RENDERED
         self.paused = 0.0  # perf_counter when the client stopped reading its answers; 0 while it reads
-        self.held: list[tuple[bytes, bool, bool]] | None = None  # (answer, close, HEAD) behind a page being rendered
+        # (answer, close, HEAD, HTTP/1.0 keep-alive) of each request behind a page being rendered
+        self.held: list[tuple[bytes, bool, bool, bool]] | None = None
         self.head_read = 0  # bytes read while the head of the message being read was still incomplete
         self._reset()
 
@@ -412,6 +419,7 @@ class BidProtocol(asyncio.Protocol):
         self.upgrade_body = False
         self.in_trailer = False  # past the head: trailer fields are never merged into it (RFC 9110 6.5.1)
         self.hosts = 0  # Host header lines: an HTTP/1.1 request must have one, and no request may have two
+        self.keep10 = False  # an HTTP/1.0 request: its answer confirms keep-alive when the connection stays open
 
     # -- transport events ---------------------------------------------------------------
 
@@ -427,7 +435,7 @@ class BidProtocol(asyncio.Protocol):
         """The client has sent all it will (a half-close): it is still owed the answers to what it sent, so the
         connection closes after them, not now.  Closing now would drop a /metrics page still being rendered."""
         if self.held is not None:
-            self.held.append((b"", True, False))
+            self.held.append((b"", True, False, False))
             return True
         if self.dead or self.transport is None:
             return False
@@ -537,7 +545,7 @@ class BidProtocol(asyncio.Protocol):
         if self.url and self.parser.get_method() == b"HEAD":  # url is set once this message's method is known
             out = head_of(out)
         if self.held is not None:  # an earlier request's page is still being rendered: this answer follows it
-            self.held.append((out, True, False))
+            self.held.append((out, True, False, False))
             return
         if self.app.outbox:  # answers to earlier requests go first
             self.app.flush()
@@ -598,6 +606,7 @@ class BidProtocol(asyncio.Protocol):
         if self.url[:1] != b"/":  # absolute-form (RFC 9112 3.2.2): every server must take it; route by its path
             self.url = origin_form(self.url)
         http = self.parser.get_http_version()
+        self.keep10 = http == "1.0"
         if http != "1.1" and http != "1.0":  # 0.9 and 2.0 parse, but neither is spoken here
             self._close(505, _NO_VERSION)
         elif self.hosts != 1 and (self.hosts or http == "1.1"):  # RFC 9112 3.2: a server MUST answer 400
@@ -658,22 +667,23 @@ class BidProtocol(asyncio.Protocol):
             out = self.app.internal_error(exchange_name(self.url.split(b"?", 1)[0]) if bid_path(self.url) else None, e)
             if parser.get_method() == b"HEAD":
                 out = head_of(out)
+        keep10 = self.keep10 and not close  # RFC 9112 9.3: an HTTP/1.0 client keeps only a confirmed connection
         if self.held is not None:
-            self.held.append((out, close, parser.get_method() == b"HEAD"))
+            self.held.append((out, close, parser.get_method() == b"HEAD", keep10))
         elif out is _LATER:
-            self._hold(self.app.metrics_page(), close, parser.get_method() == b"HEAD")
+            self._hold(self.app.metrics_page(), close, parser.get_method() == b"HEAD", keep10)
         else:
-            self.app.send(transport, out, close)
+            self.app.send(transport, kept_alive(out) if keep10 else out, close)
 
-    def _hold(self, page: asyncio.Future[bytes], close: bool, head: bool) -> None:
+    def _hold(self, page: asyncio.Future[bytes], close: bool, head: bool, keep10: bool) -> None:
         """Answer with `page` once it is rendered; until then read nothing more from this connection, and queue
         the answers to what it has already sent behind the page, in order (a page among them is the same text)."""
         self.held = []
         if self.transport is not None:
             self.transport.pause_reading()
-        page.add_done_callback(lambda done: self._release(done, close, head))
+        page.add_done_callback(lambda done: self._release(done, close, head, keep10))
 
-    def _release(self, page: asyncio.Future[bytes], close: bool, head: bool) -> None:
+    def _release(self, page: asyncio.Future[bytes], close: bool, head: bool, keep10: bool) -> None:
         held, self.held = self.held or [], None
         t = self.transport
         if t is None or t.is_closing() or page.cancelled():  # cancelled: the worker is stopping
@@ -682,11 +692,12 @@ class BidProtocol(asyncio.Protocol):
             out = response(200, page.result(), CONTENT_TYPE)
         except Exception as e:  # as in on_message_complete: a bug in rendering must not kill the connection
             out = self.app.internal_error(None, e)
-        self.app.send(t, head_of(out) if head else out, close)
-        for answer, hang, cut in held:
+        own = head_of(out) if head else out
+        self.app.send(t, kept_alive(own) if keep10 else own, close)
+        for answer, hang, cut, keep in held:
             if answer is _LATER:
                 answer = head_of(out) if cut else out
-            self.app.send(t, answer, hang)
+            self.app.send(t, kept_alive(answer) if keep else answer, hang)
             close = close or hang
         if not close and not self.paused and not t.is_closing():
             t.resume_reading()

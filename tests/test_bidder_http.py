@@ -552,6 +552,24 @@ async def test_an_http_1_0_expectation_of_100_continue_is_ignored(stack: Stack) 
     assert statuses(out) == [200] and b'"seatbid"' in out
 
 
+async def test_an_http_1_0_keep_alive_is_confirmed_in_every_answer_it_gets(stack: Stack) -> None:
+    """RFC 9112 9.3: an HTTP/1.0 connection persists only when the answer says so (`ab -k` counts on it); the
+    /metrics page rendered between bids says so too, HTTP/1.1 answers never need to, and a 1.0 request without
+    keep-alive is answered and closed."""
+    keep = b"Connection: keep-alive\r\n"
+    bid10 = b"POST /bid/ex16 HTTP/1.0\r\n%sContent-Length: %d\r\n\r\n%s" % (keep, len(BANNER), BANNER)
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    for request in (bid10, b"GET /metrics HTTP/1.0\r\n" + keep + b"\r\n", bid10,
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):
+        w.write(request)
+        status, headers, _ = split(await asyncio.wait_for(read_response(r), 5))
+        assert status == 200 and headers.get("connection") == ("keep-alive" if b"HTTP/1.0" in request else None)
+    w.write(bid10.replace(keep, b""))
+    out = await asyncio.wait_for(r.read(), 5)  # answered, then closed
+    w.close()
+    assert statuses(out) == [200] and b"connection:" not in out.lower()
+
+
 async def test_a_client_that_stops_reading_its_answers_is_hung_up_on(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """Answers piling up unread hold kernel and worker memory: the connection is dropped, not closed politely
     (a close would wait for the unread answers to be written, forever)."""
