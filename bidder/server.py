@@ -619,6 +619,9 @@ class BidProtocol(asyncio.Protocol):
             self._too_large()
         elif self.expect and self.transport is not None and http != "1.0":
             # RFC 9110 10.1.1: an HTTP/1.0 client cannot read a 100, so its expectation is ignored
+            if self.held is not None:  # behind a page being rendered: the 100 must not overtake its answer
+                self.held.append((_100, False, False, False))
+                return
             if self.app.outbox:
                 self.app.flush()
             self.transport.write(_100)

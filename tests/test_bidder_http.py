@@ -559,15 +559,29 @@ async def test_an_http_1_0_keep_alive_is_confirmed_in_every_answer_it_gets(stack
     keep = b"Connection: keep-alive\r\n"
     bid10 = b"POST /bid/ex16 HTTP/1.0\r\n%sContent-Length: %d\r\n\r\n%s" % (keep, len(BANNER), BANNER)
     r, w = await asyncio.open_connection("127.0.0.1", stack.port)
-    for request in (bid10, b"GET /metrics HTTP/1.0\r\n" + keep + b"\r\n", bid10,
-                    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):
-        w.write(request)
+    for sent in (bid10, b"GET /metrics HTTP/1.0\r\n" + keep + b"\r\n", bid10,
+                 b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):
+        w.write(sent)
         status, headers, _ = split(await asyncio.wait_for(read_response(r), 5))
-        assert status == 200 and headers.get("connection") == ("keep-alive" if b"HTTP/1.0" in request else None)
+        assert status == 200 and headers.get("connection") == ("keep-alive" if b"HTTP/1.0" in sent else None)
     w.write(bid10.replace(keep, b""))
     out = await asyncio.wait_for(r.read(), 5)  # answered, then closed
     w.close()
     assert statuses(out) == [200] and b"connection:" not in out.lower()
+
+
+async def test_a_100_continue_waits_behind_a_page_being_rendered(stack: Stack) -> None:
+    """A 1xx belongs to the request being read: sent before the /metrics page pipelined ahead of it, the client
+    would take it for the page's answer."""
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /bid/ex17 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BANNER))
+    page = split(await asyncio.wait_for(read_response(r), 5))
+    assert page[0] == 200 and b"streambid_bid_requests_total" in page[2]
+    assert (await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 100 Continue")
+    w.write(BANNER)
+    assert split(await asyncio.wait_for(read_response(r), 5))[0] == 200
+    w.close()
 
 
 async def test_a_client_that_stops_reading_its_answers_is_hung_up_on(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
