@@ -71,8 +71,9 @@ _204 = b"HTTP/1.1 204 No Content\r\nx-openrtb-version: 2.6\r\nx-nobid-reason: %s
 _200 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nContent-Length: %d\r\n\r\n"
 _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: b"405 Method Not Allowed",
-           408: b"408 Request Timeout", 413: b"413 Payload Too Large", 431: b"431 Request Header Fields Too Large",
-           501: b"501 Not Implemented", 503: b"503 Service Unavailable", 505: b"505 HTTP Version Not Supported"}
+           408: b"408 Request Timeout", 413: b"413 Payload Too Large", 414: b"414 URI Too Long",
+           431: b"431 Request Header Fields Too Large", 501: b"501 Not Implemented", 503: b"503 Service Unavailable",
+           505: b"505 HTTP Version Not Supported"}
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz", "/readyz")
@@ -567,8 +568,8 @@ class BidProtocol(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head += len(url)
-        if self.head > MAX_HEAD:
-            self._close(431, b'{"error":"header_too_large"}')
+        if self.head > MAX_HEAD:  # the target comes before any header: it alone is too long
+            self._close(414, b'{"error":"uri_too_long","detail":"request targets are limited to 16 KiB"}')
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head += len(name) + len(value)
@@ -581,7 +582,7 @@ class BidProtocol(asyncio.Protocol):
         if n == 16 and name.lower() == b"content-encoding":  # sent twice, the codings form one list (RFC 9110 5.3)
             coding = value.strip().lower()
             self.encoding = self.encoding + b", " + coding if self.encoding else coding
-            self.gz = self.encoding == b"gzip"
+            self.gz = self.encoding == b"gzip" or self.encoding == b"x-gzip"  # RFC 9110 8.4.1.3: the same
         elif n == 14 and name.lower() == b"content-length":
             self.length = value
             try:
@@ -671,6 +672,8 @@ class BidProtocol(asyncio.Protocol):
             if parser.get_method() == b"HEAD":
                 out = head_of(out)
         keep10 = self.keep10 and not close  # RFC 9112 9.3: an HTTP/1.0 client keeps only a confirmed connection
+        if close and out is not _LATER:  # RFC 9112 9.6: the last answer says the connection closes
+            out = closing(out)
         if self.held is not None:
             self.held.append((out, close, parser.get_method() == b"HEAD", keep10))
         elif out is _LATER:
@@ -696,10 +699,11 @@ class BidProtocol(asyncio.Protocol):
         except Exception as e:  # as in on_message_complete: a bug in rendering must not kill the connection
             out = self.app.internal_error(None, e)
         own = head_of(out) if head else out
-        self.app.send(t, kept_alive(own) if keep10 else own, close)
+        self.app.send(t, kept_alive(own) if keep10 else closing(own) if close else own, close)
         for answer, hang, cut, keep in held:
             if answer is _LATER:
                 answer = head_of(out) if cut else out
+                answer = closing(answer) if hang else answer
             self.app.send(t, kept_alive(answer) if keep else answer, hang)
             close = close or hang
         if not close and not self.paused and not t.is_closing():

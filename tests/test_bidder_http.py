@@ -466,7 +466,7 @@ def target(url: str) -> bytes:
 
 
 HEALTHZ_CLOSE = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-HEALTHZ_ANSWER = server_mod.response(200, b'{"ok":true}')
+HEALTHZ_ANSWER = server_mod.closing(server_mod.response(200, b'{"ok":true}'))  # the answer to HEALTHZ_CLOSE
 
 
 async def bid_urls(stack: Stack, user: str) -> dict:
@@ -567,7 +567,7 @@ async def test_an_http_1_0_keep_alive_is_confirmed_in_every_answer_it_gets(stack
     w.write(bid10.replace(keep, b""))
     out = await asyncio.wait_for(r.read(), 5)  # answered, then closed
     w.close()
-    assert statuses(out) == [200] and b"connection:" not in out.lower()
+    assert statuses(out) == [200] and b"connection: close" in out.lower()
 
 
 async def test_a_100_continue_waits_behind_a_page_being_rendered(stack: Stack) -> None:
@@ -582,6 +582,19 @@ async def test_a_100_continue_waits_behind_a_page_being_rendered(stack: Stack) -
     w.write(BANNER)
     assert split(await asyncio.wait_for(read_response(r), 5))[0] == 200
     w.close()
+
+
+async def test_a_close_is_echoed_x_gzip_is_gzip_and_a_long_target_is_414(stack: Stack) -> None:
+    """RFC 9112 9.6: the answer to a request with `Connection: close` says so (the page rendered between bids
+    too); RFC 9110 8.4.1.3: x-gzip is gzip; RFC 9110 15.5.15: a target too long for the head gets 414."""
+    for target in (b"POST /bid/ex18", b"GET /metrics"):
+        data = BANNER if target.startswith(b"POST") else b""
+        out = await stack.raw(target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(data), data), read_until_close=True)
+        assert split(out)[0] == 200 and split(out)[1].get("connection") == "close", target
+    assert (await stack.post("/bid/ex18", gzip.compress(BANNER), {"Content-Encoding": "x-gzip"}))[0] == 200
+    out = await stack.raw(b"GET /healthz?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", read_until_close=True)
+    assert split(out)[0] == 414 and orjson.loads(split(out)[2])["error"] == "uri_too_long"
 
 
 async def test_a_client_that_stops_reading_its_answers_is_hung_up_on(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
