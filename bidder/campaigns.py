@@ -49,7 +49,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "frequency_cap.": frozenset({"per_hour", "per_day"}),
     "targeting.": frozenset({"countries", "regions", "cities", "device_types", "os", "domains", "categories", "deals",
                              "deal_only"}),
-    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes", "protocol", "duration", "linearity", "lang"}),
+    "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes", "protocol", "duration", "linearity", "lang",
+                               "apis", "attr"}),
 }
 
 
@@ -89,6 +90,8 @@ class Creative:
     native: NativeCreative | None = field(default=None, compare=False)  # a native creative's parsed response
     # no plain-HTTP URL in its markup, so it may fill a secure impression (`imp.secure` 1); derived from `adm`
     secure: bool = field(default=True, compare=False)
+    apis: tuple[int, ...] = ()  # API frameworks the markup needs (AdCOM list, e.g. 2 VPAID 2.0, 5 MRAID 2)
+    attr: tuple[int, ...] = ()  # the creative's attributes (AdCOM list, e.g. 6 in-banner video), for `battr`
 
     def fits(self, media: Media) -> bool:
         """Whether the creative can fill this media object.
@@ -98,7 +101,7 @@ class Creative:
         meeting the player's protocols, durations and linearity; native filling every required asset.
         """
         kind = media.kind
-        if kind != self.kind:
+        if kind != self.kind or not self.allowed_by(media):
             return False
         if kind == "banner":
             return (self.w, self.h) in media.sizes
@@ -109,6 +112,11 @@ class Creative:
         if media.plays and not self.plays_in(media):
             return False
         return kind == "audio" or not media.sizes or not self.w or (self.w, self.h) in media.sizes
+
+    def allowed_by(self, media: Media) -> bool:
+        """Whether the placement supports every API framework the markup needs (one it does not list, it does not
+        support: OpenRTB 2.6 3.2.6/3.2.7) and blocks none of the creative's attributes (`battr`)."""
+        return all(a in media.api for a in self.apis) and not any(a in media.battr for a in self.attr)
 
     def plays_in(self, media: Media) -> bool:
         """The player's rules: a protocol it lists, a length it allows, its linearity.  What the creative does not
@@ -251,6 +259,10 @@ def _creative_doc(c: Creative) -> dict[str, Any]:
         doc["linearity"] = c.linearity
     if c.lang:
         doc["lang"] = c.lang
+    if c.apis:
+        doc["apis"] = list(c.apis)
+    if c.attr:
+        doc["attr"] = list(c.attr)
     return doc
 
 
@@ -430,13 +442,25 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
     cats = p.check(lambda: tuple(sorted(_str_set(raw, "cat", path, IAB_CAT))), ())
     mimes = p.check(lambda: tuple(_str_set(raw, "mimes", path)), ())
     lang = p.check(lambda: _lang(raw, path), "")
+    apis = p.check(lambda: _codes(raw, "apis", path, "API framework codes (e.g. 2 for VPAID 2.0, 5 for MRAID 2)"), ())
+    attr = p.check(lambda: _codes(raw, "attr", path, "creative attribute codes (e.g. 6 for in-banner video)"), ())
     native = p.check(lambda: _native(adm, path)) if kind == "native" and adm else None
     protocol, duration, linearity = _playback(raw, path, kind, adm or "", p)
     if len(p.found) > before:
         return None
     mimes = mimes or (vast.mimes(adm) if kind in ("video", "audio") else ())
+    if "apis" not in raw and kind in ("video", "audio"):
+        apis = vast.apis(adm)
     return Creative(cid, kind, w, h, cats, adm, mimes, protocol, duration, linearity, lang, native,
-                    _PLAIN_HTTP(adm) is None)
+                    _PLAIN_HTTP(adm) is None, apis, attr)
+
+
+def _codes(raw: dict, key: str, path: str, what: str) -> tuple[int, ...]:
+    """A list of AdCOM codes (positive integers; 500 and up are exchange-specific), each once, in order."""
+    values = _get(raw, key, path, list, [])
+    if any(type(v) is not int or v <= 0 for v in values):
+        raise ConfigError(path + key, f"must be a list of {what}")
+    return tuple(sorted(set(values)))
 
 
 def _lang(raw: dict, path: str) -> str:

@@ -667,6 +667,10 @@ class BidEngine:
                       "mtype": MTYPE[cr.kind], "adm": cr.adm, **_language(cr)}
             if cr.w:
                 fields["w"], fields["h"] = cr.w, cr.h
+            if cr.apis:  # what the placement must run, and what `battr` was checked against
+                fields["apis"] = list(cr.apis)
+            if cr.attr:
+                fields["attr"] = list(cr.attr)
             frag = self._fragments[key] = b"," + orjson.dumps(fields)[1:]
         return frag
 

@@ -85,6 +85,13 @@ class Media(NamedTuple):
     linearity: int = 0
     native: NativeRequest | None = None
     floors: LengthFloors | None = None  # video and audio: floors by creative length, if the object states them
+    api: tuple[int, ...] = ()  # API frameworks the placement supports; one not listed is not supported
+    battr: tuple[int, ...] = ()  # creative attributes it blocks
+
+    @property
+    def limits(self) -> tuple:
+        """The API frameworks and blocked attributes as one hashable key."""
+        return (self.kind, self.api, self.battr)
 
     @property
     def plays(self) -> tuple:
@@ -265,7 +272,7 @@ def _banner(banner: dict, bp: str) -> Media:
                 fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
             if fw > 0 and fh > 0 and (fw, fh) not in sizes:  # a size listed twice is one size (and one feature)
                 sizes.append((fw, fh))
-    return Media("banner", tuple(sizes))
+    return Media("banner", tuple(sizes), api=_ints(banner, "api", bp), battr=_ints(banner, "battr", bp))
 
 
 def _player(kind: str, obj: dict, p: str, sizes: tuple[tuple[int, int], ...] = ()) -> Media:
@@ -273,7 +280,7 @@ def _player(kind: str, obj: dict, p: str, sizes: tuple[tuple[int, int], ...] = (
     lo, hi = _int(obj, "minduration", p), _int(obj, "maxduration", p)
     return Media(kind, sizes, _strs(obj, "mimes", p), _ints(obj, "protocols", p), max(lo, 0), max(hi, 0),
                  _ints(obj, "rqddurs", p), _int(obj, "linearity", p) if kind == "video" else 0,
-                 floors=_length_floors(obj, p))
+                 floors=_length_floors(obj, p), api=_ints(obj, "api", p), battr=_ints(obj, "battr", p))
 
 
 def _length_floors(obj: dict, path: str) -> LengthFloors | None:
@@ -308,7 +315,8 @@ def _formats(imp: dict, path: str) -> list[Media]:
     if imp.get("native") is not None:
         native = _obj(imp, "native", path)
         try:
-            out.append(Media("native", native=parse_native_request(native.get("request"))))
+            out.append(Media("native", native=parse_native_request(native.get("request")),
+                             api=_ints(native, "api", path + "native."), battr=_ints(native, "battr", path + "native.")))
         except NativeError as e:
             unreadable = BadRequest("bad_native", f"{path}native.request: {e}")
     if imp.get("audio") is not None:

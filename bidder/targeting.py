@@ -231,6 +231,8 @@ class CampaignIndex:
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
         self._insecure = _bits_of(i for i, (_, cr) in enumerate(self.slots) if not cr.secure)
+        self._limited = _bits_of(i for i, (_, cr) in enumerate(self.slots) if cr.apis or cr.attr)
+        self._allowed: dict[tuple, int] = {}  # Media.limits -> the `_limited` slots it allows
         yield
         self._deal_targets = yield from _members_steps(t.deals for t in ts)  # deal id -> the slots whose campaign targets it
         yield
@@ -283,9 +285,24 @@ class CampaignIndex:
     def _media_bits(self, imp: Imp) -> int:
         """Creatives that fit the impression's media object, or (multi-format) any one of them."""
         out = 0
+        limited = self._limited
         for media in imp.media:
-            out |= self._format_bits(media)
+            bits = self._format_bits(media)
+            if bits & limited:
+                bits &= ~limited | self._allowed_bits(media)
+            out |= bits
         return out
+
+    def _allowed_bits(self, media: Media) -> int:
+        """Of the creatives that need an API framework or have attributes, those the placement allows."""
+        key = media.limits
+        bits = self._allowed.get(key)
+        if bits is None:
+            bits = _bits_of(i for i in self.indices(self._limited).tolist() if self.slots[i][1].allowed_by(media))
+            if len(self._allowed) >= MEDIA_RULES_CACHE:
+                self._allowed.clear()
+            self._allowed[key] = bits
+        return bits
 
     def _format_bits(self, media: Media) -> int:
         kind = media.kind

@@ -49,6 +49,18 @@ def mimes(adm: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.lower() for t in _MEDIA_TYPE.findall(adm)))
 
 
+_MEDIA_FILE = re.compile(r"<MediaFile\b[^>]*>", re.IGNORECASE)
+_VPAID = re.compile(r"\bapiFramework\s*=\s*[\"']\s*VPAID\s*[\"']", re.IGNORECASE)
+VPAID_2 = 2  # AdCOM API framework code of VPAID 2.0
+
+
+def apis(adm: str) -> tuple[int, ...]:
+    """The API frameworks the ad needs to play: VPAID 2.0 when every media file is a VPAID unit (with one plain
+    file beside them, a player without VPAID plays that); () otherwise."""
+    files = _MEDIA_FILE.findall(adm)
+    return (VPAID_2,) if files and all(_VPAID.search(f) for f in files) else ()
+
+
 def linearity(adm: str) -> int:
     """1 for a linear ad (in-stream), 2 for a non-linear one (overlay); 0 when the markup says neither."""
     if "<Linear" in adm:

@@ -338,6 +338,48 @@ def test_a_creative_may_state_what_its_markup_does_not() -> None:
         parse_campaign(campaign(creatives=[{"id": "b", "w": 300, "h": 250, "adm": "<a/>", "duration": 5}]))
 
 
+VPAID = VAST40.replace('type="video/mp4"', 'type="application/javascript" apiFramework="VPAID"')
+
+
+def test_a_creative_needing_an_api_the_placement_does_not_list_is_not_bid() -> None:
+    """2.6 3.2.6/3.2.7: an API framework an impression does not list, it does not support.  A VAST whose every
+    media file is a VPAID unit needs VPAID; beside a plain file it plays without it.  The bid says what it needs."""
+    vpaid = campaign(creatives=[{"id": "vp", "type": "video", "adm": VPAID}])
+    assert parse_campaign(vpaid).creatives[0].apis == (vast.VPAID_2,)
+    mixed = VPAID.replace("</MediaFiles>", '<MediaFile type="video/mp4">https://x.example/a.mp4</MediaFile></MediaFiles>')
+    assert vast.apis(mixed) == () and vast.apis(VAST40) == ()
+    assert reason(engine(vpaid), request(imp=[{"id": "1", "video": {"api": [7]}}])) == "no_match"
+    assert reason(engine(vpaid), request(imp=[{"id": "1", "video": {}}])) == "no_match"
+    [b] = bids(engine(vpaid), request(imp=[{"id": "1", "video": {"api": [2, 7]}}]))
+    assert b["apis"] == [2]
+    mraid = campaign(creatives=[{"id": "m", "w": 300, "h": 250, "adm": "<script src='mraid.js'></script>", "apis": [5]}])
+    assert reason(engine(mraid), request()) == "no_match"  # the banner lists no api
+    banner = {"w": 300, "h": 250, "api": [3, 5]}
+    assert bids(engine(mraid), request(imp=[{"id": "1", "banner": banner}]))[0]["apis"] == [5]
+    stated = campaign(creatives=[{"id": "vp", "type": "video", "adm": VPAID, "apis": []}])  # the campaign's word
+    assert bids(engine(stated), request(imp=[{"id": "1", "video": {"api": [7]}}]))
+
+
+def test_a_creative_with_a_blocked_attribute_is_not_bid_and_its_bid_states_them() -> None:
+    doc = campaign(creatives=[{"id": "b1", "w": 300, "h": 250, "adm": "<a/>", "attr": [6, 1]},
+                              {"id": "b2", "w": 300, "h": 250, "adm": "<b/>"}])
+    assert parse_campaign(doc).creatives[0].attr == (1, 6)
+    [b] = bids(engine(doc), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": [6]}}]))
+    assert b["crid"] == "b2" and "attr" not in b
+    only = campaign(creatives=[{"id": "b1", "w": 300, "h": 250, "adm": "<a/>", "attr": [6, 1]}])
+    assert reason(engine(only), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": [1]}}])) == "no_match"
+    assert bids(engine(only), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": [2, 3]}}]))[0]["attr"] == [1, 6]
+
+
+@pytest.mark.parametrize("bad", [[0], ["5"], 5, [1.5]])
+def test_api_and_attribute_codes_that_are_not_positive_integers_are_refused_naming_the_field(bad: object) -> None:
+    for key in ("apis", "attr"):
+        with pytest.raises(ConfigError, match=f"creatives\\[0\\]\\.{key}"):
+            parse_campaign(campaign(creatives=[{"id": "b", "w": 300, "h": 250, "adm": "<a/>", key: bad}]))
+    with pytest.raises(BadRequest, match="imp\\[0\\]\\.banner\\.battr"):
+        parse_request(body(request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": ["6"]}}])))
+
+
 def test_audio_mime_types_are_honoured() -> None:
     doc = campaign(creatives=[{"id": "pod", "type": "audio", "adm": "<VAST version=\"4.0\"/>", "mimes": ["audio/mpeg"]}])
     e = engine(doc)
