@@ -667,6 +667,11 @@ class BidEngine:
                       "mtype": MTYPE[cr.kind], "adm": cr.adm, **_language(cr)}
             if cr.w:
                 fields["w"], fields["h"] = cr.w, cr.h
+            if cr.kind in ("video", "audio"):  # what durfloors and protocols were checked against
+                if cr.duration:
+                    fields["dur"] = cr.duration
+                if cr.protocol:
+                    fields["protocol"] = cr.protocol
             if cr.apis:  # what the placement must run, and what `battr` was checked against
                 fields["apis"] = list(cr.apis)
             if cr.attr:

@@ -480,6 +480,8 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
     site, app = _obj(req, "site", ""), _obj(req, "app", "")
     if site and app:
         raise BadRequest("bad_value", "site and app must not both be present")
+    if (site or app) and req.get("dooh"):  # 2.6 3.2.1: a DOOH request has neither
+        raise BadRequest("bad_value", f"dooh and {'site' if site else 'app'} must not both be present")
     src, sp = (app, "app.") if app else (site, "site.")
     device = _obj(req, "device", "")
     geo = _obj(device, "geo", "device.")

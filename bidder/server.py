@@ -235,6 +235,10 @@ class BidApp:
                 body = inflate(body)
             req = parse_request(body, self.engine.cfg.salt)
         except BadRequest as e:
+            if e.reason == "too_many_imps":  # a valid request, only more than is read: a no-bid, not an error
+                stats.requests[(exchange, "nobid", e.reason)] += 1
+                stats.observe(time.perf_counter() - started)
+                return _204 % b"too_many_imps"
             stats.requests[(exchange, "error", e.reason)] += 1
             status = 413 if e.reason == "body_too_large" else 400  # a gzip body too large once inflated, as when sent
             return response(status, orjson.dumps({"error": e.reason, "detail": e.detail}))

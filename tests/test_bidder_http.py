@@ -203,6 +203,18 @@ async def test_unknown_methods_other_versions_and_host_get_the_rfc_answers(stack
     assert split(await stack.raw(chunked % (len(BANNER), BANNER)))[0] == 200
 
 
+async def test_more_impressions_than_are_read_is_a_no_bid_not_an_error(stack: Stack) -> None:
+    """OpenRTB 2.6 2.1: 400 is for a malformed request; one with many impressions is valid, only not bid on."""
+    doc = orjson.loads(BANNER)
+    doc["imp"] = [{**doc["imp"][0], "id": str(i)} for i in range(65)]
+    status, headers, data = await stack.post("/bid/ex19", orjson.dumps(doc))
+    assert (status, headers["x-nobid-reason"], data) == (204, "too_many_imps", b"")
+    text = await stack.metrics()
+    assert metric(text, "streambid_bid_requests_total", exchange="ex19", outcome="nobid", reason="too_many_imps") == 1
+    doc["imp"] = doc["imp"][:64]
+    assert (await stack.post("/bid/ex19", orjson.dumps(doc)))[0] == 200
+
+
 async def test_pipelined_bursts_are_answered_in_order_and_bounded(stack: Stack) -> None:
     n = MAX_PIPELINED + 8
     one = b"POST /bid/ex5 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BANNER) + BANNER

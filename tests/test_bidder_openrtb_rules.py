@@ -371,6 +371,25 @@ def test_a_creative_with_a_blocked_attribute_is_not_bid_and_its_bid_states_them(
     assert bids(engine(only), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": [2, 3]}}]))[0]["attr"] == [1, 6]
 
 
+def test_a_video_bid_states_the_length_and_protocol_its_floor_was_checked_against() -> None:
+    """2.6 4.2.3 `dur` and `protocol`: with floors by length (3.2.35) the exchange checks which floor the bid met."""
+    [b] = bids(engine(_fifteen_seconds()), _video({"durfloors": [{"maxdur": 15, "bidfloor": 1.0}]}))
+    assert (b["dur"], b["protocol"]) == (15, 7)
+    [b] = bids(engine(campaign()), request())
+    assert "dur" not in b and "protocol" not in b  # a banner has neither
+
+
+def test_a_dooh_request_with_a_site_or_app_is_refused_naming_both() -> None:
+    for src in ("site", "app"):
+        doc = request(dooh={"id": "screen-1"}, **{src: {"id": "s", "domain": "x.example", "bundle": "x"}})
+        doc.pop("app" if src == "site" else "site", None)
+        with pytest.raises(BadRequest, match=f"dooh and {src}"):
+            parse_request(body(doc))
+    doc = request(dooh={"id": "screen-1"})
+    doc.pop("site", None)
+    assert parse_request(body(doc)).imps
+
+
 @pytest.mark.parametrize("bad", [[0], ["5"], 5, [1.5]])
 def test_api_and_attribute_codes_that_are_not_positive_integers_are_refused_naming_the_field(bad: object) -> None:
     for key in ("apis", "attr"):
