@@ -46,7 +46,7 @@ STAGES = ("no_match", "not_live", "currency", "size", "targeting", "blocked_adve
           "deal", "frequency_cap", "below_floor", "budget")
 _RANK = {r: i for i, r in enumerate(STAGES)}
 # notice outcomes of a valid notice, answered 200: "won" is a loss notice whose reason says the bid won
-VALID_NOTICE = frozenset({"ok", "test", "won"})
+VALID_NOTICE = frozenset({"ok", "test", "won", "audit"})
 AUCTION_FIXED_PRICE = 3  # deal.at = 3: the deal's bidfloor is the agreed price
 MIN_LANDSCAPE = 200  # market prices needed before first-price bids are shaded
 LANDSCAPE_REBUILD_S = 60.0  # how often the shading landscape takes in new market prices

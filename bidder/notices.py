@@ -128,6 +128,7 @@ def notice_url(
     return urls[KINDS.index(kind)]
 
 
+AUDIT = "AUDIT"  # what an exchange puts in a price macro when it renders the creative for audit (OpenRTB 2.6 4.4)
 MAX_PRICE_MICROS = 10**12  # a CPM of a million or more is no price an auction clears at
 ROUNDING_MICROS = 10_000
 """How far a notice's price may exceed the bid and still be the bid: bids carry micros, and exchanges commonly write
@@ -169,6 +170,8 @@ def verify_notice(secret: bytes, kind: str, query: str, now: float) -> Notice:
         raise NoticeError("bad_signature")
     if now > expires:
         raise NoticeError("expired")
+    if p.get("p") == AUDIT or p.get("m") == AUDIT:  # a creative audit fired it: genuine, but nothing was sold
+        raise NoticeError("audit")
     price = _price(p.get("p", ""))
     if kind != "loss" and price is not None and price > bid_cpm and bid_cpm > 0:
         if price - bid_cpm > ROUNDING_MICROS:

@@ -494,6 +494,20 @@ def test_a_test_auctions_notice_is_answered_200_and_counted_as_test() -> None:
 # -- edge cases of the above -----------------------------------------------------------------
 
 
+def test_a_notice_fired_by_a_creative_audit_is_answered_but_charges_and_uses_up_nothing() -> None:
+    """OpenRTB 2.6 4.4: an exchange rendering a creative for audit writes AUDIT in its price macros.  The notice is
+    genuine (signed) but sells nothing: not charged, not counted as a bad notice, and the real one still counts."""
+    sink = Sink()
+    e = engine(campaign(), sink=sink)
+    [b] = bids(e, request())
+    sink.events.clear()
+    assert e.notice("bill", query(b["burl"], "AUDIT")) == "audit" and e.notice("win", query(b["nurl"], "AUDIT")) == "audit"
+    assert sink.kinds() == []
+    forged = query(b["burl"], "AUDIT").replace("&s=", "&s=0")
+    assert e.notice("bill", forged) == "bad_signature"  # the mark does not skip the signature
+    assert e.notice("bill", query(b["burl"])) == "ok" and sink.kinds() == ["billing"]
+
+
 def test_the_test_mark_cannot_be_moved_into_another_field() -> None:
     """The signed fields are URL-quoted: a "|" in one can never stand for the separator before the test mark."""
     e = engine(campaign(), bidder_id="b")
