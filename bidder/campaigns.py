@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import json
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import orjson
 
@@ -31,9 +32,14 @@ from bidder.openrtb import Media
 CURRENCIES = frozenset({"USD", "EUR", "GBP", "CNY", "JPY", "CAD", "AUD", "CHF", "SEK", "INR", "BRL"})
 KINDS = frozenset({"banner", "video", "native", "audio"})
 GOALS = frozenset({"cpc", "cpa"})
-IAB_CAT = re.compile(r"IAB\d{1,2}(-\d{1,2})?")  # always used whole (fullmatch): "IAB26\n" is not IAB26
+# IAB Content Category 1.0: IAB1 to IAB26, with their subcategories; always used whole (fullmatch): "IAB26\n" is not
+IAB_CAT = re.compile(r"IAB(?:[1-9]|1[0-9]|2[0-6])(-\d{1,2})?")
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 COUNTRY = re.compile(r"[A-Z]{3}")
+DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+NOT_BLANK = re.compile(r"\S(?:.*\S)?")
+# a domain or app bundle as exchanges send it in site.domain / app.bundle / adomain: no scheme, path or spaces
+DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
 LANG = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})*")
 # The largest amount of money a campaign field may hold, in currency units: far above any real budget, and small
 # enough that every sum of a campaign's micros fits in 64 bits and every amount survives the trip through JSON.
@@ -52,6 +58,12 @@ FIELDS: dict[str, frozenset[str]] = {
     "creatives[].": frozenset({"id", "type", "w", "h", "cat", "adm", "mimes", "protocol", "duration", "linearity", "lang",
                                "apis", "attr"}),
 }
+
+
+EXAMPLES = {DOMAIN: "news.example or com.example.app, with no https:// or path",
+            NOT_BLANK: "iOS or Android, with no spaces around it"}
+# top-level keys of a config-topic message (as `campaign show --history --json` prints), not of a campaign document
+MESSAGE_KEYS = frozenset({"campaign", "action", "at", "by"})
 
 
 class ConfigError(ValueError):
@@ -367,6 +379,8 @@ def _no_unknown(doc: dict, schema: str, where: str | None = None) -> None:
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {near[0]!r}?" if near else f"the fields here are {', '.join(sorted(known))}"
+            if schema == "" and key in MESSAGE_KEYS:
+                hint = "this is a config-topic message; the file takes campaign documents (`campaign show --json`)"
             errors.append(ConfigError(f"{schema if where is None else where}{key}", f"is not a campaign field; {hint}"))
     _raise_all(errors)
 
@@ -375,11 +389,13 @@ def _date(doc: dict, key: str, path: str) -> dt.date:
     v = doc.get(key)
     if type(v) is dt.date:  # YAML reads an unquoted 2026-01-31 as a date
         return v
-    v = _get(doc, key, path, str)
+    v = doc.get(key)
+    if not isinstance(v, str) or not DATE.fullmatch(v):
+        raise ConfigError(path + key, f"{v!r} is not a date: write it like 2026-01-31")
     try:
         return dt.date.fromisoformat(v)
     except ValueError:
-        raise ConfigError(path + key, "must be a date like 2026-01-31") from None
+        raise ConfigError(path + key, f"{v!r} is not a date of the calendar: write it like 2026-01-31") from None
 
 
 def _str_set(doc: dict, key: str, path: str, pattern: re.Pattern[str] | None = None) -> frozenset[str]:
@@ -392,7 +408,8 @@ def _str_set(doc: dict, key: str, path: str, pattern: re.Pattern[str] | None = N
         elif not isinstance(v, str) or not v:
             errors.append(ConfigError(f"{path}{key}[{i}]", "must be a non-empty string"))
         elif pattern and not pattern.fullmatch(v):
-            errors.append(ConfigError(f"{path}{key}[{i}]", f"{v!r} is not a valid value (expected e.g. IAB1 or IAB1-2)"))
+            errors.append(ConfigError(f"{path}{key}[{i}]", f"{v!r} is not a valid value (expected e.g. "
+                                                          f"{EXAMPLES.get(pattern, 'IAB1 or IAB1-2')})"))
     _raise_all(errors)
     return frozenset(vals)
 
@@ -411,7 +428,7 @@ def _int_set(doc: dict, key: str, path: str, lo: int, hi: int) -> frozenset[int]
 def _id(doc: dict, path: str) -> str:
     cid = _get(doc, "id", path, str)
     if not ID.fullmatch(cid):
-        raise ConfigError(path + "id", "must be 1-64 letters, digits or _.:-")
+        raise ConfigError(path + "id", f"{cid!r} must be 1-64 letters, digits or _.:-, starting with a letter or digit")
     return cid
 
 
@@ -524,8 +541,8 @@ def _targeting(doc: dict, p: _Problems) -> Targeting | None:
         regions=p.check(lambda: _str_set(raw, "regions", path)),
         cities=p.check(lambda: _str_set(raw, "cities", path)),
         device_types=p.check(lambda: _int_set(raw, "device_types", path, 1, 8)),
-        os=p.check(lambda: frozenset(o.lower() for o in _str_set(raw, "os", path))),
-        domains=p.check(lambda: _str_set(raw, "domains", path)),
+        os=p.check(lambda: frozenset(o.lower() for o in _str_set(raw, "os", path, NOT_BLANK))),
+        domains=p.check(lambda: _str_set(raw, "domains", path, DOMAIN)),
         categories=p.check(lambda: _str_set(raw, "categories", path, IAB_CAT)),
         deals=deals,
         deal_only=deal_only,
@@ -592,11 +609,21 @@ def _flight(doc: dict, p: _Problems) -> tuple[Any, Any, Any]:
 
 def _zone(flight: dict) -> str:
     tz = _get(flight, "timezone", "flight.", str, "UTC")
+    if tz not in _zones():  # also "localtime", which is each host's own zone, and "posixrules" or "right/..."
+        raise ConfigError("flight.timezone", f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a zone directory, such as "America"
         raise ConfigError("flight.timezone", f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
     return tz
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    """The IANA zones a campaign may keep its clock in: the same on every host, so not "localtime" (each host's own)
+    nor "Factory" (no zone at all)."""
+    return frozenset(z for z in available_timezones()
+                     if z not in ("Factory", "localtime") and not z.startswith(("posix/", "right/")))
 
 
 def _goal(doc: dict, p: _Problems) -> tuple[Any, Any, Any, Any]:
@@ -636,6 +663,9 @@ def _advertiser(doc: dict) -> str:
     advertiser = _get(doc, "advertiser", "", str)
     if not advertiser.strip():
         raise ConfigError("advertiser", "is required: the advertiser's domain, sent to exchanges as adomain")
+    if not DOMAIN.fullmatch(advertiser):
+        raise ConfigError("advertiser", f"{advertiser!r} is not a domain: write it as exchanges read adomain, "
+                                        "like shop.example (no https:// or path)")
     return advertiser
 
 
@@ -674,6 +704,8 @@ def load_campaign_docs(path: Path) -> list[Any]:
 
     Raises ConfigError (field "file") for anything that is not such a document: unreadable, not JSON or YAML, empty.
     """
+    if str(path) == "-" and sys.stdin is None:  # started with standard input closed (cron, some CI runners)
+        raise ConfigError("file", "is standard input, which is closed; name the campaign file instead of -")
     try:
         text = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except FileNotFoundError:
@@ -682,8 +714,12 @@ def load_campaign_docs(path: Path) -> list[Any]:
         raise ConfigError("file", "is a directory; name the campaign file in it") from None
     except OSError as e:
         raise ConfigError("file", f"cannot be read: {e.strerror or e}") from None
-    data = _decode(text, yaml=path.suffix.lower() in (".yaml", ".yml") or str(path) == "-" and text[:1] not in b"[{")
+    text = text.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors save
+    data = _decode(text, yaml=path.suffix.lower() in (".yaml", ".yml") or str(path) == "-" and text.lstrip()[:1] not in b"[{")
     if isinstance(data, dict) and "campaigns" in data:
+        beside = sorted(str(k) for k in data if k != "campaigns")
+        if beside:
+            raise ConfigError("file", f"has {', '.join(beside)} beside \"campaigns\"; the file holds campaigns only")
         data = data["campaigns"]
     if isinstance(data, dict):
         data = [data]
@@ -704,16 +740,19 @@ def _decode(text: bytes, yaml: bool) -> Any:
         line = text.count(b"\n", 0, e.start) + 1
         raise ConfigError("file", f"is not UTF-8 text (byte {e.start + 1}, line {line}); save it as UTF-8") from None
     if not yaml:
-        try:
-            return orjson.loads(text) if text.strip() else None
-        except orjson.JSONDecodeError as e:
+        try:  # the standard library's parser: orjson keeps the last of two equal keys without a word
+            return json.loads(text, object_pairs_hook=_once_each, parse_constant=_no_constant) if text.strip() else None
+        except json.JSONDecodeError as e:
+            hint = "" if text.lstrip()[:1] in (b"[", b"{") else " (a YAML file needs a .yaml or .yml name)"
+            raise ConfigError("file", f"is not valid JSON: {e}{hint}") from None
+        except (ValueError, RecursionError) as e:
             raise ConfigError("file", f"is not valid JSON: {e}") from None
     import yaml as pyyaml
 
-    # libyaml's parser where it is built in: the pure-Python one takes minutes over a file of 20,000 campaigns
-    loader = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader)
     try:
-        return pyyaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
+        return pyyaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a safe loader)
+    except ValueError as e:  # a value the loader cannot construct (an explicit !!timestamp of 2026-02-30)
+        raise ConfigError("file", f"is not valid YAML: {e}") from None
     except pyyaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -723,6 +762,61 @@ def _decode(text: bytes, yaml: bool) -> Any:
         raise ConfigError("file", f"is not valid YAML: {problem}{where}") from None
     except RecursionError:
         raise ConfigError("file", "is nested too deeply to be a campaign file") from None
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: of two, one would silently win (a budget 100 times the other)."""
+    doc = dict(pairs)
+    if len(doc) < len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"{twice!r} is given twice in one object; keep one")
+    return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """A safe YAML loader that reads a campaign file as a marketer means it.
+
+    YAML 1.1, which PyYAML speaks, reads 012 as 10 (octal), 1:30 as 90 (base 60) and 0x10 as 16, and turns an unquoted
+    2026-02-30 into an error deep in the parser: here only plain decimals are numbers (012 is 12), dates stay text
+    for the campaign's own check to name the field, and a key given twice in one mapping is an error.
+    """
+    import yaml as pyyaml
+
+    # libyaml's parser where it is built in: the pure-Python one takes minutes over a file of 20,000 campaigns
+    base = getattr(pyyaml, "CSafeLoader", pyyaml.SafeLoader)
+    int_tag, float_tag = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+    dropped = {int_tag, float_tag, "tag:yaml.org,2002:timestamp"}
+
+    class CampaignLoader(base):  # type: ignore[misc,valid-type]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, pyyaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    if not isinstance(key, str | int | float | bool):  # unhashable: the base class refuses it
+                        continue
+                    if key in seen:
+                        raise pyyaml.constructor.ConstructorError(None, None, f"{key!r} is given twice in one mapping",
+                                                                  key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    CampaignLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in dropped]
+        for first, resolvers in base.yaml_implicit_resolvers.items()}
+    CampaignLoader.add_implicit_resolver(int_tag, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+    CampaignLoader.add_implicit_resolver(
+        float_tag, re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"), list("-+0123456789."))
+    CampaignLoader.add_constructor(int_tag, lambda loader, node: int(loader.construct_scalar(node), 10))
+    return CampaignLoader
 
 
 def parse_campaigns(docs: list[Any]) -> list[Campaign]:
@@ -744,8 +838,11 @@ def parse_campaigns(docs: list[Any]) -> list[Campaign]:
         try:
             camp = parse_campaign(doc)
         except ConfigError as e:
-            for line in getattr(e, "problems", None) or [f"{e.field}: {e.message}"]:
-                problems.append(name + (line.removeprefix("campaign") if line.startswith("campaign:") else "." + line))
+            found = getattr(e, "problems", None)
+            if not found and e.field == "campaign":  # the document itself, not one of its fields
+                problems.append(f"{name}: {e.message}")
+            for line in found or ([] if e.field == "campaign" else [f"{e.field}: {e.message}"]):
+                problems.append(f"{name}.{line}")
             continue
         if first.get(camp.id) == i:
             out.append(camp)

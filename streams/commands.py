@@ -33,11 +33,25 @@ from streams import topics
 
 
 def broker_of(args: argparse.Namespace) -> str:
-    broker = getattr(args, "broker", None) or os.environ.get("KAFKA_BOOTSTRAP")
+    flag = getattr(args, "broker", None)
+    broker = flag or os.environ.get("KAFKA_BOOTSTRAP")
     if not broker:
         sys.exit("streambid: no Kafka broker: pass --broker HOST:PORT or set KAFKA_BOOTSTRAP "
                  "(for a local one: bash deploy/kafka-local/kafka.sh start)")
+    problem = bootstrap_problem(broker)
+    if problem:
+        print(f"streambid: {'--broker' if flag else 'KAFKA_BOOTSTRAP'} {broker!r}: {problem}", file=sys.stderr)
+        sys.exit(2)
     return broker
+
+
+def bootstrap_problem(broker: str) -> str | None:
+    """Why a bootstrap list is not HOST:PORT[,HOST:PORT...] (None: it is), before the client trips over it."""
+    for part in broker.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{part.strip()!r} is not HOST:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:9092)"
+    return None
 
 
 T = TypeVar("T")
@@ -123,6 +137,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     sh.add_argument("id", nargs="?", help="one campaign (default: all)")
     sh.add_argument("--broker", help=BROKER_HELP)
     sh.add_argument("--history", action="store_true", help="list every change: when, who, what")
+    sh.add_argument("--timeout", type=positive(float), default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                    help="how long the broker has to hand over the config topic; past it the command stops and exits 1 "
+                         "(default: %(default)s)")
     sh.add_argument("--json", action="store_true",
                     help="print one JSON document: {\"campaigns\": [...]}, which `campaign set -` takes back from "
                          "standard input; with --history, the list of changes")
@@ -291,6 +308,13 @@ async def _deliver(broker: str, records: list[tuple[str, bytes]], pub: Publicati
         pub.problem = f"the broker did not take {len(failed)} campaign(s): {_error_text(failed[0])}"
 
 
+def _reason(e: BaseException) -> str:
+    """Why a connection failed, in words: aiokafka's bootstrap error spells out its address tuples."""
+    if type(e).__name__ == "KafkaConnectionError" and "bootstrap" in str(e).lower():
+        return "no answer at that address"
+    return _error_text(e)
+
+
 def _error_text(e: BaseException) -> str:
     """The error with its name: some of aiokafka's errors print it, some print nothing at all."""
     text, name = str(e), type(e).__name__
@@ -416,17 +440,21 @@ def _about(key: bytes | None, value: bytes | None, campaign: str | None) -> bool
     return value is not None and orjson.dumps(campaign) in value
 
 
-def on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` against the broker; an unreachable broker ends the command with what to do, not a traceback."""
+def on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run `work` against the broker, within `timeout` seconds when given; an unreachable or silent broker ends the
+    command with what to do, not a traceback or a hang."""
     from aiokafka.errors import KafkaError
 
     broker = broker_of(args)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says it all
     try:
-        return asyncio.run(work)
+        return asyncio.run(asyncio.wait_for(work, timeout) if timeout else work)
+    except TimeoutError:
+        sys.exit(f"streambid: the Kafka broker at {broker} did not answer within {timeout:g} s (--timeout); nothing "
+                 "was changed. Check --broker or KAFKA_BOOTSTRAP, or run again with a longer --timeout")
     except (KafkaError, OSError) as e:
-        sys.exit(f"streambid: cannot reach the Kafka broker at {broker} ({e}); check --broker or KAFKA_BOOTSTRAP, or "
-                 "start a local one with: bash deploy/kafka-local/kafka.sh start")
+        sys.exit(f"streambid: cannot reach the Kafka broker at {broker} ({_reason(e)}); nothing was changed. Check "
+                 "--broker or KAFKA_BOOTSTRAP, or start a local one with: bash deploy/kafka-local/kafka.sh start")
     finally:  # for this check only: a worker that runs on must hear its Kafka client in an outage
         logging.getLogger("aiokafka").setLevel(logging.NOTSET)
 
@@ -466,7 +494,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
     """Publish the campaign's current version with `status`: the rest of it (budget, targeting) stays as it is."""
     broker = broker_of(args)
-    current = latest_configs(on_broker(args, read_config_log(broker, only=args.id))).get(args.id)
+    current = latest_configs(on_broker(args, read_config_log(broker, only=args.id), args.timeout)).get(args.id)
     if current is None or current.campaign is None:
         print(f"streambid: no campaign {args.id!r} on the config topic; see `streambid campaign show`", file=sys.stderr)
         return 2
@@ -482,7 +510,7 @@ def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    log = on_broker(args, read_config_log(broker_of(args), only=args.id or None))
+    log = on_broker(args, read_config_log(broker_of(args), only=args.id or None), args.timeout)
     if args.history:
         return _show_history([e for e in log if not args.id or e.campaign_id == args.id], args.json)
     current = latest_configs(log)
@@ -497,12 +525,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not current:
         print("no campaigns on the config topic yet; publish some with `streambid campaign set FILE`")
         return 0
-    print(f"{'campaign':<20} {'status':<8} {'daily':>12} {'currency':<8} {'changed at':<32} by")
-    for cid, e in sorted(current.items()):
-        c, rec = e.campaign, e.record
-        assert c is not None
-        print(f"{cid:<20} {c.status:<8} {money_text(c.daily_budget):>12} {c.currency:<8} {str(rec.get('at', '?')):<32} "
-              f"{rec.get('by', '?')}")
+    rows = [(cid, e.campaign.status, money_text(e.campaign.daily_budget), e.campaign.currency,
+             str(e.record.get("at", "?")), str(e.record.get("by", "?")))
+            for cid, e in sorted(current.items()) if e.campaign is not None]
+    head = ("campaign", "status", "daily", "currency", "changed at", "by")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head) - 1)]
+    for r in (head, *rows):  # columns as wide as their longest value: ids run to 64 characters
+        print(" ".join(v.rjust(w) if i == 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=False)))
+              + " " + r[-1])
     return 0
 
 

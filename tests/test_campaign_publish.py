@@ -201,3 +201,43 @@ def test_state_topics_written_every_few_seconds_roll_segments_so_compaction_keep
     snapshot, and a restarted bidder reads (and applies) all of them before the newest."""
     for spec in (topics.MODEL, topics.PACING, topics.LEARNER):
         assert spec.config["cleanup.policy"] == "compact" and int(spec.config["segment.ms"]) <= 3_600_000, spec.name
+
+
+@pytest.mark.parametrize("broker", ["foo:bar", "127.0.0.1:99999", "127.0.0.1", ":9092"])
+def test_a_malformed_broker_address_is_a_usage_error_naming_it(broker: str, capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    path, _ = campaign_file(tmp_path, 1)
+    for argv in (["campaign", "set", str(path)], ["campaign", "pause", "c1"], ["campaign", "show"]):
+        with pytest.raises(SystemExit) as ended:
+            main([*argv, "--broker", broker])
+        err = capsys.readouterr().err
+        assert ended.value.code == 2 and f"--broker {broker!r}" in err and "is not HOST:PORT" in err, err
+
+
+def test_pause_and_show_stop_at_their_timeout_on_a_broker_that_never_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """A listener that takes connections and says nothing (a wrong port) made pause and show wait 40 s."""
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    def accept_and_say_nothing() -> None:
+        while True:
+            try:
+                held.append(silent.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    broker = f"127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        for argv in (["campaign", "pause", "c1"], ["campaign", "show"]):
+            t0 = time.monotonic()
+            with pytest.raises(SystemExit) as ended:
+                main([*argv, "--broker", broker, "--timeout", "1"])
+            assert "did not answer within 1 s (--timeout); nothing was changed" in str(ended.value.code)
+            assert time.monotonic() - t0 < 20, argv  # not aiokafka's own 40 s request timeout
+    finally:
+        silent.close()
+        for s in held:
+            s.close()

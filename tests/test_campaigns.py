@@ -245,3 +245,78 @@ def test_a_valid_campaign_that_will_never_bid_is_named_with_its_reason(changes: 
     assert idle_warnings([parse_campaign(campaign())], now) == []
     later = parse_campaign(campaign(flight={"start": "2030-01-01", "end": "2030-12-31"}))
     assert idle_warnings([later], now) == []  # starting later is a plan, not a mistake
+
+
+def _yaml_campaign(tmp_path: Path, **lines: str) -> Path:
+    """A one-campaign YAML file with `lines` (key: raw YAML text) in place of the defaults."""
+    fields = {"id": "y1", "advertiser": "shop.example", "budget": "{daily: 25}", "goal": "{type: cpc, value_per_click: 1}",
+              "creatives": "[{id: c, w: 300, h: 250, adm: a}]", **lines}
+    path = tmp_path / "c.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in fields.items()))
+    return path
+
+
+def test_yaml_is_read_as_a_marketer_means_it(tmp_path: Path) -> None:
+    """YAML 1.1 reads 012 as 10 and 1:30 as 90, and an unquoted impossible date broke the parser itself: here
+    decimals are decimals, anything else is not an amount, and a date is checked where the field is named."""
+    assert load_campaigns(_yaml_campaign(tmp_path, budget="{daily: 012}"))[0].daily_budget == 12 * MICROS
+    for daily in ("1:30", "0x10", "0o17", ".inf"):
+        with pytest.raises(CampaignsError, match=r"campaigns\[0\] \(y1\)\.budget\.daily: .* is not an amount"):
+            load_campaigns(_yaml_campaign(tmp_path, budget=f"{{daily: {daily}}}"))
+    for start, why in (("2026-02-30", "not a date of the calendar"), ("20260101", "is not a date"),
+                       ("2026-01-01 10:00:00", "is not a date")):
+        with pytest.raises(CampaignsError, match=rf"\(y1\)\.flight\.start: .*{why}"):
+            load_campaigns(_yaml_campaign(tmp_path, flight=f"{{start: {start}}}"))
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("twice.json", b'{"id": "d1", "budget": {"daily": 25, "daily": 2500}}'),
+    ("twice.yaml", b"id: d1\nbudget: {daily: 25}\nbudget: {daily: 2500}\n"),
+])
+def test_a_key_given_twice_is_refused_rather_than_one_silently_winning(tmp_path: Path, name: str, text: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match="given twice") as e:
+        load_campaign_docs(path)
+    assert e.value.field == "file"
+
+
+def test_file_shapes_that_would_lose_something_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    beside = tmp_path / "beside.json"
+    beside.write_bytes(orjson.dumps({"campaigns": [campaign()], "budget_override": 5}))
+    with pytest.raises(ConfigError, match='budget_override beside "campaigns"'):
+        load_campaign_docs(beside)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + orjson.dumps([campaign()]))
+    assert len(load_campaigns(bom)) == 1
+    yaml_as_txt = tmp_path / "c.txt"
+    yaml_as_txt.write_text("id: x\n")
+    with pytest.raises(ConfigError, match=r"needs a \.yaml or \.yml name"):
+        load_campaign_docs(yaml_as_txt)
+    monkeypatch.setattr(sys, "stdin", None)  # started with standard input closed
+    with pytest.raises(ConfigError, match="standard input, which is closed"):
+        load_campaign_docs(Path("-"))
+    with pytest.raises(CampaignsError) as e:  # a config-topic message, as `show --history --json` prints it
+        parse_campaigns([{"campaign": campaign(), "action": "set"}])
+    hint = "is not a campaign field; this is a config-topic message; the file takes campaign documents"
+    assert sorted(p for p in e.value.problems if "message" in p) == [
+        f"campaigns[0].{key}: {hint} (`campaign show --json`)" for key in ("action", "campaign")]
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"targeting": {"domains": ["https://news.example/"]}}, "targeting.domains[0]"),
+    ({"targeting": {"os": ["  "]}}, "targeting.os[0]"),
+    ({"targeting": {"categories": ["IAB99-99"]}}, "targeting.categories[0]"),
+    ({"advertiser": "https://shop.example/path"}, "advertiser"),
+    ({"advertiser": "not a domain!!"}, "advertiser"),
+    ({"flight": {"timezone": "localtime"}}, "flight.timezone"),
+    ({"flight": {"timezone": "Factory"}}, "flight.timezone"),
+    ({"flight": {"timezone": "right/UTC"}}, "flight.timezone"),
+    ({"id": "_abc"}, "id"),
+])
+def test_values_that_could_never_match_are_refused_naming_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_campaign(campaign(**changes))
+    assert e.value.field == field, e.value
+    assert parse_campaign(campaign(flight={"timezone": "EST"})).timezone == "EST"  # a fixed zone is still a zone
+    assert parse_campaign(campaign(targeting={"domains": ["com.example.app"], "os": ["iOS"]}))

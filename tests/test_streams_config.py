@@ -9,6 +9,7 @@ bidder started later gets the current model and pacing at once.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import time
 import uuid
@@ -140,7 +141,8 @@ def test_show_json_goes_back_into_set_so_a_campaign_can_be_edited(stack: dict) -
     """show printed {id: campaign}, which `campaign set` refuses: show | edit | set - failed."""
     procs, bidder, prefix = stack["procs"], stack["bidder"], stack["prefix"]
     cid, other = f"{prefix}-edited", f"{prefix}-untouched"
-    publish(procs, campaign(id=cid, budget={"daily": 12.5, "total": 0}), campaign(id=other))
+    publish(procs, campaign(id=cid, budget={"daily": 12.5, "total": 0}), campaign(id=other),
+            campaign(id=f"{prefix}-{'long' * 10}"))  # wider than the table's old fixed column
     wait_for(lambda: live(bidder, cid), 10, "the bidder to bid on the campaign")
     out = procs.cli("campaign", "show", cid, "--json")
     assert out.returncode == 0, out.stderr
@@ -159,6 +161,10 @@ def test_show_json_goes_back_into_set_so_a_campaign_can_be_edited(stack: dict) -
     wait_for(lambda: ((shown(procs, cid) or {}).get("budget") or {}).get("daily") == "20", 15, "the edit to be in force")
     everything = orjson.loads(procs.cli("campaign", "show", "--json").stdout)["campaigns"]
     assert {cid, other} <= {c["id"] for c in everything}
+    table = procs.cli("campaign", "show").stdout.splitlines()  # ids of any length keep the columns in line
+    status_at = {m.start() for line in table[1:] if (m := re.search(" (active|paused) ", line))}
+    assert table[0].startswith("campaign ") and len(status_at) == 1, table
+    assert any(len(line.split()[0]) > 40 for line in table[1:])
 
 
 def test_cli_errors_name_the_field_and_publish_nothing(stack: dict) -> None:
