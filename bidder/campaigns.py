@@ -381,6 +381,9 @@ def _no_unknown(doc: dict, schema: str, where: str | None = None) -> None:
             hint = f"did you mean {near[0]!r}?" if near else f"the fields here are {', '.join(sorted(known))}"
             if schema == "" and key in MESSAGE_KEYS:
                 hint = "this is a config-topic message; the file takes campaign documents (`campaign show --json`)"
+            nested = [inner + str(key) for inner, fields in FIELDS.items() if inner.endswith(".") and key in fields]
+            if schema == "" and nested:  # `daily` at the top where `budget.daily` was meant
+                hint = f"it belongs inside an object: {' or '.join(nested)}"
             errors.append(ConfigError(f"{schema if where is None else where}{key}", f"is not a campaign field; {hint}"))
     _raise_all(errors)
 
@@ -448,8 +451,10 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
     p.check(lambda: _no_unknown(raw, "creatives[].", path))
     cid = p.check(lambda: _id(raw, path), "")
     kind = p.check(lambda: _choice(raw, "type", path, "banner", KINDS, f"must be one of {', '.join(sorted(KINDS))}"))
-    w, h = p.check(lambda: _get(raw, "w", path, int, 0), 0), p.check(lambda: _get(raw, "h", path, int, 0), 0)
-    if w < 0 or h < 0:
+    w, h = p.check(lambda: _get(raw, "w", path, int, 0)), p.check(lambda: _get(raw, "h", path, int, 0))
+    if w is None or h is None:  # already named: a size that is no integer
+        w, h = w or 0, h or 0
+    elif w < 0 or h < 0:
         p.add(path + ("w" if w < 0 else "h"), "must be >= 0")
     elif kind == "banner" and (w <= 0 or h <= 0):
         p.add(path + "w", "banner creatives need positive w and h")

@@ -320,3 +320,15 @@ def test_values_that_could_never_match_are_refused_naming_the_field(changes: dic
     assert e.value.field == field, e.value
     assert parse_campaign(campaign(flight={"timezone": "EST"})).timezone == "EST"  # a fixed zone is still a zone
     assert parse_campaign(campaign(targeting={"domains": ["com.example.app"], "os": ["iOS"]}))
+
+
+def test_a_field_written_one_level_too_high_is_shown_where_it_belongs_and_each_problem_is_said_once() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_campaign(campaign(daily=25, countries=["USA"]))
+    assert sorted(e.value.problems) == ["countries: is not a campaign field; it belongs inside an object: targeting.countries",
+                                        "daily: is not a campaign field; it belongs inside an object: budget.daily"]
+    doc = campaign()
+    doc["creatives"][0]["w"] = 300.0
+    with pytest.raises(ConfigError) as e:
+        parse_campaign(doc)
+    assert e.value.problems == ["creatives[0].w: must be an integer"]  # not also "need positive w and h"
