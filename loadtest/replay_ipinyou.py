@@ -120,7 +120,9 @@ def parse_log(lines: Sequence[str] | Any) -> list[Auction]:
         except (IndexError, ValueError):
             click, price, pctr = -1, -1, math.nan
         if len(parts) != 3 or click not in (0, 1) or price < 0 or not 0.0 <= pctr <= 1.0:
-            raise ValueError(f"line {n}: {line.strip()[:80]!r} is not `click(0|1) market_price(>=0) pCTR(0..1)`")
+            # the line itself is not quoted: a raw iPinYou log given by mistake holds user ids and IPs
+            raise ValueError(f"line {n}: {len(parts)} field(s), not `click(0|1) market_price(>=0) pCTR(0..1)`; is this "
+                             "a test.theta.txt file?")
         out.append((click, price * FEN_CPM, pctr))
     return out
 

@@ -17,7 +17,7 @@ from bidder.engine import BidEngine
 from bidder.forecast import TrafficForecast
 from bidder.lease import LeaseGranter
 from models.snapshot import ModelSnapshot
-from streams.events import EventError, check_event, dead_letter
+from streams.events import EventError, check_event, dead_letter, env_salt
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer
 
 
@@ -43,7 +43,8 @@ class EmbeddedBus:
         try:
             event = check_event(kind, event)
         except EventError as e:
-            self.deadletters.append(dead_letter(kind, e.reason, event, event.get("ts", 0) if isinstance(event, dict) else 0))
+            ts = event.get("ts") if isinstance(event, dict) else None
+            self.deadletters.append(dead_letter(kind, e.reason, event, ts if type(ts) is int else 0, env_salt()))
             return
         self.counts[kind] += 1
         if kind == "bids":
@@ -54,7 +55,7 @@ class EmbeddedBus:
         try:
             examples = self.delivery.handle(kind, event)
         except EventError as e:
-            self.deadletters.append(dead_letter(kind, e.reason, event, event["ts"]))
+            self.deadletters.append(dead_letter(kind, e.reason, event, event["ts"], env_salt()))
             return
         for ex in examples:
             self.learner.learn(ex.to_event(event["ts"]))

@@ -252,15 +252,28 @@ def _known_fields(kind: str, doc: dict[Any, Any]) -> tuple[dict[str, Any], list[
         names += _DEAD_CONFIG
         if isinstance(doc.get("campaign"), dict):
             doc = {**doc, "campaign": doc["campaign"].get("id")}
-    kept = {name: doc[name] for name in names if name in doc and _plain(doc[name])}
+    kept = {name: doc[name] for name in names if name in doc and _as_declared(kind, name, doc[name])}
     return kept, [key for key in doc if key not in kept]
 
 
-def _plain(value: Any) -> bool:
-    """A JSON scalar (a string no longer than an id could be), or a list of them."""
-    if isinstance(value, list):
-        return len(value) <= _DEAD_MAX_LIST and all(_scalar(v) for v in value)
-    return _scalar(value)
+# the types of the fields a dead letter may keep beyond each kind's required ones
+_DEAD_TYPES: dict[str, type | tuple[type, ...]] = {"v": int, "ts": int, "id": str, "type": str, "day": str, "exp": int,
+                                                   "campaign": str, "action": str, "at": str}
+
+
+def _as_declared(kind: str, name: str, value: Any) -> bool:
+    """Whether a known field holds what its schema declares: a value that failed its check may be anything (a
+    tracker's user id in `ts`, a list of raw ids as `features`), so only a value of the field's own type is kept."""
+    want = _REQUIRED.get(kind, {}).get(name) or _DEAD_TYPES.get(name)
+    if want is None or isinstance(value, bool):
+        return False
+    if name == "type":
+        return value in _REQUIRED or value == _DEAD_CONFIG_KIND
+    if name == "day":
+        return isinstance(value, str) and _DAY.fullmatch(value) is not None
+    if want is list:  # feature ids
+        return isinstance(value, list) and len(value) <= _DEAD_MAX_LIST and all(type(f) is int for f in value)
+    return isinstance(value, (int, float) if want is float else want) and _scalar(value)
 
 
 def _scalar(value: Any) -> bool:

@@ -159,6 +159,7 @@ def test_replay_refuses_a_malformed_data_directory(tmp_path: Path) -> None:
     ("test.theta.txt", "0 30 0.001\n1 40\n", "line 2"),
     ("test.theta.txt", "", "no auctions"),
     ("test.theta.txt", "2 30 0.001\n", "line 1"),
+    ("test.theta.txt", "0 30 0.001\nLEAKUSER123\t203.0.113.77\tMozilla\n", "line 2: 3 field(s)"),  # never quoted
     ("info.json", '{"imp_train": 0, "clk_train": 1, "cost_train": 5, "price_counter_train": [1]}', "imp_train"),
     ("info.json", '{"imp_train": 10}', "missing"),
     ("info.json", "{", "info.json"),
@@ -170,6 +171,7 @@ def test_replay_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["replay", "ipinyou", "--data", str(data), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("streambid replay ipinyou: ") and named in err and file in err
+    assert "LEAKUSER123" not in err and "203.0.113" not in err  # a raw log given by mistake: its ids stay out
 
 
 def test_replay_refuses_a_zero_budget_and_a_bad_out_before_replaying(tmp_path: Path,

@@ -24,8 +24,9 @@ def test_an_upstream_trackers_ids_are_named_not_kept(as_bytes: bool) -> None:
     for value in RAW.values():
         assert value not in text(record)
     kept = orjson.loads(record["payload"])
-    assert kept == {"v": 1, "type": "clicks", "id": "click:dlq-1", "ts": "late", "bid_id": "b1", "campaign": "open"}
-    assert record["dropped"] == ["creative", "device", "ifa", "ip", "user_id"]  # names only; creative is not required
+    assert kept == {"v": 1, "type": "clicks", "id": "click:dlq-1", "bid_id": "b1", "campaign": "open"}
+    # names only; creative is not required, and a `ts` that is no time could be anything
+    assert record["dropped"] == ["creative", "device", "ifa", "ip", "ts", "user_id"]
     assert (record["topic"], record["reason"], record["ts"]) == ("streambid.clicks", "bad_type", TS)
     assert "click:dlq-1" in record["payload"]  # what operators (and the Kafka tests) find a dead letter by
 
@@ -40,13 +41,30 @@ def test_a_known_field_that_could_hide_anything_is_dropped() -> None:
     assert RAW["ip"] not in text(record) and record["dropped"] == [] and record["dropped_unlisted"] == 2
 
 
+@pytest.mark.parametrize("changes", [
+    {"features": [f"uid={RAW['user_id']}", f"ip={RAW['ip']}"]},  # un-hashed feature names
+    {"bid_id": [RAW["user_id"], RAW["ip"]]},  # a list where an id belongs
+    {"v": RAW["user_id"]}, {"ts": RAW["ip"]}, {"type": RAW["ifa"]}, {"price": RAW["ip"]},
+])
+def test_a_known_field_that_failed_its_check_is_dropped_not_kept(changes: dict) -> None:
+    """The field that made an event fail may hold anything: only a value of the field's own type is kept."""
+    bid = {**make_event("bids", "bid:1", TS, bid_id="b1", campaign="c", creative="r", price=1, pctr=0.1, features=[3]),
+           **changes}
+    record = dead_letter("streambid.bids", "bad_type", orjson.dumps(bid), TS)
+    for value in RAW.values():
+        assert value not in text(record)
+    assert list(changes)[0] in record["dropped"]
+    bill = make_event("billing", "bill:1", TS, bid_id="b1", campaign="c", cost=5, day=RAW["ip"])
+    assert RAW["ip"] not in text(dead_letter("billing", "bad_value", bill, TS))  # a day that is no date
+
+
 def test_a_payload_keyed_by_a_device_or_user_id_lists_no_such_name() -> None:
     """Names that look like field names may be ids themselves: only the schema's and trackers' usual names are listed."""
     ifa, uid = "AEBE52E7-03EE-455A-B3C4-E57283966239", "u-4c1f9a0e7b2d"
     imp = {**make_event("impressions", "imp:1", TS, bid_id="b", campaign="c"), "ts": "x", ifa: 1, uid: {"seen": 2}}
     record = dead_letter("streambid.impressions", "bad_type", orjson.dumps(imp), TS)
     assert ifa not in text(record) and uid not in text(record)
-    assert record["dropped"] == [] and record["dropped_unlisted"] == 2
+    assert record["dropped"] == ["ts"] and record["dropped_unlisted"] == 2  # `ts` failed: named, not kept
 
 
 @pytest.mark.parametrize("payload", [b"{this is not an event", b'["198.51.100.211"]', b'"CNRYuid5501x"', b"\xff\xfe", b""])
