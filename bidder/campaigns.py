@@ -772,10 +772,12 @@ def _decode(text: bytes, yaml: bool) -> Any:
 def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are each given once: of two, one would silently win (a budget 100 times the other)."""
     doc = dict(pairs)
-    if len(doc) < len(pairs):
+    if len(doc) < len(pairs):  # some key came twice: name the first
         seen: set[str] = set()
-        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"{twice!r} is given twice in one object; keep one")
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"{key!r} is given twice in one object; keep one")
+            seen.add(key)
     return doc
 
 
