@@ -764,17 +764,11 @@ async def test_the_commit_check_reads_every_partitions_committed_offset_in_one_r
         await admin.create_topics([NewTopic(name, 3, 1)])
     finally:
         await admin.close()
-    committer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=name, enable_auto_commit=False)
-    await committer.start()
-    try:
-        committer.assign([TopicPartition(name, p) for p in range(3)])
-        await committer.commit({TopicPartition(name, 0): 5, TopicPartition(name, 1): 0})
-    finally:
-        await committer.stop()
-    # a consumer of the group with nothing assigned: no fetch of committed offsets runs in its background
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=name, enable_auto_commit=False)
     await consumer.start()
     try:
+        consumer.assign([TopicPartition(name, p) for p in range(3)])
+        await consumer.commit({TopicPartition(name, 0): 5, TopicPartition(name, 1): 0})
         asked: list[list] = []  # the partitions of each OffsetFetch sent (a retriable error sends it again)
         fetch = consumer._coordinator._do_fetch_commit_offsets
 
