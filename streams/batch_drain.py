@@ -33,20 +33,6 @@ from mode.utils.futures import notify
 Handler = Callable[[Sequence[Any]], Awaitable[None]]  # gets aiokafka ConsumerRecords (topic, partition, offset, value)
 
 
-async def committed_offsets(consumer: Any, tps: Sequence[TP]) -> dict[TP, int | None]:
-    """The group's committed offset on the broker of each of `tps` (None: nothing committed), in one OffsetFetch.
-
-    `AIOKafkaConsumer.committed` asks for one partition per request: one round trip each, one after another, in
-    the pause between two fetches.  Its coordinator takes them all in one request, with the same retries.
-    """
-    fetched = await consumer._coordinator.fetch_committed_offsets(list(tps))
-    out: dict[TP, int | None] = {}
-    for tp in tps:
-        meta = fetched.get(tp)  # aiokafka's TopicPartition and Faust's TP are equal tuples
-        out[tp] = None if meta is None or meta.offset < 0 else meta.offset
-    return out
-
-
 class InFlight:
     """A batch being handled, standing in Faust's set of unacknowledged messages until its handler returns."""
 
@@ -136,7 +122,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     async def _broker_committed(self, tps: list[TP]) -> dict[TP, int | None]:
         """What the broker holds as this group's committed offset of each of `tps` (None: nothing committed)."""
-        return await self._thread.call_thread(committed_offsets, self._thread._ensure_consumer(), tps)
+        consumer = self._thread._ensure_consumer()
+        return {tp: await self._thread.call_thread(consumer.committed, tp) for tp in tps}
 
     def _stuck(self, now: float, broker: Mapping[TP, int | None]) -> dict[TP, int]:
         """The partitions whose committed offset on the broker has stayed at or below the last record processed
