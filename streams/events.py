@@ -267,8 +267,8 @@ def _as_declared(kind: str, name: str, value: Any) -> bool:
     want = _REQUIRED.get(kind, {}).get(name) or _DEAD_TYPES.get(name)
     if want is None or isinstance(value, bool):
         return False
-    if name == "type":
-        return value in _REQUIRED or value == _DEAD_CONFIG_KIND
+    if name == "type":  # a known kind only (a list or an object here would not even hash)
+        return isinstance(value, str) and (value in _REQUIRED or value == _DEAD_CONFIG_KIND)
     if name == "day":
         return isinstance(value, str) and _DAY.fullmatch(value) is not None
     if want is list:  # feature ids

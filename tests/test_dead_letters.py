@@ -44,7 +44,7 @@ def test_a_known_field_that_could_hide_anything_is_dropped() -> None:
 @pytest.mark.parametrize("changes", [
     {"features": [f"uid={RAW['user_id']}", f"ip={RAW['ip']}"]},  # un-hashed feature names
     {"bid_id": [RAW["user_id"], RAW["ip"]]},  # a list where an id belongs
-    {"v": RAW["user_id"]}, {"ts": RAW["ip"]}, {"type": RAW["ifa"]}, {"price": RAW["ip"]},
+    {"v": RAW["user_id"]}, {"ts": RAW["ip"]}, {"type": RAW["ifa"]}, {"type": [RAW["ifa"]]}, {"price": RAW["ip"]},
 ])
 def test_a_known_field_that_failed_its_check_is_dropped_not_kept(changes: dict) -> None:
     """The field that made an event fail may hold anything: only a value of the field's own type is kept."""
