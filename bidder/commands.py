@@ -69,8 +69,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "quarters of its deadline budget, or this many ms if less, when its turn comes, instead of "
                         "queueing it (default: %(default)s)")
     s.add_argument("--restricted", choices=("context", "nobid"), default="context",
-                   help="for COPPA/GDPR-without-consent/opt-out requests: bid on context only, or not at all "
-                        "(default: %(default)s)")
+                   help="for COPPA, GDPR-without-consent, US opt-out and Do Not Track requests: bid on context only, "
+                        "or not at all (default: %(default)s)")
     s.add_argument("--tcf-vendor-id", type=non_negative(int), default=0, metavar="ID",
                    help="this bidder's id on the IAB TCF Global Vendor List: under GDPR a consent string must then "
                         "grant that vendor as well as purposes 1, 3 and 4; 0 checks the purposes only (default: "

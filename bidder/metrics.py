@@ -352,7 +352,7 @@ def families_steps(m: dict[str, Any], now: float, alive: int, configured: int) -
         elif kind == "frequency_cap":
             capped.append(((what,), n))
     fams.append(Family("streambid_privacy_restricted_requests", "counter", "Requests without usable user data (COPPA, "
-                       "GDPR without consent, US opt-out), by reason", ("reason",), restricted))
+                       "GDPR without consent, US opt-out, Do Not Track), by reason", ("reason",), restricted))
     fams.append(Family("streambid_frequency_capped", "counter", "Candidate bids dropped by the campaign's frequency cap "
                        "(or for want of a user id to keep it)", ("campaign",), capped))
     fams.append(Family("streambid_bidder_workers_alive", "gauge", "Serving processes that shared their counters in the "

@@ -128,7 +128,7 @@ class Imp:
         return self.media
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Privacy:
     coppa: bool = False
     gdpr: bool = False
@@ -136,6 +136,7 @@ class Privacy:
     us_privacy: str = ""
     gpp: str = ""
     gpp_sid: tuple[int, ...] = ()
+    dnt: bool = False  # device.dnt: the browser's Do Not Track
 
 
 @dataclass(slots=True)
@@ -399,10 +400,14 @@ def _imp(raw: object, i: int) -> Imp:
     )
 
 
-def _privacy(req: dict, user: dict) -> Privacy:
+_NO_SIGNAL, _DO_NOT_TRACK = Privacy(), Privacy(dnt=True)
+
+
+def _privacy(req: dict, user: dict, device: dict) -> Privacy:
+    dnt = _flag(device, "dnt", "device.", True) if "dnt" in device else False
     regs = req.get("regs")
     if regs is None and user.get("consent") is None and user.get("ext") is None:
-        return Privacy()  # no signal at all
+        return _DO_NOT_TRACK if dnt else _NO_SIGNAL
     regs = _obj(req, "regs", "")
     rext = _obj(regs, "ext", "regs.")
     # each field at its 2.6 place, else where 2.5 put it (under ext): null, and for strings and lists empty, count as
@@ -435,6 +440,7 @@ def _privacy(req: dict, user: dict) -> Privacy:
         us_privacy=usp,
         gpp=gpp,
         gpp_sid=gpp_sid,
+        dnt=dnt,
     )
 
 
@@ -524,7 +530,7 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
         city=_str(geo, "city", "device.geo."),
         utcoffset=_int(geo, "utcoffset", "device.geo."),
         user_key=hash_id(salt, uid) if uid else "",
-        privacy=_privacy(req, user),
+        privacy=_privacy(req, user, device),
         schain_complete=(_flag(schain, "complete", "source.schain.") if schain else None),
         test=_flag(req, "test", "", True) if "test" in req else False,
         acat=_str_set(req, "acat", ""),

@@ -273,7 +273,7 @@ def _gpp_eu(gpp: str, gpp_sid: tuple[int, ...]) -> tuple[bool, str]:
 
 
 def restriction(privacy: Privacy, vendor: int = 0) -> str:
-    """'' when user-level data may be used, else the reason: coppa, gdpr or us_optout.
+    """'' when user-level data may be used, else the reason: coppa, gdpr, us_optout or dnt (the legal ones first).
 
     `vendor`: our TCF Global Vendor List id; 0 checks the purposes only (for a bidder without one)."""
     if privacy.coppa:
@@ -284,4 +284,4 @@ def restriction(privacy: Privacy, vendor: int = 0) -> str:
         return "gdpr"
     if us_opt_out(privacy):
         return "us_optout"
-    return ""
+    return "dnt" if privacy.dnt else ""

@@ -60,7 +60,9 @@ RESTRICTING: dict[str, dict[str, Any]] = {
     "us_privacy": {"us_privacy": "1YYN"},
     "gpp_us": {"gpp": "DBABLA~CFQVAAAAAABA.QA", "gpp_sid": [7]},  # usnat: opted out of sale, sharing, targeting
     "ext_2_5": {"ext": {"gdpr": 1}},
+    "dnt": {},  # no regs: the browser's Do Not Track (device.dnt, set below)
 }
+REASON = {"coppa": "coppa", "us_privacy": "us_optout", "gpp_us": "us_optout", "dnt": "dnt"}
 
 
 def test_raw_ids_and_ips_reach_no_event_metric_answer_or_log(caplog: pytest.LogCaptureFixture) -> None:
@@ -87,6 +89,8 @@ def test_restricted_requests_carry_no_user_and_write_no_frequency(case: str) -> 
     doc = distinctive(**RESTRICTING[case])
     if case == "gdpr_weak_consent":
         doc["user"]["consent"] = tcf_string({1, 2})
+    if case == "dnt":
+        doc["device"]["dnt"] = 1
     out, bid = bid_and_notify(app, doc)
     assert bid is not None, out  # context-only bidding still bids
     assert bid["cid"] != "capped"  # a campaign with a cap cannot keep it without a user: it does not bid
@@ -94,8 +98,7 @@ def test_restricted_requests_carry_no_user_and_write_no_frequency(case: str) -> 
         assert parse_qs(urlsplit(url).query, keep_blank_values=True)["u"] == [""]
     assert all(ev.get("user", "") == "" for _, ev in events)
     assert len(app.engine.frequency) == 0  # billing wrote no frequency count
-    assert app.engine.counters.get("restricted:" + {"coppa": "coppa", "us_privacy": "us_optout", "gpp_us": "us_optout"}.get(
-        case, "gdpr")) == 1
+    assert app.engine.counters.get("restricted:" + REASON.get(case, "gdpr")) == 1
 
 
 def test_unrestricted_requests_use_the_salted_hash_only() -> None:

@@ -123,3 +123,22 @@ def test_the_device_id_keys_a_user_only_when_tracking_is_allowed(device: dict, k
 def test_a_user_id_keys_the_user_whatever_the_device_id() -> None:
     doc = request(device={"ifa": "00000000-0000-0000-0000-000000000000", "lmt": 1}, user={"id": "u-42"})
     assert parse_request(body(doc)).user_key == parse_request(body(request(user={"id": "u-42"}))).user_key != ""
+
+
+@pytest.mark.parametrize("dnt, regs, tracked", [
+    (None, None, True),
+    (0, None, True),
+    (1, None, False),
+    (2, None, False),  # a value not defined yet: the safe side
+    (1, {"gdpr": 0}, False),  # read with or without other privacy signals
+    (0, {"gdpr": 0}, True),
+])
+def test_do_not_track_is_read_from_the_device(dnt: int | None, regs: dict | None, tracked: bool) -> None:
+    device: dict = {"devicetype": 2} if dnt is None else {"devicetype": 2, "dnt": dnt}
+    doc = request(device=device, user={"id": "u-42"}, **({"regs": regs} if regs is not None else {}))
+    assert parse_request(body(doc)).privacy.dnt is not tracked
+
+
+def test_a_do_not_track_flag_that_is_not_an_integer_is_refused() -> None:
+    with pytest.raises(BadRequest, match="device.dnt"):
+        parse_request(body(request(device={"dnt": "1"})))

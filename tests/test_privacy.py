@@ -50,6 +50,9 @@ def test_an_unreadable_or_partial_signal_restricts() -> None:
     assert restriction(Privacy(gpp="DBABMA~CP", gpp_sid=(2,))) == "gdpr"
     assert restriction(Privacy(gpp_sid=(2,), consent=tcf_string({1, 3, 4}))) == ""
     assert restriction(Privacy(us_privacy="1---")) == ""  # not applicable: nothing to opt out of
+    assert restriction(Privacy(dnt=True)) == "dnt"
+    assert restriction(Privacy(dnt=True, coppa=True)) == "coppa"  # the legal reason is the one counted
+    assert restriction(Privacy(dnt=True, us_privacy="1YYN")) == "us_optout"
 
 
 def tcf_with_vendors(purposes: set[int], vendors: set[int], ranged: bool,
