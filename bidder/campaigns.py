@@ -392,7 +392,9 @@ def _date(doc: dict, key: str, path: str) -> dt.date:
     v = doc.get(key)
     if type(v) is dt.date:  # YAML reads an unquoted 2026-01-31 as a date
         return v
-    v = doc.get(key)
+    if isinstance(v, str) and DATE.match(v) and v[10:11] in ("T", "t", " "):  # a date-time
+        raise ConfigError(path + key, f"{v!r} is not a date: a flight runs whole days in flight.timezone, so write "
+                                      f"the date alone, like {v[:10]}")
     if not isinstance(v, str) or not DATE.fullmatch(v):
         raise ConfigError(path + key, f"{v!r} is not a date: write it like 2026-01-31")
     try:

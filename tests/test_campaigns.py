@@ -264,7 +264,8 @@ def test_yaml_is_read_as_a_marketer_means_it(tmp_path: Path) -> None:
         with pytest.raises(CampaignsError, match=r"campaigns\[0\] \(y1\)\.budget\.daily: .* is not an amount"):
             load_campaigns(_yaml_campaign(tmp_path, budget=f"{{daily: {daily}}}"))
     for start, why in (("2026-02-30", "not a date of the calendar"), ("20260101", "is not a date"),
-                       ("2026-01-01 10:00:00", "is not a date")):
+                       ("2026-01-01 10:00:00", "whole days in flight.timezone, so write the date alone, like 2026-01-01"),
+                       ("2026-01-01T10:00:00Z", "write the date alone, like 2026-01-01")):
         with pytest.raises(CampaignsError, match=rf"\(y1\)\.flight\.start: .*{why}"):
             load_campaigns(_yaml_campaign(tmp_path, flight=f"{{start: {start}}}"))
 
