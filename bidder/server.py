@@ -72,8 +72,8 @@ _200 = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nx-openrtb-version: 2.6\r\nConten
 _100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS = {200: b"200 OK", 400: b"400 Bad Request", 404: b"404 Not Found", 405: b"405 Method Not Allowed",
            408: b"408 Request Timeout", 413: b"413 Payload Too Large", 414: b"414 URI Too Long",
-           431: b"431 Request Header Fields Too Large", 501: b"501 Not Implemented", 503: b"503 Service Unavailable",
-           505: b"505 HTTP Version Not Supported"}
+           415: b"415 Unsupported Media Type", 431: b"431 Request Header Fields Too Large", 501: b"501 Not Implemented",
+           503: b"503 Service Unavailable", 505: b"505 HTTP Version Not Supported"}
 _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz", "/readyz")
@@ -377,6 +377,9 @@ _BUSY = response(503, b'{"error":"busy","detail":"too many requests pipelined in
 # from _resource: the answer is the /metrics page, rendered between bids (BidApp.metrics_page); a unique object
 _LATER = bytes(bytearray(b"later"))
 _NO_CODING = response(501, b'{"error":"bad_encoding","detail":"Transfer-Encoding must be chunked alone"}')
+# RFC 9110 15.5.16: an unsupported content coding is a 415 whose Accept-Encoding names the codings taken
+_BAD_CODING = response(415, b'{"error":"bad_encoding","detail":"Content-Encoding must be gzip or identity, once"}').replace(
+    b"\r\n", b"\r\nAccept-Encoding: gzip\r\n", 1)
 
 
 def head_of(out: bytes) -> bytes:
@@ -728,7 +731,7 @@ class BidProtocol(asyncio.Protocol):
                 return _NO_CODING
             if self.encoding and not self.gz and self.encoding != b"identity":
                 self.app.stats.requests[(exchange, "error", "bad_encoding")] += 1
-                return response(400, b'{"error":"bad_encoding","detail":"Content-Encoding must be gzip or identity"}')
+                return _BAD_CODING
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             return self.app.bid(body, self.gz, exchange, self.started, self.version, self.read_floor)
         if self.budget < 0:

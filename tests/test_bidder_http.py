@@ -119,7 +119,7 @@ async def test_gzip_versions_and_encodings(stack: Stack) -> None:
     cases = [
         (gzip.compress(BANNER)[:-20], {"Content-Encoding": "gzip"}, "bad_gzip", 400),
         (gzip.compress(b" " * 3_000_000), {"Content-Encoding": "gzip"}, "body_too_large", 413),  # too large inflated
-        (BANNER, {"Content-Encoding": "br"}, "bad_encoding", 400),
+        (BANNER, {"Content-Encoding": "br"}, "bad_encoding", 415),
         (BANNER, {"x-openrtb-version": "3.0"}, "unsupported_version", 400),
     ]
     for data, headers, reason, want in cases:
@@ -692,7 +692,8 @@ async def test_repeated_fields_form_a_list_and_trailers_are_not_headers(stack: S
         return b"POST /bid/ex13 HTTP/1.1\r\nHost: x\r\n" + head + tail + data
 
     out = await stack.raw(post(b"Content-Encoding: br\r\nContent-Encoding: gzip\r\n", gzip.compress(BANNER)), True)
-    assert split(out)[0] == 400 and orjson.loads(split(out)[2])["error"] == "bad_encoding"
+    assert split(out)[0] == 415 and orjson.loads(split(out)[2])["error"] == "bad_encoding"
+    assert split(out)[1]["accept-encoding"] == "gzip"  # RFC 9110 15.5.16: the codings that would have been taken
     for a, b in ((b"3.0", b"2.6"), (b"2.6", b"3.0")):
         out = await stack.raw(post(b"x-openrtb-version: %s\r\nx-openrtb-version: %s\r\n" % (a, b)), True)
         assert split(out)[0] == 400 and orjson.loads(split(out)[2])["error"] == "unsupported_version"
