@@ -78,6 +78,8 @@ _EXCHANGE = re.compile(rb"^[A-Za-z0-9_.:-]{1,32}$")
 _BID_PATH = re.compile(rb"/(?:bid|openrtb2)(?:/[^/?]*)?(?:\?|\Z)")
 _GET_PATHS = ("/metrics", "/status", "/healthz", "/readyz")
 _CRLF = (13, 10)
+# RFC 9110 7.2: uri-host [":" port], the host an IP literal in brackets or a reg-name (RFC 3986 3.2.2), maybe empty
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.!$&'()*+,;=_~-]+\]|[0-9A-Za-z.!$&'()*+,;=_~%-]*)(?::[0-9]*)?")
 _BAD_HTTP = (b'{"error":"bad_http","detail":"not a well-formed HTTP request (framing, headers or a transfer coding '
              b'other than chunked last)"}')
 _METHOD = re.compile(rb"[\r\n]*[-!#$%&'*+.^_`|~0-9A-Za-z]+ ")  # a method token (RFC 9110 5.6.2), after blank lines
@@ -392,7 +394,8 @@ class BidProtocol(asyncio.Protocol):
 
     __slots__ = ("app", "transport", "parser", "url", "body", "size", "head", "gz", "encoding", "version", "expect",
                  "started", "receiving", "too_large", "budget", "dead", "last_read", "read_floor", "seen", "length",
-                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read", "hosts", "keep10")
+                 "coding", "upgrade_body", "rendered", "paused", "in_trailer", "held", "head_read", "hosts", "host_ok",
+                 "keep10")
 
     def __init__(self, app: BidApp) -> None:
         self.app = app
@@ -427,6 +430,7 @@ class BidProtocol(asyncio.Protocol):
         self.upgrade_body = False
         self.in_trailer = False  # past the head: trailer fields are never merged into it (RFC 9110 6.5.1)
         self.hosts = 0  # Host header lines: an HTTP/1.1 request must have one, and no request may have two
+        self.host_ok = True  # every Host value is a host[:port] (or empty)
         self.keep10 = False  # an HTTP/1.0 request: its answer confirms keep-alive when the connection stays open
 
     # -- transport events ---------------------------------------------------------------
@@ -606,6 +610,7 @@ class BidProtocol(asyncio.Protocol):
             self.expect = value.strip().lower() == b"100-continue"
         elif n == 4 and name.lower() == b"host":
             self.hosts += 1
+            self.host_ok = self.host_ok and _HOST.fullmatch(value.strip(b" \t")) is not None  # OWS kept
 
     def on_headers_complete(self) -> None:
         self.in_trailer = True
@@ -617,7 +622,7 @@ class BidProtocol(asyncio.Protocol):
         self.keep10 = http == "1.0"
         if http != "1.1" and http != "1.0":  # 0.9 and 2.0 parse, but neither is spoken here
             self._close(505, _NO_VERSION)
-        elif self.hosts != 1 and (self.hosts or http == "1.1"):  # RFC 9112 3.2: a server MUST answer 400
+        elif (self.hosts != 1 and (self.hosts or http == "1.1")) or not self.host_ok:  # RFC 9112 3.2: MUST answer 400
             self._bad_host()
         elif self.coding and http == "1.0":
             # RFC 9112 6.1: an HTTP/1.0 peer knows no chunked coding, so the two ends may disagree where it ends
@@ -639,7 +644,8 @@ class BidProtocol(asyncio.Protocol):
         400); counted on the bid paths, where an exchange's client sending it would show in the error rate."""
         if bid_path(self.url):
             self.app.stats.requests[(exchange_name(self.url.split(b"?", 1)[0]), "error", "bad_host")] += 1
-        detail = b"two Host headers" if self.hosts else b"an HTTP/1.1 request must carry a Host header"
+        detail = (b"a Host value that is no host[:port]" if not self.host_ok else
+                  b"two Host headers" if self.hosts else b"an HTTP/1.1 request must carry a Host header")
         self._close(400, b'{"error":"bad_host","detail":"%s (RFC 9112 3.2)"}' % detail)
 
     def on_body(self, chunk: bytes) -> None:

@@ -191,12 +191,18 @@ async def test_unknown_methods_other_versions_and_host_get_the_rfc_answers(stack
         (b"GET /healthz HTTP/1.1\r\n\r\n", 400, "bad_host"),
         (b"GET /healthz HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", 400, "bad_host"),
         (b"POST /bid/exH HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(BANNER), BANNER), 400, "bad_host"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "bad_host"),  # RFC 9112 3.2: an invalid value
+        (b"GET /healthz HTTP/1.1\r\nHost: user@host\r\n\r\n", 400, "bad_host"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x:80a\r\n\r\n", 400, "bad_host"),
     ]
     for data, status, error in cases:
         out = await stack.raw(data + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", read_until_close=True)
         assert split(out)[0] == status and orjson.loads(split(out)[2])["error"] == error, data
         assert split(out)[1].get("connection") == "close" and len(re.findall(rb"HTTP/1\.1 \d{3} [A-Z]", out)) == 1, data
     assert metric(await stack.metrics(), "streambid_bid_requests_total", exchange="exH", reason="bad_host") == 1
+    for host in (b"", b"x", b"bidder.example:8080", b"127.0.0.1:80", b"[::1]:8080", b"[v1.x]", b"  padded.example  "):
+        out = await stack.raw(b"GET /healthz HTTP/1.1\r\nHost:%s\r\n\r\n" % host, read_until_close=False)
+        assert split(out)[0] == 200, host
     # HTTP/1.0 needs no Host; a Host in a chunked body's trailer is not a second one
     assert split(await stack.raw(b"GET /healthz HTTP/1.0\r\n\r\n", read_until_close=True))[0] == 200
     chunked = b"POST /bid/exH HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\nHost: y\r\n\r\n"
