@@ -152,11 +152,11 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
     newest = [0]  # the latest delivery event time this worker has read: ids are forgotten SEEN_TTL_S before it
     salt = env_salt()  # keys the hash a dead letter keeps of a payload it cannot read
 
-    async def reject(source: str, reason: str, payload: Any) -> None:
+    async def reject(source: str, reason: str, payload: Any, field: str = "") -> None:
         stats.deadletters[(topic_kind(source), reason)] += 1  # labelled like streambid_events_consumed_total
-        log.warning("dead-lettered a message from %s: %s", source, reason)
-        await deadletter_topic.send(key=source.encode(), value=orjson.dumps(dead_letter(source, reason, payload,
-                                                                                       int(time.time() * 1000), salt)))
+        log.warning("dead-lettered a message from %s: %s%s", source, reason, f" ({field})" if field else "")
+        await deadletter_topic.send(key=source.encode(), value=orjson.dumps(dead_letter(
+            source, reason, payload, int(time.time() * 1000), salt, field)))
 
     def send_example(ex: Any, ts_ms: int) -> None:
         outbox.send(topics.EXAMPLES.name, ex.campaign.encode(), orjson.dumps(ex.to_event(ts_ms)), 0)  # one partition
@@ -172,14 +172,14 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
         """
         ev = check_event(kind, msg.value)
         if msg.key != ev["campaign"].encode():
-            raise EventError("key_mismatch", "the record's key must be its campaign")
+            raise EventError("key_mismatch", "the record's key must be its campaign", "campaign")
         ts = ev["ts"]
         if ts > newest[0]:
             if ts > latest_ok:
-                raise EventError("from_the_future", f"event time more than {FUTURE_S // 3600} h ahead")
+                raise EventError("from_the_future", f"event time more than {FUTURE_S // 3600} h ahead", "ts")
             newest[0] = ts
         elif ts < newest[0] - SEEN_TTL_S * 1000:
-            raise EventError("older_than_dedup_horizon", f"{SEEN_TTL_S // 86400} days before the newest event")
+            raise EventError("older_than_dedup_horizon", f"{SEEN_TTL_S // 86400} days before the newest event", "ts")
         return ev
 
     @app.batch_agent(delivery_topic)
@@ -203,7 +203,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             try:
                 ev = admitted(kind, msg, latest_ok)
             except EventError as e:
-                await reject(msg.topic, e.reason, msg.value)
+                await reject(msg.topic, e.reason, msg.value, e.field)
                 tpkey = None  # the tick may have run meanwhile and moved the tables off this partition
                 continue
             if kind == "bids":
@@ -211,7 +211,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             try:
                 examples = handle(kind, ev, (source, msg.offset))
             except EventError as e:  # one that contradicts what the worker holds (its bid's campaign)
-                await reject(msg.topic, e.reason, msg.value)
+                await reject(msg.topic, e.reason, msg.value, e.field)
                 tpkey = None
                 continue
             except Exception as e:  # a bug must cost one event (kept on the dead-letter topic), not the worker
@@ -293,7 +293,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
             try:
                 ev = check_event("examples", msg.value)
             except EventError as e:
-                await reject(topics.EXAMPLES.name, e.reason, msg.value)
+                await reject(topics.EXAMPLES.name, e.reason, msg.value, e.field)
                 continue
             try:
                 learn_new(ev)

@@ -44,19 +44,21 @@ class EmbeddedBus:
             event = check_event(kind, event)
         except EventError as e:
             ts = event.get("ts") if isinstance(event, dict) else None
-            self.deadletters.append(dead_letter(kind, e.reason, event, ts if type(ts) is int else 0, env_salt()))
+            self.deadletters.append(dead_letter(kind, e.reason, event, ts if type(ts) is int else 0, env_salt(), e.field))
             return
         self.counts[kind] += 1
         if kind == "bids":
             self.pacer.observe_bid(event)
-        if kind == "billing" and event["id"] not in self.delivery.ledger.seen and event.get("bidder"):
-            day = event.get("day") or self.campaigns.day_of(event["campaign"], event["ts"])
-            self._granter(event["campaign"], day).bill(event["bidder"], event["cost"])
+        leased = (kind == "billing" and event["id"] not in self.delivery.ledger.seen and event.get("bidder")
+                  and event["campaign"] in self.campaigns.by_id)  # a campaign this bus was not given has no lease
         try:
             examples = self.delivery.handle(kind, event)
         except EventError as e:
-            self.deadletters.append(dead_letter(kind, e.reason, event, event["ts"], env_salt()))
+            self.deadletters.append(dead_letter(kind, e.reason, event, event["ts"], env_salt(), e.field))
             return
+        if leased:  # a bill counted for the first time: its bidder's lease has spent it
+            day = event.get("day") or self.campaigns.day_of(event["campaign"], event["ts"])
+            self._granter(event["campaign"], day).bill(event["bidder"], event["cost"])
         for ex in examples:
             self.learner.learn(ex.to_event(event["ts"]))
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from bidder.campaigns import ID as CAMPAIGN_ID
 from bidder.keyed import blake2b_key
 from models.features import HASH_MASK
 
@@ -41,11 +42,13 @@ MAX_EXP_S = 86_400  # a bid's `exp` (the seconds its impression may take to come
 
 
 class EventError(ValueError):
-    """An event that must not touch state; `reason` is its dead-letter label."""
+    """An event that must not touch state; `reason` is its dead-letter label, `field` the field at fault (a schema
+    name, never a value: the dead letter carries it to whoever fixes the producer)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", field: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.field = field
 
 
 def make_event(kind: str, event_id: str, ts_ms: int, **fields: Any) -> dict[str, Any]:
@@ -82,42 +85,60 @@ def _sane(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
     """The checks beyond types: times, amounts, ids, days and feature ids an event must have to be counted."""
     ts = raw["ts"]
     if not TS_MIN_MS <= ts <= TS_MAX_MS:
-        raise EventError("bad_value", "ts must be a time in milliseconds since 1970 between 2000 and 2100")
+        raise EventError("bad_value", "ts must be a time in milliseconds since 1970 between 2000 and 2100", "ts")
     kind_of = raw.get("type")
     if kind_of is not None and kind_of != kind:
-        raise EventError("wrong_topic", f"a {kind_of!r} event on the {kind} topic")
+        raise EventError("wrong_topic", f"a {str(kind_of)[:32]!r} event on the {kind} topic", "type")
     for name in _NON_EMPTY:
         if name in raw and not raw[name]:
-            raise EventError("bad_value", f"{name} must not be empty")
+            raise EventError("bad_value", f"{name} must not be empty", name)
+    # the id a campaign is configured under: anything else names no budget, and a "|" would reach another's totals
+    if "campaign" in raw and (type(raw["campaign"]) is not str or not CAMPAIGN_ID.fullmatch(raw["campaign"])):
+        raise EventError("bad_value", "campaign must be a campaign id: 1-64 letters, digits or _.:-", "campaign")
     for money in _MONEY:
         if money in raw and raw[money] > MAX_MONEY_MICROS:
-            raise EventError("bad_value", f"{money} is more than {MAX_MONEY_MICROS} micros")
+            raise EventError("bad_value", f"{money} is more than {MAX_MONEY_MICROS} micros", money)
     if kind in ("bids", "examples"):
         features = raw["features"]
         if not all(type(f) is int for f in features):
-            raise EventError("bad_type", "features must be integer feature ids")
+            raise EventError("bad_type", "features must be integer feature ids", "features")
         if not all(0 <= f <= HASH_MASK for f in features):  # the learner and the bidders' weight arrays hold no others
-            raise EventError("bad_value", f"feature ids must lie in 0..{HASH_MASK}")
-    if kind == "bids" and "exp" in raw and (type(raw["exp"]) is not int or not 0 <= raw["exp"] <= MAX_EXP_S):
-        raise EventError("bad_value", f"exp must be whole seconds from 0 to {MAX_EXP_S}")
+            raise EventError("bad_value", f"feature ids must lie in 0..{HASH_MASK}", "features")
+    if kind == "bids":
+        _check_bid_log(raw)
     if kind == "examples" and raw["label"] not in (0, 1):
-        raise EventError("bad_value", "label must be 0 or 1")
+        raise EventError("bad_value", "label must be 0 or 1", "label")
     if kind == "billing" and "day" in raw:  # the only day the ledger reads: other events count on their campaign's
         _check_day(raw["day"], ts)  # date at `ts`, and so does a bill whose bidder did not know the campaign
     return raw
 
 
+MAX_REQUESTS = 2**53  # a bidder's running request count: past this, a float (the forecast's rates) loses it
+BIDDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what a bidder calls itself in bid logs, bills and lease requests
+
+
+def _check_bid_log(raw: dict[str, Any]) -> None:
+    """The optional fields of a bid event that feed every campaign's plan: its `exp`, and its bidder's running
+    request count (`reqs`, `bidder`), from which the traffic forecast takes requests per hour."""
+    if "exp" in raw and (type(raw["exp"]) is not int or not 0 <= raw["exp"] <= MAX_EXP_S):
+        raise EventError("bad_value", f"exp must be whole seconds from 0 to {MAX_EXP_S}", "exp")
+    if "reqs" in raw and (type(raw["reqs"]) is not int or not 0 <= raw["reqs"] < MAX_REQUESTS):
+        raise EventError("bad_value", f"reqs must be a request count from 0 to {MAX_REQUESTS - 1}", "reqs")
+    if "bidder" in raw and (type(raw["bidder"]) is not str or not BIDDER_ID.fullmatch(raw["bidder"])):
+        raise EventError("bad_value", "bidder must be a bidder id: 1-64 letters, digits or _.-", "bidder")
+
+
 def _check_day(day: object, ts: int) -> None:
     """A billing day is the campaign's local date at the bill: at most a day off the date in UTC."""
     if type(day) is not str:
-        raise EventError("bad_type", "day must be a string")
+        raise EventError("bad_type", "day must be a string", "day")
     try:
         local = dt.date.fromisoformat(day) if _DAY.fullmatch(day) else None
     except ValueError:
         local = None
     utc = dt.datetime.fromtimestamp(ts / 1000, dt.UTC).date()
     if local is None or abs((local - utc).days) > 1:
-        raise EventError("bad_value", f"day {day[:32]!r} is not the local date of ts")
+        raise EventError("bad_value", f"day {day[:32]!r} is not the local date of ts", "day")
 
 
 _FAST: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
@@ -150,20 +171,20 @@ def _check(kind: str, raw: Any) -> dict[str, Any]:
         raise EventError("bad_type", "event must be a JSON object")
     v = raw.get("v")
     if type(v) is not int or v != SCHEMA_VERSION:
-        raise EventError("bad_version", f"schema version must be the integer {SCHEMA_VERSION}")
+        raise EventError("bad_version", f"schema version must be the integer {SCHEMA_VERSION}", "v")
     if not isinstance(raw.get("id"), str) or not raw["id"]:
-        raise EventError("missing_field", "id")
+        raise EventError("missing_field", "id", "id")
     if type(raw.get("ts")) is not int:
-        raise EventError("missing_field" if raw.get("ts") is None else "bad_type", "ts")
+        raise EventError("missing_field" if raw.get("ts") is None else "bad_type", "ts", "ts")
     for name, typ in _REQUIRED.get(kind, {}).items():
         v = raw.get(name)
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             continue
         if not isinstance(v, typ) or isinstance(v, bool):
-            raise EventError("missing_field" if v is None else "bad_type", name)
+            raise EventError("missing_field" if v is None else "bad_type", name, name)
     for money in _MONEY:
         if money in raw and (not isinstance(raw[money], int) or raw[money] < 0):
-            raise EventError("bad_value", f"{money} must be non-negative integer micros")
+            raise EventError("bad_value", f"{money} must be non-negative integer micros", money)
     return _sane(kind, raw)
 
 
@@ -186,15 +207,19 @@ _DEAD_NAMES = frozenset(
 _DEAD_MAX_STR, _DEAD_MAX_LIST, _DEAD_MAX_NAMES = 256, 4096, 32
 
 
-def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int, salt: bytes = DEFAULT_SALT) -> dict[str, Any]:
+def dead_letter(topic: str, reason: str, payload: Any, ts_ms: int, salt: bytes = DEFAULT_SALT,
+                field: str = "") -> dict[str, Any]:
     """The dead-letter record for a rejected message: enough to find the message and its producer's mistake, no raw id.
 
     A JSON object keeps its known fields (`payload`, as JSON text) and names the others (`dropped`); anything else
     (bad JSON, another top-level type) is kept as its length and a short keyed hash (`payload_bytes`, `payload_hash`).
-    `salt` is the deployment's STREAMBID_SALT, the key user ids are hashed with."""
+    `salt` is the deployment's STREAMBID_SALT, the key user ids are hashed with; `field` the field at fault, when
+    one is (EventError.field)."""
     raw = _payload_bytes(payload)
     digest = payload_hash(raw, salt)
     record = {"v": SCHEMA_VERSION, "id": f"dlq:{topic}:{ts_ms}:{digest}", "ts": ts_ms, "topic": topic, "reason": reason}
+    if field:
+        record["field"] = field
     doc = _json_object(payload, raw)
     if doc is None:
         return {**record, "payload_bytes": len(raw), "payload_hash": digest}

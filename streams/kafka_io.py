@@ -87,9 +87,11 @@ async def read_event_ids(bootstrap: str, topic: str, partition: int, start: int,
     ids: list[str] = []
     for _, value in await read_values(bootstrap, topic, partition, start, end):
         try:
-            ids.append(orjson.loads(value)["id"])
+            eid = orjson.loads(value)["id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue  # dead-lettered when it was first consumed
+        if type(eid) is str:  # an id of another type was dead-lettered too, and would not even hash
+            ids.append(eid)
     return ids
 
 

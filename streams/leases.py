@@ -41,12 +41,13 @@ from bidder.campaigns import Campaign
 from bidder.lease import LeaseGranter
 from bidder.lease_client import ASK_EVERY_S, KEEPALIVE_S
 from streams import topics
+from streams.events import BIDDER_ID
 
 MIN_SLICE_BIDS = 4  # a slice always covers this many impressions at the campaign's max bid
 MAX_FRAC = 0.5  # a bidder may not ask for more than half the remaining budget at a time
 REQUEST_TTL_S = 30.0  # wall seconds: an older request (a backlog after an outage) is not answered; bidders ask again
 HOLD_S = KEEPALIVE_S + 4 * ASK_EVERY_S  # after a partition is assigned: time for every bidder in contact to report
-_BIDDER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}").fullmatch
+_BIDDER_ID = BIDDER_ID.fullmatch
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}").fullmatch
 
 

@@ -17,10 +17,16 @@ import functools
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from streams.events import EventError
+
 DAY_MS = 86_400_000
 EPOCH = dt.date(1970, 1, 1)
 FIELDS = ("spend", "billed", "impressions", "clicks", "conversions", "value", "wins", "losses")
 POST_CLICK = "post_click_conversions"
+# A campaign-day's spend or conversion value, in micros: 9 billion currency units, and still exact where it becomes
+# a float (Prometheus, the pacer's rates).  One event moves at most 10**15; a producer at the wrong scale stops here.
+MAX_DAY_TOTAL_MICROS = 2**53
+_MONEY_TOTALS = {"billing": ("cost", "spend"), "conversions": ("value", "value")}  # kind: (event field, total)
 
 
 def empty_totals() -> dict[str, int]:
@@ -107,6 +113,19 @@ class SpendLedger:
             source, offset = position if position is not None else ("", -1)
             self.seen[eid] = [event["ts"], source, offset, day]
         return True
+
+    def check_room(self, kind: str, event: dict[str, Any]) -> None:
+        """Refuse (EventError, for the dead-letter topic) a bill or conversion that would carry its campaign-day's
+        total past MAX_DAY_TOTAL_MICROS; called before anything of the event is applied."""
+        money = _MONEY_TOTALS.get(kind)
+        if money is None:
+            return
+        field, total = money
+        day = own_day(kind, event) or self._day_of(event["campaign"], event["ts"])
+        t = self.totals.get(f"{event['campaign']}|{day}")
+        if (t.get(total, 0) if t is not None else 0) + event[field] > MAX_DAY_TOTAL_MICROS:
+            raise EventError("bad_value", f"{field} would carry the day's {total} past {MAX_DAY_TOTAL_MICROS} micros",
+                             field)
 
     def _add(self, kind: str, event: dict[str, Any], t: dict[str, int]) -> bool:
         """Add one event of `kind` to the totals `t`; False for a kind the ledger does not count."""

@@ -75,6 +75,7 @@ class DeliveryProcessor:
         """Apply one validated event; returns the training examples it completes."""
         examples: list[Example] = []
         post_click = 0
+        self.ledger.check_room(kind, event)
         if kind in ATTRIBUTION_KINDS:
             if kind != "bids":
                 self._check_campaign(event)
@@ -106,7 +107,7 @@ class DeliveryProcessor:
         entry = self.attribution.pending.get(event["bid_id"])
         if entry is not None and entry["f"] is not None and entry["c"] != event["campaign"]:
             raise EventError("campaign_mismatch", f"bid {event['bid_id'][:64]} is campaign {entry['c']}'s, "
-                                                  f"not {event['campaign'][:64]}'s")
+                                                  f"not {event['campaign'][:64]}'s", "campaign")
 
     def expire(self, now_ms: int, now_of: Callable[[str], int] | None = None,
                limit: int | None = None) -> list[Example]:

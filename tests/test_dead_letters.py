@@ -105,3 +105,9 @@ def test_a_payload_that_is_a_bare_user_id_does_not_hash_to_that_users_hash() -> 
     assert record["payload_hash"] == payload_hash(uid.encode(), salt)
     assert record["payload_hash"] != hash_id(salt, uid)
     assert len(record["payload_hash"]) == len(hash_id(salt, uid)) == 16
+
+
+def test_a_dead_letter_names_the_field_at_fault_and_only_when_there_is_one() -> None:
+    bill = make_event("billing", "bill:1", TS, bid_id="b1", campaign="c1", cost=-5)
+    assert dead_letter("streambid.billing", "bad_value", bill, TS, field="cost")["field"] == "cost"
+    assert "field" not in dead_letter("streambid.billing", "bad_json", b"{", TS)

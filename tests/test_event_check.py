@@ -70,6 +70,16 @@ def test_well_formed_events_pass_and_bad_money_is_named() -> None:
         ("bids", {"exp": -1}, "bad_value"),  # how late the impression may come: whole seconds, at most a day
         ("bids", {"exp": 86_401}, "bad_value"),
         ("bids", {"exp": 60.5}, "bad_value"),
+        ("billing", {"campaign": "c1|2026-01-01"}, "bad_value"),  # would reach another campaign's totals
+        ("clicks", {"campaign": "c" * 65}, "bad_value"),  # no campaign id is that long
+        ("clicks", {"campaign": "-c"}, "bad_value"),
+        ("bids", {"reqs": True}, "bad_value"),  # a bidder's running request count feeds every campaign's plan
+        ("bids", {"reqs": -1}, "bad_value"),
+        ("bids", {"reqs": 2**53}, "bad_value"),
+        ("bids", {"reqs": 1.5}, "bad_value"),
+        ("bids", {"bidder": "b 1"}, "bad_value"),
+        ("bids", {"bidder": ""}, "bad_value"),
+        ("bids", {"bidder": 7}, "bad_value"),
     ],
 )
 def test_events_no_total_could_take_are_refused(kind: str, changes: dict, reason: str) -> None:
@@ -81,3 +91,13 @@ def test_events_no_total_could_take_are_refused(kind: str, changes: dict, reason
 def test_a_billing_day_may_be_a_day_off_utc() -> None:
     for day in ("2025-12-31", "2026-01-01", "2026-01-02"):  # the campaign's zone: UTC-12 to UTC+14
         assert check_event("billing", {**GOOD, "day": day})["day"] == day
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"cost": -1}, "cost"), ({"campaign": "c|d"}, "campaign"), ({"ts": 0}, "ts"), ({"day": "x"}, "day"),
+    ({"bid_id": None}, "bid_id"), ({"id": ""}, "id"), ({"v": 2}, "v"), ({"type": "clicks"}, "type"),
+])
+def test_a_refusal_names_the_field_at_fault(changes: dict, field: str) -> None:
+    with pytest.raises(EventError) as refused:
+        check_event("billing", orjson.dumps({**GOOD, **changes}))
+    assert refused.value.field == field

@@ -12,6 +12,7 @@ from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.notices import notice_urls
 from models.snapshot import ModelSnapshot
+from streams.bus import EmbeddedBus
 from streams.events import EventError, check_event, make_event
 from streams.ledger import SpendLedger
 from streams.processor import Campaigns, DeliveryProcessor
@@ -265,3 +266,37 @@ def test_a_click_naming_another_campaign_than_its_bid_is_refused_before_it_count
     assert not proc.ledger.totals and proc.attribution.pending["b1"]["clk"] is None  # nothing applied
     proc.handle("clicks", make_event("clicks", "click:b1", 2000, bid_id="b1", campaign="c1"))
     assert proc.ledger.day_totals("c1", "1970-01-01")["clicks"] == 1
+
+
+def test_a_day_total_past_what_stays_exact_is_refused_before_anything_is_applied() -> None:
+    """A producer at the wrong scale: each conversion within the per-event cap, their sum past 2**53 micros."""
+    proc = processor()
+    for i in range(9):  # 9 x 10**15 micros: under 2**53
+        proc.handle("conversions", make_event("conversions", f"conv:{i}", 1000, bid_id=f"b{i}", campaign="c1",
+                                              value=10**15))
+    before = copy.deepcopy(proc.ledger.totals), copy.deepcopy(proc.attribution.pending)
+    with pytest.raises(EventError, match="past 9007199254740992 micros") as refused:
+        proc.handle("conversions", make_event("conversions", "conv:9", 1000, bid_id="b9", campaign="c1", value=10**15))
+    assert refused.value.field == "value"
+    assert (proc.ledger.totals, proc.attribution.pending) == before  # nothing of it applied
+    assert orjson.dumps(proc.ledger.totals)  # what reaches the changelog still encodes
+    assert proc.ledger.day_totals("c1", "1970-01-01")["value"] == 9 * 10**15
+    lg = ledger()
+    assert lg.apply("billing", bill(1, 2**53 - 5))
+    with pytest.raises(EventError):
+        lg.check_room("billing", bill(2, 6))
+    lg.check_room("billing", bill(2, 5))  # exactly at the cap is still exact
+
+
+def test_the_embedded_bus_counts_a_bill_of_a_campaign_it_was_not_given_and_dead_letters_by_field() -> None:
+    engine = BidEngine(EngineConfig(secret=b"s", bidder_id="b", lease_slice=1000), [parse_campaign(campaign(id="c1"))],
+                       ModelSnapshot.empty(), sink=lambda kind, key, ev: None, clock=lambda: 1_767_268_800.0)
+    bus = EmbeddedBus(engine)
+    ghost = make_event("billing", "bill:g1", 1_767_268_800_000, bid_id="g1", campaign="ghost", cost=7, bidder="b",
+                       day="2026-01-01")
+    bus.emit("billing", "ghost", ghost)  # a campaign added after the bus was built: no lease to charge, no crash
+    assert bus.delivery.ledger.day_totals("ghost", "2026-01-01")["spend"] == 7 and not bus.granters
+    bus.emit("billing", "c1", {**ghost, "id": "bill:c1", "campaign": "c1"})
+    assert list(bus.granters) == [("c1", "2026-01-01")]  # a known campaign's bill reaches its lease
+    bus.emit("billing", "c1", {**ghost, "id": "bill:bad", "campaign": "c1|2026-01-01"})
+    assert [(d["reason"], d["field"]) for d in bus.deadletters] == [("bad_value", "campaign")]

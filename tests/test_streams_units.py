@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from bidder.campaigns import parse_campaign
 from bidder.pacing import PacingState
-from streams import topics
+from streams import kafka_io, topics
 from streams.app import newest_by_campaign, pacing_doc, pacing_state
 from streams.attribution import Attribution
 from streams.checkpoints import assemble, frame
@@ -743,3 +743,14 @@ def test_the_broker_check_quiets_the_kafka_client_only_while_it_runs() -> None:
 
     assert on_broker(argparse.Namespace(broker="127.0.0.1:9"), work()) == 7
     assert seen == [logging.CRITICAL] and client.level == logging.NOTSET
+
+
+async def test_ids_read_back_for_the_learner_are_strings_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed example on the topic was dead-lettered when consumed; read back at a restart, its id (an object,
+    a list) must not reach the learner's set of recent ids, where it would not even hash."""
+    async def values(*_: object) -> list[tuple[int, bytes]]:
+        return [(0, b'{"id": "ex:1"}'), (1, b'{"id": {"user": "u1"}}'), (2, b'{"id": ["a"]}'), (3, b"{"),
+                (4, b"[]"), (5, b'{"id": 7}'), (6, b'{"id": "ex:2"}')]
+
+    monkeypatch.setattr(kafka_io, "read_values", values)
+    assert await kafka_io.read_event_ids("127.0.0.1:1", "t", 0, 0, 7) == ["ex:1", "ex:2"]
