@@ -221,7 +221,8 @@ def campaign_gauges_steps(engine: Any, step: int = STEP_ITEMS) -> Steps[dict[str
         today = p is not None and p.day == day
         spend = p.spent_today if today else 0
         value = p.value_today if today else 0
-        budget_today = p.budget_today if today and p.budget_today else budget
+        # today's budget as published (0 once the lifetime budget is spent: every spent micro is then overspend)
+        budget_today = p.budget_today if today and p.budget_today is not None else budget
         # the plan the worker's pacer follows (traffic-shaped), published with today's state; else the flat plan
         share = p.plan_share if today and p.plan_share is not None else plan_fraction(camp.hours, frac,
                                                                                        day_clock(camp.timezone, day))

@@ -65,7 +65,7 @@ class PacingState:
     day: str
     lam: float = 0.0
     spent_today: int = 0  # micros
-    budget_today: int = 0  # micros
+    budget_today: int | None = None  # micros; 0 once a lifetime budget is spent, None where not published
     exhausted: bool = False
     impressions_today: int = 0
     clicks_today: int = 0

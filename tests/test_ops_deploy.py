@@ -140,6 +140,10 @@ def test_compose_stack_is_complete_and_its_files_exist() -> None:
         for dep in svc.get("depends_on", []):
             assert dep in services, f"{name} depends on unknown service {dep}"
     assert "--workers" in services["bidder"]["command"]
+    # what a bidder holds on disk while Kafka is away (billing among it) must outlive the container
+    bidder = services["bidder"]["command"]
+    spill = bidder[bidder.index("--spill-dir") + 1]
+    assert any(vol.split(":")[1] == spill and not vol.startswith(".") for vol in services["bidder"]["volumes"])
     # Prometheus scrapes the worker by name: sharing the worker's network namespace, it lost its network each time
     # the worker container restarted (Docker does not re-attach containers that joined a namespace)
     assert "network_mode" not in services["prometheus"] and "9090:9090" in services["prometheus"]["ports"]

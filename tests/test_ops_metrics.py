@@ -135,6 +135,14 @@ def test_todays_budget_is_what_the_lifetime_total_leaves_and_roi_needs_spend() -
     assert value(m, "streambid_campaign_budget_today", campaign="c1") == 10.0
     eng.set_pacing(PacingState("c1", today, spent_today=0, budget_today=250_000_000, value_today=10_000_000))
     assert math.isnan(value(scrape(app), "streambid_campaign_roi_today", campaign="c1"))
+    # the lifetime total spent before today: today's budget is 0, and whatever is spent today is overspend
+    eng.set_pacing(PacingState("c1", today, spent_today=40_000_000, budget_today=0, exhausted=True))
+    m = scrape(app)
+    assert value(m, "streambid_campaign_budget_today", campaign="c1") == 0.0
+    assert value(m, "streambid_campaign_budget_remaining", campaign="c1") == 0.0
+    assert value(m, "streambid_campaign_plan_spend_today", campaign="c1") == 0.0
+    eng.set_pacing(PacingState("c1", today, spent_today=40_000_000))  # no budget published: the daily one
+    assert value(scrape(app), "streambid_campaign_budget_today", campaign="c1") == 250.0
 
 
 def test_campaign_gauges_show_todays_pacing_state_and_the_plan() -> None:
