@@ -359,6 +359,20 @@ def test_exchange_labels_are_capped_and_nothing_is_lost() -> None:
     assert sum(v for (name, _), v in m.items() if name == "streambid_bids_total") == n
 
 
+def test_junk_posted_to_made_up_exchange_names_takes_no_label() -> None:
+    """A scanner posting junk to /bid/<anything> took the 64 places for good: real exchanges then showed as other."""
+    app, _ = make_app()
+    for i in range(MAX_EXCHANGES + 6):
+        assert app.bid(b"junk", False, f"junk{i}", time.perf_counter()).startswith(b"HTTP/1.1 400")
+    app.stats.fold_exchanges()
+    answer(app, request(id="real-1"), exchange="realx")
+    m = scrape(app)
+    assert exchanges(m) == {"other", "realx"}
+    assert value(m, "streambid_bid_requests_total", exchange="other", outcome="error", reason="bad_json") == MAX_EXCHANGES + 6
+    app.stats.fold_exchanges()
+    assert exchanges(scrape(app)) == {"other", "realx"}
+
+
 def exchanges(samples: dict) -> set[str]:
     return {dict(labels)["exchange"] for (name, labels) in samples if name == "streambid_bid_requests_total"}
 
