@@ -10,7 +10,7 @@ second per core every microsecond of overhead shows.  Routes:
     GET  /metrics                   Prometheus text
     GET  /status                    JSON: model version, campaigns, pacing
     GET  /healthz                   200 when serving (liveness)
-    GET  /readyz                    200 once bidding; 503 while the worker still reads its state topics (readiness)
+    GET  /readyz                    200 once bidding; 503 while the worker still reads its state topics or stops
 
 HEAD on /metrics, /status, /healthz and /readyz gets GET's status and headers; HEAD elsewhere is refused (a HEAD must be
 safe, and a notice is not), and an answer to a HEAD never has content.  Every 405 says in `Allow` what the
@@ -215,6 +215,7 @@ class BidApp:
         self.sweeper: asyncio.Future | None = None
         self._last_internal_log = 0.0
         self.warming: tuple[str, ...] = ()  # what this worker still reads before it bids (bidder.wiring.Warmup)
+        self.draining = False  # stopping (`drain`): /readyz says 503, and every answer closes its connection
         self._page: asyncio.Future[bytes] | None = None  # the /metrics text being rendered between bids
 
     def bid(self, body: bytes, gz: bool, exchange: str, started: float, version: bytes = b"",
@@ -671,7 +672,7 @@ class BidProtocol(asyncio.Protocol):
         if self.dead or transport is None or transport.is_closing():
             return
         parser = self.parser
-        close = not parser.should_keep_alive()
+        close = not parser.should_keep_alive() or self.app.draining
         if parser.should_upgrade():
             if parser.get_method() == b"CONNECT":
                 close = True
@@ -767,6 +768,8 @@ class BidProtocol(asyncio.Protocol):
         if path == "/healthz":
             return response(200, b'{"ok":true}')
         if path == "/readyz":
+            if self.app.draining:
+                return response(503, b'{"ready":false,"draining":true}')
             if self.app.warming:
                 return response(503, orjson.dumps({"ready": False, "reading": self.app.warming}))
             return response(200, b'{"ready":true}')
@@ -814,6 +817,37 @@ async def sweep_stalled(app: BidApp, interval: float = 1.0) -> None:
                     proto._close(408, b'{"error":"request_timeout"}')
             elif now - proto.seen > IDLE_TIMEOUT_S and proto.transport is not None:
                 hang_up(proto.transport)
+
+
+DRAIN_TAIL_S = 1.0  # after the drain: how long a request still being read or decided may take to be answered
+
+
+async def drain(app: BidApp, server: asyncio.AbstractServer, grace_s: float, cut: asyncio.Event | None = None) -> None:
+    """Stop serving without dropping what a client has sent: the way a worker ends on SIGTERM.
+
+    For up to `grace_s`, and only while connections are open, it goes on answering on the port, every answer
+    saying `Connection: close` and /readyz 503, so each pooled connection closes after its next answer and a load
+    balancer takes the worker out.  Then it stops listening, hangs up on idle connections, and gives those in the
+    middle of a request DRAIN_TAIL_S to be answered.  `cut` set (a second Ctrl-C) ends the grace at once.
+    """
+    app.draining = True
+    loop = asyncio.get_running_loop()
+    until = loop.time() + grace_s
+    while app.connections and loop.time() < until and not (cut is not None and cut.is_set()):
+        await asyncio.sleep(0.05)
+    server.close()
+    until = loop.time() + DRAIN_TAIL_S
+    while True:
+        busy = False
+        for proto in list(app.connections):
+            if proto.receiving or proto.held is not None:
+                busy = True
+            elif proto.transport is not None:
+                hang_up(proto.transport)
+        if not busy or loop.time() >= until:
+            break
+        await asyncio.sleep(0.02)
+    app.flush()
 
 
 def settle_heap(app: BidApp) -> None:

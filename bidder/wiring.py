@@ -45,7 +45,7 @@ from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool
 from bidder.notice_relay import NoticeRelay
 from bidder.notices import KINDS, Notice
 from bidder.pacing import MAX_LAMBDA, PacingState, read_lambda
-from bidder.server import BidApp, response, start_server
+from bidder.server import BidApp, drain, response, start_server
 from bidder.slices import run_sliced
 from bidder.targeting import CampaignIndex
 from models.snapshot import ModelSnapshot
@@ -55,6 +55,7 @@ log = logging.getLogger("streambid.serve")
 # tables built between bids that a swap meanwhile made stale (a model during a campaign change, or an index during a
 # model swap) are gathered again between bids this many times; then the engine builds them at once when installing
 CATCH_UP_BUILDS = 3
+DRAIN_S = 5.0  # on SIGTERM, open connections are answered this long at most (less than the supervisor's 10 s wait)
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ class ServeOptions:
     relay_dir: Path | None = None  # set by serve() for N > 1 workers: their notice mailboxes
     lease_poll_s: float = 0.1  # how often each worker checks whether a lease needs topping up
     warmup_s: float = 60.0  # with a broker: longest a worker waits to read the state topics before it bids anyway
+    drain_s: float = DRAIN_S  # on SIGTERM: how long open connections are still answered (bidder.server.drain)
 
     def __post_init__(self) -> None:
         self.notice_base = self.notice_base.rstrip("/")  # "https://x/" would sign URLs for "https://x//notice/…"
@@ -396,12 +398,14 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         return doc
 
     app.status_extra = status_extra
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # the first SIGTERM or SIGINT drains; a later Ctrl-C cuts the grace (a SIGTERM may come twice: from a service
+    # manager to the whole group, then from the supervisor)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: hurry.set() if stop.is_set() else stop.set())
     await stop.wait()
-    server.close()
+    await drain(app, server, opts.drain_s, hurry)  # the producer still runs: notices answered meanwhile reach Kafka
     for task in tasks:
         task.cancel()
     if relay:

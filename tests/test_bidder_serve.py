@@ -290,3 +290,40 @@ def test_ctrl_c_in_the_terminal_stops_every_worker_cleanly() -> None:
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
         again.listen()
+
+
+def _ask(c: socket.socket, data: bytes) -> tuple[bytes, bytes]:
+    """Send one request on a kept-alive connection and read its answer: (head, body)."""
+    c.sendall(data)
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = c.recv(65536)
+        assert chunk, f"connection closed before an answer: {out!r}"
+        out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    length = int(m.group(1)) if (m := re.search(rb"(?i)content-length: *(\d+)", head)) else 0
+    while len(body) < length:
+        body += c.recv(65536)
+    return head, body
+
+
+def test_sigterm_answers_what_open_connections_send_then_stops(serve) -> None:
+    """A rolling restart: requests sent on pooled connections after the SIGTERM are answered (each answer closing
+    its connection), /readyz says 503, an idle connection is closed after the grace, and the process exits 0."""
+    s = serve(campaigns=50)
+    body = RequestFactory(6).bodies(1)[0]
+    bid = b"POST /bid/d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    a, b, idle = (socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(3))
+    with a, b, idle:
+        head, _ = _ask(a, bid)
+        assert head.split(b" ")[1] in (b"200", b"204") and b"Connection: close" not in head
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # the worker is draining now
+        head, _ = _ask(a, bid)
+        assert head.split(b" ")[1] in (b"200", b"204") and b"Connection: close" in head, head
+        assert a.recv(1) == b""  # then the connection closes
+        head, out = _ask(b, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and orjson.loads(out)["draining"] is True
+        assert idle.recv(1) == b""  # never used again: hung up on once the grace is over
+    assert s.proc.wait(15) == 0
+    assert "Traceback" not in s.log.read_text()
