@@ -172,7 +172,7 @@ class ModelSnapshot:
     def from_dict_steps(cls, d: dict, step: int = DECODE_STEP) -> Steps[ModelSnapshot]:
         """`from_dict`, pausing every `step` weights or counts: with thousands of campaigns a model takes tens of
         milliseconds to check and build, and a bidder decodes one about every second, between bids."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") != FORMAT or type(d.get("format")) is not type(FORMAT):
             raise ValueError(f"unsupported model snapshot format {d.get('format') if isinstance(d, dict) else d!r}")
         try:
             ids, ws = d["ids"], d["weights"]
@@ -189,6 +189,8 @@ class ModelSnapshot:
                 weights.update(zip(part_ids, map(float, part_ws), strict=True))
                 yield
             _check_numbers(others)
+            if not all(type(d[k]) is int and d[k] >= 0 for k in ("version", "n_seen")):
+                raise ValueError("version and n_seen must be non-negative integers")
             counts = yield from ClickCounts.from_dict_steps(d["counts"], step)
             blends = yield from counts.blends_steps(step)
             return cls(
@@ -216,7 +218,7 @@ class ModelSnapshot:
         """`from_bytes` in steps (`bidder.slices`); the decompression and the JSON parse are one step."""
         try:
             doc = orjson.loads(zlib.decompress(data))
-        except (zlib.error, orjson.JSONDecodeError) as e:
+        except (zlib.error, orjson.JSONDecodeError, TypeError) as e:  # TypeError: not bytes at all
             raise ValueError(f"not a model snapshot (zlib-compressed JSON): {e}") from None
         yield
         return (yield from cls.from_dict_steps(doc))

@@ -116,6 +116,8 @@ def test_corrupt_bytes_are_rejected() -> None:
         ModelSnapshot.from_bytes(zlib.compress(orjson.dumps({"format": 99})))
     with pytest.raises(ValueError):
         ModelSnapshot.from_bytes(b"not a snapshot")
+    with pytest.raises(ValueError, match="not a model snapshot"):
+        ModelSnapshot.from_bytes("not bytes at all")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -133,6 +135,10 @@ def test_corrupt_bytes_are_rejected() -> None:
          "prior_ctr"),
         ({"counts": {"config": {"nonsense": 1}, "clicks": 0, "impressions": 0, "campaigns": [], "creatives": []}},
          "nonsense"),
+        ({"version": -1}, "non-negative integers"),
+        ({"n_seen": 2.5}, "non-negative integers"),
+        ({"format": True}, "format"),  # equal to 1 in Python, yet no format this reader knows
+        ({"format": 1.0}, "format"),
     ],
 )
 def test_a_snapshot_no_learner_could_make_is_refused(change: dict, problem: str) -> None:
