@@ -39,13 +39,15 @@ def positive(kind: type, most: float | None = None) -> Callable[[str], Any]:
     return parse
 
 
-def non_negative(kind: type) -> Callable[[str], Any]:
-    """An argparse `type=` for a finite number >= 0."""
+def non_negative(kind: type, most: float | None = None) -> Callable[[str], Any]:
+    """An argparse `type=` for a finite number >= 0 (and <= `most`)."""
 
     def parse(text: str) -> Any:
         value = _number(kind, text)
         if value < 0:
             raise argparse.ArgumentTypeError(f"{text} is negative: give 0 or more")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text} is over the maximum of {most:,}")
         return value
 
     return parse
@@ -85,6 +87,24 @@ def base_url(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} has a query or fragment: give the base alone; the notice paths "
                                          "and their signed query are appended to it")
     return text
+
+
+def bootstrap_problem(broker: str) -> str | None:
+    """Why a bootstrap list is not HOST:PORT[,HOST:PORT...] (None: it is), before the Kafka client trips over it: it
+    reads a missing port as 9092 and an unreadable one as a Python error."""
+    for part in broker.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host.strip("[]") or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            return f"{part.strip()!r} is not HOST:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:9092)"
+    return None
+
+
+def broker_address_problem(flag: str | None) -> str | None:
+    """Why the broker `--broker` gives, else $KAFKA_BOOTSTRAP, is not HOST:PORT, naming which of the two gave it;
+    None when it is, or when neither gives one."""
+    broker = flag or os.environ.get("KAFKA_BOOTSTRAP")
+    problem = bootstrap_problem(broker) if broker else None
+    return f"{'--broker' if flag else 'KAFKA_BOOTSTRAP'} {broker!r}: {problem}" if problem else None
 
 
 def out_dir_problem(path: Path, flag: str = "--out") -> str | None:

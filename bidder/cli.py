@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streambid", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups = {"top": top}
     for name, help_text in GROUPS.items():
@@ -56,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     for module in PACKAGES:
         importlib.import_module(module).register(groups)
     return parser
+
+
+def package_version() -> str:
+    """The installed package's version, for bug reports; "unknown" when run from a tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streambid")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

@@ -15,12 +15,13 @@ from typing import IO
 
 import orjson
 
-from bidder.arguments import base_url, non_negative, out_dir_problem, port_or_zero, positive
+from bidder.arguments import base_url, broker_address_problem, non_negative, out_dir_problem, port_or_zero, positive
 from bidder.campaigns import ConfigError, campaign_file_error, idle_warnings, load_campaigns
 from streams.events import env_salt
 
 # more processes than this only add memory (each holds its own engine and model): a typo of 100000 would fill it
 MAX_WORKERS = 8 * (os.cpu_count() or 1)
+MAX_DRAIN_S = 60.0  # a rolling restart's grace; service managers stop waiting sooner (Kubernetes: 30 s)
 # where a snapshot file comes from: the workers publish models only to the model topic
 MODEL_SOURCES = ("one saved by `streambid model export --out FILE` (the model the workers last published) or by "
                  "`streambid bench bidder` (out/bench-model-*.snap)")
@@ -39,8 +40,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     d.add_argument("--requests", type=positive(int), default=60_000,
                    help="bid requests in each simulated day (default: %(default)s)")
     d.add_argument("--seed", type=int, default=7, help="random seed of the simulated market (default: %(default)s)")
-    d.add_argument("--campaigns", type=Path, help="campaign file (default: the bundled demo campaigns)")
-    d.add_argument("--out", type=Path, default=Path("out"), help="where the PNG goes (default: %(default)s)")
+    d.add_argument("--campaigns", type=Path, metavar="FILE", help="campaign file (default: the bundled demo campaigns)")
+    d.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="where the PNG goes (default: %(default)s)")
     d.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     d.set_defaults(func=cmd_demo)
 
@@ -53,18 +54,21 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                                            "%(default)s)")
     s.add_argument("--workers", type=positive(int, MAX_WORKERS), default=1,
                    help=f"processes sharing the port via SO_REUSEPORT, one per core is the usual choice; at most "
-                        f"{MAX_WORKERS}, 8 per core here (default: 1)")
-    s.add_argument("--campaigns", type=Path, help="JSON/YAML campaign file; with a broker the config topic is followed too")
-    s.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP; none: no events are sent)")
+                        f"{MAX_WORKERS}, 8 per core here (default: %(default)s)")
+    s.add_argument("--campaigns", type=Path, metavar="FILE",
+                   help="JSON/YAML campaign file; with a broker the config topic is followed too")
+    s.add_argument("--broker", metavar="HOST:PORT",
+                   help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP; none: no events are sent)")
     s.add_argument("--no-kafka", action="store_true", help="ignore $KAFKA_BOOTSTRAP: serve from the campaign file only")
     s.add_argument("--model", type=Path, metavar="FILE",
                    help=f"a model snapshot file to start warm from instead of the prior: {MODEL_SOURCES}; with a broker "
                         "the model topic is followed too")
-    s.add_argument("--network-ms", type=int, default=20,
-                   help="round-trip allowance taken off tmax when computing the deadline (default: %(default)s)")
+    s.add_argument("--network-ms", type=int, default=20, metavar="MS",
+                   help="round-trip allowance taken off tmax when computing the deadline, 0 to 999 (default: "
+                        "%(default)s)")
     s.add_argument("--notice-base", type=base_url,
                    help="public base URL for notice URLs, http:// or https:// (default: http://HOST:PORT)")
-    s.add_argument("--shed-ms", type=float, default=60.0,
+    s.add_argument("--shed-ms", type=float, default=60.0, metavar="MS",
                    help="answer 204 (x-nobid-reason: overload) at once to a request that has already waited three "
                         "quarters of its deadline budget, or this many ms if less, when its turn comes, instead of "
                         "queueing it (default: %(default)s)")
@@ -75,20 +79,24 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="this bidder's id on the IAB TCF Global Vendor List: under GDPR a consent string must then "
                         "grant that vendor as well as purposes 1, 3 and 4; 0 checks the purposes only (default: "
                         "%(default)s)")
-    s.add_argument("--explore-below", type=int, default=200,
+    s.add_argument("--explore-below", type=int, default=200, metavar="N",
                    help="Thompson-sample the pCTR of creatives with fewer impressions than this, so new ones are not "
                         "starved; 0 turns exploration off (default: %(default)s)")
     s.add_argument("--lease-slice", type=float, default=0.05, metavar="FRACTION",
                    help="with a broker, spend only from budget leases granted by `streambid worker`, each slice this "
                         "share of the campaign's remaining daily budget (at least 4 impressions at its max bid); a "
-                        "bidder cut off from the workers stops when its lease is spent; 0 turns leases off "
-                        "(default: %(default)s)")
-    s.add_argument("--spill-dir", type=Path, default=Path(".streambid-spill"),
+                        "bidder cut off from the workers stops when its lease is spent; 0 to 0.5, 0 turns leases "
+                        "off (default: %(default)s)")
+    s.add_argument("--spill-dir", type=Path, default=Path(".streambid-spill"), metavar="DIR",
                    help="where events wait while Kafka is unreachable (default: %(default)s)")
     s.add_argument("--warmup-s", type=non_negative(float), default=60.0, metavar="SECONDS",
                    help="with a broker, a worker answers 204 (x-nobid-reason: warming) and /readyz 503 until it has "
                         "read the campaign, model, pacing and billing topics up to where they ended when it started; "
                         "after this many seconds it bids on what it has read (default: %(default)s)")
+    s.add_argument("--drain-s", type=non_negative(float, MAX_DRAIN_S), default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, how long a worker goes on answering the connections still open (each answer closing "
+                        f"its connection, /readyz 503) before it stops; it stops at once when none is; 0 to {MAX_DRAIN_S:g} "
+                        "(default: %(default)s)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -129,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         network_ms=args.network_ms, notice_base=args.notice_base or here,
         model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
         tcf_vendor=args.tcf_vendor_id,
-        shed_ms=args.shed_ms, lease_frac=args.lease_slice, warmup_s=args.warmup_s,
+        shed_ms=args.shed_ms, lease_frac=args.lease_slice, warmup_s=args.warmup_s, drain_s=args.drain_s,
     )
     print(f"streambid: {serving_line(len(campaigns), f'{here}/bid', args.workers, broker)}", file=sys.stderr)
     return serve(opts)
@@ -164,13 +172,16 @@ def _serve_problem(args: argparse.Namespace) -> str:
     if args.no_kafka and args.broker:
         return "--no-kafka and --broker contradict each other: pass one of them"
     if not 0 <= args.lease_slice <= 0.5:
-        return "--lease-slice must lie in [0, 0.5]"
+        return (f"--lease-slice {args.lease_slice:g}: must lie in [0, 0.5], a share of the campaign's remaining daily "
+                "budget (0 turns leases off)")
     if not 0 <= args.network_ms < 1000:
         return f"--network-ms {args.network_ms}: the allowance must be 0 to 999 ms (exchanges give tmax of 100-1000 ms)"
     if not 0 < args.shed_ms < math.inf:
         return f"--shed-ms {args.shed_ms}: must be a positive number of milliseconds"
     if args.explore_below < 0:
         return f"--explore-below {args.explore_below}: must be >= 0 (0 turns exploration off)"
+    if not args.no_kafka and (problem := broker_address_problem(args.broker)):
+        return problem
     if args.model is not None:
         from models.snapshot import ModelSnapshot
 
@@ -209,14 +220,15 @@ def _reach_broker(broker: str) -> None:
     """Create the topics now, so a broker that cannot be reached is one line here, not a traceback per worker."""
     from aiokafka.errors import KafkaError
 
+    from streams.commands import unreachable_reason
     from streams.kafka_io import ensure_topics
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         asyncio.run(ensure_topics(broker))
     except (KafkaError, OSError) as e:
-        raise ValueError(f"cannot reach the Kafka broker at {broker} ({e}); check --broker or KAFKA_BOOTSTRAP, or "
-                         "pass --no-kafka to serve from the campaign file alone") from None
+        raise ValueError(f"cannot reach the Kafka broker at {broker} ({unreachable_reason(e)}); check --broker or "
+                         "KAFKA_BOOTSTRAP, or pass --no-kafka to serve from the campaign file alone") from None
     finally:
         logging.getLogger("aiokafka").setLevel(logging.NOTSET)
 

@@ -45,7 +45,7 @@ from bidder.metrics import BidderStats, PoolRenderer, make_pool_dir, remove_pool
 from bidder.notice_relay import NoticeRelay
 from bidder.notices import KINDS, Notice
 from bidder.pacing import MAX_LAMBDA, PacingState, read_lambda
-from bidder.server import BidApp, drain, response, start_server
+from bidder.server import DRAIN_TAIL_S, BidApp, drain, response, start_server
 from bidder.slices import run_sliced
 from bidder.targeting import CampaignIndex
 from models.snapshot import ModelSnapshot
@@ -55,7 +55,7 @@ log = logging.getLogger("streambid.serve")
 # tables built between bids that a swap meanwhile made stale (a model during a campaign change, or an index during a
 # model swap) are gathered again between bids this many times; then the engine builds them at once when installing
 CATCH_UP_BUILDS = 3
-DRAIN_S = 5.0  # on SIGTERM, open connections are answered this long at most (less than the supervisor's 10 s wait)
+DRAIN_S = 5.0  # on SIGTERM, open connections are answered this long at most (`serve --drain-s`)
 
 
 @dataclass(slots=True)
@@ -610,7 +610,7 @@ def serve(opts: ServeOptions) -> int:
         time.sleep(0.2)
         metrics.tick(workers.pids())
         workers.step(time.monotonic())
-    workers.stop()
+    workers.stop(opts.drain_s + DRAIN_TAIL_S + 5.0)  # each drains (bidder.server.drain), then sends its events
     remove_pool_dir(opts.metrics_dir)
     if opts.relay_dir is not None:
         shutil.rmtree(opts.relay_dir, ignore_errors=True)
@@ -687,14 +687,16 @@ class Workers:
         self.due[index] = now + wait
         self.say(f"streambid: worker {index} (pid {p.pid}) exited with {p.exitcode}; restarting in {wait:.1f} s")
 
-    def stop(self) -> None:
-        """Stop every running worker and wait for it (a Ctrl-C in the terminal may have stopped some already)."""
+    def stop(self, wait_s: float = 10.0) -> None:
+        """Stop every running worker and wait for them, `wait_s` in all (a Ctrl-C in the terminal may have stopped
+        some already)."""
         self.stopping = True
         running = [p for i, p in self.procs.items() if i not in self.due and p.is_alive()]
         for p in running:
             p.terminate()
+        until = time.monotonic() + wait_s
         for p in running:
-            p.join(10)
+            p.join(max(until - time.monotonic(), 0.0))
 
 
 RESTART_FIRST_S, RESTART_MAX_S = 0.5, 30.0  # the wait before restarting a worker that keeps exiting: doubling, capped

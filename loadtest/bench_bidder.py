@@ -335,9 +335,10 @@ def bench_files(campaigns: int, seed: int, out: Path) -> Iterator[tuple[Path, Pa
     """(work directory for the servers' logs, campaign file, trained model) for a bid-path bench; the work
     directory and the campaign file go when the bench ends, the model stays in `out` for the next run."""
     with tempfile.TemporaryDirectory(prefix="streambid-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp).resolve()
         camp_file = bench_campaigns(work, campaigns, seed)
-        yield work, camp_file, bench_model(camp_file, seed, out)
+        # absolute: the servers run in PROJECT_ROOT, where a relative --out would name another directory
+        yield work, camp_file, bench_model(camp_file, seed, out.resolve())
 
 
 def bidder_cmd_problem(bidder_cmd: str) -> str | None:
@@ -352,9 +353,18 @@ def bidder_cmd_problem(bidder_cmd: str) -> str | None:
         return f"--bidder-cmd {bidder_cmd!r}: {e}; double a literal brace ({{{{ }}}}) and close every quote"
     if not argv:
         return "--bidder-cmd is empty; give the command that serves the bidder on {port}"
-    if shutil.which(argv[0]) is None:
-        return f"--bidder-cmd {bidder_cmd!r}: no program {argv[0]!r} found; give a path to it or put it on PATH"
+    if server_program(argv[0]) is None:
+        return (f"--bidder-cmd {bidder_cmd!r}: no program {argv[0]!r} found (a relative path is taken from {PROJECT_ROOT}, "
+                "where the servers run); give a path to it or put it on PATH")
     return None
+
+
+def server_program(name: str) -> str | None:
+    """The program `name` a server's Popen runs, or None: Popen takes a relative path from its cwd, PROJECT_ROOT, not
+    from wherever the bench was started, and a bare name from PATH."""
+    if os.sep in name and not os.path.isabs(name):
+        name = str(PROJECT_ROOT / name)
+    return shutil.which(name)
 
 
 def bench_bidder(

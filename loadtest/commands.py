@@ -60,9 +60,10 @@ def register_replay(groups: dict[str, argparse._SubParsersAction]) -> None:
       help="directory with info.json and test.theta.txt (or the shared data directory holding ipinyou-2997/)")
     a("--c0", type=_c0, action="append", metavar="F",
       help="budget level as a fraction, e.g. 1/32; repeat for several (default: 1/32 1/16 1/8 1/4 1/2)")
-    a("--episode", type=positive(int), default=1000, metavar="T", help="auctions per episode (default 1000)")
+    a("--episode", type=positive(int), default=1000, metavar="T", help="auctions per episode (default: %(default)s)")
     a("--json", action="store_true", help="print the report as one JSON document on stdout")
-    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for replay_ipinyou_pacing.png (default out/)")
+    a("--out", type=Path, default=Path("out"), metavar="DIR",
+      help="directory for replay_ipinyou_pacing.png (default: %(default)s)")
     a("--no-progress", action="store_true", help="no status line on stderr")
     p.set_defaults(func=_cmd_replay_ipinyou)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from bidder.arguments import positive
+from bidder.arguments import broker_address_problem, positive
+from bidder.commands import MAX_WORKERS
 
 DAY_DESCRIPTION = """\
 Play one simulated day through the real stack: a Kafka broker ($KAFKA_BOOTSTRAP,
@@ -43,6 +45,9 @@ MAX_REQUESTS = 100_000  # the plan is built in memory: about 7 KB and 70 µs of 
 def _cmd_day(args: argparse.Namespace) -> int:
     from loadtest.day_kafka import command
 
+    if problem := broker_address_problem(args.broker):  # the Kafka client would say only "invalid literal for int()"
+        print(f"streambid loadtest day: {problem}", file=sys.stderr)
+        return 2
     return command(args)
 
 
@@ -60,18 +65,18 @@ def register_day(groups: dict[str, argparse._SubParsersAction]) -> None:
     a("--requests", type=positive(int, MAX_REQUESTS), default=12_000, metavar="N",
       help=f"bid requests in the simulated day, at most {MAX_REQUESTS:,} (the day is planned in memory first, "
            "about 0.7 GB per 100,000) (default: %(default)s)")
-    a("--seed", type=int, default=7, help="random seed of the simulated market (default: %(default)s)")
+    a("--seed", type=int, default=7, metavar="N", help="random seed of the simulated market (default: %(default)s)")
     a("--broker", metavar="HOST:PORT",
       help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP; if unset, a local broker is started for the run)")
-    a("--bidder-workers", type=positive(int), default=2, metavar="N",
-      help="bidder processes behind the port (default: %(default)s)")
+    a("--bidder-workers", type=positive(int, MAX_WORKERS), default=2, metavar="N",
+      help=f"bidder processes behind the port, at most {MAX_WORKERS} as for `serve --workers` (default: %(default)s)")
     a("--warmup", type=positive(float), default=20.0, metavar="S",
       help="wall seconds from starting the processes to simulated midnight (default: %(default)s)")
     a("--grace", type=positive(float), default=1.0, metavar="S",
       help="wall seconds a bidder may take to stop a campaign once the pacing topic says it is exhausted, in the "
            "budget check (default: %(default)s)")
     a("--out", type=Path, default=Path("out"), metavar="DIR",
-      help="directory for day-kafka-spend.png and the process logs (default: out/)")
+      help="directory for day-kafka-spend.png and the process logs (default: %(default)s)")
     a("--json", action="store_true", help="print the report as one JSON document on stdout")
     a("--no-progress", action="store_true", help="no status line on stderr")
     p.set_defaults(func=_cmd_day)

@@ -6,11 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bidder.arguments import connections, non_negative, out_dir_problem, positive
+
+if TYPE_CHECKING:
+    from loadtest.report import LoadReport
 
 RUN_DESCRIPTION = """\
 Play an exchange against a running bidder: send OpenRTB 2.6 bid requests on an
@@ -23,9 +26,11 @@ Only the given URL is ever sent traffic.  The target must be on this machine
 (loopback: 127.0.0.0/8 or ::1) unless --allow-remote is given; use that only for
 a host you run.
 
-Exit status: 0 when the bidder answered, 1 when it could not be reached or
-answered none of the requests (the report is printed all the same), 2 for bad
-arguments.
+Exit status: 0 when the bidder answered, 1 when it could not be reached,
+answered none of the requests or answered every one with an error status (no
+200 or 204: is --target its bid URL?), 2 for bad arguments.  On status 1 the
+report is printed all the same; when no connection could be made at all, only
+--json prints one: empty, with an "error" field saying why.
 
 examples:
   streambid loadtest run --target http://127.0.0.1:8080/bid/test --rate 2000 --duration 30
@@ -84,7 +89,9 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--target", required=True, metavar="URL", help="bid URL, e.g. http://127.0.0.1:8080/bid/test (host defaults to 127.0.0.1)")
+    a("--target", required=True, metavar="URL",
+      help="bid URL, http:// with a port from 1 to 65535 (80 when none is written), e.g. http://127.0.0.1:8080/bid/test "
+           "or :8080/bid/test (host defaults to 127.0.0.1)")
     a(
         "--rate",
         type=non_negative(float),
@@ -94,18 +101,20 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     )
     a("--duration", type=positive(float), required=True, metavar="S", help="seconds of load")
     a("--connections", type=connections, default=64, metavar="C",
-      help="keep-alive connections, one request in flight each (default 64)")
+      help="keep-alive connections, one request in flight each (default: %(default)s)")
     a("--tmax", type=positive(int), default=100, metavar="MS",
-      help="deadline in ms, also the tmax of generated requests (default 100)")
+      help="deadline in ms, also the tmax of generated requests (default: %(default)s)")
     a("--profile", choices=("const", "ramp", "step"), default="const",
-      help="const rate, linear ramp to R, or 5 equal steps to R (default const)")
+      help="const rate, linear ramp to R, or 5 equal steps to R (default: %(default)s)")
     a("--requests", type=Path, metavar="FILE", help="replay bodies from FILE (one JSON request per line) instead of generating")
-    a("--seed", type=int, default=1, metavar="N", help="traffic generator seed (default 1)")
-    a("--malformed", type=float, default=0.0, metavar="F", help="share of deliberately malformed bodies, 0..1 (default 0)")
-    a("--pool", type=positive(int), default=5000, metavar="N", help="distinct generated bodies to cycle through (default 5000)")
+    a("--seed", type=int, default=1, metavar="N", help="traffic generator seed (default: %(default)s)")
+    a("--malformed", type=float, default=0.0, metavar="F",
+      help="share of deliberately malformed bodies, 0..1 (default: %(default)s)")
+    a("--pool", type=positive(int), default=5000, metavar="N",
+      help="distinct generated bodies to cycle through (default: %(default)s)")
     a("--allow-remote", action="store_true", help="allow a non-loopback target; only for a host you run")
     a("--json", action="store_true", help="print the report as one JSON document on stdout")
-    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for latency-over-time.png (default out/)")
+    a("--out", type=Path, default=Path("out"), metavar="DIR", help="directory for latency-over-time.png (default: %(default)s)")
     a("--no-progress", action="store_true", help="no status line on stderr")
     p.set_defaults(func=cmd_run)
 
@@ -121,9 +130,9 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     )
     a = p.add_argument
     a("--duration", type=positive(float), default=8.0, metavar="S",
-      help="seconds of saturation and of the 50%% load run (default 8)")
+      help="seconds of saturation and of the 50%% load run (default: %(default)s)")
     a("--probe", type=positive(float), default=3.0, metavar="S",
-      help="seconds per open-loop probe for the max sustained rate (default 3)")
+      help="seconds per open-loop probe for the max sustained rate (default: %(default)s)")
     _bench_inputs(a)
     a(
         "--bidder-cmd",
@@ -132,7 +141,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
         help="bidder command; {port}, {campaigns} and {model} (the bench's trained model) are filled in "
              "(default: %(default)s)",
     )
-    a("--path", default="/bid/bench", help="URL path requests are posted to (default /bid/bench)")
+    a("--path", default="/bid/bench", metavar="PATH", help="URL path requests are posted to (default: %(default)s)")
     _bench_load(a, "the latency PNGs")
     a("--strict", action="store_true", help="exit with status 3 when the bidder misses a target")
     p.set_defaults(func=cmd_bench_bidder)
@@ -146,7 +155,8 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--duration", type=positive(float), default=6.0, metavar="S", help="seconds of saturation per server (default 6)")
+    a("--duration", type=positive(float), default=6.0, metavar="S",
+      help="seconds of saturation per server (default: %(default)s)")
     _bench_inputs(a)
     _bench_load(a, "bench-stages.png")
     p.set_defaults(func=cmd_bench_stages)
@@ -155,18 +165,20 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
 def _bench_inputs(a: Callable[..., Any]) -> None:
     """The options both bid-path benches take for what they serve."""
     a("--campaigns", type=positive(int), default=1000, metavar="N",
-      help="generated campaigns loaded into the bidder (default 1000)")
+      help="generated campaigns loaded into the bidder (default: %(default)s)")
     a("--floor", type=Path, metavar="PATH",
-      help="floor server script (default ../shared/bench/floor_server.py beside the project)")
+      help="floor server script (default: ../shared/bench/floor_server.py beside the project)")
 
 
 def _bench_load(a: Callable[..., Any], pngs: str) -> None:
     """The options both bid-path benches take for the load they send and what they write."""
-    a("--connections", type=connections, default=64, metavar="C", help="keep-alive connections, in every phase (default 64)")
-    a("--tmax", type=positive(int), default=100, metavar="MS", help="deadline in ms, also the requests' tmax (default 100)")
-    a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default 1)")
+    a("--connections", type=connections, default=64, metavar="C",
+      help="keep-alive connections, in every phase (default: %(default)s)")
+    a("--tmax", type=positive(int), default=100, metavar="MS",
+      help="deadline in ms, also the requests' tmax (default: %(default)s)")
+    a("--seed", type=int, default=1, metavar="N", help="traffic and campaign seed (default: %(default)s)")
     a("--json", action="store_true", help="print one JSON document on stdout")
-    a("--out", type=Path, default=Path("out"), metavar="DIR", help=f"directory for {pngs} (default out/)")
+    a("--out", type=Path, default=Path("out"), metavar="DIR", help=f"directory for {pngs} (default: %(default)s)")
 
 
 def cmd_bench_stages(args: argparse.Namespace) -> int:
@@ -204,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         parse_target(args.target, allow_remote=args.allow_remote)
     except (RemoteTargetRefused, ValueError) as e:
-        print(f"streambid loadtest run: {e}", file=sys.stderr)
+        print(f"streambid loadtest run: --target {args.target!r}: {e}", file=sys.stderr)
         return 2
     if not 0.0 <= args.malformed <= 1.0:
         print("streambid loadtest run: --malformed must be between 0 and 1", file=sys.stderr)
@@ -237,7 +249,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
     except ConnectionError as e:
-        print(f"streambid loadtest run: {e}", file=sys.stderr)
+        if args.json:  # a script reading the report gets one, empty but for why
+            sys.stdout.write(orjson.dumps({**unsent_report(args).to_dict(), "error": str(e)}).decode() + "\n")
+        print(f"streambid loadtest run: {e}; is the bidder running, and is --target its bid URL?", file=sys.stderr)
         return 1
     png = write_latency_png(report, args.out / "latency-over-time.png")
     if args.json:
@@ -247,11 +261,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
         print(f"\nlatency over time: {png}")
-    if not report.answered:  # a dead or hung bidder must fail a script, not pass it with an empty report
-        print(f"streambid loadtest run: {report.target} answered none of the {report.scheduled:,} requests; is the "
-              "bidder running, and is --target its bid URL?", file=sys.stderr)
+    if problem := failed_run(report):  # a dead, hung or misaddressed bidder must fail a script, not pass it
+        print(f"streambid loadtest run: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+DECIDED = (200, 204)  # the statuses of a bid and of a no-bid: any other answer is an error
+
+
+def failed_run(report: LoadReport) -> str | None:
+    """Why a run's report must end the command with status 1 (None: it need not)."""
+    if not report.answered:
+        return (f"{report.target} answered none of the {report.scheduled:,} requests; is the bidder running, and is "
+                "--target its bid URL?")
+    if not any(report.statuses.get(code) for code in DECIDED):
+        codes = ", ".join(f"{code}: {n:,}" for code, n in sorted(report.statuses.items()))
+        return (f"{report.target} answered every request with an error status ({codes}), never 200 or 204; is "
+                "--target the bidder's bid URL (http://HOST:PORT/bid/EXCHANGE)?")
+    return None
+
+
+def unsent_report(args: argparse.Namespace) -> LoadReport:
+    """The report of a run that could not connect: nothing scheduled, nothing answered."""
+    from loadtest.loadgen import parse_target
+    from loadtest.report import LoadReport
+
+    return LoadReport(target=parse_target(args.target, allow_remote=args.allow_remote).url,
+                      mode="closed" if args.rate <= 0 else "open", profile=args.profile, rate=args.rate,
+                      duration=args.duration, connections=args.connections, tmax_ms=args.tmax)
 
 
 def cmd_bench_bidder(args: argparse.Namespace) -> int:

@@ -74,13 +74,19 @@ class Target:
     url: str
 
 
+TARGET_EXAMPLE = "e.g. http://127.0.0.1:8080/bid/ex1 or :8080/bid/ex1"
+
+
 def parse_target(url: str, allow_remote: bool = False) -> Target:
     """Normalise `url` (scheme and host optional, host defaults to 127.0.0.1) and refuse non-loopback hosts.
 
     A load test must only hit servers on this machine unless the operator says
     otherwise, so every address the host name resolves to must be loopback.
+    ValueError says what is wrong with `url` without repeating it.
     """
     raw = url.strip()
+    if not raw:
+        raise ValueError(f"empty; give the bidder's bid URL, {TARGET_EXAMPLE}")
     if raw.isdigit():
         raw = f":{raw}"
     if "://" not in raw:
@@ -88,12 +94,15 @@ def parse_target(url: str, allow_remote: bool = False) -> Target:
     parts = urlsplit(raw)
     if parts.scheme != "http":
         raise ValueError(f"only http:// targets are supported, not {parts.scheme}://")
+    port = _target_port(parts.netloc)
+    if not parts.hostname and port is None:
+        raise ValueError(f"names neither a host nor a port; give the bidder's bid URL, {TARGET_EXAMPLE}")
     host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
+    port = port or 80
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    if not allow_remote and not _is_loopback(host, port, url):
+    if not allow_remote and not _is_loopback(host, port):
         raise RemoteTargetRefused(
             f"refusing to load {host}: not a loopback address (127.0.0.0/8, ::1); pass --allow-remote for a host you run"
         )
@@ -101,7 +110,17 @@ def parse_target(url: str, allow_remote: bool = False) -> Target:
     return Target(host, port, path, f"http://{shown_host}:{port}{path}")
 
 
-def _is_loopback(host: str, port: int, url: str) -> bool:
+def _target_port(netloc: str) -> int | None:
+    """The port written in a URL's `netloc`, None when none is: urllib reads `:0` and `:` as none, so 80."""
+    _, colon, text = netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")
+    if not colon:
+        return None
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise ValueError(f"port {text!r} is not a number from 1 to 65535; give the bidder's port, {TARGET_EXAMPLE}")
+    return int(text)
+
+
+def _is_loopback(host: str, port: int) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -109,8 +128,7 @@ def _is_loopback(host: str, port: int, url: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        raise ValueError(f"{url!r}: host {host!r} cannot be resolved; give the bidder's URL, "
-                         "e.g. http://127.0.0.1:8080/bid/ex1") from None
+        raise ValueError(f"host {host!r} cannot be resolved; give the bidder's URL, {TARGET_EXAMPLE}") from None
     addrs = {str(info[4][0]) for info in infos}
     return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 

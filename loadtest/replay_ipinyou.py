@@ -108,6 +108,9 @@ def parse_training(doc: Any) -> TrainingStats:
     return stats
 
 
+LOG_LINE = "`click(0|1) market_price(>=0) pCTR(0..1)`"
+
+
 def parse_log(lines: Sequence[str] | Any) -> list[Auction]:
     """`click market_price pCTR` per line; prices converted to CPM micros once; ValueError names a malformed line."""
     out = []
@@ -115,16 +118,31 @@ def parse_log(lines: Sequence[str] | Any) -> list[Auction]:
         parts = line.split()
         if not parts:
             continue
-        try:
-            click, price, pctr = int(parts[0]), int(parts[1]), float(parts[2])
-        except (IndexError, ValueError):
-            click, price, pctr = -1, -1, math.nan
-        if len(parts) != 3 or click not in (0, 1) or price < 0 or not 0.0 <= pctr <= 1.0:
+        auction = _auction(parts)
+        if isinstance(auction, str):
             # the line itself is not quoted: a raw iPinYou log given by mistake holds user ids and IPs
-            raise ValueError(f"line {n}: {len(parts)} field(s), not `click(0|1) market_price(>=0) pCTR(0..1)`; is this "
-                             "a test.theta.txt file?")
-        out.append((click, price * FEN_CPM, pctr))
+            raise ValueError(f"line {n}: {auction}; each line is {LOG_LINE}: is this a test.theta.txt file?")
+        out.append(auction)
     return out
+
+
+def _auction(parts: list[str]) -> Auction | str:
+    """One log line's auction, or what is wrong with it in words that quote none of its values."""
+    if len(parts) != 3:
+        return f"{len(parts)} fields, not 3"
+    for name, text, kind in (("click", parts[0], int), ("market_price", parts[1], int), ("pCTR", parts[2], float)):
+        try:
+            kind(text)
+        except ValueError:
+            return f"the {name} field is not a {'whole ' if kind is int else ''}number"
+    click, price, pctr = int(parts[0]), int(parts[1]), float(parts[2])
+    if click not in (0, 1):
+        return "the click field is neither 0 nor 1"
+    if price < 0:
+        return "the market_price field is negative"
+    if not 0.0 <= pctr <= 1.0:
+        return "the pCTR field is not between 0 and 1"
+    return click, price * FEN_CPM, pctr
 
 
 def resolve_data_dir(path: Path) -> Path:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from bidder.arguments import non_negative, out_dir_problem, positive
+
+if TYPE_CHECKING:
+    from models.snapshot import ModelSnapshot
 
 CTR_HELP = "progressive validation of the CTR learner vs a constant rate and Vowpal Wabbit"
 CTR_DESCRIPTION = """\
@@ -31,6 +36,7 @@ CTR_FILES = ("featindex.fm.txt", "train.fm.txt", "test.fm.txt")
 EXPORT_HELP = "save the model the workers last published to a file, for `serve --model`"
 EXPORT_DESCRIPTION = ("Read the newest CTR model snapshot on the model topic (the one every bidder follows) and write "
                       "it to FILE.  `streambid serve --model FILE` then starts warm from it, with or without a broker.")
+EXPORT_TIMEOUT_S = 30.0  # as the campaign commands: a silent broker otherwise holds the command for the client's 40 s
 # The learner's tuning flags: (type, help, default).  The defaults are LearnerConfig's (a test holds them equal),
 # written out so that `--help` need not import River.
 TUNING = {
@@ -47,25 +53,31 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p = groups["bench"].add_parser(
         "ctr", help=CTR_HELP, description=CTR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", type=Path, help="directory of the iPinYou CTR sample (e.g. ../shared/data/ipinyou-ctr)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="directory of the iPinYou CTR sample (e.g. ../shared/data/ipinyou-ctr)")
     p.add_argument("--synthetic", type=non_negative(int), default=1_000_000, metavar="N",
-                   help="synthetic events (default 1,000,000; 0 skips)")
+                   help="synthetic events; 0 skips (default: %(default)s)")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic stream (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("out"), help="directory for the reliability plot (default out/)")
+    p.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
+                   help="directory for the reliability plot (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of tables")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     tune = p.add_argument_group("learner hyperparameters (defaults: the tuned ones)")
     for name, (kind, text, default) in TUNING.items():
-        tune.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, metavar="X", help=f"{text} (default {default:g})")
+        tune.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name, metavar="X", help=f"{text} (default: {default:g})")
     tune.add_argument("--blend-impressions", type=non_negative(float), metavar="N",
-                      help="creative impressions at which model and prior weigh the same, >= 0 (default 100)")
+                      help="creative impressions at which model and prior weigh the same, >= 0 (default: 100)")
     tune.add_argument("--no-calibration", action="store_true", help="turn the online Platt calibration off")
     p.set_defaults(func=run_bench_ctr)
 
     e = groups["model"].add_parser("export", help=EXPORT_HELP, description=EXPORT_DESCRIPTION)
-    e.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
+    e.add_argument("--broker", metavar="HOST:PORT", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)")
     e.add_argument("--out", type=Path, required=True, metavar="FILE",
-                   help="where the snapshot goes (written whole, then renamed into place)")
+                   help="where the snapshot goes (written whole, then renamed into place; missing directories are "
+                        "created then)")
+    e.add_argument("--timeout", type=positive(float), default=EXPORT_TIMEOUT_S, metavar="SECONDS",
+                   help="how long the broker has to hand over the model topic; past it the command stops, writes "
+                        "nothing and exits 1 (default: %(default)s)")
     e.add_argument("--json", action="store_true", help="print one JSON document: file, version, examples, weights")
     e.set_defaults(func=cmd_model_export)
 
@@ -97,10 +109,26 @@ async def read_latest_model(broker: str) -> bytes | None:
 
 
 def _export_problem(out: Path) -> str | None:
-    """Why the snapshot cannot be written at `out` (None: it can), found before the broker is asked."""
+    """Why the snapshot cannot be written at `out` (None: it can), found before the broker is asked and without
+    creating anything: a run that then finds no broker or no model must leave the disk as it was."""
     if out.is_dir():
         return f"--out {out}: is a directory; give a file name (e.g. {out / 'model.snap'})"
-    return out_dir_problem(out.parent, flag="--out's directory")
+    base = next(d for d in (out.parent, *out.parent.parents) if d.exists())  # the nearest existing ancestor
+    if not base.is_dir():
+        return f"--out {out}: {base} is not a directory; give a file name under a directory (missing ones are created)"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"--out {out}: {base} is not writable; give a file name under a directory you can write to"
+    return None
+
+
+def _write_snapshot(snap: ModelSnapshot, out: Path) -> str | None:
+    """Write `snap` at `out`, creating its directory now that there is something to put in it; why not, if it fails."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        snap.save(out)
+    except OSError as e:
+        return f"--out {out}: cannot write the snapshot ({e.strerror or e}); give a file name you can write to"
+    return None
 
 
 def cmd_model_export(args: argparse.Namespace) -> int:
@@ -111,7 +139,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
     if problem := _export_problem(args.out):
         print(f"streambid model export: {problem}", file=sys.stderr)
         return 2
-    data = on_broker(args, read_latest_model(broker_of(args)))
+    data = on_broker(args, read_latest_model(broker_of(args)), args.timeout, announce=True)
     if data is None:
         print(f"streambid model export: no model on {topics.MODEL.name} yet; a worker publishes one once it has learned "
               "examples (a click, or a click window closing): run `streambid worker` and export again", file=sys.stderr)
@@ -122,7 +150,9 @@ def cmd_model_export(args: argparse.Namespace) -> int:
         print(f"streambid model export: the last record on {topics.MODEL.name} is {e}; check what else writes to that "
               "topic", file=sys.stderr)
         return 1
-    snap.save(args.out)
+    if problem := _write_snapshot(snap, args.out):
+        print(f"streambid model export: {problem}", file=sys.stderr)
+        return 1
     doc = {"file": str(args.out), "version": snap.version, "examples": snap.n_seen, "weights": len(snap.weights)}
     if args.json:
         print(orjson.dumps(doc).decode())

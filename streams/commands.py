@@ -11,14 +11,14 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from bidder.arguments import port_or_zero, positive
+from bidder.arguments import broker_address_problem, port_or_zero, positive
 from bidder.campaigns import (
     Campaign,
     ConfigError,
@@ -38,20 +38,11 @@ def broker_of(args: argparse.Namespace) -> str:
     if not broker:
         sys.exit("streambid: no Kafka broker: pass --broker HOST:PORT or set KAFKA_BOOTSTRAP "
                  "(for a local one: bash deploy/kafka-local/kafka.sh start)")
-    problem = bootstrap_problem(broker)
+    problem = broker_address_problem(flag)
     if problem:
-        print(f"streambid: {'--broker' if flag else 'KAFKA_BOOTSTRAP'} {broker!r}: {problem}", file=sys.stderr)
+        print(f"streambid: {problem}", file=sys.stderr)
         sys.exit(2)
     return broker
-
-
-def bootstrap_problem(broker: str) -> str | None:
-    """Why a bootstrap list is not HOST:PORT[,HOST:PORT...] (None: it is), before the client trips over it."""
-    for part in broker.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
-            return f"{part.strip()!r} is not HOST:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:9092)"
-    return None
 
 
 T = TypeVar("T")
@@ -59,6 +50,7 @@ BROKER_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP)"
 TIMEOUT_HELP = ("how long the broker has to acknowledge everything sent; past it the command stops, lists which "
                 "campaigns were published and which were not, and exits 1 (default: %(default)s)")
 DEFAULT_TIMEOUT_S = 30.0
+WAIT_NOTE_S = 2.0  # a broker slower than this to answer gets one line on stderr saying what the command waits for
 CLOSE_S = 1.0  # how long a run that stops short waits for each step of closing the producer
 SHOWN_IDS = 20  # campaign ids listed in a report before "... and N more"
 
@@ -72,7 +64,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     w = top.add_parser("worker", help="run the Faust stream processors on Kafka",
                        description="Consume delivery events and campaign config; keep spend, attribution, the CTR model "
                                    "and pacing; publish model and pacing updates for the bidders.")
-    w.add_argument("--broker", help=BROKER_HELP)
+    w.add_argument("--broker", metavar="HOST:PORT", help=BROKER_HELP)
     w.add_argument("--app-id", default="streambid-worker", help="consumer group / Faust app id (default: %(default)s)")
     w.add_argument("--metrics-port", type=port_or_zero, default=9102,
                    help="port of Prometheus /metrics and of /status (JSON: owned partitions, offsets reached, totals per "
@@ -80,7 +72,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     w.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
                    help="address /metrics and /status listen on; 0.0.0.0 for a Prometheus on another host or "
                         "container (default: %(default)s, this machine only)")
-    w.add_argument("--click-window", type=float, default=1800.0, help="click attribution window, seconds (default: 1800)")
+    w.add_argument("--click-window", type=positive(float), default=1800.0, metavar="SECONDS",
+                   help="click attribution window: a click at most this long after its impression is attributed to "
+                        "it; > 0 (default: %(default)s)")
     w.add_argument("--checkpoint-every", type=positive(float), default=60.0, metavar="SECONDS",
                    help="how often the learner's exact state goes to the learner topic while it learns; a restarted "
                         "worker (or the next owner of the examples) resumes from it and relearns only what came after "
@@ -96,11 +90,13 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     "every example learned; report events/s, consumer lag and the worker's CPU time.  Uses "
                     "--broker / $KAFKA_BOOTSTRAP, or starts a local broker with deploy/kafka-local/kafka.sh.")
     b.add_argument("--events", type=positive(int), default=1_000_000, help="delivery events to push (default: %(default)s)")
-    b.add_argument("--campaigns", type=positive(int), default=50,
+    b.add_argument("--campaigns", type=positive(int), default=50, metavar="N",
                    help="campaigns the auctions spread over (default: %(default)s)")
     b.add_argument("--seed", type=int, default=1, help="random seed of the workload (default: %(default)s)")
-    b.add_argument("--broker", help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP, else a local broker)")
-    b.add_argument("--out", type=Path, default=Path("out"), help="worker log and throughput plot go here (default: out)")
+    b.add_argument("--broker", metavar="HOST:PORT",
+                   help="Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP, else a local broker)")
+    b.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
+                   help="worker log and throughput plot go here (default: %(default)s)")
     b.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     b.set_defaults(func=cmd_bench_streams)
 
@@ -111,7 +107,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                     "were published and which were not; running it again with the same file is safe.")
     s.add_argument("file", type=Path, help="JSON or YAML: one campaign, a list, or {\"campaigns\": [...]}; "
                                            "- reads it from standard input")
-    s.add_argument("--broker", help=BROKER_HELP)
+    s.add_argument("--broker", metavar="HOST:PORT", help=BROKER_HELP)
     s.add_argument("--dry-run", action="store_true", help="validate only")
     add_timeout(s)
     s.set_defaults(func=cmd_set)
@@ -119,7 +115,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         description="Publish the campaign's version in force with status paused: bidders stop bidding on "
                                     "it within a second; budget, targeting and creatives stay as they are.")
     p.add_argument("id", help="campaign id (see `streambid campaign show`)")
-    p.add_argument("--broker", help=BROKER_HELP)
+    p.add_argument("--broker", metavar="HOST:PORT", help=BROKER_HELP)
     add_timeout(p)
     p.set_defaults(func=cmd_pause)
     r = camp.add_parser("resume", help="resume a paused campaign (bidders bid on it again within a second, "
@@ -127,7 +123,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         description="Publish the campaign's version in force with status active: bidders bid on it "
                                     "again within a second, within its flight, dayparting and budget.")
     r.add_argument("id", help="campaign id (see `streambid campaign show`)")
-    r.add_argument("--broker", help=BROKER_HELP)
+    r.add_argument("--broker", metavar="HOST:PORT", help=BROKER_HELP)
     add_timeout(r)
     r.set_defaults(func=cmd_resume)
     sh = camp.add_parser("show", help="show the current config of one or all campaigns, or their change history",
@@ -135,7 +131,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                                      "one), or with --history every message, when, by whom, and whether it was "
                                      "refused.")
     sh.add_argument("id", nargs="?", help="one campaign (default: all)")
-    sh.add_argument("--broker", help=BROKER_HELP)
+    sh.add_argument("--broker", metavar="HOST:PORT", help=BROKER_HELP)
     sh.add_argument("--history", action="store_true", help="list every change: when, who, what")
     sh.add_argument("--timeout", type=positive(float), default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                     help="how long the broker has to hand over the config topic; past it the command stops and exits 1 "
@@ -164,8 +160,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
                   "without /metrics and /status", file=sys.stderr)
             return 2
     broker = broker_of(args)
-    on_broker(args, ensure_topics(broker))
-    known = {cid: e.campaign for cid, e in latest_configs(on_broker(args, read_config_log(broker))).items() if e.campaign}
+    on_broker(args, ensure_topics(broker), announce=True)
+    config = on_broker(args, read_config_log(broker), announce=True)
+    known = {cid: e.campaign for cid, e in latest_configs(config).items() if e.campaign}
     app, stats = create_app(broker, app_id=args.app_id, click_window_ms=int(args.click_window * 1000), known=known,
                             board=board, checkpoint_s=args.checkpoint_every)
     if registry is not None:
@@ -186,6 +183,9 @@ def cmd_bench_streams(args: argparse.Namespace) -> int:
 
     if args.events < 1:
         print("streambid: --events must be at least 1", file=sys.stderr)
+        return 2
+    if problem := broker_address_problem(args.broker):  # before the Kafka client logs its own reading of it
+        print(f"streambid bench streams: {problem}", file=sys.stderr)
         return 2
     try:
         with Broker(args.broker or os.environ.get("KAFKA_BOOTSTRAP")) as bootstrap:
@@ -308,7 +308,7 @@ async def _deliver(broker: str, records: list[tuple[str, bytes]], pub: Publicati
         pub.problem = f"the broker did not take {len(failed)} campaign(s): {_error_text(failed[0])}"
 
 
-def _reason(e: BaseException) -> str:
+def unreachable_reason(e: BaseException) -> str:
     """Why a connection failed, in words: aiokafka's bootstrap error spells out its address tuples."""
     if type(e).__name__ == "KafkaConnectionError" and "bootstrap" in str(e).lower():
         return "no answer at that address"
@@ -440,23 +440,38 @@ def _about(key: bytes | None, value: bytes | None, campaign: str | None) -> bool
     return value is not None and orjson.dumps(campaign) in value
 
 
-def on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+def on_broker(args: argparse.Namespace, work: Coroutine[Any, Any, T], timeout: float | None = None,
+              announce: bool = False) -> T:
     """Run `work` against the broker, within `timeout` seconds when given; an unreachable or silent broker ends the
-    command with what to do, not a traceback or a hang."""
+    command with what to do, not a traceback or a hang.  With `announce`, a broker that keeps it waiting past
+    WAIT_NOTE_S gets one line saying so: a silent one otherwise looks like a hung command for the client's 40 s."""
     from aiokafka.errors import KafkaError
 
     broker = broker_of(args)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says it all
+    bounded = asyncio.wait_for(work, timeout) if timeout else work
     try:
-        return asyncio.run(asyncio.wait_for(work, timeout) if timeout else work)
+        return asyncio.run(_announced(bounded, broker, timeout) if announce else bounded)
     except TimeoutError:
         sys.exit(f"streambid: the Kafka broker at {broker} did not answer within {timeout:g} s (--timeout); nothing "
                  "was changed. Check --broker or KAFKA_BOOTSTRAP, or run again with a longer --timeout")
     except (KafkaError, OSError) as e:
-        sys.exit(f"streambid: cannot reach the Kafka broker at {broker} ({_reason(e)}); nothing was changed. Check "
-                 "--broker or KAFKA_BOOTSTRAP, or start a local one with: bash deploy/kafka-local/kafka.sh start")
+        sys.exit(f"streambid: cannot reach the Kafka broker at {broker} ({unreachable_reason(e)}); nothing was changed. "
+                 "Check --broker or KAFKA_BOOTSTRAP, or start a local one with: bash deploy/kafka-local/kafka.sh start")
     finally:  # for this check only: a worker that runs on must hear its Kafka client in an outage
         logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+
+
+async def _announced(work: Awaitable[T], broker: str, timeout: float | None) -> T:
+    """`work`, with one line on stderr if it is still waiting for the broker after WAIT_NOTE_S."""
+    limit = f" (at most {timeout:g} s, --timeout)" if timeout else " (Ctrl-C to stop)"
+    note = asyncio.get_running_loop().call_later(
+        WAIT_NOTE_S, lambda: print(f"streambid: waiting for the Kafka broker at {broker}{limit} ...", file=sys.stderr,
+                                   flush=True))
+    try:
+        return await work
+    finally:
+        note.cancel()
 
 
 def cmd_set(args: argparse.Namespace) -> int:

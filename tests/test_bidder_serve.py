@@ -235,6 +235,8 @@ def test_a_model_file_that_is_not_a_snapshot_stops_serve_with_what_to_do(tmp_pat
         (["--explore-below", "-5"], "--explore-below"),
         (["--broker", "127.0.0.1:9"], "--no-kafka and --broker"),
         (["--host", "999.1.1.1"], "--host 999.1.1.1"),
+        (["--drain-s", "61"], "--drain-s"),
+        (["--drain-s", "-1"], "--drain-s"),
     ],
 )
 def test_serve_refuses_nonsense_flags_with_one_line(extra: list[str], says: str) -> None:
@@ -310,7 +312,7 @@ def _ask(c: socket.socket, data: bytes) -> tuple[bytes, bytes]:
 def test_sigterm_answers_what_open_connections_send_then_stops(serve) -> None:
     """A rolling restart: requests sent on pooled connections after the SIGTERM are answered (each answer closing
     its connection), /readyz says 503, an idle connection is closed after the grace, and the process exits 0."""
-    s = serve(campaigns=50)
+    s = serve("--drain-s", "2", campaigns=50)
     body = RequestFactory(6).bodies(1)[0]
     bid = b"POST /bid/d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     a, b, idle = (socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(3))
@@ -325,5 +327,5 @@ def test_sigterm_answers_what_open_connections_send_then_stops(serve) -> None:
         head, out = _ask(b, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503") and orjson.loads(out)["draining"] is True
         assert idle.recv(1) == b""  # never used again: hung up on once the grace is over
-    assert s.proc.wait(15) == 0
+    assert s.proc.wait(10) == 0
     assert "Traceback" not in s.log.read_text()

@@ -159,7 +159,10 @@ def test_replay_refuses_a_malformed_data_directory(tmp_path: Path) -> None:
     ("test.theta.txt", "0 30 0.001\n1 40\n", "line 2"),
     ("test.theta.txt", "", "no auctions"),
     ("test.theta.txt", "2 30 0.001\n", "line 1"),
-    ("test.theta.txt", "0 30 0.001\nLEAKUSER123\t203.0.113.77\tMozilla\n", "line 2: 3 field(s)"),  # never quoted
+    ("test.theta.txt", "0 30 0.001\nLEAKUSER123\t203.0.113.77\tMozilla\n", "line 2: the click field is not a whole number"),
+    ("test.theta.txt", "0 30 0.001\n1 40 high\n", "line 2: the pCTR field is not a number"),
+    ("test.theta.txt", "0 30 0.001\n1 -4 0.5\n", "line 2: the market_price field is negative"),
+    ("test.theta.txt", "0 30 0.001 7\n", "line 1: 4 fields, not 3"),
     ("info.json", '{"imp_train": 0, "clk_train": 1, "cost_train": 5, "price_counter_train": [1]}', "imp_train"),
     ("info.json", '{"imp_train": 10}', "missing"),
     ("info.json", "{", "info.json"),
@@ -361,7 +364,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     from models.commands import TUNING
     from models.learner import LearnerConfig
 
-    assert "(default const)" in streambid("loadtest", "run", "--help").stdout
+    assert "(default: const)" in streambid("loadtest", "run", "--help").stdout
     with pytest.raises(SystemExit):
         main(["bench", "ctr", "--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -370,5 +373,5 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     for name, (_, _, default) in TUNING.items():
         assert getattr(config, name) == default  # the help's defaults are the learner's
         assert f"--{name.replace('_', '-')} X" in text
-        assert f"(default {default:g})" in text
-    assert math.isclose(config.prior.blend_impressions, 100.0) and "(default 100)" in text
+        assert f"(default: {default:g})" in text
+    assert math.isclose(config.prior.blend_impressions, 100.0) and "(default: 100)" in text

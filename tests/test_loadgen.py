@@ -142,6 +142,20 @@ def test_a_host_that_does_not_resolve_is_named_as_such():
     assert not isinstance(e.value, RemoteTargetRefused)
 
 
+@pytest.mark.parametrize("url", ["", "  ", ":70000/bid", "http://127.0.0.1:abc/", "http://127.0.0.1:0/bid", "0",
+                                 "http://127.0.0.1:/bid", "http://", "http://[::1]:99999/bid"])
+def test_a_target_without_a_usable_port_is_refused(url):
+    """These became urllib's own words ("Port out of range 0-65535"), or silently port 80."""
+    with pytest.raises(ValueError, match="port|empty|neither a host nor a port") as e:
+        parse_target(url)
+    assert not isinstance(e.value, RemoteTargetRefused) and "Port out of range" not in str(e.value)
+
+
+def test_port_80_only_when_no_port_is_written():
+    assert parse_target("http://127.0.0.1/bid").port == 80 and parse_target("http://[::1]/bid").port == 80
+    assert parse_target("http://127.0.0.1:65535/bid").port == 65535
+
+
 def test_https_is_refused():
     with pytest.raises(ValueError):
         parse_target("https://127.0.0.1/bid")
@@ -394,3 +408,47 @@ def test_connection_errors_are_not_timeouts_in_the_timeline() -> None:
         return round(sum(row[field] * min(width, report.duration - row["t"]) for row in rows))
 
     assert total("timeouts") == report.timeouts and total("conn_errors") == report.conn_errors
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+def test_a_run_answered_only_with_error_statuses_exits_1(tmp_path, capsys) -> None:
+    """A --target with a wrong path got 100% 404 and exited 0: a script took it for a load test."""
+    from bidder.cli import main
+
+    with TinyServer(lambda n, body: (0, NOT_FOUND)) as srv:
+        code = main(["loadtest", "run", "--target", f":{srv.port}/wrong", "--rate", "40", "--duration", "0.5",
+                     "--connections", "2", "--no-progress", "--json", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 1 and set(orjson.loads(out)["statuses"]) == {"404"}
+    assert "every request with an error status (404: " in err and "--target" in err
+
+
+def test_some_decided_answers_pass_a_run() -> None:
+    from loadtest.load_commands import failed_run
+
+    def report(statuses: dict[int, int]) -> LoadReport:
+        r = LoadReport(target="http://127.0.0.1:1/bid", mode="open", profile="const", rate=10, duration=1,
+                       connections=1, tmax_ms=100, scheduled=sum(statuses.values()) or 5, statuses=statuses)
+        r.answered = sum(statuses.values())
+        return r
+
+    assert failed_run(report({200: 3, 404: 9})) is None and failed_run(report({204: 1, 500: 1})) is None
+    assert "error status (500: 2)" in (failed_run(report({500: 2})) or "")
+    assert "answered none" in (failed_run(report({})) or "")
+
+
+def test_json_prints_a_report_also_when_nothing_could_be_connected(tmp_path, capsys) -> None:
+    """Its help promises the report on exit 1; a refused connection printed nothing on stdout."""
+    from bidder.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["loadtest", "run", "--target", f":{port}/bid/x", "--rate", "10", "--duration", "1", "--no-progress",
+                 "--json", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    doc = orjson.loads(out)
+    assert code == 1 and doc["answered"] == 0 and doc["sent"] == 0 and "cannot connect" in doc["error"]
+    assert doc["target"] == f"http://127.0.0.1:{port}/bid/x" and "cannot connect" in err

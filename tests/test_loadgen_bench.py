@@ -125,3 +125,26 @@ def test_bench_model_knows_the_popular_creatives_and_still_explores_the_rest(tmp
     known = [(c.id, cr.id) for c in map(parse_campaign, docs) for cr in c.creatives if (c.id, cr.id) in snap.counts.creatives]
     scores = {snap.predict(snap.base_score(()), (), c, cr) for c, cr in known}
     assert len(scores) > len(known) // 2
+
+
+def test_the_bench_finds_its_bidder_and_files_when_run_from_another_directory(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers run in the project root: the default command's relative `.venv/bin/streambid` was looked up from
+    the caller's directory (and refused), and a relative --out handed the bidder a model path that is not there."""
+    import loadtest.bench_bidder as bb
+
+    monkeypatch.chdir(tmp_path)
+    assert bb.bidder_cmd_problem(bb.DEFAULT_BIDDER_CMD) is None
+    assert "no program" in (bb.bidder_cmd_problem("./streambid-nonexistent --port {port}") or "")
+
+    def train(docs: list[dict[str, Any]], seed: int, path: Path) -> Path:
+        path.write_bytes(b"model")
+        return path
+
+    monkeypatch.setattr(bb, "train_bench_model", train)
+    (tmp_path / "out").mkdir()
+    with bb.bench_files(5, 1, Path("out")) as (_, camp_file, model_file):
+        argv = bb.DEFAULT_BIDDER_CMD.format(port=1, campaigns=camp_file, model=model_file).split()
+        handed = [Path(argv[argv.index(flag) + 1]) for flag in ("--campaigns", "--model")]
+        assert all(p.is_absolute() and p.is_file() for p in handed)
+        assert handed[1].parent == tmp_path / "out"  # the model stays where --out says, for the next run
