@@ -187,6 +187,7 @@ class BidEngine:
         self.landscapes: dict[str, WinRateModel] = {}
         self._shading: dict[str, WinRateModel] = {}
         self._new_prices: dict[str, list[int]] = {}
+        self._new_bounds: dict[str, list[int]] = {}  # first-price wins with no market price: it was at most the bid
         self._shading_at = -math.inf
         self._seq = itertools.count(1)
         self._live: frozenset[str] = frozenset()
@@ -359,16 +360,19 @@ class BidEngine:
             self._live = self._live_campaigns(now)
         for lease in self.leases.values():
             lease.expire(now)  # a bid whose notice never came stops holding budget once its URL has expired
-        if self._new_prices and now - self._shading_at >= LANDSCAPE_REBUILD_S:
+        if (self._new_prices or self._new_bounds) and now - self._shading_at >= LANDSCAPE_REBUILD_S:
             # fold in the market prices seen since the last rebuild; rebuilding per notice would cost the bid path
             self._shading_at = now
-            for cur, prices in self._new_prices.items():
+            for cur in {*self._new_prices, *self._new_bounds}:
                 landscape = self.landscapes.setdefault(cur, WinRateModel())
-                for price in prices:
+                for price in self._new_prices.get(cur, ()):
                     landscape.add(price)
+                for bound in self._new_bounds.get(cur, ()):
+                    landscape.add_at_most(bound)
                 if landscape.observations >= MIN_LANDSCAPE:
                     self._shading[cur] = landscape.frozen_copy()
             self._new_prices.clear()
+            self._new_bounds.clear()
         self._refreshed = now
         # the live set changes at quarter hours (dayparting, flights, local midnights): the first bid past one
         # must not see the set of the quarter hour before
@@ -713,8 +717,8 @@ class BidEngine:
         ts_ms = int(now * 1000)
         if kind == "win":
             price = n.bid_cpm if n.price_cpm is None else n.price_cpm  # None: not substituted; 0 is a price
-            if price < n.bid_cpm and camp is not None:  # paid below our bid: the clearing price is the market price
-                self._market_price(camp.currency, price)
+            if camp is not None:
+                self._won_at(camp.currency, n, price)
             self.sink("wins", n.campaign, make_event("wins", n.event_id, ts_ms, bid_id=n.bid_id, campaign=n.campaign,
                                                      creative=n.creative, price=price, exchange=n.exchange,
                                                      bidder=n.bidder))
@@ -732,6 +736,17 @@ class BidEngine:
                                                        reason=n.loss_reason, min_to_win=n.min_to_win_cpm or 0,
                                                        price=n.bid_cpm, exchange=n.exchange))
         return "ok"
+
+    def _won_at(self, currency: str, n: Notice, price: int) -> None:
+        """What a win tells the landscape: the minimum to win (the highest other bid) when the exchange states it,
+        else a price paid below our bid (second price: the market price), else (first price: we paid our bid)
+        only that the market price was at most the bid."""
+        if n.min_to_win_cpm is not None and 0 < n.min_to_win_cpm <= n.bid_cpm:
+            self._market_price(currency, n.min_to_win_cpm)
+        elif price < n.bid_cpm:
+            self._market_price(currency, price)
+        else:
+            self._new_bounds.setdefault(currency, []).append(-(-n.bid_cpm // PRICE_STEP) * PRICE_STEP)
 
     def _market_price(self, currency: str, price_cpm: int) -> None:
         """Note a market price for the next landscape rebuild, rounded *up* to its step: a shaded bid at a rounded

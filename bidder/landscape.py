@@ -12,6 +12,13 @@ answers the two questions pricing and pacing ask:
 A bid wins when it is >= the market price (ties go to us), so P(win | b) is the
 CDF at b and only changes at observed price points: those are the only bids
 worth considering when maximising (v - b) * P(win | b).  Pure object, no I/O.
+
+A first-price win whose notice names no market price says only "the market
+price was at most our bid": a left-censored observation (`add_at_most`).
+Leaving such wins out while keeping the losses' prices (all above our bids)
+would teach the model that nothing cheaper ever wins, and shading would never
+bid below the value; with censored wins the distribution is the reverse
+Kaplan-Meier estimate, the empirical one when nothing is censored.
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ class WinRateModel:
     tables are rebuilt lazily on the next query.
     """
 
-    __slots__ = ("_counts", "_points", "_cum_n", "_cum_cost", "_total", "_dirty", "_point_array", "_rate_array",
-                 "_monotone_below")
+    __slots__ = ("_counts", "_bounds", "_points", "_cum_n", "_cum_cost", "_total", "_dirty", "_point_array",
+                 "_rate_array", "_monotone_below")
 
-    def __init__(self, counts: Mapping[int, float] | None = None) -> None:
+    def __init__(self, counts: Mapping[int, float] | None = None, bounds: Mapping[int, float] | None = None) -> None:
         self._counts: dict[int, float] = {}
+        self._bounds: dict[int, float] = dict(bounds or {})  # left-censored: market price <= bound, with weights
         self._points: list[int] = []
         self._cum_n: list[float] = []
         self._cum_cost: list[float] = []
@@ -67,15 +75,22 @@ class WinRateModel:
         self._counts[price_cpm] = self._counts.get(price_cpm, 0.0) + weight
         self._dirty = True
 
+    def add_at_most(self, bound_cpm: int, weight: float = 1.0) -> None:
+        """Fold in an auction whose market price is only known to be <= `bound_cpm` (a first-price win)."""
+        if bound_cpm < 0 or weight <= 0:
+            raise ValueError("market prices must be >= 0 and weights > 0")
+        self._bounds[bound_cpm] = self._bounds.get(bound_cpm, 0.0) + weight
+        self._dirty = True
+
     def frozen_copy(self) -> WinRateModel:
         """A copy with its tables built, for the bid path to read while this one keeps learning."""
-        copy = WinRateModel(self._counts)
+        copy = WinRateModel(self._counts, self._bounds)
         copy._build()
         return copy
 
     @property
     def observations(self) -> float:
-        """Total weight of the prices seen."""
+        """Total weight of the auctions seen: prices and wins known only to be at most a bid."""
         self._build()
         return self._total
 
@@ -83,19 +98,43 @@ class WinRateModel:
         if not self._dirty:
             return
         self._points = sorted(self._counts)
-        cum_n, cum_cost, n, cost = [], [], 0.0, 0.0
-        for p in self._points:
-            n += self._counts[p]
-            cost += p * self._counts[p]
-            cum_n.append(n)
-            cum_cost.append(cost)
-        self._cum_n, self._cum_cost, self._total = cum_n, cum_cost, n
+        if self._bounds and self._points:
+            self._cum_n, self._cum_cost, self._total = self._censored_tables()
+        else:
+            cum_n, cum_cost, n, cost = [], [], 0.0, 0.0
+            for p in self._points:
+                n += self._counts[p]
+                cost += p * self._counts[p]
+                cum_n.append(n)
+                cum_cost.append(cost)
+            self._cum_n, self._cum_cost, self._total = cum_n, cum_cost, n + sum(self._bounds.values())
         # the same win rates as arrays, for shading: the same float division, element by element
         self._point_array = np.array(self._points, dtype=np.int64)
-        self._rate_array = np.array(cum_n, dtype=np.float64) / n if n else np.zeros(0)
+        total = self._total
+        self._rate_array = np.array(self._cum_n, dtype=np.float64) / total if total else np.zeros(0)
         steps = np.diff(self._rate_array, prepend=0.0)
         self._monotone_below = float(steps.min()) * 2.0**50 if len(steps) else math.inf
         self._dirty = False
+
+    def _censored_tables(self) -> tuple[list[float], list[float], float]:
+        """(cumulative weight, cumulative cost, total) at each price point, from the reverse Kaplan-Meier estimate.
+
+        Read from the highest price down, an auction is "at risk" at price x while its price, or its bound, is
+        <= x; P(price < x) is the product of (1 - d/n) over the price points >= x (d the prices at a point, n
+        those at risk there).  The share censored below the lowest price point has no price of its own: a bid
+        under that point is given no chance to win, and the expected spend leaves it out.
+        """
+        points = np.array(self._points, dtype=np.int64)
+        d = np.array([self._counts[p] for p in self._points], dtype=np.float64)
+        bounds = sorted(self._bounds)
+        at_or_below = np.cumsum(np.array([self._bounds[b] for b in bounds], dtype=np.float64))
+        k = np.searchsorted(np.array(bounds, dtype=np.int64), points, side="right")  # bounds <= each point
+        n = np.cumsum(d) + np.where(k > 0, at_or_below[np.maximum(k - 1, 0)], 0.0)
+        below = np.cumprod((1.0 - d / n)[::-1])[::-1]  # P(price < x_i)
+        cdf = np.append(below[1:], 1.0)  # P(price <= x_i) = P(price < x_{i+1})
+        total = float(d.sum()) + float(at_or_below[-1])
+        mass = np.diff(cdf, prepend=below[0])
+        return (cdf * total).tolist(), np.cumsum(points * mass * total).tolist(), total
 
     @property
     def monotone_below(self) -> float:

@@ -145,8 +145,9 @@ def cap_exchanges(doc: dict[str, Any], kept: dict[str, None], cap: int = MAX_EXC
     Names join `kept` in the order they appear until it holds `cap`; a name that joined stays, so no label later
     moves into "other" and no counter goes down.  Applied to what is exposed (one process's counters, or the sum of
     a server's processes and of those that died), it bounds every scrape, not only each process's own counters.
-    A name whose requests were all refused as malformed (outcome "error": a scanner posting junk to /bid/<anything>)
-    takes no place: its counts stay in "other" until it sends one request that parses.
+    A name whose requests were all refused as malformed (outcome "error") takes a place only while half of them are
+    free: an exchange debugging its integration still sees its errors by name, and a scanner posting junk to
+    /bid/<anything> cannot take the places of the exchanges to come.
     """
     for name, pos in EXCHANGE_AT:
         counts = doc.get(name)
@@ -155,7 +156,7 @@ def cap_exchanges(doc: dict[str, Any], kept: dict[str, None], cap: int = MAX_EXC
         if len(kept) < cap:
             for key in list(counts):
                 ex = key[pos]
-                if ex not in kept and ex != "other" and (name != "requests" or key[1] != "error"):
+                if ex not in kept and ex != "other" and (name != "requests" or key[1] != "error" or len(kept) < cap // 2):
                     if len(kept) >= cap:
                         break
                     kept[ex] = None

@@ -22,7 +22,10 @@ from bidder.keyed import blake2b_key
 from bidder.money import to_micros
 
 KINDS = ("win", "bill", "loss")
-MACROS = {"win": "p=${AUCTION_PRICE}", "bill": "p=${AUCTION_PRICE}", "loss": "l=${AUCTION_LOSS}&m=${AUCTION_MIN_TO_WIN}"}
+# the minimum to win on a win too: what a winner learns of the market price in a first-price auction, where the
+# clearing price is our own bid
+MACROS = {"win": "p=${AUCTION_PRICE}&m=${AUCTION_MIN_TO_WIN}", "bill": "p=${AUCTION_PRICE}",
+          "loss": "l=${AUCTION_LOSS}&m=${AUCTION_MIN_TO_WIN}"}
 
 
 class NoticeError(ValueError):

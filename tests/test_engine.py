@@ -362,3 +362,53 @@ def test_every_bidder_gets_an_id_of_its_own() -> None:
     ids = [EngineConfig(secret=b"s").bidder_id for _ in range(1000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", i) for i in ids)  # it names the notice relay's socket
+
+
+def _first_price_market(states_min_to_win: bool, values: tuple[float, ...], n: int = 3000) -> tuple[BidEngine, list]:
+    """First-price auctions against a market price uniform on 0.5-5.0 CPM; the exchange fills the minimum to win
+    into the win URL or leaves it out.  Returns the engine and its last 500 (paced value, price) pairs."""
+    rng = random.Random(11)
+    t = [NOW]
+    camps = [parse_campaign(campaign(id=f"v{i}", goal={"type": "cpc", "value_per_click": v, "max_bid_cpm": 20.0}))
+             for i, v in enumerate(values)]
+    e = BidEngine(EngineConfig(secret=b"s", explore_below=0), camps, ModelSnapshot.empty(), sink=lambda *a: None,
+                  clock=lambda: t[0])
+    doc = request(at=1)
+    doc["imp"][0]["bidfloor"] = 0.0
+    late = []
+    for i in range(n):
+        t[0] += 0.1  # the landscape takes in new prices once a minute of this clock
+        for c in camps:  # one campaign at a time, so each bids its own value
+            e.set_campaigns([x for x in camps if x is c]) if len(camps) > 1 else None
+            out = bid(e, doc)
+            b = orjson.loads(out.body)["seatbid"][0]["bid"][0]
+            market = rng.uniform(0.5, 5.0)
+            if b["price"] >= market:
+                query = urlsplit(b["nurl"]).query.replace("${AUCTION_PRICE}", repr(b["price"]))
+                e.notice("win", query.replace("${AUCTION_MIN_TO_WIN}", f"{market:.2f}" if states_min_to_win else ""))
+            else:
+                query = urlsplit(b["lurl"]).query.replace("${AUCTION_LOSS}", "102")
+                e.notice("loss", query.replace("${AUCTION_MIN_TO_WIN}", f"{market:.2f}"))
+            if i >= n - 500:
+                late.append((values[camps.index(c)], b["price"]))
+    return e, late
+
+
+def test_first_price_bids_are_shaded_when_wins_name_the_minimum_to_win() -> None:
+    """Wins' clearing price in a first-price auction is our own bid: the market price comes from the minimum to
+    win in the win URL.  Against a uniform 0.5-5.0 market, a value of 3.0 is best bid at about 1.75."""
+    e, late = _first_price_market(True, (3.0,))
+    prices = [p for _, p in late]
+    assert max(prices) < 2.2 and min(prices) > 1.3, (min(prices), max(prices))
+    assert e.landscapes["USD"].observations >= 2000
+
+
+def test_first_price_wins_without_a_market_price_still_let_bids_shade() -> None:
+    """An exchange that names no market price on wins: each win says only "at most our bid".  Counted as that
+    (not left out, which kept only the losses' prices, all above our bids), bids with values spread over the
+    market still come down below their values."""
+    e, late = _first_price_market(False, (2.0, 3.0, 4.0), n=1500)
+    for value in (3.0, 4.0):  # best bids (value + 0.5) / 2; below the lowest bid (2.0) no market price is ever seen
+        prices = [p for v, p in late if v == value]
+        assert max(prices) < (value + 0.5) / 2 + 0.3, (value, max(prices))
+    assert e._new_bounds or e.landscapes["USD"]._bounds  # the wins were counted, as bounds

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bidder.landscape import WinRateModel
@@ -48,3 +50,37 @@ def test_win_steps_pair_each_price_point_with_its_win_rate() -> None:
     land = WinRateModel.from_prices([10, 20, 20, 40, 50])
     assert land.win_steps(15, 45) == [(20, 0.6), (40, 0.8)]
     assert all(land.win_rate(p) == w for p, w in land.win_steps(0, 100))
+
+
+def test_first_price_wins_known_only_as_at_most_the_bid_give_the_price_distribution_back() -> None:
+    """First price: a win pays our bid and says only "the market price was at most it"; a loss says what it was.
+    The losses alone are all above our bids: kept without the censored wins, the model would say nothing cheaper
+    ever wins, and shading would never bid under the value."""
+    rng = random.Random(5)
+    bids = (1_000_000, 2_000_000, 3_000_000, 4_000_000)
+    censored, losses_only = WinRateModel(), WinRateModel()
+    for _ in range(20_000):
+        market, bid = rng.randint(500_000, 5_000_000), rng.choice(bids)
+        if market <= bid:
+            censored.add_at_most(bid)
+        else:
+            censored.add(market)
+            losses_only.add(market)
+    for b in (2_000_000, 3_000_000, 4_000_000, 4_500_000):
+        truth = (b - 500_000) / 4_500_000
+        assert censored.win_rate(b) == pytest.approx(truth, abs=0.02)
+    for b in (2_000_000, 3_000_000):  # the bias the censored wins correct
+        assert losses_only.win_rate(b) < (b - 500_000) / 4_500_000 - 0.2
+    assert censored.observations == 20_000
+    assert censored.expected_spend(3_000_000) == pytest.approx((3_000_000 + 500_000) / 2 * 2.5 / 4.5, rel=0.12)
+
+
+def test_with_nothing_censored_the_estimate_is_the_empirical_distribution_exactly() -> None:
+    exact = WinRateModel.from_prices([10, 20, 20, 40])
+    bounded = WinRateModel.from_prices([10, 20, 20, 40])
+    bounded.add_at_most(5)  # below every price: at risk at none of them, so the shares stay exact
+    assert [bounded.win_rate(p) for p in (10, 20, 40)] == pytest.approx([exact.win_rate(p) * 4 / 5 + 0.2 for p in
+                                                                         (10, 20, 40)])
+    assert bounded.win_rate(9) == 0.0  # no price point under 10: a bid there is given no chance
+    frozen = bounded.frozen_copy()
+    assert frozen.win_rate(20) == bounded.win_rate(20) and frozen.observations == 5
