@@ -348,7 +348,10 @@ class BidEngine:
         """A budget lease grant for this bidder: its cumulative allowance for `campaign` on `day`."""
         lease = self.leases.get(campaign)
         if lease is None or lease.day != day:
-            lease = self.leases[campaign] = BudgetLease(day=day)
+            previous, lease = lease, BudgetLease(day=day)
+            if previous is not None and previous.day < day:  # the bids still in flight are billed on the new day
+                lease.take_over(previous)
+            self.leases[campaign] = lease
         lease.grant_total(granted_micros)
 
     def _refresh(self, now: float) -> None:
@@ -358,6 +361,7 @@ class BidEngine:
         if slot != self._live_slot:
             self._live_slot = slot
             self._live = self._live_campaigns(now)
+            self._close_past_leases(now)
         for lease in self.leases.values():
             lease.expire(now)  # a bid whose notice never came stops holding budget once its URL has expired
         if (self._new_prices or self._new_bounds) and now - self._shading_at >= LANDSCAPE_REBUILD_S:
@@ -380,6 +384,20 @@ class BidEngine:
         seen, expiry = self._seen_notices, self._seen_expiry
         while expiry and expiry[0][0] < now:
             seen.pop(heapq.heappop(expiry)[1], None)
+
+    def _close_past_leases(self, now: float) -> None:
+        """At a quarter hour (every local midnight is one): a lease of a day now over takes no more bids; the
+        campaign bids again once the new day's grant comes (`grant`)."""
+        days: dict[str, str] = {}
+        for cid, lease in self.leases.items():
+            camp = self.index.campaigns.get(cid)
+            if camp is None or lease.closed:
+                continue
+            day = days.get(camp.timezone)
+            if day is None:
+                day = days[camp.timezone] = self.campaign_day(camp, now)
+            if lease.day != day:
+                lease.close()
 
     def _live_campaigns(self, now: float, campaigns: Iterable[Campaign] | None = None) -> frozenset[str]:
         """Ids of the active campaigns (of `campaigns`, or all) in flight and in their dayparting at `now` whose budget

@@ -29,7 +29,7 @@ class BudgetLease:
     long as each bid's reservation is held until its bill arrives.
     """
 
-    __slots__ = ("day", "granted_micros", "spent_micros", "reserved_micros", "_held", "_expiry")
+    __slots__ = ("day", "granted_micros", "spent_micros", "reserved_micros", "_held", "_expiry", "closed")
 
     def __init__(self, day: str = "", granted_micros: int = 0) -> None:
         self.day = day
@@ -38,6 +38,7 @@ class BudgetLease:
         self.reserved_micros = 0
         self._held: dict[str, int] = {}
         self._expiry: list[tuple[float, str]] = []
+        self.closed = False  # its day is over: no more bids on it (`close`)
 
     @property
     def remaining_micros(self) -> int:
@@ -49,7 +50,22 @@ class BudgetLease:
 
     def can_bid(self, price_micros: int) -> bool:
         """True when one more bid at this per-impression price fits in the lease."""
-        return 0 <= price_micros <= self.remaining_micros
+        return 0 <= price_micros <= self.remaining_micros and not self.closed
+
+    def close(self) -> None:
+        """The campaign's day is over: bids sent now would be billed on the next day, whose granter has not given
+        this bidder anything yet, so none is sent on this lease.  Its reservations stay held for the next day's."""
+        self.closed = True
+
+    def take_over(self, previous: BudgetLease) -> None:
+        """Hold the bids still in flight on the previous day's lease: they are billed on this day (a bill is dated
+        when it arrives), so they must count against this day's allowance like the bids sent on it."""
+        for bid_id, price in previous._held.items():
+            if bid_id not in self._held:
+                self._held[bid_id] = price
+                self.reserved_micros += price
+        self._expiry.extend(previous._expiry)
+        heapq.heapify(self._expiry)
 
     def reserve(self, bid_id: str, price_micros: int, expires: float = math.inf) -> None:
         """Hold a sent bid's price until its outcome is known, or until `expires` (unix seconds) passes."""

@@ -274,6 +274,28 @@ def test_a_bidder_without_grants_spends_its_lease_and_stops() -> None:
     assert n == 3 and e.leases[CAMP.id].spent_micros == 7_500
 
 
+def test_past_the_campaigns_midnight_no_bid_goes_out_until_the_new_days_grant_which_holds_the_bids_in_flight() -> None:
+    """Bids sent after midnight are billed on the new day; on yesterday's lease they spent an allowance the new day's
+    granter never gave, and when its grant came the bids still in flight were dropped from the lease."""
+    midnight = (NOW // 86_400 + 1) * 86_400  # the campaign's time zone is UTC
+    clock = Clock(midnight - 30)
+    e = engine(clock)
+    client = LeaseClient(e, 0.05)
+    client.apply(grant("bA", 2 * SLICE), clock.t)
+    late = bid(e)
+    assert late is not None
+    clock.t = midnight + 20
+    assert bid(e) is None  # yesterday's lease takes no more bids
+    (doc,) = client.due(200.0, clock.t)  # and today's is asked for at once
+    assert doc["day"] == "2026-05-29"
+    assert client.apply(grant("bA", SLICE, day="2026-05-29"), clock.t)
+    lease = e.leases[CAMP.id]
+    assert lease.day == "2026-05-29" and lease.reserved_micros == 2_500  # yesterday's last bid, still in flight
+    assert [b is not None for b in (bid(e), bid(e), bid(e), bid(e))] == [True, True, True, False]  # 3 more fit
+    lease.settle(late["id"], 2_500)  # billed today: it frees its own reservation
+    assert lease.reserved_micros == 3 * 2_500 and lease.spent_micros == 2_500
+
+
 # -- the notice relay between workers ---------------------------------------------------
 
 
