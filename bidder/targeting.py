@@ -658,8 +658,13 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
 
 def floor_micros(floor: float) -> int:
     """A floor in CPM micros, rounded up: a bid at the rounded floor must not be under the floor itself.  The
-    float's own error (0.83 * 1e6 = 829999.9999999999) is rounded away first."""
-    return math.ceil(round(floor * 1e6, 3))
+    float's own error (0.83 * 1e6 = 829999.9999999999) is rounded away first; then the bid as sent (micros / 1e6,
+    the float an exchange compares) is raised a micro while it is still under the floor (an exchange's
+    0.30000000000000004 is no floor 0.3 meets)."""
+    micros = math.ceil(round(floor * 1e6, 3))
+    while micros < 2**53 and micros / 1e6 < floor:  # a micro or two at most; past 2**53 no bid is made anyway
+        micros += 1
+    return micros
 
 
 def fits_imp(cr: Creative, imp: Imp) -> bool:

@@ -348,6 +348,9 @@ def test_a_floor_between_two_micros_is_met_not_rounded_under() -> None:
     from bidder.targeting import floor_micros
 
     assert (floor_micros(1.0000004), floor_micros(0.83), floor_micros(2.5)) == (1_000_001, 830_000, 2_500_000)
+    # an exchange's float noise: its 0.1 + 0.2 is over 0.3, and a bid of 0.3 would be under it
+    assert floor_micros(0.1 + 0.2) == 300_001 and floor_micros(1.0000000004) == 1_000_001
+    assert all(floor_micros(f) / 1e6 >= f for f in (0.1 + 0.2, 0.83, 1.1, 2.675, 1e-7, 123.456789, 1e12))
     camp = parse_campaign(campaign(targeting={"countries": ["USA"], "deals": ["d"]},
                                    goal={"type": "cpc", "value_per_click": 5.0, "max_bid_cpm": 20.0}))
     doc = request()
