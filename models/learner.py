@@ -267,7 +267,9 @@ class CTRLearner:
         """Freeze the current state into an immutable scorer (version increments unless given)."""
         self._version = self._version + 1 if version is None else version
         weights = self.weights()
-        bias = weights.pop(BIAS_ID, 0.0)
+        # the bias weight stays under BIAS_ID too: a feature hashed onto that id was trained on it (`_x` adds the
+        # two), and a bidder that scores the bias once and the feature by its id then adds it twice as well
+        bias = weights.get(BIAS_ID, 0.0)
         calibration = self.calibrator.params() if self.config.calibrate else (1.0, 0.0)
         return ModelSnapshot(
             version=self._version,

@@ -8,7 +8,7 @@ import zlib
 import orjson
 import pytest
 
-from models.features import candidate_features, hash_feature
+from models.features import BIAS_ID, candidate_features, hash_feature
 from models.learner import CTRLearner, LearnerConfig
 from models.prior import ClickCounts, PriorConfig
 from models.snapshot import ModelSnapshot
@@ -56,6 +56,20 @@ def test_a_candidate_feature_hashed_onto_a_request_feature_scores_as_it_was_trai
     snap = learner.snapshot()
     assert snap.predict(snap.base_score(req), cand, "c1", "a") == pytest.approx(learner.predict_one(req + cand, "c1", "a"),
                                                                                 rel=1e-9)
+
+
+def test_a_feature_hashed_onto_the_bias_id_scores_as_it_was_trained() -> None:
+    """One feature value in a million hashes to the bias's id: trained, the two add up; the snapshot must too."""
+    domain = "d1291298.example"
+    assert hash_feature("domain", domain) == BIAS_ID
+    learner, rng = CTRLearner(), random.Random(0)
+    colliding, plain = hash_feature("domain", domain), hash_feature("domain", "ok.example")
+    for i in range(3000):
+        learner.learn_one([colliding if i % 2 else plain, 11, 12], rng.random() < 0.05, "c1", "k1")
+    snap = learner.snapshot()
+    for f in (plain, colliding):
+        assert snap.predict(snap.base_score((f, 11, 12)), (), "c1", "k1") == pytest.approx(
+            learner.predict_one([f, 11, 12], "c1", "k1"), rel=1e-9)
 
 
 @pytest.mark.parametrize("blend_impressions", [100.0, 0.0])
