@@ -182,7 +182,9 @@ class NoticeRelay:
     def close(self) -> None:
         """Stop relaying, losing no notice the exchange was answered 200 for: those still waiting for a sibling's
         mailbox are handled here (`orphan`), and those already in this worker's mailbox are handled before it
-        closes.  Both used to be dropped: a stopping worker lost the bills of a burst."""
+        closes.  Both used to be dropped: a stopping worker lost the bills of a burst.  The mailbox stops taking
+        datagrams before its last read, so a sibling that sends one later is refused and handles the notice
+        itself; one taken between that read and the close was lost."""
         for owner, sibling in list(self._siblings.items()):
             waiting = list(sibling.waiting)
             sibling.waiting.clear()
@@ -197,6 +199,8 @@ class NoticeRelay:
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RD)  # later sends fail (EPIPE); what is queued can still be read
         self._drain()
         self._sock.close()
         self._sock = None

@@ -337,7 +337,8 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
         from streams.kafka_io import EventProducer, StateFollower
 
         await _ensure_topics_if_reachable(opts.broker)
-        producer = EventProducer(opts.broker, opts.spill_dir / f"spill-{index}.jsonl")
+        # its own spill file, and those of worker indexes a restart with fewer workers left behind
+        producer = EventProducer.for_worker(opts.broker, opts.spill_dir, index, opts.workers)
         sink_holder[0] = producer.emit
         await producer.start()
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -157,5 +158,35 @@ def test_a_siblings_notice_is_handed_over_whole_without_leases(tmp_path: Path) -
         assert relays["bB"].unreachable == 1 and b.stats.notices[("loss", "ok")] == 1
         assert [who for who, k, _ in events if k == "losses"] == ["bB"]
         relays["bB"].close()
+
+    asyncio.run(run())
+
+
+def test_a_notice_sent_to_a_closing_worker_is_refused_and_handled_by_its_sender(tmp_path: Path) -> None:
+    """A datagram a sibling sent between a closing worker's last read of its mailbox and the close was accepted
+    (forward said True), then dropped with the socket: a bill the exchange had been answered 200 for."""
+
+    async def run() -> None:
+        handled: dict[str, list[str]] = {"bA": [], "bB": []}
+
+        def handler(name: str) -> Callable[[str, str], None]:
+            return lambda kind, query: handled[name].append(query)
+
+        relays = {name: NoticeRelay(tmp_path, name, handler(name)) for name in handled}
+        for relay in relays.values():
+            relay.start(asyncio.get_running_loop())
+        a, b = relays["bA"], relays["bB"]
+        assert b.forward("bA", "bill", "q1")  # in A's mailbox, not read yet: A handles it as it closes
+        last_read, sent_after = a._drain, list[bool]()
+
+        def then_a_sibling_sends() -> None:  # B, another process, sends right after A's last read
+            last_read()
+            sent_after.append(b.forward("bA", "bill", "q2"))
+
+        a._drain = then_a_sibling_sends  # type: ignore[method-assign]
+        a.close()
+        assert handled["bA"] == ["q1"]
+        assert sent_after == [False] and b.unreachable == 1  # refused: B's caller handles q2 where it landed
+        b.close()
 
     asyncio.run(run())
