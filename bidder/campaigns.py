@@ -549,7 +549,7 @@ def _targeting(doc: dict, p: _Problems) -> Targeting | None:
         cities=p.check(lambda: _str_set(raw, "cities", path)),
         device_types=p.check(lambda: _int_set(raw, "device_types", path, 1, 8)),
         os=p.check(lambda: frozenset(o.lower() for o in _str_set(raw, "os", path, NOT_BLANK))),
-        domains=p.check(lambda: _str_set(raw, "domains", path, DOMAIN)),
+        domains=p.check(lambda: frozenset(d.lower() for d in _str_set(raw, "domains", path, DOMAIN))),  # no case
         categories=p.check(lambda: _str_set(raw, "categories", path, IAB_CAT)),
         deals=deals,
         deal_only=deal_only,

@@ -500,7 +500,8 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
     if tmax < 0:
         raise BadRequest("bad_value", "tmax must be non-negative")
     tmax = tmax or DEFAULT_TMAX_MS  # 0 gives no usable deadline: read it as "not stated"
-    domain = (_str(src, "bundle", sp) or _str(src, "domain", sp)) if app else _str(src, "domain", sp)
+    # domains have no case (RFC 4343), nor do bundles match by it: targeting's entries are kept lower case too
+    domain = ((_str(src, "bundle", sp) or _str(src, "domain", sp)) if app else _str(src, "domain", sp)).lower()
     uid = _str(user, "id", "user.") or _str(user, "buyeruid", "user.") or _device_id(device)
     source = _obj(req, "source", "")
     schain = _obj(source, "schain", "source.") or _obj(_obj(source, "ext", "source."), "schain", "source.ext.")

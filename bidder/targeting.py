@@ -252,12 +252,15 @@ class CampaignIndex:
 
     def swap(self, campaign: Campaign) -> None:
         """Put `campaign` in place of its version here, from which it differs only in fields the index does not
-        read (status, budgets, flight): its slots keep their numbers, and only the set of active slots moves."""
+        read but for the live set (status, budgets, flight, time zone): its slots keep their numbers, and only the
+        set of active slots moves (and a capped campaign's clock)."""
         at = self._first[campaign.id]
         for k, cr in enumerate(campaign.creatives):
             self.slots[at + k] = (campaign, cr)
         self.campaigns[campaign.id] = campaign
         if self._built:
+            if campaign.id in self.caps:  # a capped campaign's time zone: its caps count hours and days on its clock
+                self.caps[campaign.id] = (campaign.freq_per_hour, campaign.freq_per_day, campaign.timezone)
             bits = self._campaign_bits.get(campaign.id, 0)
             self._active = self._active | bits if campaign.active else self._active & ~bits
 
@@ -652,8 +655,13 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
     if not open_to:
         return None
     payable = [d for d in open_to if not (d.floor or d.floors) or d.cur == camp.currency]
-    d = min(payable, key=lambda x: x.floor) if payable else open_to[0]
-    return d.id, d.floor, d.cur, d.at
+    if payable:
+        d = min(payable, key=lambda x: x.floor)
+        return d.id, d.floor, d.cur, d.at
+    # none in the campaign's currency: a deal floored by creative length alone has no `bidfloor`, yet its floors are
+    # in its own currency too, so it is given an unbounded one: the caller sees a floor in another currency either way
+    d = open_to[0]
+    return d.id, d.floor or math.inf, d.cur, d.at
 
 
 def floor_micros(floor: float) -> int:

@@ -307,6 +307,20 @@ def test_a_deal_floor_by_creative_length_comes_before_the_players() -> None:
     assert reason(engine(unknown), _video({"mincpmpersec": 0.01})) == "below_floor"  # no length: no price per second
 
 
+@pytest.mark.parametrize("floors", [{"durfloors": [{"maxdur": 30, "bidfloor": 5.0}]}, {"mincpmpersec": 0.3}])
+def test_a_deal_floored_by_length_in_another_currency_is_out_of_reach(floors: dict) -> None:
+    """A deal floored by creative length alone has no `bidfloor`, yet its floors are in its `bidfloorcur`: a USD
+    campaign took it, and compared the EUR floors with its USD bid as if they were one currency."""
+    deal = {"id": "d1", "bidfloorcur": "EUR", **floors}
+    private = _video(pmp={"private_auction": 1, "deals": [deal]})
+    private["cur"] = ["USD", "EUR"]
+    assert reason(engine(_fifteen_seconds()), private) == "currency"
+    beside = _video(pmp={"private_auction": 0, "deals": [deal]})
+    beside["cur"] = ["USD", "EUR"]
+    [b] = bids(engine(_fifteen_seconds()), beside)  # an open auction beside it: bid there, at the USD floor
+    assert "dealid" not in b and b["price"] >= 0.5
+
+
 @pytest.mark.parametrize(("video", "field"), [({"durfloors": {}}, "imp[0].video.durfloors"),
                                               ({"durfloors": [1]}, "imp[0].video.durfloors[0]"),
                                               ({"durfloors": [{"bidfloor": "2"}]}, "imp[0].video.durfloors[0].bidfloor"),

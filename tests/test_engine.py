@@ -154,6 +154,18 @@ def test_frequency_cap_counts_billed_impressions_per_hashed_user() -> None:
     assert billing and billing[0]["cost"] == 1000 and "user-42" not in orjson.dumps(billing).decode()
 
 
+def test_a_caps_clock_follows_a_time_zone_change_made_in_place() -> None:
+    """A change of time zone alone is swapped into the index without a rebuild: the cap kept counting on the old
+    zone's clock while bills recorded on the new one's, so the campaign bid past its cap."""
+    doc = campaign(frequency_cap={"per_hour": 1, "per_day": 1})
+    e = engine([parse_campaign(doc)])
+    first = orjson.loads(bid(e, request()).body)["seatbid"][0]["bid"][0]
+    e.upsert_campaign(parse_campaign({**doc, "flight": {**doc["flight"], "timezone": "Asia/Tokyo"}}))
+    assert e.index.caps["c1"][2] == "Asia/Tokyo"
+    assert e.notice("bill", urlsplit(first["burl"]).query.replace("${AUCTION_PRICE}", "1.0")) == "ok"
+    assert bid(e, request()).reason == "frequency_cap"
+
+
 def test_shared_frequency_caps_count_every_bidders_billing_events_once() -> None:
     """With a broker the caps follow the billing topic: this bidder's own notice counts when its event comes back,
     like any other bidder's, and an event sent twice counts once."""
@@ -415,3 +427,15 @@ def test_first_price_wins_without_a_market_price_still_let_bids_shade() -> None:
         prices = [p for v, p in late if v == value]
         assert max(prices) < (value + 0.5) / 2 + 0.3, (value, max(prices))
     assert e._new_bounds or e.landscapes["USD"]._bounds  # the wins were counted, as bounds
+
+
+def test_site_domains_and_bundles_match_whatever_their_case() -> None:
+    """Domain names have no case (RFC 4343): a campaign targeting News.Example must bid on news.example."""
+    e = engine([parse_campaign(campaign(targeting={"countries": ["USA"], "domains": ["News.Example"]}))])
+    for domain in ("news.example", "NEWS.example"):
+        doc = request()
+        doc["site"]["domain"] = domain
+        assert bid(e, doc).status == 200, domain
+    doc = request()
+    doc["site"]["domain"] = "other.example"
+    assert bid(e, doc).reason == "targeting"
