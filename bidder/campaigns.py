@@ -464,7 +464,7 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
     if adm == "":
         p.add(path + "adm", "is required: the ad markup or VAST/native document")
     cats = p.check(lambda: tuple(sorted(_str_set(raw, "cat", path, IAB_CAT))), ())
-    mimes = p.check(lambda: tuple(_str_set(raw, "mimes", path)), ())
+    mimes = p.check(lambda: tuple(sorted({m.lower() for m in _str_set(raw, "mimes", path)})), ())  # no case
     lang = p.check(lambda: _lang(raw, path), "")
     apis = p.check(lambda: _codes(raw, "apis", path, "API framework codes (e.g. 2 for VPAID 2.0, 5 for MRAID 2)"), ())
     attr = p.check(lambda: _codes(raw, "attr", path, "creative attribute codes (e.g. 6 for in-banner video)"), ())
@@ -545,8 +545,8 @@ def _targeting(doc: dict, p: _Problems) -> Targeting | None:
         p.add(path + "deal_only", "needs at least one id in targeting.deals: otherwise the campaign never bids")
     return Targeting(
         countries=p.check(lambda: _countries(raw, path)),
-        regions=p.check(lambda: _str_set(raw, "regions", path)),
-        cities=p.check(lambda: _str_set(raw, "cities", path)),
+        regions=p.check(lambda: frozenset(r.lower() for r in _str_set(raw, "regions", path))),  # no case
+        cities=p.check(lambda: frozenset(c.lower() for c in _str_set(raw, "cities", path))),
         device_types=p.check(lambda: _int_set(raw, "device_types", path, 1, 8)),
         os=p.check(lambda: frozenset(o.lower() for o in _str_set(raw, "os", path, NOT_BLANK))),
         domains=p.check(lambda: frozenset(d.lower() for d in _str_set(raw, "domains", path, DOMAIN))),  # no case

@@ -279,7 +279,9 @@ def _banner(banner: dict, bp: str) -> Media:
 def _player(kind: str, obj: dict, p: str, sizes: tuple[tuple[int, int], ...] = ()) -> Media:
     """A video or audio object: MIME types, protocols, durations (and for video, linearity)."""
     lo, hi = _int(obj, "minduration", p), _int(obj, "maxduration", p)
-    return Media(kind, sizes, _strs(obj, "mimes", p), _ints(obj, "protocols", p), max(lo, 0), max(hi, 0),
+    # MIME types have no case (RFC 2045); a 2.5-era `protocol` (one, deprecated) stands in for absent `protocols`
+    protocols = _ints(obj, "protocols", p) or ((_int(obj, "protocol", p),) if obj.get("protocol") else ())
+    return Media(kind, sizes, tuple(m.lower() for m in _strs(obj, "mimes", p)), protocols, max(lo, 0), max(hi, 0),
                  _ints(obj, "rqddurs", p), _int(obj, "linearity", p) if kind == "video" else 0,
                  floors=_length_floors(obj, p), api=_ints(obj, "api", p), battr=_ints(obj, "battr", p))
 
@@ -527,8 +529,8 @@ def parse_request(body: bytes, salt: bytes = b"streambid") -> BidRequest:
         os=_str(device, "os", "device."),
         ua=_str(device, "ua", "device."),
         country=_str(geo, "country", "device.geo."),
-        region=_str(geo, "region", "device.geo."),
-        city=_str(geo, "city", "device.geo."),
+        region=_str(geo, "region", "device.geo.").lower(),  # matched without case, as targeting's are kept
+        city=_str(geo, "city", "device.geo.").lower(),
         utcoffset=_int(geo, "utcoffset", "device.geo."),
         user_key=hash_id(salt, uid) if uid else "",
         privacy=_privacy(req, user, device),

@@ -424,7 +424,7 @@ class CampaignIndex:
         if targeting is None:
             targeting = (self._region.one(req.region) & self._city.one(req.city) & self._device.one(req.device_type)
                          & self._os.one(req.os.lower()) & self._domain.one(req.domain)
-                         & (self._category.any_of(req.cats) if req.cats else self._category.any))
+                         & (self._category.any_of(with_parents(req.cats)) if req.cats else self._category.any))
             if len(self._req_bits) >= REQUEST_BITS_CACHE:
                 self._req_bits.clear()
             self._req_bits[key] = targeting
@@ -664,6 +664,12 @@ def deal_for(camp: Campaign, imp: Imp, seat: str) -> Deal | None:
     return d.id, d.floor or math.inf, d.cur, d.at
 
 
+def with_parents(cats: tuple[str, ...]) -> tuple[str, ...]:
+    """A page's categories with their tier-1 parents: a campaign targeting IAB12 (news) takes a page of IAB12-3, as a
+    blocked IAB12 blocks it."""
+    return tuple(dict.fromkeys((*cats, *(c.split("-", 1)[0] for c in cats if "-" in c))))
+
+
 def floor_micros(floor: float) -> int:
     """A floor in CPM micros, rounded up: a bid at the rounded floor must not be under the floor itself.  The
     float's own error (0.83 * 1e6 = 829999.9999999999) is rounded away first; then the bid as sent (micros / 1e6,
@@ -694,7 +700,7 @@ def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:
         return "targeting"
     if t.domains and req.domain not in t.domains:
         return "targeting"
-    if t.categories and not t.categories.intersection(req.cats):
+    if t.categories and not t.categories.intersection(with_parents(req.cats)):
         return "targeting"
     if req.wlang and not cr.speaks(req.wlang):
         return "targeting"

@@ -586,3 +586,27 @@ def test_test_requests_are_not_counted_as_traffic() -> None:
         bids(e, request(test=1))
     bids(e, request())
     assert e.requests_seen == 1
+
+
+def test_a_campaign_targeting_a_tier1_category_takes_its_subcategories() -> None:
+    news = engine(campaign(targeting={"countries": ["USA"], "categories": ["IAB12"]}))
+    assert bids(news, request(site={"domain": "n.example", "cat": ["IAB12-3"]}))
+    assert reason(news, request(site={"domain": "n.example", "cat": ["IAB3"]})) == "targeting"
+    narrow = engine(campaign(targeting={"countries": ["USA"], "categories": ["IAB12-3"]}))
+    assert reason(narrow, request(site={"domain": "n.example", "cat": ["IAB12"]})) == "targeting"  # not the converse
+
+
+def test_mime_types_regions_and_cities_match_whatever_their_case() -> None:
+    doc = campaign(creatives=[{"id": "v", "type": "video", "w": 640, "h": 480, "adm": VAST40, "mimes": ["Video/MP4"]}],
+                   targeting={"countries": ["USA"], "regions": ["wa"], "cities": ["Seattle"]})
+    got = bids(engine(doc), request(imp=[{"id": "1", "video": {"w": 640, "h": 480, "mimes": ["video/mp4"]}}],
+                                    device={"geo": {"country": "USA", "region": "WA", "city": "SEATTLE"}}))
+    assert got
+
+
+def test_a_2_5_players_single_protocol_is_read_when_it_sends_no_list() -> None:
+    doc = campaign(creatives=[{"id": "v", "type": "video", "w": 640, "h": 480, "adm": VAST40}])
+    vast2_only = request(imp=[{"id": "1", "video": {"w": 640, "h": 480, "protocol": 2}}])  # VAST 2.0 only
+    assert not bids(engine(doc), vast2_only)
+    vast4 = request(imp=[{"id": "1", "video": {"w": 640, "h": 480, "protocol": 7}}])
+    assert bids(engine(doc), vast4)

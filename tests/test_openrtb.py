@@ -14,7 +14,7 @@ def test_parses_fields_the_bidder_uses() -> None:
     assert req.imps[0].sizes == ((300, 250),)
     assert req.imps[0].kind == "banner"
     assert req.domain == "news.example"
-    assert (req.country, req.region, req.city) == ("USA", "CA", "San Francisco")
+    assert (req.country, req.region, req.city) == ("USA", "ca", "san francisco")  # matched without case
     assert req.at == 2 and req.tmax == 150
 
 
