@@ -33,11 +33,9 @@ def protocol(adm: str) -> int:
 
 
 def duration(adm: str) -> int:
-    """The ad's length in whole seconds, rounded up (a 15.2 s ad does not fit a 15 s limit); 0 when not stated."""
-    m = _DURATION.search(adm)
-    if m is None:
-        return 0
-    return math.ceil(int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)))
+    """The ad's length in whole seconds, rounded up (a 15.2 s ad does not fit a 15 s limit); 0 when not stated.
+    Of a VAST with several ads or linear creatives, the longest: each must fit the player's limit."""
+    return max((math.ceil(int(h) * 3600 + int(m) * 60 + float(s)) for h, m, s in _DURATION.findall(adm)), default=0)
 
 
 _MEDIA_TYPE = re.compile(r"<MediaFile\b[^>]*?\btype\s*=\s*[\"']([^\"'\s]{1,100})[\"']", re.IGNORECASE)

@@ -243,6 +243,8 @@ def test_the_markup_states_protocol_duration_and_linearity() -> None:
     assert vast.protocol(VAST40.replace("4.0", "4.2").replace("InLine", "Wrapper")) == 14
     assert vast.protocol('<DAAST version="1.0">') == 9 and vast.protocol("<div>") == 0
     assert vast.duration("<Duration>00:01:02.500</Duration>") == 63  # rounded up: 62.5 s fits no 62 s limit
+    pod = '<VAST version="4.0"><Ad><Duration>00:00:15</Duration></Ad><Ad><Duration>00:01:00</Duration></Ad></VAST>'
+    assert vast.duration(pod) == 60  # each ad must fit the player's limit: the longest decides
     assert vast.linearity("<VAST><NonLinearAds/></VAST>") == 2 and vast.linearity("<a/>") == 0
 
 
