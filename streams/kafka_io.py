@@ -208,6 +208,16 @@ def left_over_spills(directory: Path, index: int, workers: int) -> list[Path]:
     return [worker_spill(directory, k) for k in sorted(found) if k >= workers and k % workers == index]
 
 
+async def _cancel(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has stopped, whatever it raised."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
 def refused_for_good(error: BaseException) -> bool:
     """True when the broker refused the record itself (too large, say); False when it may take it if sent again."""
     return isinstance(error, _REFUSED_FOR_GOOD)
@@ -855,12 +865,7 @@ class EventProducer:
         at_risk: list[Sent] = []  # handed to Kafka and on no disk: lost unless acknowledged before the producer stops
         try:
             await self.flush()
-            if self._task is not None:
-                self._task.cancel()
-                try:
-                    await self._task
-                except (asyncio.CancelledError, Exception):
-                    pass
+            await _cancel(self._task)
             at_risk = self._put_away_inflight()
             self._spill(self._take(len(self.buffer)))
             if self.buffer and self.connected and self._producer is not None:
@@ -1059,10 +1064,5 @@ class StateFollower:
             self._consumer = None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await _cancel(self._task)
         await self._close()
