@@ -93,11 +93,30 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="with a broker, a worker answers 204 (x-nobid-reason: warming) and /readyz 503 until it has "
                         "read the campaign, model, pacing and billing topics up to where they ended when it started; "
                         "after this many seconds it bids on what it has read (default: %(default)s)")
+    s.add_argument("--exchanges", type=exchange_names, metavar="NAME[,NAME...]",
+                   help="the exchanges metrics name (the path segment after /bid/; `default` for /bid itself): any "
+                        "other is counted as `other`, so no client can add labels; at most 64 (default: the first 64 "
+                        "names seen, of which names whose requests were all malformed take half at most)")
     s.add_argument("--drain-s", type=non_negative(float, MAX_DRAIN_S), default=5.0, metavar="SECONDS",
                    help="on SIGTERM, how long a worker goes on answering the connections still open (each answer closing "
                         f"its connection, /readyz 503) before it stops; it stops at once when none is; 0 to {MAX_DRAIN_S:g} "
                         "(default: %(default)s)")
     s.set_defaults(func=cmd_serve)
+
+
+def exchange_names(text: str) -> tuple[str, ...]:
+    """An argparse `type=` for `--exchanges`: comma-separated names a bid path can carry, at most 64."""
+    from bidder.metrics import MAX_EXCHANGES
+    from bidder.server import exchange_name
+
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    bad = [n for n in names if n != "default" and exchange_name(b"/bid/" + n.encode()) != n]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{bad[0] if bad else text!r} is no exchange name: use 1-32 letters, digits "
+                                         "or _.:- each, comma-separated (e.g. adx,openx)")
+    if len(names) > MAX_EXCHANGES:
+        raise argparse.ArgumentTypeError(f"{len(names)} names: at most {MAX_EXCHANGES}")
+    return names
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -138,6 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_path=args.model, spill_dir=args.spill_dir, restricted_policy=args.restricted, explore_below=args.explore_below,
         tcf_vendor=args.tcf_vendor_id,
         shed_ms=args.shed_ms, lease_frac=args.lease_slice, warmup_s=args.warmup_s, drain_s=args.drain_s,
+        exchanges=args.exchanges or (),
     )
     print(f"streambid: {serving_line(len(campaigns), f'{here}/bid', args.workers, broker)}", file=sys.stderr)
     return serve(opts)

@@ -79,7 +79,8 @@ CAMPAIGN_GAUGES = (
 class BidderStats:
     """Counters the bid path updates; cheap enough to touch on every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, exchanges: Iterable[str] = ()) -> None:
+        """`exchanges`: the only exchange labels to keep (`serve --exchanges`); none given, the first 64 seen."""
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)  # (exchange, outcome, reason)
         self.notices: dict[tuple[str, str], int] = defaultdict(int)  # (kind, outcome)
         self.delivery: dict[tuple[str, str, str], int] = defaultdict(int)  # (event kind, campaign, exchange)
@@ -94,7 +95,7 @@ class BidderStats:
         self.model_swapped = time.time()
         self._model: object = None
         self._pacing_seen: dict[str, tuple[object, float]] = {}
-        self.exchanges: dict[str, None] = {}  # the exchange labels kept, in the order they were first seen
+        self.exchanges, self.exchange_cap = exchange_labels(exchanges)  # the labels kept, in the order first seen
 
     def observe(self, seconds: float) -> None:
         self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -115,14 +116,14 @@ class BidderStats:
 
         return counted
 
-    def fold_exchanges(self, cap: int = MAX_EXCHANGES) -> None:
+    def fold_exchanges(self, cap: int | None = None) -> None:
         """Keep at most `cap` exchange labels (the first seen); fold the rest into "other".
 
         Runs once a second on the worker's loop, between requests, so the bid path never pays for it; a scrape in
         between folds its copy the same way (`cap_exchanges`), so none shows more.
         """
         cap_exchanges({"requests": self.requests, "delivery": self.delivery, "spend": self.spend, "pctr": self.pctr},
-                      self.exchanges, cap)
+                      self.exchanges, self.exchange_cap if cap is None else cap)
 
     def watch(self, engine: Any, now: float) -> None:
         """Note when the engine's model and pacing snapshots were last swapped (they are replaced whole)."""
@@ -137,6 +138,13 @@ class BidderStats:
                 # the compacted topic again does not show it fresh; never from after it arrived (clock skew)
                 published = getattr(state, "published_ms", 0) / 1000.0
                 self._pacing_seen[cid] = (state, min(published, now) if published > 0 else now)
+
+
+def exchange_labels(allowed: Iterable[str] = ()) -> tuple[dict[str, None], int]:
+    """The exchange labels kept from the start, and how many may be kept: an allow-list is all of them (every other
+    name counts as "other"); without one, names join as they come, up to MAX_EXCHANGES."""
+    kept = dict.fromkeys(allowed)
+    return kept, len(kept) or MAX_EXCHANGES
 
 
 def cap_exchanges(doc: dict[str, Any], kept: dict[str, None], cap: int = MAX_EXCHANGES) -> None:
@@ -469,7 +477,7 @@ def own_doc(stats: BidderStats, engine: Any, now: float) -> dict[str, Any]:
 
 def own_doc_steps(stats: BidderStats, engine: Any, now: float) -> Steps[dict[str, Any]]:
     doc = yield from worker_doc_steps(stats, engine, now)  # its counters are copies: capped in place
-    cap_exchanges(doc, stats.exchanges)
+    cap_exchanges(doc, stats.exchanges, stats.exchange_cap)
     return doc
 
 
@@ -540,13 +548,14 @@ class WorkerPool:
 class PoolRenderer:
     """The supervisor's side: adds up the workers' documents and renders /metrics for all of them, once a second."""
 
-    def __init__(self, root: Path, workers: int, interval: float = 1.0, max_share: float = 0.1) -> None:
+    def __init__(self, root: Path, workers: int, interval: float = 1.0, max_share: float = 0.1,
+                 exchanges: Iterable[str] = ()) -> None:
         self.root = root
         self.workers = workers
         self.interval = interval
         self.max_share = max_share  # of one core: with very many series, render less often than once a second
         self.retired: dict[str, Any] = {}
-        self.exchanges: dict[str, None] = {}  # exchange labels kept over all workers, living and retired
+        self.exchanges, self.exchange_cap = exchange_labels(exchanges)  # over all workers, living and retired
         self._next = 0.0
 
     def tick(self, pids: Iterable[int], now: float | None = None) -> None:
@@ -562,7 +571,7 @@ class PoolRenderer:
         docs = [d for d in (_load(self.root / f"w-{pid}.bin") for pid in pids) if d is not None]
         alive = sum(1 for d in docs if now - d.get("ts", 0.0) <= ALIVE_S)
         merged = merge([self.retired, *docs])
-        cap_exchanges(merged, self.exchanges)  # each worker keeps 64 of its own: together they could show N x 64
+        cap_exchanges(merged, self.exchanges, self.exchange_cap)  # each worker keeps 64: together, N x 64
         text = render(families(merged, now, alive, self.workers))
         _write(self.root / RENDERED, text)
         return text
@@ -575,7 +584,7 @@ class PoolRenderer:
         doc = _load(path)
         if doc is not None:
             merged = merge([self.retired, doc])
-            cap_exchanges(merged, self.exchanges)  # or every restart would add a worker's labels for good
+            cap_exchanges(merged, self.exchanges, self.exchange_cap)  # or each restart would add a worker's labels
             self.retired = counters_only(merged)
         path.unlink(missing_ok=True)
 

@@ -81,6 +81,7 @@ class ServeOptions:
     lease_poll_s: float = 0.1  # how often each worker checks whether a lease needs topping up
     warmup_s: float = 60.0  # with a broker: longest a worker waits to read the state topics before it bids anyway
     drain_s: float = DRAIN_S  # on SIGTERM: how long open connections are still answered (bidder.server.drain)
+    exchanges: tuple[str, ...] = ()  # the only exchange labels metrics keep (`--exchanges`); (): the first 64 seen
 
     def __post_init__(self) -> None:
         self.notice_base = self.notice_base.rstrip("/")  # "https://x/" would sign URLs for "https://x//notice/…"
@@ -319,7 +320,7 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
                        restricted_policy=opts.restricted_policy, explore_below=opts.explore_below, tcf_vendor=opts.tcf_vendor,
                        lease_slice=1 if opts.leases else 0, shared_frequency=bool(opts.broker))
     # simulated time when STREAMBID_TIME_WARP is set (`streambid loadtest day`), else the real clock
-    stats = BidderStats()
+    stats = BidderStats(opts.exchanges)
     engine = BidEngine(cfg, opts.campaigns, model, sink=stats.tap(lambda k, key, ev: sink_holder[0](k, key, ev)),
                        clock=clock_from_env())
     app = BidApp(engine, stats, worker=str(index), shed_after_ms=opts.shed_ms)
@@ -599,7 +600,7 @@ def serve(opts: ServeOptions) -> int:
         return 0
     opts.metrics_dir = make_pool_dir()  # every worker's /metrics answers for all of them
     opts.relay_dir = Path(tempfile.mkdtemp(prefix="streambid-relay-"))  # each worker's notice mailbox (private: 0700)
-    metrics = PoolRenderer(opts.metrics_dir, opts.workers)
+    metrics = PoolRenderer(opts.metrics_dir, opts.workers, exchanges=opts.exchanges)
     workers = Workers(_spawner(opts), opts.workers, retire=metrics.retire)
 
     def _stop(*_: object) -> None:

@@ -237,6 +237,8 @@ def test_a_model_file_that_is_not_a_snapshot_stops_serve_with_what_to_do(tmp_pat
         (["--host", "999.1.1.1"], "--host 999.1.1.1"),
         (["--drain-s", "61"], "--drain-s"),
         (["--drain-s", "-1"], "--drain-s"),
+        (["--exchanges", "adx,open x"], "--exchanges"),
+        (["--exchanges", ",".join(f"x{i}" for i in range(65))], "--exchanges"),
     ],
 )
 def test_serve_refuses_nonsense_flags_with_one_line(extra: list[str], says: str) -> None:

@@ -72,8 +72,9 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def make_app(camps: list[dict] | None = None, events: list | None = None) -> tuple[BidApp, BidEngine]:
-    stats = BidderStats()
+def make_app(camps: list[dict] | None = None, events: list | None = None,
+             exchanges: tuple[str, ...] = ()) -> tuple[BidApp, BidEngine]:
+    stats = BidderStats(exchanges)
     sink = stats.tap(lambda k, key, ev: events.append((k, ev)) if events is not None else None)
     eng = BidEngine(EngineConfig(secret=b"s", explore_below=0), [parse_campaign(c) for c in camps or [campaign()]],
                     ModelSnapshot.empty(), sink=sink, clock=lambda: NOW)
@@ -374,6 +375,26 @@ def test_junk_posted_to_made_up_exchange_names_takes_half_the_labels_at_most() -
         MAX_EXCHANGES + 6 - len(half))
     app.stats.fold_exchanges()
     assert by_exchange(scrape(app)) == by_exchange(m)
+
+
+def test_an_exchange_allow_list_names_those_exchanges_only_in_every_scrape_and_over_all_workers(tmp_path: Path) -> None:
+    """`serve --exchanges adx,openx`: no client can add a label, valid requests or not."""
+    app, _ = make_app(exchanges=("adx", "openx"))
+    answer(app, request(id="r1"), exchange="adx")
+    for i in range(5):
+        answer(app, request(id=f"x{i}"), exchange=f"made-up{i}")
+    app.bid(b"junk", False, "junk", time.perf_counter())
+    m = scrape(app)  # before the once-a-second fold too
+    assert exchanges(m) == {"adx", "other"} and requests_total(m) == 7
+    app.stats.fold_exchanges()
+    assert exchanges(scrape(app)) == {"adx", "other"}
+    renderer = PoolRenderer(tmp_path, workers=2, exchanges=("adx", "openx"))
+    for pid, name in ((801, "openx"), (802, "elsewhere")):
+        worker = pool_app(tmp_path, pid)
+        answer(worker, request(id=f"p{pid}"), exchange=name)
+        publish(worker)
+    text = renderer.render([801, 802]).decode()
+    assert 'exchange="openx"' in text and 'exchange="other"' in text and "elsewhere" not in text
 
 
 def exchanges(samples: dict) -> set[str]:
