@@ -38,7 +38,7 @@ from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
 from streams.events import EventError, check_event, dead_letter, env_salt, topic_kind
 from streams.kafka_io import StateFollower, log_start_offsets, read_event_ids, read_values
-from streams.ledger import FIELDS, SpendLedger
+from streams.ledger import FIELDS, SpendLedger, newest_seen
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer, checkpoint_offsets
 from streams.tables import Outbox, TableView
 from streams.worker_metrics import WorkerStats
@@ -481,6 +481,7 @@ def create_app(bootstrap: str, app_id: str = "streambid-worker", partitions: int
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # as above
     async def tables_recovered(app: faust.App, **kwargs: Any) -> None:
+        newest[0] = max(newest[0], newest_seen(seen.held_values()))
         primed[1] = True
 
     @app.timer(interval=pace_s)

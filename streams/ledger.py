@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from streams.events import EventError
@@ -44,6 +44,12 @@ def own_day(kind: str, event: dict[str, Any]) -> str | None:
     would lose its value.  Either way a total would stop being exact.
     """
     return event.get("day") if kind == "billing" else None
+
+
+def newest_seen(records: Iterable[Any]) -> int:
+    """The latest event time (ms) among `seen` entries, 0 if none: where a restarted worker's dedup horizon
+    resumes, so a copy of an event whose id was already forgotten is not taken for a new one."""
+    return max((r[0] for r in records if isinstance(r, list) and r and type(r[0]) is int), default=0)
 
 
 @functools.lru_cache(maxsize=64)

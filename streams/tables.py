@@ -70,6 +70,11 @@ class TableView(MutableMapping[str, Any]):
     def partition_of(self, key: str) -> int | None:
         return self._partition.get(key)
 
+    def held_values(self) -> list[Any]:
+        """Values of every partition this process holds, owned or not: table recovery ends before the owned set
+        is known."""
+        return list(self._data.values())
+
     # -- writes: store now, changelog at the next flush ------------------------------
 
     def _partition_for_write(self, key: str) -> int:

@@ -300,3 +300,12 @@ def test_the_embedded_bus_counts_a_bill_of_a_campaign_it_was_not_given_and_dead_
     assert list(bus.granters) == [("c1", "2026-01-01")]  # a known campaign's bill reaches its lease
     bus.emit("billing", "c1", {**ghost, "id": "bill:bad", "campaign": "c1|2026-01-01"})
     assert [(d["reason"], d["field"]) for d in bus.deadletters] == [("bad_value", "campaign")]
+
+
+def test_a_restarted_worker_resumes_its_dedup_horizon_from_the_ids_it_remembers() -> None:
+    from streams.ledger import newest_seen
+
+    seen = [[1_000, "billing:0", 4, "2026-01-01"], [9_000, "billing:1", 2, "2026-01-01"], [5_000, "", -1, "x"]]
+    assert newest_seen(seen) == 9_000
+    assert newest_seen([]) == 0
+    assert newest_seen([None, [], ["x"], [True], [7_000.5], [3]]) == 3  # malformed entries are passed over

@@ -4,6 +4,7 @@ worker keeps counting the good ones around it, and no bad event moves a total.""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_bad_events_are_dead_lettered_and_the_worker_counts_on(procs: Procs) -> 
     path.write_bytes(orjson.dumps([campaign(id=camp, flight={"start": "2020-01-01", "end": "2099-12-31",
                                                              "timezone": "UTC"})]))
     assert procs.cli("campaign", "set", str(path)).returncode == 0
-    _, port = procs.worker("worker", f"{procs.prefix}-w")
+    w1, port = procs.worker("worker", f"{procs.prefix}-w")
     wait_for(lambda: (worker_status(port) or {}).get("ready"), 60, "the worker to own its partitions")
     now = int(time.time() * 1000)
     day = local_day("UTC", now)
@@ -76,3 +77,17 @@ def test_bad_events_are_dead_lettered_and_the_worker_counts_on(procs: Procs) -> 
     assert (worker_status(port) or {}).get("ready")  # alive after all of them
     totals = (worker_status(port) or {}).get("totals", {})
     assert set(totals) == {f"{camp}|{day}"}  # nothing counted under another day or another key
+
+    # A restarted worker resumes its dedup horizon from the ids it remembers: an event four days older than the
+    # newest it counted is still refused (its id may have been forgotten: it could be a copy of one counted).
+    w1.send_signal(signal.SIGTERM)
+    w1.wait(30)
+    _, port2 = procs.worker("worker-2", f"{procs.prefix}-w")
+    wait_for(lambda: (worker_status(port2) or {}).get("ready"), 60, "the restarted worker to own its partitions")
+    old = bill(7, ts=now - 4 * DAY_MS)
+    asyncio.run(produce(procs.bootstrap, [(billing, camp, orjson.dumps(old)), (billing, camp, orjson.dumps(bill(8)))]))
+    wait_for(lambda: (worker_status(port2) or {}).get("totals", {}).get(f"{camp}|{day}", {}).get("spend")
+             == 1_000 + 6_000 + 8_000, 60, "the restarted worker to count the new bill")
+    rec = asyncio.run(find_record(procs.bootstrap, dead, lambda r: old["id"] in r.get("payload", "")))
+    assert rec["reason"] == "older_than_dedup_horizon", rec
+    assert set((worker_status(port2) or {}).get("totals", {})) == {f"{camp}|{day}"}
