@@ -102,6 +102,9 @@ Record = tuple[str, bytes, bytes]  # (topic, key, value)
 Sent = tuple[Record, asyncio.Future]  # a record handed to the Kafka producer, and what it makes of it
 MAX_REMEMBERED_KEYS = 100_000  # keys are campaign ids; past this many, partitions are computed each time
 SPILL_AFTER_S = 0.25  # a batch unacknowledged this long is written down: a crash must not lose what was answered
+# Events written to the spill file at a time from the event loop: encoding and writing a slice costs the bid path
+# about a millisecond; a whole buffer (10^5 events) stalled every answer in flight for over a hundred.
+SPILL_SLICE = 1000
 HELD_WHEN_DISK_FAILS = 4  # times max_buffer held in memory while the spill file cannot be written; older are dropped
 DISK_LOG_EVERY_S = 30.0  # a spill disk that keeps failing is logged once per this long
 # What the broker refuses in a record itself: sending it again changes nothing.  Any other failure (a partition
@@ -355,10 +358,11 @@ class EventProducer:
             self._overflow()
 
     def _overflow(self) -> None:
-        """The oldest half to disk; while the disk refuses, memory holds up to HELD_WHEN_DISK_FAILS times the bound
-        (tried again each retry_s, not on every event), then the oldest are dropped and counted in `failed`."""
+        """The oldest SPILL_SLICE (half of a smaller bound) to disk; while the disk refuses, memory holds up to
+        HELD_WHEN_DISK_FAILS times the bound (tried again each retry_s, not on every event), then the oldest are
+        dropped and counted in `failed`."""
         if time.monotonic() >= self._spill_retry_at:
-            self._spill(self._take(len(self.buffer) // 2), sync=False)
+            self._spill(self._take(max(1, min(SPILL_SLICE, self.max_buffer // 2))), sync=False)
         while len(self.buffer) > self.max_buffer * HELD_WHEN_DISK_FAILS:
             self.buffer.popleft()
             self.failed += 1
@@ -474,16 +478,29 @@ class EventProducer:
         cls._write(tmp, data, append=False)
         tmp.replace(path)
 
-    def _spill(self, batch: list[Record], sync: bool = True) -> None:
+    def _spill(self, batch: list[Record], sync: bool = True) -> bool:
         """Append to the spill file (fsync'd off the bid path: an outage must not lose what it spilled); a disk
-        that refuses puts the batch back in front of memory (`_disk_failed`)."""
+        that refuses puts the batch back in front of memory (`_disk_failed`) and gives False."""
         if batch:
             try:
                 self._write(self.spill_path, self._encode(batch), append=True, sync=sync)
             except OSError as e:
                 self._disk_failed(batch, e)
-                return
+                return False
             self.spilled += len(batch)
+        return True
+
+    async def _spill_memory(self) -> None:
+        """What memory holds now, to the spill file SPILL_SLICE events at a time with the loop let in between (the
+        answers in flight go on), fsync'd once at the end.  Events emitted meanwhile queue behind them in memory,
+        and an overflow meanwhile spills from the same front, so the file keeps their order."""
+        left = len(self.buffer)
+        while left > 0:
+            n = min(left, SPILL_SLICE)
+            left -= n
+            if not self._spill(self._take(n), sync=left <= 0) or left <= 0:
+                return
+            await asyncio.sleep(0)
 
     def _unspill(self, batch: list[Record]) -> None:
         """Put records back at the *front* of the spill file: they precede anything spilled since."""
@@ -569,12 +586,12 @@ class EventProducer:
                 await asyncio.sleep(self.retry_s)
             except (KafkaError, OSError) as e:  # no broker to start with, or a send that could not even be queued
                 self._lost(type(e).__name__)
-                self._spill(self._take(len(self.buffer)))
+                await self._spill_memory()
                 await asyncio.sleep(self.retry_s)
             except Exception as e:  # a bug must not end the sender: events would wait in memory and on disk for good
                 log.error("event sender: unexpected %s (%s); retrying in %.1fs", type(e).__name__, e, self.retry_s,
                           exc_info=e)
-                self._spill(self._take(len(self.buffer)))
+                await self._spill_memory()
                 await asyncio.sleep(self.retry_s)
 
     def _linger_left(self) -> float:
@@ -704,7 +721,7 @@ class EventProducer:
                 self._lost(f"no acknowledgement in {self.request_timeout_s:.1f}s")
             if (waited > SPILL_AFTER_S or not self.connected) and time.monotonic() >= self._spill_retry_at:
                 self._write_down([r for r, _ in self._inflight])
-                self._spill(self._take(len(self.buffer)))
+                await self._spill_memory()
             return
         errors = [(r, f.exception()) for r, f in self._inflight]
         self._refuse([(r, e) for r, e in errors if e is not None and refused_for_good(e)])

@@ -393,3 +393,51 @@ async def test_a_replay_never_reads_through_a_symbolic_link(tmp_path: Path, capl
         await until(lambda: len(topic) == 1)
         await producer.stop()
     assert ids(topic) == ["e0"] and victim.exists() and "is a symbolic link" in caplog.text
+
+
+def _ids(data: bytes) -> list[str]:
+    return [orjson.loads(orjson.loads(line)[2])["id"] for line in data.splitlines()]
+
+
+def test_an_overflow_spills_a_slice_not_half_the_buffer(tmp_path: Path) -> None:
+    """An emit past the bound spilled half of it (50,000 events: 121 ms with every answer in flight waiting)."""
+    from streams.kafka_io import SPILL_SLICE
+
+    producer = EventProducer("127.0.0.1:1", tmp_path / "events.jsonl", max_buffer=4 * SPILL_SLICE)
+    for i in range(4 * SPILL_SLICE + 1):
+        producer.emit("impressions", "k", {"id": f"e{i}"})
+    assert producer.spilled == SPILL_SLICE and len(producer.buffer) == 3 * SPILL_SLICE + 1
+    assert _ids(producer.spill_path.read_bytes()) == [f"e{i}" for i in range(SPILL_SLICE)]  # the oldest, in order
+
+
+def test_memory_goes_to_disk_in_slices_with_the_loop_let_in_between(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.kafka_io import SPILL_SLICE
+
+    producer = EventProducer("127.0.0.1:1", tmp_path / "events.jsonl")
+    total = 2 * SPILL_SLICE + SPILL_SLICE // 2
+    for i in range(total):
+        producer.emit("impressions", "k", {"id": f"e{i}"})
+    writes: list[tuple[int, bool]] = []
+    real_write = EventProducer._write
+
+    def counted(path: Path, data: bytes, append: bool, sync: bool = True) -> None:
+        writes.append((data.count(b"\n"), sync))
+        real_write(path, data, append, sync)
+
+    monkeypatch.setattr(EventProducer, "_write", staticmethod(counted))
+    seen_at: list[int] = []
+
+    async def run() -> None:
+        def answer_in_between() -> None:  # stands for the bid path, which emits while the spill goes on
+            seen_at.append(len(writes))
+            producer.emit("impressions", "k", {"id": "late"})
+
+        asyncio.get_running_loop().call_soon(answer_in_between)
+        await producer._spill_memory()
+
+    asyncio.run(run())
+    assert writes == [(SPILL_SLICE, False), (SPILL_SLICE, False), (SPILL_SLICE // 2, True)]  # one fsync, at the end
+    assert seen_at == [1]  # the loop ran after the first slice, not after all of them
+    assert _ids(producer.spill_path.read_bytes()) == [f"e{i}" for i in range(total)]
+    assert [orjson.loads(v)["id"] for _, _, v in producer.buffer] == ["late"]  # queued behind, in memory
