@@ -113,9 +113,10 @@ class Attribution:
         if entry is None:
             self._early(ev, imp=ev["ts"])
             return "early", None
-        if entry["imp"] is not None:
+        if entry["imp"] is not None and not entry.get("ci"):
             return "duplicate", None
         entry = {**entry, "imp": ev["ts"]}
+        entry.pop("ci", None)  # the time a click stood in for is now the impression's own
         example = None
         # a click read first was judged from the bid's time; the impression's time is the one its window runs from
         if entry["clk"] is not None and entry["f"] is not None and not entry["done"] \
@@ -141,7 +142,9 @@ class Attribution:
         if entry["done"] or ev["ts"] - served > self.click_window_ms:
             self._put(bid_id, {**entry, "clk": ev["ts"]})
             return "late", None
-        self._put(bid_id, {**entry, "imp": served, "clk": ev["ts"], "done": 1})
+        # a click read before its impression stands in for it ("ci"), so the impression is not taken for a copy
+        marks = {"ci": 1} if entry["imp"] is None else {}
+        self._put(bid_id, {**entry, "imp": served, "clk": ev["ts"], "done": 1, **marks})
         return "matched", Example(entry["c"], entry["r"], entry["f"], 1, bid_id)
 
     def on_conversion(self, ev: dict[str, Any]) -> str:

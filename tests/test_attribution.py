@@ -94,3 +94,16 @@ def test_a_late_stated_bid_read_after_its_early_click_keeps_its_time() -> None:
     a.expire(20 * MIN)
     assert a.pending["b9"]["f"] == [1, 2, 9]  # kept past ten minutes
     assert a.on_impression(ev("impressions", 9, 44 * MIN))[1] is not None  # the click 1 min after it: a positive
+
+
+def test_an_impression_read_after_its_click_is_matched_not_a_duplicate() -> None:
+    """A click read first stood in for the impression's time, and the impression that followed was counted as
+    a duplicate in the attribution outcomes; a second copy of it still is one."""
+    a = Attribution({}, click_window_ms=30 * MIN)
+    a.on_bid(bid(6))
+    outcome, ex = a.on_click(ev("clicks", 6, 2 * MIN))
+    assert outcome == "matched" and ex is not None and ex.label == 1
+    assert a.on_impression(ev("impressions", 6, 1 * MIN)) == ("matched", None)  # no second example
+    assert a.pending["b6"]["imp"] == 1 * MIN and "ci" not in a.pending["b6"]
+    assert a.on_impression(ev("impressions", 6, 1 * MIN)) == ("duplicate", None)
+    assert a.expire(120 * MIN) == ([], 0)  # labelled once: no negative after
