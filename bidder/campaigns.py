@@ -35,7 +35,20 @@ GOALS = frozenset({"cpc", "cpa"})
 # IAB Content Category 1.0: IAB1 to IAB26, with their subcategories; always used whole (fullmatch): "IAB26\n" is not
 IAB_CAT = re.compile(r"IAB(?:[1-9]|1[0-9]|2[0-6])(-\d{1,2})?")
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-COUNTRY = re.compile(r"[A-Z]{3}")
+# ISO 3166-1 alpha-3, as OpenRTB writes device.geo.country: a code outside it (GER for DEU, ZZZ) never matches a
+# request, so a campaign naming it would silently lose that country.  XKX: Kosovo, which has no ISO code of its
+# own, in the user-assigned code in common use.
+COUNTRIES = frozenset((
+    "ABW AFG AGO AIA ALA ALB AND ARE ARG ARM ASM ATA ATF ATG AUS AUT AZE BDI BEL BEN BES BFA BGD BGR BHR BHS BIH BLM BLR "
+    "BLZ BMU BOL BRA BRB BRN BTN BVT BWA CAF CAN CCK CHE CHL CHN CIV CMR COD COG COK COL COM CPV CRI CUB CUW CXR CYM CYP "
+    "CZE DEU DJI DMA DNK DOM DZA ECU EGY ERI ESH ESP EST ETH FIN FJI FLK FRA FRO FSM GAB GBR GEO GGY GHA GIB GIN GLP GMB "
+    "GNB GNQ GRC GRD GRL GTM GUF GUM GUY HKG HMD HND HRV HTI HUN IDN IMN IND IOT IRL IRN IRQ ISL ISR ITA JAM JEY JOR JPN "
+    "KAZ KEN KGZ KHM KIR KNA KOR KWT LAO LBN LBR LBY LCA LIE LKA LSO LTU LUX LVA MAC MAF MAR MCO MDA MDG MDV MEX MHL MKD "
+    "MLI MLT MMR MNE MNG MNP MOZ MRT MSR MTQ MUS MWI MYS MYT NAM NCL NER NFK NGA NIC NIU NLD NOR NPL NRU NZL OMN PAK PAN "
+    "PCN PER PHL PLW PNG POL PRI PRK PRT PRY PSE PYF QAT REU ROU RUS RWA SAU SDN SEN SGP SGS SHN SJM SLB SLE SLV SMR SOM "
+    "SPM SRB SSD STP SUR SVK SVN SWE SWZ SXM SYC SYR TCA TCD TGO THA TJK TKL TKM TLS TON TTO TUN TUR TUV TWN TZA UGA UKR "
+    "UMI URY USA UZB VAT VCT VEN VGB VIR VNM VUT WLF WSM YEM ZAF ZMB ZWE "
+    "XKX").split())
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 NOT_BLANK = re.compile(r"\S(?:.*\S)?")
 # a domain or app bundle as exchanges send it in site.domain / app.bundle / adomain: no scheme, path or spaces
@@ -44,6 +57,9 @@ LANG = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})*")
 # The largest amount of money a campaign field may hold, in currency units: far above any real budget, and small
 # enough that every sum of a campaign's micros fits in 64 bits and every amount survives the trip through JSON.
 MAX_MONEY = 1_000_000_000
+# The largest count, size or code a campaign may state: exchanges keep OpenRTB integers in 32 bits, and a larger one
+# would not even survive the config topic's JSON (64 bits at most), so `campaign set` could not publish it.
+MAX_INT = 2**31 - 1
 # The fields of each object of the schema: a misspelt field would otherwise be ignored, and its default (no cap,
 # every country, all day) would take its place without a word.
 FIELDS: dict[str, frozenset[str]] = {
@@ -271,7 +287,7 @@ def _creative_doc(c: Creative) -> dict[str, Any]:
         doc["linearity"] = c.linearity
     if c.lang:
         doc["lang"] = c.lang
-    if c.apis:
+    if c.apis or c.kind in ("video", "audio"):  # a video's `[]` must stay said: left out, its VAST would be read again
         doc["apis"] = list(c.apis)
     if c.attr:
         doc["attr"] = list(c.attr)
@@ -340,9 +356,11 @@ def _get(doc: dict, key: str, path: str, kind: type | tuple[type, ...], default:
         return default
     v = doc[key]
     if isinstance(v, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(path + key, f"must be {_kind_name(kind)}, not a boolean")
+        quote = " (in YAML, quote values like NO or ON)" if kind is str else ""  # `lang: no` is Norwegian
+        raise ConfigError(path + key, f"must be {_kind_name(kind)}, not a boolean{quote}")
     if not isinstance(v, kind):
-        raise ConfigError(path + key, f"must be {_kind_name(kind)}")
+        quote = ", not a number: put it in quotes" if kind is str and isinstance(v, int | float) else ""  # id: 001
+        raise ConfigError(path + key, f"must be {_kind_name(kind)}{quote}")
     return v
 
 
@@ -424,7 +442,7 @@ def _int_set(doc: dict, key: str, path: str, lo: int, hi: int) -> frozenset[int]
     errors = []
     for i, v in enumerate(vals):
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            hint = f" (in YAML, write {v.lstrip('0') or '0'}, not {v})" if isinstance(v, str) and v.isdigit() else ""
+            hint = f" (write {int(v)}, without quotes)" if isinstance(v, str) and v.isascii() and v.isdigit() else ""
             errors.append(ConfigError(f"{path}{key}[{i}]", f"must be an integer from {lo} to {hi}{hint}"))
     _raise_all(errors)
     return frozenset(vals)
@@ -458,11 +476,16 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
         w, h = w or 0, h or 0
     elif w < 0 or h < 0:
         p.add(path + ("w" if w < 0 else "h"), "must be >= 0")
+    elif w > MAX_INT or h > MAX_INT:
+        p.add(path + ("w" if w > MAX_INT else "h"), f"must be at most {MAX_INT:,}")
     elif kind == "banner" and (w <= 0 or h <= 0):
-        p.add(path + "w", "banner creatives need positive w and h")
+        p.add(path + ("w" if w <= 0 else "h"), "banner creatives need positive w and h")
     adm = p.check(lambda: _get(raw, "adm", path, str, ""))
-    if adm == "":
+    if adm is not None and not adm.strip():  # blank markup would be served as an empty ad
         p.add(path + "adm", "is required: the ad markup or VAST/native document")
+    elif kind == "banner" and adm and vast.protocol(adm):  # a VAST served as a banner's HTML shows nothing
+        p.add(path + "type", f"is banner{'' if 'type' in raw else ' (not given)'}, but adm is VAST/DAAST markup: "
+                             "set type to video or audio")
     cats = p.check(lambda: tuple(sorted(_str_set(raw, "cat", path, IAB_CAT))), ())
     mimes = p.check(lambda: tuple(sorted({m.lower() for m in _str_set(raw, "mimes", path)})), ())  # no case
     lang = p.check(lambda: _lang(raw, path), "")
@@ -482,7 +505,7 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
 def _codes(raw: dict, key: str, path: str, what: str) -> tuple[int, ...]:
     """A list of AdCOM codes (positive integers; 500 and up are exchange-specific), each once, in order."""
     values = _get(raw, key, path, list, [])
-    if any(type(v) is not int or v <= 0 for v in values):
+    if any(type(v) is not int or not 0 < v <= MAX_INT for v in values):
         raise ConfigError(path + key, f"must be a list of {what}")
     return tuple(sorted(set(values)))
 
@@ -529,8 +552,9 @@ def _code(raw: dict, key: str, path: str, hi: int, from_markup: Callable[[], int
 
 def _countries(raw: dict, path: str) -> frozenset[str]:
     countries = _str_set(raw, "countries", path)
-    _raise_all([ConfigError(path + "countries", f"{c!r} is not an ISO-3166-1 alpha-3 code (e.g. USA), as OpenRTB uses")
-                for c in sorted(countries) if not COUNTRY.fullmatch(c)])
+    _raise_all([ConfigError(path + "countries", f"{c!r} is not an ISO-3166-1 alpha-3 code, as OpenRTB uses "
+                                                "(e.g. USA, GBR, DEU for Germany)")
+                for c in sorted(countries) if c not in COUNTRIES])
     return countries
 
 
@@ -663,6 +687,8 @@ def _count(cap: dict, name: str) -> int:
     n = _get(cap, name, "frequency_cap.", int, 0)
     if n < 0:
         raise ConfigError("frequency_cap." + name, "must be >= 0 (0 means no cap)")
+    if n > MAX_INT:
+        raise ConfigError("frequency_cap." + name, f"must be at most {MAX_INT:,} (0 means no cap)")
     return n
 
 
@@ -683,9 +709,13 @@ def _creatives(doc: dict, p: _Problems) -> tuple[Creative, ...] | None:
     if not creatives_raw:
         p.add("creatives", "needs at least one creative")
     creatives = [_creative(c, i, p) for i, c in enumerate(creatives_raw)]
-    ids = [c.id for c in creatives if c is not None]
-    if len(set(ids)) != len(ids):
-        p.add("creatives", "creative ids must be unique within a campaign")
+    first: dict[str, int] = {}
+    for i, c in enumerate(creatives):
+        if c is not None and c.id in first:
+            p.add(f"creatives[{i}].id", f"{c.id!r} is already the id of creatives[{first[c.id]}]; "
+                                        "creative ids must be unique within a campaign")
+        elif c is not None:
+            first[c.id] = i
     return tuple(c for c in creatives if c is not None)
 
 
@@ -766,6 +796,9 @@ def _decode(text: bytes, yaml: bool) -> Any:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         if "nesting depth" in problem:  # libyaml's own limit, where the pure-Python parser recurses
             raise ConfigError("file", "is nested too deeply to be a campaign file") from None
+        if "another document" in problem and mark is not None:  # `---` between campaigns: valid YAML, several documents
+            raise ConfigError("file", f"holds several YAML documents (the second starts at line {mark.line + 1}); put the "
+                                      "campaigns in one list, each starting with '- ', not apart with ---") from None
         raise ConfigError("file", f"is not valid YAML: {problem}{where}") from None
     except RecursionError:
         raise ConfigError("file", "is nested too deeply to be a campaign file") from None

@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -238,8 +238,16 @@ def serve_http(port: int, registry: Any, board: Any, addr: str = "127.0.0.1") ->
 
 def change_record(doc: dict[str, Any], action: str) -> bytes:
     """A config message: the campaign document plus who changed it, when and how."""
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    who = f"{_user()}@{socket.gethostname()}"
     return orjson.dumps({"campaign": doc, "action": action, "by": who, "at": dt.datetime.now(dt.UTC).isoformat()})
+
+
+def _user() -> str:
+    """Who runs the command; a container started with a numeric --user has no account name, only its uid."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no $USER nor passwd entry (KeyError before Python 3.13, OSError from it)
+        return f"uid{os.getuid()}"
 
 
 @dataclass(slots=True)
@@ -516,6 +524,9 @@ def _set_status(args: argparse.Namespace, status: str, action: str) -> int:
     if current.campaign.status == status:
         print(f"{args.id} is already {status}; nothing published")
         return 0
+    if status == "active":  # resumed, yet its flight may be over or its budget 0: said now, not found out later
+        for line in idle_warnings([replace(current.campaign, status=status)]):
+            print(f"streambid: {line}", file=sys.stderr)
     doc = dict(current.campaign.to_doc(), status=status, version=current.campaign.version)
     code = _publish(args, [(args.id, change_record(doc, action))], f"`streambid campaign {action} {args.id}`")
     if code is not None:

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from bidder import engine as engine_mod
-from bidder.campaigns import Campaign, parse_campaign
+from bidder.campaigns import COUNTRIES, Campaign, parse_campaign
 from bidder.engine import BidEngine, EngineConfig
 from bidder.frequency import FrequencyStore, cap_buckets
 from bidder.openrtb import AUCTION_FIRST_PRICE, hash_id, parse_request
@@ -232,8 +232,7 @@ def test_a_multi_format_impression_takes_a_creative_of_any_of_its_media() -> Non
 
 def test_candidate_counts_stay_small_with_thousands_of_campaigns() -> None:
     """5,000 campaigns over 50 countries and 4 sizes: an impression sees only the ~1/200 that can serve it."""
-    countries = [f"C{i:02d}" for i in range(50)]
-    countries = ["".join(chr(65 + (ord(ch) % 26)) for ch in c) for c in countries]  # three capital letters
+    countries = sorted(COUNTRIES)[:50]
     sizes = [(300, 250), (728, 90), (320, 50), (160, 600)]
     docs = []
     for i in range(5000):

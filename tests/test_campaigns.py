@@ -129,7 +129,7 @@ def test_a_file_lists_every_problem_and_refuses_a_repeated_id() -> None:
         ("bad.json", b'{"id": ', "is not valid JSON"),
         ("bad.yaml", b"a:\n  b: 1\n c: 2\n", "is not valid YAML"),
         ("tab.yaml", b"id: x\n\tbudget: 1\n", "is not valid YAML"),
-        ("two.yaml", b"id: a\n---\nid: b\n", "is not valid YAML"),
+        ("two.yaml", b"id: a\n---\nid: b\n", "holds several YAML documents (the second starts at line 2); put the"),
         ("latin1.yaml", "id: x\nadvertiser: caf\u00e9".encode("latin-1"), "is not UTF-8 text (byte 22, line 2)"),
         ("latin1.json", '{"id": "caf\u00e9"}'.encode("latin-1"), "is not UTF-8 text (byte 12, line 1); save it as UTF-8"),
         ("deep.yaml", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
