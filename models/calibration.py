@@ -99,7 +99,8 @@ class PlattCalibrator:
     Use: a correction fitted on noise costs log loss when the scores were
     calibrated already, so it is applied only while it is winning: the
     prequential log-likelihood ratio of the corrected over the raw scores
-    (decayed over the same window) must exceed `min_gain` nats.
+    (decayed over the same window) must exceed `min_gain` nats, and its slope
+    must not be negative (the correction never reverses the scores' order).
     """
 
     __slots__ = ("a", "b", "prior_weight", "window", "min_gain", "gain", "positives", "n", "_haa", "_hab", "_hbb", "_rho")
@@ -118,7 +119,9 @@ class PlattCalibrator:
 
     @property
     def active(self) -> bool:
-        return self.gain > self.min_gain
+        """Winning, and rising: a fit whose slope fell below 0 would rank every score in reverse, the impressions
+        the model likes least priced highest, so it is not a calibration of these scores and stays unapplied."""
+        return self.gain > self.min_gain and self.a >= 0.0
 
     def params(self) -> tuple[float, float]:
         """(a, b) to apply now: the fitted ones while they are winning, else the identity."""

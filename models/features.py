@@ -30,7 +30,7 @@ _names: OrderedDict[int, str] = OrderedDict()
 
 
 def _remember(fid: int, name: str) -> None:
-    """Keep the name of `fid`, dropping the oldest names once over capacity (insertion order)."""
+    """Keep the name of `fid`, dropping the least recently hashed names once over capacity."""
     names = _names
     if fid in names:
         if names[fid] != name:  # a collision: the newest name wins
@@ -45,13 +45,18 @@ def _remember(fid: int, name: str) -> None:
 def hash_name(name: str) -> int:
     """Id of an already formatted "field=value" name."""
     fid = zlib.crc32(name.encode()) & HASH_MASK
-    if fid not in _names:
+    if _names.get(fid) == name:
+        _names.move_to_end(fid)  # in use: the bid path hashes a candidate's crosses each time it prices it
+    else:
         _remember(fid, name)
     return fid
 
 
 _feature_ids: dict[tuple[str, type, object], int] = {}  # (field, type, value) -> id: the bid path asks for the same few
 FEATURE_ID_CACHE = 262_144
+# The name of every id the memos hand out, for as long as they hand it out.  Memoised ids are not hashed again, so
+# in the recency map above a domain on every request would lose its name to the crosses hashed since it was first met.
+_feature_names: dict[int, str] = {}
 
 
 def hash_feature(field: str, value: object) -> int:
@@ -67,11 +72,21 @@ def hash_feature(field: str, value: object) -> int:
     except TypeError:  # an unhashable value: no memo
         return hash_name(f"{field}={value}")
     if fid is None:
-        fid = hash_name(f"{field}={value}")
+        name = f"{field}={value}"
+        fid = zlib.crc32(name.encode()) & HASH_MASK
         if len(_feature_ids) >= FEATURE_ID_CACHE:
-            _feature_ids.clear()
+            _forget_feature_ids()
         _feature_ids[key] = fid
+        _feature_names[fid] = name
     return fid
+
+
+def _forget_feature_ids() -> None:
+    """Empty the id memos together (request_features' groups hold ids from this one), names with them."""
+    _feature_ids.clear()
+    _feature_names.clear()
+    for memo in _groups:
+        memo.clear()
 
 
 def hash_cross(field_a: str, value_a: object, field_b: str, value_b: object) -> int:
@@ -102,8 +117,8 @@ def crc_shifter(length: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def feature_name(fid: int) -> str | None:
-    """Readable name of an id if it was seen recently in this process, else None."""
-    return _names.get(fid)
+    """Readable name of an id if the feature memos hand it out or it was hashed recently in this process, else None."""
+    return _feature_names.get(fid) or _names.get(fid)
 
 
 def remember_names(names: Iterable[str]) -> None:

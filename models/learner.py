@@ -29,7 +29,7 @@ from river import linear_model, optim
 from models.calibration import PlattCalibrator, logit, sigmoid
 from models.features import BIAS_ID, HASH_MASK
 from models.prior import ClickCounts, PriorConfig
-from models.snapshot import ModelSnapshot
+from models.snapshot import ModelSnapshot, inflate
 
 STATE_FORMAT = 1
 
@@ -226,7 +226,7 @@ class CTRLearner:
     def from_state_bytes(cls, data: bytes) -> CTRLearner:
         """Rebuild a learner from `state_bytes`; ValueError names what is wrong with a damaged or foreign state."""
         try:
-            doc = orjson.loads(zlib.decompress(data))
+            doc = orjson.loads(inflate(data))
             if not isinstance(doc, dict):
                 raise ValueError("not a document")
             if doc.get("format") != STATE_FORMAT:
@@ -253,7 +253,10 @@ class CTRLearner:
             version, internal, gauss = doc["rng"]
             learner._rng.setstate((version, tuple(internal), gauss))
             learner._version = int(doc["version"])
-        except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as e:
+            if min(learner.n_seen, learner.n_learned, learner._version) < 0:  # its snapshots would be refused
+                raise ValueError("n_seen, n_learned and version must not be negative")
+        except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error,
+                OverflowError) as e:  # OverflowError: generator state words beyond 32 bits
             raise ValueError(f"not a usable learner state: {e}") from e
         return learner
 

@@ -33,6 +33,10 @@ _CLIP = 30.0
 # this size the two sums differ by far less than the price bound's margin (bidder.scoring), where terms of 1e17 that
 # cancel would differ by whole units.
 MAX_TERM = 1e4
+# The largest document a snapshot or learner state may inflate to.  A model over the whole id space with tens of
+# thousands of creatives is about 30 MiB of JSON; a few kilobytes of zlib can inflate to gigabytes, and a bidder or
+# worker must refuse such a record rather than run out of memory on it.
+MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 
 
 class ModelSnapshot:
@@ -173,7 +177,9 @@ class ModelSnapshot:
         """`from_dict`, pausing every `step` weights or counts: with thousands of campaigns a model takes tens of
         milliseconds to check and build, and a bidder decodes one about every second, between bids."""
         if not isinstance(d, dict) or d.get("format") != FORMAT or type(d.get("format")) is not type(FORMAT):
-            raise ValueError(f"unsupported model snapshot format {d.get('format') if isinstance(d, dict) else d!r}")
+            # a foreign document can be megabytes long: name it, never echo it into the log
+            found = repr(d.get("format")) if isinstance(d, dict) else f"(a JSON {type(d).__name__}, not an object)"
+            raise ValueError(f"unsupported model snapshot format {found:.60}")
         try:
             ids, ws = d["ids"], d["weights"]
             if len(ids) != len(ws):
@@ -189,6 +195,8 @@ class ModelSnapshot:
                 weights.update(zip(part_ids, map(float, part_ws), strict=True))
                 yield
             _check_numbers(others)
+            if a < 0:  # a falling calibration would rank every candidate in reverse: the worst traffic bid highest
+                raise ValueError(f"calibration slope {a!r} is negative")
             if not all(type(d[k]) is int and d[k] >= 0 for k in ("version", "n_seen")):
                 raise ValueError("version and n_seen must be non-negative integers")
             counts = yield from ClickCounts.from_dict_steps(d["counts"], step)
@@ -217,7 +225,7 @@ class ModelSnapshot:
     def from_bytes_steps(cls, data: bytes) -> Steps[ModelSnapshot]:
         """`from_bytes` in steps (`bidder.slices`); the decompression and the JSON parse are one step."""
         try:
-            doc = orjson.loads(zlib.decompress(data))
+            doc = orjson.loads(inflate(data))
         except (zlib.error, orjson.JSONDecodeError, TypeError) as e:  # TypeError: not bytes at all
             raise ValueError(f"not a model snapshot (zlib-compressed JSON): {e}") from None
         yield
@@ -236,6 +244,17 @@ class ModelSnapshot:
 
     def __repr__(self) -> str:
         return f"ModelSnapshot(version={self.version}, n_seen={self.n_seen}, weights={len(self.weights)})"
+
+
+def inflate(data: bytes) -> bytes:
+    """zlib-decompress a whole stream of at most MAX_DOCUMENT_BYTES; zlib.error for a larger or truncated one."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_DOCUMENT_BYTES + 1)
+    if len(out) > MAX_DOCUMENT_BYTES:
+        raise zlib.error(f"inflates to more than {MAX_DOCUMENT_BYTES // 2**20} MiB")
+    if not inflater.eof:
+        raise zlib.error("incomplete or truncated stream")
+    return out
 
 
 def _check_numbers(xs: Sequence[object]) -> None:
