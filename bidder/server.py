@@ -58,7 +58,7 @@ MAX_HEAD = 16 * 1024  # request line + headers
 MAX_PIPELINED = 32  # requests one connection gets decided per read; the rest of a pipelined burst is shed
 MAX_RENDERED = 2  # /metrics or /status pages one connection gets rendered per read (each costs milliseconds)
 MAX_GZIP_MEMBERS = 16  # gzip members in one body: an exchange sends one; thousands of empty ones only cost CPU
-REQUEST_TIMEOUT_S = 10.0  # a request whose bytes stop coming for this long loses its connection
+REQUEST_TIMEOUT_S = 10.0  # a request still incomplete this long after its first bytes loses its connection, however it trickles
 IDLE_TIMEOUT_S = 60.0  # a keep-alive connection without a request for this long is closed: idle ones must not use up fds
 DEADLINE_RESERVE_S = 0.002  # a request with less time left than this gets a 204 without being decided
 RESPOND_RESERVE_S = 0.0005  # what building and writing a response may take after the engine's last check
@@ -279,6 +279,8 @@ class BidApp:
         work comes in one run instead of between every two decisions.  Answers on one connection keep their order.
         """
         if not self.outbox and self.loop is not None:
+            if not self.clock.open:  # a pass that writes without reading (a hang-up, a page) is a busy period too:
+                self.clock.arrival(time.perf_counter())  # else its flush would extend the last read's, however old
             self.loop.call_soon(self.flush)
         self.outbox.append((transport, out, close))
         if self.loop is None:  # not serving (tests drive protocols by hand): write at once

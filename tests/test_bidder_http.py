@@ -348,6 +348,50 @@ def test_arrival_clock_counts_kernel_waits_while_the_loop_is_saturated() -> None
     assert clock.arrival(later) == later
 
 
+class _Transport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_pass_that_only_writes_does_not_stretch_the_last_reads_busy_period() -> None:
+    """A hang-up answered after a quiet spell is written in a pass that read nothing: bytes read right after it have
+    waited behind that pass at most, not since the last read before the quiet spell."""
+    engine = BidEngine(EngineConfig(secret=b"t"), [parse_campaign(campaign())], ModelSnapshot.empty(),
+                       sink=lambda *a: None)
+    app, loop = BidApp(engine, BidderStats()), _Loop()
+    app.loop = app.clock.loop = loop  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    app.clock.arrival(t0)
+    loop.soon.pop(0)()  # the pass that read ends
+    time.sleep(0.05)  # the loop waits for input; a client's hang-up wakes it
+    app.send(_Transport(), b"", True)  # type: ignore[arg-type]
+    while loop.soon:
+        loop.soon.pop(0)()
+    assert app.clock.arrival(app.clock.prev_end + 0.0001) >= t0 + 0.05
+
+
+async def test_a_bid_after_a_client_retires_an_idle_connection_is_not_shed(stack: Stack) -> None:
+    """A pooled client closes a connection it let sit and opens a new one for its next bid: that bid is fresh."""
+    bid = b"POST /bid/ex15 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BANNER) + BANNER
+    r, w = await asyncio.open_connection("127.0.0.1", stack.port)
+    w.write(bid)
+    assert split(await asyncio.wait_for(read_response(r), 5))[0] == 200
+    await asyncio.sleep(0.3)  # longer than the 60 ms a request may wait before it is shed
+    w.close()
+    status, headers, _ = await stack.post("/bid/ex15", BANNER)
+    assert status == 200, headers.get("x-nobid-reason")
+    assert stack.app.stats.shed == 0 and stack.app.stats.latency_sum < 0.3
+
+
 def statuses(out: bytes) -> list[int]:
     return [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)]
 
