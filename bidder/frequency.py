@@ -2,8 +2,8 @@
 
 Keys are salted user hashes, never raw ids.  Counts move on billing notices,
 not on bids, so an impression that never served never counts.  The store is
-bounded: when full, the oldest users are forgotten (which can only let a user
-see an ad again, never block one wrongly).
+bounded: when full, the users seen longest ago are forgotten (which can only
+let a user see an ad again, never block one wrongly).
 
 Hours and days are the campaign's own, in its time zone, as its marketer reads
 a cap of "6 a day": a Tokyo campaign's day starts at midnight in Tokyo, and an
@@ -90,6 +90,7 @@ class FrequencyStore:
         seen = self._users.get(user)
         if not seen:
             return []
+        self._users.move_to_end(user)  # still about: the last to be forgotten when the store is full
         out = []
         for campaign, c in seen.items():
             cap = caps.get(campaign)
@@ -121,6 +122,8 @@ class FrequencyStore:
             seen = self._users[user] = {}
             if len(self._users) > self._max:
                 self._users.popitem(last=False)
+        else:
+            self._users.move_to_end(user)
         c = seen.get(campaign)
         if c is None:
             seen[campaign] = [hour, 1, day, 1]

@@ -25,6 +25,9 @@ NEEDED_PURPOSES = (1, 3, 4)
 # Only 1 leaves our footing as it is (consent, which we require anyway): the needed purposes cannot rest on a
 # legitimate interest, and an undefined type is read on the safe side.
 _TCF_REQUIRE_CONSENT = 1
+# characters: a real TC string, every segment included, is at most a few thousand (a bit field per vendor of the Global
+# Vendor List); one longer is not read, as every range entry it holds is walked on the bid path
+_TCF_MAX_LENGTH = 8192
 
 _GPP_TCF_EU = 2  # the EU TCF v2 section: GDPR applies, whatever regs.gdpr says
 _GPP_HEADER = 3  # the header's own section id, its first 6 bits
@@ -33,6 +36,8 @@ _GPP_US_FIRST = 6  # every section id from 6 up is a US one (6 uspv1, 7 usnat, 8
 _GPP_MAX_ID = 255  # beyond any id the registry could assign soon; a header naming one is not a real header
 _GPP_MAX_HEADER = 256  # characters: a header listing every US section is about 20
 _GPP_MAX_LENGTH = 16384  # characters: well beyond a real string (a TCF section with every vendor), so memos stay small
+_GPP_MAX_SIDS = 64  # gpp_sid entries: a real list names a few sections; a longer one is decoded without a memo
+_GPC_SUBSECTION = 1  # SubsectionType of a US section's GPC subsection (after a '.'), whose next bit is the Gpc flag
 _USP = re.compile(r"1[NY-][NY-][NY-]")  # version 1, notice, opt-out of sale, LSPA: Y, N or - (not applicable)
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _SEXTET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
@@ -68,6 +73,8 @@ _NOT_OPTED_OUT = (0, 2)  # not applicable, did not opt out; 1 is opted out, 3 is
 def tcf_grants(consent: str, purposes: tuple[int, ...] = NEEDED_PURPOSES, vendor: int = 0) -> bool:
     """True when a TCF v2 consent string grants every purpose in `purposes` and, when `vendor` (our Global Vendor
     List id) is given, consent to that vendor with no publisher restriction against it; False if unreadable."""
+    if len(consent) > _TCF_MAX_LENGTH:
+        return False
     core = consent.split(".", 1)[0]
     # base64url and nothing else: the decoder would skip any other character (and stop at '='), and read the
     # consent hidden in a string no TCF decoder accepts
@@ -104,8 +111,9 @@ def _vendor_section(bits: _Bits, at: int, vendor: int) -> tuple[bool, int]:
     """A vendor section at `at` (MaxVendorId, IsRangeEncoding, then a bit field or ranges): whether it names
     `vendor`, and where the section ends."""
     max_vendor, ranged, at = bits.read(at, 16), bits.read(at + 16, 1), at + 17
-    if ranged:
-        return _ranges_cover(bits, at + 12, bits.read(at, 12), vendor)
+    if ranged:  # a range past MaxVendorId contradicts the string's own bound: it names no vendor there
+        covered, end = _ranges_cover(bits, at + 12, bits.read(at, 12), vendor)
+        return covered and vendor <= max_vendor, end
     return 0 < vendor <= max_vendor and bool(bits.read(at + vendor - 1, 1)), at + max_vendor
 
 
@@ -163,7 +171,7 @@ def us_opt_out(privacy: Privacy) -> bool:
         return False  # no GPP signal for the US: nothing to decode
     if len(gpp) > _GPP_MAX_LENGTH:  # unreadable as if malformed, and not worth a place in the memo
         return names_us or not sids
-    return _gpp_us_opt_out(gpp, sids)
+    return (_gpp_us_opt_out if len(sids) <= _GPP_MAX_SIDS else _gpp_us_opt_out.__wrapped__)(gpp, sids)
 
 
 @lru_cache(maxsize=512)
@@ -235,8 +243,8 @@ def _us_section_opts_out(sid: int, section: str | None) -> bool:
     if sid == _GPP_USP:
         return not _USP.fullmatch(section) or section[2] == "Y"
     layouts = _US_OPT_OUTS.get(sid)
-    core = section.split(".", 1)[0]
-    if layouts is None or not _BASE64URL.fullmatch(core):
+    core, *subsections = section.split(".")
+    if layouts is None or not _BASE64URL.fullmatch(core) or any(map(_gpc_opts_out, subsections)):
         return True
     bits = _sextets(core[:4])  # 24 bits: every opt-out field ends by then
     if bits is None:
@@ -248,6 +256,16 @@ def _us_section_opts_out(sid: int, section: str | None) -> bool:
         return any(bits.read(at, 2) not in _NOT_OPTED_OUT for at in offsets)
     except IndexError:
         return True  # the segment ends before its opt-outs
+
+
+def _gpc_opts_out(subsection: str) -> bool:
+    """A subsection of a US section restricts: the GPC one with Gpc set (the browser's Global Privacy Control, which
+    state laws, California's first, treat as a request to opt out of sale and sharing whatever the core's opt-out
+    fields say), or one that cannot be read."""
+    bits = _sextets(subsection[:1]) if _BASE64URL.fullmatch(subsection) else None
+    if bits is None:
+        return True
+    return bits.read(0, 2) == _GPC_SUBSECTION and bool(bits.read(2, 1))
 
 
 def _sextets(text: str) -> _Bits | None:
@@ -278,7 +296,9 @@ def restriction(privacy: Privacy, vendor: int = 0) -> str:
     `vendor`: our TCF Global Vendor List id; 0 checks the purposes only (for a bidder without one)."""
     if privacy.coppa:
         return "coppa"
-    eu_applies, eu_consent = _gpp_eu(privacy.gpp, privacy.gpp_sid) if privacy.gpp else (False, "")
+    gpp, sids = privacy.gpp, privacy.gpp_sid
+    memo = len(gpp) <= _GPP_MAX_LENGTH and len(sids) <= _GPP_MAX_SIDS  # an oversized pair would crowd the memo
+    eu_applies, eu_consent = (_gpp_eu if memo else _gpp_eu.__wrapped__)(gpp, sids) if gpp else (False, "")
     if ((privacy.gdpr or eu_applies or _GPP_TCF_EU in privacy.gpp_sid)
             and not tcf_grants(privacy.consent or eu_consent, vendor=vendor)):
         return "gdpr"

@@ -17,7 +17,7 @@ from bidder.openrtb import hash_id
 from bidder.server import BidApp
 from models.snapshot import ModelSnapshot
 from tests.helpers import body, campaign, request
-from tests.test_privacy import tcf_string
+from tests.test_privacy import tcf_string, us_section
 
 RAW = {"user": "RAW-USER-7f3a9c", "buyer": "RAW-BUYER-1b2c44", "ifa": "RAW-IFA-99e1d2", "ip": "198.51.100.77",
        "ipv6": "2001:db8::beef:77"}
@@ -59,10 +59,11 @@ RESTRICTING: dict[str, dict[str, Any]] = {
     "gdpr_weak_consent": {"gdpr": 1},  # consent without purposes 3 and 4
     "us_privacy": {"us_privacy": "1YYN"},
     "gpp_us": {"gpp": "DBABLA~CFQVAAAAAABA.QA", "gpp_sid": [7]},  # usnat: opted out of sale, sharing, targeting
+    "gpp_gpc": {"gpp": f"DBABLA~{us_section(7)}.YA", "gpp_sid": [7]},  # usnat: no opt-out field set, but GPC set
     "ext_2_5": {"ext": {"gdpr": 1}},
     "dnt": {},  # no regs: the browser's Do Not Track (device.dnt, set below)
 }
-REASON = {"coppa": "coppa", "us_privacy": "us_optout", "gpp_us": "us_optout", "dnt": "dnt"}
+REASON = {"coppa": "coppa", "us_privacy": "us_optout", "gpp_us": "us_optout", "gpp_gpc": "us_optout", "dnt": "dnt"}
 
 
 def test_raw_ids_and_ips_reach_no_event_metric_answer_or_log(caplog: pytest.LogCaptureFixture) -> None:

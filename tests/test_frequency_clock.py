@@ -14,7 +14,7 @@ import pytest
 
 from bidder.campaigns import parse_campaign
 from bidder.engine import BidEngine, EngineConfig
-from bidder.frequency import cap_buckets, counted_since
+from bidder.frequency import FrequencyStore, cap_buckets, cap_clock, counted_since
 from bidder.openrtb import parse_request
 from models.snapshot import ModelSnapshot
 from tests.helpers import body, campaign, request
@@ -130,3 +130,42 @@ def test_a_restarted_bidder_reads_back_to_the_start_of_the_day_in_every_zone() -
         since = counted_since(now)
         for timezone in zones:
             assert cap_buckets(timezone, since - 1)[1] < cap_buckets(timezone, now)[1], (timezone, at)
+
+
+def test_a_full_store_forgets_the_user_seen_longest_ago_not_the_one_seen_first() -> None:
+    """A user counted early in the day and again since keeps the count: forgetting them lets the cap be passed while
+    they are still browsing, when users idle for longer were there to forget."""
+    hour, day = cap_buckets("UTC", utc("2026-05-28 09:10"))
+    store = FrequencyStore(max_users=2)
+    store.record("early-and-active", "c1", hour, day)
+    store.record("idle", "c1", hour, day)
+    store.record("early-and-active", "c1", hour, day)  # a second impression: at the cap of 2 a day
+    store.record("newcomer", "c1", hour, day)  # the store is full: one user goes
+    assert not store.allowed("early-and-active", "c1", 0, 2, hour, day)
+    assert store.allowed("idle", "c1", 0, 1, hour, day) and len(store) == 2
+
+
+def test_a_capped_user_still_asking_for_ads_is_not_the_one_forgotten() -> None:
+    """A user at the cap gets no more impressions, so no more counts: the requests they keep sending are what show
+    them to be about."""
+    hour, day = cap_buckets("UTC", utc("2026-05-28 09:10"))
+    caps = {"c1": (0, 1, "UTC")}
+    store = FrequencyStore(max_users=2)
+    store.record("capped", "c1", hour, day)
+    store.record("idle", "c1", hour, day)
+    assert store.exhausted("capped", caps, cap_clock(utc("2026-05-28 09:20"))) == ["c1"]  # another request
+    store.record("newcomer", "c1", hour, day)
+    assert store.exhausted("capped", caps, cap_clock(utc("2026-05-28 09:30"))) == ["c1"]
+    assert store.allowed("idle", "c1", 0, 1, hour, day)  # the idle one went
+
+
+def test_one_users_caps_of_several_campaigns_in_several_zones_each_keep_their_own_day() -> None:
+    """One user, two campaigns: Tokyo's day turns at 15:00 UTC, New York's at 04:00 UTC (summer)."""
+    store = FrequencyStore()
+    caps = {"tokyo": (0, 1, "Asia/Tokyo"), "ny": (0, 1, "America/New_York"), "free": (0, 5, "UTC")}
+    at = utc("2026-05-28 14:30")
+    for cid, (_, _, zone) in caps.items():
+        store.record("u", cid, *cap_buckets(zone, at))
+    assert sorted(store.exhausted("u", caps, cap_clock(at))) == ["ny", "tokyo"]
+    assert store.exhausted("u", caps, cap_clock(utc("2026-05-28 15:05"))) == ["ny"]  # a new day in Tokyo only
+    assert store.exhausted("u", caps, cap_clock(utc("2026-05-29 04:05"))) == []
