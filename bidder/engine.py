@@ -674,6 +674,10 @@ class BidEngine:
                 self._fragments.clear()
             fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
                       "mtype": MTYPE[cr.kind], "adm": self.index.native(slot, native), **_language(cr)}
+            if cr.apis:  # what the placement must run, and what `battr` was checked against, as on every other kind
+                fields["apis"] = list(cr.apis)
+            if cr.attr:
+                fields["attr"] = list(cr.attr)
             frag = self._fragments[key] = b"," + orjson.dumps(fields)[1:]
         return frag
 

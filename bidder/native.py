@@ -190,7 +190,7 @@ def _request_asset(a: object, i: int) -> RequestAsset:
     if kind == "video":
         mimes, protocols = media.get("mimes"), media.get("protocols")
         return RequestAsset(aid, required, kind, player=Player(
-            tuple(m for m in mimes if type(m) is str) if type(mimes) is list else (),
+            tuple(m.lower() for m in mimes if type(m) is str) if type(mimes) is list else (),  # MIME types have no case
             max(_req_int(media, "minduration", i, kind) or 0, 0), max(_req_int(media, "maxduration", i, kind) or 0, 0),
             tuple(p for p in protocols if type(p) is int) if type(protocols) is list else ()))
     return RequestAsset(aid, required, kind)
