@@ -625,7 +625,7 @@ class BidEngine:
             bid_id = f"{bidder}-{next(self._seq)}"
             # the exchange may show the ad up to imp.exp after the auction: its notices must still count then
             life = ttl if imp.exp <= ttl else min(imp.exp, MAX_NOTICE_TTL_S)
-            expires = int(now) + life
+            expires = math.ceil(now) + life  # never before `exp` seconds from now, as the bid says
             if self.cfg.lease_slice and not test:
                 self.leases[camp.id].reserve(bid_id, price // 1000, expires)
             urls = notice_urls(base, secret, bid_id, camp.id, cr.id, price, expires, exchange, bidder, user, test)

@@ -439,3 +439,15 @@ def test_site_domains_and_bundles_match_whatever_their_case() -> None:
     doc = request()
     doc["site"]["domain"] = "other.example"
     assert bid(e, doc).reason == "targeting"
+
+
+def test_a_notice_stays_valid_for_the_whole_exp_the_bid_states() -> None:
+    """Notice expiry was the auction's whole second plus `exp`: up to a second short of what the bid promised."""
+    clock = [NOW + 0.9]
+    e = BidEngine(EngineConfig(secret=b"s", explore_below=0), [parse_campaign(campaign())], ModelSnapshot.empty(),
+                  sink=lambda *a: None, clock=lambda: clock[0])
+    out = e.bid(parse_request(body(request())), "x", math.inf)
+    assert out.status == 200
+    b = orjson.loads(out.body)["seatbid"][0]["bid"][0]
+    clock[0] = NOW + 0.9 + b["exp"] - 0.05  # inside the bid's stated life
+    assert e.notice("bill", urlsplit(b["burl"]).query.replace("${AUCTION_PRICE}", "0.5")) == "ok"
