@@ -52,6 +52,8 @@ COUNTRIES = frozenset((
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 NOT_BLANK = re.compile(r"\S(?:.*\S)?")
 # a domain or app bundle as exchanges send it in site.domain / app.bundle / adomain: no scheme, path or spaces
+# an app store id as OpenRTB's `bapp` and `bid.bundle` carry it: a package name, a store number, a CTV store's id
+APP_ID = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.:-]{0,254}[A-Za-z0-9_])?")
 DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
 LANG = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})*")
 # The largest amount of money a campaign field may hold, in currency units: far above any real budget, and small
@@ -64,7 +66,7 @@ MAX_INT = 2**31 - 1
 # every country, all day) would take its place without a word.
 FIELDS: dict[str, frozenset[str]] = {
     "": frozenset({"id", "advertiser", "currency", "status", "budget", "flight", "dayparting", "goal", "frequency_cap",
-                   "targeting", "creatives", "version"}),
+                   "targeting", "creatives", "version", "bundle"}),
     "budget.": frozenset({"daily", "total"}),
     "flight.": frozenset({"start", "end", "timezone"}),
     "goal.": frozenset({"type", "value_per_click", "value_per_conversion", "max_bid_cpm"}),
@@ -203,6 +205,7 @@ class Campaign:
     targeting: Targeting
     creatives: tuple[Creative, ...]
     version: int = 0
+    bundle: str = ""  # the advertised app's store id (an app-install campaign), checked against `bapp`; '' for none
 
     @property
     def active(self) -> bool:
@@ -242,6 +245,7 @@ class Campaign:
         return {
             "id": self.id,
             "advertiser": self.advertiser,
+            **({"bundle": self.bundle} if self.bundle else {}),
             "currency": self.currency,
             "status": self.status,
             "budget": {"daily": money_text(self.daily_budget), "total": money_text(self.total_budget)},
@@ -600,6 +604,7 @@ def parse_campaign(doc: Any) -> Campaign:
     gtype, vpc, vpa, max_bid = _goal(doc, p)
     per_hour, per_day = _frequency_cap(doc, p)
     advertiser = p.check(lambda: _advertiser(doc))
+    bundle = p.check(lambda: _bundle(doc))
     creatives = _creatives(doc, p)
     hours = p.check(lambda: _int_set(doc, "dayparting", "", 0, 23))
     targeting = _targeting(doc, p)
@@ -614,7 +619,7 @@ def parse_campaign(doc: Any) -> Campaign:
         id=cid, advertiser=advertiser, currency=currency, status=status, daily_budget=daily, total_budget=total,
         start=start, end=end, timezone=tz, hours=hours, goal=gtype, value_per_click=vpc, value_per_conversion=vpa,
         max_bid_cpm=max_bid, freq_per_hour=per_hour, freq_per_day=per_day, targeting=targeting, creatives=creatives,
-        version=version,
+        version=version, bundle=bundle,
     )
 
 
@@ -700,6 +705,15 @@ def _advertiser(doc: dict) -> str:
         raise ConfigError("advertiser", f"{advertiser!r} is not a domain: write it as exchanges read adomain, "
                                         "like shop.example (no https:// or path)")
     return advertiser
+
+
+def _bundle(doc: dict) -> str:
+    """The advertised app's store id: a package name (com.example.game), an App Store number, a CTV store's id."""
+    bundle = _get(doc, "bundle", "", str, "")
+    if bundle and not APP_ID.fullmatch(bundle):
+        raise ConfigError("bundle", f"{bundle!r} is not an app store id: write it as exchanges list it in bapp, like "
+                                    "com.example.game or 1234567890 (no spaces, no https://)")
+    return bundle
 
 
 def _creatives(doc: dict, p: _Problems) -> tuple[Creative, ...] | None:

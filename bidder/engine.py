@@ -674,6 +674,8 @@ class BidEngine:
                 self._fragments.clear()
             fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
                       "mtype": MTYPE[cr.kind], "adm": self.index.native(slot, native), **_language(cr)}
+            if camp.bundle:
+                fields["bundle"] = camp.bundle
             if cr.apis:  # what the placement must run, and what `battr` was checked against, as on every other kind
                 fields["apis"] = list(cr.apis)
             if cr.attr:
@@ -691,6 +693,8 @@ class BidEngine:
         if frag is None:
             fields = {"adid": cr.id, "crid": cr.id, "cid": camp.id, "adomain": [camp.advertiser], "cat": list(cr.cats),
                       "mtype": MTYPE[cr.kind], "adm": cr.adm, **_language(cr)}
+            if camp.bundle:  # the advertised app, which `bapp` was checked against
+                fields["bundle"] = camp.bundle
             if cr.w:
                 fields["w"], fields["h"] = cr.w, cr.h
             if cr.kind in ("video", "audio"):  # what durfloors and protocols were checked against

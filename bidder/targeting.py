@@ -211,6 +211,7 @@ class CampaignIndex:
         self._category = yield from _Dimension.steps([t.categories for t in ts])
         self._currency = yield from _members_steps((c.currency,) for c in camps)
         self._advertiser = yield from _members_steps((c.advertiser.lower(),) for c in camps)  # badv is read in lower case
+        self._app = yield from _members_steps((c.bundle.lower(),) if c.bundle else () for c in camps)  # bapp: advertised apps
         player = [cr.kind in ("video", "audio") for _, cr in self.slots]
         self._mime = yield from _members_steps(cr.mimes if v else () for v, (_, cr) in zip(player, self.slots, strict=True))
         self._any_mime = _bits_of(i for i, (v, (_, cr)) in enumerate(zip(player, self.slots, strict=True))
@@ -434,9 +435,9 @@ class CampaignIndex:
         not_cat = self._blocked_by(1, req.bcat) if req.bcat else 0
         if req.acat or (req.bcat and req.cattax != 1):
             not_cat = self._categories_refused(req, not_cat)
-        app_blocked = bool(req.is_app and req.bapp and req.domain in req.bapp)
+        not_app = self._blocked_by(3, req.bapp) if req.bapp else 0
         return (self._country.one(req.country), live_m, self._currency_bits(req.cur or ("USD",)), targeting, not_adv,
-                not_cat, app_blocked)
+                not_cat, not_app)
 
     def _categories_refused(self, req: BidRequest, blocked: int) -> int:
         """Slots `bcat` and `acat` rule out.  Creatives carry IAB Content Category 1.0 codes: under another
@@ -461,12 +462,13 @@ class CampaignIndex:
                         if not cr.cats or any(c not in allowed and c.split("-", 1)[0] not in allowed for c in cr.cats))
 
     def _blocked_by(self, which: int, blocked: frozenset[str]) -> int:
-        """Slots a list rules out (0: blocked advertisers, 1: blocked categories, 2: outside allowed categories);
-        exchanges send the same lists again and again."""
+        """Slots a list rules out (0: blocked advertisers, 1: blocked categories, 2: outside allowed categories,
+        3: blocked advertised apps); exchanges send the same lists again and again."""
         key = (which, blocked)
         bits = self._blocked.get(key)
         if bits is None:
-            bits = self._outside(blocked) if which == 2 else self._union(self._blocks if which else self._advertiser, blocked)
+            lists = {0: self._advertiser, 1: self._blocks, 3: self._app}
+            bits = self._outside(blocked) if which == 2 else self._union(lists[which], blocked)
             if len(self._blocked) >= REQUEST_BITS_CACHE:
                 self._blocked.clear()
             self._blocked[key] = bits
@@ -489,7 +491,7 @@ class CampaignIndex:
         """
         if not self._built:
             self._build()
-        country, live_m, cur_m, targeting, not_adv, not_cat, app_blocked = self._request_bits(req, live)
+        country, live_m, cur_m, targeting, not_adv, not_cat, not_app = self._request_bits(req, live)
         m = self._media_bits(imp) & country & self._active  # a paused campaign's slots match nothing
         if not m:
             return Eligible(reason=NO_MATCH)
@@ -514,8 +516,10 @@ class CampaignIndex:
             m &= ~not_cat
             if not m:
                 return Eligible(reason=BLOCKED_CAT)
-        if app_blocked:
-            return Eligible(reason=BLOCKED_APP)
+        if not_app:
+            m &= ~not_app
+            if not m:
+                return Eligible(reason=BLOCKED_APP)
         floor = floor_micros(imp.floor)
         deals: dict[int, Deal] = {}
         if imp.deals:
@@ -712,6 +716,6 @@ def matches(camp: Campaign, cr: Creative, req: BidRequest) -> str:
         return "blocked_category"
     if (req.bcat or req.acat) and req.cattax != 1:
         return "blocked_category"
-    if req.is_app and req.bapp and req.domain in req.bapp:
+    if req.bapp and camp.bundle and camp.bundle.lower() in req.bapp:  # bapp blocks advertised apps, not the publisher's
         return "blocked_app"
     return ""

@@ -81,11 +81,23 @@ def test_floors_currencies_blocks_and_seats() -> None:
     assert reason(e, request(bcat=["IAB3"])) == "blocked_category"  # the parent blocks its children
     assert bids(e, request(bcat=["IAB3-2", "IAB30"]))
     assert reason(e, request(badv=["shop.example"])) == "blocked_advertiser"
-    app = {"id": "a1", "bundle": "com.blocked.app", "publisher": {"id": "p"}}
-    assert reason(e, request(site=None, app=app, bapp=["com.blocked.app"])) == "blocked_app"
-    assert bids(e, request(site=None, app=app, bapp=["com.other"]))
     assert reason(e, request(wseat=["someone"])) == "seat" and reason(e, request(bseat=["streambid"])) == "seat"
     assert bids(e, request(wseat=["someone", "streambid"]))
+    assert bids(e, request(bapp=["com.other"]))
+
+
+def test_bapp_blocks_the_advertised_app_not_the_publishers() -> None:
+    """`bapp` lists apps the publisher will not have advertised (app-install ads, which bid `bundle`); it was
+    compared with the publisher's own app, so a blocked app's install campaign bid on."""
+    installs = campaign(id="install", bundle="com.Game.Blocked")
+    e = engine(installs, campaign(id="plain"))
+    app = {"id": "a1", "bundle": "com.news.app", "publisher": {"id": "p"}}
+    for doc in (request(bapp=["com.game.blocked"]), request(site=None, app=app, bapp=["COM.GAME.BLOCKED"])):
+        assert {b["cid"] for b in bids(e, doc)} == {"plain"}  # on a site or in an app, without case
+    assert reason(engine(installs), request(bapp=["com.game.blocked"])) == "blocked_app"
+    [b] = bids(engine(installs), request(site=None, app=app, bapp=["com.news.app"]))  # the publisher's own: no block
+    assert b["bundle"] == "com.Game.Blocked" and b["cid"] == "install"
+    assert "bundle" not in bids(engine(campaign()), request())[0]
 
 
 def test_sizes_media_and_response_shape() -> None:

@@ -175,3 +175,13 @@ def test_vast_markup_in_a_creative_left_as_a_banner_is_refused_naming_type() -> 
         "creatives[0].type: is banner (not given), but adm is VAST/DAAST markup: set type to video or audio"]
     assert problems(campaign(creatives=[dict(vast, type="banner")]))[0].startswith("creatives[0].type: is banner, but")
     assert parse_campaign(campaign(creatives=[dict(vast, type="video")])).creatives[0].protocol == 7
+
+
+def test_an_app_install_campaign_names_its_app_as_exchanges_list_it() -> None:
+    camp = parse_campaign(campaign(bundle="com.example.game"))
+    assert camp.bundle == "com.example.game" and parse_campaign(camp.to_doc()) == camp  # kept on the config topic
+    assert "bundle" not in parse_campaign(campaign()).to_doc()
+    for bad in ("https://play.google.com/store/apps/details?id=com.x", "com example", 12345):
+        with pytest.raises(ConfigError) as e:
+            parse_campaign(campaign(bundle=bad))
+        assert e.value.field == "bundle", bad
