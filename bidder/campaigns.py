@@ -122,6 +122,8 @@ class Creative:
     secure: bool = field(default=True, compare=False)
     apis: tuple[int, ...] = ()  # API frameworks the markup needs (AdCOM list, e.g. 2 VPAID 2.0, 5 MRAID 2)
     attr: tuple[int, ...] = ()  # the creative's attributes (AdCOM list, e.g. 6 in-banner video), for `battr`
+    # a banner's OpenRTB banner ad types its markup is (3 JavaScript, 4 iframe), for `btype`; derived from `adm`
+    btypes: tuple[int, ...] = field(default=(), compare=False)
 
     def fits(self, media: Media) -> bool:
         """Whether the creative can fill this media object.
@@ -145,8 +147,10 @@ class Creative:
 
     def allowed_by(self, media: Media) -> bool:
         """Whether the placement supports every API framework the markup needs (one it does not list, it does not
-        support: OpenRTB 2.6 3.2.6/3.2.7) and blocks none of the creative's attributes (`battr`)."""
-        return all(a in media.api for a in self.apis) and not any(a in media.battr for a in self.attr)
+        support: OpenRTB 2.6 3.2.6/3.2.7), blocks none of the creative's attributes (`battr`) and, for a banner,
+        none of the ad types its markup is (`btype`)."""
+        return (all(a in media.api for a in self.apis) and not any(a in media.battr for a in self.attr)
+                and not any(t in media.btype for t in self.btypes))
 
     def plays_in(self, media: Media) -> bool:
         """The player's rules: a protocol it lists, a length it allows, its linearity.  What the creative does not
@@ -503,7 +507,14 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
     if "apis" not in raw and kind in ("video", "audio"):
         apis = vast.apis(adm)
     return Creative(cid, kind, w, h, cats, adm, mimes, protocol, duration, linearity, lang, native,
-                    _PLAIN_HTTP(adm) is None, apis, attr)
+                    _PLAIN_HTTP(adm) is None, apis, attr, banner_types(adm) if kind == "banner" else ())
+
+
+def banner_types(adm: str) -> tuple[int, ...]:
+    """The OpenRTB banner ad types (`banner.btype`) a banner's markup is: 3 when it runs JavaScript (a script
+    element, or a javascript: URL), 4 when it loads an iframe.  A plain image or text banner is neither."""
+    low = adm.lower()
+    return tuple(t for t, found in ((3, "<script" in low or "javascript:" in low), (4, "<iframe" in low)) if found)
 
 
 def _codes(raw: dict, key: str, path: str, what: str) -> tuple[int, ...]:

@@ -87,11 +87,12 @@ class Media(NamedTuple):
     floors: LengthFloors | None = None  # video and audio: floors by creative length, if the object states them
     api: tuple[int, ...] = ()  # API frameworks the placement supports; one not listed is not supported
     battr: tuple[int, ...] = ()  # creative attributes it blocks
+    btype: tuple[int, ...] = ()  # banner ad types it blocks (3 JavaScript, 4 iframe)
 
     @property
     def limits(self) -> tuple:
         """The API frameworks and blocked attributes as one hashable key."""
-        return (self.kind, self.api, self.battr)
+        return (self.kind, self.api, self.battr, self.btype)
 
     @property
     def plays(self) -> tuple:
@@ -273,7 +274,8 @@ def _banner(banner: dict, bp: str) -> Media:
                 fw, fh = _int(f, "w", f"{bp}format[{i}]."), _int(f, "h", f"{bp}format[{i}].")
             if fw > 0 and fh > 0 and (fw, fh) not in sizes:  # a size listed twice is one size (and one feature)
                 sizes.append((fw, fh))
-    return Media("banner", tuple(sizes), api=_ints(banner, "api", bp), battr=_ints(banner, "battr", bp))
+    return Media("banner", tuple(sizes), api=_ints(banner, "api", bp), battr=_ints(banner, "battr", bp),
+                 btype=_ints(banner, "btype", bp))
 
 
 def _player(kind: str, obj: dict, p: str, sizes: tuple[tuple[int, int], ...] = ()) -> Media:

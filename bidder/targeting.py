@@ -232,7 +232,7 @@ class CampaignIndex:
         self._has_deals = _bits_of(i for i, t in enumerate(ts) if t.deals)
         self._deal_only = _bits_of(i for i, t in enumerate(ts) if t.deal_only)
         self._insecure = _bits_of(i for i, (_, cr) in enumerate(self.slots) if not cr.secure)
-        self._limited = _bits_of(i for i, (_, cr) in enumerate(self.slots) if cr.apis or cr.attr)
+        self._limited = _bits_of(i for i, (_, cr) in enumerate(self.slots) if cr.apis or cr.attr or cr.btypes)
         self._allowed: dict[tuple, int] = {}  # Media.limits -> the `_limited` slots it allows
         yield
         self._deal_targets = yield from _members_steps(t.deals for t in ts)  # deal id -> the slots whose campaign targets it

@@ -387,6 +387,27 @@ def test_a_creative_with_a_blocked_attribute_is_not_bid_and_its_bid_states_them(
     assert bids(engine(only), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "battr": [2, 3]}}]))[0]["attr"] == [1, 6]
 
 
+def test_a_banner_whose_markup_is_a_blocked_banner_type_is_not_bid() -> None:
+    """`banner.btype` (3 JavaScript, 4 iframe) was never read: a script tag bid where the placement blocks scripts."""
+    doc = campaign(creatives=[{"id": "js", "w": 300, "h": 250, "adm": "<SCRIPT src='https://ad.example/a.js'></SCRIPT>"},
+                              {"id": "frame", "w": 300, "h": 250, "adm": "<iframe src='https://ad.example/f'></iframe>"},
+                              {"id": "img", "w": 300, "h": 250, "adm": "<img src='https://ad.example/i.png'>"}])
+    assert [c.btypes for c in parse_campaign(doc).creatives] == [(3,), (4,), ()]
+
+    def crids(btype: list[int]) -> set[str]:
+        e = engine(doc)
+        return {b["crid"] for _ in range(30) for b in bids(e, request(imp=[{"id": "1", "banner": {
+            "w": 300, "h": 250, "btype": btype}}]))}
+
+    assert crids([3, 4]) == {"img"}
+    assert "js" not in crids([3]) and "frame" not in crids([4])
+    only = campaign(creatives=[{"id": "js", "w": 300, "h": 250, "adm": "<script>x()</script>"}])
+    assert reason(engine(only), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "btype": [3]}}])) == "no_match"
+    assert bids(engine(only), request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "btype": [1, 2, 4]}}]))
+    with pytest.raises(BadRequest, match="imp\\[0\\]\\.banner\\.btype"):
+        parse_request(body(request(imp=[{"id": "1", "banner": {"w": 300, "h": 250, "btype": ["3"]}}])))
+
+
 def test_a_video_bid_states_the_length_and_protocol_its_floor_was_checked_against() -> None:
     """2.6 4.2.3 `dur` and `protocol`: with floors by length (3.2.35) the exchange checks which floor the bid met."""
     [b] = bids(engine(_fifteen_seconds()), _video({"durfloors": [{"maxdur": 15, "bidfloor": 1.0}]}))
