@@ -491,6 +491,8 @@ def _creative(raw: Any, i: int, p: _Problems) -> Creative | None:
     adm = p.check(lambda: _get(raw, "adm", path, str, ""))
     if adm is not None and not adm.strip():  # blank markup would be served as an empty ad
         p.add(path + "adm", "is required: the ad markup or VAST/native document")
+    elif kind in ("video", "audio") and adm and (problem := vast.markup_problem(adm)):
+        p.add(path + "adm", problem)
     elif kind == "banner" and adm and vast.protocol(adm):  # a VAST served as a banner's HTML shows nothing
         p.add(path + "type", f"is banner{'' if 'type' in raw else ' (not given)'}, but adm is VAST/DAAST markup: "
                              "set type to video or audio")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from xml.etree import ElementTree
 
 # OpenRTB / AdCOM "Creative Subtypes - Audio/Video": (markup, version) -> (inline code, wrapper code)
 PROTOCOLS: dict[tuple[str, str], tuple[int, int]] = {
@@ -18,6 +19,26 @@ PROTOCOLS: dict[tuple[str, str], tuple[int, int]] = {
 }
 _ROOT = re.compile(r"<(VAST|DAAST)\b[^>]*?\bversion\s*=\s*[\"']([0-9]+(?:\.[0-9]+)?)[\"']")
 _DURATION = re.compile(r"<Duration>\s*([0-9]{1,2}):([0-9]{2}):([0-9]{2}(?:\.[0-9]{1,3})?)\s*</Duration>")
+
+
+_TAG_URL = re.compile(r"https?://\S+")
+
+
+def markup_problem(adm: str) -> str:
+    """Why a video or audio creative's `adm` cannot be played ('' when it can): it must be well-formed VAST or DAAST
+    markup, or the URL of a VAST tag.  A truncated or foreign document would be bid into players that list its
+    version and fail there, where the exchange counts it against this bidder."""
+    text = adm.strip()
+    if not text.startswith("<"):
+        return "" if _TAG_URL.fullmatch(text) else "is neither VAST/DAAST markup nor the http(s):// URL of a VAST tag"
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as e:
+        return f"is not well-formed XML ({e})"
+    name = root.tag.rsplit("}", 1)[-1] if isinstance(root.tag, str) else "?"
+    if name not in ("VAST", "DAAST"):
+        return f"is XML whose root element is <{name}>, not <VAST> or <DAAST>"
+    return ""
 
 
 def protocol(adm: str) -> int:

@@ -185,3 +185,23 @@ def test_an_app_install_campaign_names_its_app_as_exchanges_list_it() -> None:
         with pytest.raises(ConfigError) as e:
             parse_campaign(campaign(bundle=bad))
         assert e.value.field == "bundle", bad
+
+
+@pytest.mark.parametrize(("adm", "says"), [
+    ('<VAST version="4.0"><Ad><InLine>', "not well-formed XML"),  # cut short: bid into VAST 4.0 players all the same
+    ("<img src='https://ads.example/v.png'>", "not well-formed XML"),
+    ('<html><body>video</body></html>', "root element is <html>"),
+    ("vast.xml", "neither VAST/DAAST markup nor the http(s):// URL"),
+])
+def test_a_video_whose_markup_no_player_can_read_is_refused_naming_adm(adm: str, says: str) -> None:
+    for kind in ("video", "audio"):
+        with pytest.raises(ConfigError) as e:
+            parse_campaign(campaign(creatives=[{"id": "v", "type": kind, "adm": adm}]))
+        assert e.value.field == "creatives[0].adm" and says in str(e.value), (kind, str(e.value))
+
+
+def test_vast_markup_and_vast_tag_urls_are_taken() -> None:
+    for adm in ('<?xml version="1.0"?>\n<VAST version="4.0"/>', '<DAAST version="1.0"></DAAST>',
+                "https://ads.example/vast.xml?c=1&w=640", '<VAST xmlns="http://www.iab.com/VAST" version="4.2"/>'):
+        kind = "audio" if "DAAST" in adm else "video"
+        assert parse_campaign(campaign(creatives=[{"id": "v", "type": kind, "adm": adm}])).creatives[0].adm == adm

@@ -210,7 +210,8 @@ def test_every_problem_within_a_section_is_listed_too() -> None:
     bad = campaign(
         budget={"daily": -1, "total": "ten"},
         bugdet=1, colour="red",
-        creatives=[{"id": "!", "w": 300, "h": 250}, {"id": "ok", "type": "video", "adm": "x", "linearity": 7}],
+        creatives=[{"id": "!", "w": 300, "h": 250},
+                   {"id": "ok", "type": "video", "adm": "https://ads.example/vast.xml", "linearity": 7}],
         targeting={"countries": ["us", "USA", "de"], "device_types": [0, 9], "deal_only": True},
         frequency_cap={"per_hour": -1, "per_day": -1},
     )
