@@ -22,6 +22,9 @@ from zoneinfo import ZoneInfo
 from bidder.pacing import HOURS, SpendPlan, day_clock
 
 DAY_S = 86400
+# A day whose traffic the forecast began to see later than this after its midnight was not seen whole: a worker
+# started at 15:00 has seen none of the morning, and that day as history would plan almost nothing before 15:00.
+WHOLE_DAY_SLACK_S = 3600
 
 
 class TrafficForecast:
@@ -41,6 +44,7 @@ class TrafficForecast:
         self.history: list[float] | None = None
         self.days = 0  # finished days folded into the history
         self._counters: dict[str, tuple[float, int]] = {}  # source -> (time, running count) at its last report
+        self.since: float | None = None  # when the running counts began to be seen: nothing before it is known
 
     def observe(self, ts: float, count: float = 1.0) -> None:
         """Count `count` requests at unix time `ts`; a request of a new day closes the previous one."""
@@ -56,6 +60,8 @@ class TrafficForecast:
         last = self._counters.get(source)
         if last is not None and (counter <= last[1] or ts < last[0]):
             return
+        if self.since is None:
+            self.since = ts
         self._counters[source] = (ts, counter)
         if last is None:
             return  # the first report of a source: nothing known to be before it
@@ -81,7 +87,7 @@ class TrafficForecast:
     def _close_day(self, day: int) -> None:
         """Fold the day just finished into the history, also when days without any request follow it: those are
         a gap in what was seen (a worker down, a bid log not read), not a day of no traffic, so they fold nothing."""
-        if sum(self.today) > 0:
+        if self._whole():
             self.history = self._folded(self.today)
             self.days += 1
         self.day, self.today = day, [0.0] * HOURS
@@ -98,9 +104,16 @@ class TrafficForecast:
     def _history(self, now: float | None) -> list[float] | None:
         """The history, with the current day folded in when `now` (wall time) is past it: at midnight the day just
         ended counts before any request of the new day has come to close it.  Event time alone moves the days."""
-        if now is not None and self.day is not None and int(now) // DAY_S > self.day and sum(self.today) > 0:
+        if now is not None and self.day is not None and int(now) // DAY_S > self.day and self._whole():
             return self._folded(self.today)
         return self.history
+
+    def _whole(self) -> bool:
+        """Whether `today` holds a day's traffic: some was seen, and from the day's start (a worker started or
+        restarted mid-day saw only its rest, which as a day's shape would put the unseen hours at the floor)."""
+        day = self.day
+        return (day is not None and sum(self.today) > 0
+                and (self.since is None or self.since < day * DAY_S + WHOLE_DAY_SLACK_S))
 
     def utc_weights(self, now: float | None = None) -> list[float] | None:
         """Expected share of a day's requests in each UTC hour (sums to 1), or None before the first whole day."""

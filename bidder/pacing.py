@@ -249,6 +249,16 @@ class PacingController:
         return PacingController(day, plan or self.plan, self.campaign, math.expm1(u0), self.gain, self.kp,
                                 self.lam_max, self.max_step, self.tail)
 
+    def replan(self, plan: SpendPlan) -> None:
+        """Follow `plan` from here on: the campaign's dayparting or time zone changed mid-day.
+
+        Like a budget change, the budget left is paced over what the new plan has left: measured against the new
+        plan from midnight, hours it newly allows that are gone would read as a gap to rush, and a step from the old
+        plan's share to the new one's as spend to correct.
+        """
+        self.plan = plan
+        self._last = self._base = None
+
     def update(self, fraction_of_day: float, spent: int, budget: int) -> PacingState:
         """One control step: spend so far today (micros) against the plan at this time; returns the new state."""
         p = self.plan.target(fraction_of_day)

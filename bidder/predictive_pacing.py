@@ -54,12 +54,12 @@ class ValueSketch:
     def add(self, value_cpm: float, weight: float = 1.0) -> None:
         if weight <= 0:
             raise ValueError("weights must be > 0")
+        self._cache = None  # a zero value dilutes every bin's share too
         if value_cpm <= 0:
             self._zero += weight
             return
         k = math.floor(math.log(value_cpm) / self.resolution)
         self._bins[k] = self._bins.get(k, 0.0) + weight
-        self._cache = None
 
     @property
     def total(self) -> float:

@@ -145,6 +145,8 @@ class Pacer:
         self.controllers: dict[str, PacingController] = {}
         # a campaign's last published (day, lambda), for a controller started anew on that day
         self.known_lambda: dict[str, tuple[str, float]] = {}
+        # what each controller's plan was laid out for: (time zone, dayparting); a change replans the day
+        self._planned: dict[str, tuple[str, frozenset[int]]] = {}
         self.conversions = ConversionRates()
         self._before: dict[str, int] = {}  # spend on the days before today, per campaign with a lifetime budget
         self._before_days: dict[str, str] = {}  # the "today" each of those sums stops at
@@ -154,9 +156,14 @@ class Pacer:
         """`camp`'s budget for `day`: its daily budget, less once its lifetime total binds (micros)."""
         if not camp.total_budget:
             return camp.daily_budget
-        if self._before_days.get(camp.id) == day:
+        summed = self._before_days.get(camp.id)
+        if summed == day:
             return camp.budget_today(self._before.get(camp.id, 0))
         before = ledger.spend_before({camp.id: day})[camp.id] if ledger is not None else 0
+        if ledger is not None and summed is not None and day > summed:
+            # the day just begun, asked for before the next step sums it: every bidder asks for its lease then, and
+            # each sum reads every day's totals, so it is summed once for them all
+            self._before[camp.id], self._before_days[camp.id] = before, day
         return camp.budget_today(before)
 
     def _refresh_lifetime(self, now: float, days: dict[str, str], ledger: SpendLedger | None) -> None:
@@ -186,14 +193,18 @@ class Pacer:
 
     def controller(self, camp: Campaign, day: str, now: float) -> PacingController:
         """`camp`'s controller for `day`: a new day starts from yesterday's price of budget, a new controller from
-        the campaign's last known one (else 0)."""
-        ctl = self.controllers.get(camp.id)
+        the campaign's last known one (else 0).  A day's plan is fixed when it starts, unless the campaign's
+        dayparting or time zone changes: then it is laid out again for them and followed from there."""
+        ctl, planned = self.controllers.get(camp.id), (camp.timezone, camp.hours)
         if ctl is None:
             known_day, lam = self.known_lambda.pop(camp.id, (day, 0.0))
             ctl = PacingController(day=day, plan=self.plan(camp, day, now), campaign=camp.id,
                                    lam=lam if known_day == day else 0.0, kp=PACING_KP, tail=PACING_TAIL)
         elif ctl.day != day:
             ctl = ctl.next_day(day, self.plan(camp, day, now))
+        elif self._planned.get(camp.id, planned) != planned:
+            ctl.replan(self.plan(camp, day, now))  # dayparting or zone changed today: the old plan is not the day's
+        self._planned[camp.id] = planned
         self.controllers[camp.id] = ctl
         return ctl
 
@@ -201,6 +212,7 @@ class Pacer:
         """Drop `campaign`'s state: stepped while another worker counted its spend, it was built on a ledger that
         did not see it.  Given to this worker in a rebalance, the campaign then starts as after a restart."""
         self.controllers.pop(campaign, None)
+        self._planned.pop(campaign, None)
         self.known_lambda.pop(campaign, None)
         self.conversions.forget(campaign)
         self._before.pop(campaign, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 
@@ -116,7 +117,7 @@ def test_a_backlog_of_old_days_builds_the_history_in_event_time() -> None:
         f.observe_counter("b1", DAY0 + day * 86400 + 6 * 3600, 1000 * day)
         f.observe_counter("b1", DAY0 + day * 86400 + 7 * 3600, 1000 * day + 500)
     w = f.utc_weights()
-    assert f.days == 2 and w is not None
+    assert f.days == 1 and w is not None  # the log's first day, seen from its first report at 06:00, is not whole
     assert max(range(24), key=lambda h: w[h]) == 6
 
 
@@ -143,3 +144,40 @@ def test_each_local_hour_takes_the_offset_in_force_at_its_start() -> None:
     f.observe(DAY0 + 86400, 0)
     w = f.local_weights("America/New_York", "2026-11-01")
     assert w is not None and w[0] == pytest.approx(0.25) and w[13] == pytest.approx(0.75)
+
+
+def reports_from(f: TrafficForecast, start: float, end: float, per_hour: Callable[[float], int]) -> None:
+    """A bidder's running request count reported every five minutes from `start` to `end`, with `per_hour(t)`
+    requests an hour at time t, as the bid log carries it."""
+    count, t = 0, start
+    while t <= end:
+        f.observe_counter("b1", t, count)
+        count += per_hour(t) * 300 // 3600
+        t += 300
+
+
+def evening_peak(t: float) -> int:
+    """Three times the requests from noon to midnight (UTC) from the second day on; even on the first."""
+    return 10800 if t >= DAY0 + 86400 and int(t) // 3600 % 24 >= 12 else 3600
+
+
+def test_a_day_seen_only_from_mid_day_is_not_taken_for_a_whole_one() -> None:
+    """A worker started at 15:00 folded its first day as a whole one at midnight: the next day's plan put 3% of
+    the budget before 15:00 and 97% after, on traffic it had never seen."""
+    f = TrafficForecast()
+    reports_from(f, DAY0 + 15 * 3600, DAY0 + 2 * 86400 + 600, evening_peak)
+    assert f.days == 1  # the second day only
+    w = f.utc_weights()
+    assert w is not None and w[18] == pytest.approx(3 * w[6], rel=0.01)
+    f = TrafficForecast()
+    reports_from(f, DAY0 + 15 * 3600, DAY0 + 86400 + 600, evening_peak)  # just past the first midnight
+    now = DAY0 + 86400 + 600
+    assert f.days == 0 and not f.ready(now) and f.utc_weights(now) is None
+    assert f.plan("UTC", "2026-03-03", now=now).target(15 / 24) == pytest.approx(15 / 24)  # uniform until then
+
+
+def test_a_day_seen_from_its_first_hour_is_whole() -> None:
+    f = TrafficForecast(min_share=0.0)
+    reports_from(f, DAY0 + 86400 + 1200, DAY0 + 2 * 86400 + 600, evening_peak)  # from 00:20
+    w = f.utc_weights()
+    assert f.days == 1 and w is not None and w[18] == pytest.approx(3 * w[6], rel=0.01)
