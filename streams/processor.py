@@ -330,6 +330,8 @@ class Learner:
         try:
             offsets = checkpoint_offsets(data)
             version, labels = int(doc["version"]), {int(k): int(v) for k, v in doc["labels"].items()}
+            if version < 0:  # every snapshot published from it would be refused by the bidders
+                raise ValueError(f"version {version} is negative")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a learner checkpoint: {e}") from e
         self.learner = CTRLearner.from_state_bytes(state)

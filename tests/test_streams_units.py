@@ -625,7 +625,9 @@ def test_a_learner_checkpoint_carries_the_offsets_it_covers_and_restores_the_lea
         a.learn(ev)
         b.learn(ev)
     assert b.learner.weights() == a.learner.weights() and b.labels == a.labels
-    for bad in (b"", b"{}", b"[1]\n", b'{"offsets": {"0": 3}}', b'{"offsets": {"x": 1}}\nzz'):
+    negative = data.replace(b'"version":1,', b'"version":-1,', 1)  # its snapshots would all be refused
+    assert negative != data
+    for bad in (b"", b"{}", b"[1]\n", b'{"offsets": {"0": 3}}', b'{"offsets": {"x": 1}}\nzz', negative):
         with pytest.raises(ValueError, match="not a learner checkpoint"):
             Learner().restore(bad)
 
