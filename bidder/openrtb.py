@@ -418,7 +418,7 @@ def _privacy(req: dict, user: dict, device: dict) -> Privacy:
     # absent, so an exchange that fills both places but leaves the 2.6 one blank is still read
     gdpr, gdpr_path = regs.get("gdpr"), "regs.gdpr"
     if gdpr is None:
-        gdpr, gdpr_path = rext.get("gdpr", 0), "regs.ext.gdpr"
+        gdpr, gdpr_path = rext.get("gdpr"), "regs.ext.gdpr"
     if type(gdpr) is not int and gdpr is not None:  # 2.5-era senders also write true/false or 1.0
         if type(gdpr) not in (bool, float) or gdpr not in (0, 1):
             raise BadRequest("bad_type", f"{gdpr_path} must be the integer 0 or 1")
@@ -428,6 +428,8 @@ def _privacy(req: dict, user: dict, device: dict) -> Privacy:
         consent, consent_path = _obj(user, "ext", "user.").get("consent") or "", "user.ext.consent"
     if type(consent) is not str:
         raise BadRequest("bad_type", f"{consent_path} must be a string")
+    if gdpr is None:  # omitted: unknown (2.6), so a consent string sent is honoured; without one, GDPR is not assumed
+        gdpr = 1 if consent else 0
     usp, usp_path = regs.get("us_privacy"), "regs.us_privacy"
     if usp is None or usp == "":
         usp, usp_path = rext.get("us_privacy") or "", "regs.ext.us_privacy"
@@ -439,7 +441,7 @@ def _privacy(req: dict, user: dict, device: dict) -> Privacy:
     return Privacy(
         coppa=(_flag(regs, "coppa", "regs.", True) if regs.get("coppa") is not None
                else _flag(rext, "coppa", "regs.ext.", True)),
-        gdpr=gdpr not in (0, None),  # a value not defined yet: GDPR is taken to apply
+        gdpr=gdpr != 0,  # a value not defined yet: GDPR is taken to apply
         consent=consent,
         us_privacy=usp,
         gpp=gpp,

@@ -441,3 +441,15 @@ def test_a_gpp_header_listing_the_eu_section_applies_gdpr_even_when_the_section_
     assert restriction(Privacy(gpp=gpp({2: ""}))) == "gdpr"
     assert restriction(Privacy(gpp=gpp({2: "", 7: us_section(7)}))) == "gdpr"
     assert restriction(Privacy(gpp=gpp({7: us_section(7)}))) == ""  # not listed: GDPR does not apply
+
+
+def test_a_consent_string_is_honoured_where_gdpr_is_not_stated() -> None:
+    """2.6: `regs.gdpr` omitted means unknown.  It was read as 0, so a consent string refusing every purpose still
+    let user data be used; stated 0, the string is not read."""
+    refusing, granting = tcf_string(set()), tcf_string({1, 3, 4})
+    assert restriction(parsed({}, {"consent": refusing})) == "gdpr"
+    assert restriction(parsed({"ext": {}}, {"ext": {"consent": "not-a-tcf-string"}})) == "gdpr"
+    assert restriction(parsed({}, {"consent": granting})) == ""
+    assert restriction(parsed({"gdpr": 0}, {"consent": refusing})) == ""  # stated: not subject to GDPR
+    assert restriction(parsed({"ext": {"gdpr": 0}}, {"consent": refusing})) == ""
+    assert restriction(parsed({})) == "" and restriction(parsed({"us_privacy": "1YNN"})) == ""  # no string, no GDPR
