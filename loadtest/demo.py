@@ -23,6 +23,7 @@ from typing import Any
 
 from bidder.campaigns import Campaign, load_campaigns
 from bidder.engine import BidEngine, EngineConfig
+from bidder.landscape import WinRateModel
 from bidder.openrtb import BadRequest, parse_request
 from bidder.pacing import PacingState, SpendPlan
 from loadtest.day import DAY, DayReport, ExchangeDay
@@ -147,7 +148,8 @@ def run_demo(requests: int = 60_000, seed: int = 7, campaigns_file: Path | None 
     market = Market(seed)
     stack = _Stack(campaigns, seed=seed)
     before = stack.play(market, campaigns, requests, start - DAY, "yesterday", progress)
-    frozen = copy.deepcopy((market, stack.bus.learner)) if compare else None
+    # the state today starts from: the market, the learned model and the market prices seen (first-price shading)
+    frozen = copy.deepcopy((market, stack.bus.learner, stack.engine.landscapes)) if compare else None
     baselines: dict[str, DayReport] = {}
     if frozen is not None:
         jobs = {name: (frozen, fixed_bid_campaigns(campaigns, before) if name == "fixed" else campaigns, name, requests,
@@ -167,11 +169,17 @@ def run_demo(requests: int = 60_000, seed: int = 7, campaigns_file: Path | None 
 BASELINES = ("asap", "fixed")
 
 
-def play_baseline(frozen: tuple[Market, Learner], campaigns: list[Campaign], name: str, requests: int,
-                  start: float, seed: int) -> DayReport:
-    """Today under a baseline, from yesterday's market and learner (a copy: the paced day keeps its own)."""
-    market, learner = copy.deepcopy(frozen)
-    return _Stack(campaigns, learner, name, seed).play(market, campaigns, requests, start, name, progress=False)
+def play_baseline(frozen: tuple[Market, Learner, dict[str, WinRateModel]], campaigns: list[Campaign], name: str,
+                  requests: int, start: float, seed: int) -> DayReport:
+    """Today under a baseline, from yesterday's market, learner and market prices (a copy: the paced day keeps its own).
+
+    Without yesterday's prices a baseline would bid its first-price auctions unshaded until it had seen enough of
+    its own, overpaying at the start of the day where the paced bidder does not.
+    """
+    market, learner, landscapes = copy.deepcopy(frozen)
+    stack = _Stack(campaigns, learner, name, seed)
+    stack.engine.landscapes = landscapes
+    return stack.play(market, campaigns, requests, start, name, progress=False)
 
 
 def _pool() -> Executor:
@@ -320,9 +328,9 @@ def plot_day(run: DemoRun, rows: list[dict[str, Any]], path: Path) -> Path:
                     label=STRATEGIES.get(name, name))
         ax.axhline(budget, color="black", linewidth=0.6)
         ax.set_xlim(0, 24)
-        ax.set_title(f"{camp.id}: budget {budget:.2f}")
+        ax.set_title(f"{camp.id}: budget {budget:.2f} {camp.currency}")
         ax.set_xlabel("hour of day (UTC)")
-        ax.set_ylabel("cumulative spend")
+        ax.set_ylabel(f"cumulative spend ({camp.currency})")
         ax.legend(fontsize=7, loc="upper left")
     ax = flat[len(run.campaigns)]
     ax.bar([r["campaign"] for r in rows], [r["roi"] or 0.0 for r in rows], color="tab:green")  # no spend: no bar

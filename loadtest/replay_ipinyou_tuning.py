@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from bidder.arguments import positive
 from loadtest.replay_ipinyou import (
     C0_DEFAULT,
     FEN_CPM,
@@ -168,13 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.replay_ipinyou_tuning", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="directory with info.json (only the training stats are read)")
-    ap.add_argument("--episodes", type=int, default=10, help="synthetic episodes per market (default 10)")
-    ap.add_argument("--episode", type=int, default=1000, help="auctions per episode (default 1000)")
+    ap.add_argument("--episodes", type=positive(int), default=10, help="synthetic episodes per market (default 10)")
+    ap.add_argument("--episode", type=positive(int), default=1000, help="auctions per episode (default 1000)")
     ap.add_argument("--markets", choices=sorted(MARKET_SETS), default="standard",
                     help="standard: the grid the replay's knobs were chosen on; hard: larger drift, a walk within episodes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    stats, _ = load(args.data, with_log=False)
+    try:
+        stats, _ = load(args.data, with_log=False)
+    except (OSError, ValueError) as e:
+        ap.error(f"cannot read the training statistics in --data {args.data}: {e}")
     markets, knobs = MARKET_SETS[args.markets]
     doc = tune(stats, args.episodes, args.episode, C0_DEFAULT, knobs, markets)
     if args.json:

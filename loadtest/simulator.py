@@ -58,7 +58,10 @@ class Market:
         """`namespace` prefixes every site domain and app bundle in the requests (not in `Auction.ctx`), so the
         campaigns of one run can target its traffic alone on a broker that other campaigns share."""
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # the users and the exchange's timing: clicks, conversions, billing delays
+        # the requests draw from a stream of their own, so what a bidder wins (and the clicks and bills drawn for it)
+        # never changes which requests follow: strategies played on copies of one market are offered the same auctions
+        self._traffic = _stable(seed, "traffic")
         self.malformed_share = malformed_share
         self.namespace = namespace
         self._n = 0
@@ -85,7 +88,7 @@ class Market:
 
     def auction(self, now: float) -> Auction:
         """The next bid request at simulated time `now` (unix seconds)."""
-        r = self.rng
+        r = self._traffic
         self._n += 1
         is_app = r.random() < 0.25
         domain, cats = r.choice(APPS if is_app else SITES)

@@ -110,7 +110,7 @@ def test_cost_is_charged_as_the_billing_notice_charges_it() -> None:
 
 
 def test_the_days_campaigns_differ_and_target_only_this_runs_traffic() -> None:
-    plan = plan_day(DayOptions(requests=3000))
+    plan = plan_day(DayOptions())  # the day `loadtest day` plays: on a smaller one, budgets of a few cents can tie
     assert len(plan.campaigns) == len(TEMPLATES)
     assert len({c.daily_budget for c in plan.campaigns}) == len(plan.campaigns)
     assert len({c.targeting for c in plan.campaigns}) == len(plan.campaigns)

@@ -7,6 +7,7 @@ import math
 import random
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +22,7 @@ from loadtest.replay_ipinyou import (
     load,
     paced_setup,
     parse_log,
+    plot,
     run_feedback,
     run_hindsight,
     run_linear,
@@ -29,6 +31,7 @@ from loadtest.replay_ipinyou import (
     training_bid,
 )
 from loadtest.replay_ipinyou_tuning import Market, synthetic_episode
+from loadtest.replay_ipinyou_tuning import main as tuning_main
 
 
 def draw(rng: random.Random, price_scale: float) -> tuple[int, int, float]:
@@ -197,3 +200,48 @@ def test_value_per_click_never_caps_bids_before_the_budget_does(runner) -> None:
     r = runner(ep, budget, paced_setup(stats, budget // 10, {len(ep)}))
     assert r.spend <= budget
     assert r.spend >= 0.95 * budget
+
+
+def test_a_share_of_no_hindsight_clicks_is_met_not_missed(tmp_path: Path) -> None:
+    """Where hindsight's purchases drew no click, no clicks is 100% of them: the share target is met, shown as '-'."""
+    stats, log = load(make_data(tmp_path))
+    unclicked = [(0, p, q) for _, p, q in log]
+    report, _ = run_replay(stats, unclicked, [Fraction(1, 32)], 300, traced=0)
+    result = report["results"][0]
+    assert result["strategies"]["hindsight"]["clicks"] == 0
+    assert result["strategies"]["predictive"]["clicks_vs_hindsight"] is None
+    assert result["targets"]["clicks_vs_hindsight>=0.97"] is True
+    assert result["targets"]["clicks>=78"] is False
+
+
+def test_the_plot_of_a_single_c0_keeps_its_whole_title(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figures: list[Figure] = []
+    savefig = Figure.savefig
+
+    def keep(self: Figure, *args: Any, **kwargs: Any) -> None:
+        figures.append(self)
+        savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    traced = EpisodeResult(budget=100, curve=[(t + 1, t, 1.0) for t in range(100)])
+    plot({"1/32": {0: traced}}, 100, tmp_path)
+    fig = figures[0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    title = next(t for t in fig.texts if "Predictive pacer" in t.get_text())
+    box = title.get_window_extent(canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+
+
+@pytest.mark.parametrize(("args", "says"), [(["--episodes", "0"], "--episodes"), (["--episode", "-5"], "--episode"),
+                                            (["--data", "MISSING"], "cannot read the training statistics")])
+def test_tuning_refuses_bad_arguments_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                              says: str) -> None:
+    data = make_data(tmp_path / "data", episodes_n=1, size=10)
+    argv = ["--data", str(data), *[str(tmp_path / "missing") if a == "MISSING" else a for a in args]]
+    with pytest.raises(SystemExit) as stop:
+        tuning_main(argv)
+    assert stop.value.code == 2 and says in capsys.readouterr().err
