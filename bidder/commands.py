@@ -16,7 +16,7 @@ from typing import IO
 import orjson
 
 from bidder.arguments import base_url, broker_address_problem, non_negative, out_dir_problem, port_or_zero, positive
-from bidder.campaigns import ConfigError, campaign_file_error, idle_warnings, load_campaigns
+from bidder.campaigns import Campaign, ConfigError, campaign_file_error, idle_warnings, load_campaigns
 from streams.events import env_salt
 
 # more processes than this only add memory (each holds its own engine and model): a typo of 100000 would fill it
@@ -274,15 +274,34 @@ def _warn_defaults(args: argparse.Namespace) -> None:
               "assumed): such requests get 204 deadline", file=sys.stderr)
 
 
+def demo_campaigns_problem(camps: list[Campaign]) -> str:
+    """Why the demo cannot report on these campaigns ('' when it can): it plays and reports UTC days, while a
+    campaign's budget day, pacing plan and ledger follow its own time zone."""
+    others = [c.id for c in camps if c.timezone != "UTC"]
+    if not others:
+        return ""
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    return (f"the demo plays and reports UTC days, and campaign(s) {shown} keep their day in another time zone "
+            "(flight.timezone): give them \"UTC\" in a copy of the file for the demo")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from loadtest.demo import comparison_rows, format_comparison, format_table, plot_day, roi_rows, run_demo
 
     if args.campaigns is not None:
         try:
-            load_campaigns(args.campaigns)
+            camps = load_campaigns(args.campaigns)
         except ConfigError as e:
             print(campaign_file_error(args.campaigns, e, "Nothing was run"), file=sys.stderr)
             return 2
+        problem = demo_campaigns_problem(camps)
+        if problem:
+            print(f"streambid: {problem}. Nothing was run.", file=sys.stderr)
+            return 2
+        for camp in camps:
+            if not camp.active:
+                print(f"streambid: warning: campaign {camp.id} is paused (status): it does not bid in the demo",
+                      file=sys.stderr)
     problem = out_dir_problem(args.out)
     if problem:
         print(f"streambid: {problem}", file=sys.stderr)

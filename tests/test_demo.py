@@ -22,6 +22,7 @@ from loadtest.demo import (
     run_demo,
     spent_out_at,
 )
+from tests.conftest import ROOT
 from tests.helpers import campaign
 
 
@@ -100,7 +101,8 @@ def test_demo_compares_paced_with_spending_fast_and_a_fixed_bid(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("extra", "says"),
     [(["--campaigns", "nope.json"], "nope.json: does not exist"), (["--requests", "0"], "--requests"),
-     (["--out", "FILE"], "not a directory")],
+     (["--out", "FILE"], "not a directory"),
+     (["--campaigns", str(ROOT / "deploy" / "campaigns.example.json")], "keep their day in another time zone")],
 )
 def test_demo_refuses_bad_arguments_before_it_runs(tmp_path: Path, extra: list[str], says: str) -> None:
     afile = tmp_path / "afile"
@@ -109,3 +111,12 @@ def test_demo_refuses_bad_arguments_before_it_runs(tmp_path: Path, extra: list[s
     out = subprocess.run([sys.executable, "-m", "bidder.cli", "demo", *args], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_the_demo_names_the_campaigns_whose_day_is_not_utc() -> None:
+    from bidder.commands import demo_campaigns_problem
+
+    utc = {"start": "2020-01-01", "end": "2099-12-31", "timezone": "UTC"}
+    assert demo_campaigns_problem([parse_campaign(campaign(flight=utc))]) == ""
+    tokyo = dict(utc, timezone="Asia/Tokyo")
+    assert "c1" in demo_campaigns_problem([parse_campaign(campaign(flight=tokyo))])
