@@ -294,9 +294,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except ConfigError as e:
             print(campaign_file_error(args.campaigns, e, "Nothing was run"), file=sys.stderr)
             return 2
-        problem = demo_campaigns_problem(camps)
-        if problem:
-            print(f"streambid: {problem}. Nothing was run.", file=sys.stderr)
+        unfit = demo_campaigns_problem(camps)
+        if unfit:
+            print(f"streambid: {unfit}. Nothing was run.", file=sys.stderr)
             return 2
         for camp in camps:
             if not camp.active:
