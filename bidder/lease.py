@@ -45,8 +45,12 @@ class BudgetLease:
         return self.granted_micros - self.spent_micros - self.reserved_micros
 
     def grant_total(self, granted_micros: int) -> None:
-        """Raise the cumulative allowance; a repeated or out-of-order (smaller) grant changes nothing."""
+        """Raise the cumulative allowance; a repeated or out-of-order (smaller) grant changes nothing.
+
+        Grants are taken only for the campaign's current day, so a lease closed when its day seemed over is
+        open again (the campaign's time zone moved back across midnight: its day is this lease's day again)."""
         self.granted_micros = max(self.granted_micros, granted_micros)
+        self.closed = False
 
     def can_bid(self, price_micros: int) -> bool:
         """True when one more bid at this per-impression price fits in the lease."""
@@ -106,11 +110,15 @@ class BudgetLease:
 class _Account:
     granted: int = 0
     billed: int = 0
+    held: int = 0  # the bidder's reservations (bids in flight) as it last reported them
     live: bool = True
+    carried: bool = False  # known only from the day before: the bidder has not reported on this day yet
 
     @property
     def outstanding(self) -> int:
-        return max(self.granted - self.billed, 0)
+        """What the bidder may still be charged: its unspent grant, or its bids in flight when they are more
+        (bids of the day before, billed on this one, or in-flight bids left after a bill whose reservation was gone)."""
+        return max(self.granted - self.billed, self.held, 0)
 
 
 LEDGER = "~ledger"  # the pseudo-account of spend no bidder has reported (bidder ids never start with "~")
@@ -127,6 +135,13 @@ class LeaseGranter:
     grant until billed.  Slices shrink as the day's budget runs out, so the last
     bidders share the tail finely.
 
+    A bid is billed on the day its bill comes, so the bids a bidder still has in
+    flight at the campaign's midnight are charged to the new day (its new lease
+    holds them: `BudgetLease.take_over`).  The new day's granter counts them before
+    it grants anything: each bidder's unspent grant of the day before (`carry`)
+    until the bidder reports its reservations (`adopt`), and from then on the
+    larger of its unspent grant and its reservations.
+
     Overspend bound.  With S the day's true spend (including charges that never
     reach the ledger), every bidder checking `can_bid` before each `reserve`:
 
@@ -135,8 +150,11 @@ class LeaseGranter:
     R: unspent grants taken back by `reclaim` from bidders that in fact kept
        bidding (each at most one slice: a partitioned bidder spends at most its
        lease); L: costs of in-flight bids whose reservation was gone before
-       their bill settled (expired, or the notice was late or lost); C: unspent
-       grants beyond a budget lowered mid-day.  So in the usual case the
+       their bill settled (expired, or the notice was late or lost), and of bids
+       in flight at midnight billed before their bidder's new lease took them
+       over (until the ledger counts them) or that the new day's granter never
+       learnt of (its worker restarted at midnight); C: unspent grants beyond a
+       budget lowered mid-day.  So in the usual case the
        overspend is below one lease slice plus the bids in flight.  A bidder
        that prices several impressions of one response against a single
        `can_bid` check may exceed its lease by those extra prices: at most the
@@ -155,7 +173,8 @@ class LeaseGranter:
 
     @property
     def committed(self) -> int:
-        """Billed spend plus the unspent grants of live bidders: what the budget is answering for."""
+        """Billed spend plus what live bidders may still be charged (`_Account.outstanding`): what the budget is
+        answering for."""
         return sum(a.billed + (a.outstanding if a.live else 0) for a in self._accounts.values())
 
     def granted(self, bidder: str) -> int:
@@ -195,12 +214,28 @@ class LeaseGranter:
         acct.live = False
         return acct.outstanding
 
-    def adopt(self, bidder: str, granted: int, spent: int) -> None:
+    def adopt(self, bidder: str, granted: int, spent: int, reserved: int = 0) -> None:
         """A bidder's own account of its grant and settled spend (after a restart of the streams side, or a
-        rebalance): never lowers what is known already."""
+        rebalance): never lowers what is known already.  `reserved`: its bids in flight as it reports them, in
+        place of what was held for it before (an earlier report, or the day before's unspent grant: `carry`)."""
         acct = self._accounts.setdefault(bidder, _Account())
         acct.granted = max(acct.granted, granted)
         acct.billed = max(acct.billed, spent)
+        acct.held = max(reserved, 0)
+        acct.carried = False
+
+    def carry(self, previous: LeaseGranter) -> None:
+        """Start the day after `previous`'s: every bidder that reported there may have bids in flight, billed on
+        this day, up to its unspent grant there; that much is held for it until it reports its own reservations."""
+        for bidder, acct in previous._accounts.items():
+            if acct.live and not acct.carried and bidder != LEDGER and acct.outstanding > 0:
+                self._accounts[bidder] = _Account(held=acct.outstanding, carried=True)
+
+    def forget_carried(self) -> None:
+        """The bids in flight at midnight can no longer be billed (their notices have expired): a bidder that has
+        not reported since (it died) is owed nothing more."""
+        for bidder in [b for b, a in self._accounts.items() if a.carried]:
+            del self._accounts[bidder]
 
     def ledger_spend(self, spend: int) -> None:
         """The ledger's exact spend for the day: what the bidders' reports do not explain is booked to `LEDGER`."""

@@ -3,8 +3,10 @@
 The engine bids only within its leases (`EngineConfig.lease_slice`); this
 object keeps them topped up.  It is polled off the bid path (`due` returns the
 requests to send) and fed the grants read from the grants topic (`apply`).
-Requests say what this bidder holds (grant and settled spend), so a worker
-that takes a campaign over learns it; grants are cumulative, so a lost or
+Requests say what this bidder holds (grant, settled spend and bids in
+flight), so a worker that takes a campaign over learns it, also of a campaign
+that may not bid now (paused, outside its hours) but may again today on what it
+holds; grants are cumulative, so a lost or
 repeated message costs nothing but a second request.  With no grants coming
 (Kafka or the streams side gone) the engine goes on bidding on what it holds
 and stops when that is spent.  No I/O here.
@@ -57,7 +59,8 @@ class LeaseClient:
         """The requests to send now (at most one per campaign), for every campaign that may bid."""
         engine, out = self.engine, []
         days: dict[str, str] = {}  # time zone -> its day now: thousands of campaigns share a few zones
-        for cid in engine.live():
+        live = engine.live()
+        for cid in live:
             camp = engine.index.campaigns.get(cid)
             if camp is None:
                 continue
@@ -76,14 +79,36 @@ class LeaseClient:
                 continue
             self.asked[cid] = wall_now
             out.append(self.request_doc(cid, day, lease, wall_now))
+        out += self._idle_reports(live, days, wall_now, engine_now)
         self.requests += len(out)
         return out
 
+    def _idle_reports(self, live: frozenset[str], days: dict[str, str], wall_now: float,
+                      engine_now: float) -> list[dict[str, Any]]:
+        """Every KEEPALIVE_S, a report for each campaign that may not bid now but holds a lease of today (it may
+        bid on it again today) or bids in flight (billed today): a worker that took the campaign over meanwhile
+        must count them before it grants that budget to others."""
+        engine, out = self.engine, []
+        for cid in engine.leases.keys() - live:
+            if wall_now - self.asked.get(cid, -math.inf) < KEEPALIVE_S:
+                continue
+            camp, lease = engine.index.campaigns.get(cid), engine.leases[cid]
+            if camp is None:
+                continue
+            day = days.get(camp.timezone)
+            if day is None:
+                day = days[camp.timezone] = engine.campaign_day(camp, engine_now)
+            if lease.day == day or lease.reserved_micros:
+                self.asked[cid] = wall_now
+                out.append(self.request_doc(cid, day, lease, wall_now))
+        return out
+
     def request_doc(self, campaign: str, day: str, lease: BudgetLease | None, wall_now: float) -> dict[str, Any]:
+        """`reserved`: the bids in flight, of whatever day's lease: each is billed on the day its bill comes, today."""
         current = lease if lease is not None and lease.day == day else None
         return {"v": 1, "bidder": self.engine.cfg.bidder_id, "campaign": campaign, "day": day,
                 "granted": current.granted_micros if current else 0, "spent": current.spent_micros if current else 0,
-                "frac": self.frac, "ts": wall_now}
+                "reserved": lease.reserved_micros if lease is not None else 0, "frac": self.frac, "ts": wall_now}
 
     def apply(self, doc: dict[str, Any], engine_now: float) -> bool:
         """Take a grant if it is for this bidder and the campaign's current day; False when it is not."""

@@ -10,9 +10,10 @@ the maximum).
 Per campaign-day the worker keeps a `LeaseGranter` (bidder/lease.py) and feeds
 it with two kinds of spend:
 
-* each request carries the bidder's own grant and settled spend, so a worker
-  that takes a campaign over after a restart or a rebalance learns what each
-  bidder holds from its next request;
+* each request carries the bidder's own grant, settled spend and bids in
+  flight, so a worker that takes a campaign over after a restart or a rebalance
+  learns what each bidder holds from its next request, and a new day's granter
+  what the bids still in flight at midnight will cost it;
 * the ledger's exact spend for the day: whatever no bidder has reported yet
   (bidders that restarted under a new id, bills not yet reported) is booked to
   a pseudo-account, so the budget answers for it before any new slice goes out.
@@ -34,10 +35,12 @@ import datetime as dt
 import re
 import time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from bidder.campaigns import Campaign
+from bidder.engine import MAX_NOTICE_TTL_S
 from bidder.lease import LeaseGranter
 from bidder.lease_client import ASK_EVERY_S, KEEPALIVE_S
 from streams import topics
@@ -53,6 +56,11 @@ _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}").fullmatch
 
 def _days_between(a: str, b: str) -> int:
     return (dt.date.fromisoformat(b) - dt.date.fromisoformat(a)).days
+
+
+def _day_start(campaign: Campaign, day: str) -> float:
+    """Unix time of the campaign's midnight that begins `day`, in its time zone."""
+    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), ZoneInfo(campaign.timezone)).timestamp()
 
 
 def min_slice(campaign: Campaign) -> int:
@@ -71,7 +79,8 @@ def parse_request(raw: bytes) -> dict[str, Any] | None:
     for name in ("bidder", "campaign", "day"):
         if not isinstance(doc.get(name), str) or not doc[name]:
             return None
-    for name in ("granted", "spent"):
+    doc.setdefault("reserved", 0)  # its bids in flight: a bidder of an earlier release does not say
+    for name in ("granted", "spent", "reserved"):
         if not isinstance(doc.get(name), int) or isinstance(doc[name], bool) or doc[name] < 0:
             return None
     if not isinstance(doc.get("frac"), int | float) or not isinstance(doc.get("ts"), int | float):
@@ -95,27 +104,36 @@ class LeaseDesk:
         self.granters: dict[str, LeaseGranter] = {}
         self.days: dict[str, str] = {}
         self.counts: dict[str, int] = {}
+        self.carried_until: dict[str, float] = {}  # campaign -> when the day before's bids can no longer be billed
 
     def drop(self, campaigns: list[str]) -> None:
         """Forget campaigns another worker now answers for (a rebalance); they start afresh if they come back."""
         for cid in campaigns:
             self.granters.pop(cid, None)
             self.days.pop(cid, None)
+            self.carried_until.pop(cid, None)
 
     def note(self, what: str) -> None:
         """Count an outcome of a request (granted, held, stale, past_day, future_day, unknown_campaign, malformed)."""
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def granter(self, campaign: Campaign, day: str, frac: float, budget: int) -> LeaseGranter | None:
+    def granter(self, campaign: Campaign, day: str, frac: float, budget: int, now: float) -> LeaseGranter | None:
         """The campaign's granter for `day` and its `budget` that day (micros; the lifetime total may leave less
         than the daily budget); None for a day older than one already granted on (a late request)."""
         current = self.days.get(campaign.id)
-        if current is not None and (day < current or _days_between(current, day) > 1):
-            return None  # late; or a day after tomorrow, which no clock near the campaign's midnight could be on
+        if current is not None and day < current:
+            return None  # late (a day after tomorrow is refused before: `answer`; days with no request may lie between)
         g = self.granters.get(campaign.id)
         if g is None or current != day:
-            g = self.granters[campaign.id] = LeaseGranter(budget, min_slice(campaign), frac)
+            previous, g = g, LeaseGranter(budget, min_slice(campaign), frac)
+            if previous is not None and current is not None and _days_between(current, day) == 1:
+                g.carry(previous)  # the bids in flight at midnight are billed on the new day, until their notices expire
+                self.carried_until[campaign.id] = _day_start(campaign, day) + MAX_NOTICE_TTL_S
+            self.granters[campaign.id] = g
             self.days[campaign.id] = day
+        if now >= self.carried_until.get(campaign.id, now + 1):
+            g.forget_carried()
+            del self.carried_until[campaign.id]
         g.set_budget(budget)  # a budget changed mid-day counts from the next grant on
         g.min_slice = min_slice(campaign)
         g.frac = frac
@@ -137,12 +155,12 @@ class LeaseDesk:
             self.note("future_day")  # (it would become the campaign's day, and refuse every real one until then)
             return None
         budget = campaign.daily_budget if budget is None else budget
-        g = self.granter(campaign, req["day"], min(max(float(req["frac"]), 1e-6), MAX_FRAC), budget)
+        g = self.granter(campaign, req["day"], min(max(float(req["frac"]), 1e-6), MAX_FRAC), budget, now)
         if g is None:
             self.note("past_day")
             return None
         bidder = req["bidder"]
-        g.adopt(bidder, req["granted"], req["spent"])
+        g.adopt(bidder, req["granted"], req["spent"], req.get("reserved", 0))
         g.ledger_spend(ledger_spend)
         if hold:
             self.note("held")

@@ -40,9 +40,10 @@ CAMP = parse_campaign(campaign(budget={"daily": BUDGET / 1e6, "total": 1.0},
 SLICE = 4 * 2_500  # the campaign's min slice: 4 impressions at its max bid
 
 
-def req(bidder: str, granted: int = 0, spent: int = 0, day: str = DAY, frac: float = 0.05, ts: float = NOW) -> dict[str, Any]:
-    return {"v": 1, "bidder": bidder, "campaign": CAMP.id, "day": day, "granted": granted, "spent": spent, "frac": frac,
-            "ts": ts}
+def req(bidder: str, granted: int = 0, spent: int = 0, day: str = DAY, frac: float = 0.05, ts: float = NOW,
+        reserved: int = 0) -> dict[str, Any]:
+    return {"v": 1, "bidder": bidder, "campaign": CAMP.id, "day": day, "granted": granted, "spent": spent,
+            "reserved": reserved, "frac": frac, "ts": ts}
 
 
 def answered(desk: LeaseDesk, doc: dict[str, Any], camp: Campaign | None, ledger_spend: int) -> dict[str, Any]:
@@ -152,9 +153,13 @@ def test_a_budget_cut_mid_day_holds_back_later_grants() -> None:
 
 
 def test_malformed_requests_are_refused() -> None:
-    good = req("b1x2")
+    good = req("b1x2", reserved=700)
     assert parse_lease_request(orjson.dumps(good)) == good
+    older = {k: v for k, v in good.items() if k != "reserved"}  # a bidder of an earlier release: no bids in flight said
+    assert parse_lease_request(orjson.dumps(older)) == {**older, "reserved": 0}
     for bad in (b"{", b"[]", orjson.dumps({**good, "v": 2}), orjson.dumps({**good, "granted": -1}),
+                orjson.dumps({**good, "reserved": -1}), orjson.dumps({**good, "reserved": True}),
+                orjson.dumps({**good, "reserved": 1.5}),
                 orjson.dumps({**good, "spent": True}), orjson.dumps({**good, "bidder": "~ledger"}),
                 orjson.dumps({**good, "bidder": "a/b"}), orjson.dumps({k: v for k, v in good.items() if k != "day"}),
                 orjson.dumps({**good, "frac": "x"})):
@@ -212,8 +217,8 @@ def test_no_lease_no_bid_and_a_request_goes_out_at_once() -> None:
     client = LeaseClient(e, 0.05)
     assert bid(e) is None
     (doc,) = client.due(100.0, NOW)
-    assert doc == {"v": 1, "bidder": "bA", "campaign": CAMP.id, "day": DAY, "granted": 0, "spent": 0, "frac": 0.05,
-                   "ts": 100.0}
+    assert doc == {"v": 1, "bidder": "bA", "campaign": CAMP.id, "day": DAY, "granted": 0, "spent": 0, "reserved": 0,
+                   "frac": 0.05, "ts": 100.0}
     assert parse_lease_request(orjson.dumps(doc)) == doc  # what the worker accepts
     assert client.due(100.0 + lease_client.ASK_EVERY_S / 2, NOW) == []  # not twice in a row
     assert len(client.due(100.0 + lease_client.ASK_EVERY_S, NOW)) == 1  # no grant came: ask again
