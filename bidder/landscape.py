@@ -70,15 +70,15 @@ class WinRateModel:
 
     def add(self, price_cpm: int, weight: float = 1.0) -> None:
         """Fold in one observed market price (CPM micros)."""
-        if price_cpm < 0 or weight <= 0:
-            raise ValueError("market prices must be >= 0 and weights > 0")
+        if price_cpm < 0 or not 0 < weight < math.inf:  # NaN fails it too
+            raise ValueError("market prices must be >= 0 and weights finite and > 0")
         self._counts[price_cpm] = self._counts.get(price_cpm, 0.0) + weight
         self._dirty = True
 
     def add_at_most(self, bound_cpm: int, weight: float = 1.0) -> None:
         """Fold in an auction whose market price is only known to be <= `bound_cpm` (a first-price win)."""
-        if bound_cpm < 0 or weight <= 0:
-            raise ValueError("market prices must be >= 0 and weights > 0")
+        if bound_cpm < 0 or not 0 < weight < math.inf:
+            raise ValueError("market prices must be >= 0 and weights finite and > 0")
         self._bounds[bound_cpm] = self._bounds.get(bound_cpm, 0.0) + weight
         self._dirty = True
 

@@ -84,3 +84,12 @@ def test_with_nothing_censored_the_estimate_is_the_empirical_distribution_exactl
     assert bounded.win_rate(9) == 0.0  # no price point under 10: a bid there is given no chance
     frozen = bounded.frozen_copy()
     assert frozen.win_rate(20) == bounded.win_rate(20) and frozen.observations == 5
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_weight_that_is_not_a_finite_positive_number_is_refused(weight: float) -> None:
+    m = WinRateModel()
+    with pytest.raises(ValueError, match="weights finite and > 0"):
+        m.add(1_000, weight)
+    with pytest.raises(ValueError, match="weights finite and > 0"):
+        m.add_at_most(1_000, weight)
