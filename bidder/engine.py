@@ -86,6 +86,7 @@ class EngineConfig:
     # topic) rather than from this process's own billing notices: a cap then holds across processes and hosts
     shared_frequency: bool = False
     tcf_vendor: int = 0  # our TCF Global Vendor List id: GDPR consent must name it; 0 checks the purposes only
+    shade: bool = True  # shade first-price bids on the market prices seen; False bids the paced value, as a fixed bid
 
 
 @dataclass(slots=True)
@@ -373,7 +374,7 @@ class BidEngine:
                     landscape.add(price)
                 for bound in self._new_bounds.get(cur, ()):
                     landscape.add_at_most(bound)
-                if landscape.observations >= MIN_LANDSCAPE:
+                if landscape.observations >= MIN_LANDSCAPE and self.cfg.shade:
                     self._shading[cur] = landscape.frozen_copy()
             self._new_prices.clear()
             self._new_bounds.clear()

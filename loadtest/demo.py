@@ -81,8 +81,8 @@ class _Stack:
         self.clock = 0.0
         fixed = strategy == "fixed"
         config = EngineConfig(secret=b"demo-secret", notice_ttl_s=7200, lease_slice=LEASE_SLICE)
-        if fixed:  # nothing to explore: every candidate scores the same
-            config = replace(config, explore_below=0)
+        if fixed:  # nothing to explore (every candidate scores the same), and one price, never shaded
+            config = replace(config, explore_below=0, shade=False)
         model = ModelSnapshot.empty(FIXED_PCTR) if fixed else ModelSnapshot.empty()
         self.engine = BidEngine(config, campaigns, model, sink=self._sink, clock=lambda: self.clock,
                                 rng=random.Random(f"{seed}:{strategy}"))  # the same seed plays the same day

@@ -379,15 +379,16 @@ def test_every_bidder_gets_an_id_of_its_own() -> None:
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", i) for i in ids)  # it names the notice relay's socket
 
 
-def _first_price_market(states_min_to_win: bool, values: tuple[float, ...], n: int = 3000) -> tuple[BidEngine, list]:
+def _first_price_market(states_min_to_win: bool, values: tuple[float, ...], n: int = 3000,
+                        shade: bool = True) -> tuple[BidEngine, list]:
     """First-price auctions against a market price uniform on 0.5-5.0 CPM; the exchange fills the minimum to win
     into the win URL or leaves it out.  Returns the engine and its last 500 (paced value, price) pairs."""
     rng = random.Random(11)
     t = [NOW]
     camps = [parse_campaign(campaign(id=f"v{i}", goal={"type": "cpc", "value_per_click": v, "max_bid_cpm": 20.0}))
              for i, v in enumerate(values)]
-    e = BidEngine(EngineConfig(secret=b"s", explore_below=0), camps, ModelSnapshot.empty(), sink=lambda *a: None,
-                  clock=lambda: t[0])
+    e = BidEngine(EngineConfig(secret=b"s", explore_below=0, shade=shade), camps, ModelSnapshot.empty(),
+                  sink=lambda *a: None, clock=lambda: t[0])
     doc = request(at=1)
     doc["imp"][0]["bidfloor"] = 0.0
     late = []
@@ -416,6 +417,13 @@ def test_first_price_bids_are_shaded_when_wins_name_the_minimum_to_win() -> None
     prices = [p for _, p in late]
     assert max(prices) < 2.2 and min(prices) > 1.3, (min(prices), max(prices))
     assert e.landscapes["USD"].observations >= 2000
+
+
+def test_an_engine_told_not_to_shade_bids_its_paced_value_whatever_the_market_prices() -> None:
+    """The demo's fixed-bid baseline: one CPM on every impression it can buy, shaded by nothing."""
+    e, late = _first_price_market(True, (3.0,), n=1500, shade=False)
+    assert e.landscapes["USD"].observations >= 1000  # the prices are seen, and left unused
+    assert {p for _, p in late} == {late[0][1]} and late[0][1] > 2.5
 
 
 def test_first_price_wins_without_a_market_price_still_let_bids_shade() -> None:
