@@ -276,6 +276,7 @@ class Campaign:
             "creatives": [
                 _creative_doc(c) for c in self.creatives
             ],
+            **({"version": self.version} if self.version else {}),
         }
 
 
@@ -621,7 +622,7 @@ def parse_campaign(doc: Any) -> Campaign:
     creatives = _creatives(doc, p)
     hours = p.check(lambda: _int_set(doc, "dayparting", "", 0, 23))
     targeting = _targeting(doc, p)
-    version = p.check(lambda: _get(doc, "version", "", int, 0))
+    version = p.check(lambda: _version(doc))
     if p.found:
         first = p.found[0]
         err = ConfigError(first.field, first.message)
@@ -718,6 +719,14 @@ def _advertiser(doc: dict) -> str:
         raise ConfigError("advertiser", f"{advertiser!r} is not a domain: write it as exchanges read adomain, "
                                         "like shop.example (no https:// or path)")
     return advertiser
+
+
+def _version(doc: dict) -> int:
+    """The marketer's own revision number of the campaign, kept as given (0: none)."""
+    version = _get(doc, "version", "", int, 0)
+    if not 0 <= version <= MAX_INT:
+        raise ConfigError("version", f"must be an integer from 0 to {MAX_INT:,}: your own revision number")
+    return version
 
 
 def _bundle(doc: dict) -> str:

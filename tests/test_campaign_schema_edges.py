@@ -205,3 +205,12 @@ def test_vast_markup_and_vast_tag_urls_are_taken() -> None:
                 "https://ads.example/vast.xml?c=1&w=640", '<VAST xmlns="http://www.iab.com/VAST" version="4.2"/>'):
         kind = "audio" if "DAAST" in adm else "video"
         assert parse_campaign(campaign(creatives=[{"id": "v", "type": kind, "adm": adm}])).creatives[0].adm == adm
+
+
+def test_a_campaigns_own_revision_number_is_kept_on_the_config_topic() -> None:
+    camp = parse_campaign(campaign(version=7))
+    assert camp.version == 7 and parse_campaign(camp.to_doc()).version == 7
+    for bad in (-1, 2**40, "7"):
+        with pytest.raises(ConfigError) as e:
+            parse_campaign(campaign(version=bad))
+        assert e.value.field == "version", bad
