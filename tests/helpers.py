@@ -127,3 +127,18 @@ def record_calls(monkeypatch: Any, owner: Any, name: str, note: Callable[..., An
 
     monkeypatch.setattr(owner, name, wrapped)
     return calls
+
+
+def saved_figures(monkeypatch: Any) -> list[Any]:
+    """The matplotlib figures saved from now on in this test, kept for the test to read back."""
+    from matplotlib.figure import Figure
+
+    figures: list[Figure] = []
+    savefig = Figure.savefig
+
+    def keep(self: Figure, *args: Any, **kwargs: Any) -> None:
+        figures.append(self)
+        savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures

@@ -7,7 +7,6 @@ import math
 import random
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -32,6 +31,7 @@ from loadtest.replay_ipinyou import (
 )
 from loadtest.replay_ipinyou_tuning import Market, synthetic_episode
 from loadtest.replay_ipinyou_tuning import main as tuning_main
+from tests.helpers import saved_figures
 
 
 def draw(rng: random.Random, price_scale: float) -> tuple[int, int, float]:
@@ -216,16 +216,8 @@ def test_a_share_of_no_hindsight_clicks_is_met_not_missed(tmp_path: Path) -> Non
 
 def test_the_plot_of_a_single_c0_keeps_its_whole_title(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    figures: list[Figure] = []
-    savefig = Figure.savefig
-
-    def keep(self: Figure, *args: Any, **kwargs: Any) -> None:
-        figures.append(self)
-        savefig(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    figures = saved_figures(monkeypatch)
     traced = EpisodeResult(budget=100, curve=[(t + 1, t, 1.0) for t in range(100)])
     plot({"1/32": {0: traced}}, 100, tmp_path)
     fig = figures[0]

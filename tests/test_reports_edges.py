@@ -5,16 +5,15 @@ from __future__ import annotations
 import copy
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import pytest
-from matplotlib.figure import Figure
 
 from bidder.campaigns import load_campaigns
 from loadtest import demo
 from loadtest.day import CampaignDay, DayReport, ExchangeDay
 from loadtest.demo import DemoRun, FlatPacer, _Stack, demo_campaigns_path, plot_day, run_demo
 from loadtest.simulator import Market
+from tests.helpers import saved_figures
 
 
 def test_what_the_users_and_the_exchange_draw_never_moves_the_requests() -> None:
@@ -59,14 +58,7 @@ def test_the_demo_plot_states_the_currency_its_spend_is_in(tmp_path: Path, monke
     days = {c.id: CampaignDay(budget=c.daily_budget, spend=c.daily_budget // 2, curve=[(0.5, c.daily_budget // 2)])
             for c in campaigns}
     run = DemoRun(DayReport(days, 100, 100, 0, 0.0), stack.bus, stack.engine, campaigns)
-    figures: list[Figure] = []
-    savefig = Figure.savefig
-
-    def keep(self: Figure, *args: Any, **kwargs: Any) -> None:
-        figures.append(self)
-        savefig(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    figures = saved_figures(monkeypatch)
     path = plot_day(run, [{"campaign": c.id, "roi": 1.0} for c in campaigns], tmp_path / "demo.png")
     assert path.is_file() and len(figures) == 1
     spend_axes = figures[0].axes[: len(campaigns)]
