@@ -36,7 +36,7 @@ from bidder.pacing import PacingState, read_lambda
 from streams import leases, topics
 from streams.batch_drain import BatchingApp
 from streams.checkpoints import frame, read_latest
-from streams.events import EventError, check_event, dead_letter, env_salt, topic_kind
+from streams.events import FORGET_EVERY_S, FUTURE_S, SEEN_TTL_S, EventError, check_event, dead_letter, env_salt, topic_kind
 from streams.kafka_io import StateFollower, log_start_offsets, read_event_ids, read_values
 from streams.ledger import FIELDS, SpendLedger, newest_seen
 from streams.processor import Campaigns, DeliveryProcessor, Learner, Pacer, checkpoint_offsets
@@ -46,9 +46,6 @@ from streams.worker_metrics import WorkerStats
 log = logging.getLogger("streambid.worker")
 DELIVERY = (topics.BIDS, topics.WINS, topics.BILLING, topics.LOSSES, topics.IMPRESSIONS, topics.CLICKS, topics.CONVERSIONS)
 DELIVERY_NAMES = frozenset(t.name for t in DELIVERY)
-SEEN_TTL_S = 3 * 86400  # event ids are remembered (for dedup) this long before the newest event time
-FUTURE_S = 86400  # how far ahead of the clock an event time may be (producers' clocks drift, none by a day)
-FORGET_EVERY_S = 3600.0
 EXPIRE_SLICE = 5000  # click windows closed per slice of a tick, before the loop is handed back
 # The worker keeps hundreds of thousands of long-lived table entries and allocates a few objects per event: with
 # the default thresholds the collector walks the young ones every 700 allocations, a third of the CPU per event.

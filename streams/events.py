@@ -38,6 +38,10 @@ _REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 # fields a kind may leave out, checked (and kept in a dead letter) when present
 _OPTIONAL: dict[str, tuple[str, ...]] = {"billing": ("day",), "bids": ("exp",)}
+# What a stream worker (and the embedded bus, which does as it does) admits and how long it remembers event ids:
+SEEN_TTL_S = 3 * 86400  # event ids are remembered (for dedup) this long before the newest event time; older are refused
+FUTURE_S = 86400  # how far ahead of the clock an event time may be (producers' clocks drift, none by a day)
+FORGET_EVERY_S = 3600.0  # how often the ids past the dedup horizon are dropped
 MAX_EXP_S = 86_400  # a bid's `exp` (the seconds its impression may take to come, as the exchange stated) beyond a day
 
 
