@@ -45,10 +45,13 @@ orjson + uvloop endpoint) and then the bidder are each pinned to core 0 while
 this process, the load generator, is pinned to core 1.  For each server:
 closed-loop saturation gives an upper bound, open-loop probes stepping down
 from it find the max sustained rate (at most 1% of requests timed out, shed,
-failed or past tmax), then latency is measured open loop at 50% of that rate.
+failed or past their deadline: tmax less the bidder's --network-ms), then
+latency is measured open loop at 50% of that rate.  Both get the same
+requests: generated traffic with the six example requests spread through it.
 
 Prints a table with the targets the bidder must meet: ratio bidder/floor
->= 0.33, p99 <= 5 ms at 50% load, no answers after tmax.  Latency-over-time
+>= 0.33, p99 <= 5 ms at 50% load, no answers after the deadline (nor
+timeouts).  Latency-over-time
 PNGs go to --out.  To try the harness with the floor server as both:
   streambid bench bidder --bidder-cmd ".venv/bin/python ../shared/bench/floor_server.py --port {port}"
 """
@@ -103,7 +106,8 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     a("--connections", type=connections, default=64, metavar="C",
       help="keep-alive connections, one request in flight each (default: %(default)s)")
     a("--tmax", type=positive(int), default=100, metavar="MS",
-      help="deadline in ms, also the tmax of generated requests (default: %(default)s)")
+      help="deadline in ms, also the tmax of generated requests; an answer is late past its own request's tmax, "
+           "this one for a replayed request without one (default: %(default)s)")
     a("--profile", choices=("const", "ramp", "step"), default="const",
       help="const rate, linear ramp to R, or 5 equal steps to R (default: %(default)s)")
     a("--requests", type=Path, metavar="FILE", help="replay bodies from FILE (one JSON request per line) instead of generating")
@@ -165,7 +169,8 @@ def _register_stages(sub: argparse._SubParsersAction) -> None:
 def _bench_inputs(a: Callable[..., Any]) -> None:
     """The options both bid-path benches take for what they serve."""
     a("--campaigns", type=positive(int), default=1000, metavar="N",
-      help="generated campaigns loaded into the bidder (default: %(default)s)")
+      help="generated active campaigns loaded into the bidder, with the paused and ended ones drawn among them "
+           "(default: %(default)s)")
     a("--floor", type=Path, metavar="PATH",
       help="floor server script (default: ../shared/bench/floor_server.py beside the project)")
 

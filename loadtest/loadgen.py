@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np  # imported up front: a first import inside the run would stall the loop for ~0.1 s
+import orjson
 
 from loadtest.report import LoadReport, format_report, histogram_of
 
@@ -142,6 +143,21 @@ def build_requests(target: Target, bodies: Sequence[bytes], headers: dict[str, s
     return [prefix + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
 
 
+def answer_deadlines(bodies: Sequence[bytes], tmax: float, network: float = 0.0) -> list[float]:
+    """Seconds after its intended send by which each body's answer is due: the request's own `tmax` (the run's
+    `tmax` when it has no positive one, or is not JSON), less `network`, the round trip a real network would add
+    to a loopback one (the bidder keeps that much of tmax for it)."""
+    out = []
+    for body in bodies:
+        try:
+            own = orjson.loads(body).get("tmax")
+        except (orjson.JSONDecodeError, AttributeError):
+            own = None
+        due = own / 1000 if type(own) is int and own > 0 else tmax
+        out.append(due - network)
+    return out
+
+
 def send_time_function(profile: str, rate: float, duration: float) -> Callable[[int], float]:
     """Seconds into the run at which request number k (from 0) is due: the inverse of the profile's running count.
 
@@ -186,7 +202,7 @@ def rate_function(profile: str, rate: float, duration: float) -> Callable[[float
 class _Conn(asyncio.Protocol):
     """One keep-alive connection carrying one request at a time; parses the answer from raw bytes."""
 
-    __slots__ = ("run", "transport", "buf", "clen", "chunked", "status", "reason", "intended", "busy")
+    __slots__ = ("run", "transport", "buf", "clen", "chunked", "status", "reason", "intended", "due", "busy")
 
     def __init__(self, run: _Run) -> None:
         self.run = run
@@ -197,6 +213,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.reason: bytes | None = None
         self.intended = 0.0
+        self.due = 0.0  # latency past which the answer in flight is late: its request's own deadline
         self.busy = False
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -299,6 +316,7 @@ class _Run:
         self,
         target: Target,
         requests: list[bytes],
+        deadlines: list[float],
         connections: int,
         tmax: float,
         rate: float,
@@ -309,6 +327,7 @@ class _Run:
     ) -> None:
         self.target = target
         self.requests = requests
+        self.deadlines = deadlines
         self.nreq = len(requests)
         self.ri = 0
         self.nconn = connections
@@ -392,6 +411,7 @@ class _Run:
         conn.intended = intended
         conn.busy = True
         i = self.ri
+        conn.due = self.deadlines[i]
         conn.transport.write(self.requests[i])  # type: ignore[union-attr]
         i += 1
         self.ri = 0 if i == self.nreq else i
@@ -405,7 +425,7 @@ class _Run:
         self.lat.append(lat)
         self.lat_at.append(intended)
         self.answered += 1
-        if lat > self.tmax:
+        if lat > conn.due:
             self.late += 1
         st = self.statuses
         st[status] = st.get(status, 0) + 1
@@ -698,10 +718,12 @@ async def run_load(
     allow_remote: bool = False,
     answer_timeout: float | None = None,
     headers: dict[str, str] | None = None,
+    network_ms: int = 0,
 ) -> LoadReport:
     """Offer `rate` requests/s of `bodies` (cycled) to `target` for `duration` seconds; `rate <= 0` saturates.
 
-    Answers past `tmax_ms` count as late; requests that wait longer than
+    Answers past their request's own tmax (`tmax_ms` for a body without one)
+    less `network_ms` count as late; requests that wait longer than
     `tmax_ms` for a free connection are dropped as timeouts; requests still
     unanswered after `answer_timeout` seconds (default max(1 s, 10 x tmax))
     count as never answered and their connection is replaced.
@@ -719,6 +741,7 @@ async def run_load(
     run = _Run(
         tgt,
         build_requests(tgt, bodies, headers),
+        answer_deadlines(bodies, tmax, network_ms / 1000),
         connections,
         tmax,
         rate,

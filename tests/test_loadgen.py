@@ -301,10 +301,25 @@ async def test_waiting_for_a_free_connection_counts_from_the_intended_time():
 
 async def test_requests_that_cannot_be_sent_within_tmax_are_timeouts():
     with TinyServer(lambda n, body: (0.05, ok())) as srv:
-        r = await run_load(srv.url, 200, 0.5, BODIES, connections=1, tmax_ms=30, progress=False)
+        r = await run_load(srv.url, 200, 0.5, RequestFactory(1, tmax_ms=30).bodies(50), connections=1, tmax_ms=30,
+                           progress=False)
     assert r.not_sent > 40
     assert r.late == r.answered > 0  # each answer takes 50 ms > 30 ms tmax
     assert _accounted(r)
+
+
+async def test_an_answer_is_late_past_its_own_requests_tmax_less_the_network_allowance():
+    """Every answer was held to the run's --tmax, whatever tmax its request carried: a replayed request with tmax 50
+    answered in 60 ms was on time, one with tmax 200 late under --tmax 40; and on loopback the trip back that the
+    bidder keeps part of tmax for takes nothing, so the allowance must come off the deadline here."""
+    own = [orjson.dumps({"id": "a", "imp": [], "tmax": t}) for t in (50, 200)]
+    bodies = [*own, b'{"id": "b", "imp": []}', b"not json"]  # the last two have no tmax of their own: the run's
+    with TinyServer(lambda n, body: (0.06, ok())) as srv:
+        r = await run_load(srv.url, 40, 0.5, bodies, connections=8, tmax_ms=40, progress=False)
+        allowed = await run_load(srv.url, 40, 0.5, bodies, connections=8, tmax_ms=200, progress=False, network_ms=150)
+    assert r.answered == 20 and r.timeouts == 0
+    assert r.late == 15  # tmax 50 and the two on the run's 40 ms: late; tmax 200: on time
+    assert allowed.answered == allowed.late == 20  # due 50 ms after sending (200 - 150), or before: all late
 
 
 async def test_unanswered_requests_are_given_up_after_the_answer_timeout():
