@@ -17,6 +17,7 @@ import orjson
 
 from bidder.arguments import base_url, broker_address_problem, non_negative, out_dir_problem, port_or_zero, positive
 from bidder.campaigns import Campaign, ConfigError, campaign_file_error, idle_warnings, load_campaigns
+from bidder.clock import from_env as clock_from_env
 from streams.events import env_salt
 
 # more processes than this only add memory (each holds its own engine and model): a typo of 100000 would fill it
@@ -202,6 +203,10 @@ def _serve_problem(args: argparse.Namespace) -> str:
         return f"--explore-below {args.explore_below}: must be >= 0 (0 turns exploration off)"
     if not args.no_kafka and (problem := broker_address_problem(args.broker)):
         return problem
+    try:
+        clock_from_env()
+    except ValueError as e:  # names the variable and what it must hold
+        return str(e)
     if args.model is not None:
         from models.snapshot import ModelSnapshot
 

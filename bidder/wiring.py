@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -56,6 +57,9 @@ log = logging.getLogger("streambid.serve")
 # model swap) are gathered again between bids this many times; then the engine builds them at once when installing
 CATCH_UP_BUILDS = 3
 DRAIN_S = 5.0  # on SIGTERM, open connections are answered this long at most (`serve --drain-s`)
+# pauses, resumes and budgets are swapped into the index in place, at once, each at a cost growing with the number of
+# campaigns (a pause copies the live set): up to this many in a batch; more (a bulk edit) go in a rebuild between bids
+IN_PLACE_MAX = 32
 
 
 @dataclass(slots=True)
@@ -94,11 +98,12 @@ class ServeOptions:
 class CampaignChanges:
     """Campaign messages from the config topic, applied to the engine together after each batch the follower reads.
 
-    A change other than a pause, resume or budget rebuilds the whole index, so a batch of thousands of changes (a
-    start, a bulk edit) must cost one rebuild, not one per message: `on_config` only collects, and the follower
-    calls `apply` once the batch is handed over.  While the follower catches up (`hold`) they wait for `release`,
-    so a start is one rebuild however many batches it reads.  A message that sets no valid campaign is skipped:
-    the worker dead-letters it, and the previous valid config stays in force.
+    A change other than a pause, resume or budget (or more than IN_PLACE_MAX of those) rebuilds the whole index,
+    so a batch of thousands of changes (a start, a bulk edit) must cost one rebuild, not one per message:
+    `on_config` only collects, and the follower calls `apply` once the batch is handed over.  While the follower
+    catches up (`hold`) they wait for `release`, so a start is one rebuild however many batches it reads.  A
+    message that sets no valid campaign is skipped: the worker dead-letters it, and the previous valid config
+    stays in force.
 
     Serving, a rebuild builds the new index between bids (`bidder.slices`) while the worker bids with the old
     one, and installs it when done: with thousands of campaigns the build takes a hundred milliseconds and more,
@@ -117,6 +122,10 @@ class CampaignChanges:
             camp = config_campaign(value)
         except ConfigError:
             return
+        if self.building is None and self.engine.index.campaigns.get(camp.id) == camp:
+            # the version in force (the topic read again after a lost connection): nothing to apply, not even in place
+            self.pending.pop(camp.id, None)
+            return
         self.pending[camp.id] = camp
 
     def apply(self, at_once: bool = False) -> None:
@@ -125,8 +134,14 @@ class CampaignChanges:
         `at_once`, or with no event loop running: built here and now rather than between bids."""
         if not self.pending or self.held or self.building is not None:
             return
-        staged = self.engine.stage_campaigns(list(self.pending.values()))
+        changes = list(self.pending.values())
         self.pending.clear()
+        if len(changes) <= IN_PLACE_MAX:
+            staged = self.engine.stage_campaigns(changes)
+        else:  # in place, 10,000 pauses held the loop a second: the rebuild stage_campaigns stages for other changes
+            camps = dict(self.engine.index.campaigns)
+            camps.update((c.id, c) for c in changes)
+            staged = list(camps.values())
         if staged is None:  # a pause, resume or budget: applied in place
             self.engine.prepare()
             return
@@ -168,11 +183,12 @@ class CampaignChanges:
     def hold(self) -> None:
         self.held = True
 
-    def release(self) -> None:
-        """Caught up: apply what was held, at once (the worker answers `warming` until this returns, so it never
-        bids on an index still being built)."""
+    def release(self, at_once: bool = True) -> None:
+        """Caught up: apply what was held.  `at_once` while warming (the worker answers `warming` until this
+        returns, so it never bids on an index still being built); serving (caught up again after a lost
+        connection), built between bids like any change."""
         self.held = False
-        self.apply(at_once=True)
+        self.apply(at_once=at_once)
 
 
 class StateUpdates:
@@ -189,6 +205,10 @@ class StateUpdates:
     milliseconds with thousands of creatives, once a second or so) while the worker bids with the previous
     model, which it keeps if the new one cannot be read or its tables built.  Of the models arriving meanwhile,
     the last one is taken next.  A campaign change installed meanwhile is caught up with between bids too.
+
+    Caught up again after a lost connection, the follower has read every state topic from its start once more:
+    what is already in force (the model, most pacing states) is not applied again, and a newer model is built
+    between bids.
     """
 
     MODEL_FALLBACKS = 3
@@ -199,6 +219,7 @@ class StateUpdates:
         self.models: deque[bytes] = deque(maxlen=self.MODEL_FALLBACKS)
         self.pacing: dict[str, PacingState] = {}
         self.next_model: bytes | None = None
+        self.in_force: bytes | None = None  # the snapshot of the model in force, as read from the topic
         self.refused = 0  # models not taken while serving: unreadable, or tables that cannot be built
         self.building: asyncio.Task | None = None  # the tables of a model being built between bids
 
@@ -210,6 +231,7 @@ class StateUpdates:
             asyncio.get_running_loop()
         except RuntimeError:  # unreadable: raises, the follower counts and logs it
             self.engine.set_model(ModelSnapshot.from_bytes(value))
+            self.in_force = value
             return
         self.next_model = value
         if self.building is None:
@@ -227,6 +249,7 @@ class StateUpdates:
                     # a campaign change was installed meanwhile: this model's weights over its constants
                     tables = await run_sliced(self.engine.tables_steps(model=model))
                 self.engine.install_model(tables)
+                self.in_force = raw
             except Exception as e:  # unreadable, or tables that cannot be built: the model in force stays
                 self.refused += 1
                 log.warning("model snapshot refused: %s", e)
@@ -242,19 +265,28 @@ class StateUpdates:
     def hold(self) -> None:
         self.held = True
 
-    def release(self) -> None:
+    def release(self, at_once: bool = True) -> None:
+        """Caught up: apply the last of what was held; the model at once while warming (nothing is bid until this
+        returns), else between bids."""
         self.held = False
         if self.building is not None:  # a model read before the hold: the held ones are newer
             self.building.cancel()
             self.building, self.next_model = None, None
         pacing, self.pacing = self.pacing, {}
         for state in pacing.values():
-            self.engine.set_pacing(state)
+            if self.engine.pacing.get(state.campaign) != state:  # the one in force, read again: nothing to apply
+                self.engine.set_pacing(state)
         models = list(self.models)
         self.models.clear()
+        if not models or models[-1] == self.in_force:
+            return
+        if not at_once:
+            self.on_model(b"", models[-1])
+            return
         for raw in reversed(models):
             try:
                 self.engine.set_model(ModelSnapshot.from_bytes(raw))
+                self.in_force = raw
                 return
             except Exception as e:  # unreadable, or tables that cannot be built: the one before, if any
                 log.warning("model snapshot refused: %s", e)
@@ -349,12 +381,12 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
             changes.hold()
             updates.hold()
 
-        def release() -> None:
-            changes.release()
-            updates.release()
+        def release(at_once: bool = True) -> None:
+            changes.release(at_once)
+            updates.release(at_once)
 
         def caught_up() -> None:
-            release()
+            release(at_once=bool(app.warming))  # caught up again after a lost connection: built between bids
             warmup.done("state")
 
         warmup = Warmup(app, ("state", "billing"), on_expire=release, name=f"worker {index}")
@@ -402,10 +434,12 @@ async def run_worker(opts: ServeOptions, index: int) -> None:
     app.status_extra = status_extra
     stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    # the first SIGTERM or SIGINT drains; a later Ctrl-C cuts the grace (a SIGTERM may come twice: from a service
+    # the first SIGTERM, SIGINT or SIGHUP drains; a later Ctrl-C cuts the grace (a SIGTERM may come twice: from a service
     # manager to the whole group, then from the supervisor)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: hurry.set() if stop.is_set() else stop.set())
+    if _hangup_stops():
+        loop.add_signal_handler(signal.SIGHUP, stop.set)
     await stop.wait()
     await drain(app, server, opts.drain_s, hurry)  # the producer still runs: notices answered meanwhile reach Kafka
     for task in tasks:
@@ -576,6 +610,14 @@ def _default_signals() -> None:
     its graceful ones, SIGTERM must stop it and Ctrl-C interrupt it, as in a worker of the first start."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _hangup_stops():
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def _hangup_stops() -> bool:
+    """Whether SIGHUP (the terminal closing) stops serve as SIGTERM does, draining and sending the events still held:
+    its default would end the process on the spot.  Not where it is ignored (nohup): that is kept."""
+    return signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -598,8 +640,12 @@ def serve(opts: ServeOptions) -> int:
     if opts.workers <= 1:
         _child(opts, 0)
         return 0
+    try:
+        opts.relay_dir = _relay_dir()
+    except ValueError as e:
+        _say(f"streambid: {e}")
+        return 2
     opts.metrics_dir = make_pool_dir()  # every worker's /metrics answers for all of them
-    opts.relay_dir = Path(tempfile.mkdtemp(prefix="streambid-relay-"))  # each worker's notice mailbox (private: 0700)
     metrics = PoolRenderer(opts.metrics_dir, opts.workers, exchanges=opts.exchanges)
     workers = Workers(_spawner(opts), opts.workers, retire=metrics.retire)
 
@@ -608,6 +654,8 @@ def serve(opts: ServeOptions) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if _hangup_stops():
+        signal.signal(signal.SIGHUP, _stop)
     while not workers.stopping:
         time.sleep(0.2)
         metrics.tick(workers.pids())
@@ -617,6 +665,23 @@ def serve(opts: ServeOptions) -> int:
     if opts.relay_dir is not None:
         shutil.rmtree(opts.relay_dir, ignore_errors=True)
     return 0
+
+
+def _relay_dir() -> Path:
+    """A private directory (0700) for the workers' notice mailboxes, Unix sockets named by bidder id.  ValueError
+    when its path leaves no room for their names (a socket path holds 107 bytes): every worker would fail at start,
+    and be restarted for ever."""
+    directory = Path(tempfile.mkdtemp(prefix="streambid-relay-"))
+    path = directory / f"{EngineConfig(secret=b'').bidder_id}.sock"  # as long as a worker's
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(str(path))
+        except OSError as e:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise ValueError(f"the workers cannot make their notice sockets in {directory.parent} ({e.strerror or e}): "
+                             "set TMPDIR to a shorter directory, such as /tmp, or run one worker") from None
+    path.unlink()
+    return directory
 
 
 class Proc(Protocol):
@@ -681,7 +746,12 @@ class Workers:
                 return
             if now >= at:
                 del self.due[i]
-                self.procs[i] = self.spawn(i)
+                try:
+                    self.procs[i] = self.spawn(i)
+                except OSError as e:  # no process to be had now (a pid or memory limit): tried again, as after an exit
+                    wait = self.restarts.after_exit(i, now)
+                    self.due[i] = now + wait
+                    self.say(f"streambid: cannot start worker {i} ({e.strerror or e}); trying again in {wait:.1f} s")
 
     def _exited(self, index: int, p: Proc, now: float) -> None:
         self.retire(p.pid)

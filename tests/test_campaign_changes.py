@@ -191,3 +191,28 @@ def test_a_live_set_computed_aside_that_went_stale_is_computed_again_at_install(
     engine.install_index(staged, live=live)
     engine.prepare()
     assert calls == [] and engine.live() is live.campaigns
+
+
+async def test_a_bulk_pause_is_built_between_bids_not_swapped_in_place_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pause swapped in place copies the live set: 10,000 of them in one batch (`campaign set` of a whole
+    file, or a budget edit of every campaign) held a serving worker's event loop for about a second."""
+    from bidder.wiring import IN_PLACE_MAX
+
+    docs = [campaign(id=f"c{i}") for i in range(500)]
+    engine = BidEngine(EngineConfig(secret=b"s"), [parse_campaign(d) for d in docs], ModelSnapshot.empty(),
+                       sink=lambda *a: None)
+    engine.prepare()
+    rechecked = record_calls(monkeypatch, engine, "_recheck_live", lambda cid: cid)
+    changes = CampaignChanges(engine)
+    for d in docs[:IN_PLACE_MAX]:  # a few: in place, at once, as before
+        changes.on_config(d["id"].encode(), change({**d, "status": "paused"}))
+    changes.apply()
+    assert changes.building is None and len(rechecked) == IN_PLACE_MAX and len(engine.live()) == 500 - IN_PLACE_MAX
+    old, rechecked[:] = engine.index, []
+    for d in docs:
+        changes.on_config(d["id"].encode(), change({**d, "status": "paused", "budget": {"daily": 7.0, "total": 0}}))
+    changes.apply()
+    assert rechecked == [] and engine.index is old and changes.building is not None  # bidding on as before meanwhile
+    await settled(changes)
+    assert engine.index is not old and engine.live() == frozenset() and rechecked == []
+    assert all(c.status == "paused" and c.daily_budget == 7_000_000 for c in engine.index.campaigns.values())

@@ -89,6 +89,33 @@ def test_a_failing_worker_is_restarted_with_growing_waits_without_blocking_and_i
     assert all(p.terminated for p in procs if p.index != 1)  # stopping the bidder stops everyone, as before
 
 
+def test_a_worker_that_cannot_be_started_is_tried_again_later_without_stopping_the_supervisor() -> None:
+    """A fork refused (a container's pid or memory limit) must not end the supervisor and with it every worker."""
+    now = [0.0]
+    refuse = [False]
+    procs: list[FakeProc] = []
+
+    def spawn(index: int) -> FakeProc:
+        if refuse[0]:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        procs.append(FakeProc(index, dies=index == 1 and len(procs) < 3))
+        return procs[-1]
+
+    lines: list[str] = []
+    workers = Workers(spawn, 2, say=lines.append)
+    refuse[0] = True
+    for _ in range(40):
+        now[0] += 0.25
+        workers.step(now[0])
+    assert 1 in workers.due and procs[0].alive and len(procs) == 2
+    assert any(line.startswith("streambid: cannot start worker 1 (Resource temporarily unavailable)") for line in lines)
+    refuse[0] = False
+    for _ in range(200):
+        now[0] += 0.25
+        workers.step(now[0])
+    assert 1 not in workers.due and workers.procs[1].is_alive() and len(workers.pids()) == 2
+
+
 def _children(pid: int) -> dict[int, str]:
     """The processes whose parent is `pid`, each with its start time (a reused pid is another process)."""
     found: dict[int, str] = {}
