@@ -99,9 +99,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         "other is counted as `other`, so no client can add labels; at most 64 (default: the first 64 "
                         "names seen, of which names whose requests were all malformed take half at most)")
     s.add_argument("--drain-s", type=non_negative(float, MAX_DRAIN_S), default=5.0, metavar="SECONDS",
-                   help="on SIGTERM, how long a worker goes on answering the connections still open (each answer closing "
-                        f"its connection, /readyz 503) before it stops; it stops at once when none is; 0 to {MAX_DRAIN_S:g} "
-                        "(default: %(default)s)")
+                   help="on SIGTERM or SIGHUP, how long a worker goes on answering the connections still open (each "
+                        "answer closing its connection, /readyz 503) before it stops; it stops at once when none is; "
+                        f"0 to {MAX_DRAIN_S:g} (default: %(default)s)")
     s.set_defaults(func=cmd_serve)
 
 
