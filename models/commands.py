@@ -198,7 +198,10 @@ def ctr_sample_problem(data: Path) -> str | None:
 
     def example_line(line: str) -> bool:
         parts = line.split()
-        return not parts or parts[0] in ("0", "1") and all(int(t.partition(":")[0]) in known for t in parts[1:])
+        # a token without ':' is refused: in a `label price index:value ...` file the market price would be read as an
+        # index, a feature learned from the auction's outcome
+        return not parts or parts[0] in ("0", "1") and all(":" in t and int(t.partition(":")[0]) in known
+                                                           for t in parts[1:])
 
     example = "label(0|1) index:value ..., each index in featindex.fm.txt"
     for name, ok, form in zip(CTR_FILES, (index_line, example_line, example_line),
@@ -209,7 +212,7 @@ def ctr_sample_problem(data: Path) -> str | None:
         except UnicodeDecodeError:
             return f"{path} is not UTF-8 text; give the directory of the iPinYou CTR sample"
         except OSError as e:
-            return f"cannot read {path}: {e.strerror or e}"
+            return f"cannot read {path}: {e.strerror or e}; make it readable, or give another copy of the iPinYou CTR sample"
         if bad is not None:
             return f"{path} line {bad} is not `{form}`; fix or remove it"
         if name != CTR_FILES[0] and not _has_example(path):  # nothing to learn from, or to score
