@@ -168,7 +168,9 @@ def _start(tmp_path: Path, tmp: Path, *args: str, hangup_ignored: bool = False) 
         [*SERVE, "--port", str(port), "--spill-dir", str(tmp_path / "spill"), *args],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "STREAMBID_SECRET": "edges-test", "TMPDIR": str(tmp)},
-        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if hangup_ignored else None)
+        # as started from a terminal, or under nohup: this test itself may run under nohup, whose ignored SIGHUP
+        # every child would inherit
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if hangup_ignored else signal.SIG_DFL))
     end = time.time() + 30
     while time.time() < end:
         assert proc.poll() is None, log.read_text()
