@@ -31,7 +31,10 @@ spent) and regret = 1 - ours / optimum, eCPC, ROI; then the invariants (the
 ledger's spend equals the accepted billing notices to the micro and it counted
 every billed impression, click and conversion once; spend stays within budget
 + the stated bound; regret in [0, 1]).  Writes day-kafka-spend.png and the
-process logs (day-logs/) to --out.  Exits 1 when an invariant fails.
+process logs (day-logs/) to --out.  Exits 1 when an invariant fails, or when
+the stack fails (a process exits, the bidder stops answering, events do not
+reach Kafka).  Ctrl-C or SIGTERM stops the processes and the broker it
+started and exits 130.
 
 examples:
   streambid loadtest day --speedup 1440

@@ -28,6 +28,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -70,6 +71,9 @@ from streams import topics
 EXCHANGE = b"/bid/simx"
 BID_CONNECTIONS = 16
 NOTICE_CONNECTIONS = 8
+REQUEST_TIMEOUT_S = 10.0  # wall seconds one bid request or notice may take; then it counts as a connection error
+STALL_S = 30.0  # after the day: wall seconds without one answer before the answers still owed are given up on
+DELIVERY_S = 60.0  # after the day: wall seconds for the exchange's events to reach Kafka
 
 
 def _banner(name: str, w: int, h: int, cat: str) -> dict[str, Any]:
@@ -225,6 +229,7 @@ class DayPlayer:
         self.sent = 0
         self._last_progress = 0.0
         self._max_lag = 0.0
+        self._answered_at = time.monotonic()  # when the bidder last answered a request or notice
 
     def _notice(self, kind: str, query: str, now: float) -> None:
         self.notices.put_nowait((kind, query))
@@ -239,10 +244,11 @@ class DayPlayer:
             self._max_lag = max(self._max_lag, late)
             st.sent_at[i] = clock()
             try:
-                status, body = await conn.request(b"POST", EXCHANGE, a.body)
+                status, body = await conn.request(b"POST", EXCHANGE, a.body, REQUEST_TIMEOUT_S)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 st.errors += 1
                 continue
+            self._answered_at = time.monotonic()
             st.answers[status] += 1
             try:
                 self.day.on_response(self.clock(), a, status, body)
@@ -255,10 +261,11 @@ class DayPlayer:
         while (item := await self.notices.get()) is not None:
             kind, query = item
             try:
-                status, body = await conn.request(b"GET", f"/notice/{kind}?{query}".encode())
+                status, body = await conn.request(b"GET", f"/notice/{kind}?{query}".encode(), timeout=REQUEST_TIMEOUT_S)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 st.errors += 1
                 continue
+            self._answered_at = time.monotonic()
             st.notices[(kind, status)] += 1
             if status != 200:
                 st.refused[(kind, orjson.loads(body).get("error", "?") if body else "?")] += 1
@@ -292,7 +299,7 @@ class DayPlayer:
             try:
                 status, text = await http_get(self.stack.metrics_port, "/metrics")
                 self.stats.worker_lag_max = max(self.stats.worker_lag_max, consumer_lag(text))
-            except (OSError, TimeoutError, ValueError):
+            except (OSError, asyncio.IncompleteReadError, ValueError):
                 pass
             await asyncio.sleep(1.0)
 
@@ -323,26 +330,42 @@ class DayPlayer:
         bid_workers = [asyncio.ensure_future(self._bid_worker()) for _ in range(BID_CONNECTIONS)]
         notice_workers = [asyncio.ensure_future(self._notice_worker()) for _ in range(NOTICE_CONNECTIONS)]
         pump = asyncio.ensure_future(self._pump(done))
-        await self._schedule()
-        for _ in bid_workers:
-            self.bids.put_nowait(None)
-        await asyncio.gather(*bid_workers)
-        end = plan.start + DAY + self.opts.tail_s
-        while self.clock() < end:
-            await asyncio.sleep(min(max(self.clock.wall_time(end) - time.time(), 0.0), 0.05))
-        done.set()
-        await pump
-        st.wall_s = time.time() - midnight
-        st.flushed = self.day.pending
-        self.day.run_due(math.inf)
-        for _ in notice_workers:
-            self.notices.put_nowait(None)
-        await asyncio.gather(*notice_workers)
-        for w in watchers:
-            w.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
-        self._progress(final=True)
+        try:
+            await self._schedule()
+            for _ in bid_workers:
+                self.bids.put_nowait(None)
+            await self._finish(bid_workers, "answers to the bid requests")
+            end = plan.start + DAY + self.opts.tail_s
+            while self.clock() < end:
+                await asyncio.sleep(min(max(self.clock.wall_time(end) - time.time(), 0.0), 0.05))
+            done.set()
+            await pump
+            st.wall_s = time.time() - midnight
+            st.flushed = self.day.pending
+            self.day.run_due(math.inf)
+            for _ in notice_workers:
+                self.notices.put_nowait(None)
+            await self._finish(notice_workers, "answers to the notices")
+        finally:  # on a failure or a Ctrl-C too: nothing of the day goes on while the stack is stopped
+            for task in (*watchers, *bid_workers, *notice_workers, pump):
+                task.cancel()
+            await asyncio.gather(*watchers, *bid_workers, *notice_workers, pump, return_exceptions=True)
+            self._progress(final=True)  # ends the status line, so that what follows starts on a line of its own
         return st
+
+    async def _finish(self, workers: list[asyncio.Task[None]], what: str) -> None:
+        """Wait for `workers` to send what is queued; StackError once the bidder has answered nothing for STALL_S
+        (it hangs, or nothing listens on its port any more) with some still owed."""
+        self._answered_at = time.monotonic()
+        pending = set(workers)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=1.0)
+            for task in done:
+                task.result()
+            if pending and time.monotonic() - self._answered_at > STALL_S:
+                self.stack.check_alive()
+                raise StackError(f"gave up waiting for {what}: the bidder on port {self.port} answered nothing for "
+                                 f"{STALL_S:.0f} s with some still owed; see {self.stack.log_dir / 'serve.log'}")
 
     def _progress(self, final: bool = False) -> None:
         if not self.opts.progress:
@@ -385,7 +408,7 @@ async def collect_totals(stack: Stack, plan: DayPlan, player: DayPlayer, timeout
         stack.check_alive()
         try:
             status, text = await http_get(stack.metrics_port, "/metrics")
-        except (TimeoutError, OSError):
+        except (OSError, asyncio.IncompleteReadError, ValueError):  # a link cut short: ask again (or see it died)
             await asyncio.sleep(0.5)
             continue
         totals = worker_totals(text.decode(), ids)
@@ -422,19 +445,17 @@ async def run_stack_day(plan: DayPlan, bootstrap: str, opts: DayOptions, log_dir
                                                                                      topics.PACING, topics.DEADLETTER)])
     clock = WarpedClock(plan.start, time.time() + opts.warmup_s, opts.speedup)
     stack = Stack(bootstrap, clock, secrets.token_hex(32), app_id, log_dir, work_dir, opts.bidder_workers)
-    stack.start()
-    spawned = time.time()
     producer = EventProducer(bootstrap, work_dir / "runner-spill.jsonl")
-    try:
+    try:  # from the first process started: a failure, an exception or a Ctrl-C stops all that was started
+        stack.start()
+        spawned = time.time()
         await wait_ready(stack, plan, clock)
         ready_s = time.time() - spawned
         await producer.start()
         player = DayPlayer(plan, clock, stack, bootstrap, producer, opts)
         stats = await player.play()
         stats.ready_s = ready_s
-        await producer.stop()
-        if producer.spilled:
-            raise StackError(f"{producer.spilled} events could not be produced to Kafka (spilled to {producer.spill_path})")
+        await deliver_events(producer)
         if opts.progress:
             sys.stderr.write("waiting for the worker to count every event...\n")
         waited = time.time()
@@ -442,8 +463,26 @@ async def run_stack_day(plan: DayPlan, bootstrap: str, opts: DayOptions, log_dir
         stats.ledger_wait_s = time.time() - waited
         return stats, player, totals
     finally:
-        await producer.stop()
-        stack.stop()
+        try:
+            await producer.stop()
+        finally:
+            stack.stop()
+
+
+async def deliver_events(producer: Any, timeout: float = DELIVERY_S) -> None:
+    """Wait until every event the exchange emitted is on Kafka, then stop the producer; StackError if some are not.
+
+    A batch the broker is slow to acknowledge is written to disk (and counted as spilled) and sent from there:
+    what counts is what is still in memory, in flight or on disk, and what Kafka refused.
+    """
+    end = time.monotonic() + timeout
+    while (producer.buffer or producer.in_flight or producer.on_disk()) and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    await producer.stop()
+    left, refused = len(producer.on_disk()), producer.failed
+    if left or refused:
+        raise StackError(f"{left + refused} of the exchange's events did not reach Kafka ({left} not sent within "
+                         f"{timeout:.0f} s after the day, {refused} refused by the broker); the ledger cannot match")
 
 
 def run_day(opts: DayOptions) -> tuple[DayOutcome, PlayStats]:
@@ -529,6 +568,16 @@ def broker_problem(bootstrap: str, timeout: float = 15.0) -> str | None:
     return None
 
 
+def _stop_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (`kill`, a CI job's time limit) ends the run as Ctrl-C does, stopping the broker and the processes it
+    started: by default it would end the runner on the spot and leave them running, in sessions of their own."""
+    on_ctrl_c = signal.getsignal(signal.SIGINT)
+    if callable(on_ctrl_c):  # the event loop's (cancels the run, which then stops what it started) or Python's
+        on_ctrl_c(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
+
+
 def command(args: Any) -> int:
     """Entry point of `streambid loadtest day`."""
     from aiokafka.errors import KafkaError
@@ -546,6 +595,7 @@ def command(args: Any) -> int:
     opts = DayOptions(speedup=args.speedup, requests=args.requests, seed=args.seed, broker=broker, out=args.out,
                       bidder_workers=args.bidder_workers, warmup_s=args.warmup, grace_s=args.grace,
                       progress=not args.no_progress)
+    previous = signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     try:
         outcome, _ = run_day(opts)
     except StackError as e:
@@ -554,6 +604,8 @@ def command(args: Any) -> int:
     except KafkaError as e:  # the broker answered the check above but failed during the run
         print(f"streambid loadtest day: the Kafka broker at {broker or 'started for the run'} failed: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     png = plot_spend(outcome, campaign_rows(outcome), opts.out / "day-kafka-spend.png")
     doc = report_doc(outcome, png)
     checks = doc["invariants"]

@@ -31,6 +31,11 @@ WORKER_FIELDS = {"spend": "streambid_campaign_spend_total", "billed": "streambid
 MONEY = frozenset({"spend", "value"})
 
 
+BROKER_START_S = 300.0  # `kafka.sh start`: fetching the jars once (Maven), then the broker's start
+GROUP_S = 60.0  # for the broker to take a new consumer group's offsets
+STOP_S = 20.0  # on stop, how long the processes may take to finish (the worker commits, the bidders flush) before SIGKILL
+
+
 # At 1440x a slice must cover every bid of a grant's round trip (~0.3 s, seven simulated minutes): the production
 # default (0.05 of the remaining budget) starves campaigns at that speed, a fifth does not.
 DAY_LEASE_SLICE = 0.2
@@ -60,23 +65,51 @@ class Broker:
             return self.given
         if not KAFKA_SH.exists():
             raise StackError(f"no broker: set KAFKA_BOOTSTRAP or pass --broker ({KAFKA_SH} is not here to start one)")
-        proc = subprocess.run(["bash", str(KAFKA_SH), "start"], env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=300, check=False)
+        self.started = True  # from here on a broker may be running: every way out of here stops it
+        try:
+            proc = self._kafka_sh("start", BROKER_START_S)
+        except subprocess.TimeoutExpired:
+            self.__exit__()
+            raise StackError(f"kafka.sh start did not finish within {BROKER_START_S:.0f} s (fetching the broker's jars "
+                             "or starting it); run `deploy/kafka-local/kafka.sh start` to see why, or pass --broker") from None
+        except BaseException:  # Ctrl-C: kafka.sh is stopped, the broker it may have started already is not
+            self.__exit__()
+            raise
         found = [ln.split("=", 1)[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("KAFKA_BOOTSTRAP=")]
         if proc.returncode != 0 or not found:
+            self.__exit__()
             raise StackError(f"kafka.sh start failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".rstrip())
-        self.started, self.bootstrap = True, found[0]
+        self.bootstrap = found[0]
         return self.bootstrap
 
     def __exit__(self, *exc: object) -> None:
         if self.started:
-            subprocess.run(["bash", str(KAFKA_SH), "stop"], env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=60, check=False)
             self.started = False
+            try:
+                self._kafka_sh("stop", 60.0)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def _kafka_sh(self, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """`kafka.sh action` in a session of its own, killed with all it runs (Maven, the readiness probe) after
+        `timeout` s or at a Ctrl-C: killing bash alone leaves them holding its output, and the wait would go on.
+        The broker itself runs in a session of its own; `stop` ends it."""
+        proc = subprocess.Popen(["bash", str(KAFKA_SH), action], env=self._env, cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            _signal_group(proc, signal.SIGKILL)
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-async def start_group_at_end(bootstrap: str, group: str, specs: Iterable[TopicSpec]) -> None:
-    """Commit the end of each topic for consumer group `group`, so a new worker skips what other runs left there."""
+async def start_group_at_end(bootstrap: str, group: str, specs: Iterable[TopicSpec], timeout: float = GROUP_S) -> None:
+    """Commit the end of each topic for consumer group `group`, so a new worker skips what other runs left there.
+
+    StackError after `timeout` s: the client waits for a group coordinator without end, and a one-broker cluster
+    left with the default offsets.topic.replication.factor (3) never has one."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tps = [TopicPartition(t.name, p) for t in specs for p in range(t.partitions)]
@@ -84,7 +117,12 @@ async def start_group_at_end(bootstrap: str, group: str, specs: Iterable[TopicSp
     await c.start()
     try:
         c.assign(tps)
-        await c.commit(dict(await c.end_offsets(tps)))
+        async with asyncio.timeout(timeout):
+            await c.commit(dict(await c.end_offsets(tps)))
+    except TimeoutError:
+        raise StackError(f"timed out after {timeout:.0f} s waiting for the broker at {bootstrap} to take the offsets "
+                         f"of consumer group {group}: it has no group coordinator (on a one-broker cluster, set "
+                         "offsets.topic.replication.factor=1)") from None
     finally:
         await c.stop()
 
@@ -107,12 +145,15 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self) -> None:
+        """Each process in a session of its own: `stop` reaches serve's worker processes too, and a Ctrl-C in the
+        terminal reaches only the runner, which stops them in order."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         for name, cmd in self.commands.items():
             with (self.log_dir / f"{name}.log").open("wb") as log:
                 self.procs[name] = subprocess.Popen(cmd, env=self.env, cwd=self.work_dir, stdout=log,
-                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                    start_new_session=True)
 
     def check_alive(self) -> None:
         for name, p in self.procs.items():
@@ -124,17 +165,34 @@ class Stack:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def stop(self) -> None:
-        """SIGTERM both (the worker commits, the bidders flush their producers), then SIGKILL what is left."""
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+    def stop(self, wait_s: float = STOP_S) -> None:
+        """SIGTERM every process group (the worker commits, the bidders flush their producers), then SIGKILL what is
+        left of them after `wait_s` in all, or at once on a second Ctrl-C: serve's worker processes included, which
+        its supervisor leaves running when they outlast its own stop."""
+        try:
+            for p in self.procs.values():
+                _signal_group(p, signal.SIGTERM)
+            until = time.monotonic() + wait_s
+            for p in self.procs.values():
+                try:
+                    p.wait(max(until - time.monotonic(), 0.0))
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            for p in self.procs.values():
+                _signal_group(p, signal.SIGKILL)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    """`sig` to the process group `p` leads (its own session, `Stack.start`), whether or not `p` itself still runs."""
+    try:
+        os.killpg(p.pid, sig)
+    except (ProcessLookupError, PermissionError):  # the whole group is gone
+        pass
 
 
 async def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -155,24 +213,29 @@ class KeepAlive:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: bytes, path: bytes, body: bytes = b"") -> tuple[int, bytes]:
-        """Send one request and read its answer: (status, body).  Raises OSError/IncompleteReadError on a broken link."""
+    async def request(self, method: bytes, path: bytes, body: bytes = b"", timeout: float | None = None
+                      ) -> tuple[int, bytes]:
+        """Send one request and read its answer: (status, body).  Raises OSError (TimeoutError after `timeout` s) or
+        IncompleteReadError on a broken link, which is then closed: a reset stream would fail every later request."""
+        try:
+            return await asyncio.wait_for(self._exchange(method, path, body), timeout)
+        except BaseException:  # a reset, a timeout or a cancel leaves the link in no state to carry the next request
+            self.close()
+            raise
+
+    async def _exchange(self, method: bytes, path: bytes, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         self.writer.write(b"%s %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                           % (method, path, self._head, len(body), body))
-        try:
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            return status, await self.reader.readexactly(length) if length else b""
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            self.close()
-            raise
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length) if length else b""
 
     def close(self) -> None:
         if self.writer is not None:
